@@ -1,0 +1,164 @@
+//! Accounts: the validated `UserId`, and each account's state (inbox, devices, unread counts)
+//! behind one lock, with the crate's lock order.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::device::{DeviceId, DeviceSlot, push_live};
+use crate::error::Error;
+use crate::inbox::{Entry, Inbox};
+
+/// The longest UserID, in bytes of UTF-8.
+pub const MAX_USER_ID_LEN: usize = 32;
+
+/// A validated account name: 1 to 32 bytes of UTF-8 without control characters.
+///
+/// Cheap to clone (it shares one allocation), compared and hashed as its string.
+///
+/// ```
+/// use imstore::UserId;
+/// assert!(UserId::new("vinson").is_ok());
+/// assert_eq!(UserId::new("").unwrap_err().code(), 70402);
+/// assert_eq!(UserId::new("tab\there").unwrap_err().code(), 70402);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    /// Validates `s` as a UserID.
+    pub fn new(s: &str) -> Result<UserId, Error> {
+        check_user_id(s)?;
+        Ok(UserId(Arc::from(s)))
+    }
+
+    /// The account name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks the UserID rules without allocating.
+pub(crate) fn check_user_id(s: &str) -> Result<(), Error> {
+    let reason = if s.is_empty() {
+        "it is empty"
+    } else if s.len() > MAX_USER_ID_LEN {
+        "it is longer than 32 bytes"
+    } else if s.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidUserId {
+        user: s.to_owned(),
+        reason,
+    })
+}
+
+impl Deref for UserId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        UserId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One account's mutable state. Everything here changes under `AccountCell::state`.
+pub(crate) struct AccountState {
+    /// False once deleted: an operation that looked the account up before the delete sees this
+    /// after taking the lock and fails as if the account never existed.
+    pub alive: bool,
+    pub inbox: Inbox,
+    pub devices: HashMap<DeviceId, DeviceSlot>,
+    /// Unread messages per peer.
+    pub unread: HashMap<UserId, u32>,
+}
+
+/// An account and its lock.
+///
+/// Lock order (the whole crate): the accounts map shard (only import/delete hold it across
+/// anything) → account locks, two at once in ascending UserId order → the conversation lock →
+/// a device's lock → a message's state lock → the journal. No lock is held while a hook runs,
+/// and channel sends never block (`try_send`).
+pub(crate) struct AccountCell {
+    pub id: UserId,
+    pub state: Mutex<AccountState>,
+}
+
+impl AccountCell {
+    pub fn new(id: UserId) -> Self {
+        let state = AccountState {
+            alive: true,
+            inbox: Inbox::default(),
+            devices: HashMap::new(),
+            unread: HashMap::new(),
+        };
+        AccountCell {
+            id,
+            state: Mutex::new(state),
+        }
+    }
+}
+
+impl AccountState {
+    /// Appends to the inbox and hands the entry to connected devices.
+    pub fn deliver(&mut self, entry: Entry, expires_at: u64, now: u64) {
+        let seq = self.inbox.append(entry.clone(), expires_at, now);
+        push_live(&mut self.devices, seq, &entry);
+    }
+}
+
+/// Locks two different accounts in the crate's lock order; returns the guards as (x, y).
+pub(crate) fn lock_pair<'a>(
+    x: &'a AccountCell,
+    y: &'a AccountCell,
+) -> (MutexGuard<'a, AccountState>, MutexGuard<'a, AccountState>) {
+    debug_assert!(x.id != y.id);
+    if x.id < y.id {
+        let gx = x.state.lock();
+        (gx, y.state.lock())
+    } else {
+        let gy = y.state.lock();
+        (x.state.lock(), gy)
+    }
+}

@@ -1,0 +1,103 @@
+//! Store configuration: bounds of the three layers, administrators, the clock and the hooks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::hooks::{Hooks, NoHooks};
+
+/// How a [`Store`](crate::Store) is set up. `Config::default()` gives Tencent's defaults.
+///
+/// ```
+/// use imstore::{Config, ManualClock};
+/// let clock = ManualClock::new(1_700_000_000);
+/// let config = Config::default().with_clock(clock).with_retention_secs(3600);
+/// assert_eq!(config.retention_secs, 3600);
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    /// How long roaming history keeps a message, counted from its MsgTimeStamp (default 7 days).
+    pub retention_secs: u64,
+    /// How long a Recalled or Modified notice stays in an inbox (default 7 days).
+    pub notice_lifetime_secs: u64,
+    /// How many messages each device cache holds (default 1000).
+    pub cache_capacity: usize,
+    /// Capacity of each connected device's live channel (default 1024). When it is full the
+    /// device is marked lagging and catches up from its cursor.
+    pub channel_capacity: usize,
+    /// Largest history response, in bytes of message content and framing (default 13 KB).
+    pub history_max_bytes: usize,
+    /// App administrators: they may recall, and a send without From_Account comes from the
+    /// first one. They are imported when the store opens. Default: `administrator`.
+    pub admins: Vec<String>,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Send and recall callbacks.
+    pub hooks: Arc<dyn Hooks>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            retention_secs: 604_800,
+            notice_lifetime_secs: 604_800,
+            cache_capacity: 1000,
+            channel_capacity: 1024,
+            history_max_bytes: 13 * 1024,
+            admins: vec!["administrator".to_owned()],
+            clock: Arc::new(SystemClock),
+            hooks: Arc::new(NoHooks),
+        }
+    }
+}
+
+impl Config {
+    /// Uses `clock` for "now".
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Installs `hooks`.
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Sets the roaming retention.
+    pub fn with_retention_secs(mut self, secs: u64) -> Self {
+        self.retention_secs = secs;
+        self
+    }
+
+    /// Sets the per-device cache capacity.
+    pub fn with_cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Sets the live channel capacity per device.
+    pub fn with_channel_capacity(mut self, n: usize) -> Self {
+        self.channel_capacity = n.max(1);
+        self
+    }
+
+    /// Replaces the administrator list.
+    pub fn with_admins<I: IntoIterator<Item = S>, S: Into<String>>(mut self, admins: I) -> Self {
+        self.admins = admins.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("retention_secs", &self.retention_secs)
+            .field("notice_lifetime_secs", &self.notice_lifetime_secs)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("history_max_bytes", &self.history_max_bytes)
+            .field("admins", &self.admins)
+            .finish_non_exhaustive()
+    }
+}

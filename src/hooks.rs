@@ -1,0 +1,59 @@
+//! Callbacks: the in-process form of Tencent's `C2C.CallbackBeforeSendMsg`,
+//! `C2C.CallbackAfterSendMsg` and `C2C.CallbackAfterMsgWithDraw`.
+//!
+//! Hooks run on the caller's thread with no store lock held, so a hook may call back into the
+//! store. Batch send runs no hooks, as in Tencent.
+
+use crate::message::{MessageView, MsgElement, RecallNotice};
+
+/// What the before-send hook decides about a message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BeforeSend {
+    /// Store and deliver it unchanged.
+    Allow,
+    /// Refuse it: the sender gets error 20006.
+    Block,
+    /// Refuse it with the app's own code, which must lie in 120001..=130000 (anything else is
+    /// answered as 20006).
+    BlockWithCode(u32),
+    /// Pretend success: the sender gets a MsgKey, nothing is stored or delivered.
+    Drop,
+    /// Store it with a replaced MsgBody and/or CloudCustomData (`None` keeps the original).
+    Replace {
+        body: Option<Vec<MsgElement>>,
+        cloud_custom_data: Option<String>,
+    },
+}
+
+/// The message a before-send hook is asked about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage<'a> {
+    /// From_Account.
+    pub from: &'a str,
+    /// To_Account.
+    pub to: &'a str,
+    /// MsgBody.
+    pub body: &'a [MsgElement],
+    /// CloudCustomData.
+    pub cloud_custom_data: Option<&'a str>,
+}
+
+/// The store's callbacks. Every method has a default that allows and observes nothing.
+pub trait Hooks: Send + Sync + 'static {
+    /// Called before a single send is stored.
+    fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
+        BeforeSend::Allow
+    }
+
+    /// Called after a single send was stored (and made durable).
+    fn after_send(&self, _msg: &MessageView) {}
+
+    /// Called after a recall took effect (and was made durable).
+    fn after_recall(&self, _notice: &RecallNotice) {}
+}
+
+/// Hooks that do nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}

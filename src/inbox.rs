@@ -1,0 +1,98 @@
+//! The offline inbox: per account, an ordered log of what its devices must receive — messages
+//! and Recalled/Modified notices — numbered by a contiguous sequence and bounded by each entry's
+//! lifetime.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::message::{RecallNotice, StoredMessage};
+
+/// What an inbox entry carries. Cloning is a reference-count increment.
+#[derive(Clone)]
+pub(crate) enum Entry {
+    /// A message to deliver; skipped if it is recalled before the device receives it.
+    Message(Arc<StoredMessage>),
+    /// A message was recalled.
+    Recalled(Arc<RecallNotice>),
+    /// A message's content was replaced; the device is sent the content current at delivery.
+    Modified(Arc<StoredMessage>, u64),
+}
+
+impl Entry {
+    /// The message a device must not be sent back, because it sent it itself.
+    pub fn origin_device(&self) -> Option<&str> {
+        match self {
+            Entry::Message(m) => m.origin_device.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub seq: u64,
+    pub expires_at: u64,
+    pub entry: Entry,
+}
+
+pub(crate) struct Inbox {
+    slots: VecDeque<Slot>,
+    next_seq: u64,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox {
+            slots: VecDeque::new(),
+            next_seq: 1,
+        }
+    }
+}
+
+impl Inbox {
+    /// Appends an entry and returns its sequence number. Entries at the front that have expired
+    /// by `now` are dropped first, so an inbox holds at most one lifetime of traffic.
+    pub fn append(&mut self, entry: Entry, expires_at: u64, now: u64) -> u64 {
+        self.trim(now);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back(Slot {
+            seq,
+            expires_at,
+            entry,
+        });
+        seq
+    }
+
+    /// Drops expired entries from the front; returns how many.
+    pub fn trim(&mut self, now: u64) -> usize {
+        let before = self.slots.len();
+        while self.slots.front().is_some_and(|s| s.expires_at <= now) {
+            self.slots.pop_front();
+        }
+        before - self.slots.len()
+    }
+
+    /// Drops every expired entry, wherever it sits; returns how many.
+    pub fn purge(&mut self, now: u64) -> usize {
+        let before = self.slots.len();
+        self.slots.retain(|s| s.expires_at > now);
+        before - self.slots.len()
+    }
+
+    /// The sequence number just before the oldest retained entry: where a new device starts.
+    pub fn before_oldest(&self) -> u64 {
+        self.slots.front().map_or(self.next_seq, |s| s.seq) - 1
+    }
+
+    /// The sequence number of the newest entry ever appended (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Retained entries with a sequence number above `cursor`, oldest first.
+    pub fn after(&self, cursor: u64) -> impl Iterator<Item = &Slot> {
+        let start = self.slots.partition_point(|s| s.seq <= cursor);
+        self.slots.range(start..)
+    }
+}

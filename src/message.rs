@@ -1,0 +1,444 @@
+//! Messages: Tencent's eight MsgBody element types (with their exact JSON names), the content a
+//! message carries, the one shared record every layer points at, and the read-only views handed
+//! to callers.
+//!
+//! Every layer — roaming, inbox, device caches, live channels — holds an `Arc<StoredMessage>`,
+//! never a copy. Recall and modify change the record's state under its own lock, so all layers
+//! see the change at the same instant and a recalled body exists nowhere in memory afterwards.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::account::UserId;
+use crate::device::DeviceId;
+use crate::error::Error;
+use crate::key::MsgKey;
+
+/// The largest encoded MsgBody plus CloudCustomData, in bytes (Tencent's 12 KB; error 93000).
+pub const MAX_BODY_BYTES: usize = 12 * 1024;
+/// The longest MsgLifeTime, in seconds (7 days; error 90026 above it).
+pub const MAX_LIFETIME_SECS: u64 = 604_800;
+/// MsgFlagBits of a recalled message.
+pub const FLAG_RECALLED: u32 = 8;
+
+/// One element of a MsgBody, tagged as Tencent tags it:
+/// `{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "MsgType", content = "MsgContent")]
+#[allow(clippy::enum_variant_names)] // the names are Tencent's wire names
+pub enum MsgElement {
+    TIMTextElem(TextElem),
+    TIMLocationElem(LocationElem),
+    TIMFaceElem(FaceElem),
+    TIMCustomElem(CustomElem),
+    TIMSoundElem(SoundElem),
+    TIMImageElem(ImageElem),
+    TIMFileElem(FileElem),
+    TIMVideoFileElem(VideoFileElem),
+}
+
+impl MsgElement {
+    /// A text element.
+    pub fn text(text: impl Into<String>) -> Self {
+        MsgElement::TIMTextElem(TextElem { text: text.into() })
+    }
+}
+
+/// `TIMTextElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextElem {
+    #[serde(rename = "Text")]
+    pub text: String,
+}
+
+/// `TIMLocationElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocationElem {
+    #[serde(rename = "Desc", default)]
+    pub desc: String,
+    #[serde(rename = "Latitude")]
+    pub latitude: f64,
+    #[serde(rename = "Longitude")]
+    pub longitude: f64,
+}
+
+/// `TIMFaceElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceElem {
+    #[serde(rename = "Index")]
+    pub index: i64,
+    #[serde(rename = "Data", default)]
+    pub data: String,
+}
+
+/// `TIMCustomElem`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct CustomElem {
+    #[serde(rename = "Data", default)]
+    pub data: String,
+    #[serde(rename = "Desc", default)]
+    pub desc: String,
+    #[serde(rename = "Ext", default)]
+    pub ext: String,
+    #[serde(rename = "Sound", default)]
+    pub sound: String,
+}
+
+/// `TIMSoundElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoundElem {
+    #[serde(rename = "Url")]
+    pub url: String,
+    #[serde(rename = "UUID", default)]
+    pub uuid: String,
+    #[serde(rename = "Size", default)]
+    pub size: u64,
+    #[serde(rename = "Second", default)]
+    pub second: u64,
+    #[serde(rename = "Download_Flag", default)]
+    pub download_flag: u32,
+}
+
+/// `TIMImageElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageElem {
+    #[serde(rename = "UUID", default)]
+    pub uuid: String,
+    #[serde(rename = "ImageFormat", default)]
+    pub image_format: u32,
+    #[serde(rename = "ImageInfoArray")]
+    pub image_info_array: Vec<ImageInfo>,
+}
+
+/// One entry of `ImageInfoArray` (Type 1 original, 2 large, 3 thumbnail).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    #[serde(rename = "Type")]
+    pub kind: u32,
+    #[serde(rename = "Size", default)]
+    pub size: u64,
+    #[serde(rename = "Width", default)]
+    pub width: u32,
+    #[serde(rename = "Height", default)]
+    pub height: u32,
+    #[serde(rename = "URL")]
+    pub url: String,
+}
+
+/// `TIMFileElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileElem {
+    #[serde(rename = "Url")]
+    pub url: String,
+    #[serde(rename = "UUID", default)]
+    pub uuid: String,
+    #[serde(rename = "FileSize", default)]
+    pub file_size: u64,
+    #[serde(rename = "FileName", default)]
+    pub file_name: String,
+    #[serde(rename = "Download_Flag", default)]
+    pub download_flag: u32,
+}
+
+/// `TIMVideoFileElem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VideoFileElem {
+    #[serde(rename = "VideoUrl")]
+    pub video_url: String,
+    #[serde(rename = "VideoUUID", default)]
+    pub video_uuid: String,
+    #[serde(rename = "VideoSize", default)]
+    pub video_size: u64,
+    #[serde(rename = "VideoSecond", default)]
+    pub video_second: u64,
+    #[serde(rename = "VideoFormat", default)]
+    pub video_format: String,
+    #[serde(rename = "VideoDownloadFlag", default)]
+    pub video_download_flag: u32,
+    #[serde(rename = "ThumbUrl", default)]
+    pub thumb_url: String,
+    #[serde(rename = "ThumbUUID", default)]
+    pub thumb_uuid: String,
+    #[serde(rename = "ThumbSize", default)]
+    pub thumb_size: u64,
+    #[serde(rename = "ThumbWidth", default)]
+    pub thumb_width: u32,
+    #[serde(rename = "ThumbHeight", default)]
+    pub thumb_height: u32,
+    #[serde(rename = "ThumbFormat", default)]
+    pub thumb_format: String,
+    #[serde(rename = "ThumbDownloadFlag", default)]
+    pub thumb_download_flag: u32,
+}
+
+/// What a message says: its MsgBody and CloudCustomData. Immutable once built; modify swaps in
+/// a new `Content`, recall drops it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Content {
+    body: Vec<MsgElement>,
+    cloud_custom_data: Option<String>,
+    /// The MsgBody as JSON, computed once: it is what the size limit measures, what history
+    /// responses and the journal carry.
+    body_json: Box<str>,
+}
+
+impl Content {
+    /// Validates a MsgBody (non-empty) and CloudCustomData against the 12 KB limit.
+    pub fn new(body: Vec<MsgElement>, cloud_custom_data: Option<String>) -> Result<Self, Error> {
+        if body.is_empty() {
+            return Err(Error::InvalidMsgBody(
+                "MsgBody must hold at least one element".into(),
+            ));
+        }
+        let body_json = serde_json::to_string(&body)
+            .map_err(|e| Error::InvalidMsgBody(e.to_string()))?
+            .into_boxed_str();
+        let len = body_json.len() + cloud_custom_data.as_ref().map_or(0, String::len);
+        if len > MAX_BODY_BYTES {
+            return Err(Error::BodyTooLarge {
+                len,
+                max: MAX_BODY_BYTES,
+            });
+        }
+        Ok(Content {
+            body,
+            cloud_custom_data,
+            body_json,
+        })
+    }
+
+    /// The MsgBody elements.
+    pub fn body(&self) -> &[MsgElement] {
+        &self.body
+    }
+
+    /// CloudCustomData, if any.
+    pub fn cloud_custom_data(&self) -> Option<&str> {
+        self.cloud_custom_data.as_deref()
+    }
+
+    /// The MsgBody encoded as JSON.
+    pub fn body_json(&self) -> &str {
+        &self.body_json
+    }
+
+    /// Bytes the content occupies on the wire, for the history response size cap.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.body_json.len() + self.cloud_custom_data.as_ref().map_or(0, String::len)
+    }
+}
+
+/// `SyncOtherMachine`: where the sender's own copy of a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum SenderCopy {
+    /// SyncOtherMachine absent: the sender's roaming history only.
+    #[default]
+    Roaming,
+    /// SyncOtherMachine = 1: the sender's roaming and inbox (the sender's other devices get it).
+    RoamingAndDevices,
+    /// SyncOtherMachine = 2: nowhere on the sender's side.
+    Nothing,
+}
+
+impl SenderCopy {
+    /// Maps Tencent's `SyncOtherMachine` field (absent, 1 or 2).
+    pub fn from_sync_other_machine(v: Option<u64>) -> Option<Self> {
+        match v {
+            None => Some(SenderCopy::Roaming),
+            Some(1) => Some(SenderCopy::RoamingAndDevices),
+            Some(2) => Some(SenderCopy::Nothing),
+            Some(_) => None,
+        }
+    }
+
+    /// The `SyncOtherMachine` value this stands for.
+    pub fn sync_other_machine(self) -> Option<u64> {
+        match self {
+            SenderCopy::Roaming => None,
+            SenderCopy::RoamingAndDevices => Some(1),
+            SenderCopy::Nothing => Some(2),
+        }
+    }
+
+    pub(crate) fn in_sender_roaming(self) -> bool {
+        self != SenderCopy::Nothing
+    }
+}
+
+/// A send, as `sendmsg` takes it. Build with [`SendRequest::new`] and adjust the public fields.
+///
+/// ```
+/// use imstore::{MsgElement, SendRequest};
+/// let mut req = SendRequest::new("vinson", "dramon", 833502, vec![MsgElement::text("hi")]);
+/// req.msg_seq = Some(31906);
+/// req.msg_time = Some(1572869830);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendRequest {
+    /// From_Account; `None` sends as the first configured administrator.
+    pub from: Option<String>,
+    /// To_Account.
+    pub to: String,
+    /// MsgRandom (required by Tencent).
+    pub msg_random: u32,
+    /// MsgSeq; a random u32 when `None`.
+    pub msg_seq: Option<u32>,
+    /// MsgTimeStamp, Unix seconds; now when `None`.
+    pub msg_time: Option<u32>,
+    /// MsgBody.
+    pub body: Vec<MsgElement>,
+    /// CloudCustomData.
+    pub cloud_custom_data: Option<String>,
+    /// SyncOtherMachine.
+    pub sender_copy: SenderCopy,
+    /// MsgLifeTime in seconds (default 604800; 0 = delivered to online devices only).
+    pub lifetime: Option<u64>,
+    /// The sender's device the message was sent from, if any: it keeps the message in its
+    /// cache and is not sent its own message back.
+    pub from_device: Option<String>,
+}
+
+impl SendRequest {
+    /// A send with every optional field at its default.
+    pub fn new(from: &str, to: &str, msg_random: u32, body: Vec<MsgElement>) -> Self {
+        SendRequest {
+            from: Some(from.to_owned()),
+            to: to.to_owned(),
+            msg_random,
+            msg_seq: None,
+            msg_time: None,
+            body,
+            cloud_custom_data: None,
+            sender_copy: SenderCopy::Roaming,
+            lifetime: None,
+            from_device: None,
+        }
+    }
+}
+
+/// What a successful send answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// MsgTime: the message's MsgTimeStamp.
+    pub msg_time: u32,
+    /// MsgKey.
+    pub msg_key: MsgKey,
+}
+
+/// The one record of a message that every layer shares.
+pub(crate) struct StoredMessage {
+    pub from: UserId,
+    pub to: UserId,
+    pub key: MsgKey,
+    /// Position among the conversation's arrivals; breaks ties in history order.
+    pub arrival: u64,
+    pub sender_copy: SenderCopy,
+    pub origin_device: Option<DeviceId>,
+    state: RwLock<MsgState>,
+}
+
+/// Lock order: a message's state lock is taken after account and conversation locks and is
+/// never held while taking another lock.
+pub(crate) enum MsgState {
+    Live(Arc<Content>),
+    Recalled,
+}
+
+impl StoredMessage {
+    pub fn new(
+        from: UserId,
+        to: UserId,
+        key: MsgKey,
+        arrival: u64,
+        sender_copy: SenderCopy,
+        origin_device: Option<DeviceId>,
+        content: Arc<Content>,
+    ) -> Self {
+        StoredMessage {
+            from,
+            to,
+            key,
+            arrival,
+            sender_copy,
+            origin_device,
+            state: RwLock::new(MsgState::Live(content)),
+        }
+    }
+
+    /// The live content, or `None` once recalled.
+    pub fn content(&self) -> Option<Arc<Content>> {
+        match &*self.state.read() {
+            MsgState::Live(c) => Some(c.clone()),
+            MsgState::Recalled => None,
+        }
+    }
+
+    pub fn is_recalled(&self) -> bool {
+        matches!(*self.state.read(), MsgState::Recalled)
+    }
+
+    /// Erases the content; the `Arc<Content>` is dropped here unless a caller still holds a view
+    /// taken before the recall.
+    pub fn recall(&self) {
+        *self.state.write() = MsgState::Recalled;
+    }
+
+    /// Replaces the content of a live message.
+    pub fn replace(&self, content: Arc<Content>) {
+        let mut state = self.state.write();
+        if let MsgState::Live(c) = &mut *state {
+            *c = content;
+        }
+    }
+
+    pub fn view(&self) -> MessageView {
+        MessageView {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            key: self.key,
+            content: self.content(),
+        }
+    }
+}
+
+/// A read-only snapshot of a message as a reader saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageView {
+    /// From_Account.
+    pub from: UserId,
+    /// To_Account.
+    pub to: UserId,
+    /// MsgKey (MsgSeq, MsgRandom, MsgTimeStamp).
+    pub key: MsgKey,
+    /// MsgBody and CloudCustomData; `None` once the message has been recalled.
+    pub content: Option<Arc<Content>>,
+}
+
+impl MessageView {
+    /// Whether the message has been recalled (its content is gone).
+    pub fn is_recalled(&self) -> bool {
+        self.content.is_none()
+    }
+
+    /// Tencent's MsgFlagBits: 8 when recalled, 0 otherwise.
+    pub fn msg_flag_bits(&self) -> u32 {
+        if self.is_recalled() { FLAG_RECALLED } else { 0 }
+    }
+}
+
+/// The notice both parties' devices receive when a message is recalled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecallNotice {
+    /// From_Account of the recalled message.
+    pub from: UserId,
+    /// To_Account of the recalled message.
+    pub to: UserId,
+    /// Its MsgKey.
+    pub key: MsgKey,
+    /// The administrator who recalled it.
+    pub recalled_by: UserId,
+    /// When, Unix seconds.
+    pub recalled_at: u64,
+}

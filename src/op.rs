@@ -1,0 +1,80 @@
+//! Every mutation of the store as a value. The live path and journal replay both hand an `Op`
+//! to `Store::apply`, so recovery cannot drift from behaviour. An `Op` is fully resolved: it
+//! carries every default, random number and timestamp the live call chose, so applying it again
+//! gives the same state.
+
+use std::sync::Arc;
+
+use crate::account::UserId;
+use crate::device::DeviceId;
+use crate::key::MsgKey;
+use crate::message::{Content, MsgElement, SenderCopy};
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    ImportAccount {
+        user: UserId,
+    },
+    DeleteAccount {
+        user: UserId,
+    },
+    Send(Box<SendOp>),
+    Recall {
+        from: UserId,
+        to: UserId,
+        key: MsgKey,
+        by: UserId,
+        at: u64,
+    },
+    Modify(Box<ModifyOp>),
+    SetRead {
+        reader: UserId,
+        peer: UserId,
+        at: u64,
+    },
+    /// A device is first seen: it starts at the oldest retained inbox entry.
+    AddDevice {
+        account: UserId,
+        device: DeviceId,
+    },
+    /// A device's cursor moved (recorded when it disconnects).
+    Cursor {
+        account: UserId,
+        device: DeviceId,
+        cursor: u64,
+    },
+    /// Roaming retention: drop the conversation's messages older than `cutoff`.
+    PurgeConversation {
+        a: UserId,
+        b: UserId,
+        cutoff: u64,
+    },
+    /// Inbox lifetimes: drop the account's inbox entries expired at `at`.
+    PurgeInbox {
+        account: UserId,
+        at: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SendOp {
+    pub from: UserId,
+    pub to: UserId,
+    pub key: MsgKey,
+    pub content: Arc<Content>,
+    pub sender_copy: SenderCopy,
+    pub lifetime: u64,
+    pub origin_device: Option<DeviceId>,
+    /// When the store accepted it (the clock, not MsgTimeStamp): lifetimes count from here.
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ModifyOp {
+    pub from: UserId,
+    pub to: UserId,
+    pub key: MsgKey,
+    pub body: Option<Vec<MsgElement>>,
+    pub cloud_custom_data: Option<String>,
+    pub at: u64,
+}

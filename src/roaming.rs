@@ -1,0 +1,246 @@
+//! Roaming history: one `Conversation` per unordered pair of accounts, holding every message of
+//! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
+//! retention and the paging of `admin_getroammsg`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::account::UserId;
+use crate::key::MsgKey;
+use crate::message::{MessageView, StoredMessage};
+
+/// A message's place in history order: (MsgTimeStamp, MsgSeq, arrival).
+pub(crate) type Pos = (u32, u32, u64);
+
+/// Fixed bytes a history item costs on the wire besides its accounts and content: field names,
+/// numbers and punctuation of one `MsgList` entry.
+const ITEM_OVERHEAD_BYTES: usize = 200;
+
+/// An `admin_getroammsg` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Operator_Account: whose view of the conversation.
+    pub operator: String,
+    /// Peer_Account: the other party.
+    pub peer: String,
+    /// MaxCnt: at most this many messages (at least 1).
+    pub max_cnt: u32,
+    /// MinTime, inclusive, Unix seconds.
+    pub min_time: u32,
+    /// MaxTime, inclusive, Unix seconds.
+    pub max_time: u32,
+    /// LastMsgKey of the previous page: continue with messages older than it.
+    pub last_msg_key: Option<MsgKey>,
+}
+
+impl HistoryQuery {
+    /// The whole retained history of `operator` with `peer`, newest `max_cnt` first page.
+    pub fn new(operator: &str, peer: &str, max_cnt: u32) -> Self {
+        HistoryQuery {
+            operator: operator.to_owned(),
+            peer: peer.to_owned(),
+            max_cnt,
+            min_time: 0,
+            max_time: u32::MAX,
+            last_msg_key: None,
+        }
+    }
+
+    /// The query for the page after `page`.
+    pub fn next_page(&self, page: &HistoryPage) -> Option<HistoryQuery> {
+        if page.complete {
+            return None;
+        }
+        Some(HistoryQuery {
+            max_time: page.last_msg_time,
+            last_msg_key: page.last_msg_key,
+            ..self.clone()
+        })
+    }
+}
+
+/// One entry of a history page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryItem {
+    /// The message; its content is `None` when recalled (MsgFlagBits 8, empty MsgBody).
+    pub message: MessageView,
+    /// IsPeerRead: the recipient has marked this message read.
+    pub is_peer_read: bool,
+}
+
+/// An `admin_getroammsg` answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryPage {
+    /// MsgList, oldest first.
+    pub messages: Vec<HistoryItem>,
+    /// Complete: nothing older in the range remains.
+    pub complete: bool,
+    /// LastMsgTime: MsgTimeStamp of the oldest message returned (0 when none).
+    pub last_msg_time: u32,
+    /// LastMsgKey: MsgKey of the oldest message returned.
+    pub last_msg_key: Option<MsgKey>,
+}
+
+/// Which side of a conversation: 0 for the smaller UserID, 1 for the larger.
+pub(crate) type Side = usize;
+
+pub(crate) struct Conversation {
+    users: [UserId; 2],
+    next_arrival: u64,
+    messages: BTreeMap<Pos, Arc<StoredMessage>>,
+    /// (sender side, key) → position. A MsgKey is unique per direction.
+    index: HashMap<(Side, MsgKey), Pos>,
+    /// Per side: the arrival number up to which that side has read what its peer sent.
+    read_mark: [u64; 2],
+}
+
+/// The pair of accounts a conversation is keyed by, smaller UserID first.
+pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
+    if x <= y {
+        (x.clone(), y.clone())
+    } else {
+        (y.clone(), x.clone())
+    }
+}
+
+impl Conversation {
+    pub fn new(a: UserId, b: UserId) -> Self {
+        debug_assert!(a < b);
+        Conversation {
+            users: [a, b],
+            next_arrival: 1,
+            messages: BTreeMap::new(),
+            index: HashMap::new(),
+            read_mark: [0, 0],
+        }
+    }
+
+    pub fn side(&self, user: &str) -> Side {
+        usize::from(&*self.users[0] != user)
+    }
+
+    pub fn find(&self, from: &str, key: MsgKey) -> Option<&Arc<StoredMessage>> {
+        let pos = self.index.get(&(self.side(from), key))?;
+        self.messages.get(pos)
+    }
+
+    /// Takes the next arrival number for a message about to be inserted.
+    pub fn take_arrival(&mut self) -> u64 {
+        let n = self.next_arrival;
+        self.next_arrival += 1;
+        n
+    }
+
+    pub fn insert(&mut self, msg: Arc<StoredMessage>) {
+        let pos = position(&msg);
+        self.index.insert((self.side(&msg.from), msg.key), pos);
+        self.messages.insert(pos, msg);
+    }
+
+    /// Whether the recipient has not yet marked `msg` read.
+    pub fn is_unread(&self, msg: &StoredMessage) -> bool {
+        msg.arrival > self.read_mark[self.side(&msg.to)]
+    }
+
+    /// Marks everything that has arrived so far as read by `reader`.
+    pub fn mark_read(&mut self, reader: &str) {
+        let side = self.side(reader);
+        self.read_mark[side] = self.next_arrival - 1;
+    }
+
+    /// Removes messages whose MsgTimeStamp is before `cutoff`; returns how many.
+    pub fn trim(&mut self, cutoff: u64) -> usize {
+        let mut removed = 0;
+        while let Some(entry) = self.messages.first_entry() {
+            if u64::from(entry.key().0) >= cutoff {
+                break;
+            }
+            let msg = entry.remove();
+            self.index.remove(&(self.side(&msg.from), msg.key));
+            removed += 1;
+        }
+        removed
+    }
+
+    fn visible(&self, msg: &StoredMessage, side: Side) -> bool {
+        *msg.to == *self.users[side] || msg.sender_copy.in_sender_roaming()
+    }
+
+    /// Messages in `side`'s view, newest first, at or before `upper`, not older than `cutoff`.
+    fn newest_first(
+        &self,
+        side: Side,
+        upper: Bound<Pos>,
+        cutoff: u64,
+    ) -> impl Iterator<Item = &Arc<StoredMessage>> {
+        self.messages
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, m)| m)
+            .take_while(move |m| u64::from(m.key.time()) >= cutoff)
+            .filter(move |m| self.visible(m, side))
+    }
+
+    /// One page of `admin_getroammsg` for `side`. `cutoff` is the retention horizon.
+    pub fn page(&self, side: Side, q: &HistoryQuery, max_bytes: usize, cutoff: u64) -> HistoryPage {
+        let cutoff = cutoff.max(u64::from(q.min_time));
+        let mut upper = Bound::Included((q.max_time, u32::MAX, u64::MAX));
+        if let Some(key) = q.last_msg_key {
+            // The previous page ended at this message: continue strictly before it. When the key
+            // is gone (expired), its (time, seq) still bounds the page.
+            let pos = [0, 1]
+                .iter()
+                .filter_map(|&s| self.index.get(&(s, key)))
+                .min()
+                .copied()
+                .unwrap_or((key.time(), key.seq(), 0));
+            upper = match upper {
+                Bound::Included(u) if u < pos => Bound::Included(u),
+                _ => Bound::Excluded(pos),
+            };
+        }
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut complete = true;
+        for msg in self.newest_first(side, upper, cutoff) {
+            let view = msg.view();
+            let size = ITEM_OVERHEAD_BYTES
+                + view.from.len()
+                + view.to.len()
+                + view.content.as_ref().map_or(0, |c| c.encoded_len());
+            let full = items.len() >= q.max_cnt as usize || bytes + size > max_bytes;
+            // A page always makes progress, whatever the byte cap.
+            if full && !items.is_empty() {
+                complete = false;
+                break;
+            }
+            bytes += size;
+            items.push(HistoryItem {
+                is_peer_read: !self.is_unread(msg),
+                message: view,
+            });
+        }
+        items.reverse();
+        let oldest = items.first().map(|i| i.message.key);
+        HistoryPage {
+            messages: items,
+            complete,
+            last_msg_time: oldest.map_or(0, |k| k.time()),
+            last_msg_key: oldest,
+        }
+    }
+
+    /// The newest message in `side`'s view (the conversation's "last message").
+    pub fn last_message(&self, side: Side, cutoff: u64) -> Option<HistoryItem> {
+        let msg = self.newest_first(side, Bound::Unbounded, cutoff).next()?;
+        Some(HistoryItem {
+            is_peer_read: !self.is_unread(msg),
+            message: msg.view(),
+        })
+    }
+}
+
+fn position(msg: &StoredMessage) -> Pos {
+    (msg.key.time(), msg.key.seq(), msg.arrival)
+}

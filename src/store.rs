@@ -1,0 +1,978 @@
+//! The store façade: validates requests, turns them into [`Op`] values and applies them to the
+//! layers under the crate's lock order (see `AccountCell`). The layers never call each other;
+//! this module is the only place that knows an operation touches several of them.
+//!
+//! Every mutation goes through [`Store::apply`], which the live path and journal replay share:
+//! it takes the locks, validates against current state, records the op in the journal (live
+//! path only), then mutates. Validation happens before recording, so the journal holds only
+//! operations that succeeded, and mutation after recording cannot fail.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use parking_lot::Mutex;
+
+use crate::account::{AccountCell, UserId, check_user_id, lock_pair};
+use crate::config::Config;
+use crate::device::{DeviceId, DeviceSlot, Subscription, check_device_id};
+use crate::error::{Error, Result};
+use crate::hooks::{BeforeSend, OutgoingMessage};
+use crate::inbox::Entry;
+use crate::key::MsgKey;
+use crate::message::{
+    Content, MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt, SendRequest,
+    SenderCopy, StoredMessage,
+};
+use crate::op::{ModifyOp, Op, SendOp};
+use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
+
+/// The most accounts one multi-import may name.
+pub const MAX_IMPORT_BATCH: usize = 100;
+/// The most recipients one batch send may name.
+pub const MAX_BATCH_RECIPIENTS: usize = 500;
+
+/// Whether `apply` is serving a caller (and must journal) or replaying the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Live,
+    #[allow(dead_code)] // until the journal replays
+    Replay,
+}
+
+/// What applying an op produced, for the caller that asked for it.
+pub(crate) enum Applied {
+    Done,
+    /// The account already existed (import) or the device already existed (add device).
+    Unchanged,
+    Sent {
+        msg: Arc<StoredMessage>,
+        duplicate: bool,
+    },
+    Recalled(Arc<RecallNotice>),
+    Purged(usize),
+}
+
+/// Which field of a request named an account, deciding the error code when it does not exist.
+#[derive(Clone, Copy)]
+enum Role {
+    /// From_Account, Operator_Account, Report_Account: 90008.
+    Acting,
+    /// To_Account, Peer_Account: 90003.
+    Other,
+    /// Account APIs and batch recipients: 70107.
+    Plain,
+}
+
+impl Role {
+    fn missing(self, user: &str) -> Error {
+        match self {
+            Role::Acting => Error::FromAccountNotFound(user.to_owned()),
+            Role::Other => Error::ToAccountNotFound(user.to_owned()),
+            Role::Plain => Error::AccountNotFound(user.to_owned()),
+        }
+    }
+}
+
+/// A batch send (`batchsendmsg`): one message, one MsgKey, up to 500 recipients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchSendRequest {
+    /// From_Account; `None` sends as the first administrator.
+    pub from: Option<String>,
+    /// To_Account: 1 to 500 recipients.
+    pub to: Vec<String>,
+    /// MsgRandom.
+    pub msg_random: u32,
+    /// MsgSeq; random when `None`.
+    pub msg_seq: Option<u32>,
+    /// MsgTimeStamp; now when `None`.
+    pub msg_time: Option<u32>,
+    /// MsgBody.
+    pub body: Vec<MsgElement>,
+    /// CloudCustomData.
+    pub cloud_custom_data: Option<String>,
+    /// SyncOtherMachine.
+    pub sender_copy: SenderCopy,
+    /// MsgLifeTime in seconds.
+    pub lifetime: Option<u64>,
+}
+
+/// What a batch send answers: the shared MsgKey and the recipients it failed for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchReceipt {
+    /// MsgTime.
+    pub msg_time: u32,
+    /// MsgKey, the same for every recipient.
+    pub msg_key: MsgKey,
+    /// ErrorList: (To_Account, why).
+    pub errors: Vec<(String, Error)>,
+}
+
+/// What `purge_expired` removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Roaming messages past retention.
+    pub messages: usize,
+    /// Inbox entries past their lifetime.
+    pub inbox_entries: usize,
+}
+
+/// The store: accounts, the three layers, recall. `Send + Sync`; share it by reference or `Arc`.
+pub struct Store {
+    config: Config,
+    admins: Vec<UserId>,
+    accounts: DashMap<UserId, Arc<AccountCell>>,
+    conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
+    rng: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("accounts", &self.accounts.len())
+            .field("conversations", &self.conversations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store that keeps everything in memory. Fails only if an administrator name is not a
+    /// valid UserID.
+    pub fn in_memory(config: Config) -> Result<Store> {
+        let admins = config
+            .admins
+            .iter()
+            .map(|a| UserId::new(a))
+            .collect::<Result<Vec<_>>>()?;
+        let store = Store {
+            config,
+            admins,
+            accounts: DashMap::new(),
+            conversations: DashMap::new(),
+            rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
+        };
+        store.import_admins()?;
+        Ok(store)
+    }
+
+    fn import_admins(&self) -> Result<()> {
+        for admin in &self.admins {
+            self.apply(
+                &Op::ImportAccount {
+                    user: admin.clone(),
+                },
+                Mode::Live,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether `user` is an app administrator.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|a| &**a == user)
+    }
+
+    fn now(&self) -> u64 {
+        self.config.clock.now()
+    }
+
+    fn random_u32(&self) -> u32 {
+        // splitmix64 over a shared counter: cheap, lock-free, well spread.
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as u32
+    }
+
+    fn cell(&self, user: &str) -> Option<Arc<AccountCell>> {
+        self.accounts.get(user).map(|r| r.value().clone())
+    }
+
+    fn cell_as(&self, user: &str, role: Role) -> Result<Arc<AccountCell>> {
+        self.cell(user).ok_or_else(|| role.missing(user))
+    }
+
+    fn conversation(
+        &self,
+        x: &UserId,
+        y: &UserId,
+        create: bool,
+    ) -> Option<Arc<Mutex<Conversation>>> {
+        let id = conversation_id(x, y);
+        if let Some(c) = self.conversations.get(&id) {
+            return Some(c.value().clone());
+        }
+        if !create {
+            return None;
+        }
+        let (a, b) = id.clone();
+        Some(
+            self.conversations
+                .entry(id)
+                .or_insert_with(|| Arc::new(Mutex::new(Conversation::new(a, b))))
+                .value()
+                .clone(),
+        )
+    }
+
+    /// Records `op` in the journal before it is applied (live path only).
+    fn record(&self, _op: &Op, _mode: Mode) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies one operation: the single path shared by live calls and replay.
+    pub(crate) fn apply(&self, op: &Op, mode: Mode) -> Result<Applied> {
+        match op {
+            Op::ImportAccount { user } => self.apply_import(op, user, mode),
+            Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
+            Op::Send(send) => self.apply_send(op, send, mode),
+            Op::Recall {
+                from,
+                to,
+                key,
+                by,
+                at,
+            } => self.apply_recall(op, from, to, *key, by, *at, mode),
+            Op::Modify(m) => self.apply_modify(op, m, mode),
+            Op::SetRead { reader, peer, .. } => self.apply_set_read(op, reader, peer, mode),
+            Op::AddDevice { account, device } => self.apply_add_device(op, account, device, mode),
+            Op::Cursor {
+                account,
+                device,
+                cursor,
+            } => {
+                let cell = self.cell_as(account, Role::Plain)?;
+                let state = cell.state.lock();
+                let slot = state.devices.get(device).ok_or_else(|| no_device(device))?;
+                self.record(op, mode)?;
+                slot.shared.set_cursor(*cursor);
+                Ok(Applied::Done)
+            }
+            Op::PurgeConversation { a, b, cutoff } => {
+                let Some(conv) = self.conversation(a, b, false) else {
+                    return Ok(Applied::Purged(0));
+                };
+                let mut c = conv.lock();
+                self.record(op, mode)?;
+                Ok(Applied::Purged(c.trim(*cutoff)))
+            }
+            Op::PurgeInbox { account, at } => {
+                let cell = self.cell_as(account, Role::Plain)?;
+                let mut state = cell.state.lock();
+                self.record(op, mode)?;
+                Ok(Applied::Purged(state.inbox.purge(*at)))
+            }
+        }
+    }
+
+    fn apply_import(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
+        // The map shard stays locked while the import is recorded, so a concurrent delete of the
+        // same name is ordered the same way in memory and in the journal.
+        match self.accounts.entry(user.clone()) {
+            MapEntry::Occupied(_) => Ok(Applied::Unchanged),
+            MapEntry::Vacant(v) => {
+                self.record(op, mode)?;
+                v.insert(Arc::new(AccountCell::new(user.clone())));
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
+        match self.accounts.entry(user.clone()) {
+            MapEntry::Vacant(_) => Err(Error::AccountNotFound(user.to_string())),
+            MapEntry::Occupied(o) => {
+                let cell = o.get().clone();
+                let mut state = cell.state.lock();
+                self.record(op, mode)?;
+                state.alive = false;
+                // Dropping the devices drops their channels' senders: subscribers see the end.
+                state.devices.clear();
+                state.inbox = Default::default();
+                state.unread.clear();
+                drop(state);
+                o.remove();
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode) -> Result<Applied> {
+        if s.from == s.to {
+            return Err(Error::ToAccountNotFound(format!(
+                "{} (To_Account must differ from From_Account)",
+                s.to
+            )));
+        }
+        let from = self.cell_as(&s.from, Role::Acting)?;
+        let to = self.cell_as(&s.to, Role::Other)?;
+        let conv = self
+            .conversation(&from.id, &to.id, true)
+            .expect("created on demand");
+        let (mut fs, mut ts) = lock_pair(&from, &to);
+        if !fs.alive {
+            return Err(Role::Acting.missing(&s.from));
+        }
+        if !ts.alive {
+            return Err(Role::Other.missing(&s.to));
+        }
+        let mut c = conv.lock();
+        if let Some(existing) = c.find(&s.from, s.key) {
+            return Ok(Applied::Sent {
+                msg: existing.clone(),
+                duplicate: true,
+            });
+        }
+        self.record(op, mode)?;
+        let msg = Arc::new(StoredMessage::new(
+            from.id.clone(),
+            to.id.clone(),
+            s.key,
+            c.take_arrival(),
+            s.sender_copy,
+            s.origin_device.clone(),
+            s.content.clone(),
+        ));
+        c.insert(msg.clone());
+        c.trim(s.at.saturating_sub(self.config.retention_secs));
+        drop(c);
+        let expires_at = s.at + s.lifetime;
+        ts.deliver(Entry::Message(msg.clone()), expires_at, s.at);
+        *ts.unread.entry(from.id.clone()).or_default() += 1;
+        if s.sender_copy == SenderCopy::RoamingAndDevices {
+            fs.deliver(Entry::Message(msg.clone()), expires_at, s.at);
+        }
+        if let Some(device) = &s.origin_device {
+            let cursor = fs.inbox.before_oldest();
+            let cap = self.config.cache_capacity;
+            let slot = fs
+                .devices
+                .entry(device.clone())
+                .or_insert_with(|| DeviceSlot::new(device.clone(), cursor, cap));
+            slot.shared.cache_push(msg.clone());
+        }
+        Ok(Applied::Sent {
+            msg,
+            duplicate: false,
+        })
+    }
+
+    /// Finds a live, unexpired message for recall or modify, with the precedence of SPEC §4.
+    fn locate<'c>(
+        &self,
+        c: &'c Conversation,
+        from: &UserId,
+        to: &UserId,
+        key: MsgKey,
+        at: u64,
+    ) -> Result<&'c Arc<StoredMessage>> {
+        let expired = u64::from(key.time()) < at.saturating_sub(self.config.retention_secs);
+        let msg = c
+            .find(from, key)
+            .filter(|_| !expired)
+            .ok_or_else(|| Error::MessageNotFound {
+                from: from.to_string(),
+                to: to.to_string(),
+                key,
+            })?;
+        if msg.is_recalled() {
+            return Err(Error::AlreadyRecalled {
+                from: from.to_string(),
+                to: to.to_string(),
+                key,
+            });
+        }
+        Ok(msg)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_recall(
+        &self,
+        op: &Op,
+        from: &UserId,
+        to: &UserId,
+        key: MsgKey,
+        by: &UserId,
+        at: u64,
+        mode: Mode,
+    ) -> Result<Applied> {
+        let fc = self.cell_as(from, Role::Acting)?;
+        let tc = self.cell_as(to, Role::Other)?;
+        let not_found = || Error::MessageNotFound {
+            from: from.to_string(),
+            to: to.to_string(),
+            key,
+        };
+        if fc.id == tc.id {
+            return Err(not_found());
+        }
+        let conv = self.conversation(from, to, false).ok_or_else(not_found)?;
+        let (mut fs, mut ts) = lock_pair(&fc, &tc);
+        if !fs.alive {
+            return Err(Role::Acting.missing(from));
+        }
+        if !ts.alive {
+            return Err(Role::Other.missing(to));
+        }
+        let c = conv.lock();
+        let msg = self.locate(&c, from, to, key, at)?;
+        self.record(op, mode)?;
+        // The one instant every layer changes: they all share this record.
+        msg.recall();
+        if c.is_unread(msg) {
+            if let Some(n) = ts.unread.get_mut(&**from) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        drop(c);
+        let notice = Arc::new(RecallNotice {
+            from: from.clone(),
+            to: to.clone(),
+            key,
+            recalled_by: by.clone(),
+            recalled_at: at,
+        });
+        let expires_at = at + self.config.notice_lifetime_secs;
+        fs.deliver(Entry::Recalled(notice.clone()), expires_at, at);
+        ts.deliver(Entry::Recalled(notice.clone()), expires_at, at);
+        Ok(Applied::Recalled(notice))
+    }
+
+    fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
+        let fc = self.cell_as(&m.from, Role::Acting)?;
+        let tc = self.cell_as(&m.to, Role::Other)?;
+        let not_found = || Error::MessageNotFound {
+            from: m.from.to_string(),
+            to: m.to.to_string(),
+            key: m.key,
+        };
+        if fc.id == tc.id {
+            return Err(not_found());
+        }
+        let conv = self
+            .conversation(&m.from, &m.to, false)
+            .ok_or_else(not_found)?;
+        let (mut fs, mut ts) = lock_pair(&fc, &tc);
+        if !fs.alive {
+            return Err(Role::Acting.missing(&m.from));
+        }
+        if !ts.alive {
+            return Err(Role::Other.missing(&m.to));
+        }
+        let c = conv.lock();
+        let msg = self.locate(&c, &m.from, &m.to, m.key, m.at)?;
+        let old = msg.content().expect("locate returns live messages");
+        let body = m.body.clone().unwrap_or_else(|| old.body().to_vec());
+        let custom = m
+            .cloud_custom_data
+            .clone()
+            .or_else(|| old.cloud_custom_data().map(str::to_owned));
+        let content = Arc::new(Content::new(body, custom)?);
+        self.record(op, mode)?;
+        msg.replace(content);
+        let msg = msg.clone();
+        drop(c);
+        let expires_at = m.at + self.config.notice_lifetime_secs;
+        fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
+        ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at);
+        Ok(Applied::Done)
+    }
+
+    fn apply_set_read(
+        &self,
+        op: &Op,
+        reader: &UserId,
+        peer: &UserId,
+        mode: Mode,
+    ) -> Result<Applied> {
+        let rc = self.cell_as(reader, Role::Acting)?;
+        self.cell_as(peer, Role::Other)?;
+        let conv = self.conversation(reader, peer, false);
+        let mut state = rc.state.lock();
+        if !state.alive {
+            return Err(Role::Acting.missing(reader));
+        }
+        let mut c = conv.as_ref().map(|c| c.lock());
+        self.record(op, mode)?;
+        if let Some(c) = &mut c {
+            c.mark_read(reader);
+        }
+        state.unread.remove(&**peer);
+        Ok(Applied::Done)
+    }
+
+    fn apply_add_device(
+        &self,
+        op: &Op,
+        account: &UserId,
+        device: &DeviceId,
+        mode: Mode,
+    ) -> Result<Applied> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let mut state = cell.state.lock();
+        if !state.alive {
+            return Err(Role::Plain.missing(account));
+        }
+        if state.devices.contains_key(device) {
+            return Ok(Applied::Unchanged);
+        }
+        self.record(op, mode)?;
+        let cursor = state.inbox.before_oldest();
+        state.devices.insert(
+            device.clone(),
+            DeviceSlot::new(device.clone(), cursor, self.config.cache_capacity),
+        );
+        Ok(Applied::Done)
+    }
+
+    // ----- accounts -----
+
+    /// Imports an account (`account_import`); importing an existing account succeeds and changes
+    /// nothing.
+    pub fn import_account(&self, user: &str) -> Result<()> {
+        let user = UserId::new(user)?;
+        self.apply(&Op::ImportAccount { user }, Mode::Live)
+            .map(|_| ())
+    }
+
+    /// Imports up to 100 accounts (`multiaccount_import`); returns FailAccounts, the names that
+    /// could not be imported.
+    pub fn import_accounts<S: AsRef<str>>(&self, users: &[S]) -> Result<Vec<String>> {
+        if users.len() > MAX_IMPORT_BATCH {
+            return Err(Error::TooManyAccounts { count: users.len() });
+        }
+        Ok(users
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|u| self.import_account(u).is_err())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Whether `user` exists (`account_check`).
+    pub fn account_exists(&self, user: &str) -> bool {
+        self.accounts.contains_key(user)
+    }
+
+    /// Deletes an account (`account_delete`): its inbox, devices and unread counts go; the
+    /// history of its conversations stays in the peers' views. Fails with 70107 when absent.
+    pub fn delete_account(&self, user: &str) -> Result<()> {
+        check_user_id(user).map_err(|_| Error::AccountNotFound(user.to_owned()))?;
+        let user = self.cell_as(user, Role::Plain)?.id.clone();
+        self.apply(&Op::DeleteAccount { user }, Mode::Live)
+            .map(|_| ())
+    }
+
+    // ----- messages -----
+
+    /// Sends a one-to-one message (`sendmsg`), running the before- and after-send hooks.
+    /// Sending the same (From, To, MsgKey) again returns the same receipt and stores nothing.
+    pub fn send(&self, req: SendRequest) -> Result<SendReceipt> {
+        let from = self.sender(req.from.as_deref())?;
+        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
+        let lifetime = check_lifetime(req.lifetime)?;
+        let origin_device = req
+            .from_device
+            .as_deref()
+            .map(|d| check_device_id(d).map(|_| DeviceId::from(d)))
+            .transpose()?;
+        let mut content = Content::new(req.body, req.cloud_custom_data)?;
+        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        let hooks = self.config.hooks.clone();
+        let outgoing = OutgoingMessage {
+            from: &from,
+            to: &to,
+            body: content.body(),
+            cloud_custom_data: content.cloud_custom_data(),
+        };
+        match hooks.before_send(&outgoing) {
+            BeforeSend::Allow => {}
+            BeforeSend::Block => return Err(Error::BlockedByHook { code: 20006 }),
+            BeforeSend::BlockWithCode(code) => {
+                let code = if (120_001..=130_000).contains(&code) {
+                    code
+                } else {
+                    20006
+                };
+                return Err(Error::BlockedByHook { code });
+            }
+            BeforeSend::Drop => {
+                return Ok(SendReceipt {
+                    msg_time: key.time(),
+                    msg_key: key,
+                });
+            }
+            BeforeSend::Replace {
+                body,
+                cloud_custom_data,
+            } => {
+                let body = body.unwrap_or_else(|| content.body().to_vec());
+                let custom =
+                    cloud_custom_data.or_else(|| content.cloud_custom_data().map(str::to_owned));
+                content = Content::new(body, custom)?;
+            }
+        }
+        let op = Op::Send(Box::new(SendOp {
+            from,
+            to,
+            key,
+            content: Arc::new(content),
+            sender_copy: req.sender_copy,
+            lifetime,
+            origin_device,
+            at: self.now(),
+        }));
+        let Applied::Sent { msg, duplicate } = self.apply(&op, Mode::Live)? else {
+            unreachable!("send applies as Sent")
+        };
+        if !duplicate {
+            hooks.after_send(&msg.view());
+        }
+        Ok(SendReceipt {
+            msg_time: msg.key.time(),
+            msg_key: msg.key,
+        })
+    }
+
+    /// Sends one message to up to 500 recipients (`batchsendmsg`) under one MsgKey. Runs no
+    /// hooks. Per-recipient failures are listed in the receipt; the call itself fails only for
+    /// errors of the whole request.
+    pub fn batch_send(&self, req: BatchSendRequest) -> Result<BatchReceipt> {
+        if req.to.len() > MAX_BATCH_RECIPIENTS {
+            return Err(Error::TooManyRecipients(req.to.len()));
+        }
+        if req.to.is_empty() {
+            return Err(Error::ToAccountNotFound(
+                "(To_Account lists no recipient)".into(),
+            ));
+        }
+        let from = self.sender(req.from.as_deref())?;
+        let lifetime = check_lifetime(req.lifetime)?;
+        let content = Arc::new(Content::new(req.body, req.cloud_custom_data)?);
+        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        let mut errors = Vec::new();
+        for to in &req.to {
+            let Some(cell) = self.cell(to) else {
+                errors.push((to.clone(), Error::AccountNotFound(to.clone())));
+                continue;
+            };
+            let op = Op::Send(Box::new(SendOp {
+                from: from.clone(),
+                to: cell.id.clone(),
+                key,
+                content: content.clone(),
+                sender_copy: req.sender_copy,
+                lifetime,
+                origin_device: None,
+                at: self.now(),
+            }));
+            if let Err(e) = self.apply(&op, Mode::Live) {
+                let e = match e {
+                    Error::ToAccountNotFound(_) => Error::AccountNotFound(to.clone()),
+                    other => other,
+                };
+                errors.push((to.clone(), e));
+            }
+        }
+        Ok(BatchReceipt {
+            msg_time: key.time(),
+            msg_key: key,
+            errors,
+        })
+    }
+
+    fn sender(&self, from: Option<&str>) -> Result<UserId> {
+        match from {
+            Some(f) => Ok(self.cell_as(f, Role::Acting)?.id.clone()),
+            None => {
+                self.admins.first().cloned().ok_or_else(|| {
+                    Error::FromAccountNotFound("(no administrator configured)".into())
+                })
+            }
+        }
+    }
+
+    fn resolve_key(&self, seq: Option<u32>, random: u32, time: Option<u32>) -> MsgKey {
+        let seq = seq.unwrap_or_else(|| self.random_u32());
+        let time = time.unwrap_or_else(|| u32::try_from(self.now()).unwrap_or(u32::MAX));
+        MsgKey::new(seq, random, time)
+    }
+
+    /// Recalls a message (`admin_msgwithdraw`) in every layer at once: history keeps it with
+    /// MsgFlagBits 8 and no content, no device receives it any more, every device cache holds a
+    /// tombstone, both parties' devices get a Recalled notice, unread counts drop. Errors, in
+    /// this order: 90009, 90008, 90003, 90054, 20022, 20023.
+    pub fn recall(&self, operator: &str, from: &str, to: &str, key: &str) -> Result<RecallNotice> {
+        if !self.is_admin(operator) {
+            return Err(Error::NotAdmin(operator.to_owned()));
+        }
+        let by = self.cell_as(operator, Role::Acting)?.id.clone();
+        let from = self.cell_as(from, Role::Acting)?.id.clone();
+        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let key = MsgKey::parse(key)?;
+        let op = Op::Recall {
+            from,
+            to,
+            key,
+            by,
+            at: self.now(),
+        };
+        let Applied::Recalled(notice) = self.apply(&op, Mode::Live)? else {
+            unreachable!("recall applies as Recalled")
+        };
+        self.config.hooks.after_recall(&notice);
+        Ok((*notice).clone())
+    }
+
+    /// Replaces the MsgBody and/or CloudCustomData of a live message (`modify_c2c_msg`) in
+    /// every layer and sends both parties' devices a Modified notice. A recalled message answers
+    /// 20023.
+    pub fn modify(
+        &self,
+        from: &str,
+        to: &str,
+        key: &str,
+        body: Option<Vec<MsgElement>>,
+        cloud_custom_data: Option<String>,
+    ) -> Result<()> {
+        let from = self.cell_as(from, Role::Acting)?.id.clone();
+        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let key = MsgKey::parse(key)?;
+        if body.is_none() && cloud_custom_data.is_none() {
+            return Err(Error::InvalidMsgBody(
+                "give a new MsgBody or CloudCustomData".into(),
+            ));
+        }
+        if let Some(b) = &body {
+            Content::new(b.clone(), None)?;
+        }
+        let op = Op::Modify(Box::new(ModifyOp {
+            from,
+            to,
+            key,
+            body,
+            cloud_custom_data,
+            at: self.now(),
+        }));
+        self.apply(&op, Mode::Live).map(|_| ())
+    }
+
+    /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
+    pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
+        let op = self.cell_as(&q.operator, Role::Acting)?;
+        let peer = self.cell_as(&q.peer, Role::Other)?;
+        if q.max_cnt == 0 {
+            return Err(Error::InvalidRequest("MaxCnt must be at least 1".into()));
+        }
+        if q.min_time > q.max_time {
+            return Err(Error::InvalidRequest("MinTime is after MaxTime".into()));
+        }
+        let empty = HistoryPage {
+            messages: Vec::new(),
+            complete: true,
+            last_msg_time: 0,
+            last_msg_key: None,
+        };
+        if op.id == peer.id {
+            return Ok(empty);
+        }
+        let Some(conv) = self.conversation(&op.id, &peer.id, false) else {
+            return Ok(empty);
+        };
+        let c = conv.lock();
+        Ok(c.page(
+            c.side(&op.id),
+            q,
+            self.config.history_max_bytes,
+            self.retention_cutoff(),
+        ))
+    }
+
+    /// The newest message of the conversation in `account`'s view, recalled or not.
+    pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
+        let a = self.cell_as(account, Role::Acting)?;
+        let p = self.cell_as(peer, Role::Other)?;
+        let Some(conv) = self.conversation(&a.id, &p.id, false) else {
+            return Ok(None);
+        };
+        let c = conv.lock();
+        Ok(c.last_message(c.side(&a.id), self.retention_cutoff()))
+    }
+
+    fn retention_cutoff(&self) -> u64 {
+        self.now().saturating_sub(self.config.retention_secs)
+    }
+
+    /// Marks everything `peer` has sent to `reader` as read (`admin_set_msg_read`).
+    pub fn mark_read(&self, reader: &str, peer: &str) -> Result<()> {
+        let reader = self.cell_as(reader, Role::Acting)?.id.clone();
+        let peer = self.cell_as(peer, Role::Other)?.id.clone();
+        self.apply(
+            &Op::SetRead {
+                reader,
+                peer,
+                at: self.now(),
+            },
+            Mode::Live,
+        )
+        .map(|_| ())
+    }
+
+    /// How many messages from `peer` `account` has not read.
+    pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
+        let cell = self.cell_as(account, Role::Other)?;
+        let state = cell.state.lock();
+        Ok(state.unread.get(peer).copied().unwrap_or(0))
+    }
+
+    /// Every peer with unread messages for `account`, and how many (`get_c2c_unread_msg_num`).
+    pub fn unread_all(&self, account: &str) -> Result<Vec<(UserId, u32)>> {
+        let cell = self.cell_as(account, Role::Other)?;
+        let state = cell.state.lock();
+        let mut all: Vec<_> = state
+            .unread
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, n)| (p.clone(), *n))
+            .collect();
+        all.sort();
+        Ok(all)
+    }
+
+    // ----- devices -----
+
+    /// Connects a device of `account`: it first receives every retained inbox entry after its
+    /// cursor (a new device starts at the oldest), then new entries live. Connecting a device
+    /// that is already connected ends the older subscription.
+    pub fn connect(&self, account: &str, device: &str) -> Result<Subscription> {
+        self.connect_inner(account, device, None)
+    }
+
+    /// Like [`connect`](Store::connect), resuming after inbox sequence number `after` (the last
+    /// entry the client saw, e.g. SSE `Last-Event-ID`).
+    pub fn connect_after(&self, account: &str, device: &str, after: u64) -> Result<Subscription> {
+        self.connect_inner(account, device, Some(after))
+    }
+
+    fn connect_inner(
+        &self,
+        account: &str,
+        device: &str,
+        after: Option<u64>,
+    ) -> Result<Subscription> {
+        check_device_id(device)?;
+        let cell = self.cell_as(account, Role::Plain)?;
+        let device = DeviceId::from(device);
+        self.apply(
+            &Op::AddDevice {
+                account: cell.id.clone(),
+                device: device.clone(),
+            },
+            Mode::Live,
+        )?;
+        let mut guard = cell.state.lock();
+        let state = &mut *guard;
+        let last_seq = state.inbox.last_seq();
+        let slot = state
+            .devices
+            .get_mut(&device)
+            .ok_or_else(|| Role::Plain.missing(account))?;
+        let (rx, generation) = slot.connect(self.config.channel_capacity, after, last_seq);
+        let shared = slot.shared.clone();
+        drop(guard);
+        Ok(Subscription::new(
+            rx,
+            shared,
+            cell.clone(),
+            generation,
+            self.config.clock.clone(),
+        ))
+    }
+
+    /// Disconnects a subscription and records its device's cursor, so the device resumes from
+    /// there after a restart.
+    pub fn disconnect(&self, sub: Subscription) -> Result<()> {
+        let account = UserId::new(sub.account())?;
+        let device = DeviceId::from(sub.device());
+        let cursor = sub.cursor();
+        drop(sub);
+        self.apply(
+            &Op::Cursor {
+                account,
+                device,
+                cursor,
+            },
+            Mode::Live,
+        )
+        .map(|_| ())
+    }
+
+    /// The messages a device holds in its cache, oldest first; recalled ones are tombstones.
+    pub fn device_cache(&self, account: &str, device: &str) -> Result<Vec<MessageView>> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let shared = cell
+            .state
+            .lock()
+            .devices
+            .get(device)
+            .map(|s| s.shared.clone())
+            .ok_or_else(|| no_device(device))?;
+        Ok(shared.cache_views())
+    }
+
+    /// The devices `account` has, with whether each is connected now.
+    pub fn devices(&self, account: &str) -> Result<Vec<(String, bool)>> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let state = cell.state.lock();
+        let mut out: Vec<_> = state
+            .devices
+            .iter()
+            .map(|(id, s)| (id.to_string(), s.is_connected()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Drops roaming messages past retention and inbox entries past their lifetime.
+    pub fn purge_expired(&self) -> Result<PurgeReport> {
+        let now = self.now();
+        let cutoff = now.saturating_sub(self.config.retention_secs);
+        let mut report = PurgeReport::default();
+        let convs: Vec<_> = self.conversations.iter().map(|e| e.key().clone()).collect();
+        for (a, b) in convs {
+            if let Applied::Purged(n) =
+                self.apply(&Op::PurgeConversation { a, b, cutoff }, Mode::Live)?
+            {
+                report.messages += n;
+            }
+        }
+        let accounts: Vec<_> = self.accounts.iter().map(|e| e.key().clone()).collect();
+        for account in accounts {
+            match self.apply(&Op::PurgeInbox { account, at: now }, Mode::Live) {
+                Ok(Applied::Purged(n)) => report.inbox_entries += n,
+                Ok(_) | Err(Error::AccountNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn no_device(device: &str) -> Error {
+    Error::InvalidRequest(format!("no device {device:?}; connect it first"))
+}
+
+fn check_lifetime(lifetime: Option<u64>) -> Result<u64> {
+    match lifetime {
+        None => Ok(MAX_LIFETIME_SECS),
+        Some(l) if l <= MAX_LIFETIME_SECS => Ok(l),
+        Some(l) => Err(Error::InvalidLifeTime(l)),
+    }
+}

@@ -1,0 +1,100 @@
+//! Accounts: import, multi-import, check, delete (SPEC §3).
+mod common;
+use common::*;
+
+#[test]
+fn import_is_idempotent() {
+    let (store, _) = store_with(&[]);
+    store.import_account("vinson").unwrap();
+    store.import_account("vinson").unwrap();
+    assert!(store.account_exists("vinson"));
+}
+
+#[test]
+fn invalid_user_id_answers_70402() {
+    let (store, _) = store_with(&[]);
+    for bad in ["", "a\u{7}b", "line\nbreak", &"x".repeat(33)] {
+        assert_eq!(
+            store.import_account(bad).unwrap_err().code(),
+            70402,
+            "{bad:?}"
+        );
+    }
+    // 32 bytes of multi-byte UTF-8 is fine, 33 is not.
+    store.import_account(&"é".repeat(16)).unwrap();
+    assert_eq!(
+        store
+            .import_account(&format!("{}a", "é".repeat(16)))
+            .unwrap_err()
+            .code(),
+        70402
+    );
+}
+
+#[test]
+fn multi_import_over_100_answers_70402() {
+    let (store, _) = store_with(&[]);
+    let users: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    assert_eq!(store.import_accounts(&users).unwrap_err().code(), 70402);
+    assert!(
+        !store.account_exists("u0"),
+        "a refused batch imports nothing"
+    );
+}
+
+#[test]
+fn multi_import_lists_fail_accounts() {
+    let (store, _) = store_with(&[]);
+    let failed = store.import_accounts(&["a", "", "b"]).unwrap();
+    assert_eq!(failed, vec![String::new()]);
+    assert!(store.account_exists("a") && store.account_exists("b"));
+}
+
+#[test]
+fn check_reports_existence() {
+    let (store, _) = store_with(&["a"]);
+    assert!(store.account_exists("a"));
+    assert!(!store.account_exists("nobody"));
+    assert!(
+        store.account_exists(ADMIN),
+        "administrators are imported at open"
+    );
+}
+
+#[test]
+fn delete_unknown_account_answers_70107() {
+    let (store, _) = store_with(&[]);
+    assert_eq!(store.delete_account("ghost").unwrap_err().code(), 70107);
+}
+
+#[test]
+fn operations_on_a_deleted_account_fail_with_the_accounts_code() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    store.delete_account("b").unwrap();
+    assert!(!store.account_exists("b"));
+    assert_eq!(
+        store.send(text_req("a", "b", 1, "hi")).unwrap_err().code(),
+        90003
+    );
+    assert_eq!(
+        store.send(text_req("b", "a", 1, "hi")).unwrap_err().code(),
+        90008
+    );
+    assert!(
+        sub.recv().is_err(),
+        "a deleted account's devices are disconnected"
+    );
+    assert_eq!(store.connect("b", "phone").unwrap_err().code(), 70107);
+}
+
+#[test]
+fn reimported_account_starts_with_an_empty_inbox() {
+    let (store, _) = store_with(&["a", "b"]);
+    send_text(&store, "a", "b", 1, "old");
+    store.delete_account("b").unwrap();
+    store.import_account("b").unwrap();
+    let sub = store.connect("b", "phone").unwrap();
+    assert!(drain(&sub).is_empty());
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use imstore::{
+    Config, Event, EventKind, ManualClock, MsgElement, SendReceipt, SendRequest, Store,
+    Subscription,
+};
+
+pub const T0: u64 = 1_700_000_000;
+pub const ADMIN: &str = "administrator";
+
+/// A store on a manual clock standing at `T0`, with `users` imported.
+pub fn store_with(users: &[&str]) -> (Store, Arc<ManualClock>) {
+    store_with_config(users, |c| c)
+}
+
+pub fn store_with_config(
+    users: &[&str],
+    tweak: impl FnOnce(Config) -> Config,
+) -> (Store, Arc<ManualClock>) {
+    let clock = ManualClock::new(T0);
+    let store = Store::in_memory(tweak(Config::default().with_clock(clock.clone()))).unwrap();
+    for u in users {
+        store.import_account(u).unwrap();
+    }
+    (store, clock)
+}
+
+pub fn text_req(from: &str, to: &str, random: u32, text: &str) -> SendRequest {
+    SendRequest::new(from, to, random, vec![MsgElement::text(text)])
+}
+
+pub fn send_text(store: &Store, from: &str, to: &str, random: u32, text: &str) -> SendReceipt {
+    store.send(text_req(from, to, random, text)).unwrap()
+}
+
+pub fn texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Message(m) => format!("msg:{}", body_text(m)),
+            EventKind::Recalled(n) => format!("recall:{}", n.key),
+            EventKind::Modified { message, .. } => format!("modify:{}", body_text(message)),
+        })
+        .collect()
+}
+
+pub fn body_text(m: &imstore::MessageView) -> String {
+    match m.content.as_ref().map(|c| c.body()) {
+        Some([MsgElement::TIMTextElem(t), ..]) => t.text.clone(),
+        Some(_) => "<non-text>".into(),
+        None => "<recalled>".into(),
+    }
+}
+
+pub fn drain(sub: &Subscription) -> Vec<Event> {
+    sub.drain().unwrap()
+}

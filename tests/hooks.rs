@@ -1,0 +1,129 @@
+//! Hooks (SPEC §3): before-send allow / block / drop / replace / custom code, after-send, and no
+//! hooks for batch send.
+mod common;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use imstore::{
+    BatchSendRequest, BeforeSend, HistoryQuery, Hooks, MessageView, MsgElement, OutgoingMessage,
+    SenderCopy,
+};
+
+struct Scripted {
+    decision: BeforeSend,
+    calls: Mutex<u32>,
+    sent: Mutex<Vec<MessageView>>,
+}
+
+impl Hooks for Scripted {
+    fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
+        *self.calls.lock().unwrap() += 1;
+        self.decision.clone()
+    }
+    fn after_send(&self, msg: &MessageView) {
+        self.sent.lock().unwrap().push(msg.clone());
+    }
+}
+
+fn with_hook(decision: BeforeSend) -> (imstore::Store, Arc<Scripted>) {
+    let hooks = Arc::new(Scripted {
+        decision,
+        calls: Mutex::new(0),
+        sent: Mutex::new(vec![]),
+    });
+    let (store, _) = store_with_config(&["a", "b"], |c| c.with_hooks(hooks.clone()));
+    (store, hooks)
+}
+
+fn stored(store: &imstore::Store) -> Vec<String> {
+    store
+        .history(&HistoryQuery::new("b", "a", 10))
+        .unwrap()
+        .messages
+        .iter()
+        .map(|i| body_text(&i.message))
+        .collect()
+}
+
+#[test]
+fn before_send_allow_stores_and_after_send_observes() {
+    let (store, hooks) = with_hook(BeforeSend::Allow);
+    send_text(&store, "a", "b", 1, "ok");
+    assert_eq!(stored(&store), vec!["ok"]);
+    assert_eq!(body_text(&hooks.sent.lock().unwrap()[0]), "ok");
+}
+
+#[test]
+fn before_send_block_answers_20006_and_stores_nothing() {
+    let (store, hooks) = with_hook(BeforeSend::Block);
+    assert_eq!(
+        store.send(text_req("a", "b", 1, "no")).unwrap_err().code(),
+        20006
+    );
+    assert!(stored(&store).is_empty());
+    assert!(hooks.sent.lock().unwrap().is_empty());
+}
+
+#[test]
+fn before_send_block_with_a_custom_code_answers_that_code() {
+    let (store, _) = with_hook(BeforeSend::BlockWithCode(120_555));
+    assert_eq!(
+        store.send(text_req("a", "b", 1, "no")).unwrap_err().code(),
+        120_555
+    );
+}
+
+#[test]
+fn before_send_block_with_a_code_out_of_range_answers_20006() {
+    let (store, _) = with_hook(BeforeSend::BlockWithCode(42));
+    assert_eq!(
+        store.send(text_req("a", "b", 1, "no")).unwrap_err().code(),
+        20006
+    );
+}
+
+#[test]
+fn before_send_drop_reports_success_and_stores_nothing() {
+    let (store, hooks) = with_hook(BeforeSend::Drop);
+    let sub = store.connect("b", "phone").unwrap();
+    let receipt = store.send(text_req("a", "b", 1, "dropped")).unwrap();
+    assert_eq!(receipt.msg_key.random(), 1);
+    assert!(stored(&store).is_empty());
+    assert!(drain(&sub).is_empty());
+    assert!(hooks.sent.lock().unwrap().is_empty());
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+}
+
+#[test]
+fn before_send_replace_stores_the_replacement() {
+    let (store, _) = with_hook(BeforeSend::Replace {
+        body: Some(vec![MsgElement::text("***")]),
+        cloud_custom_data: Some("scrubbed".into()),
+    });
+    send_text(&store, "a", "b", 1, "rude word");
+    let page = store.history(&HistoryQuery::new("b", "a", 10)).unwrap();
+    let content = page.messages[0].message.content.clone().unwrap();
+    assert_eq!(body_text(&page.messages[0].message), "***");
+    assert_eq!(content.cloud_custom_data(), Some("scrubbed"));
+}
+
+#[test]
+fn batch_send_runs_no_hooks() {
+    let (store, hooks) = with_hook(BeforeSend::Block);
+    let r = store
+        .batch_send(BatchSendRequest {
+            from: Some("a".into()),
+            to: vec!["b".into()],
+            msg_random: 1,
+            msg_seq: None,
+            msg_time: None,
+            body: vec![MsgElement::text("bulk")],
+            cloud_custom_data: None,
+            sender_copy: SenderCopy::Roaming,
+            lifetime: None,
+        })
+        .unwrap();
+    assert!(r.errors.is_empty());
+    assert_eq!(*hooks.calls.lock().unwrap(), 0);
+    assert_eq!(stored(&store), vec!["bulk"]);
+}

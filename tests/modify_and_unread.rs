@@ -1,0 +1,165 @@
+//! Modify (`modify_c2c_msg`), unread counts and read marks (SPEC §3), purging (SPEC §1).
+mod common;
+use common::*;
+use imstore::{EventKind, HistoryQuery, MsgElement};
+
+#[test]
+fn modify_replaces_content_in_every_layer_and_notifies_both_parties() {
+    let (store, _) = store_with(&["a", "b"]);
+    let da = store.connect("a", "pa").unwrap();
+    let db = store.connect("b", "pb").unwrap();
+    let k = send_text(&store, "a", "b", 1, "typo").msg_key.to_string();
+    drain(&db);
+    store
+        .modify("a", "b", &k, Some(vec![MsgElement::text("fixed")]), None)
+        .unwrap();
+    let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
+    assert_eq!(body_text(&page.messages[0].message), "fixed");
+    assert_eq!(
+        body_text(&store.device_cache("b", "pb").unwrap()[0]),
+        "fixed"
+    );
+    assert_eq!(texts(&drain(&da)), vec!["modify:fixed"]);
+    assert_eq!(texts(&drain(&db)), vec!["modify:fixed"]);
+}
+
+#[test]
+fn modify_of_custom_data_keeps_the_body() {
+    let (store, _) = store_with(&["a", "b"]);
+    let k = send_text(&store, "a", "b", 1, "body").msg_key.to_string();
+    store.modify("a", "b", &k, None, Some("cd".into())).unwrap();
+    let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
+    let c = page.messages[0].message.content.clone().unwrap();
+    assert_eq!(
+        (
+            body_text(&page.messages[0].message).as_str(),
+            c.cloud_custom_data()
+        ),
+        ("body", Some("cd"))
+    );
+}
+
+#[test]
+fn a_recalled_message_cannot_be_modified() {
+    let (store, _) = store_with(&["a", "b"]);
+    let k = send_text(&store, "a", "b", 1, "x").msg_key.to_string();
+    store.recall(ADMIN, "a", "b", &k).unwrap();
+    let err = store
+        .modify("a", "b", &k, Some(vec![MsgElement::text("y")]), None)
+        .unwrap_err();
+    assert_eq!(err.code(), 20023);
+    assert!(
+        store
+            .history(&HistoryQuery::new("a", "b", 10))
+            .unwrap()
+            .messages[0]
+            .message
+            .is_recalled()
+    );
+}
+
+#[test]
+fn modify_errors_carry_their_codes() {
+    let (store, _) = store_with(&["a", "b"]);
+    let body = Some(vec![MsgElement::text("y")]);
+    assert_eq!(
+        store
+            .modify("ghost", "b", "1_2_3", body.clone(), None)
+            .unwrap_err()
+            .code(),
+        90008
+    );
+    assert_eq!(
+        store
+            .modify("a", "ghost", "1_2_3", body.clone(), None)
+            .unwrap_err()
+            .code(),
+        90003
+    );
+    assert_eq!(
+        store
+            .modify("a", "b", "x", body.clone(), None)
+            .unwrap_err()
+            .code(),
+        90054
+    );
+    assert_eq!(
+        store
+            .modify("a", "b", "1_2_3", body, None)
+            .unwrap_err()
+            .code(),
+        20022
+    );
+    assert_eq!(
+        store
+            .modify("a", "b", "1_2_3", Some(vec![]), None)
+            .unwrap_err()
+            .code(),
+        90002
+    );
+}
+
+#[test]
+fn a_modify_notice_for_a_later_recalled_message_carries_no_body() {
+    let (store, _) = store_with(&["a", "b"]);
+    let k = send_text(&store, "a", "b", 1, "x").msg_key.to_string();
+    store
+        .modify("a", "b", &k, Some(vec![MsgElement::text("y")]), None)
+        .unwrap();
+    store.recall(ADMIN, "a", "b", &k).unwrap();
+    let sub = store.connect("b", "late").unwrap();
+    let events = drain(&sub);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e.kind, EventKind::Recalled(_))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn unread_counts_per_peer_and_read_marks() {
+    let (store, _) = store_with(&["a", "b", "c"]);
+    send_text(&store, "a", "c", 1, "x");
+    send_text(&store, "a", "c", 2, "y");
+    send_text(&store, "b", "c", 3, "z");
+    assert_eq!(store.unread("c", "a").unwrap(), 2);
+    let all = store.unread_all("c").unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect::<Vec<_>>(),
+        vec![("a".into(), 2), ("b".into(), 1)]
+    );
+    store.mark_read("c", "a").unwrap();
+    assert_eq!(store.unread("c", "a").unwrap(), 0);
+    assert_eq!(store.unread("c", "b").unwrap(), 1);
+    assert_eq!(
+        store.unread("a", "c").unwrap(),
+        0,
+        "your own messages are never unread"
+    );
+}
+
+#[test]
+fn mark_read_errors_carry_their_codes() {
+    let (store, _) = store_with(&["a"]);
+    assert_eq!(store.mark_read("ghost", "a").unwrap_err().code(), 90008);
+    assert_eq!(store.mark_read("a", "ghost").unwrap_err().code(), 90003);
+    assert_eq!(store.unread("ghost", "a").unwrap_err().code(), 90003);
+}
+
+#[test]
+fn purge_drops_expired_inbox_entries() {
+    let (store, clock) = store_with(&["a", "b"]);
+    send_text(&store, "a", "b", 2, "keeps");
+    let mut req = text_req("a", "b", 1, "x");
+    req.lifetime = Some(10);
+    store.send(req).unwrap();
+    clock.advance(11);
+    // The long-lived entry sits behind the expired one; purge drops only expired entries.
+    let report = store.purge_expired().unwrap();
+    assert_eq!(report.inbox_entries, 1);
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&sub)), vec!["msg:keeps"]);
+}
