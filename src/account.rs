@@ -2,7 +2,6 @@
 //! behind one lock, with the crate's lock order.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::device::{DeviceId, DeviceSlot, push_live};
 use crate::error::Error;
+use crate::hash::HashMap;
 use crate::inbox::{Entry, Inbox};
 
 /// The longest UserID, in bytes of UTF-8.
@@ -130,8 +130,8 @@ impl AccountCell {
         let state = AccountState {
             alive: true,
             inbox: Inbox::default(),
-            devices: HashMap::new(),
-            unread: HashMap::new(),
+            devices: HashMap::default(),
+            unread: HashMap::default(),
         };
         AccountCell {
             id,

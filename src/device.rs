@@ -14,7 +14,6 @@
 //!   replays from it, so entries still in a dropped channel are delivered again, and entries
 //!   already received are not.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use crate::account::AccountCell;
 use crate::cache::DeviceCache;
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::hash::HashMap;
 use crate::inbox::{Entry, Inbox};
 use crate::message::{MessageView, RecallNotice, StoredMessage};
 
@@ -384,7 +384,10 @@ impl Subscription {
                     modified_at: at,
                 }
             }
-            Entry::Recalled(notice) => EventKind::Recalled((*notice).clone()),
+            Entry::Recalled(msg) => EventKind::Recalled(
+                msg.recall_notice()
+                    .expect("a Recalled entry names a recalled message"),
+            ),
         };
         Ok(Some(Event { seq, kind }))
     }

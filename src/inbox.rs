@@ -5,15 +5,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::message::{RecallNotice, StoredMessage};
+use crate::message::StoredMessage;
 
 /// What an inbox entry carries. Cloning is a reference-count increment.
 #[derive(Clone)]
 pub(crate) enum Entry {
     /// A message to deliver; skipped if it is recalled before the device receives it.
     Message(Arc<StoredMessage>),
-    /// A message was recalled.
-    Recalled(Arc<RecallNotice>),
+    /// A message was recalled; the notice is read off the (recalled) record.
+    Recalled(Arc<StoredMessage>),
     /// A message's content was replaced; the device is sent the content current at delivery.
     Modified(Arc<StoredMessage>, u64),
 }

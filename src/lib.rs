@@ -53,6 +53,7 @@ mod clock;
 mod config;
 mod device;
 mod error;
+mod hash;
 mod hooks;
 mod inbox;
 mod key;
@@ -77,3 +78,8 @@ pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
     BatchReceipt, BatchSendRequest, MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PurgeReport, Store,
 };
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -6,6 +6,7 @@
 //! never a copy. Recall and modify change the record's state under its own lock, so all layers
 //! see the change at the same instant and a recalled body exists nowhere in memory afterwards.
 
+use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -173,60 +174,93 @@ pub struct VideoFileElem {
     pub thumb_download_flag: u32,
 }
 
-/// What a message says: its MsgBody and CloudCustomData. Immutable once built; modify swaps in
-/// a new `Content`, recall drops it.
-#[derive(Clone, Debug, PartialEq)]
+/// What a message says: its MsgBody and CloudCustomData. Immutable once built and cheap to
+/// clone (one shared allocation); modify swaps in a new `Content`, recall drops it.
+///
+/// The body is kept as its canonical JSON (validated and re-encoded once, at send): that is
+/// what the 12 KB limit measures, what history responses, events and the journal carry. Body
+/// and CloudCustomData share one allocation, and the last holder to drop it overwrites the
+/// bytes with zeros before freeing them, so a recalled body does not linger in freed memory.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Content {
-    body: Vec<MsgElement>,
-    cloud_custom_data: Option<String>,
-    /// The MsgBody as JSON, computed once: it is what the size limit measures, what history
-    /// responses and the journal carry.
-    body_json: Box<str>,
+    /// MsgBody JSON followed by CloudCustomData.
+    buf: Arc<str>,
+    body_len: u32,
+    has_custom_data: bool,
 }
 
 impl Content {
     /// Validates a MsgBody (non-empty) and CloudCustomData against the 12 KB limit.
-    pub fn new(body: Vec<MsgElement>, cloud_custom_data: Option<String>) -> Result<Self, Error> {
+    pub fn new(body: &[MsgElement], cloud_custom_data: Option<&str>) -> Result<Self, Error> {
         if body.is_empty() {
             return Err(Error::InvalidMsgBody(
                 "MsgBody must hold at least one element".into(),
             ));
         }
-        let body_json = serde_json::to_string(&body)
-            .map_err(|e| Error::InvalidMsgBody(e.to_string()))?
-            .into_boxed_str();
-        let len = body_json.len() + cloud_custom_data.as_ref().map_or(0, String::len);
+        let mut buf =
+            serde_json::to_string(body).map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
+        let body_len = buf.len();
+        let len = body_len + cloud_custom_data.map_or(0, str::len);
         if len > MAX_BODY_BYTES {
             return Err(Error::BodyTooLarge {
                 len,
                 max: MAX_BODY_BYTES,
             });
         }
+        buf.push_str(cloud_custom_data.unwrap_or(""));
         Ok(Content {
-            body,
-            cloud_custom_data,
-            body_json,
+            buf: Arc::from(buf),
+            body_len: body_len as u32,
+            has_custom_data: cloud_custom_data.is_some(),
         })
     }
 
-    /// The MsgBody elements.
-    pub fn body(&self) -> &[MsgElement] {
-        &self.body
+    /// Validates and re-encodes a MsgBody given as JSON (the journal's and the wire's form).
+    pub fn from_json(body_json: &str, cloud_custom_data: Option<&str>) -> Result<Self, Error> {
+        let body: Vec<MsgElement> =
+            serde_json::from_str(body_json).map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
+        Content::new(&body, cloud_custom_data)
+    }
+
+    /// The MsgBody elements, decoded from the stored JSON.
+    pub fn body(&self) -> Vec<MsgElement> {
+        serde_json::from_str(self.body_json()).expect("content JSON was produced by Content::new")
     }
 
     /// CloudCustomData, if any.
     pub fn cloud_custom_data(&self) -> Option<&str> {
-        self.cloud_custom_data.as_deref()
+        self.has_custom_data
+            .then(|| &self.buf[self.body_len as usize..])
     }
 
     /// The MsgBody encoded as JSON.
     pub fn body_json(&self) -> &str {
-        &self.body_json
+        &self.buf[..self.body_len as usize]
     }
 
     /// Bytes the content occupies on the wire, for the history response size cap.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.body_json.len() + self.cloud_custom_data.as_ref().map_or(0, String::len)
+        self.buf.len()
+    }
+}
+
+impl Drop for Content {
+    fn drop(&mut self) {
+        if let Some(buf) = Arc::get_mut(&mut self.buf) {
+            // SAFETY: zero bytes are valid UTF-8, so the str stays well-formed.
+            unsafe { buf.as_bytes_mut() }.fill(0);
+            // Keep the stores: the optimizer may not see them as dead before the free.
+            std::hint::black_box(&*buf);
+        }
+    }
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Content")
+            .field("body_json", &self.body_json())
+            .field("cloud_custom_data", &self.cloud_custom_data())
+            .finish()
     }
 }
 
@@ -342,8 +376,12 @@ pub(crate) struct StoredMessage {
 /// Lock order: a message's state lock is taken after account and conversation locks and is
 /// never held while taking another lock.
 pub(crate) enum MsgState {
-    Live(Arc<Content>),
-    Recalled,
+    Live(Content),
+    /// Who recalled it and when: the Recalled notice is built from this.
+    Recalled {
+        by: UserId,
+        at: u64,
+    },
 }
 
 impl StoredMessage {
@@ -354,7 +392,7 @@ impl StoredMessage {
         arrival: u64,
         sender_copy: SenderCopy,
         origin_device: Option<DeviceId>,
-        content: Arc<Content>,
+        content: Content,
     ) -> Self {
         StoredMessage {
             from,
@@ -368,25 +406,39 @@ impl StoredMessage {
     }
 
     /// The live content, or `None` once recalled.
-    pub fn content(&self) -> Option<Arc<Content>> {
+    pub fn content(&self) -> Option<Content> {
         match &*self.state.read() {
             MsgState::Live(c) => Some(c.clone()),
-            MsgState::Recalled => None,
+            MsgState::Recalled { .. } => None,
         }
     }
 
     pub fn is_recalled(&self) -> bool {
-        matches!(*self.state.read(), MsgState::Recalled)
+        matches!(*self.state.read(), MsgState::Recalled { .. })
     }
 
-    /// Erases the content; the `Arc<Content>` is dropped here unless a caller still holds a view
+    /// Erases the content; it is dropped (and zeroed) here unless a caller still holds a view
     /// taken before the recall.
-    pub fn recall(&self) {
-        *self.state.write() = MsgState::Recalled;
+    pub fn recall(&self, by: UserId, at: u64) {
+        *self.state.write() = MsgState::Recalled { by, at };
+    }
+
+    /// The Recalled notice of a recalled message.
+    pub fn recall_notice(&self) -> Option<RecallNotice> {
+        match &*self.state.read() {
+            MsgState::Live(_) => None,
+            MsgState::Recalled { by, at } => Some(RecallNotice {
+                from: self.from.clone(),
+                to: self.to.clone(),
+                key: self.key,
+                recalled_by: by.clone(),
+                recalled_at: *at,
+            }),
+        }
     }
 
     /// Replaces the content of a live message.
-    pub fn replace(&self, content: Arc<Content>) {
+    pub fn replace(&self, content: Content) {
         let mut state = self.state.write();
         if let MsgState::Live(c) = &mut *state {
             *c = content;
@@ -413,7 +465,7 @@ pub struct MessageView {
     /// MsgKey (MsgSeq, MsgRandom, MsgTimeStamp).
     pub key: MsgKey,
     /// MsgBody and CloudCustomData; `None` once the message has been recalled.
-    pub content: Option<Arc<Content>>,
+    pub content: Option<Content>,
 }
 
 impl MessageView {

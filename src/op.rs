@@ -3,8 +3,6 @@
 //! carries every default, random number and timestamp the live call chose, so applying it again
 //! gives the same state.
 
-use std::sync::Arc;
-
 use crate::account::UserId;
 use crate::device::DeviceId;
 use crate::key::MsgKey;
@@ -61,7 +59,7 @@ pub(crate) struct SendOp {
     pub from: UserId,
     pub to: UserId,
     pub key: MsgKey,
-    pub content: Arc<Content>,
+    pub content: Content,
     pub sender_copy: SenderCopy,
     pub lifetime: u64,
     pub origin_device: Option<DeviceId>,

@@ -2,11 +2,12 @@
 //! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
 //! retention and the paging of `admin_getroammsg`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::account::UserId;
+use crate::hash::HashMap;
 use crate::key::MsgKey;
 use crate::message::{MessageView, StoredMessage};
 
@@ -89,8 +90,9 @@ pub(crate) struct Conversation {
     users: [UserId; 2],
     next_arrival: u64,
     messages: BTreeMap<Pos, Arc<StoredMessage>>,
-    /// (sender side, key) → position. A MsgKey is unique per direction.
-    index: HashMap<(Side, MsgKey), Pos>,
+    /// (sender side, key) → message: recall and modify find a message with one hash lookup.
+    /// A MsgKey is unique per direction.
+    index: HashMap<(Side, MsgKey), Arc<StoredMessage>>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
 }
@@ -111,7 +113,7 @@ impl Conversation {
             users: [a, b],
             next_arrival: 1,
             messages: BTreeMap::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             read_mark: [0, 0],
         }
     }
@@ -121,8 +123,7 @@ impl Conversation {
     }
 
     pub fn find(&self, from: &str, key: MsgKey) -> Option<&Arc<StoredMessage>> {
-        let pos = self.index.get(&(self.side(from), key))?;
-        self.messages.get(pos)
+        self.index.get(&(self.side(from), key))
     }
 
     /// Takes the next arrival number for a message about to be inserted.
@@ -133,9 +134,9 @@ impl Conversation {
     }
 
     pub fn insert(&mut self, msg: Arc<StoredMessage>) {
-        let pos = position(&msg);
-        self.index.insert((self.side(&msg.from), msg.key), pos);
-        self.messages.insert(pos, msg);
+        self.index
+            .insert((self.side(&msg.from), msg.key), msg.clone());
+        self.messages.insert(position(&msg), msg);
     }
 
     /// Whether the recipient has not yet marked `msg` read.
@@ -192,36 +193,61 @@ impl Conversation {
             let pos = [0, 1]
                 .iter()
                 .filter_map(|&s| self.index.get(&(s, key)))
+                .map(|m| position(m))
                 .min()
-                .copied()
                 .unwrap_or((key.time(), key.seq(), 0));
             upper = match upper {
                 Bound::Included(u) if u < pos => Bound::Included(u),
                 _ => Bound::Excluded(pos),
             };
         }
-        let mut items = Vec::new();
+        let mut candidates = self.newest_first(side, upper, cutoff).peekable();
+        let mut picked: Vec<&Arc<StoredMessage>> = Vec::new();
         let mut bytes = 0;
         let mut complete = true;
-        for msg in self.newest_first(side, upper, cutoff) {
-            let view = msg.view();
+        while let Some(&msg) = candidates.peek() {
             let size = ITEM_OVERHEAD_BYTES
-                + view.from.len()
-                + view.to.len()
-                + view.content.as_ref().map_or(0, |c| c.encoded_len());
-            let full = items.len() >= q.max_cnt as usize || bytes + size > max_bytes;
+                + msg.from.len()
+                + msg.to.len()
+                + msg.content().map_or(0, |c| c.encoded_len());
+            let full = picked.len() >= q.max_cnt as usize || bytes + size > max_bytes;
             // A page always makes progress, whatever the byte cap.
-            if full && !items.is_empty() {
+            if full && !picked.is_empty() {
                 complete = false;
                 break;
             }
             bytes += size;
-            items.push(HistoryItem {
-                is_peer_read: !self.is_unread(msg),
-                message: view,
-            });
+            picked.push(msg);
+            candidates.next();
         }
-        items.reverse();
+        if !complete {
+            // The next page continues strictly before the oldest message's LastMsgKey. A MsgKey
+            // can name two messages, one per direction; the continuation starts below the older
+            // of them, so a page must not end between the two. Shorten the page to end before
+            // the pair or, when that would empty it, stretch it over the pair.
+            while let Some(twin) = picked.last().and_then(|m| self.older_twin(m, side, cutoff)) {
+                if picked.len() > 1 {
+                    picked.pop();
+                    continue;
+                }
+                for msg in candidates.by_ref() {
+                    picked.push(msg);
+                    if Arc::ptr_eq(msg, twin) {
+                        break;
+                    }
+                }
+                complete = candidates.peek().is_none();
+                break;
+            }
+        }
+        let items: Vec<HistoryItem> = picked
+            .into_iter()
+            .rev()
+            .map(|m| HistoryItem {
+                is_peer_read: !self.is_unread(m),
+                message: m.view(),
+            })
+            .collect();
         let oldest = items.first().map(|i| i.message.key);
         HistoryPage {
             messages: items,
@@ -229,6 +255,22 @@ impl Conversation {
             last_msg_time: oldest.map_or(0, |k| k.time()),
             last_msg_key: oldest,
         }
+    }
+
+    /// The message of the other direction with the same MsgKey, if it is in `side`'s view,
+    /// older than `msg` and not past `cutoff`.
+    fn older_twin(
+        &self,
+        msg: &StoredMessage,
+        side: Side,
+        cutoff: u64,
+    ) -> Option<&Arc<StoredMessage>> {
+        let other_sender = 1 - self.side(&msg.from);
+        let twin = self.index.get(&(other_sender, msg.key))?;
+        (position(twin) < position(msg)
+            && u64::from(msg.key.time()) >= cutoff
+            && self.visible(twin, side))
+        .then_some(twin)
     }
 
     /// The newest message in `side`'s view (the conversation's "last message").

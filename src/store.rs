@@ -11,7 +11,6 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use parking_lot::Mutex;
 
@@ -19,6 +18,7 @@ use crate::account::{AccountCell, UserId, check_user_id, lock_pair};
 use crate::config::Config;
 use crate::device::{DeviceId, DeviceSlot, Subscription, check_device_id};
 use crate::error::{Error, Result};
+use crate::hash::DashMap;
 use crate::hooks::{BeforeSend, OutgoingMessage};
 use crate::inbox::Entry;
 use crate::key::MsgKey;
@@ -51,7 +51,7 @@ pub(crate) enum Applied {
         msg: Arc<StoredMessage>,
         duplicate: bool,
     },
-    Recalled(Arc<RecallNotice>),
+    Recalled(Arc<StoredMessage>),
     Purged(usize),
 }
 
@@ -149,8 +149,8 @@ impl Store {
         let store = Store {
             config,
             admins,
-            accounts: DashMap::new(),
-            conversations: DashMap::new(),
+            accounts: DashMap::default(),
+            conversations: DashMap::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
         };
         store.import_admins()?;
@@ -177,6 +177,14 @@ impl Store {
     /// Whether `user` is an app administrator.
     pub fn is_admin(&self, user: &str) -> bool {
         self.admins.iter().any(|a| &**a == user)
+    }
+
+    fn admin(&self, user: &str) -> Result<UserId> {
+        self.admins
+            .iter()
+            .find(|a| &***a == user)
+            .cloned()
+            .ok_or_else(|| Error::NotAdmin(user.to_owned()))
     }
 
     fn now(&self) -> u64 {
@@ -425,24 +433,18 @@ impl Store {
         let msg = self.locate(&c, from, to, key, at)?;
         self.record(op, mode)?;
         // The one instant every layer changes: they all share this record.
-        msg.recall();
+        msg.recall(by.clone(), at);
         if c.is_unread(msg) {
             if let Some(n) = ts.unread.get_mut(&**from) {
                 *n = n.saturating_sub(1);
             }
         }
+        let msg = msg.clone();
         drop(c);
-        let notice = Arc::new(RecallNotice {
-            from: from.clone(),
-            to: to.clone(),
-            key,
-            recalled_by: by.clone(),
-            recalled_at: at,
-        });
         let expires_at = at + self.config.notice_lifetime_secs;
-        fs.deliver(Entry::Recalled(notice.clone()), expires_at, at);
-        ts.deliver(Entry::Recalled(notice.clone()), expires_at, at);
-        Ok(Applied::Recalled(notice))
+        fs.deliver(Entry::Recalled(msg.clone()), expires_at, at);
+        ts.deliver(Entry::Recalled(msg.clone()), expires_at, at);
+        Ok(Applied::Recalled(msg))
     }
 
     fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
@@ -469,12 +471,11 @@ impl Store {
         let c = conv.lock();
         let msg = self.locate(&c, &m.from, &m.to, m.key, m.at)?;
         let old = msg.content().expect("locate returns live messages");
-        let body = m.body.clone().unwrap_or_else(|| old.body().to_vec());
-        let custom = m
-            .cloud_custom_data
-            .clone()
-            .or_else(|| old.cloud_custom_data().map(str::to_owned));
-        let content = Arc::new(Content::new(body, custom)?);
+        let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
+        let content = match &m.body {
+            Some(body) => Content::new(body, custom)?,
+            None => Content::from_json(old.body_json(), custom)?,
+        };
         self.record(op, mode)?;
         msg.replace(content);
         let msg = msg.clone();
@@ -583,14 +584,14 @@ impl Store {
             .as_deref()
             .map(|d| check_device_id(d).map(|_| DeviceId::from(d)))
             .transpose()?;
-        let mut content = Content::new(req.body, req.cloud_custom_data)?;
+        let mut content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
         let hooks = self.config.hooks.clone();
         let outgoing = OutgoingMessage {
             from: &from,
             to: &to,
-            body: content.body(),
-            cloud_custom_data: content.cloud_custom_data(),
+            body: &req.body,
+            cloud_custom_data: req.cloud_custom_data.as_deref(),
         };
         match hooks.before_send(&outgoing) {
             BeforeSend::Allow => {}
@@ -613,9 +614,10 @@ impl Store {
                 body,
                 cloud_custom_data,
             } => {
-                let body = body.unwrap_or_else(|| content.body().to_vec());
-                let custom =
-                    cloud_custom_data.or_else(|| content.cloud_custom_data().map(str::to_owned));
+                let body = body.as_deref().unwrap_or(&req.body);
+                let custom = cloud_custom_data
+                    .as_deref()
+                    .or(req.cloud_custom_data.as_deref());
                 content = Content::new(body, custom)?;
             }
         }
@@ -623,7 +625,7 @@ impl Store {
             from,
             to,
             key,
-            content: Arc::new(content),
+            content,
             sender_copy: req.sender_copy,
             lifetime,
             origin_device,
@@ -655,7 +657,7 @@ impl Store {
         }
         let from = self.sender(req.from.as_deref())?;
         let lifetime = check_lifetime(req.lifetime)?;
-        let content = Arc::new(Content::new(req.body, req.cloud_custom_data)?);
+        let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
         let mut errors = Vec::new();
         for to in &req.to {
@@ -673,12 +675,13 @@ impl Store {
                 origin_device: None,
                 at: self.now(),
             }));
-            if let Err(e) = self.apply(&op, Mode::Live) {
-                let e = match e {
-                    Error::ToAccountNotFound(_) => Error::AccountNotFound(to.clone()),
-                    other => other,
-                };
-                errors.push((to.clone(), e));
+            match self.apply(&op, Mode::Live) {
+                // Deleted between the lookup and the send: as unknown as never imported.
+                Err(Error::ToAccountNotFound(_)) if cell.id != from => {
+                    errors.push((to.clone(), Error::AccountNotFound(to.clone())))
+                }
+                Err(e) => errors.push((to.clone(), e)),
+                Ok(_) => {}
             }
         }
         Ok(BatchReceipt {
@@ -710,10 +713,7 @@ impl Store {
     /// tombstone, both parties' devices get a Recalled notice, unread counts drop. Errors, in
     /// this order: 90009, 90008, 90003, 90054, 20022, 20023.
     pub fn recall(&self, operator: &str, from: &str, to: &str, key: &str) -> Result<RecallNotice> {
-        if !self.is_admin(operator) {
-            return Err(Error::NotAdmin(operator.to_owned()));
-        }
-        let by = self.cell_as(operator, Role::Acting)?.id.clone();
+        let by = self.admin(operator)?;
         let from = self.cell_as(from, Role::Acting)?.id.clone();
         let to = self.cell_as(to, Role::Other)?.id.clone();
         let key = MsgKey::parse(key)?;
@@ -724,11 +724,12 @@ impl Store {
             by,
             at: self.now(),
         };
-        let Applied::Recalled(notice) = self.apply(&op, Mode::Live)? else {
+        let Applied::Recalled(msg) = self.apply(&op, Mode::Live)? else {
             unreachable!("recall applies as Recalled")
         };
+        let notice = msg.recall_notice().expect("just recalled");
         self.config.hooks.after_recall(&notice);
-        Ok((*notice).clone())
+        Ok(notice)
     }
 
     /// Replaces the MsgBody and/or CloudCustomData of a live message (`modify_c2c_msg`) in
@@ -751,7 +752,7 @@ impl Store {
             ));
         }
         if let Some(b) = &body {
-            Content::new(b.clone(), None)?;
+            Content::new(b, None)?;
         }
         let op = Op::Modify(Box::new(ModifyOp {
             from,

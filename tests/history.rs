@@ -250,3 +250,16 @@ fn max_cnt_zero_answers_90001() {
         90001
     );
 }
+
+#[test]
+fn paging_never_splits_two_directions_sharing_one_msgkey() {
+    // The same MsgKey in both directions, then a third message with the same second and seq.
+    let (store, _) = store_with(&["a", "b"]);
+    let k = send_rand(&store, "b", "a", 3, 1, 1_700_000_000, "ba");
+    send_rand(&store, "a", "b", 3, 9, 1_700_000_000, "between");
+    assert_eq!(send_rand(&store, "a", "b", 3, 1, 1_700_000_000, "ab"), k);
+    for max_cnt in [1, 2] {
+        let pages = all_pages(&store, HistoryQuery::new("a", "b", max_cnt));
+        assert_eq!(pages.concat().len(), 3, "MaxCnt {max_cnt}: {pages:?}");
+    }
+}

@@ -48,7 +48,7 @@ pub fn texts(events: &[Event]) -> Vec<String> {
 }
 
 pub fn body_text(m: &imstore::MessageView) -> String {
-    match m.content.as_ref().map(|c| c.body()) {
+    match m.content.as_ref().map(|c| c.body()).as_deref() {
         Some([MsgElement::TIMTextElem(t), ..]) => t.text.clone(),
         Some(_) => "<non-text>".into(),
         None => "<recalled>".into(),
