@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::hooks::{Hooks, NoHooks};
+use crate::journal::SyncPolicy;
 
 /// How a [`Store`](crate::Store) is set up. `Config::default()` gives Tencent's defaults.
 ///
@@ -34,6 +35,14 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Send and recall callbacks.
     pub hooks: Arc<dyn Hooks>,
+    /// When a durable store's acknowledged operations are on disk (default: group commit).
+    pub sync: SyncPolicy,
+    /// Journal bytes after which a durable store takes a snapshot and drops the journal it
+    /// replaces (default 64 MiB), bounding recovery time.
+    pub snapshot_after_bytes: u64,
+    /// Open a damaged data directory anyway, truncating the journal at the first damaged
+    /// record (what was dropped is in `Store::recovery_report`). Default: refuse to open.
+    pub repair: bool,
 }
 
 impl Default for Config {
@@ -47,6 +56,9 @@ impl Default for Config {
             admins: vec!["administrator".to_owned()],
             clock: Arc::new(SystemClock),
             hooks: Arc::new(NoHooks),
+            sync: SyncPolicy::Group,
+            snapshot_after_bytes: 64 << 20,
+            repair: false,
         }
     }
 }
@@ -61,6 +73,24 @@ impl Config {
     /// Installs `hooks`.
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Sets the sync policy of a durable store.
+    pub fn with_sync(mut self, sync: SyncPolicy) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Sets how much journal triggers a snapshot.
+    pub fn with_snapshot_after_bytes(mut self, bytes: u64) -> Self {
+        self.snapshot_after_bytes = bytes;
+        self
+    }
+
+    /// Opens damaged data directories by truncating them at the damage.
+    pub fn with_repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
         self
     }
 
@@ -98,6 +128,9 @@ impl fmt::Debug for Config {
             .field("channel_capacity", &self.channel_capacity)
             .field("history_max_bytes", &self.history_max_bytes)
             .field("admins", &self.admins)
+            .field("sync", &self.sync)
+            .field("snapshot_after_bytes", &self.snapshot_after_bytes)
+            .field("repair", &self.repair)
             .finish_non_exhaustive()
     }
 }

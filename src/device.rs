@@ -365,32 +365,33 @@ impl Subscription {
             return Ok(None);
         }
         inner.cursor = seq;
-        let kind = match entry {
-            Entry::Message(msg) => {
-                let view = msg.view();
-                if view.is_recalled() {
-                    return Ok(None);
-                }
-                inner.cache.push(msg);
-                EventKind::Message(view)
-            }
-            Entry::Modified(msg, at) => {
-                let view = msg.view();
-                if view.is_recalled() {
-                    return Ok(None);
-                }
-                EventKind::Modified {
-                    message: view,
-                    modified_at: at,
-                }
-            }
-            Entry::Recalled(msg) => EventKind::Recalled(
-                msg.recall_notice()
-                    .expect("a Recalled entry names a recalled message"),
-            ),
-        };
-        Ok(Some(Event { seq, kind }))
+        let event = event(seq, &entry);
+        if let (Some(_), Entry::Message(msg)) = (&event, entry) {
+            inner.cache.push(msg);
+        }
+        Ok(event)
     }
+}
+
+/// What a device receives for an inbox entry now: nothing for a message (or modification)
+/// that has been recalled since it was appended.
+pub(crate) fn event(seq: u64, entry: &Entry) -> Option<Event> {
+    let kind = match entry {
+        Entry::Message(msg) => EventKind::Message(live_view(msg)?),
+        Entry::Modified(msg, at) => EventKind::Modified {
+            message: live_view(msg)?,
+            modified_at: *at,
+        },
+        Entry::Recalled(msg) => EventKind::Recalled(
+            msg.recall_notice()
+                .expect("a Recalled entry names a recalled message"),
+        ),
+    };
+    Some(Event { seq, kind })
+}
+
+fn live_view(msg: &StoredMessage) -> Option<MessageView> {
+    Some(msg.view()).filter(|v| !v.is_recalled())
 }
 
 impl std::fmt::Debug for Subscription {

@@ -73,10 +73,33 @@ impl Inbox {
         before - self.slots.len()
     }
 
-    /// Drops every expired entry, wherever it sits; returns how many.
-    pub fn purge(&mut self, now: u64) -> usize {
+    /// An inbox rebuilt from a snapshot.
+    pub fn restore(next_seq: u64, slots: Vec<Slot>) -> Self {
+        Inbox {
+            slots: slots.into(),
+            next_seq,
+        }
+    }
+
+    /// What a snapshot records: the next sequence number and the retained entries.
+    pub fn export(&self) -> (u64, Vec<Slot>) {
+        (self.next_seq, self.slots.iter().cloned().collect())
+    }
+
+    /// Drops every expired entry, wherever it sits, and every message (or modification) whose
+    /// MsgTimeStamp is before `retention_cutoff`: a message past retention leaves the inbox
+    /// with the history. Returns how many entries went.
+    pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> usize {
         let before = self.slots.len();
-        self.slots.retain(|s| s.expires_at > now);
+        self.slots.retain(|s| {
+            let past_retention = match &s.entry {
+                Entry::Message(m) | Entry::Modified(m, _) => {
+                    u64::from(m.key.time()) < retention_cutoff
+                }
+                Entry::Recalled(_) => false,
+            };
+            s.expires_at > now && !past_retention
+        });
         before - self.slots.len()
     }
 

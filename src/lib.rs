@@ -50,12 +50,14 @@
 mod account;
 mod cache;
 mod clock;
+mod codec;
 mod config;
 mod device;
 mod error;
 mod hash;
 mod hooks;
 mod inbox;
+mod journal;
 mod key;
 mod message;
 mod op;
@@ -68,6 +70,7 @@ pub use config::Config;
 pub use device::{DeviceId, Disconnected, Event, EventKind, MAX_DEVICE_ID_LEN, Subscription};
 pub use error::{Error, Result};
 pub use hooks::{BeforeSend, Hooks, NoHooks, OutgoingMessage};
+pub use journal::{OpenError, RecoveryReport, SyncPolicy};
 pub use key::{MAX_MSG_KEY_LEN, MsgKey, ParseMsgKeyError};
 pub use message::{
     Content, CustomElem, FLAG_RECALLED, FaceElem, FileElem, ImageElem, ImageInfo, LocationElem,
@@ -76,7 +79,8 @@ pub use message::{
 };
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
-    BatchReceipt, BatchSendRequest, MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PurgeReport, Store,
+    BatchReceipt, BatchSendRequest, CompactReport, MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH,
+    PurgeReport, Store,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -197,22 +197,42 @@ impl Content {
                 "MsgBody must hold at least one element".into(),
             ));
         }
-        let mut buf =
+        let body_json =
             serde_json::to_string(body).map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
-        let body_len = buf.len();
-        let len = body_len + cloud_custom_data.map_or(0, str::len);
+        Content::assemble(&body_json, cloud_custom_data)
+    }
+
+    /// The same body with other CloudCustomData, checked against the size limit.
+    pub(crate) fn with_custom_data(&self, cloud_custom_data: Option<&str>) -> Result<Self, Error> {
+        Content::assemble(self.body_json(), cloud_custom_data)
+    }
+
+    /// Content from JSON this crate wrote itself (the journal's, behind a checksum).
+    pub(crate) fn from_trusted_json(body_json: &str, cloud_custom_data: Option<&str>) -> Self {
+        Content::build(body_json, cloud_custom_data)
+    }
+
+    fn assemble(body_json: &str, cloud_custom_data: Option<&str>) -> Result<Self, Error> {
+        let len = body_json.len() + cloud_custom_data.map_or(0, str::len);
         if len > MAX_BODY_BYTES {
             return Err(Error::BodyTooLarge {
                 len,
                 max: MAX_BODY_BYTES,
             });
         }
+        Ok(Content::build(body_json, cloud_custom_data))
+    }
+
+    fn build(body_json: &str, cloud_custom_data: Option<&str>) -> Self {
+        let mut buf =
+            String::with_capacity(body_json.len() + cloud_custom_data.map_or(0, str::len));
+        buf.push_str(body_json);
         buf.push_str(cloud_custom_data.unwrap_or(""));
-        Ok(Content {
+        Content {
             buf: Arc::from(buf),
-            body_len: body_len as u32,
+            body_len: body_json.len() as u32,
             has_custom_data: cloud_custom_data.is_some(),
-        })
+        }
     }
 
     /// Validates and re-encodes a MsgBody given as JSON (the journal's and the wire's form).
@@ -375,6 +395,7 @@ pub(crate) struct StoredMessage {
 
 /// Lock order: a message's state lock is taken after account and conversation locks and is
 /// never held while taking another lock.
+#[derive(Clone)]
 pub(crate) enum MsgState {
     Live(Content),
     /// Who recalled it and when: the Recalled notice is built from this.
@@ -403,6 +424,32 @@ impl StoredMessage {
             origin_device,
             state: RwLock::new(MsgState::Live(content)),
         }
+    }
+
+    /// A message rebuilt from a snapshot.
+    pub fn restore(
+        from: UserId,
+        to: UserId,
+        key: MsgKey,
+        arrival: u64,
+        sender_copy: SenderCopy,
+        origin_device: Option<DeviceId>,
+        state: MsgState,
+    ) -> Self {
+        StoredMessage {
+            from,
+            to,
+            key,
+            arrival,
+            sender_copy,
+            origin_device,
+            state: RwLock::new(state),
+        }
+    }
+
+    /// The state as it is now (a cheap copy: the content is shared).
+    pub fn state(&self) -> MsgState {
+        self.state.read().clone()
     }
 
     /// The live content, or `None` once recalled.

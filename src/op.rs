@@ -6,7 +6,7 @@
 use crate::account::UserId;
 use crate::device::DeviceId;
 use crate::key::MsgKey;
-use crate::message::{Content, MsgElement, SenderCopy};
+use crate::message::{Content, SenderCopy};
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
@@ -72,7 +72,8 @@ pub(crate) struct ModifyOp {
     pub from: UserId,
     pub to: UserId,
     pub key: MsgKey,
-    pub body: Option<Vec<MsgElement>>,
+    /// The new MsgBody (its CloudCustomData part unused), or `None` to keep the body.
+    pub body: Option<Content>,
     pub cloud_custom_data: Option<String>,
     pub at: u64,
 }

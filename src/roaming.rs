@@ -118,6 +118,33 @@ impl Conversation {
         }
     }
 
+    /// A conversation rebuilt from a snapshot; `messages` in history order.
+    pub fn restore(
+        a: UserId,
+        b: UserId,
+        next_arrival: u64,
+        read_mark: [u64; 2],
+        messages: Vec<Arc<StoredMessage>>,
+    ) -> Self {
+        let mut c = Conversation::new(a, b);
+        c.next_arrival = next_arrival;
+        c.read_mark = read_mark;
+        for m in messages {
+            c.insert(m);
+        }
+        c
+    }
+
+    /// What a snapshot records: (users, next arrival, read marks, messages in history order).
+    pub fn export(&self) -> ([UserId; 2], u64, [u64; 2], Vec<Arc<StoredMessage>>) {
+        (
+            self.users.clone(),
+            self.next_arrival,
+            self.read_mark,
+            self.messages.values().cloned().collect(),
+        )
+    }
+
     pub fn side(&self, user: &str) -> Side {
         usize::from(&*self.users[0] != user)
     }

@@ -8,25 +8,30 @@
 //! operations that succeeded, and mutation after recording cannot fail.
 
 use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::mapref::entry::Entry as MapEntry;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::account::{AccountCell, UserId, check_user_id, lock_pair};
+use crate::codec;
 use crate::config::Config;
-use crate::device::{DeviceId, DeviceSlot, Subscription, check_device_id};
+use crate::device::{self, DeviceId, DeviceSlot, Event, Subscription, check_device_id};
 use crate::error::{Error, Result};
 use crate::hash::DashMap;
 use crate::hooks::{BeforeSend, OutgoingMessage};
 use crate::inbox::Entry;
+use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
 use crate::message::{
     Content, MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt, SendRequest,
     SenderCopy, StoredMessage,
 };
 use crate::op::{ModifyOp, Op, SendOp};
+
+mod snapshot;
 use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
 
 /// The most accounts one multi-import may name.
@@ -38,7 +43,6 @@ pub const MAX_BATCH_RECIPIENTS: usize = 500;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     Live,
-    #[allow(dead_code)] // until the journal replays
     Replay,
 }
 
@@ -119,6 +123,17 @@ pub struct PurgeReport {
     pub inbox_entries: usize,
 }
 
+/// What `compact` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactReport {
+    /// The snapshot written; recovery starts from it.
+    pub snapshot: PathBuf,
+    /// The first journal record it does not cover.
+    pub lsn: u64,
+    /// What was purged first.
+    pub purged: PurgeReport,
+}
+
 /// The store: accounts, the three layers, recall. `Send + Sync`; share it by reference or `Arc`.
 pub struct Store {
     config: Config,
@@ -126,6 +141,14 @@ pub struct Store {
     accounts: DashMap<UserId, Arc<AccountCell>>,
     conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
     rng: AtomicU64,
+    /// `None` for an in-memory store.
+    journal: Option<Journal>,
+    /// Live operations hold it shared; a snapshot holds it exclusively to capture a cut with
+    /// no operation half-applied. Taken before any other lock.
+    gate: RwLock<()>,
+    /// One compaction at a time; an automatic one is skipped while another runs.
+    compaction: Mutex<()>,
+    recovery: RecoveryReport,
 }
 
 impl std::fmt::Debug for Store {
@@ -141,30 +164,101 @@ impl Store {
     /// A store that keeps everything in memory. Fails only if an administrator name is not a
     /// valid UserID.
     pub fn in_memory(config: Config) -> Result<Store> {
+        let store = Store::empty(config)?;
+        store.import_admins()?;
+        Ok(store)
+    }
+
+    /// Opens (or creates) a durable store in `dir`: recovers the newest snapshot and the
+    /// journal after it, then journals every mutation before acknowledging it. Only one `Store`
+    /// may have a directory open at a time.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> std::result::Result<Store, OpenError> {
+        let mut store = Store::empty(config).map_err(OpenError::Config)?;
+        let (journal, report) = Journal::open(
+            dir.as_ref(),
+            store.config.sync,
+            store.config.repair,
+            |rec| store.recover(rec),
+        )?;
+        store.journal = Some(journal);
+        store.recovery = report;
+        store.import_admins().map_err(OpenError::Config)?;
+        Ok(store)
+    }
+
+    fn empty(config: Config) -> Result<Store> {
         let admins = config
             .admins
             .iter()
             .map(|a| UserId::new(a))
             .collect::<Result<Vec<_>>>()?;
-        let store = Store {
+        Ok(Store {
             config,
             admins,
             accounts: DashMap::default(),
             conversations: DashMap::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
+            journal: None,
+            gate: RwLock::new(()),
+            compaction: Mutex::new(()),
+            recovery: RecoveryReport::default(),
+        })
+    }
+
+    /// What recovery found when the store was opened (empty for an in-memory store).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The data directory, for a durable store.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.journal.as_ref().map(Journal::dir)
+    }
+
+    /// Writes and fsyncs everything acknowledged so far, whatever the sync policy.
+    pub fn flush(&self) -> Result<()> {
+        self.journal.as_ref().map_or(Ok(()), Journal::flush)
+    }
+
+    /// Closes the store, flushing the journal. Dropping it does the same but cannot report an
+    /// error.
+    pub fn close(self) -> Result<()> {
+        self.flush()
+    }
+
+    /// Purges expired entries, takes a snapshot and deletes the journal it replaces. Afterwards
+    /// no file in the data directory holds the body of a recalled message or of a message
+    /// past retention. Runs on its own after `Config::snapshot_after_bytes` of journal.
+    pub fn compact(&self) -> Result<CompactReport> {
+        let _one = self.compaction.lock();
+        self.compact_now()
+    }
+
+    fn compact_now(&self) -> Result<CompactReport> {
+        let Some(journal) = &self.journal else {
+            return Err(Error::Internal(
+                "an in-memory store has nothing to compact".into(),
+            ));
         };
-        store.import_admins()?;
-        Ok(store)
+        let purged = self.purge_expired()?;
+        let (lsn, capture) = {
+            let _cut = self.gate.write();
+            let capture = self.capture();
+            (journal.rotate()?, capture)
+        };
+        let snapshot = journal.write_snapshot(lsn, |w| capture.write(w))?;
+        Ok(CompactReport {
+            snapshot,
+            lsn,
+            purged,
+        })
     }
 
     fn import_admins(&self) -> Result<()> {
         for admin in &self.admins {
-            self.apply(
-                &Op::ImportAccount {
-                    user: admin.clone(),
-                },
-                Mode::Live,
-            )?;
+            self.run(&Op::ImportAccount {
+                user: admin.clone(),
+            })?;
         }
         Ok(())
     }
@@ -231,12 +325,39 @@ impl Store {
     }
 
     /// Records `op` in the journal before it is applied (live path only).
-    fn record(&self, _op: &Op, _mode: Mode) -> Result<()> {
-        Ok(())
+    fn record(&self, op: &Op, mode: Mode) -> Result<()> {
+        match (&self.journal, mode) {
+            (Some(journal), Mode::Live) => journal.append(|buf| codec::encode_op(op, buf)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a live operation and returns once it is durable. Even a refusal waits for
+    /// what was appended before it, since it may rest on state not yet on disk (20023 on a
+    /// recall still in flight, say).
+    fn run(&self, op: &Op) -> Result<Applied> {
+        let applied = self.apply(op, Mode::Live);
+        if let Some(journal) = &self.journal {
+            journal.commit()?;
+            self.maybe_compact(journal);
+        }
+        applied
+    }
+
+    /// Compacts once the journal has grown past `Config::snapshot_after_bytes`, on the thread
+    /// that noticed. A failure here leaves the journal as it was (the next operation retries);
+    /// it is not the caller's operation that failed.
+    fn maybe_compact(&self, journal: &Journal) {
+        if journal.bytes_since_snapshot() >= self.config.snapshot_after_bytes
+            && let Some(_one) = self.compaction.try_lock()
+        {
+            let _ = self.compact_now();
+        }
     }
 
     /// Applies one operation: the single path shared by live calls and replay.
     pub(crate) fn apply(&self, op: &Op, mode: Mode) -> Result<Applied> {
+        let _gate = (mode == Mode::Live && self.journal.is_some()).then(|| self.gate.read());
         match op {
             Op::ImportAccount { user } => self.apply_import(op, user, mode),
             Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
@@ -275,7 +396,11 @@ impl Store {
                 let cell = self.cell_as(account, Role::Plain)?;
                 let mut state = cell.state.lock();
                 self.record(op, mode)?;
-                Ok(Applied::Purged(state.inbox.purge(*at)))
+                Ok(Applied::Purged(
+                    state
+                        .inbox
+                        .purge(*at, at.saturating_sub(self.config.retention_secs)),
+                ))
             }
         }
     }
@@ -434,10 +559,10 @@ impl Store {
         self.record(op, mode)?;
         // The one instant every layer changes: they all share this record.
         msg.recall(by.clone(), at);
-        if c.is_unread(msg) {
-            if let Some(n) = ts.unread.get_mut(&**from) {
-                *n = n.saturating_sub(1);
-            }
+        if c.is_unread(msg)
+            && let Some(n) = ts.unread.get_mut(&**from)
+        {
+            *n = n.saturating_sub(1);
         }
         let msg = msg.clone();
         drop(c);
@@ -472,10 +597,7 @@ impl Store {
         let msg = self.locate(&c, &m.from, &m.to, m.key, m.at)?;
         let old = msg.content().expect("locate returns live messages");
         let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
-        let content = match &m.body {
-            Some(body) => Content::new(body, custom)?,
-            None => Content::from_json(old.body_json(), custom)?,
-        };
+        let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
         self.record(op, mode)?;
         msg.replace(content);
         let msg = msg.clone();
@@ -539,8 +661,7 @@ impl Store {
     /// nothing.
     pub fn import_account(&self, user: &str) -> Result<()> {
         let user = UserId::new(user)?;
-        self.apply(&Op::ImportAccount { user }, Mode::Live)
-            .map(|_| ())
+        self.run(&Op::ImportAccount { user }).map(|_| ())
     }
 
     /// Imports up to 100 accounts (`multiaccount_import`); returns FailAccounts, the names that
@@ -567,8 +688,7 @@ impl Store {
     pub fn delete_account(&self, user: &str) -> Result<()> {
         check_user_id(user).map_err(|_| Error::AccountNotFound(user.to_owned()))?;
         let user = self.cell_as(user, Role::Plain)?.id.clone();
-        self.apply(&Op::DeleteAccount { user }, Mode::Live)
-            .map(|_| ())
+        self.run(&Op::DeleteAccount { user }).map(|_| ())
     }
 
     // ----- messages -----
@@ -631,7 +751,7 @@ impl Store {
             origin_device,
             at: self.now(),
         }));
-        let Applied::Sent { msg, duplicate } = self.apply(&op, Mode::Live)? else {
+        let Applied::Sent { msg, duplicate } = self.run(&op)? else {
             unreachable!("send applies as Sent")
         };
         if !duplicate {
@@ -675,7 +795,7 @@ impl Store {
                 origin_device: None,
                 at: self.now(),
             }));
-            match self.apply(&op, Mode::Live) {
+            match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
                 Err(Error::ToAccountNotFound(_)) if cell.id != from => {
                     errors.push((to.clone(), Error::AccountNotFound(to.clone())))
@@ -724,7 +844,7 @@ impl Store {
             by,
             at: self.now(),
         };
-        let Applied::Recalled(msg) = self.apply(&op, Mode::Live)? else {
+        let Applied::Recalled(msg) = self.run(&op)? else {
             unreachable!("recall applies as Recalled")
         };
         let notice = msg.recall_notice().expect("just recalled");
@@ -751,9 +871,7 @@ impl Store {
                 "give a new MsgBody or CloudCustomData".into(),
             ));
         }
-        if let Some(b) = &body {
-            Content::new(b, None)?;
-        }
+        let body = body.map(|b| Content::new(&b, None)).transpose()?;
         let op = Op::Modify(Box::new(ModifyOp {
             from,
             to,
@@ -762,7 +880,7 @@ impl Store {
             cloud_custom_data,
             at: self.now(),
         }));
-        self.apply(&op, Mode::Live).map(|_| ())
+        self.run(&op).map(|_| ())
     }
 
     /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
@@ -815,14 +933,11 @@ impl Store {
     pub fn mark_read(&self, reader: &str, peer: &str) -> Result<()> {
         let reader = self.cell_as(reader, Role::Acting)?.id.clone();
         let peer = self.cell_as(peer, Role::Other)?.id.clone();
-        self.apply(
-            &Op::SetRead {
-                reader,
-                peer,
-                at: self.now(),
-            },
-            Mode::Live,
-        )
+        self.run(&Op::SetRead {
+            reader,
+            peer,
+            at: self.now(),
+        })
         .map(|_| ())
     }
 
@@ -871,13 +986,10 @@ impl Store {
         check_device_id(device)?;
         let cell = self.cell_as(account, Role::Plain)?;
         let device = DeviceId::from(device);
-        self.apply(
-            &Op::AddDevice {
-                account: cell.id.clone(),
-                device: device.clone(),
-            },
-            Mode::Live,
-        )?;
+        self.run(&Op::AddDevice {
+            account: cell.id.clone(),
+            device: device.clone(),
+        })?;
         let mut guard = cell.state.lock();
         let state = &mut *guard;
         let last_seq = state.inbox.last_seq();
@@ -904,15 +1016,37 @@ impl Store {
         let device = DeviceId::from(sub.device());
         let cursor = sub.cursor();
         drop(sub);
-        self.apply(
-            &Op::Cursor {
-                account,
-                device,
-                cursor,
-            },
-            Mode::Live,
-        )
+        self.run(&Op::Cursor {
+            account,
+            device,
+            cursor,
+        })
         .map(|_| ())
+    }
+
+    /// What a device whose cursor is `after` would receive now, without moving any cursor:
+    /// the account's retained inbox entries after `after`, recalled messages left out.
+    pub fn inbox(&self, account: &str, after: u64) -> Result<Vec<Event>> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let now = self.now();
+        let state = cell.state.lock();
+        Ok(state
+            .inbox
+            .after(after)
+            .filter(|s| s.expires_at > now)
+            .filter_map(|s| device::event(s.seq, &s.entry))
+            .collect())
+    }
+
+    /// The inbox sequence number of the last entry the device received.
+    pub fn device_cursor(&self, account: &str, device: &str) -> Result<u64> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let state = cell.state.lock();
+        state
+            .devices
+            .get(device)
+            .map(|s| s.shared.cursor())
+            .ok_or_else(|| no_device(device))
     }
 
     /// The messages a device holds in its cache, oldest first; recalled ones are tombstones.
@@ -948,21 +1082,26 @@ impl Store {
         let mut report = PurgeReport::default();
         let convs: Vec<_> = self.conversations.iter().map(|e| e.key().clone()).collect();
         for (a, b) in convs {
-            if let Applied::Purged(n) =
-                self.apply(&Op::PurgeConversation { a, b, cutoff }, Mode::Live)?
-            {
+            if let Applied::Purged(n) = self.run(&Op::PurgeConversation { a, b, cutoff })? {
                 report.messages += n;
             }
         }
         let accounts: Vec<_> = self.accounts.iter().map(|e| e.key().clone()).collect();
         for account in accounts {
-            match self.apply(&Op::PurgeInbox { account, at: now }, Mode::Live) {
+            match self.run(&Op::PurgeInbox { account, at: now }) {
                 Ok(Applied::Purged(n)) => report.inbox_entries += n,
                 Ok(_) | Err(Error::AccountNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(report)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: `close` is the way to see this fail.
+        let _ = self.flush();
     }
 }
 

@@ -58,3 +58,65 @@ pub fn body_text(m: &imstore::MessageView) -> String {
 pub fn drain(sub: &Subscription) -> Vec<Event> {
     sub.drain().unwrap()
 }
+
+/// Everything a reader can see of `users`, as text: history of every pair from both sides,
+/// unread counts, what each device would be sent, device cursors. Reads only; moves nothing.
+pub fn observe(store: &Store, users: &[&str]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for a in users {
+        if !store.account_exists(a) {
+            writeln!(out, "{a}: absent").unwrap();
+            continue;
+        }
+        for b in users {
+            if a == b || !store.account_exists(b) {
+                continue;
+            }
+            let mut q = imstore::HistoryQuery::new(a, b, 100);
+            loop {
+                let page = store.history(&q).unwrap();
+                for i in &page.messages {
+                    let m = &i.message;
+                    let body = m
+                        .content
+                        .as_ref()
+                        .map(|c| format!("{}|{:?}", c.body_json(), c.cloud_custom_data()));
+                    writeln!(
+                        out,
+                        "{a}<>{b} {}->{} {} flag={} read={} {body:?}",
+                        m.from,
+                        m.to,
+                        m.key,
+                        m.msg_flag_bits(),
+                        i.is_peer_read
+                    )
+                    .unwrap();
+                }
+                match q.next_page(&page) {
+                    Some(n) => q = n,
+                    None => break,
+                }
+            }
+            writeln!(out, "unread {a}<-{b} {}", store.unread(a, b).unwrap()).unwrap();
+        }
+        for e in store.inbox(a, 0).unwrap() {
+            writeln!(
+                out,
+                "inbox {a} #{} {:?}",
+                e.seq,
+                texts(std::slice::from_ref(&e))
+            )
+            .unwrap();
+        }
+        for (d, _) in store.devices(a).unwrap() {
+            writeln!(
+                out,
+                "device {a}/{d} cursor {}",
+                store.device_cursor(a, &d).unwrap()
+            )
+            .unwrap();
+        }
+    }
+    out
+}

@@ -1,0 +1,438 @@
+//! The payload codec: the only module that knows bincode. It defines the on-disk shapes of
+//! journal operations and snapshot images and turns them into bytes and back.
+//!
+//! bincode is pinned at 2.0.1 (upstream is unmaintained, RUSTSEC-2025-0141), so everything it
+//! touches is here: swapping the codec means rewriting this file and bumping
+//! `PAYLOAD_VERSION`. Every decode carries a size limit, so a hostile or corrupt length prefix
+//! cannot make it allocate more than `MAX_PAYLOAD` bytes.
+
+use bincode::config::{self, Config};
+use bincode::{BorrowDecode, Decode, Encode};
+
+use crate::account::UserId;
+use crate::error::Error;
+use crate::key::MsgKey;
+use crate::message::{Content, SenderCopy};
+use crate::op::{ModifyOp, Op, SendOp};
+
+/// Version of the payload encoding, stored in every record frame.
+pub(crate) const PAYLOAD_VERSION: u8 = 1;
+/// The largest payload a record may carry (a message is at most 12 KB; a snapshot record holds
+/// one account or one conversation).
+pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
+
+fn cfg() -> impl Config {
+    config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+        .with_limit::<MAX_PAYLOAD>()
+}
+
+/// A malformed payload: the frame's checksum was right, so this is a bug or a codec mismatch.
+#[derive(Debug)]
+pub(crate) struct DecodeError(pub String);
+
+impl From<bincode::error::DecodeError> for DecodeError {
+    fn from(e: bincode::error::DecodeError) -> Self {
+        DecodeError(e.to_string())
+    }
+}
+
+impl From<Error> for DecodeError {
+    fn from(e: Error) -> Self {
+        DecodeError(e.to_string())
+    }
+}
+
+#[derive(Encode, Decode, Clone, Copy)]
+struct KeyRec(u32, u32, u32);
+
+impl From<MsgKey> for KeyRec {
+    fn from(k: MsgKey) -> Self {
+        KeyRec(k.seq(), k.random(), k.time())
+    }
+}
+
+impl From<KeyRec> for MsgKey {
+    fn from(k: KeyRec) -> Self {
+        MsgKey::new(k.0, k.1, k.2)
+    }
+}
+
+/// An operation as it is journaled. Strings are borrowed on decode: replay copies nothing it
+/// does not keep.
+#[derive(Encode, BorrowDecode)]
+enum OpRecord<'a> {
+    ImportAccount {
+        user: &'a str,
+    },
+    DeleteAccount {
+        user: &'a str,
+    },
+    Send {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        body_json: &'a str,
+        custom: Option<&'a str>,
+        sender_copy: u8,
+        lifetime: u64,
+        origin_device: Option<&'a str>,
+        at: u64,
+    },
+    Recall {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        by: &'a str,
+        at: u64,
+    },
+    Modify {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        body_json: Option<&'a str>,
+        custom: Option<&'a str>,
+        at: u64,
+    },
+    SetRead {
+        reader: &'a str,
+        peer: &'a str,
+        at: u64,
+    },
+    AddDevice {
+        account: &'a str,
+        device: &'a str,
+    },
+    Cursor {
+        account: &'a str,
+        device: &'a str,
+        cursor: u64,
+    },
+    PurgeConversation {
+        a: &'a str,
+        b: &'a str,
+        cutoff: u64,
+    },
+    PurgeInbox {
+        account: &'a str,
+        at: u64,
+    },
+}
+
+fn copy_code(c: SenderCopy) -> u8 {
+    match c {
+        SenderCopy::Roaming => 0,
+        SenderCopy::RoamingAndDevices => 1,
+        SenderCopy::Nothing => 2,
+    }
+}
+
+fn copy_from_code(c: u8) -> Result<SenderCopy, DecodeError> {
+    match c {
+        0 => Ok(SenderCopy::Roaming),
+        1 => Ok(SenderCopy::RoamingAndDevices),
+        2 => Ok(SenderCopy::Nothing),
+        _ => Err(DecodeError(format!("unknown SyncOtherMachine code {c}"))),
+    }
+}
+
+/// Appends the encoding of `op` to `out`.
+pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
+    let rec = match op {
+        Op::ImportAccount { user } => OpRecord::ImportAccount { user },
+        Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
+        Op::Send(s) => OpRecord::Send {
+            from: &s.from,
+            to: &s.to,
+            key: s.key.into(),
+            body_json: s.content.body_json(),
+            custom: s.content.cloud_custom_data(),
+            sender_copy: copy_code(s.sender_copy),
+            lifetime: s.lifetime,
+            origin_device: s.origin_device.as_deref(),
+            at: s.at,
+        },
+        Op::Recall {
+            from,
+            to,
+            key,
+            by,
+            at,
+        } => OpRecord::Recall {
+            from,
+            to,
+            key: (*key).into(),
+            by,
+            at: *at,
+        },
+        Op::Modify(m) => OpRecord::Modify {
+            from: &m.from,
+            to: &m.to,
+            key: m.key.into(),
+            body_json: m.body.as_ref().map(|c| c.body_json()),
+            custom: m.cloud_custom_data.as_deref(),
+            at: m.at,
+        },
+        Op::SetRead { reader, peer, at } => OpRecord::SetRead {
+            reader,
+            peer,
+            at: *at,
+        },
+        Op::AddDevice { account, device } => OpRecord::AddDevice { account, device },
+        Op::Cursor {
+            account,
+            device,
+            cursor,
+        } => OpRecord::Cursor {
+            account,
+            device,
+            cursor: *cursor,
+        },
+        Op::PurgeConversation { a, b, cutoff } => OpRecord::PurgeConversation {
+            a,
+            b,
+            cutoff: *cutoff,
+        },
+        Op::PurgeInbox { account, at } => OpRecord::PurgeInbox { account, at: *at },
+    };
+    bincode::encode_into_std_write(rec, out, cfg()).expect("writing to a Vec cannot fail");
+}
+
+/// Decodes an operation; `name` turns an account name into the store's shared `UserId`.
+pub(crate) fn decode_op(
+    bytes: &[u8],
+    mut name: impl FnMut(&str) -> Result<UserId, Error>,
+) -> Result<Op, DecodeError> {
+    let (rec, used): (OpRecord<'_>, usize) = bincode::borrow_decode_from_slice(bytes, cfg())?;
+    if used != bytes.len() {
+        return Err(DecodeError(format!(
+            "{} trailing bytes after an operation",
+            bytes.len() - used
+        )));
+    }
+    Ok(match rec {
+        OpRecord::ImportAccount { user } => Op::ImportAccount { user: name(user)? },
+        OpRecord::DeleteAccount { user } => Op::DeleteAccount { user: name(user)? },
+        OpRecord::Send {
+            from,
+            to,
+            key,
+            body_json,
+            custom,
+            sender_copy,
+            lifetime,
+            origin_device,
+            at,
+        } => Op::Send(Box::new(SendOp {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            content: Content::from_trusted_json(body_json, custom),
+            sender_copy: copy_from_code(sender_copy)?,
+            lifetime,
+            origin_device: origin_device.map(Into::into),
+            at,
+        })),
+        OpRecord::Recall {
+            from,
+            to,
+            key,
+            by,
+            at,
+        } => Op::Recall {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            by: name(by)?,
+            at,
+        },
+        OpRecord::Modify {
+            from,
+            to,
+            key,
+            body_json,
+            custom,
+            at,
+        } => Op::Modify(Box::new(ModifyOp {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            body: body_json.map(|b| Content::from_trusted_json(b, None)),
+            cloud_custom_data: custom.map(str::to_owned),
+            at,
+        })),
+        OpRecord::SetRead { reader, peer, at } => Op::SetRead {
+            reader: name(reader)?,
+            peer: name(peer)?,
+            at,
+        },
+        OpRecord::AddDevice { account, device } => Op::AddDevice {
+            account: name(account)?,
+            device: device.into(),
+        },
+        OpRecord::Cursor {
+            account,
+            device,
+            cursor,
+        } => Op::Cursor {
+            account: name(account)?,
+            device: device.into(),
+            cursor,
+        },
+        OpRecord::PurgeConversation { a, b, cutoff } => Op::PurgeConversation {
+            a: name(a)?,
+            b: name(b)?,
+            cutoff,
+        },
+        OpRecord::PurgeInbox { account, at } => Op::PurgeInbox {
+            account: name(account)?,
+            at,
+        },
+    })
+}
+
+// ----- snapshot images -----
+//
+// Images borrow their strings: encoding borrows from the live store, decoding from the file's
+// bytes.
+
+/// A message in a snapshot. A recalled message has no body here: that is how compaction
+/// erases it from disk.
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct MsgImage<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub key: (u32, u32, u32),
+    pub arrival: u64,
+    pub sender_copy: u8,
+    pub origin_device: Option<&'a str>,
+    pub state: StateImage<'a>,
+}
+
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) enum StateImage<'a> {
+    Live {
+        body_json: &'a str,
+        custom: Option<&'a str>,
+    },
+    Recalled {
+        by: &'a str,
+        at: u64,
+    },
+}
+
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct ConvImage<'a> {
+    pub a: &'a str,
+    pub b: &'a str,
+    pub next_arrival: u64,
+    pub read_mark: [u64; 2],
+    pub messages: Vec<MsgImage<'a>>,
+}
+
+/// How an inbox entry names its message: by its place in roaming, or (when retention already
+/// dropped it from roaming) carrying it.
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) enum MsgRef<'a> {
+    Roaming {
+        from: &'a str,
+        to: &'a str,
+        key: (u32, u32, u32),
+    },
+    Orphan(MsgImage<'a>),
+}
+
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct EntryImage<'a> {
+    pub seq: u64,
+    pub expires_at: u64,
+    /// 0 message, 1 recalled, 2 modified.
+    pub kind: u8,
+    pub modified_at: u64,
+    pub msg: MsgRef<'a>,
+}
+
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct AccountImage<'a> {
+    pub user: &'a str,
+    pub next_seq: u64,
+    pub entries: Vec<EntryImage<'a>>,
+    pub devices: Vec<(&'a str, u64)>,
+    pub unread: Vec<(&'a str, u32)>,
+}
+
+/// The closing record of a snapshot: without it the snapshot is incomplete.
+#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SnapshotEnd {
+    pub accounts: u64,
+    pub conversations: u64,
+}
+
+pub(crate) fn encode<T: Encode>(value: &T, out: &mut Vec<u8>) {
+    bincode::encode_into_std_write(value, out, cfg()).expect("writing to a Vec cannot fail");
+}
+
+pub(crate) fn decode<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::borrow_decode_from_slice(bytes, cfg())?;
+    if used != bytes.len() {
+        return Err(DecodeError(format!(
+            "{} trailing bytes in a snapshot record",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+pub(crate) fn sender_copy_code(c: SenderCopy) -> u8 {
+    copy_code(c)
+}
+
+pub(crate) fn sender_copy_from_code(c: u8) -> Result<SenderCopy, DecodeError> {
+    copy_from_code(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_length_prefix_is_refused_without_allocating() {
+        // A string claiming 2^60 bytes.
+        let mut bytes = vec![1u8]; // variant DeleteAccount
+        bytes.push(253); // varint u64 marker
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_op(&bytes, UserId::new).is_err());
+        assert!(decode::<AccountImage>(&[3, 253, 0, 0, 0, 0, 0, 0, 0, 16]).is_err());
+    }
+
+    #[test]
+    fn operations_round_trip() {
+        let u = |s: &str| UserId::new(s).unwrap();
+        let ops = vec![
+            Op::ImportAccount { user: u("a") },
+            Op::Send(Box::new(SendOp {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(1, 2, 3),
+                content: Content::new(&[crate::MsgElement::text("hi")], Some("cd")).unwrap(),
+                sender_copy: SenderCopy::RoamingAndDevices,
+                lifetime: 60,
+                origin_device: Some("phone".into()),
+                at: 99,
+            })),
+            Op::Recall {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(1, 2, 3),
+                by: u("admin"),
+                at: 100,
+            },
+        ];
+        for op in ops {
+            let mut buf = Vec::new();
+            encode_op(&op, &mut buf);
+            assert_eq!(decode_op(&buf, UserId::new).unwrap(), op);
+        }
+    }
+}

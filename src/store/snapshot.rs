@@ -1,0 +1,346 @@
+//! Snapshots of the whole store: captured while the store's gate is shut (a consistent cut:
+//! no operation in flight), encoded and written after it reopens, restored when a data
+//! directory is opened. A recalled message is captured without its body, which is how
+//! compaction erases recalled bodies from disk.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Mode, Store};
+use crate::account::{AccountCell, UserId};
+use crate::codec::{
+    self, AccountImage, ConvImage, EntryImage, MsgImage, MsgRef, SnapshotEnd, StateImage,
+};
+use crate::device::{DeviceId, DeviceSlot};
+use crate::error::Error;
+use crate::hash::HashMap;
+use crate::inbox::{Entry, Inbox, Slot};
+use crate::journal::{Recovered, kind, push_frame};
+use crate::key::MsgKey;
+use crate::message::{Content, MsgState, StoredMessage};
+use crate::roaming::Conversation;
+
+/// The store at one cut, holding shared records and copies of their state (a recall after the
+/// cut changes the record, not the copy).
+pub(super) struct Capture {
+    conversations: Vec<ConvCapture>,
+    accounts: Vec<AccountCapture>,
+}
+
+struct ConvCapture {
+    users: [UserId; 2],
+    next_arrival: u64,
+    read_mark: [u64; 2],
+    messages: Vec<(Arc<StoredMessage>, MsgState)>,
+}
+
+struct AccountCapture {
+    user: UserId,
+    next_seq: u64,
+    slots: Vec<(Slot, MsgState)>,
+    devices: Vec<(DeviceId, u64)>,
+    unread: Vec<(UserId, u32)>,
+}
+
+fn entry_message(entry: &Entry) -> &Arc<StoredMessage> {
+    match entry {
+        Entry::Message(m) | Entry::Recalled(m) | Entry::Modified(m, _) => m,
+    }
+}
+
+fn key_tuple(k: MsgKey) -> (u32, u32, u32) {
+    (k.seq(), k.random(), k.time())
+}
+
+fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
+    MsgImage {
+        from: &m.from,
+        to: &m.to,
+        key: key_tuple(m.key),
+        arrival: m.arrival,
+        sender_copy: codec::sender_copy_code(m.sender_copy),
+        origin_device: m.origin_device.as_deref(),
+        state: match state {
+            MsgState::Live(c) => StateImage::Live {
+                body_json: c.body_json(),
+                custom: c.cloud_custom_data(),
+            },
+            MsgState::Recalled { by, at } => StateImage::Recalled { by, at: *at },
+        },
+    }
+}
+
+impl Store {
+    /// Copies the store's state. The caller holds the gate shut, so no operation is half-done;
+    /// each lock below is taken alone.
+    pub(super) fn capture(&self) -> Capture {
+        let convs: Vec<_> = self
+            .conversations
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        let conversations = convs
+            .iter()
+            .map(|c| {
+                let (users, next_arrival, read_mark, messages) = c.lock().export();
+                let messages = messages
+                    .into_iter()
+                    .map(|m| {
+                        let s = m.state();
+                        (m, s)
+                    })
+                    .collect();
+                ConvCapture {
+                    users,
+                    next_arrival,
+                    read_mark,
+                    messages,
+                }
+            })
+            .collect();
+        let cells: Vec<_> = self.accounts.iter().map(|e| e.value().clone()).collect();
+        let accounts = cells
+            .iter()
+            .map(|cell| {
+                let state = cell.state.lock();
+                let (next_seq, slots) = state.inbox.export();
+                let slots = slots
+                    .into_iter()
+                    .map(|s| {
+                        let st = entry_message(&s.entry).state();
+                        (s, st)
+                    })
+                    .collect();
+                AccountCapture {
+                    user: cell.id.clone(),
+                    next_seq,
+                    slots,
+                    devices: state
+                        .devices
+                        .iter()
+                        .map(|(id, d)| (id.clone(), d.shared.cursor()))
+                        .collect(),
+                    unread: state.unread.iter().map(|(p, n)| (p.clone(), *n)).collect(),
+                }
+            })
+            .collect();
+        Capture {
+            conversations,
+            accounts,
+        }
+    }
+
+    /// Applies one recovered record: a snapshot record or a journal operation.
+    pub(super) fn recover(&self, rec: Recovered<'_>) -> Result<(), String> {
+        match rec {
+            Recovered::Op(bytes) => {
+                let op = codec::decode_op(bytes, |n| self.intern(n)).map_err(|e| e.0)?;
+                self.apply(&op, Mode::Replay)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_CONVERSATION,
+                payload,
+            } => {
+                let img: ConvImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_conversation(img).map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_ACCOUNT,
+                payload,
+            } => {
+                let img: AccountImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_account(img).map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_END,
+                payload,
+            } => {
+                let end: SnapshotEnd = codec::decode(payload).map_err(|e| e.0)?;
+                let found = (self.accounts.len() as u64, self.conversations.len() as u64);
+                if found != (end.accounts, end.conversations) {
+                    return Err(format!("snapshot lists {end:?} but holds {found:?}"));
+                }
+                Ok(())
+            }
+            Recovered::Snapshot { kind, .. } => Err(format!("unknown snapshot record kind {kind}")),
+        }
+    }
+
+    /// The store's shared `UserId` for `name` (a new one for a name not yet known).
+    fn intern(&self, name: &str) -> Result<UserId, Error> {
+        match self.cell(name) {
+            Some(cell) => Ok(cell.id.clone()),
+            None => UserId::new(name),
+        }
+    }
+
+    fn restore_message(&self, img: &MsgImage<'_>) -> Result<StoredMessage, Error> {
+        let state = match img.state {
+            StateImage::Live { body_json, custom } => {
+                MsgState::Live(Content::from_trusted_json(body_json, custom))
+            }
+            StateImage::Recalled { by, at } => MsgState::Recalled {
+                by: self.intern(by)?,
+                at,
+            },
+        };
+        let sender_copy =
+            codec::sender_copy_from_code(img.sender_copy).map_err(|e| Error::Internal(e.0))?;
+        Ok(StoredMessage::restore(
+            self.intern(img.from)?,
+            self.intern(img.to)?,
+            MsgKey::new(img.key.0, img.key.1, img.key.2),
+            img.arrival,
+            sender_copy,
+            img.origin_device.map(DeviceId::from),
+            state,
+        ))
+    }
+
+    fn restore_conversation(&self, img: ConvImage<'_>) -> Result<(), Error> {
+        let (a, b) = (UserId::new(img.a)?, UserId::new(img.b)?);
+        let messages = img
+            .messages
+            .iter()
+            .map(|m| self.restore_message(m).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let conv = Conversation::restore(
+            a.clone(),
+            b.clone(),
+            img.next_arrival,
+            img.read_mark,
+            messages,
+        );
+        self.conversations
+            .insert((a, b), Arc::new(Mutex::new(conv)));
+        Ok(())
+    }
+
+    fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
+        let cell = AccountCell::new(UserId::new(img.user)?);
+        let mut slots = Vec::with_capacity(img.entries.len());
+        for e in &img.entries {
+            let msg = match &e.msg {
+                MsgRef::Roaming { from, to, key } => {
+                    let (from, to) = (self.intern(from)?, self.intern(to)?);
+                    let key = MsgKey::new(key.0, key.1, key.2);
+                    let conv = self.conversation(&from, &to, false);
+                    conv.and_then(|c| c.lock().find(&from, key).cloned()).ok_or_else(|| {
+                        Error::Internal(format!("inbox entry names message {key} from {from} that the snapshot lacks"))
+                    })?
+                }
+                MsgRef::Orphan(m) => Arc::new(self.restore_message(m)?),
+            };
+            let entry = match e.kind {
+                0 => Entry::Message(msg),
+                1 => Entry::Recalled(msg),
+                2 => Entry::Modified(msg, e.modified_at),
+                k => return Err(Error::Internal(format!("unknown inbox entry kind {k}"))),
+            };
+            slots.push(Slot {
+                seq: e.seq,
+                expires_at: e.expires_at,
+                entry,
+            });
+        }
+        {
+            let mut state = cell.state.lock();
+            state.inbox = Inbox::restore(img.next_seq, slots);
+            for (id, cursor) in &img.devices {
+                let id = DeviceId::from(*id);
+                state.devices.insert(
+                    id.clone(),
+                    DeviceSlot::new(id, *cursor, self.config.cache_capacity),
+                );
+            }
+            let mut unread = HashMap::default();
+            for (peer, n) in &img.unread {
+                unread.insert(self.intern(peer)?, *n);
+            }
+            state.unread = unread;
+        }
+        self.accounts.insert(cell.id.clone(), Arc::new(cell));
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Encodes the capture as snapshot records: conversations first (inbox entries refer to
+    /// them), then accounts, then the end record.
+    pub(super) fn write(&self, w: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut roaming: HashSet<*const StoredMessage> = HashSet::new();
+        for c in &self.conversations {
+            let img = ConvImage {
+                a: &c.users[0],
+                b: &c.users[1],
+                next_arrival: c.next_arrival,
+                read_mark: c.read_mark,
+                messages: c.messages.iter().map(|(m, s)| msg_image(m, s)).collect(),
+            };
+            push_frame(&mut buf, kind::SNAP_CONVERSATION, |b| {
+                codec::encode(&img, b)
+            });
+            roaming.extend(c.messages.iter().map(|(m, _)| Arc::as_ptr(m)));
+            flush_if_large(&mut buf, w)?;
+        }
+        for a in &self.accounts {
+            let entries = a
+                .slots
+                .iter()
+                .map(|(slot, state)| {
+                    let m = entry_message(&slot.entry);
+                    let (kind, modified_at) = match &slot.entry {
+                        Entry::Message(_) => (0, 0),
+                        Entry::Recalled(_) => (1, 0),
+                        Entry::Modified(_, at) => (2, *at),
+                    };
+                    let msg = if roaming.contains(&Arc::as_ptr(m)) {
+                        MsgRef::Roaming {
+                            from: &m.from,
+                            to: &m.to,
+                            key: key_tuple(m.key),
+                        }
+                    } else {
+                        MsgRef::Orphan(msg_image(m, state))
+                    };
+                    EntryImage {
+                        seq: slot.seq,
+                        expires_at: slot.expires_at,
+                        kind,
+                        modified_at,
+                        msg,
+                    }
+                })
+                .collect();
+            let img = AccountImage {
+                user: &a.user,
+                next_seq: a.next_seq,
+                entries,
+                devices: a.devices.iter().map(|(d, c)| (&**d, *c)).collect(),
+                unread: a.unread.iter().map(|(p, n)| (&**p, *n)).collect(),
+            };
+            push_frame(&mut buf, kind::SNAP_ACCOUNT, |b| codec::encode(&img, b));
+            flush_if_large(&mut buf, w)?;
+        }
+        let end = SnapshotEnd {
+            accounts: self.accounts.len() as u64,
+            conversations: self.conversations.len() as u64,
+        };
+        push_frame(&mut buf, kind::SNAP_END, |b| codec::encode(&end, b));
+        w(&buf)
+    }
+}
+
+fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    if buf.len() >= 1 << 20 {
+        w(buf)?;
+        buf.clear();
+    }
+    Ok(())
+}

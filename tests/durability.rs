@@ -1,0 +1,348 @@
+//! Durability (SPEC §5): reopen reproduces the state, snapshots and compaction, erasure from
+//! disk, the lock file, torn tails and bit flips.
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use imstore::{
+    Config, HistoryQuery, ManualClock, MsgElement, OpenError, SenderCopy, Store, SyncPolicy,
+};
+
+const USERS: [&str; 4] = ["vinson", "dramon", "third", ADMIN];
+
+fn config(clock: &std::sync::Arc<ManualClock>) -> Config {
+    Config::default().with_clock(clock.clone())
+}
+
+/// A store with a bit of everything: accounts, sends in both directions, a recall, a modify,
+/// read marks, devices with cursors.
+fn populate(store: &Store, clock: &ManualClock) {
+    store
+        .import_accounts(&["vinson", "dramon", "third"])
+        .unwrap();
+    let phone = store.connect("dramon", "phone").unwrap();
+    for i in 0..10u32 {
+        let (from, to) = if i % 3 == 0 {
+            ("dramon", "vinson")
+        } else {
+            ("vinson", "dramon")
+        };
+        let mut req = text_req(from, to, i, &format!("message {i}"));
+        req.cloud_custom_data = (i % 2 == 0).then(|| format!("cd{i}"));
+        req.sender_copy = [
+            SenderCopy::Roaming,
+            SenderCopy::RoamingAndDevices,
+            SenderCopy::Nothing,
+        ][i as usize % 3];
+        store.send(req).unwrap();
+        clock.advance(1);
+    }
+    send_text(store, "third", "vinson", 77, "from third");
+    let page = store
+        .history(&HistoryQuery::new("vinson", "dramon", 100))
+        .unwrap();
+    let k = page.messages[1].message.key.to_string();
+    let from = page.messages[1].message.from.to_string();
+    let to = page.messages[1].message.to.to_string();
+    store.recall(ADMIN, &from, &to, &k).unwrap();
+    let m = &page.messages[3].message;
+    store
+        .modify(
+            &m.from,
+            &m.to,
+            &m.key.to_string(),
+            Some(vec![MsgElement::text("edited")]),
+            None,
+        )
+        .unwrap();
+    store.mark_read("dramon", "vinson").unwrap();
+    phone.recv().unwrap();
+    phone.recv().unwrap();
+    store.disconnect(phone).unwrap();
+}
+
+#[test]
+fn reopen_after_a_clean_close_reproduces_exactly_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    populate(&store, &clock);
+    let before = observe(&store, &USERS);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    assert_eq!(observe(&store, &USERS), before);
+    assert!(store.recovery_report().records_replayed >= 15);
+}
+
+#[test]
+fn reopen_after_compaction_reproduces_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    populate(&store, &clock);
+    store.compact().unwrap();
+    send_text(&store, "vinson", "third", 5, "after the snapshot");
+    let before = observe(&store, &USERS);
+    drop(store);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    let report = store.recovery_report().clone();
+    assert!(report.snapshot_lsn.is_some());
+    assert_eq!(
+        report.records_replayed, 1,
+        "only the send after the snapshot is replayed"
+    );
+    assert_eq!(observe(&store, &USERS), before);
+}
+
+#[test]
+fn automatic_snapshots_bound_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock).with_snapshot_after_bytes(4096)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    for i in 0..200 {
+        send_text(&store, "a", "b", i, &format!("message number {i}"));
+    }
+    let before = observe(&store, &["a", "b"]);
+    drop(store);
+    let journal_bytes: u64 = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        journal_bytes < 8192,
+        "journal kept at {journal_bytes} bytes"
+    );
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    assert!(store.recovery_report().snapshot_lsn.is_some());
+    assert_eq!(observe(&store, &["a", "b"]), before);
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            fs::read(p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[test]
+fn after_compaction_no_file_holds_a_recalled_or_expired_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).with_retention_secs(3600);
+    let store = Store::open(dir.path(), cfg.clone()).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    let mut req = text_req("vinson", "dramon", 1, "RECALLED-BODY-7f3a");
+    req.cloud_custom_data = Some("RECALLED-CUSTOM-91c2".into());
+    let k = store.send(req).unwrap().msg_key.to_string();
+    send_text(&store, "vinson", "dramon", 2, "EXPIRED-BODY-44d1");
+    clock.advance(3000);
+    send_text(&store, "vinson", "dramon", 3, "KEPT-BODY-0b9e");
+    store.recall(ADMIN, "vinson", "dramon", &k).unwrap();
+    clock.advance(700); // the first two are past retention now; the third is not
+    store.flush().unwrap();
+    assert!(
+        !files_contain(dir.path(), b"RECALLED-BODY-7f3a").is_empty(),
+        "the journal held it before"
+    );
+    store.compact().unwrap();
+    for secret in [
+        "RECALLED-BODY-7f3a",
+        "RECALLED-CUSTOM-91c2",
+        "EXPIRED-BODY-44d1",
+    ] {
+        assert_eq!(
+            files_contain(dir.path(), secret.as_bytes()),
+            Vec::<String>::new(),
+            "{secret}"
+        );
+    }
+    assert!(!files_contain(dir.path(), b"KEPT-BODY-0b9e").is_empty());
+    drop(store);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    let page = store
+        .history(&HistoryQuery::new("dramon", "vinson", 10))
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(body_text(&page.messages[0].message), "KEPT-BODY-0b9e");
+}
+
+#[test]
+fn a_second_open_of_a_locked_directory_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let err = Store::open(dir.path(), Config::default()).unwrap_err();
+    assert!(matches!(err, OpenError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("in use"));
+    drop(store);
+    Store::open(dir.path(), Config::default()).unwrap();
+}
+
+#[test]
+fn a_failed_open_leaves_the_directory_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = Config::default().with_admins(["bad\nadmin"]);
+    assert!(matches!(
+        Store::open(dir.path(), bad),
+        Err(OpenError::Config(_))
+    ));
+    Store::open(dir.path(), Config::default()).unwrap();
+}
+
+// ----- torn tails and bit flips -----
+
+/// Builds a journal of more than 200 operations, one record each, remembering what a reader
+/// saw after each. Returns (journal bytes, states), states[r] = state after r records.
+fn journal_with_history() -> (tempfile::TempDir, Vec<u8>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let users = ["a", "b", "c", ADMIN];
+    let store = Store::open(dir.path(), config(&clock).with_sync(SyncPolicy::None)).unwrap();
+    let mut states = vec![observe(&store, &users), observe(&store, &users)]; // 0 records; 1: admin import
+    let mut keys = Vec::new();
+    for u in ["a", "b", "c"] {
+        store.import_account(u).unwrap();
+        states.push(observe(&store, &users));
+    }
+    for i in 0..220u32 {
+        let pair = [("a", "b"), ("b", "a"), ("a", "c"), ("c", "b")][i as usize % 4];
+        match i % 7 {
+            3 if !keys.is_empty() => {
+                let (f, t, k): &(String, String, String) = &keys[(i as usize * 5) % keys.len()];
+                if store.recall(ADMIN, f, t, k).is_err() {
+                    // Already recalled: no record; send instead to keep one record per step.
+                    send_text(&store, pair.0, pair.1, i, &format!("m{i}"));
+                }
+            }
+            5 if !keys.is_empty() => {
+                let (f, t, k) = &keys[(i as usize * 3) % keys.len()];
+                if store
+                    .modify(f, t, k, Some(vec![MsgElement::text(format!("e{i}"))]), None)
+                    .is_err()
+                {
+                    send_text(&store, pair.0, pair.1, i, &format!("m{i}"));
+                }
+            }
+            6 => store.mark_read(pair.1, pair.0).unwrap(),
+            _ => {
+                let k = send_text(&store, pair.0, pair.1, i, &format!("m{i}"))
+                    .msg_key
+                    .to_string();
+                keys.push((pair.0.to_string(), pair.1.to_string(), k));
+            }
+        }
+        clock.advance(1);
+        states.push(observe(&store, &users));
+    }
+    store.close().unwrap();
+    let segment = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let bytes = fs::read(&segment).unwrap();
+    (dir, bytes, states)
+}
+
+fn reopen_with(bytes: &[u8], at: u64) -> Result<(Store, tempfile::TempDir), OpenError> {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("journal-00000000000000000000.log"), bytes).unwrap();
+    Store::open(
+        dir.path(),
+        Config::default().with_clock(ManualClock::new(at)),
+    )
+    .map(|s| (s, dir))
+}
+
+#[test]
+fn truncation_at_every_byte_reopens_to_a_prefix_of_the_operations() {
+    let (_dir, bytes, states) = journal_with_history();
+    assert!(states.len() > 200);
+    let users = ["a", "b", "c", ADMIN];
+    let now = T0 + 10_000;
+    for cut in 0..=bytes.len() {
+        let (store, _d) =
+            reopen_with(&bytes[..cut], now).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let r = store.recovery_report().records_replayed as usize;
+        // Records replayed = a prefix; the admin import at open may add one more record.
+        let want = &states[r.max(1)];
+        let got = observe(&store, &users);
+        assert_eq!(&got, want, "cut at byte {cut} replayed {r} records");
+    }
+}
+
+#[test]
+fn single_bit_flips_are_detected_never_silently_applied() {
+    let (_dir, bytes, states) = journal_with_history();
+    let users = ["a", "b", "c", ADMIN];
+    let full = states.last().unwrap();
+    let mut detected = 0;
+    let step = (bytes.len() / 400).max(1);
+    for offset in (0..bytes.len()).step_by(step).chain([bytes.len() - 1]) {
+        for bit in [0, 3, 7] {
+            let mut flipped = bytes.clone();
+            flipped[offset] ^= 1 << bit;
+            match reopen_with(&flipped, T0 + 10_000) {
+                Err(OpenError::Corrupt { offset: at, .. }) => {
+                    assert!(
+                        at <= offset as u64 + 12,
+                        "reported at {at}, flipped at {offset}"
+                    );
+                    detected += 1;
+                }
+                Err(e) => panic!("flip at {offset}: unexpected {e}"),
+                Ok((store, _d)) => {
+                    // Only damage to the very last record looks like a torn write: it is cut off
+                    // and said so, and what remains is a prefix.
+                    let report = store.recovery_report();
+                    let (_, cut_at, _) = report
+                        .truncated_tail
+                        .clone()
+                        .unwrap_or_else(|| panic!("flip at {offset} went unnoticed"));
+                    assert!(cut_at as usize <= offset);
+                    let r = report.records_replayed as usize;
+                    let got = observe(&store, &users);
+                    assert_eq!(&got, &states[r.max(1)]);
+                    assert_ne!(&got, full);
+                }
+            }
+        }
+    }
+    assert!(detected > 300);
+}
+
+#[test]
+fn repair_truncates_at_the_damage_and_says_what_it_dropped() {
+    let (_dir, mut bytes, states) = journal_with_history();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("journal-00000000000000000000.log"), &bytes).unwrap();
+    let cfg = Config::default().with_clock(ManualClock::new(T0 + 10_000));
+    assert!(matches!(
+        Store::open(dir.path(), cfg.clone()),
+        Err(OpenError::Corrupt { .. })
+    ));
+    let store = Store::open(dir.path(), cfg.with_repair(true)).unwrap();
+    let report = store.recovery_report().clone();
+    assert!(
+        report
+            .repaired
+            .as_deref()
+            .is_some_and(|r| r.contains("truncated at byte")),
+        "{report:?}"
+    );
+    let r = report.records_replayed as usize;
+    assert_eq!(observe(&store, &["a", "b", "c", ADMIN]), states[r]);
+}
