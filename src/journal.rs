@@ -567,12 +567,21 @@ impl Journal {
         })
     }
 
+    /// The LSN the next record will get: `commit_to` of this covers everything appended so far.
+    pub fn appended(&self) -> u64 {
+        self.state.lock().next_lsn
+    }
+
     /// Returns once every record appended before this call is on disk as the policy demands.
-    /// One caller at a time writes everything pending and fsyncs; the others wait for it, so
-    /// concurrent writers share one fsync (group commit).
     pub fn commit(&self) -> Result<(), Error> {
+        self.commit_to(self.appended())
+    }
+
+    /// Returns once every record below `target` is on disk as the policy demands. One caller
+    /// at a time writes everything pending and fsyncs; the others wait for it, so concurrent
+    /// writers share one fsync (group commit).
+    pub fn commit_to(&self, target: u64) -> Result<(), Error> {
         let mut st = self.state.lock();
-        let target = st.next_lsn;
         loop {
             if st.done_lsn >= target {
                 return Ok(());

@@ -79,8 +79,8 @@ pub use message::{
 };
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
-    BatchReceipt, BatchSendRequest, CompactReport, MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH,
-    PurgeReport, Store,
+    BatchReceipt, BatchSendRequest, CompactReport, Deferred, MAX_BATCH_RECIPIENTS,
+    MAX_IMPORT_BATCH, PurgeReport, Store,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -134,6 +134,47 @@ pub struct CompactReport {
     pub purged: PurgeReport,
 }
 
+/// An operation that has taken effect but is not yet acknowledged: [`wait`](Deferred::wait)
+/// returns its result once the journal holds it as the sync policy demands, and runs the
+/// after-send or after-recall hook. Dropping it without waiting leaves the operation applied;
+/// it becomes durable with the next commit, but nobody was told it had.
+#[must_use = "an operation is acknowledged only by `wait`"]
+pub struct Deferred<'s, T> {
+    store: &'s Store,
+    ticket: u64,
+    value: T,
+    /// The stored message, for the after-send hook (not for a duplicate or dropped send).
+    sent: Option<MessageView>,
+}
+
+impl<T> std::fmt::Debug for Deferred<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deferred<'_, SendReceipt> {
+    /// Waits until the send is durable and acknowledges it.
+    pub fn wait(self) -> Result<SendReceipt> {
+        self.store.durable(self.ticket)?;
+        if let Some(view) = &self.sent {
+            self.store.config.hooks.after_send(view);
+        }
+        Ok(self.value)
+    }
+}
+
+impl Deferred<'_, RecallNotice> {
+    /// Waits until the recall is durable and acknowledges it.
+    pub fn wait(self) -> Result<RecallNotice> {
+        self.store.durable(self.ticket)?;
+        self.store.config.hooks.after_recall(&self.value);
+        Ok(self.value)
+    }
+}
+
 /// The store: accounts, the three layers, recall. `Send + Sync`; share it by reference or `Arc`.
 pub struct Store {
     config: Config,
@@ -336,12 +377,35 @@ impl Store {
     /// what was appended before it, since it may rest on state not yet on disk (20023 on a
     /// recall still in flight, say).
     fn run(&self, op: &Op) -> Result<Applied> {
+        let (applied, ticket) = self.run_deferred(op);
+        self.durable(ticket)?;
+        applied
+    }
+
+    /// Applies a live operation and returns the journal position that must be durable before
+    /// it is acknowledged.
+    fn run_deferred(&self, op: &Op) -> (Result<Applied>, u64) {
         let applied = self.apply(op, Mode::Live);
-        if let Some(journal) = &self.journal {
-            journal.commit()?;
-            self.maybe_compact(journal);
+        (applied, self.journal.as_ref().map_or(0, Journal::appended))
+    }
+
+    /// Applies a live operation whose caller waits for durability later. A refusal still waits
+    /// now, for what was appended before it.
+    fn deferred(&self, op: &Op) -> Result<Applied> {
+        let (applied, ticket) = self.run_deferred(op);
+        if applied.is_err() {
+            self.durable(ticket)?;
         }
         applied
+    }
+
+    /// Waits until the journal is durable up to `ticket`.
+    fn durable(&self, ticket: u64) -> Result<()> {
+        if let Some(journal) = &self.journal {
+            journal.commit_to(ticket)?;
+            self.maybe_compact(journal);
+        }
+        Ok(())
     }
 
     /// Compacts once the journal has grown past `Config::snapshot_after_bytes`, on the thread
@@ -696,6 +760,13 @@ impl Store {
     /// Sends a one-to-one message (`sendmsg`), running the before- and after-send hooks.
     /// Sending the same (From, To, MsgKey) again returns the same receipt and stores nothing.
     pub fn send(&self, req: SendRequest) -> Result<SendReceipt> {
+        self.send_deferred(req)?.wait()
+    }
+
+    /// [`send`](Store::send) without waiting for the journal: the message is stored and
+    /// delivered, and [`Deferred::wait`] acknowledges it once it is durable. A thread can keep
+    /// many sends in flight and they share fsyncs.
+    pub fn send_deferred(&self, req: SendRequest) -> Result<Deferred<'_, SendReceipt>> {
         let from = self.sender(req.from.as_deref())?;
         let to = self.cell_as(&req.to, Role::Other)?.id.clone();
         let lifetime = check_lifetime(req.lifetime)?;
@@ -706,14 +777,13 @@ impl Store {
             .transpose()?;
         let mut content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
-        let hooks = self.config.hooks.clone();
         let outgoing = OutgoingMessage {
             from: &from,
             to: &to,
             body: &req.body,
             cloud_custom_data: req.cloud_custom_data.as_deref(),
         };
-        match hooks.before_send(&outgoing) {
+        match self.config.hooks.before_send(&outgoing) {
             BeforeSend::Allow => {}
             BeforeSend::Block => return Err(Error::BlockedByHook { code: 20006 }),
             BeforeSend::BlockWithCode(code) => {
@@ -725,9 +795,15 @@ impl Store {
                 return Err(Error::BlockedByHook { code });
             }
             BeforeSend::Drop => {
-                return Ok(SendReceipt {
+                let receipt = SendReceipt {
                     msg_time: key.time(),
                     msg_key: key,
+                };
+                return Ok(Deferred {
+                    store: self,
+                    ticket: 0,
+                    value: receipt,
+                    sent: None,
                 });
             }
             BeforeSend::Replace {
@@ -751,15 +827,17 @@ impl Store {
             origin_device,
             at: self.now(),
         }));
-        let Applied::Sent { msg, duplicate } = self.run(&op)? else {
+        let Applied::Sent { msg, duplicate } = self.deferred(&op)? else {
             unreachable!("send applies as Sent")
         };
-        if !duplicate {
-            hooks.after_send(&msg.view());
-        }
-        Ok(SendReceipt {
-            msg_time: msg.key.time(),
-            msg_key: msg.key,
+        Ok(Deferred {
+            store: self,
+            ticket: self.journal.as_ref().map_or(0, Journal::appended),
+            value: SendReceipt {
+                msg_time: msg.key.time(),
+                msg_key: msg.key,
+            },
+            sent: (!duplicate).then(|| msg.view()),
         })
     }
 
@@ -833,6 +911,18 @@ impl Store {
     /// tombstone, both parties' devices get a Recalled notice, unread counts drop. Errors, in
     /// this order: 90009, 90008, 90003, 90054, 20022, 20023.
     pub fn recall(&self, operator: &str, from: &str, to: &str, key: &str) -> Result<RecallNotice> {
+        self.recall_deferred(operator, from, to, key)?.wait()
+    }
+
+    /// [`recall`](Store::recall) without waiting for the journal: the recall has taken effect
+    /// in every layer, and [`Deferred::wait`] acknowledges it once it is durable.
+    pub fn recall_deferred(
+        &self,
+        operator: &str,
+        from: &str,
+        to: &str,
+        key: &str,
+    ) -> Result<Deferred<'_, RecallNotice>> {
         let by = self.admin(operator)?;
         let from = self.cell_as(from, Role::Acting)?.id.clone();
         let to = self.cell_as(to, Role::Other)?.id.clone();
@@ -844,12 +934,15 @@ impl Store {
             by,
             at: self.now(),
         };
-        let Applied::Recalled(msg) = self.run(&op)? else {
+        let Applied::Recalled(msg) = self.deferred(&op)? else {
             unreachable!("recall applies as Recalled")
         };
-        let notice = msg.recall_notice().expect("just recalled");
-        self.config.hooks.after_recall(&notice);
-        Ok(notice)
+        Ok(Deferred {
+            store: self,
+            ticket: self.journal.as_ref().map_or(0, Journal::appended),
+            value: msg.recall_notice().expect("just recalled"),
+            sent: None,
+        })
     }
 
     /// Replaces the MsgBody and/or CloudCustomData of a live message (`modify_c2c_msg`) in
