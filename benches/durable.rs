@@ -130,39 +130,58 @@ fn policies(c: &mut Criterion) {
     for threads in [1u32, 2] {
         let dir = tempfile::tempdir().unwrap();
         let mut next = 0u32;
-        g.bench_function(BenchmarkId::new("recall_group_32_in_flight", format!("{threads}_threads")), |b| {
-            b.iter_custom(|iters| {
-                let keys: Vec<_> = {
-                    let store = open(dir.path(), SyncPolicy::None);
-                    accounts(&store);
-                    (0..iters).map(|i| (next + i as u32, send(&store, next + i as u32))).collect()
-                };
-                next += iters as u32;
-                let store = open(dir.path(), SyncPolicy::Group);
-                let per_thread: Vec<Vec<_>> = (0..threads).map(|t| keys.iter().skip(t as usize).step_by(threads as usize).collect()).collect();
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for mine in &per_thread {
-                        let store = &store;
-                        s.spawn(move || {
-                            for chunk in mine.chunks(32) {
-                                let pending: Vec<_> = chunk
-                                    .iter()
-                                    .map(|(seq, key)| {
-                                        let p = seq % PAIRS;
-                                        store.recall_deferred("administrator", &format!("s{p}"), &format!("r{p}"), key).unwrap()
-                                    })
-                                    .collect();
-                                for d in pending {
-                                    black_box(d.wait().unwrap());
+        g.bench_function(
+            BenchmarkId::new("recall_group_32_in_flight", format!("{threads}_threads")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let keys: Vec<_> = {
+                        let store = open(dir.path(), SyncPolicy::None);
+                        accounts(&store);
+                        (0..iters)
+                            .map(|i| (next + i as u32, send(&store, next + i as u32)))
+                            .collect()
+                    };
+                    next += iters as u32;
+                    let store = open(dir.path(), SyncPolicy::Group);
+                    let per_thread: Vec<Vec<_>> = (0..threads)
+                        .map(|t| {
+                            keys.iter()
+                                .skip(t as usize)
+                                .step_by(threads as usize)
+                                .collect()
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for mine in &per_thread {
+                            let store = &store;
+                            s.spawn(move || {
+                                for chunk in mine.chunks(32) {
+                                    let pending: Vec<_> = chunk
+                                        .iter()
+                                        .map(|(seq, key)| {
+                                            let p = seq % PAIRS;
+                                            store
+                                                .recall_deferred(
+                                                    "administrator",
+                                                    &format!("s{p}"),
+                                                    &format!("r{p}"),
+                                                    key,
+                                                )
+                                                .unwrap()
+                                        })
+                                        .collect();
+                                    for d in pending {
+                                        black_box(d.wait().unwrap());
+                                    }
                                 }
-                            }
-                        });
-                    }
-                });
-                start.elapsed()
-            })
-        });
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            },
+        );
     }
     g.finish();
 }

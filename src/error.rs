@@ -54,6 +54,27 @@ pub enum Error {
     NotAdmin(String),
     /// 91000: the store cannot do it now (for example the journal cannot be written).
     Internal(String),
+    /// 70001: the UserSig has expired.
+    SigExpired { expired_at: u64 },
+    /// 70003: the UserSig cannot be decoded.
+    SigMalformed(String),
+    /// 70009: the UserSig's signature does not verify with the app's key.
+    SigBadSignature,
+    /// 70013: the UserSig was issued for another identifier.
+    SigIdentifierMismatch { identifier: String, signed: String },
+    /// 70014: the UserSig (or request) names another SDKAppID.
+    SigAppIdMismatch { expected: u64, found: u64 },
+    /// 60010: no such API.
+    UnknownApi(String),
+    /// 60007: the API's rate limit is exceeded.
+    RateLimited { api: String, per_second: u32 },
+    /// A request field is missing, of the wrong type or out of range; `code` is the one
+    /// Tencent documents for that field (90005 MsgRandom, 90006 MsgTimeStamp, ...).
+    InvalidField {
+        field: &'static str,
+        code: u32,
+        why: String,
+    },
 }
 
 impl Error {
@@ -75,6 +96,14 @@ impl Error {
             Error::BlockedByHook { code } => *code,
             Error::NotAdmin(_) => 90009,
             Error::Internal(_) => 91000,
+            Error::SigExpired { .. } => 70001,
+            Error::SigMalformed(_) => 70003,
+            Error::SigBadSignature => 70009,
+            Error::SigIdentifierMismatch { .. } => 70013,
+            Error::SigAppIdMismatch { .. } => 70014,
+            Error::UnknownApi(_) => 60010,
+            Error::RateLimited { .. } => 60007,
+            Error::InvalidField { code, .. } => *code,
         }
     }
 }
@@ -125,6 +154,33 @@ impl fmt::Display for Error {
             }
             Error::NotAdmin(who) => write!(f, "{who:?} is not an app administrator"),
             Error::Internal(why) => write!(f, "internal error, retry later: {why}"),
+            Error::SigExpired { expired_at } => {
+                write!(f, "UserSig expired at {expired_at}; issue a new one")
+            }
+            Error::SigMalformed(why) => write!(f, "UserSig is malformed: {why}"),
+            Error::SigBadSignature => {
+                write!(
+                    f,
+                    "UserSig signature does not verify; was it made with this app's key?"
+                )
+            }
+            Error::SigIdentifierMismatch { identifier, signed } => {
+                write!(
+                    f,
+                    "UserSig was issued for {signed:?}, not for identifier {identifier:?}"
+                )
+            }
+            Error::SigAppIdMismatch { expected, found } => {
+                write!(f, "SDKAppID {found} does not match this app's {expected}")
+            }
+            Error::UnknownApi(path) => write!(f, "no API {path:?}"),
+            Error::RateLimited { api, per_second } => {
+                write!(
+                    f,
+                    "{api} is limited to {per_second} calls per second; slow down"
+                )
+            }
+            Error::InvalidField { field, why, .. } => write!(f, "{field} {why}"),
         }
     }
 }

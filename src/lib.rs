@@ -48,6 +48,7 @@
 //!   while still queued is skipped (the Recalled notice follows).
 
 mod account;
+pub mod api;
 mod cache;
 mod clock;
 mod codec;
@@ -63,6 +64,7 @@ mod message;
 mod op;
 mod roaming;
 mod store;
+pub mod usersig;
 
 pub use account::{MAX_USER_ID_LEN, UserId};
 pub use clock::{Clock, ManualClock, SystemClock};

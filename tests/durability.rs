@@ -361,15 +361,38 @@ fn a_deferred_recall_is_acknowledged_by_wait_and_survives_reopen() {
     let hooks = Arc::new(Seen::default());
     let store = Store::open(dir.path(), Config::default().with_hooks(hooks.clone())).unwrap();
     store.import_accounts(&["a", "b"]).unwrap();
-    let keys: Vec<String> = (0..8).map(|i| send_text(&store, "a", "b", i, "x").msg_key.to_string()).collect();
-    let pending: Vec<_> = keys.iter().map(|k| store.recall_deferred(ADMIN, "a", "b", k).unwrap()).collect();
-    assert_eq!(*hooks.0.lock().unwrap(), 0, "nothing is acknowledged before wait");
-    assert!(store.history(&HistoryQuery::new("a", "b", 10)).unwrap().messages.iter().all(|i| i.message.is_recalled()));
+    let keys: Vec<String> = (0..8)
+        .map(|i| send_text(&store, "a", "b", i, "x").msg_key.to_string())
+        .collect();
+    let pending: Vec<_> = keys
+        .iter()
+        .map(|k| store.recall_deferred(ADMIN, "a", "b", k).unwrap())
+        .collect();
+    assert_eq!(
+        *hooks.0.lock().unwrap(),
+        0,
+        "nothing is acknowledged before wait"
+    );
+    assert!(
+        store
+            .history(&HistoryQuery::new("a", "b", 10))
+            .unwrap()
+            .messages
+            .iter()
+            .all(|i| i.message.is_recalled())
+    );
     for d in pending {
         d.wait().unwrap();
     }
     assert_eq!(*hooks.0.lock().unwrap(), 8);
     drop(store);
     let store = Store::open(dir.path(), Config::default()).unwrap();
-    assert!(store.history(&HistoryQuery::new("a", "b", 10)).unwrap().messages.iter().all(|i| i.message.is_recalled()));
+    assert!(
+        store
+            .history(&HistoryQuery::new("a", "b", 10))
+            .unwrap()
+            .messages
+            .iter()
+            .all(|i| i.message.is_recalled())
+    );
 }
