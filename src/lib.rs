@@ -63,6 +63,8 @@ mod key;
 mod message;
 mod op;
 mod roaming;
+#[cfg(feature = "server")]
+pub mod server;
 mod store;
 pub mod usersig;
 

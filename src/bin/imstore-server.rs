@@ -1,1 +1,86 @@
-fn main() {}
+//! `imstore-server`: Tencent Cloud IM's server REST API and client events over HTTP, backed by
+//! a durable imstore data directory. See `imstore::server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use imstore::SyncPolicy;
+use imstore::server::{ServerConfig, run};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Sync {
+    Every,
+    Group,
+    None,
+}
+
+/// Serve Tencent Cloud IM's server REST API (v4/openim/...) from an imstore data directory.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "./imstore-data")]
+    data_dir: PathBuf,
+    /// The app's SDKAppID.
+    #[arg(long, default_value_t = 1400000000)]
+    sdkappid: u64,
+    /// The app's secret key. When absent, one is generated and saved in the data directory.
+    #[arg(long, env = "IMSTORE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// An app administrator (repeatable).
+    #[arg(long = "admin", default_value = "administrator")]
+    admins: Vec<String>,
+    /// When acknowledged operations reach the disk.
+    #[arg(long, value_enum, default_value = "group")]
+    sync: Sync,
+    /// Calls per second allowed per API (Tencent's default is 200); unlimited when absent.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMSTORE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        sdkappid: args.sdkappid,
+        secret_key: args.secret_key,
+        admins: args.admins,
+        sync: match args.sync {
+            Sync::Every => SyncPolicy::Every,
+            Sync::Group => SyncPolicy::Group,
+            Sync::None => SyncPolicy::None,
+        },
+        rate_limit: args.rate_limit,
+        body_limit: args.body_limit,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imstore-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
