@@ -107,7 +107,13 @@ pub struct Api {
     store: Arc<Store>,
     config: ApiConfig,
     buckets: Mutex<HashMap<&'static str, Bucket>>,
+    /// UserSigs already verified: usersig → (identifier, expires at). Clients reuse one
+    /// UserSig for many calls, and verifying inflates and HMACs it each time.
+    verified: Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// How many verified UserSigs are remembered; the cache is emptied when it fills.
+const VERIFIED_CACHE: usize = 4096;
 
 struct Bucket {
     tokens: f64,
@@ -370,6 +376,7 @@ impl Api {
             store,
             config,
             buckets: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -404,13 +411,27 @@ impl Api {
             .get("usersig")
             .ok_or_else(|| Error::SigMalformed("the usersig parameter is missing".into()))?;
         let now = self.store.config().clock.now();
-        usersig::verify(
+        if let Some((who, expires_at)) = self.verified.lock().get(sig.as_str())
+            && who == identifier
+            && now <= *expires_at
+        {
+            return Ok(identifier.to_owned());
+        }
+        let v = usersig::verify(
             self.config.sdkappid,
             &self.config.secret_key,
             identifier,
             sig,
             now,
         )?;
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(
+            sig.clone(),
+            (v.identifier, v.issued_at.saturating_add(v.expire)),
+        );
         Ok(identifier.to_owned())
     }
 

@@ -572,6 +572,11 @@ impl Journal {
         self.state.lock().next_lsn
     }
 
+    /// Whether every record below `target` is on disk as the policy demands.
+    pub fn is_done(&self, target: u64) -> bool {
+        self.state.lock().done_lsn >= target
+    }
+
     /// Returns once every record appended before this call is on disk as the policy demands.
     pub fn commit(&self) -> Result<(), Error> {
         self.commit_to(self.appended())

@@ -83,7 +83,7 @@ pub use message::{
 };
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
-    BatchReceipt, BatchSendRequest, CompactReport, Deferred, MAX_BATCH_RECIPIENTS,
+    BatchReceipt, BatchSendRequest, CommitTicket, CompactReport, Deferred, MAX_BATCH_RECIPIENTS,
     MAX_IMPORT_BATCH, PurgeReport, Store,
 };
 

@@ -2,8 +2,10 @@
 //! over Server-Sent Events, and the startup and shutdown `imstore-server` runs.
 //!
 //! Every REST answer is HTTP 200 with the JSON envelope, including an unknown path or method
-//! (60010) and a body over the limit (93000). A REST call runs on tokio's blocking pool: it may
-//! wait for an fsync, and concurrent calls waiting together share one (group commit).
+//! (60010) and a body over the limit (93000). A REST call takes effect on the async worker that
+//! received it, with durability deferred ([`Store::deferring`]); its answer waits, without a
+//! thread, for a committer thread that makes every waiting call's journal records durable with
+//! one fsync (group commit) and then releases them.
 //!
 //! Each SSE client gets a thread that receives from its device's [`Subscription`] and forwards
 //! into the response stream; the device's cursor is journaled when the stream ends, and
@@ -30,7 +32,7 @@ use crate::api::{Api, ApiConfig, Reply, error_reply, event_payload};
 use crate::device::Subscription;
 use crate::error::Error;
 use crate::journal::SyncPolicy;
-use crate::{Config, Store, usersig};
+use crate::{CommitTicket, Config, Store, usersig};
 
 /// How `imstore-server` is set up (its command line).
 #[derive(Clone, Debug)]
@@ -58,6 +60,62 @@ struct App {
     api: Arc<Api>,
     body_limit: usize,
     shutting_down: Arc<AtomicBool>,
+    /// Requests waiting for their journal records to be durable; `None` under
+    /// `SyncPolicy::Every`, where each call fsyncs by itself on the blocking pool.
+    committer: Option<std::sync::mpsc::Sender<Waiter>>,
+}
+
+/// A request's commit ticket and where to say it is durable.
+type Waiter = (
+    CommitTicket,
+    tokio::sync::oneshot::Sender<Result<(), Error>>,
+);
+
+/// Group commit for the server: takes every waiting request's ticket, commits up to the
+/// highest (one fsync for all of them) and releases them together.
+fn committer(store: Arc<Store>, waiting: std::sync::mpsc::Receiver<Waiter>) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        batch.extend(waiting.try_iter());
+        let upto = batch.iter().map(|(t, _)| *t).max().expect("one at least");
+        let result = store.commit(upto);
+        for (_, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+impl App {
+    /// Answers a REST call. The call runs here, on the async worker, with durability deferred
+    /// (it takes only in-memory locks), then waits without a thread for the committer.
+    /// Compaction, which writes a snapshot, and the `Every` policy run on the blocking pool.
+    async fn answer(&self, path: String, query: String, body: axum::body::Bytes) -> Reply {
+        let api = self.api.clone();
+        let committer = match &self.committer {
+            Some(c) if path != "/v4/imstore/compact" => c,
+            _ => {
+                return tokio::task::spawn_blocking(move || api.handle(&path, &query, &body))
+                    .await
+                    .unwrap_or_else(|e| {
+                        error_reply(&Error::Internal(format!("handler failed: {e}")))
+                    });
+            }
+        };
+        let store = api.store();
+        let (reply, ticket) = store.deferring(|| api.handle(&path, &query, &body));
+        if store.is_durable(ticket) {
+            return reply;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if committer.send((ticket, tx)).is_err() {
+            return error_reply(&Error::Internal("the committer has stopped".into()));
+        }
+        match rx.await {
+            Ok(Ok(())) => reply,
+            Ok(Err(e)) => error_reply(&e),
+            Err(_) => error_reply(&Error::Internal("the committer has stopped".into())),
+        }
+    }
 }
 
 fn json_response(reply: Reply) -> Response {
@@ -89,13 +147,9 @@ async fn rest(
             return json_response(error_reply(&e));
         }
     };
-    let api = app.api.clone();
-    let path_for_call = path.clone();
-    let reply = tokio::task::spawn_blocking(move || {
-        api.handle(&path_for_call, query.as_deref().unwrap_or(""), &bytes)
-    })
-    .await
-    .unwrap_or_else(|e| error_reply(&Error::Internal(format!("handler failed: {e}"))));
+    let reply = app
+        .answer(path.clone(), query.unwrap_or_default(), bytes)
+        .await;
     if reply.code == 91000 {
         tracing::warn!(api = %path, code = reply.code, body = %reply.json, "internal error");
     } else {
@@ -217,7 +271,16 @@ fn secret_key(dir: &Path) -> std::io::Result<(String, bool)> {
 
 /// Runs the server until SIGINT or SIGTERM, then flushes the journal. Prints
 /// `listening on http://HOST:PORT` on stdout once it accepts connections.
-pub async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    run_until(config, shutdown_signal(), |_| {}).await
+}
+
+/// [`run`] until `shutdown` completes; `ready` is told the address once it accepts connections.
+pub async fn run_until(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store_config = Config::default()
         .with_admins(config.admins.clone())
         .with_sync(config.sync);
@@ -266,6 +329,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>>
     println!("listening on http://{addr}");
     use std::io::Write;
     std::io::stdout().flush()?;
+    ready(addr);
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let purge = {
@@ -282,15 +346,25 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>>
             }
         })
     };
+    let committer = (config.sync != SyncPolicy::Every).then(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer(store, rx))
+            .map(|_| tx)
+    });
+    let committer = committer.transpose()?;
     let app = App {
         api,
         body_limit: config.body_limit,
         shutting_down: shutting_down.clone(),
+        committer,
     };
     let stop = shutting_down.clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            shutdown.await;
             tracing::info!("shutting down");
             stop.store(true, Ordering::Release);
         })

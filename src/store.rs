@@ -134,6 +134,16 @@ pub struct CompactReport {
     pub purged: PurgeReport,
 }
 
+thread_local! {
+    /// Inside `Store::deferring`: (the store, the highest journal position to commit).
+    static DEFERRING: std::cell::Cell<Option<(usize, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// A journal position from [`Store::deferring`]: what must be durable before the operations
+/// run there are acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitTicket(u64);
+
 /// An operation that has taken effect but is not yet acknowledged: [`wait`](Deferred::wait)
 /// returns its result once the journal holds it as the sync policy demands, and runs the
 /// after-send or after-recall hook. Dropping it without waiting leaves the operation applied;
@@ -399,13 +409,54 @@ impl Store {
         applied
     }
 
-    /// Waits until the journal is durable up to `ticket`.
+    /// Waits until the journal is durable up to `ticket` — or, inside [`Store::deferring`],
+    /// notes the ticket for the caller to commit later.
     fn durable(&self, ticket: u64) -> Result<()> {
+        let me = self as *const Store as usize;
+        if let Some((store, max)) = DEFERRING.get()
+            && store == me
+        {
+            DEFERRING.set(Some((store, max.max(ticket))));
+            return Ok(());
+        }
         if let Some(journal) = &self.journal {
             journal.commit_to(ticket)?;
             self.maybe_compact(journal);
         }
         Ok(())
+    }
+
+    /// Runs `f` with this store's durability waits deferred: the store calls `f` makes take
+    /// effect and return without waiting for the journal, and the ticket returned covers all of
+    /// them. Acknowledge their results only after [`commit`](Store::commit) of the ticket.
+    /// Meant for servers that await durability elsewhere (one committer for many requests)
+    /// instead of blocking a thread per request. Hooks run as the operations take effect.
+    ///
+    /// ```
+    /// # use imstore::{Config, Store};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), Config::default()).unwrap();
+    /// let (imported, ticket) = store.deferring(|| store.import_account("vinson"));
+    /// imported.unwrap();
+    /// store.commit(ticket).unwrap(); // now it may be acknowledged
+    /// ```
+    pub fn deferring<R>(&self, f: impl FnOnce() -> R) -> (R, CommitTicket) {
+        let me = self as *const Store as usize;
+        let outer = DEFERRING.replace(Some((me, 0)));
+        let result = f();
+        let (_, ticket) = DEFERRING.replace(outer).expect("set above");
+        (result, CommitTicket(ticket))
+    }
+
+    /// Waits until everything `ticket` covers is durable (sharing the fsync with concurrent
+    /// committers), then compacts if the journal has grown past its threshold.
+    pub fn commit(&self, ticket: CommitTicket) -> Result<()> {
+        self.durable(ticket.0)
+    }
+
+    /// Whether `commit(ticket)` would return at once.
+    pub fn is_durable(&self, ticket: CommitTicket) -> bool {
+        self.journal.as_ref().is_none_or(|j| j.is_done(ticket.0))
     }
 
     /// Compacts once the journal has grown past `Config::snapshot_after_bytes`, on the thread
