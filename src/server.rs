@@ -245,6 +245,28 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
+/// A UserSig for `identifier`, valid 180 days, made with the app's key: the configured one, or
+/// the one saved in the data directory (generated there if there is none yet).
+pub fn usersig_for(config: &ServerConfig, identifier: &str) -> std::io::Result<String> {
+    let key = match &config.secret_key {
+        Some(k) => k.clone(),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            secret_key(&config.data_dir)?.0
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(usersig::generate(
+        config.sdkappid,
+        &key,
+        identifier,
+        180 * 86400,
+        now,
+    ))
+}
+
 /// Loads the secret key from `dir/secret_key`, or creates one (mode 0600). Returns the key and
 /// whether it was just generated.
 fn secret_key(dir: &Path) -> std::io::Result<(String, bool)> {

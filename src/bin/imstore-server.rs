@@ -46,6 +46,10 @@ struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     body_limit: usize,
+    /// Print a UserSig for IDENTIFIER (valid 180 days, made with the app's secret key) and exit,
+    /// without starting the server.
+    #[arg(long, value_name = "IDENTIFIER")]
+    usersig: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +62,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let args_usersig = args.usersig.clone();
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -72,6 +77,18 @@ fn main() -> std::process::ExitCode {
         rate_limit: args.rate_limit,
         body_limit: args.body_limit,
     };
+    if let Some(identifier) = &args_usersig {
+        return match imstore::server::usersig_for(&config, identifier) {
+            Ok(sig) => {
+                println!("{sig}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("imstore-server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
