@@ -266,11 +266,38 @@ impl<'a> Fields<'a> {
             .map(Some)
     }
 
+    /// The message fields of sendmsg and batchsendmsg, in Tencent's order after the accounts.
+    fn message(&self) -> Result<MessageFields, Error> {
+        Ok(MessageFields {
+            random: self.u32("MsgRandom", 90005)?,
+            time: self.opt_u32("MsgTimeStamp", 90006)?,
+            body: self
+                .msg_body()?
+                .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?,
+            lifetime: self.opt_u64("MsgLifeTime", 90026)?,
+            sender_copy: self.sender_copy()?,
+            seq: self.opt_u32("MsgSeq", 90001)?,
+            custom: self
+                .opt_string(&["CloudCustomData"], 90001)?
+                .map(str::to_owned),
+        })
+    }
+
     fn sender_copy(&self) -> Result<SenderCopy, Error> {
         let v = self.opt_u64("SyncOtherMachine", 90001)?;
         SenderCopy::from_sync_other_machine(v)
             .ok_or_else(|| bad(90001, "SyncOtherMachine", "must be 1 or 2"))
     }
+}
+
+struct MessageFields {
+    random: u32,
+    time: Option<u32>,
+    body: Vec<MsgElement>,
+    lifetime: Option<u64>,
+    sender_copy: SenderCopy,
+    seq: Option<u32>,
+    custom: Option<String>,
 }
 
 fn user_list<'a>(
@@ -554,28 +581,19 @@ impl Api {
     fn sendmsg(&self, _: &str, f: &Fields<'_>) -> Result<Map<String, Value>, Error> {
         let from = f.opt_string(&["From_Account"], 90008)?;
         let to = f.string(&["To_Account"], 90003)?;
-        let random = f.u32("MsgRandom", 90005)?;
-        let time = f.opt_u32("MsgTimeStamp", 90006)?;
-        let body = f
-            .msg_body()?
-            .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?;
-        let lifetime = f.opt_u64("MsgLifeTime", 90026)?;
-        let sender_copy = f.sender_copy()?;
-        let seq = f.opt_u32("MsgSeq", 90001)?;
-        let custom = f.opt_string(&["CloudCustomData"], 90001)?;
-        let req = SendRequest {
+        let m = f.message()?;
+        let r = self.store.send(SendRequest {
             from: from.map(str::to_owned),
             to: to.to_owned(),
-            msg_random: random,
-            msg_seq: seq,
-            msg_time: time,
-            body,
-            cloud_custom_data: custom.map(str::to_owned),
-            sender_copy,
-            lifetime,
+            msg_random: m.random,
+            msg_seq: m.seq,
+            msg_time: m.time,
+            body: m.body,
+            cloud_custom_data: m.custom,
+            sender_copy: m.sender_copy,
+            lifetime: m.lifetime,
             from_device: None,
-        };
-        let r = self.store.send(req)?;
+        })?;
         Ok(fields([
             ("MsgTime", json!(r.msg_time)),
             ("MsgKey", json!(r.msg_key.to_string())),
@@ -596,25 +614,18 @@ impl Api {
                     .ok_or_else(|| bad(90003, "To_Account", "items must be strings"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let random = f.u32("MsgRandom", 90005)?;
-        let body = f
-            .msg_body()?
-            .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?;
-        let lifetime = f.opt_u64("MsgLifeTime", 90026)?;
-        let sender_copy = f.sender_copy()?;
-        let seq = f.opt_u32("MsgSeq", 90001)?;
-        let custom = f.opt_string(&["CloudCustomData"], 90001)?;
+        let m = f.message()?;
         let recipients = to.len();
         let r = self.store.batch_send(BatchSendRequest {
             from: from.map(str::to_owned),
             to,
-            msg_random: random,
-            msg_seq: seq,
-            msg_time: None,
-            body,
-            cloud_custom_data: custom.map(str::to_owned),
-            sender_copy,
-            lifetime,
+            msg_random: m.random,
+            msg_seq: m.seq,
+            msg_time: m.time,
+            body: m.body,
+            cloud_custom_data: m.custom,
+            sender_copy: m.sender_copy,
+            lifetime: m.lifetime,
         })?;
         let errors: Vec<Value> = r
             .errors

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::mapref::entry::Entry as MapEntry;
 use parking_lot::{Mutex, RwLock};
 
-use crate::account::{AccountCell, UserId, check_user_id, lock_pair};
+use crate::account::{AccountCell, AccountState, UserId, check_user_id, lock_pair};
 use crate::codec;
 use crate::config::Config;
 use crate::device::{self, DeviceId, DeviceSlot, Event, Subscription, check_device_id};
@@ -559,41 +559,50 @@ impl Store {
                 s.to
             )));
         }
-        let from = self.cell_as(&s.from, Role::Acting)?;
-        let to = self.cell_as(&s.to, Role::Other)?;
-        let conv = self
-            .conversation(&from.id, &to.id, true)
-            .expect("created on demand");
-        let (mut fs, mut ts) = lock_pair(&from, &to);
-        if !fs.alive {
-            return Err(Role::Acting.missing(&s.from));
-        }
-        if !ts.alive {
-            return Err(Role::Other.missing(&s.to));
-        }
-        let mut c = conv.lock();
-        if let Some(existing) = c.find(&s.from, s.key) {
-            return Ok(Applied::Sent {
-                msg: existing.clone(),
-                duplicate: true,
-            });
-        }
-        self.record(op, mode)?;
-        let msg = Arc::new(StoredMessage::new(
-            from.id.clone(),
-            to.id.clone(),
-            s.key,
-            c.take_arrival(),
-            s.sender_copy,
-            s.origin_device.clone(),
-            s.content.clone(),
-        ));
-        c.insert(msg.clone());
-        c.trim(s.at.saturating_sub(self.config.retention_secs));
-        drop(c);
+        self.with_parties(
+            &s.from,
+            &s.to,
+            true,
+            || unreachable!("created on demand"),
+            |fs, ts, c| {
+                if let Some(existing) = c.find(&s.from, s.key) {
+                    return Ok(Applied::Sent {
+                        msg: existing.clone(),
+                        duplicate: true,
+                    });
+                }
+                self.record(op, mode)?;
+                let msg = Arc::new(StoredMessage::new(
+                    s.from.clone(),
+                    s.to.clone(),
+                    s.key,
+                    c.take_arrival(),
+                    s.sender_copy,
+                    s.origin_device.clone(),
+                    s.content.clone(),
+                ));
+                c.insert(msg.clone());
+                c.trim(s.at.saturating_sub(self.config.retention_secs));
+                self.deliver_sent(fs, ts, s, &msg);
+                Ok(Applied::Sent {
+                    msg,
+                    duplicate: false,
+                })
+            },
+        )
+    }
+
+    /// The inbox, unread and cache side of a send.
+    fn deliver_sent(
+        &self,
+        fs: &mut AccountState,
+        ts: &mut AccountState,
+        s: &SendOp,
+        msg: &Arc<StoredMessage>,
+    ) {
         let expires_at = s.at + s.lifetime;
         ts.deliver(Entry::Message(msg.clone()), expires_at, s.at);
-        *ts.unread.entry(from.id.clone()).or_default() += 1;
+        *ts.unread.entry(s.from.clone()).or_default() += 1;
         if s.sender_copy == SenderCopy::RoamingAndDevices {
             fs.deliver(Entry::Message(msg.clone()), expires_at, s.at);
         }
@@ -606,38 +615,74 @@ impl Store {
                 .or_insert_with(|| DeviceSlot::new(device.clone(), cursor, cap));
             slot.shared.cache_push(msg.clone());
         }
-        Ok(Applied::Sent {
-            msg,
-            duplicate: false,
-        })
     }
 
-    /// Finds a live, unexpired message for recall or modify, with the precedence of SPEC §4.
-    fn locate<'c>(
+    /// Locks both parties and their conversation in the crate's lock order and runs `f` on
+    /// them: 90008 / 90003 when a party does not exist (or was deleted meanwhile), `missing()`
+    /// when they are one account or have no conversation and `create` is false.
+    fn with_parties<R>(
         &self,
-        c: &'c Conversation,
+        from: &UserId,
+        to: &UserId,
+        create: bool,
+        missing: impl FnOnce() -> Error,
+        f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation) -> Result<R>,
+    ) -> Result<R> {
+        let fc = self.cell_as(from, Role::Acting)?;
+        let tc = self.cell_as(to, Role::Other)?;
+        if fc.id == tc.id {
+            return Err(missing());
+        }
+        let Some(conv) = self.conversation(&fc.id, &tc.id, create) else {
+            return Err(missing());
+        };
+        let (mut fs, mut ts) = lock_pair(&fc, &tc);
+        if !fs.alive {
+            return Err(Role::Acting.missing(from));
+        }
+        if !ts.alive {
+            return Err(Role::Other.missing(to));
+        }
+        f(&mut fs, &mut ts, &mut conv.lock())
+    }
+
+    /// [`with_parties`](Store::with_parties) for the live, unexpired message `key` from `from`
+    /// to `to`, with recall's precedence: 90008, 90003, 20022, 20023.
+    fn with_live_message<R>(
+        &self,
         from: &UserId,
         to: &UserId,
         key: MsgKey,
         at: u64,
-    ) -> Result<&'c Arc<StoredMessage>> {
-        let expired = u64::from(key.time()) < at.saturating_sub(self.config.retention_secs);
-        let msg = c
-            .find(from, key)
-            .filter(|_| !expired)
-            .ok_or_else(|| Error::MessageNotFound {
-                from: from.to_string(),
-                to: to.to_string(),
-                key,
-            })?;
-        if msg.is_recalled() {
-            return Err(Error::AlreadyRecalled {
-                from: from.to_string(),
-                to: to.to_string(),
-                key,
-            });
-        }
-        Ok(msg)
+        f: impl FnOnce(
+            &mut AccountState,
+            &mut AccountState,
+            &Conversation,
+            &Arc<StoredMessage>,
+        ) -> Result<R>,
+    ) -> Result<R> {
+        let (from_s, to_s) = (from.to_string(), to.to_string());
+        let not_found = || Error::MessageNotFound {
+            from: from_s.clone(),
+            to: to_s.clone(),
+            key,
+        };
+        self.with_parties(from, to, false, not_found, |fs, ts, c| {
+            let expired = u64::from(key.time()) < at.saturating_sub(self.config.retention_secs);
+            let msg = c
+                .find(from, key)
+                .filter(|_| !expired)
+                .cloned()
+                .ok_or_else(not_found)?;
+            if msg.is_recalled() {
+                return Err(Error::AlreadyRecalled {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    key,
+                });
+            }
+            f(fs, ts, c, &msg)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -651,76 +696,34 @@ impl Store {
         at: u64,
         mode: Mode,
     ) -> Result<Applied> {
-        let fc = self.cell_as(from, Role::Acting)?;
-        let tc = self.cell_as(to, Role::Other)?;
-        let not_found = || Error::MessageNotFound {
-            from: from.to_string(),
-            to: to.to_string(),
-            key,
-        };
-        if fc.id == tc.id {
-            return Err(not_found());
-        }
-        let conv = self.conversation(from, to, false).ok_or_else(not_found)?;
-        let (mut fs, mut ts) = lock_pair(&fc, &tc);
-        if !fs.alive {
-            return Err(Role::Acting.missing(from));
-        }
-        if !ts.alive {
-            return Err(Role::Other.missing(to));
-        }
-        let c = conv.lock();
-        let msg = self.locate(&c, from, to, key, at)?;
-        self.record(op, mode)?;
-        // The one instant every layer changes: they all share this record.
-        msg.recall(by.clone(), at);
-        if c.is_unread(msg)
-            && let Some(n) = ts.unread.get_mut(&**from)
-        {
-            *n = n.saturating_sub(1);
-        }
-        let msg = msg.clone();
-        drop(c);
-        let expires_at = at + self.config.notice_lifetime_secs;
-        fs.deliver(Entry::Recalled(msg.clone()), expires_at, at);
-        ts.deliver(Entry::Recalled(msg.clone()), expires_at, at);
-        Ok(Applied::Recalled(msg))
+        self.with_live_message(from, to, key, at, |fs, ts, c, msg| {
+            self.record(op, mode)?;
+            // The one instant every layer changes: they all share this record.
+            msg.recall(by.clone(), at);
+            if c.is_unread(msg)
+                && let Some(n) = ts.unread.get_mut(&**from)
+            {
+                *n = n.saturating_sub(1);
+            }
+            let expires_at = at + self.config.notice_lifetime_secs;
+            fs.deliver(Entry::Recalled(msg.clone()), expires_at, at);
+            ts.deliver(Entry::Recalled(msg.clone()), expires_at, at);
+            Ok(Applied::Recalled(msg.clone()))
+        })
     }
 
     fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
-        let fc = self.cell_as(&m.from, Role::Acting)?;
-        let tc = self.cell_as(&m.to, Role::Other)?;
-        let not_found = || Error::MessageNotFound {
-            from: m.from.to_string(),
-            to: m.to.to_string(),
-            key: m.key,
-        };
-        if fc.id == tc.id {
-            return Err(not_found());
-        }
-        let conv = self
-            .conversation(&m.from, &m.to, false)
-            .ok_or_else(not_found)?;
-        let (mut fs, mut ts) = lock_pair(&fc, &tc);
-        if !fs.alive {
-            return Err(Role::Acting.missing(&m.from));
-        }
-        if !ts.alive {
-            return Err(Role::Other.missing(&m.to));
-        }
-        let c = conv.lock();
-        let msg = self.locate(&c, &m.from, &m.to, m.key, m.at)?;
-        let old = msg.content().expect("locate returns live messages");
-        let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
-        let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
-        self.record(op, mode)?;
-        msg.replace(content);
-        let msg = msg.clone();
-        drop(c);
-        let expires_at = m.at + self.config.notice_lifetime_secs;
-        fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
-        ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at);
-        Ok(Applied::Done)
+        self.with_live_message(&m.from, &m.to, m.key, m.at, |fs, ts, _, msg| {
+            let old = msg.content().expect("a live message has content");
+            let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
+            let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
+            self.record(op, mode)?;
+            msg.replace(content);
+            let expires_at = m.at + self.config.notice_lifetime_secs;
+            fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
+            ts.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
+            Ok(Applied::Done)
+        })
     }
 
     fn apply_set_read(
