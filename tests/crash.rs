@@ -128,8 +128,12 @@ fn kill_9_at_random_moments_loses_no_acknowledged_operation() {
         let mut acks = 0;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             let Ok(line) = line else { break };
-            let parts: Vec<&str> = line.split(' ').collect();
-            if let ["ACK", kind, from, to, key] = parts[..] {
+            // The test harness may print "test crash_child ... " before the first line.
+            let Some(ack) = line.split("ACK ").nth(1) else {
+                continue;
+            };
+            let parts: Vec<&str> = ack.split(' ').collect();
+            if let [kind, from, to, key] = parts[..] {
                 let id = (from.to_string(), to.to_string(), key.to_string());
                 if kind == "S" {
                     sent.insert(id);
@@ -190,4 +194,43 @@ fn kill_9_at_random_moments_loses_no_acknowledged_operation() {
         kills_after_compaction > 0,
         "no round recovered from a snapshot"
     );
+}
+
+/// The child side of `a_second_open_from_another_process_fails`.
+#[test]
+#[ignore = "child process of a_second_open_from_another_process_fails"]
+fn lock_probe_child() {
+    let dir = std::env::var("IMSTORE_LOCK_PROBE").expect("started by the lock test");
+    match Store::open(&dir, Config::default()) {
+        Err(imstore::OpenError::Locked(_)) => println!("PROBE LOCKED"),
+        Err(e) => println!("PROBE ERROR {e}"),
+        Ok(_) => println!("PROBE OPENED"),
+    }
+}
+
+#[test]
+fn a_second_open_from_another_process_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = |dir: &std::path::Path| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "lock_probe_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("IMSTORE_LOCK_PROBE", dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.split("PROBE ").nth(1).map(str::to_owned))
+            .unwrap()
+    };
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    assert_eq!(probe(dir.path()), "LOCKED");
+    drop(store);
+    assert_eq!(probe(dir.path()), "OPENED");
 }
