@@ -318,6 +318,15 @@ fn user_list<'a>(
         .collect()
 }
 
+/// An account API's list of at most 100 `{"UserID": ...}` items (70402 otherwise).
+fn account_items<'a>(f: &Fields<'a>, field: &'static str) -> Result<Vec<&'a str>, Error> {
+    let users = user_list(f.array(field, 70402)?, 70402, field)?;
+    if users.len() > crate::store::MAX_IMPORT_BATCH {
+        return Err(Error::TooManyAccounts { count: users.len() });
+    }
+    Ok(users)
+}
+
 fn raw_json(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.to_owned()).expect("the store keeps valid JSON")
 }
@@ -543,10 +552,7 @@ impl Api {
     }
 
     fn account_check(&self, _: &str, f: &Fields<'_>) -> Result<Map<String, Value>, Error> {
-        let users = user_list(f.array("CheckItem", 70402)?, 70402, "CheckItem")?;
-        if users.len() > crate::store::MAX_IMPORT_BATCH {
-            return Err(Error::TooManyAccounts { count: users.len() });
-        }
+        let users = account_items(f, "CheckItem")?;
         let items: Vec<Value> = users
             .iter()
             .map(|u| {
@@ -562,10 +568,7 @@ impl Api {
     }
 
     fn account_delete(&self, _: &str, f: &Fields<'_>) -> Result<Map<String, Value>, Error> {
-        let users = user_list(f.array("DeleteItem", 70402)?, 70402, "DeleteItem")?;
-        if users.len() > crate::store::MAX_IMPORT_BATCH {
-            return Err(Error::TooManyAccounts { count: users.len() });
-        }
+        let users = account_items(f, "DeleteItem")?;
         let items: Vec<Value> = users
             .iter()
             .map(|u| match self.store.delete_account(u) {

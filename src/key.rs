@@ -110,16 +110,7 @@ fn number(bytes: &[u8]) -> Result<(u32, &[u8]), ParseMsgKeyError> {
     // High bit of each byte that is not a digit: above 9, or not ASCII. No carries cross bytes.
     let not_digit = (((digits & (0x7F * ONES)) + 0x76 * ONES) | digits) & (0x80 * ONES);
     let n = (not_digit.trailing_zeros() / 8) as usize;
-    if n == 0 {
-        return Err(ParseMsgKeyError {
-            kind: "expected a decimal number",
-        });
-    }
-    if n > 1 && bytes[0] == b'0' {
-        return Err(ParseMsgKeyError {
-            kind: "leading zero",
-        });
-    }
+    canonical_length(bytes, n)?;
     // Keep the n digits, moved to the top bytes: the little-endian image of the number
     // left-padded with zeros to eight digits.
     let mut value = eight_digits(digits << (64 - 8 * n as u32));
@@ -160,19 +151,25 @@ fn eight_digits(v: u64) -> u64 {
         >> 32
 }
 
+/// A number of `n` digits at the start of `bytes` is canonical: at least one digit, and no
+/// leading zero unless it is `0` itself.
+#[inline(always)]
+fn canonical_length(bytes: &[u8], n: usize) -> Result<(), ParseMsgKeyError> {
+    match n {
+        0 => Err(ParseMsgKeyError {
+            kind: "expected a decimal number",
+        }),
+        2.. if bytes[0] == b'0' => Err(ParseMsgKeyError {
+            kind: "leading zero",
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The same for the last few bytes of a key, one digit at a time.
 fn number_scalar(bytes: &[u8]) -> Result<(u32, &[u8]), ParseMsgKeyError> {
     let n = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-    if n == 0 {
-        return Err(ParseMsgKeyError {
-            kind: "expected a decimal number",
-        });
-    }
-    if n > 1 && bytes[0] == b'0' {
-        return Err(ParseMsgKeyError {
-            kind: "leading zero",
-        });
-    }
+    canonical_length(bytes, n)?;
     // Fewer than eight bytes remain, so n < 8: no overflow.
     let value = bytes[..n]
         .iter()

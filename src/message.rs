@@ -406,6 +406,7 @@ pub(crate) enum MsgState {
 }
 
 impl StoredMessage {
+    /// A live message.
     pub fn new(
         from: UserId,
         to: UserId,
@@ -415,15 +416,15 @@ impl StoredMessage {
         origin_device: Option<DeviceId>,
         content: Content,
     ) -> Self {
-        StoredMessage {
+        Self::restore(
             from,
             to,
             key,
             arrival,
             sender_copy,
             origin_device,
-            state: RwLock::new(MsgState::Live(content)),
-        }
+            MsgState::Live(content),
+        )
     }
 
     /// A message rebuilt from a snapshot.
