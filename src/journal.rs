@@ -561,7 +561,10 @@ impl Journal {
             st.next_lsn += 1;
             st.bytes_since_snapshot += scratch.len() as u64;
             if self.policy == SyncPolicy::Every {
-                self.write_out(&mut st)?;
+                // Through the same leader protocol as `commit_to`: one writer at a time, so
+                // records reach the file in LSN order and `done_lsn` never runs ahead of one.
+                let target = st.next_lsn;
+                self.commit_locked(&mut st, target)?;
             }
             Ok(())
         })
@@ -587,6 +590,10 @@ impl Journal {
     /// writers share one fsync (group commit).
     pub fn commit_to(&self, target: u64) -> Result<(), Error> {
         let mut st = self.state.lock();
+        self.commit_locked(&mut st, target)
+    }
+
+    fn commit_locked(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), Error> {
         loop {
             if st.done_lsn >= target {
                 return Ok(());
@@ -597,10 +604,10 @@ impl Journal {
                 )));
             }
             if st.leader {
-                self.flushed.wait(&mut st);
+                self.flushed.wait(st);
                 continue;
             }
-            self.write_out(&mut st)?;
+            self.write_out(st)?;
         }
     }
 

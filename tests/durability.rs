@@ -396,3 +396,31 @@ fn a_deferred_recall_is_acknowledged_by_wait_and_survives_reopen() {
             .all(|i| i.message.is_recalled())
     );
 }
+
+#[test]
+fn concurrent_writers_under_every_policy_reopen_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = ["a", "b", "c", "d", ADMIN];
+    let store = Store::open(dir.path(), Config::default().with_sync(SyncPolicy::Every)).unwrap();
+    store.import_accounts(&["a", "b", "c", "d"]).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let store = &store;
+            s.spawn(move || {
+                let (from, to) = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")][t as usize];
+                for i in 0..40u32 {
+                    let k = send_text(store, from, to, t * 1000 + i, &format!("{t}/{i}"))
+                        .msg_key
+                        .to_string();
+                    if i % 4 == 0 {
+                        store.recall(ADMIN, from, to, &k).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let before = observe(&store, &users);
+    drop(store);
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    assert_eq!(observe(&store, &users), before);
+}
