@@ -43,6 +43,16 @@ fn accounts(store: &Store) {
     }
 }
 
+/// Not timed: `iters` messages to recall, sent without fsync into the store at `dir` (closed
+/// again before the policy under test reopens it). Returns (MsgSeq, MsgKey) of each.
+fn to_recall(dir: &Path, next: u32, iters: u64) -> Vec<(u32, String)> {
+    let store = open(dir, SyncPolicy::None);
+    accounts(&store);
+    (0..iters)
+        .map(|i| (next + i as u32, send(&store, next + i as u32)))
+        .collect()
+}
+
 /// Runs `iters` operations split over `threads` threads; returns the wall time.
 fn parallel(threads: u32, iters: u64, op: impl Fn(u32, u64) + Sync) -> Duration {
     let start = Instant::now();
@@ -95,15 +105,7 @@ fn policies(c: &mut Criterion) {
                 BenchmarkId::new(format!("recall_{name}"), format!("{threads}_threads")),
                 |b| {
                     b.iter_custom(|iters| {
-                        // Not timed: the messages to recall, sent without fsync, then the store
-                        // reopened with the policy under test.
-                        let keys: Vec<_> = {
-                            let store = open(dir.path(), SyncPolicy::None);
-                            accounts(&store);
-                            (0..iters)
-                                .map(|i| (next + i as u32, send(&store, next + i as u32)))
-                                .collect()
-                        };
+                        let keys = to_recall(dir.path(), next, iters);
                         next += iters as u32;
                         let store = open(dir.path(), sync);
                         parallel(threads, iters, |_, i| {
@@ -134,13 +136,7 @@ fn policies(c: &mut Criterion) {
             BenchmarkId::new("recall_group_32_in_flight", format!("{threads}_threads")),
             |b| {
                 b.iter_custom(|iters| {
-                    let keys: Vec<_> = {
-                        let store = open(dir.path(), SyncPolicy::None);
-                        accounts(&store);
-                        (0..iters)
-                            .map(|i| (next + i as u32, send(&store, next + i as u32)))
-                            .collect()
-                    };
+                    let keys = to_recall(dir.path(), next, iters);
                     next += iters as u32;
                     let store = open(dir.path(), SyncPolicy::Group);
                     let per_thread: Vec<Vec<_>> = (0..threads)
