@@ -109,18 +109,14 @@ fn main() {
     let messages: usize = args.next().map_or(50_000, |a| a.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
         sdkappid: APP,
         secret_key: Some(KEY.into()),
-        admins: vec!["administrator".into()],
         sync: match std::env::var("IMSTORE_SYNC").as_deref() {
             Ok("none") => SyncPolicy::None,
             Ok("every") => SyncPolicy::Every,
             _ => SyncPolicy::Group,
         },
-        rate_limit: None,
-        body_limit: 1 << 20,
+        ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path())
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::device::{DeviceId, DeviceSlot, push_live};
+use crate::device::{DeviceId, DeviceSlot};
 use crate::error::Error;
 use crate::hash::HashMap;
 use crate::inbox::{Entry, Inbox};
@@ -112,14 +112,18 @@ pub(crate) struct AccountState {
     pub devices: HashMap<DeviceId, DeviceSlot>,
     /// Unread messages per peer.
     pub unread: HashMap<UserId, u32>,
+    /// The journal ticket of the last operation that changed this account's inbox, devices,
+    /// unread counts, or a message in its inbox: readers show what they read here only once
+    /// the journal is durable up to it (R6).
+    pub ticket: u64,
 }
 
 /// An account and its lock.
 ///
-/// Lock order (the whole crate): the accounts map shard (only import/delete hold it across
-/// anything) → account locks, two at once in ascending UserId order → the conversation lock →
-/// a device's lock → a message's state lock → the journal. No lock is held while a hook runs,
-/// and channel sends never block (`try_send`).
+/// Lock order (the whole crate): a subscription's buffer → the accounts map shard (only
+/// import/delete hold it across anything) → account locks, two at once in ascending UserId
+/// order → the conversation lock → a message's state lock → a device signal → the journal.
+/// No lock is held while a hook runs or while waiting for the disk.
 pub(crate) struct AccountCell {
     pub id: UserId,
     pub state: Mutex<AccountState>,
@@ -132,6 +136,7 @@ impl AccountCell {
             inbox: Inbox::default(),
             devices: HashMap::default(),
             unread: HashMap::default(),
+            ticket: 0,
         };
         AccountCell {
             id,
@@ -141,10 +146,13 @@ impl AccountCell {
 }
 
 impl AccountState {
-    /// Appends to the inbox and hands the entry to connected devices.
-    pub fn deliver(&mut self, entry: Entry, expires_at: u64, now: u64) {
-        let seq = self.inbox.append(entry.clone(), expires_at, now);
-        push_live(&mut self.devices, seq, &entry);
+    /// Appends to the inbox and wakes the connected devices, which read it once it is durable.
+    /// `online_only`: only devices connected now receive it (MsgLifeTime 0).
+    pub fn deliver(&mut self, entry: Entry, expires_at: u64, now: u64, online_only: bool) {
+        self.inbox.append(entry, expires_at, now, online_only);
+        for live in self.devices.values().filter_map(|d| d.live.as_ref()) {
+            live.signal.notify();
+        }
     }
 }
 

@@ -9,22 +9,20 @@
 //! fields are ignored.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use imstore::api::{Api, ApiConfig};
 //! use imstore::{Config, Store, usersig};
 //!
-//! let store = Arc::new(Store::in_memory(Config::default()).unwrap());
+//! let store = Store::in_memory(Config::default()).unwrap();
 //! let api = Api::new(store.clone(), ApiConfig::new(1400000000, "secret"));
 //! let now = store.config().clock.now();
 //! let sig = usersig::generate(1400000000, "secret", "administrator", 3600, now);
 //! let query = format!("sdkappid=1400000000&identifier=administrator&usersig={sig}&random=1&contenttype=json");
 //! let reply = api.handle("/v4/im_open_login_svc/account_import", &query, br#"{"UserID":"vinson"}"#);
 //! assert_eq!(reply.code, 0, "{}", reply.json);
-//! assert!(store.account_exists("vinson"));
+//! assert!(store.account_exists("vinson").unwrap());
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -72,14 +70,21 @@ pub struct Reply {
     pub code: u32,
 }
 
-/// A device's authenticated request for its inbox events.
+/// A device's authenticated connection request (SSE events, WebSocket, ack).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventsRequest {
-    /// The account, from the UserSig's identifier.
+pub struct DeviceRequest {
+    /// The account, from the UserSig's identifier: a device acts only as its own account.
     pub account: String,
-    /// The `device` parameter.
+    /// The `device` parameter (1 to 64 bytes).
     pub device: String,
+    /// The `platform` parameter, as Tencent's OptPlatform names it (`Unknown` when absent).
+    pub platform: &'static str,
+    /// The `after` parameter: resume after this inbox sequence number.
+    pub after: Option<u64>,
 }
+
+/// Tencent's OptPlatform values a device may name (`macOS` is accepted for `Mac`).
+const PLATFORMS: [&str; 7] = ["Web", "Android", "iOS", "Windows", "Mac", "iPad", "Unknown"];
 
 type Handler = fn(&Api, &str, &Fields<'_>) -> Result<Map<String, Value>, Error>;
 
@@ -100,11 +105,13 @@ const ROUTES: &[(&str, Handler)] = &[
     ("openim/get_c2c_unread_msg_num", Api::get_c2c_unread_msg_num),
     ("openim/modify_c2c_msg", Api::modify_c2c_msg),
     ("imstore/compact", Api::compact),
+    #[cfg(feature = "fault-injection")]
+    ("imstore/faults", Api::faults),
 ];
 
 /// The dispatcher. `Send + Sync`: share one per server.
 pub struct Api {
-    store: Arc<Store>,
+    store: Store,
     config: ApiConfig,
     buckets: Mutex<HashMap<&'static str, Bucket>>,
     /// UserSigs already verified: usersig → (identifier, expires at). Clients reuse one
@@ -231,6 +238,11 @@ impl<'a> Fields<'a> {
                 u32::try_from(v).map_err(|_| bad(code, name, "must be a 32-bit unsigned integer"))
             })
             .transpose()
+    }
+
+    fn u64(&self, name: &'static str, code: u32) -> Result<u64, Error> {
+        self.opt_u64(name, code)?
+            .ok_or_else(|| bad(code, name, "is missing"))
     }
 
     fn opt_u64(&self, name: &'static str, code: u32) -> Result<Option<u64>, Error> {
@@ -405,9 +417,27 @@ pub fn event_payload(event: &Event) -> (&'static str, String) {
     }
 }
 
+/// A WebSocket event frame: `{"Event":"message"|"recall"|"modify","Seq":N,"Data":{...}}`, with
+/// `Data` exactly the SSE `data:` of the same event.
+pub fn ws_event_frame(event: &Event) -> String {
+    let (kind, data) = event_payload(event);
+    format!(r#"{{"Event":"{kind}","Seq":{},"Data":{data}}}"#, event.seq)
+}
+
+/// A WebSocket reply frame: `{"Event":"reply","ReqId":R, ...the envelope and its fields}`.
+pub fn ws_reply(req_id: &Value, reply: &Reply) -> String {
+    let mut out = Map::new();
+    out.insert("Event".into(), "reply".into());
+    out.insert("ReqId".into(), req_id.clone());
+    if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&reply.json) {
+        out.extend(fields);
+    }
+    Value::Object(out).to_string()
+}
+
 impl Api {
     /// An API over `store`.
-    pub fn new(store: Arc<Store>, config: ApiConfig) -> Self {
+    pub fn new(store: Store, config: ApiConfig) -> Self {
         Api {
             store,
             config,
@@ -417,7 +447,7 @@ impl Api {
     }
 
     /// The store behind the API.
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -522,19 +552,68 @@ impl Api {
         Ok(())
     }
 
-    /// Authenticates `GET /v4/imstore/events`: the UserSig must be the account's own
-    /// (identifier = the account), and `device` names the device.
-    pub fn authorize_events(&self, query: &str) -> Result<EventsRequest, Error> {
+    /// Authenticates a device (`GET /v4/imstore/events`, `GET /v4/imstore/ws`,
+    /// `POST /v4/imstore/ack`): the UserSig must be the account's own (identifier = the
+    /// account), `device` names the device, `platform` is one of Tencent's OptPlatform values,
+    /// `after` (optional) a sequence number.
+    pub fn authorize_device(&self, query: &str) -> Result<DeviceRequest, Error> {
         let params = parse_query(query);
         let account = self.authenticate(&params)?;
         let device = params
             .get("device")
             .filter(|d| !d.is_empty())
             .ok_or_else(|| bad(90001, "device", "is missing"))?;
-        Ok(EventsRequest {
+        crate::device::check_device_id(device)?;
+        let platform = match params.get("platform").map(String::as_str) {
+            None | Some("") => "Unknown",
+            Some("macOS") => "Mac",
+            Some(p) => PLATFORMS
+                .iter()
+                .find(|q| **q == p)
+                .copied()
+                .ok_or_else(|| {
+                    bad(
+                        90001,
+                        "platform",
+                        "must be one of Web, Android, iOS, Windows, Mac, iPad, Unknown",
+                    )
+                })?,
+        };
+        let after = match params.get("after").filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => Some(
+                a.parse::<u64>()
+                    .map_err(|_| bad(90001, "after", "must be a sequence number"))?,
+            ),
+        };
+        Ok(DeviceRequest {
             account,
             device: device.clone(),
+            platform,
+            after,
         })
+    }
+
+    /// `POST /v4/imstore/ack` with the device's own UserSig: `{"Seq": N}` confirms receipt of
+    /// every inbox entry up to N for the `device` of the query (R7).
+    pub fn device_ack(&self, query: &str, body: &[u8]) -> Reply {
+        let answer = (|| {
+            let req = self.authorize_device(query)?;
+            let body: Value = serde_json::from_slice(body)
+                .map_err(|e| Error::InvalidRequest(format!("the body is not JSON ({e})")))?;
+            let Value::Object(map) = body else {
+                return Err(Error::InvalidRequest(
+                    "the body must be a JSON object".into(),
+                ));
+            };
+            let seq = Fields(&map).u64("Seq", 90001)?;
+            self.store.ack(&req.account, &req.device, seq)?;
+            Ok(Map::new())
+        })();
+        match answer {
+            Ok(fields) => ok_reply(fields),
+            Err(e) => error_reply(&e),
+        }
     }
 
     // ----- accounts -----
@@ -556,14 +635,14 @@ impl Api {
         let items: Vec<Value> = users
             .iter()
             .map(|u| {
-                let status = if self.store.account_exists(u) {
+                let status = if self.store.account_exists(u)? {
                     "Imported"
                 } else {
                     "NotImported"
                 };
-                json!({"UserID": u, "ResultCode": 0, "ResultInfo": "", "AccountStatus": status})
+                Ok(json!({"UserID": u, "ResultCode": 0, "ResultInfo": "", "AccountStatus": status}))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         Ok(fields([("ResultItem", Value::Array(items))]))
     }
 
@@ -737,7 +816,7 @@ impl Api {
                 let mut list = Vec::new();
                 let mut errors = Vec::new();
                 for p in peers {
-                    if self.store.account_exists(p) {
+                    if self.store.account_exists(p)? {
                         list.push(json!({"Peer_Account": p, "C2CUnreadMsgNum": self.store.unread(account, p)?}));
                     } else {
                         errors.push(json!({"Peer_Account": p, "ErrorCode": 70107}));
@@ -762,6 +841,39 @@ impl Api {
         self.store
             .modify(from, to, key, body, custom.map(str::to_owned))?;
         Ok(Map::new())
+    }
+
+    /// Test-only (feature `fault-injection`): `{"HoldWrite":bool, "HoldFsync":bool,
+    /// "NoSpace":bool}`, each optional, sets the journal's faults; answers how many writers are
+    /// held at each gate.
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self, _: &str, f: &Fields<'_>) -> Result<Map<String, Value>, Error> {
+        let faults = self
+            .store
+            .faults()
+            .ok_or_else(|| Error::Internal("an in-memory store has no journal".into()))?;
+        let flag = |name: &'static str| match f.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(bad(90001, name, "must be true or false")),
+        };
+        for (name, gate) in [
+            ("HoldWrite", &faults.hold_write),
+            ("HoldFsync", &faults.hold_fsync),
+        ] {
+            match flag(name)? {
+                Some(true) => gate.close(),
+                Some(false) => gate.open(),
+                None => {}
+            }
+        }
+        if let Some(on) = flag("NoSpace")? {
+            faults.set_no_space(on);
+        }
+        Ok(fields([
+            ("WritesHeld", json!(faults.hold_write.held())),
+            ("FsyncsHeld", json!(faults.hold_fsync.held())),
+        ]))
     }
 
     fn compact(&self, _: &str, _: &Fields<'_>) -> Result<Map<String, Value>, Error> {

@@ -118,6 +118,24 @@ enum OpRecord<'a> {
         account: &'a str,
         at: u64,
     },
+    // Added with format 2; the variants above keep their numbers so older journals decode.
+    Connect {
+        account: &'a str,
+        device: &'a str,
+        resume: Option<u64>,
+        at: u64,
+    },
+    CursorAt {
+        account: &'a str,
+        device: &'a str,
+        cursor: u64,
+        at: u64,
+    },
+    ForgetDevices {
+        account: &'a str,
+        devices: Vec<&'a str>,
+        at: u64,
+    },
 }
 
 fn copy_code(c: SenderCopy) -> u8 {
@@ -179,15 +197,36 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             peer,
             at: *at,
         },
-        Op::AddDevice { account, device } => OpRecord::AddDevice { account, device },
+        Op::Connect {
+            account,
+            device,
+            resume,
+            at,
+        } => OpRecord::Connect {
+            account,
+            device,
+            resume: *resume,
+            at: *at,
+        },
         Op::Cursor {
             account,
             device,
             cursor,
-        } => OpRecord::Cursor {
+            at,
+        } => OpRecord::CursorAt {
             account,
             device,
             cursor: *cursor,
+            at: *at,
+        },
+        Op::ForgetDevices {
+            account,
+            devices,
+            at,
+        } => OpRecord::ForgetDevices {
+            account,
+            devices: devices.iter().map(|d| &**d).collect(),
+            at: *at,
         },
         Op::PurgeConversation { a, b, cutoff } => OpRecord::PurgeConversation {
             a,
@@ -267,9 +306,12 @@ pub(crate) fn decode_op(
             peer: name(peer)?,
             at,
         },
-        OpRecord::AddDevice { account, device } => Op::AddDevice {
+        // Format 1: a device added, or a cursor recorded at disconnect, with no time.
+        OpRecord::AddDevice { account, device } => Op::Connect {
             account: name(account)?,
             device: device.into(),
+            resume: None,
+            at: 0,
         },
         OpRecord::Cursor {
             account,
@@ -279,6 +321,38 @@ pub(crate) fn decode_op(
             account: name(account)?,
             device: device.into(),
             cursor,
+            at: 0,
+        },
+        OpRecord::Connect {
+            account,
+            device,
+            resume,
+            at,
+        } => Op::Connect {
+            account: name(account)?,
+            device: device.into(),
+            resume,
+            at,
+        },
+        OpRecord::CursorAt {
+            account,
+            device,
+            cursor,
+            at,
+        } => Op::Cursor {
+            account: name(account)?,
+            device: device.into(),
+            cursor,
+            at,
+        },
+        OpRecord::ForgetDevices {
+            account,
+            devices,
+            at,
+        } => Op::ForgetDevices {
+            account: name(account)?,
+            devices: devices.into_iter().map(Into::into).collect(),
+            at,
         },
         OpRecord::PurgeConversation { a, b, cutoff } => Op::PurgeConversation {
             a: name(a)?,
@@ -347,19 +421,44 @@ pub(crate) enum MsgRef<'a> {
 pub(crate) struct EntryImage<'a> {
     pub seq: u64,
     pub expires_at: u64,
-    /// 0 message, 1 recalled, 2 modified.
+    /// 0 message, 1 recalled, 2 modified, 3 message for online devices only (MsgLifeTime 0).
     pub kind: u8,
     pub modified_at: u64,
     pub msg: MsgRef<'a>,
 }
 
+/// An account in a snapshot (record kind `SNAP_ACCOUNT2`): devices carry (name, cursor, last
+/// seen).
 #[derive(Encode, BorrowDecode, Debug, PartialEq)]
 pub(crate) struct AccountImage<'a> {
     pub user: &'a str,
     pub next_seq: u64,
     pub entries: Vec<EntryImage<'a>>,
+    pub devices: Vec<(&'a str, u64, u64)>,
+    pub unread: Vec<(&'a str, u32)>,
+}
+
+/// An account as format 1 wrote it (record kind `SNAP_ACCOUNT`): devices without last seen.
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct AccountImageV1<'a> {
+    pub user: &'a str,
+    pub next_seq: u64,
+    pub entries: Vec<EntryImage<'a>>,
     pub devices: Vec<(&'a str, u64)>,
     pub unread: Vec<(&'a str, u32)>,
+}
+
+impl<'a> AccountImageV1<'a> {
+    /// The same account, its devices seen at `now`.
+    pub fn upgrade(self, now: u64) -> AccountImage<'a> {
+        AccountImage {
+            user: self.user,
+            next_seq: self.next_seq,
+            entries: self.entries,
+            devices: self.devices.into_iter().map(|(d, c)| (d, c, now)).collect(),
+            unread: self.unread,
+        }
+    }
 }
 
 /// The closing record of a snapshot: without it the snapshot is incomplete.
@@ -404,6 +503,7 @@ mod tests {
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(decode_op(&bytes, UserId::new).is_err());
         assert!(decode::<AccountImage>(&[3, 253, 0, 0, 0, 0, 0, 0, 0, 16]).is_err());
+        assert!(decode::<AccountImageV1>(&[3, 253, 0, 0, 0, 0, 0, 0, 0, 16]).is_err());
     }
 
     #[test]

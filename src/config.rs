@@ -23,9 +23,6 @@ pub struct Config {
     pub notice_lifetime_secs: u64,
     /// How many messages each device cache holds (default 1000).
     pub cache_capacity: usize,
-    /// Capacity of each connected device's live channel (default 1024). When it is full the
-    /// device is marked lagging and catches up from its cursor.
-    pub channel_capacity: usize,
     /// Largest history response, in bytes of message content and framing (default 13 KB).
     pub history_max_bytes: usize,
     /// App administrators: they may recall, and a send without From_Account comes from the
@@ -43,6 +40,15 @@ pub struct Config {
     /// Open a damaged data directory anyway, truncating the journal at the first damaged
     /// record (what was dropped is in `Store::recovery_report`). Default: refuse to open.
     pub repair: bool,
+    /// How many devices one account may have (default 32): a new device beyond it is refused
+    /// (90001) until one is forgotten.
+    pub max_devices_per_account: usize,
+    /// A device not connected for this long is forgotten by `purge_expired` (default 30
+    /// days); if it comes back it starts again from the oldest retained entry.
+    pub device_idle_secs: u64,
+    /// Disk space the journal reserves ahead of its writes (default 4 MiB). A full disk then
+    /// refuses an operation before it takes effect, never in the middle of a write.
+    pub journal_prealloc_bytes: u64,
 }
 
 impl Default for Config {
@@ -51,7 +57,6 @@ impl Default for Config {
             retention_secs: 604_800,
             notice_lifetime_secs: 604_800,
             cache_capacity: 1000,
-            channel_capacity: 1024,
             history_max_bytes: 13 * 1024,
             admins: vec!["administrator".to_owned()],
             clock: Arc::new(SystemClock),
@@ -59,6 +64,9 @@ impl Default for Config {
             sync: SyncPolicy::Group,
             snapshot_after_bytes: 64 << 20,
             repair: false,
+            max_devices_per_account: 32,
+            device_idle_secs: 30 * 86_400,
+            journal_prealloc_bytes: crate::journal::DEFAULT_PREALLOC,
         }
     }
 }
@@ -106,9 +114,21 @@ impl Config {
         self
     }
 
-    /// Sets the live channel capacity per device.
-    pub fn with_channel_capacity(mut self, n: usize) -> Self {
-        self.channel_capacity = n.max(1);
+    /// Sets how many devices an account may have.
+    pub fn with_max_devices_per_account(mut self, n: usize) -> Self {
+        self.max_devices_per_account = n.max(1);
+        self
+    }
+
+    /// Sets after how long without connecting a device is forgotten.
+    pub fn with_device_idle_secs(mut self, secs: u64) -> Self {
+        self.device_idle_secs = secs;
+        self
+    }
+
+    /// Sets how much disk space the journal reserves ahead of its writes.
+    pub fn with_journal_prealloc_bytes(mut self, bytes: u64) -> Self {
+        self.journal_prealloc_bytes = bytes;
         self
     }
 
@@ -125,12 +145,14 @@ impl fmt::Debug for Config {
             .field("retention_secs", &self.retention_secs)
             .field("notice_lifetime_secs", &self.notice_lifetime_secs)
             .field("cache_capacity", &self.cache_capacity)
-            .field("channel_capacity", &self.channel_capacity)
             .field("history_max_bytes", &self.history_max_bytes)
             .field("admins", &self.admins)
             .field("sync", &self.sync)
             .field("snapshot_after_bytes", &self.snapshot_after_bytes)
             .field("repair", &self.repair)
+            .field("max_devices_per_account", &self.max_devices_per_account)
+            .field("device_idle_secs", &self.device_idle_secs)
+            .field("journal_prealloc_bytes", &self.journal_prealloc_bytes)
             .finish_non_exhaustive()
     }
 }

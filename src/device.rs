@@ -1,31 +1,39 @@
-//! Devices: each account's devices, their cursors into the account's inbox, their caches, and
-//! live delivery over bounded channels ([`Subscription`]).
+//! Devices: each account's devices, their cursors into the account's inbox, the live session of
+//! a connected device (its signal and its client cache), and the [`Subscription`] a connected
+//! device reads from.
 //!
-//! Delivery protocol, all of it under the account lock except `Subscription::accept`:
-//! - a device is *caught up* when its channel has been handed every inbox entry up to the
-//!   newest (`pushed == inbox.last_seq()`); a writer appending an entry `try_send`s it to every
-//!   caught-up device and never blocks;
-//! - when a channel is full the device is marked *lagging* and writers skip it;
-//! - the subscriber, finding its channel empty, refills it from the inbox after `pushed` and
-//!   clears the lagging mark once caught up. Because a writer only marks a device lagging when
-//!   its channel is full, a subscriber that finds it empty after a refill can block on it
-//!   without missing a wake-up.
-//! - `cursor` (in `DeviceShared`) is what the application has actually received; a reconnect
-//!   replays from it, so entries still in a dropped channel are delivered again, and entries
-//!   already received are not.
+//! Delivery is pulled, not pushed. A writer appending to an inbox only raises the signal of each
+//! connected device of the account (it never blocks and never queues anything per device); the
+//! subscriber reads the inbox after the last entry it handed out. So a slow client costs
+//! nothing but its position, a disconnected device holds no channel and no cache (a few dozen
+//! bytes: cursor, last seen), and nothing a device is shown can run ahead of the disk:
+//!
+//! - **R6.** Entries are collected under the account lock, which every operation touching this
+//!   account's inbox, devices or messages holds while it changes them, together with the
+//!   account's ticket (the journal position of the last such operation). They are handed out
+//!   only once the journal is durable up to that ticket. Everything they show — the entries,
+//!   the message bodies, a recall that makes a message skipped — is then on disk, so a crash
+//!   cannot take back anything a device was shown.
+//! - **R7.** The cursor is what the client confirmed (`ack`, a resume position), never what was
+//!   handed out. A session starts from the cursor (or from the client's resume position), so
+//!   everything not confirmed is sent again after a disconnect, restart or crash. Entries carry
+//!   their sequence number; clients drop repeats.
+//! - No lost wake-up: the signal is a flag. A writer sets it after appending, under the account
+//!   lock; a subscriber that found nothing clears it only when it next waits, and a flag set in
+//!   between makes that wait return at once.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use crate::account::AccountCell;
 use crate::cache::DeviceCache;
-use crate::clock::Clock;
 use crate::error::Error;
-use crate::hash::HashMap;
-use crate::inbox::{Entry, Inbox};
+use crate::inbox::Entry;
 use crate::message::{MessageView, RecallNotice, StoredMessage};
 
 /// A device name, unique within its account.
@@ -46,7 +54,7 @@ pub(crate) fn check_device_id(s: &str) -> Result<(), Error> {
 /// Something a device receives from its account's inbox.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    /// The entry's sequence number in the account's inbox (the SSE `id:`).
+    /// The entry's sequence number in the account's inbox (the SSE `id:`, the WebSocket `Seq`).
     pub seq: u64,
     /// What happened.
     pub kind: EventKind,
@@ -66,8 +74,8 @@ pub enum EventKind {
     },
 }
 
-/// The subscription ended: the device connected again elsewhere, its account was deleted, or
-/// the store was dropped.
+/// The subscription ended: the device connected again elsewhere, its account was deleted, the
+/// store was dropped, or the journal failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Disconnected;
 
@@ -79,66 +87,98 @@ impl std::fmt::Display for Disconnected {
 
 impl std::error::Error for Disconnected {}
 
-type Delivery = (u64, Entry);
+// ----- the signal -----
 
-/// What a device keeps that the application's receiving thread also touches.
-pub(crate) struct DeviceShared {
-    pub id: DeviceId,
-    inner: Mutex<DeviceInner>,
+/// Wakes a subscriber, blocked on a thread or awaited by a task, when its account's inbox grew
+/// or its session ended.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<SignalState>,
+    changed: Condvar,
 }
 
-struct DeviceInner {
-    /// Bumped on every connect; an older subscription sees the mismatch and ends.
-    generation: u64,
-    /// The last inbox sequence number the application received (or that was skipped for it).
-    cursor: u64,
-    cache: DeviceCache,
+#[derive(Default)]
+struct SignalState {
+    notified: bool,
+    closed: bool,
+    waker: Option<Waker>,
 }
 
-impl DeviceShared {
-    pub fn cursor(&self) -> u64 {
-        self.inner.lock().cursor
+impl Signal {
+    pub fn notify(&self) {
+        let mut st = self.state.lock();
+        st.notified = true;
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+        drop(st);
+        self.changed.notify_all();
     }
 
-    pub fn set_cursor(&self, cursor: u64) {
-        self.inner.lock().cursor = cursor;
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.notify();
     }
 
-    pub fn cache_push(&self, msg: Arc<StoredMessage>) {
-        self.inner.lock().cache.push(msg);
+    /// Waits until notified or closed, or until `deadline`; clears the notification.
+    fn wait(&self, deadline: Option<Instant>) {
+        let mut st = self.state.lock();
+        while !st.notified && !st.closed {
+            match deadline {
+                Some(d) => {
+                    if self.changed.wait_until(&mut st, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.changed.wait(&mut st),
+            }
+        }
+        st.notified = false;
     }
 
-    pub fn cache_views(&self) -> Vec<MessageView> {
-        self.inner.lock().cache.views()
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        if st.notified || st.closed {
+            st.notified = false;
+            return Poll::Ready(());
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
-/// A device as its account sees it (lives under the account lock).
+// ----- devices -----
+
+/// A device as its account keeps it (under the account lock).
 pub(crate) struct DeviceSlot {
-    pub shared: Arc<DeviceShared>,
-    live: Option<Live>,
+    /// The last inbox sequence number the client confirmed (R7).
+    pub cursor: u64,
+    /// When the device last connected or disconnected (Unix seconds); an idle device is
+    /// forgotten after `Config::device_idle_secs`.
+    pub last_seen: u64,
+    /// The live session, while connected.
+    pub live: Option<Box<Live>>,
 }
 
-struct Live {
-    tx: Sender<Delivery>,
-    generation: u64,
-    /// The last inbox sequence number handed to the channel (or skipped).
-    pushed: u64,
-    lagging: bool,
+/// A connected device's session.
+pub(crate) struct Live {
+    /// Unique per session: an older subscription of the same device sees the mismatch and ends.
+    pub generation: u64,
+    pub signal: Arc<Signal>,
+    /// The inbox's last sequence number when the session began: online-only entries (lifetime
+    /// 0) at or before it were sent before the device was there.
+    pub since: u64,
+    pub cache: DeviceCache,
 }
 
 impl DeviceSlot {
-    pub fn new(id: DeviceId, cursor: u64, cache_capacity: usize) -> Self {
-        let inner = DeviceInner {
-            generation: 0,
-            cursor,
-            cache: DeviceCache::new(cache_capacity),
-        };
+    pub fn new(cursor: u64, last_seen: u64) -> Self {
         DeviceSlot {
-            shared: Arc::new(DeviceShared {
-                id,
-                inner: Mutex::new(inner),
-            }),
+            cursor,
+            last_seen,
             live: None,
         }
     }
@@ -147,229 +187,11 @@ impl DeviceSlot {
         self.live.is_some()
     }
 
-    /// Starts a new live session, replacing any older one. `resume_after`, when given, moves the
-    /// cursor (a client resuming with the last sequence number it saw).
-    pub fn connect(
-        &mut self,
-        capacity: usize,
-        resume_after: Option<u64>,
-        last_seq: u64,
-    ) -> (Receiver<Delivery>, u64) {
-        let (tx, rx) = bounded(capacity.max(1));
-        let mut inner = self.shared.inner.lock();
-        inner.generation += 1;
-        if let Some(c) = resume_after {
-            inner.cursor = c.min(last_seq);
+    /// Ends the live session, if any: its subscriber sees `Disconnected`.
+    pub fn end_session(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.signal.close();
         }
-        let generation = inner.generation;
-        // Starts lagging: the subscriber's first refill replays the inbox after the cursor.
-        self.live = Some(Live {
-            tx,
-            generation,
-            pushed: inner.cursor,
-            lagging: true,
-        });
-        (rx, generation)
-    }
-
-    /// Hands `entry` (just appended as `seq`) to the device if it is caught up.
-    fn push(&mut self, seq: u64, entry: &Entry) {
-        let Some(live) = &mut self.live else { return };
-        if live.lagging {
-            return;
-        }
-        debug_assert_eq!(
-            live.pushed + 1,
-            seq,
-            "a caught-up device has been handed every entry"
-        );
-        if entry.origin_device() == Some(&*self.shared.id) {
-            live.pushed = seq;
-            return;
-        }
-        match live.tx.try_send((seq, entry.clone())) {
-            Ok(()) => live.pushed = seq,
-            Err(TrySendError::Full(_)) => live.lagging = true,
-            Err(TrySendError::Disconnected(_)) => self.live = None,
-        }
-    }
-
-    /// Fills the channel of session `generation` from the inbox. Returns `false` when that
-    /// session is no longer current.
-    fn refill(&mut self, inbox: &Inbox, now: u64, generation: u64) -> bool {
-        let Some(live) = &mut self.live else {
-            return false;
-        };
-        if live.generation != generation {
-            return false;
-        }
-        if !live.lagging {
-            return true;
-        }
-        for slot in inbox.after(live.pushed) {
-            let skip = slot.expires_at <= now
-                || slot.entry.origin_device() == Some(&*self.shared.id)
-                || matches!(&slot.entry, Entry::Message(m) if m.is_recalled());
-            if !skip {
-                match live.tx.try_send((slot.seq, slot.entry.clone())) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => return true,
-                    Err(TrySendError::Disconnected(_)) => {
-                        self.live = None;
-                        return false;
-                    }
-                }
-            }
-            live.pushed = slot.seq;
-        }
-        live.pushed = inbox.last_seq();
-        live.lagging = false;
-        true
-    }
-}
-
-/// Hands a just-appended inbox entry to every caught-up connected device of the account.
-pub(crate) fn push_live(devices: &mut HashMap<DeviceId, DeviceSlot>, seq: u64, entry: &Entry) {
-    for slot in devices.values_mut() {
-        slot.push(seq, entry);
-    }
-}
-
-/// A connected device's live feed: first every retained inbox entry after the device's cursor,
-/// in order, then new entries as they are appended. Each entry is received once.
-///
-/// Dropping the subscription disconnects the device; connecting again resumes after the last
-/// entry received.
-pub struct Subscription {
-    rx: Receiver<Delivery>,
-    device: Arc<DeviceShared>,
-    account: Arc<AccountCell>,
-    generation: u64,
-    clock: Arc<dyn Clock>,
-}
-
-enum Wait {
-    No,
-    Until(Instant),
-    Forever,
-}
-
-impl Subscription {
-    pub(crate) fn new(
-        rx: Receiver<Delivery>,
-        device: Arc<DeviceShared>,
-        account: Arc<AccountCell>,
-        generation: u64,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Subscription {
-            rx,
-            device,
-            account,
-            generation,
-            clock,
-        }
-    }
-
-    /// The device's name.
-    pub fn device(&self) -> &str {
-        &self.device.id
-    }
-
-    /// The account's name.
-    pub fn account(&self) -> &str {
-        &self.account.id
-    }
-
-    /// The inbox sequence number of the last entry received.
-    pub fn cursor(&self) -> u64 {
-        self.device.cursor()
-    }
-
-    /// The next event if one is ready now.
-    pub fn try_recv(&self) -> Result<Option<Event>, Disconnected> {
-        self.next(Wait::No)
-    }
-
-    /// The next event, waiting as long as it takes.
-    pub fn recv(&self) -> Result<Event, Disconnected> {
-        self.next(Wait::Forever)
-            .map(|e| e.expect("an unbounded wait yields an event"))
-    }
-
-    /// The next event, waiting at most `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>, Disconnected> {
-        self.next(Wait::Until(Instant::now() + timeout))
-    }
-
-    /// Every event ready now.
-    pub fn drain(&self) -> Result<Vec<Event>, Disconnected> {
-        let mut out = Vec::new();
-        while let Some(e) = self.try_recv()? {
-            out.push(e);
-        }
-        Ok(out)
-    }
-
-    fn next(&self, wait: Wait) -> Result<Option<Event>, Disconnected> {
-        loop {
-            let delivery = match self.rx.try_recv() {
-                Ok(d) => d,
-                Err(TryRecvError::Disconnected) => return Err(Disconnected),
-                Err(TryRecvError::Empty) => {
-                    self.refill()?;
-                    match self.rx.try_recv() {
-                        Ok(d) => d,
-                        Err(TryRecvError::Disconnected) => return Err(Disconnected),
-                        Err(TryRecvError::Empty) => match wait {
-                            Wait::No => return Ok(None),
-                            Wait::Forever => self.rx.recv().map_err(|_| Disconnected)?,
-                            Wait::Until(deadline) => match self.rx.recv_deadline(deadline) {
-                                Ok(d) => d,
-                                Err(RecvTimeoutError::Timeout) => return Ok(None),
-                                Err(RecvTimeoutError::Disconnected) => return Err(Disconnected),
-                            },
-                        },
-                    }
-                }
-            };
-            if let Some(event) = self.accept(delivery)? {
-                return Ok(Some(event));
-            }
-        }
-    }
-
-    /// Lock order: account, then nothing else.
-    fn refill(&self) -> Result<(), Disconnected> {
-        let now = self.clock.now();
-        let mut guard = self.account.state.lock();
-        let state = &mut *guard;
-        let current = state
-            .devices
-            .get_mut(&self.device.id)
-            .is_some_and(|slot| slot.refill(&state.inbox, now, self.generation));
-        if current { Ok(()) } else { Err(Disconnected) }
-    }
-
-    /// Turns a delivery into what the application receives, advancing the cursor. A message
-    /// recalled (or modify notice for a message recalled) since it was queued is skipped: the
-    /// device never receives the body, and its Recalled notice follows.
-    ///
-    /// Lock order: device, then the message's state.
-    fn accept(&self, (seq, entry): Delivery) -> Result<Option<Event>, Disconnected> {
-        let mut inner = self.device.inner.lock();
-        if inner.generation != self.generation {
-            return Err(Disconnected);
-        }
-        if seq <= inner.cursor {
-            return Ok(None);
-        }
-        inner.cursor = seq;
-        let event = event(seq, &entry);
-        if let (Some(_), Entry::Message(msg)) = (&event, entry) {
-            inner.cache.push(msg);
-        }
-        Ok(event)
     }
 }
 
@@ -394,11 +216,252 @@ fn live_view(msg: &StoredMessage) -> Option<MessageView> {
     Some(msg.view()).filter(|v| !v.is_recalled())
 }
 
+// ----- subscriptions -----
+
+/// What a subscriber collected under the account lock: the events and messages to hand out,
+/// the position after the last entry looked at, and the journal position that must be durable
+/// before any of it is shown.
+pub(crate) struct Collected {
+    pub events: Vec<Event>,
+    pub messages: Vec<Arc<StoredMessage>>,
+    pub upto: u64,
+    pub ticket: u64,
+}
+
+/// The store side of a subscription: implemented by the store, which owns the locks.
+pub(crate) trait Feed: Send + Sync {
+    /// Collects up to `max` events after `after`; `Err` once the session has ended.
+    fn collect(
+        &self,
+        sub: &SubscriptionId,
+        after: u64,
+        max: usize,
+    ) -> Result<Collected, Disconnected>;
+    /// Blocks until the journal is durable up to `ticket`.
+    fn durable(&self, ticket: u64) -> Result<(), Disconnected>;
+    /// Polls for durability up to `ticket`.
+    fn poll_durable(&self, ticket: u64, cx: &mut Context<'_>) -> Poll<Result<(), Disconnected>>;
+    /// Records that the session handed out `messages` (its client cache holds them now).
+    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<Arc<StoredMessage>>);
+    /// Moves the device's cursor: its client confirmed everything up to `seq`.
+    fn ack(&self, sub: &SubscriptionId, seq: u64) -> Result<(), Error>;
+    /// Ends the session (the subscription was dropped).
+    fn release(&self, sub: &SubscriptionId);
+    /// The device's confirmed cursor.
+    fn cursor(&self, sub: &SubscriptionId) -> Option<u64>;
+}
+
+/// Names one session of one device.
+pub(crate) struct SubscriptionId {
+    pub account: crate::account::UserId,
+    pub device: DeviceId,
+    pub generation: u64,
+}
+
+/// How many events one collection hands out at most.
+const BATCH: usize = 64;
+
+/// A connected device's feed: first every retained inbox entry after the device's cursor (or
+/// the resume position it connected with), in order, then new entries as they become durable.
+///
+/// Receiving does not move the cursor: the client confirms with [`ack`](Subscription::ack)
+/// (R7). Until it does, a new session of the device is sent the same entries again. Dropping
+/// the subscription disconnects the device.
+///
+/// The blocking methods (`recv`, `recv_timeout`, `try_recv`, `drain`) suit threads;
+/// [`next_batch`](Subscription::next_batch) is a future for async runtimes (any executor: it
+/// needs nothing but `std`'s `Waker`).
+pub struct Subscription {
+    id: SubscriptionId,
+    feed: Weak<dyn Feed>,
+    signal: Arc<Signal>,
+    buf: Mutex<Buffer>,
+}
+
+struct Buffer {
+    /// The last sequence number handed to the application (or skipped for it).
+    sent: u64,
+    /// Events handed out by the blocking API one at a time.
+    ready: VecDeque<Event>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        id: SubscriptionId,
+        feed: Weak<dyn Feed>,
+        signal: Arc<Signal>,
+        start: u64,
+    ) -> Self {
+        Subscription {
+            id,
+            feed,
+            signal,
+            buf: Mutex::new(Buffer {
+                sent: start,
+                ready: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn feed(&self) -> Result<Arc<dyn Feed>, Disconnected> {
+        self.feed.upgrade().ok_or(Disconnected)
+    }
+
+    /// The device's name.
+    pub fn device(&self) -> &str {
+        &self.id.device
+    }
+
+    /// The account's name.
+    pub fn account(&self) -> &str {
+        &self.id.account
+    }
+
+    /// The last sequence number the client confirmed.
+    pub fn cursor(&self) -> u64 {
+        self.feed()
+            .ok()
+            .and_then(|f| f.cursor(&self.id))
+            .unwrap_or(0)
+    }
+
+    /// The last sequence number handed out in this session.
+    pub fn sent(&self) -> u64 {
+        self.buf.lock().sent
+    }
+
+    /// Confirms receipt of every entry up to `seq`: the device's cursor moves there, and a
+    /// later session starts after it. Cumulative; a lower `seq` than before changes nothing.
+    pub fn ack(&self, seq: u64) -> Result<(), Error> {
+        let feed = self
+            .feed()
+            .map_err(|_| Error::Internal("the store is closed".into()))?;
+        feed.ack(&self.id, seq)
+    }
+
+    /// The next event if one is ready now. It may wait for the commit that makes the event
+    /// durable, never for a new event.
+    pub fn try_recv(&self) -> Result<Option<Event>, Disconnected> {
+        let mut buf = self.buf.lock();
+        if buf.ready.is_empty() {
+            self.fill(&mut buf)?;
+        }
+        Ok(buf.ready.pop_front())
+    }
+
+    /// The next event, waiting as long as it takes.
+    pub fn recv(&self) -> Result<Event, Disconnected> {
+        loop {
+            if let Some(e) = self.try_recv()? {
+                return Ok(e);
+            }
+            self.signal.wait(None);
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>, Disconnected> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.try_recv()? {
+                return Ok(Some(e));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.signal.wait(Some(deadline));
+        }
+    }
+
+    /// Every event ready now.
+    pub fn drain(&self) -> Result<Vec<Event>, Disconnected> {
+        let mut out = Vec::new();
+        while let Some(e) = self.try_recv()? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Collects durable events into `buf.ready` (blocking for their commit).
+    fn fill(&self, buf: &mut Buffer) -> Result<(), Disconnected> {
+        let feed = self.feed()?;
+        loop {
+            let c = feed.collect(&self.id, buf.sent, BATCH)?;
+            if c.upto == buf.sent {
+                return Ok(());
+            }
+            feed.durable(c.ticket)?;
+            buf.sent = c.upto;
+            feed.handed_out(&self.id, c.messages);
+            if !c.events.is_empty() {
+                buf.ready.extend(c.events);
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next events, at most 64, once at least one is durable: for async tasks. Nothing is
+    /// lost if the future is dropped before it completes (the events are handed out again).
+    pub async fn next_batch(&self) -> Result<Vec<Event>, Disconnected> {
+        let feed = self.feed()?;
+        loop {
+            let mut ready = std::mem::take(&mut self.buf.lock().ready);
+            if !ready.is_empty() {
+                return Ok(ready.drain(..).collect());
+            }
+            let sent = self.buf.lock().sent;
+            let c = feed.collect(&self.id, sent, BATCH)?;
+            if c.upto == sent {
+                SignalWait(&self.signal).await;
+                continue;
+            }
+            DurableWait(&*feed, c.ticket).await?;
+            {
+                let mut buf = self.buf.lock();
+                if buf.sent != sent {
+                    continue; // another reader of this subscription moved on meanwhile
+                }
+                buf.sent = c.upto;
+            }
+            feed.handed_out(&self.id, c.messages);
+            if !c.events.is_empty() {
+                return Ok(c.events);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(feed) = self.feed() {
+            feed.release(&self.id);
+        }
+    }
+}
+
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("account", &self.account())
             .field("device", &self.device())
             .finish_non_exhaustive()
+    }
+}
+
+struct SignalWait<'a>(&'a Signal);
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll(cx)
+    }
+}
+
+struct DurableWait<'a>(&'a dyn Feed, u64);
+
+impl Future for DurableWait<'_> {
+    type Output = Result<(), Disconnected>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_durable(self.1, cx)
     }
 }

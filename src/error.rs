@@ -50,6 +50,8 @@ pub enum Error {
     },
     /// 20006 (or the hook's own code in 120001..=130000): the before-send hook refused it.
     BlockedByHook { code: u32 },
+    /// 90001: a new device for an account that already has the most devices allowed.
+    TooManyDevices { account: String, max: usize },
     /// 90009: the operation needs an app administrator.
     NotAdmin(String),
     /// 91000: the store cannot do it now (for example the journal cannot be written).
@@ -81,7 +83,7 @@ impl Error {
     /// The Tencent Cloud IM error code for this error.
     pub fn code(&self) -> u32 {
         match self {
-            Error::InvalidRequest(_) => 90001,
+            Error::InvalidRequest(_) | Error::TooManyDevices { .. } => 90001,
             Error::InvalidUserId { .. } | Error::TooManyAccounts { .. } => 70402,
             Error::AccountNotFound(_) => 70107,
             Error::FromAccountNotFound(_) => 90008,
@@ -152,6 +154,11 @@ impl fmt::Display for Error {
                     "the before-send callback refused the message (code {code})"
                 )
             }
+            Error::TooManyDevices { account, max } => write!(
+                f,
+                "account {account:?} already has {max} devices; connect one of them, or wait \
+                 until an unused one is forgotten"
+            ),
             Error::NotAdmin(who) => write!(f, "{who:?} is not an app administrator"),
             Error::Internal(why) => write!(f, "internal error, retry later: {why}"),
             Error::SigExpired { expired_at } => {

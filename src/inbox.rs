@@ -32,8 +32,14 @@ impl Entry {
 pub(crate) struct Slot {
     pub seq: u64,
     pub expires_at: u64,
+    /// For devices connected when it was appended only (a message with MsgLifeTime 0).
+    pub online_only: bool,
     pub entry: Entry,
 }
+
+/// How long an online-only entry (MsgLifeTime 0) waits in the inbox for the devices that were
+/// connected when it arrived to read it.
+pub(crate) const ONLINE_GRACE_SECS: u64 = 60;
 
 pub(crate) struct Inbox {
     slots: VecDeque<Slot>,
@@ -52,16 +58,24 @@ impl Default for Inbox {
 impl Inbox {
     /// Appends an entry and returns its sequence number. Entries at the front that have expired
     /// by `now` are dropped first, so an inbox holds at most one lifetime of traffic.
-    pub fn append(&mut self, entry: Entry, expires_at: u64, now: u64) -> u64 {
+    pub fn append(&mut self, entry: Entry, expires_at: u64, now: u64, online_only: bool) -> u64 {
         self.trim(now);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back(Slot {
             seq,
             expires_at,
+            online_only,
             entry,
         });
         seq
+    }
+
+    /// Whether `purge(now, cutoff)` would remove anything (an idle store writes nothing).
+    pub fn has_expired(&self, now: u64, retention_cutoff: u64) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.expires_at <= now || past_retention(s, retention_cutoff))
     }
 
     /// Drops expired entries from the front; returns how many.
@@ -91,15 +105,8 @@ impl Inbox {
     /// with the history. Returns how many entries went.
     pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> usize {
         let before = self.slots.len();
-        self.slots.retain(|s| {
-            let past_retention = match &s.entry {
-                Entry::Message(m) | Entry::Modified(m, _) => {
-                    u64::from(m.key.time()) < retention_cutoff
-                }
-                Entry::Recalled(_) => false,
-            };
-            s.expires_at > now && !past_retention
-        });
+        self.slots
+            .retain(|s| s.expires_at > now && !past_retention(s, retention_cutoff));
         before - self.slots.len()
     }
 
@@ -117,5 +124,12 @@ impl Inbox {
     pub fn after(&self, cursor: u64) -> impl Iterator<Item = &Slot> {
         let start = self.slots.partition_point(|s| s.seq <= cursor);
         self.slots.range(start..)
+    }
+}
+
+fn past_retention(s: &Slot, retention_cutoff: u64) -> bool {
+    match &s.entry {
+        Entry::Message(m) | Entry::Modified(m, _) => u64::from(m.key.time()) < retention_cutoff,
+        Entry::Recalled(_) => false,
     }
 }

@@ -1,14 +1,22 @@
-//! The journal: the data directory's files, record framing, the commit protocol (sync policies
-//! and group commit), snapshots on disk, and recovery. `docs/FORMAT.md` describes the format
-//! this module writes; keep the two in step.
+//! The journal: the data directory's files, the commit protocol (sync policies and group
+//! commit), snapshots on disk, and recovery. `docs/FORMAT.md` describes the format this module
+//! writes; keep the two in step.
 //!
 //! Durability rules, relied on by `Store`:
-//! - `append` is called with the operation's store locks held, so the journal's order of
-//!   records agrees with the order in which conflicting operations changed memory.
-//! - `commit` is called with no store lock held; it returns once every record appended before
-//!   the call is on disk as the policy demands. Nothing is acknowledged before that.
-//! - After a write or fsync error the journal is failed: every later append answers 91000,
-//!   because memory may now be ahead of the disk and only a reopen can tell what survived.
+//! - `append` is called with the operation's store locks held, before the operation changes
+//!   memory, so the journal's order of records agrees with the order in which conflicting
+//!   operations changed memory. It does no I/O except, rarely, reserving disk space, and when
+//!   the disk is full it fails with nothing appended: the operation is refused before it has
+//!   taken effect, and is never half-done.
+//! - Disk space for a segment is reserved ahead of its writes (`fallocate`), so a write never
+//!   meets a full disk. A full disk shows when reserving; when space comes back, the next
+//!   reservation succeeds and operations are accepted again, without a restart.
+//! - `commit_to` and `poll_durable` are called with no store lock held; they return once every
+//!   record below the target is on disk as the policy demands. Readers wait for these too: the
+//!   store shows nothing that is not durable (R6).
+//! - After a write or fsync error (an I/O error, not a full disk) the journal is failed: every
+//!   later append answers 91000, because memory may now be ahead of the disk and only a reopen
+//!   can tell what survived.
 //! - A snapshot is written to a temporary file, fsynced, renamed, and the directory fsynced;
 //!   only then are the segments and snapshots it replaces deleted.
 
@@ -16,42 +24,45 @@ use std::cell::RefCell;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::codec::{MAX_PAYLOAD, PAYLOAD_VERSION};
 use crate::error::Error;
 
-/// When an acknowledged operation is on disk.
+#[cfg(feature = "fault-injection")]
+mod faults;
+pub(crate) mod format;
+mod recovery;
+
+#[cfg(feature = "fault-injection")]
+pub use faults::{Faults, Gate};
+use format::{
+    FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, file_header, list, segment_name,
+    snapshot_name,
+};
+pub(crate) use format::{kind, push_frame, sync_dir};
+use recovery::ReadMode;
+
+/// When an acknowledged operation is on disk, and so when anyone may see it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncPolicy {
-    /// Every operation is written and fsynced on its own before it is acknowledged.
+    /// Every commit writes and fsyncs the records up to its own: operations do not wait to
+    /// share a write with later ones.
     Every,
-    /// Concurrent operations share one write and one fsync; each is acknowledged only after
-    /// the fsync that covers it. The default.
+    /// Concurrent operations share one write and one fsync: whoever commits writes everything
+    /// appended so far. Each is acknowledged only after the fsync that covers it. The default.
     #[default]
     Group,
-    /// Operations are written to the operating system before they are acknowledged but never
-    /// fsynced: they survive the process being killed, not the machine losing power (the last
-    /// few seconds of acknowledged operations can then be lost).
+    /// Operations are written to the operating system before they are acknowledged (or seen)
+    /// but never fsynced: they survive the process being killed, not the machine losing power
+    /// (the last few seconds of acknowledged operations can then be lost).
     None,
-}
-
-const SEGMENT_MAGIC: &[u8; 8] = b"IMSTJRNL";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"IMSTSNAP";
-const FORMAT_VERSION: u32 = 1;
-const FILE_HEADER_LEN: usize = 24;
-const FRAME_HEADER_LEN: usize = 12;
-const LOCK_FILE: &str = "LOCK";
-
-/// Record kinds (the frame's `kind` byte).
-pub(crate) mod kind {
-    pub const OP: u8 = 1;
-    pub const SNAP_ACCOUNT: u8 = 2;
-    pub const SNAP_CONVERSATION: u8 = 3;
-    pub const SNAP_END: u8 = 4;
 }
 
 /// Why a data directory could not be opened.
@@ -150,206 +161,84 @@ pub struct RecoveryReport {
     pub repaired: Option<String>,
 }
 
-// ----- framing -----
-
-/// Appends one frame — header, then the payload `write` produces — to `buf`.
-pub(crate) fn push_frame(buf: &mut Vec<u8>, kind: u8, write: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    write(buf);
-    let len = u32::try_from(buf.len() - start - FRAME_HEADER_LEN).expect("payload under 4 GiB");
-    let mut head = [0u8; FRAME_HEADER_LEN];
-    head[0..4].copy_from_slice(&len.to_le_bytes());
-    head[4] = kind;
-    head[5] = PAYLOAD_VERSION;
-    let head_crc = crc32c::crc32c(&head[0..6]) as u16;
-    head[6..8].copy_from_slice(&head_crc.to_le_bytes());
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&head[4..6]),
-        &buf[start + FRAME_HEADER_LEN..],
-    );
-    head[8..12].copy_from_slice(&crc.to_le_bytes());
-    buf[start..start + FRAME_HEADER_LEN].copy_from_slice(&head);
-}
-
-pub(crate) struct Frame<'a> {
-    pub kind: u8,
-    pub payload: &'a [u8],
-    pub offset: usize,
-}
-
-enum Bad {
-    /// The bytes end inside the frame.
-    Short,
-    /// The frame is complete but wrong.
-    Damaged(&'static str),
-}
-
-fn read_frame(bytes: &[u8], at: usize) -> Result<(Frame<'_>, usize), Bad> {
-    let rest = &bytes[at..];
-    let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
-        return Err(Bad::Short);
-    };
-    let len = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
-    let head_crc = u16::from_le_bytes([head[6], head[7]]);
-    if crc32c::crc32c(&head[0..6]) as u16 != head_crc {
-        return Err(Bad::Damaged("frame header checksum mismatch"));
-    }
-    if head[5] != PAYLOAD_VERSION {
-        return Err(Bad::Damaged("unknown payload version"));
-    }
-    if len > MAX_PAYLOAD {
-        return Err(Bad::Damaged("frame longer than the payload limit"));
-    }
-    let Some(payload) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
-        return Err(Bad::Short);
-    };
-    let crc = u32::from_le_bytes(head[8..12].try_into().unwrap());
-    if crc32c::crc32c_append(crc32c::crc32c(&head[4..6]), payload) != crc {
-        return Err(Bad::Damaged("record checksum mismatch"));
-    }
-    Ok((
-        Frame {
-            kind: head[4],
-            payload,
-            offset: at,
-        },
-        at + FRAME_HEADER_LEN + len,
-    ))
-}
-
-/// Every whole frame from `start`, and where and why reading stopped early.
-fn scan(bytes: &[u8], start: usize) -> (Vec<Frame<'_>>, Option<(usize, Bad)>) {
-    let mut frames = Vec::new();
-    let mut at = start;
-    while at < bytes.len() {
-        match read_frame(bytes, at) {
-            Ok((frame, next)) => {
-                frames.push(frame);
-                at = next;
-            }
-            Err(bad) => return (frames, Some((at, bad))),
-        }
-    }
-    (frames, None)
-}
-
-/// Whether a valid frame starts anywhere after `offset`: then the damage at `offset` is not a
-/// torn tail but corruption with acknowledged records behind it.
-fn valid_frame_after(bytes: &[u8], offset: usize) -> bool {
-    (offset + 1..bytes.len().saturating_sub(FRAME_HEADER_LEN - 1))
-        .any(|at| read_frame(bytes, at).is_ok())
-}
-
-fn file_header(magic: &[u8; 8], lsn: u64) -> [u8; FILE_HEADER_LEN] {
-    let mut h = [0u8; FILE_HEADER_LEN];
-    h[0..8].copy_from_slice(magic);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..20].copy_from_slice(&lsn.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..20]);
-    h[20..24].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-fn parse_file_header(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, &'static str> {
-    let Some(h) = bytes.first_chunk::<FILE_HEADER_LEN>() else {
-        return Err("shorter than its header");
-    };
-    if crc32c::crc32c(&h[0..20]) != u32::from_le_bytes(h[20..24].try_into().unwrap()) {
-        return Err("file header checksum mismatch");
-    }
-    if &h[0..8] != magic {
-        return Err("not an imstore file of this kind (bad magic)");
-    }
-    if u32::from_le_bytes(h[8..12].try_into().unwrap()) != FORMAT_VERSION {
-        return Err("written by an unknown format version");
-    }
-    Ok(u64::from_le_bytes(h[12..20].try_into().unwrap()))
-}
-
-fn segment_name(lsn: u64) -> String {
-    format!("journal-{lsn:020}.log")
-}
-
-fn snapshot_name(lsn: u64) -> String {
-    format!("snapshot-{lsn:020}.snap")
-}
-
-fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?
-        .strip_suffix(suffix)?
-        .parse()
-        .ok()
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The files of a data directory, by LSN.
-struct Listing {
-    segments: Vec<(u64, PathBuf)>,
-    snapshots: Vec<(u64, PathBuf)>,
-}
-
-fn list(dir: &Path) -> Result<Listing, OpenError> {
-    let mut l = Listing {
-        segments: Vec::new(),
-        snapshots: Vec::new(),
-    };
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
-            // A snapshot that never finished; it was never renamed into place.
-            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-        } else if let Some(lsn) = parse_name(&name, "journal-", ".log") {
-            l.segments.push((lsn, entry.path()));
-        } else if let Some(lsn) = parse_name(&name, "snapshot-", ".snap") {
-            l.snapshots.push((lsn, entry.path()));
-        }
-    }
-    l.segments.sort();
-    l.snapshots.sort();
-    Ok(l)
-}
-
 /// What recovery hands the store, in order: snapshot records, then journal operations.
 pub(crate) enum Recovered<'a> {
     Snapshot { kind: u8, payload: &'a [u8] },
     Op(&'a [u8]),
 }
 
+/// How much disk space a segment reserves ahead of its writes, by default.
+pub(crate) const DEFAULT_PREALLOC: u64 = 4 << 20;
+
 // ----- the journal -----
 
 pub(crate) struct Journal {
     dir: PathBuf,
-    policy: SyncPolicy,
-    state: Mutex<State>,
-    flushed: Condvar,
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+    /// Held while a checkpoint rotates and writes a snapshot: one at a time.
+    checkpointing: Mutex<()>,
     /// Held (locked) for the journal's lifetime.
     _lock: File,
 }
 
+/// What the journal shares with its committer thread.
+struct Shared {
+    dir: PathBuf,
+    policy: SyncPolicy,
+    prealloc: u64,
+    state: Mutex<State>,
+    /// Signalled when `done_lsn` moves or the journal fails: threads waiting in `commit_to`.
+    flushed: Condvar,
+    /// Signalled when the committer thread may have work: an async waiter, or shutdown.
+    work: Condvar,
+    /// Signalled when a checkpoint is due, or at shutdown.
+    due: Condvar,
+    #[cfg(feature = "fault-injection")]
+    faults: Faults,
+}
+
 struct State {
-    /// Frames appended but not yet handed to the OS.
+    /// Frames appended but not yet taken by a writer; the first has LSN `taken_lsn`.
     pending: Vec<u8>,
+    /// Where each pending record ends in `pending`.
+    ends: Vec<usize>,
     spare: Vec<u8>,
     /// The LSN the next appended record gets.
     next_lsn: u64,
+    /// Records below this have been handed to a writer.
+    taken_lsn: u64,
     /// Every record below this is written (and fsynced, unless the policy is `None`).
     done_lsn: u64,
-    /// A thread is writing `pending` out; others wait for it.
+    /// A thread is writing; others wait for it.
     leader: bool,
     file: Arc<File>,
     segment_path: PathBuf,
-    /// Journal bytes written since the last snapshot.
+    /// Where the next batch goes in the current segment.
+    write_at: u64,
+    /// Where the last appended record ends in the current segment, written or not.
+    reserved: u64,
+    /// How far the current segment's disk space is reserved (`u64::MAX`: the file system
+    /// cannot reserve, and a full disk then fails a write instead).
+    allocated: u64,
+    /// Journal bytes appended since the last snapshot's cut.
     bytes_since_snapshot: u64,
+    snapshot_threshold: u64,
+    checkpoint_due: bool,
     failed: Option<String>,
+    /// Async waiters: (target, waker), woken once `done_lsn` reaches the target.
+    wakers: Vec<(u64, Waker)>,
+    /// The highest target an async waiter asked for: the committer thread writes up to it.
+    wanted: u64,
+    shutdown: bool,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn failed_error(why: &str) -> Error {
+    Error::Internal(format!("the journal cannot be written: {why}"))
 }
 
 impl Journal {
@@ -359,6 +248,7 @@ impl Journal {
         dir: &Path,
         policy: SyncPolicy,
         repair: bool,
+        prealloc: u64,
         mut recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
     ) -> Result<(Journal, RecoveryReport), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -376,166 +266,82 @@ impl Journal {
         }
         let listing = list(dir)?;
         let mut report = RecoveryReport::default();
+        let end = recovery::read(
+            &listing,
+            ReadMode::Open { repair },
+            &mut report,
+            &mut recover,
+        )?;
 
-        // The newest snapshot, validated whole before any of it is used.
-        let mut start_lsn = 0;
-        if let Some((lsn, path)) = listing.snapshots.last() {
-            let bytes = fs::read(path).map_err(io_err(path))?;
-            let corrupt = |offset: usize, reason: &str| OpenError::Corrupt {
-                path: path.clone(),
-                offset: offset as u64,
-                reason: reason.to_owned(),
-            };
-            let header_lsn =
-                parse_file_header(&bytes, SNAPSHOT_MAGIC).map_err(|r| corrupt(0, r))?;
-            if header_lsn != *lsn {
-                return Err(corrupt(0, "header LSN differs from the file name"));
-            }
-            let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
-            if let Some((offset, _)) = bad {
-                return Err(corrupt(offset, "damaged snapshot record"));
-            }
-            if frames.last().map(|f| f.kind) != Some(kind::SNAP_END) {
-                return Err(corrupt(bytes.len(), "snapshot has no end record"));
-            }
-            for f in &frames {
-                recover(Recovered::Snapshot {
-                    kind: f.kind,
-                    payload: f.payload,
-                })
-                .map_err(|reason| OpenError::Replay {
-                    path: path.clone(),
-                    offset: f.offset as u64,
-                    reason,
-                })?;
-            }
-            start_lsn = *lsn;
-            report.snapshot_lsn = Some(*lsn);
-        }
-
-        // Segments from the one holding `start_lsn` on.
-        let first = listing
-            .segments
-            .iter()
-            .rposition(|(lsn, _)| *lsn <= start_lsn)
-            .unwrap_or(0);
-        let segments = listing.segments.get(first..).unwrap_or_default();
-        let mut next_lsn = start_lsn;
-        let mut current: Option<(PathBuf, u64)> = None; // (path, valid length)
-        for (i, (seg_lsn, path)) in segments.iter().enumerate() {
-            let last = i + 1 == segments.len();
-            let bytes = fs::read(path).map_err(io_err(path))?;
-            let corrupt = |offset: usize, reason: &str| OpenError::Corrupt {
-                path: path.clone(),
-                offset: offset as u64,
-                reason: reason.to_owned(),
-            };
-            let header = parse_file_header(&bytes, SEGMENT_MAGIC);
-            let header_lsn = match header {
-                Ok(l) => l,
-                // Created but its header never reached the disk: nothing was appended to it.
-                Err(_) if last && bytes.len() < FILE_HEADER_LEN => {
-                    fs::remove_file(path).map_err(io_err(path))?;
-                    break;
-                }
-                Err(r) => return Err(corrupt(0, r)),
-            };
-            if header_lsn != *seg_lsn {
-                return Err(corrupt(0, "header LSN differs from the file name"));
-            }
-            if *seg_lsn > next_lsn {
-                return Err(corrupt(0, "records are missing before this segment"));
-            }
-            let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
-            let mut valid_len = bytes.len();
-            let mut stop_here = false;
-            if let Some((offset, why)) = bad {
-                let torn = last && !valid_frame_after(&bytes, offset);
-                if torn {
-                    report.truncated_tail =
-                        Some((path.clone(), offset as u64, (bytes.len() - offset) as u64));
-                } else if repair {
-                    let reason = match why {
-                        Bad::Short => "frame cut short",
-                        Bad::Damaged(r) => r,
-                    };
-                    report.repaired = Some(format!(
-                        "{} truncated at byte {offset} ({reason}); {} later segment(s) removed",
-                        path.display(),
-                        segments.len() - i - 1
-                    ));
-                    stop_here = true;
-                } else {
-                    let reason = match why {
-                        Bad::Short => "a record is cut short before the end of the journal",
-                        Bad::Damaged(r) => r,
-                    };
-                    return Err(corrupt(offset, reason));
-                }
-                valid_len = offset;
-            }
-            for (n, f) in frames.iter().enumerate() {
-                let lsn = seg_lsn + n as u64;
-                if lsn < start_lsn {
-                    continue;
-                }
-                if f.kind != kind::OP {
-                    return Err(corrupt(
-                        f.offset,
-                        "unexpected record kind in a journal segment",
-                    ));
-                }
-                recover(Recovered::Op(f.payload)).map_err(|reason| OpenError::Replay {
-                    path: path.clone(),
-                    offset: f.offset as u64,
-                    reason,
-                })?;
-                report.records_replayed += 1;
-            }
-            next_lsn = next_lsn.max(seg_lsn + frames.len() as u64);
-            current = Some((path.clone(), valid_len as u64));
-            if stop_here {
-                for (_, later) in &segments[i + 1..] {
-                    fs::remove_file(later).map_err(io_err(later))?;
-                }
-                break;
-            }
-        }
-
-        let (file, segment_path) = match current {
+        let (file, segment_path, len) = match end.current {
             Some((path, valid_len)) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path))?;
+                // Cut a torn tail, and the reserved space after the last record: it is
+                // reserved again below.
                 if file.metadata().map_err(io_err(&path))?.len() != valid_len {
                     file.set_len(valid_len).map_err(io_err(&path))?;
                     file.sync_all().map_err(io_err(&path))?;
                 }
-                (file, path)
+                (file, path, valid_len)
             }
-            None => create_segment(dir, next_lsn).map_err(io_err(dir))?,
+            None => {
+                let (file, path) = create_segment(dir, end.next_lsn).map_err(io_err(dir))?;
+                (file, path, FILE_HEADER_LEN as u64)
+            }
         };
-        let mut file = file;
-        use std::io::Seek;
-        file.seek(io::SeekFrom::End(0))
-            .map_err(io_err(&segment_path))?;
-        let journal = Journal {
+        let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             policy,
+            prealloc: prealloc.max(1 << 16),
             state: Mutex::new(State {
                 pending: Vec::new(),
+                ends: Vec::new(),
                 spare: Vec::new(),
-                next_lsn,
-                done_lsn: next_lsn,
+                next_lsn: end.next_lsn,
+                taken_lsn: end.next_lsn,
+                done_lsn: end.next_lsn,
                 leader: false,
                 file: Arc::new(file),
                 segment_path,
+                write_at: len,
+                reserved: len,
+                allocated: len,
                 bytes_since_snapshot: 0,
+                snapshot_threshold: u64::MAX,
+                checkpoint_due: false,
                 failed: None,
+                wakers: Vec::new(),
+                wanted: 0,
+                shutdown: false,
             }),
             flushed: Condvar::new(),
+            work: Condvar::new(),
+            due: Condvar::new(),
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
+        });
+        {
+            // Reserve ahead now; if the disk is already full, the first append tries again.
+            let mut st = shared.state.lock();
+            let file = st.file.clone();
+            st.allocated = shared.reserve_ahead(&file, len, len);
+        }
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("imstore-commit".into())
+                .spawn(move || shared.committer())
+                .map_err(io_err(dir))?
+        };
+        let journal = Journal {
+            dir: dir.to_owned(),
+            shared,
+            committer: Some(committer),
+            checkpointing: Mutex::new(()),
             _lock: lock,
         };
         Ok((journal, report))
@@ -545,157 +351,249 @@ impl Journal {
         &self.dir
     }
 
-    /// Appends one operation record. Called with the operation's store locks held; does no
-    /// I/O unless the policy is `Every`.
-    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Error> {
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Appends one operation record and returns its ticket: the position `commit_to` must
+    /// reach for it to be durable. Called with the operation's store locks held. Fails, with
+    /// nothing appended, when the journal failed earlier or the disk is full.
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<u64, Error> {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             push_frame(scratch, kind::OP, encode);
-            let mut st = self.state.lock();
+            let sh = &*self.shared;
+            let mut st = sh.state.lock();
             if let Some(why) = &st.failed {
-                return Err(Error::Internal(format!(
-                    "the journal failed earlier: {why}"
-                )));
+                return Err(failed_error(why));
+            }
+            let need = st.reserved + scratch.len() as u64;
+            if need > st.allocated {
+                let from = st.allocated;
+                let len = need - from + sh.prealloc;
+                sh.reserve(&st.file, from, len).map_err(|e| {
+                    Error::Internal(format!(
+                        "no disk space for the journal in {} ({e}); the operation was not \
+                         applied, retry when space is freed",
+                        sh.dir.display()
+                    ))
+                })?;
+                st.allocated = from + len;
             }
             st.pending.extend_from_slice(scratch);
+            let end = st.pending.len();
+            st.ends.push(end);
+            st.reserved = need;
             st.next_lsn += 1;
             st.bytes_since_snapshot += scratch.len() as u64;
-            if self.policy == SyncPolicy::Every {
-                // Through the same leader protocol as `commit_to`: one writer at a time, so
-                // records reach the file in LSN order and `done_lsn` never runs ahead of one.
-                let target = st.next_lsn;
-                self.commit_locked(&mut st, target)?;
-            }
-            Ok(())
+            Ok(st.next_lsn)
         })
     }
 
-    /// The LSN the next record will get: `commit_to` of this covers everything appended so far.
+    /// The ticket of everything appended so far.
     pub fn appended(&self) -> u64 {
-        self.state.lock().next_lsn
+        self.shared.state.lock().next_lsn
     }
 
     /// Whether every record below `target` is on disk as the policy demands.
     pub fn is_done(&self, target: u64) -> bool {
-        self.state.lock().done_lsn >= target
+        self.shared.state.lock().done_lsn >= target
     }
 
-    /// Returns once every record appended before this call is on disk as the policy demands.
-    pub fn commit(&self) -> Result<(), Error> {
-        self.commit_to(self.appended())
-    }
-
-    /// Returns once every record below `target` is on disk as the policy demands. One caller
-    /// at a time writes everything pending and fsyncs; the others wait for it, so concurrent
-    /// writers share one fsync (group commit).
+    /// Returns once every record below `target` is on disk as the policy demands. One caller at
+    /// a time writes and fsyncs; the others wait for it, so concurrent writers share one fsync
+    /// (group commit).
     pub fn commit_to(&self, target: u64) -> Result<(), Error> {
-        let mut st = self.state.lock();
-        self.commit_locked(&mut st, target)
+        let mut st = self.shared.state.lock();
+        self.shared.commit_locked(&mut st, target)
     }
 
-    fn commit_locked(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), Error> {
-        loop {
-            if st.done_lsn >= target {
-                return Ok(());
-            }
-            if let Some(why) = &st.failed {
-                return Err(Error::Internal(format!(
-                    "the journal cannot be written: {why}"
-                )));
-            }
-            if st.leader {
-                self.flushed.wait(st);
-                continue;
-            }
-            self.write_out(st)?;
+    /// The async form of `commit_to`: ready once every record below `target` is durable. The
+    /// journal's committer thread does the writing, so no async worker blocks on the disk.
+    pub fn poll_durable(&self, target: u64, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let sh = &*self.shared;
+        let mut st = sh.state.lock();
+        let target = target.min(st.next_lsn);
+        if st.done_lsn >= target {
+            return Poll::Ready(Ok(()));
         }
-    }
-
-    /// Writes what is pending (and fsyncs unless the policy is `None`), releasing the lock
-    /// while the I/O runs so that appends go on.
-    fn write_out(&self, st: &mut MutexGuard<'_, State>) -> Result<(), Error> {
-        st.leader = true;
-        let spare = std::mem::take(&mut st.spare);
-        let mut batch = std::mem::replace(&mut st.pending, spare);
-        let upto = st.next_lsn;
-        let file = st.file.clone();
-        let fsync = self.policy != SyncPolicy::None;
-        let result = MutexGuard::unlocked(st, || {
-            (&*file).write_all(&batch)?;
-            if fsync {
-                file.sync_data()?;
-            }
-            Ok::<(), io::Error>(())
-        });
-        st.leader = false;
-        batch.clear();
-        st.spare = batch;
-        let outcome = match result {
-            Ok(()) => {
-                st.done_lsn = st.done_lsn.max(upto);
-                Ok(())
-            }
-            Err(e) => {
-                let why = format!("{}: {e}", st.segment_path.display());
-                st.failed = Some(why.clone());
-                Err(Error::Internal(why))
-            }
-        };
-        self.flushed.notify_all();
-        outcome
+        if let Some(why) = &st.failed {
+            return Poll::Ready(Err(failed_error(why)));
+        }
+        if !st
+            .wakers
+            .iter()
+            .any(|(t, w)| *t == target && w.will_wake(cx.waker()))
+        {
+            st.wakers.push((target, cx.waker().clone()));
+        }
+        st.wanted = st.wanted.max(target);
+        sh.work.notify_one();
+        Poll::Pending
     }
 
     /// Writes and fsyncs everything appended so far, whatever the policy.
     pub fn flush(&self) -> Result<(), Error> {
-        self.commit()?;
-        let st = self.state.lock();
+        let mut st = self.shared.state.lock();
+        let target = st.next_lsn;
+        self.shared.commit_locked(&mut st, target)?;
         st.file
             .sync_all()
             .map_err(|e| Error::Internal(format!("{}: {e}", st.segment_path.display())))
     }
 
-    pub fn bytes_since_snapshot(&self) -> u64 {
-        self.state.lock().bytes_since_snapshot
+    /// Sets how much journal makes a checkpoint due.
+    pub fn set_snapshot_threshold(&self, bytes: u64) {
+        self.shared.state.lock().snapshot_threshold = bytes;
     }
 
-    /// Ends the current segment and starts a new one at the next LSN, which it returns: the
-    /// cut a snapshot taken now covers. The caller holds the store's gate, so nothing is being
-    /// appended.
+    /// Blocks until a checkpoint is due (`true`) or the journal shuts down (`false`). A
+    /// checkpoint already due when the journal shuts down is still run: a clean close leaves
+    /// the journal bounded.
+    pub fn wait_checkpoint_due(&self) -> bool {
+        let sh = &*self.shared;
+        let mut st = sh.state.lock();
+        loop {
+            if st.checkpoint_due {
+                st.checkpoint_due = false;
+                return true;
+            }
+            if st.shutdown {
+                return false;
+            }
+            sh.due.wait(&mut st);
+        }
+    }
+
+    /// Held while a checkpoint runs.
+    pub fn checkpoint_lock(&self) -> MutexGuard<'_, ()> {
+        self.checkpointing.lock()
+    }
+
+    /// Stops the committer thread and wakes a waiting checkpointer; appends still work, and
+    /// `commit_to` still writes on the caller's thread.
+    pub fn shutdown(&self) {
+        let sh = &*self.shared;
+        sh.state.lock().shutdown = true;
+        sh.work.notify_all();
+        sh.due.notify_all();
+    }
+
+    /// Ends the current segment and starts a new one; returns the cut: the LSN of the new
+    /// segment's first record. Every record below the cut is durable in finished segments.
+    /// Appends go on meanwhile; only writers wait, as they would for any other write.
     pub fn rotate(&self) -> Result<u64, Error> {
-        self.flush()?;
-        let mut st = self.state.lock();
-        let lsn = st.next_lsn;
-        let (file, path) = create_segment(&self.dir, lsn)
-            .map_err(|e| Error::Internal(format!("new journal segment: {e}")))?;
-        st.file = Arc::new(file);
-        st.segment_path = path;
-        st.bytes_since_snapshot = 0;
-        Ok(lsn)
+        let sh = &*self.shared;
+        let mut st = sh.state.lock();
+        loop {
+            if let Some(why) = &st.failed {
+                return Err(failed_error(why));
+            }
+            if !st.leader {
+                break;
+            }
+            sh.flushed.wait(&mut st);
+        }
+        st.leader = true;
+        let spare = std::mem::take(&mut st.spare);
+        let batch = std::mem::replace(&mut st.pending, spare);
+        st.ends.clear();
+        let cut = st.next_lsn;
+        st.taken_lsn = cut;
+        let (old, at) = (st.file.clone(), st.write_at);
+        let end = at + batch.len() as u64;
+        // The old segment: its last records, without the space reserved after them.
+        let finished = MutexGuard::unlocked(&mut st, || {
+            #[cfg(feature = "fault-injection")]
+            sh.faults.hold_write.pass();
+            old.write_all_at(&batch, at)?;
+            old.set_len(end)?;
+            old.sync_all()
+        });
+        if let Err(e) = finished {
+            st.leader = false;
+            let why = format!("{}: {e}", st.segment_path.display());
+            sh.fail(&mut st, why.clone());
+            return Err(Error::Internal(why));
+        }
+        st.write_at = end;
+        st.allocated = end;
+        sh.reached(&mut st, cut);
+        let created = MutexGuard::unlocked(&mut st, || create_segment(&self.dir, cut));
+        st.leader = false;
+        let outcome = match created {
+            Ok((file, path)) => {
+                let file = Arc::new(file);
+                let head = FILE_HEADER_LEN as u64;
+                st.reserved = head + st.pending.len() as u64;
+                st.allocated = sh.reserve_ahead(&file, head, st.reserved);
+                st.file = file;
+                st.segment_path = path;
+                st.write_at = head;
+                st.bytes_since_snapshot = st.pending.len() as u64;
+                Ok(cut)
+            }
+            // The journal goes on in the old segment; the checkpoint is tried again later.
+            Err(e) => {
+                st.reserved = end + st.pending.len() as u64;
+                Err(Error::Internal(format!(
+                    "starting a new journal segment in {}: {e}",
+                    self.dir.display()
+                )))
+            }
+        };
+        sh.flushed.notify_all();
+        sh.work.notify_one();
+        outcome
+    }
+
+    /// Feeds `recover` the state below `cut` as it is on disk (the newest snapshot and the
+    /// finished segments after it), changing nothing.
+    pub fn replay_upto(
+        &self,
+        cut: u64,
+        mut recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
+    ) -> Result<RecoveryReport, OpenError> {
+        let listing = list(&self.dir)?;
+        let mut report = RecoveryReport::default();
+        recovery::read(&listing, ReadMode::Upto(cut), &mut report, &mut recover)?;
+        Ok(report)
     }
 
     /// Writes a snapshot covering every record below `lsn`, durably, then deletes the segments
-    /// and snapshots it replaces.
+    /// and snapshots it replaces. Returns its path and size.
     pub fn write_snapshot(
         &self,
         lsn: u64,
         write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<(PathBuf, u64), Error> {
         let fail = |e: io::Error| {
             Error::Internal(format!("writing a snapshot in {}: {e}", self.dir.display()))
         };
         let path = self.dir.join(snapshot_name(lsn));
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(lsn)));
-        let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(fail)?);
-        file.write_all(&file_header(SNAPSHOT_MAGIC, lsn))
-            .map_err(fail)?;
-        write(&mut |bytes| file.write_all(bytes)).map_err(fail)?;
-        let file = file.into_inner().map_err(|e| fail(e.into_error()))?;
-        file.sync_all().map_err(fail)?;
-        fs::rename(&tmp, &path).map_err(fail)?;
-        sync_dir(&self.dir).map_err(fail)?;
+        let written = (|| {
+            let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            file.write_all(&file_header(SNAPSHOT_MAGIC, lsn))?;
+            write(&mut |bytes| file.write_all(bytes))?;
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let size = file.metadata()?.len();
+            fs::rename(&tmp, &path)?;
+            sync_dir(&self.dir)?;
+            Ok(size)
+        })();
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(fail(e));
+            }
+        };
         // The snapshot is durable: what it replaces can go.
         let listing = list(&self.dir).map_err(|e| Error::Internal(e.to_string()))?;
-        let current = self.state.lock().segment_path.clone();
+        let current = self.shared.state.lock().segment_path.clone();
         for (seg_lsn, seg) in &listing.segments {
             if *seg_lsn < lsn && *seg != current {
                 fs::remove_file(seg).map_err(fail)?;
@@ -707,7 +605,197 @@ impl Journal {
             }
         }
         sync_dir(&self.dir).map_err(fail)?;
-        Ok(path)
+        Ok((path, size))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        // A clean close gives back the space reserved ahead: the segment ends at its last
+        // record. (After a crash the zeros stay; recovery reads them as the end.)
+        let st = self.shared.state.lock();
+        if st.failed.is_none()
+            && st.pending.is_empty()
+            && st.allocated > st.write_at
+            && st.allocated != u64::MAX
+        {
+            let _ = st.file.set_len(st.write_at);
+            let _ = st.file.sync_all();
+        }
+    }
+}
+
+impl Shared {
+    fn commit_locked(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), Error> {
+        let target = target.min(st.next_lsn);
+        loop {
+            if st.done_lsn >= target {
+                return Ok(());
+            }
+            if let Some(why) = &st.failed {
+                return Err(failed_error(why));
+            }
+            if st.leader {
+                self.flushed.wait(st);
+                continue;
+            }
+            self.write_out(st, target)?;
+        }
+    }
+
+    /// Takes pending records — all of them, or under `Every` those up to `target` — writes them
+    /// (and fsyncs unless the policy is `None`) with the lock released, so appends go on.
+    fn write_out(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), Error> {
+        st.leader = true;
+        let count = match self.policy {
+            SyncPolicy::Every => ((target - st.taken_lsn) as usize).min(st.ends.len()),
+            SyncPolicy::Group | SyncPolicy::None => st.ends.len(),
+        };
+        let bytes = st.ends[count - 1];
+        let batch = if count == st.ends.len() {
+            let spare = std::mem::take(&mut st.spare);
+            std::mem::replace(&mut st.pending, spare)
+        } else {
+            st.pending.drain(..bytes).collect()
+        };
+        st.ends.drain(..count);
+        for e in &mut st.ends {
+            *e -= bytes;
+        }
+        let upto = st.taken_lsn + count as u64;
+        st.taken_lsn = upto;
+        let (file, at) = (st.file.clone(), st.write_at);
+        let end = at + batch.len() as u64;
+        // Keep reserved space ahead of the writes, off the appenders' path.
+        let extend = (st.allocated < st.reserved + self.prealloc / 2).then_some(st.allocated);
+        let fsync = self.policy != SyncPolicy::None;
+        let result = MutexGuard::unlocked(st, || {
+            let extended = extend.and_then(|from| {
+                let len = self.prealloc;
+                self.reserve(&file, from, len).ok().map(|()| from + len)
+            });
+            #[cfg(feature = "fault-injection")]
+            self.faults.hold_write.pass();
+            file.write_all_at(&batch, at)?;
+            #[cfg(feature = "fault-injection")]
+            self.faults.hold_fsync.pass();
+            if fsync {
+                file.sync_data()?;
+            }
+            Ok::<_, io::Error>(extended)
+        });
+        st.leader = false;
+        if st.spare.capacity() < batch.capacity() {
+            let mut batch = batch;
+            batch.clear();
+            st.spare = batch;
+        }
+        let outcome = match result {
+            Ok(extended) => {
+                if let Some(a) = extended {
+                    st.allocated = st.allocated.max(a);
+                }
+                st.write_at = end;
+                self.reached(st, upto);
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("{}: {e}", st.segment_path.display());
+                self.fail(st, why.clone());
+                Err(Error::Internal(why))
+            }
+        };
+        self.flushed.notify_all();
+        self.work.notify_one();
+        outcome
+    }
+
+    /// Records that every record below `upto` is durable, wakes async waiters it satisfies, and
+    /// marks a checkpoint due when enough journal has accumulated.
+    fn reached(&self, st: &mut State, upto: u64) {
+        st.done_lsn = st.done_lsn.max(upto);
+        let done = st.done_lsn;
+        st.wakers.retain(|(t, w)| {
+            let ready = *t <= done;
+            if ready {
+                w.wake_by_ref();
+            }
+            !ready
+        });
+        if st.bytes_since_snapshot >= st.snapshot_threshold && !st.checkpoint_due {
+            st.checkpoint_due = true;
+            self.due.notify_all();
+        }
+    }
+
+    fn fail(&self, st: &mut State, why: String) {
+        st.failed = Some(why);
+        for (_, w) in st.wakers.drain(..) {
+            w.wake();
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Reserves `len` bytes of disk space at `offset` of `file`.
+    fn reserve(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if self.faults.no_space() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a file descriptor this `File` owns.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                0,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Reserves space after `reserved` for a segment whose records end there; returns how far
+    /// the space is reserved. A file system that cannot reserve gets `u64::MAX` (no limit).
+    fn reserve_ahead(&self, file: &File, allocated: u64, reserved: u64) -> u64 {
+        let len = reserved - allocated.min(reserved) + self.prealloc;
+        let from = allocated.min(reserved);
+        match self.reserve(file, from, len) {
+            Ok(()) => from + len,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => u64::MAX,
+            Err(_) => allocated,
+        }
+    }
+
+    /// The committer thread: writes for async waiters, and within a second for records nobody
+    /// waits for (device cursors), so an idle journal has nothing pending.
+    fn committer(&self) {
+        let mut st = self.state.lock();
+        let mut quiet = false;
+        loop {
+            if st.shutdown {
+                return;
+            }
+            let behind = st.next_lsn > st.done_lsn;
+            if behind && st.failed.is_none() && !st.leader && (st.wanted > st.done_lsn || quiet) {
+                let target = st.next_lsn;
+                let _ = self.commit_locked(&mut st, target);
+                quiet = false;
+                continue;
+            }
+            quiet = self
+                .work
+                .wait_for(&mut st, Duration::from_secs(1))
+                .timed_out();
+        }
     }
 }
 
@@ -723,31 +811,4 @@ fn create_segment(dir: &Path, lsn: u64) -> io::Result<(File, PathBuf)> {
     file.sync_all()?;
     sync_dir(dir)?;
     Ok((file, path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip_and_flips_are_caught() {
-        let mut buf = Vec::new();
-        push_frame(&mut buf, kind::OP, |b| b.extend_from_slice(b"hello"));
-        push_frame(&mut buf, kind::OP, |b| b.extend_from_slice(b"world"));
-        let (frames, bad) = scan(&buf, 0);
-        assert!(bad.is_none());
-        assert_eq!(
-            frames.iter().map(|f| f.payload).collect::<Vec<_>>(),
-            vec![b"hello", b"world"]
-        );
-        for bit in 0..buf.len() * 8 {
-            let mut flipped = buf.clone();
-            flipped[bit / 8] ^= 1 << (bit % 8);
-            let (frames, bad) = scan(&flipped, 0);
-            assert!(
-                bad.is_some() && frames.len() < 2,
-                "flip of bit {bit} went unnoticed"
-            );
-        }
-    }
 }

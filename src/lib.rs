@@ -104,6 +104,9 @@ pub use config::Config;
 pub use device::{DeviceId, Disconnected, Event, EventKind, MAX_DEVICE_ID_LEN, Subscription};
 pub use error::{Error, Result};
 pub use hooks::{BeforeSend, Hooks, NoHooks, OutgoingMessage};
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use journal::{Faults, Gate};
 pub use journal::{OpenError, RecoveryReport, SyncPolicy};
 pub use key::{MAX_MSG_KEY_LEN, MsgKey, ParseMsgKeyError};
 pub use message::{

@@ -30,16 +30,27 @@ pub(crate) enum Op {
         peer: UserId,
         at: u64,
     },
-    /// A device is first seen: it starts at the oldest retained inbox entry.
-    AddDevice {
+    /// A device connects: it is added if new (starting at the oldest retained inbox entry),
+    /// `resume` (the last sequence number its client has, e.g. SSE `Last-Event-ID`) confirms
+    /// what it names, and the device counts as seen at `at`.
+    Connect {
         account: UserId,
         device: DeviceId,
+        resume: Option<u64>,
+        at: u64,
     },
-    /// A device's cursor moved (recorded when it disconnects).
+    /// A device's client confirmed every entry up to `cursor` (R7), or disconnected at `at`.
     Cursor {
         account: UserId,
         device: DeviceId,
         cursor: u64,
+        at: u64,
+    },
+    /// Devices not connected for `Config::device_idle_secs` before `at` are forgotten.
+    ForgetDevices {
+        account: UserId,
+        devices: Vec<DeviceId>,
+        at: u64,
     },
     /// Roaming retention: drop the conversation's messages older than `cutoff`.
     PurgeConversation {

@@ -95,6 +95,9 @@ pub(crate) struct Conversation {
     index: HashMap<(Side, MsgKey), Arc<StoredMessage>>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
+    /// The journal ticket of the last operation that changed this conversation: readers show
+    /// what they read here only once the journal is durable up to it (R6).
+    pub ticket: u64,
 }
 
 /// The pair of accounts a conversation is keyed by, smaller UserID first.
@@ -115,6 +118,7 @@ impl Conversation {
             messages: BTreeMap::new(),
             index: HashMap::default(),
             read_mark: [0, 0],
+            ticket: 0,
         }
     }
 
@@ -175,6 +179,13 @@ impl Conversation {
     pub fn mark_read(&mut self, reader: &str) {
         let side = self.side(reader);
         self.read_mark[side] = self.next_arrival - 1;
+    }
+
+    /// Whether `trim(cutoff)` would remove anything.
+    pub fn has_expired(&self, cutoff: u64) -> bool {
+        self.messages
+            .first_key_value()
+            .is_some_and(|(pos, _)| u64::from(pos.0) < cutoff)
     }
 
     /// Removes messages whose MsgTimeStamp is before `cutoff`; returns how many.

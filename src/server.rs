@@ -1,38 +1,34 @@
-//! The HTTP server (cargo feature `server`): Tencent's REST paths over [`Api`], client events
-//! over Server-Sent Events, and the startup and shutdown `imstore-server` runs.
+//! The HTTP server (cargo feature `server`): Tencent's REST paths over [`Api`], the device
+//! channels (WebSocket and Server-Sent Events), and the startup and shutdown `imstore-server`
+//! runs.
 //!
-//! Every REST answer is HTTP 200 with the JSON envelope, including an unknown path or method
-//! (60010) and a body over the limit (93000). A REST call takes effect on the async worker that
-//! received it, with durability deferred ([`Store::deferring`]); its answer waits, without a
-//! thread, for a committer thread that makes every waiting call's journal records durable with
-//! one fsync (group commit) and then releases them.
+//! | module | owns |
+//! |---|---|
+//! | `conn` | the accept loop, header-read timeouts, the connection register (descriptor limit) |
+//! | `rest` | `/v4/{service}/{command}`: the envelope, body limit and timeout, durable answers |
+//! | `devices` | `/v4/imstore/ws`, `/v4/imstore/events`, `/v4/imstore/ack` |
 //!
-//! Each SSE client gets a thread that receives from its device's [`Subscription`] and forwards
-//! into the response stream; the device's cursor is journaled when the stream ends, and
-//! `Last-Event-ID` resumes after the last event the client saw.
+//! Shutdown (SIGINT/SIGTERM), as tokio's mini-redis does it: one `watch` channel tells the
+//! accept loop and every connection and device task to stop; each holds a clone of an `mpsc`
+//! sender whose closing says they all have. The server waits for that at most 4 seconds, then
+//! flushes the journal and returns, whatever its clients do — so it exits within 5 seconds.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use axum::routing::{any, get, post};
+use tokio::sync::watch;
 
-use crate::api::{Api, ApiConfig, Reply, error_reply, event_payload};
-use crate::device::Subscription;
-use crate::error::Error;
+use crate::api::{Api, ApiConfig};
 use crate::journal::SyncPolicy;
-use crate::{CommitTicket, Config, Store, usersig};
+use crate::{Config, Store, usersig};
+
+mod conn;
+mod devices;
+mod rest;
 
 /// How `imstore-server` is set up (its command line).
 #[derive(Clone, Debug)]
@@ -53,195 +49,49 @@ pub struct ServerConfig {
     pub rate_limit: Option<u32>,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+    /// How often expired history, inbox entries and idle devices are purged.
+    pub purge_interval: Duration,
+    /// Disk space the journal reserves ahead of its writes (`Config::journal_prealloc_bytes`).
+    pub journal_prealloc: u64,
 }
 
+impl ServerConfig {
+    /// The defaults of `imstore-server`, listening on `listen` with data in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            sdkappid: 1_400_000_000,
+            secret_key: None,
+            admins: vec!["administrator".into()],
+            sync: SyncPolicy::Group,
+            rate_limit: None,
+            body_limit: 1 << 20,
+            purge_interval: Duration::from_secs(60),
+            journal_prealloc: crate::journal::DEFAULT_PREALLOC,
+        }
+    }
+}
+
+/// What every handler shares.
 #[derive(Clone)]
 struct App {
     api: Arc<Api>,
     body_limit: usize,
-    shutting_down: Arc<AtomicBool>,
-    /// Requests waiting for their journal records to be durable; `None` under
-    /// `SyncPolicy::Every`, where each call fsyncs by itself on the blocking pool.
-    committer: Option<std::sync::mpsc::Sender<Waiter>>,
+    /// Turns true when the server shuts down.
+    shutdown: watch::Receiver<bool>,
 }
 
-/// A request's commit ticket and where to say it is durable.
-type Waiter = (
-    CommitTicket,
-    tokio::sync::oneshot::Sender<Result<(), Error>>,
-);
-
-/// Group commit for the server: takes every waiting request's ticket, commits up to the
-/// highest (one fsync for all of them) and releases them together.
-fn committer(store: Arc<Store>, waiting: std::sync::mpsc::Receiver<Waiter>) {
-    while let Ok(first) = waiting.recv() {
-        let mut batch = vec![first];
-        batch.extend(waiting.try_iter());
-        let upto = batch.iter().map(|(t, _)| *t).max().expect("one at least");
-        let result = store.commit(upto);
-        for (_, done) in batch {
-            let _ = done.send(result.clone());
-        }
-    }
-}
-
-impl App {
-    /// Answers a REST call. The call runs here, on the async worker, with durability deferred
-    /// (it takes only in-memory locks), then waits without a thread for the committer.
-    /// Compaction, which writes a snapshot, and the `Every` policy run on the blocking pool.
-    async fn answer(&self, path: String, query: String, body: axum::body::Bytes) -> Reply {
-        let api = self.api.clone();
-        let committer = match &self.committer {
-            Some(c) if path != "/v4/imstore/compact" => c,
-            _ => {
-                return tokio::task::spawn_blocking(move || api.handle(&path, &query, &body))
-                    .await
-                    .unwrap_or_else(|e| {
-                        error_reply(&Error::Internal(format!("handler failed: {e}")))
-                    });
-            }
-        };
-        let store = api.store();
-        let (reply, ticket) = store.deferring(|| api.handle(&path, &query, &body));
-        if store.is_durable(ticket) {
-            return reply;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if committer.send((ticket, tx)).is_err() {
-            return error_reply(&Error::Internal("the committer has stopped".into()));
-        }
-        match rx.await {
-            Ok(Ok(())) => reply,
-            Ok(Err(e)) => error_reply(&e),
-            Err(_) => error_reply(&Error::Internal("the committer has stopped".into())),
-        }
-    }
-}
-
-fn json_response(reply: Reply) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        reply.json,
-    )
-        .into_response()
-}
-
-async fn rest(
-    State(app): State<App>,
-    UrlPath((service, command)): UrlPath<(String, String)>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let path = format!("/v4/{service}/{command}");
-    let bytes = match axum::body::to_bytes(body, app.body_limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = Error::InvalidField {
-                field: "body",
-                code: 93000,
-                why: format!("is larger than {} bytes", app.body_limit),
-            };
-            tracing::info!(api = %path, code = 93000, "request body over the limit");
-            return json_response(error_reply(&e));
-        }
-    };
-    let reply = app
-        .answer(path.clone(), query.unwrap_or_default(), bytes)
-        .await;
-    if reply.code == 91000 {
-        tracing::warn!(api = %path, code = reply.code, body = %reply.json, "internal error");
-    } else {
-        tracing::debug!(api = %path, code = reply.code, micros = started.elapsed().as_micros() as u64, "call");
-    }
-    json_response(reply)
-}
-
-async fn unknown(uri: axum::http::Uri) -> Response {
-    json_response(error_reply(&Error::UnknownApi(uri.path().to_owned())))
-}
-
-async fn events(State(app): State<App>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    let req = match app.api.authorize_events(query.as_deref().unwrap_or("")) {
-        Ok(r) => r,
-        Err(e) => return json_response(error_reply(&e)),
-    };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let store = app.api.store().clone();
-    let (account, device) = (req.account.clone(), req.device.clone());
-    let connected = tokio::task::spawn_blocking(move || match resume {
-        Some(seq) => store.connect_after(&account, &device, seq),
-        None => store.connect(&account, &device),
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::Internal(e.to_string())));
-    let sub = match connected {
-        Ok(sub) => sub,
-        Err(e) => return json_response(error_reply(&e)),
-    };
-    tracing::info!(account = %req.account, device = %req.device, resume = ?resume, "device connected");
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let store = app.api.store().clone();
-    let stop = app.shutting_down.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("sse-{}", req.device))
-        .spawn(move || forward(store, sub, tx, stop));
-    if let Err(e) = spawned {
-        return json_response(error_reply(&Error::Internal(format!(
-            "no thread for the event stream: {e}"
-        ))));
-    }
-    let stream = ReceiverStream::new(rx).map(|event: crate::Event| {
-        let (kind, data) = event_payload(&event);
-        Ok::<_, Infallible>(
-            SseEvent::default()
-                .id(event.seq.to_string())
-                .event(kind)
-                .data(data),
-        )
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// Moves a device's events into its SSE stream until the client goes, the device connects
-/// elsewhere, or the server shuts down; then records the device's cursor.
-fn forward(
-    store: Arc<Store>,
-    sub: Subscription,
-    tx: tokio::sync::mpsc::Sender<crate::Event>,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Acquire) && !tx.is_closed() {
-        match sub.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(event)) => {
-                if tx.blocking_send(event).is_err() {
-                    break;
-                }
-            }
-            Ok(None) => {}
-            Err(_) => break,
-        }
-    }
-    let (account, device) = (sub.account().to_owned(), sub.device().to_owned());
-    if let Err(e) = store.disconnect(sub) {
-        tracing::warn!(%account, %device, error = %e, "device cursor not recorded");
-    }
-    tracing::info!(%account, %device, "device disconnected");
-}
-
-/// The router: REST paths, the events stream, and 60010 for everything else.
+/// The router: REST paths (POST, or GET with a JSON body as some SDKs send), the device
+/// channels, and 60010 for everything else.
 fn router(app: App) -> Router {
     Router::new()
-        .route("/v4/imstore/events", get(events))
-        .route("/v4/{service}/{command}", post(rest))
-        .fallback(unknown)
-        .method_not_allowed_fallback(unknown)
+        .route("/v4/imstore/ws", get(devices::ws))
+        .route("/v4/imstore/events", get(devices::events))
+        .route("/v4/imstore/ack", post(devices::ack))
+        .route("/v4/{service}/{command}", any(rest::rest))
+        .fallback(rest::unknown)
+        .method_not_allowed_fallback(rest::unknown)
         .with_state(app)
 }
 
@@ -305,13 +155,14 @@ pub async fn run_until(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store_config = Config::default()
         .with_admins(config.admins.clone())
-        .with_sync(config.sync);
+        .with_sync(config.sync)
+        .with_journal_prealloc_bytes(config.journal_prealloc);
     let dir = config.data_dir.clone();
+    let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_config)).await??;
-    let store = Arc::new(store);
     let report = store.recovery_report();
     tracing::info!(dir = %config.data_dir.display(), snapshot = ?report.snapshot_lsn, replayed = report.records_replayed,
-        truncated = ?report.truncated_tail, "store opened");
+        truncated = ?report.truncated_tail, millis = started.elapsed().as_millis() as u64, "store opened");
     let (key, generated) = match &config.secret_key {
         Some(k) => (k.clone(), false),
         None => secret_key(&config.data_dir)?,
@@ -353,48 +204,66 @@ pub async fn run_until(
     std::io::stdout().flush()?;
     ready(addr);
 
-    let shutting_down = Arc::new(AtomicBool::new(false));
-    let purge = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                let store = store.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.purge_expired()).await
-                {
-                    tracing::warn!(error = %e, "purge failed");
-                }
-            }
-        })
-    };
-    let committer = (config.sync != SyncPolicy::Every).then(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let store = store.clone();
-        std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || committer(store, rx))
-            .map(|_| tx)
-    });
-    let committer = committer.transpose()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every task holds a sender; when all are gone, `all_done` yields None.
+    let (tasks, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let purge = tokio::spawn(purge_loop(
+        store.clone(),
+        config.purge_interval,
+        stop_rx.clone(),
+    ));
     let app = App {
         api,
         body_limit: config.body_limit,
-        shutting_down: shutting_down.clone(),
-        committer,
+        shutdown: stop_rx.clone(),
     };
-    let stop = shutting_down.clone();
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stop.store(true, Ordering::Release);
-        })
-        .await?;
+    let register = conn::Register::for_this_process();
+    let accept = tokio::spawn(conn::accept_loop(
+        listener,
+        router(app),
+        register,
+        stop_rx,
+        tasks,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = accept.await;
+    if tokio::time::timeout(Duration::from_secs(4), all_done.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within 4 s; leaving them");
+    }
     purge.abort();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     tracing::info!("journal flushed");
     Ok(())
+}
+
+/// Purges expired history and inbox entries and forgets idle devices, every `interval`. It
+/// journals only what it removes: an idle server writes nothing.
+async fn purge_loop(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = every.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.purge_expired()).await {
+            Ok(Ok(r)) => tracing::debug!(
+                messages = r.messages,
+                inbox_entries = r.inbox_entries,
+                devices = r.devices,
+                "purge ran"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),
+            Err(e) => tracing::warn!(error = %e, "purge task failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,27 +2,45 @@
 //! layers under the crate's lock order (see `AccountCell`). The layers never call each other;
 //! this module is the only place that knows an operation touches several of them.
 //!
-//! Every mutation goes through [`Store::apply`], which the live path and journal replay share:
-//! it takes the locks, validates against current state, records the op in the journal (live
-//! path only), then mutates. Validation happens before recording, so the journal holds only
-//! operations that succeeded, and mutation after recording cannot fail.
+//! Every mutation goes through `Store::apply` (`store/apply.rs`), which the live path and
+//! journal replay share: it takes the locks, validates against current state, records the op in
+//! the journal (live path only), then mutates. Validation happens before recording, so the
+//! journal holds only operations that succeeded, and mutation after recording cannot fail.
+//!
+//! ## Visible only when durable (R6)
+//!
+//! An operation changes memory when it is applied, before its record is durable. What keeps
+//! that from being seen is the *ticket*: recording returns the journal position that must be
+//! durable for the record to be, and the operation stores it on every object it changes — each
+//! account it touches, its conversation, the account list — under the lock it changes them
+//! under. Every read path reads under those locks, keeps the tickets of what it read, and
+//! returns (in a server: answers) only once the journal is durable up to them. So no reader
+//! shows an operation before it is durable, and since everything shown was durable, a crash
+//! cannot take back what a reader saw. A reader of objects with no operation in flight does not
+//! wait; one that read an object with an operation in flight waits for that operation's
+//! commit — the group commit already under way — never for unrelated writes. Devices follow the
+//! same rule (`device.rs`); hooks run only once their operation is durable; a refusal (20023,
+//! say) waits for everything appended before it, since it may rest on it.
+//!
+//! Inbox sequence numbers are never reused: a device is shown only durable entries, so after a
+//! crash every number it saw is still taken, and the next entry gets a higher one.
 
+use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
 
-use dashmap::mapref::entry::Entry as MapEntry;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
-use crate::account::{AccountCell, AccountState, UserId, check_user_id, lock_pair};
+use crate::account::{AccountCell, UserId, check_user_id};
 use crate::codec;
 use crate::config::Config;
-use crate::device::{self, DeviceId, DeviceSlot, Event, Subscription, check_device_id};
+use crate::device::{self, DeviceId, check_device_id};
 use crate::error::{Error, Result};
 use crate::hash::DashMap;
 use crate::hooks::{BeforeSend, OutgoingMessage};
-use crate::inbox::Entry;
 use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
 use crate::message::{
@@ -30,9 +48,11 @@ use crate::message::{
     SenderCopy, StoredMessage,
 };
 use crate::op::{ModifyOp, Op, SendOp};
-
-mod snapshot;
 use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
+
+mod apply;
+mod devices;
+mod snapshot;
 
 /// The most accounts one multi-import may name.
 pub const MAX_IMPORT_BATCH: usize = 100;
@@ -49,7 +69,7 @@ pub(crate) enum Mode {
 /// What applying an op produced, for the caller that asked for it.
 pub(crate) enum Applied {
     Done,
-    /// The account already existed (import) or the device already existed (add device).
+    /// The account already existed (import).
     Unchanged,
     Sent {
         msg: Arc<StoredMessage>,
@@ -57,6 +77,12 @@ pub(crate) enum Applied {
     },
     Recalled(Arc<StoredMessage>),
     Purged(usize),
+    /// A device's live session began: its session number, signal, and where it starts.
+    Connected {
+        generation: u64,
+        signal: Arc<device::Signal>,
+        start: u64,
+    },
 }
 
 /// Which field of a request named an account, deciding the error code when it does not exist.
@@ -121,6 +147,8 @@ pub struct PurgeReport {
     pub messages: usize,
     /// Inbox entries past their lifetime.
     pub inbox_entries: usize,
+    /// Devices forgotten after `Config::device_idle_secs` without connecting.
+    pub devices: usize,
 }
 
 /// What `compact` did.
@@ -134,20 +162,47 @@ pub struct CompactReport {
     pub purged: PurgeReport,
 }
 
-thread_local! {
-    /// Inside `Store::deferring`: (the store, the highest journal position to commit).
-    static DEFERRING: std::cell::Cell<Option<(usize, u64)>> = const { std::cell::Cell::new(None) };
+/// What must happen once an operation is durable, besides answering: the after-hooks.
+enum After {
+    Sent(MessageView),
+    Recalled(RecallNotice),
 }
 
-/// A journal position from [`Store::deferring`]: what must be durable before the operations
-/// run there are acknowledged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct CommitTicket(u64);
+/// Inside `Store::deferring`: which store, the highest ticket to commit, the hooks to run then.
+struct Deferring {
+    store: usize,
+    ticket: u64,
+    after: Vec<After>,
+}
+
+thread_local! {
+    static DEFERRING: RefCell<Option<Deferring>> = const { RefCell::new(None) };
+}
+
+/// What [`Store::deferring`] leaves to do: make everything the deferred calls did durable,
+/// then run their after-hooks. Pass it to [`Store::commit`] or [`Store::commit_async`] before
+/// acknowledging any of their results.
+#[must_use = "results are acknowledged only after `commit`"]
+#[derive(Default)]
+pub struct CommitTicket {
+    lsn: u64,
+    after: Vec<After>,
+}
+
+impl std::fmt::Debug for CommitTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitTicket")
+            .field("lsn", &self.lsn)
+            .field("hooks", &self.after.len())
+            .finish()
+    }
+}
 
 /// An operation that has taken effect but is not yet acknowledged: [`wait`](Deferred::wait)
 /// returns its result once the journal holds it as the sync policy demands, and runs the
-/// after-send or after-recall hook. Dropping it without waiting leaves the operation applied;
-/// it becomes durable with the next commit, but nobody was told it had.
+/// after-send or after-recall hook. Until then no reader shows it. Dropping it without waiting
+/// leaves the operation applied; it becomes durable (and visible) with the next commit, but
+/// nobody was told it had.
 #[must_use = "an operation is acknowledged only by `wait`"]
 pub struct Deferred<'s, T> {
     store: &'s Store,
@@ -169,8 +224,8 @@ impl Deferred<'_, SendReceipt> {
     /// Waits until the send is durable and acknowledges it.
     pub fn wait(self) -> Result<SendReceipt> {
         self.store.durable(self.ticket)?;
-        if let Some(view) = &self.sent {
-            self.store.config.hooks.after_send(view);
+        if let Some(view) = self.sent {
+            self.store.after(After::Sent(view));
         }
         Ok(self.value)
     }
@@ -180,33 +235,49 @@ impl Deferred<'_, RecallNotice> {
     /// Waits until the recall is durable and acknowledges it.
     pub fn wait(self) -> Result<RecallNotice> {
         self.store.durable(self.ticket)?;
-        self.store.config.hooks.after_recall(&self.value);
+        self.store.after(After::Recalled(self.value.clone()));
         Ok(self.value)
     }
 }
 
-/// The store: accounts, the three layers, recall. `Send + Sync`; share it by reference or `Arc`.
+/// The store: accounts, the three layers, recall. `Send + Sync` and cheap to clone: clones are
+/// handles to the same store, which closes (flushing its journal) when the last one is dropped.
+#[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// This store, for the subscriptions it hands out.
+    me: Weak<Inner>,
     config: Config,
     admins: Vec<UserId>,
     accounts: DashMap<UserId, Arc<AccountCell>>,
     conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
     rng: AtomicU64,
-    /// `None` for an in-memory store.
-    journal: Option<Journal>,
-    /// Live operations hold it shared; a snapshot holds it exclusively to capture a cut with
-    /// no operation half-applied. Taken before any other lock.
-    gate: RwLock<()>,
-    /// One compaction at a time; an automatic one is skipped while another runs.
-    compaction: Mutex<()>,
-    recovery: RecoveryReport,
+    /// Unset for an in-memory store.
+    journal: OnceLock<Arc<Journal>>,
+    recovery: OnceLock<RecoveryReport>,
+    /// The ticket of the last import or delete: readers of the account list wait for it.
+    membership: AtomicU64,
+    /// Numbers device sessions.
+    sessions: AtomicU64,
+    /// Writes snapshots in the background when enough journal has accumulated.
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
+
+static NO_RECOVERY: RecoveryReport = RecoveryReport {
+    snapshot_lsn: None,
+    records_replayed: 0,
+    truncated_tail: None,
+    repaired: None,
+};
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("accounts", &self.accounts.len())
-            .field("conversations", &self.conversations.len())
+            .field("accounts", &self.inner.accounts.len())
+            .field("conversations", &self.inner.conversations.len())
             .finish_non_exhaustive()
     }
 }
@@ -221,19 +292,43 @@ impl Store {
     }
 
     /// Opens (or creates) a durable store in `dir`: recovers the newest snapshot and the
-    /// journal after it, then journals every mutation before acknowledging it. Only one `Store`
-    /// may have a directory open at a time.
+    /// journal after it, then journals every mutation before acknowledging it or showing it to
+    /// anyone. Only one `Store` may have a directory open at a time.
+    ///
+    /// A durable store runs two threads: one that commits for callers who wait asynchronously
+    /// ([`commit_async`](Store::commit_async), [`Subscription::next_batch`]) and one that
+    /// writes snapshots in the background once `Config::snapshot_after_bytes` of journal
+    /// have accumulated.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> std::result::Result<Store, OpenError> {
-        let mut store = Store::empty(config).map_err(OpenError::Config)?;
+        let store = Store::empty(config).map_err(OpenError::Config)?;
+        let cfg = &store.inner.config;
         let (journal, report) = Journal::open(
             dir.as_ref(),
-            store.config.sync,
-            store.config.repair,
+            cfg.sync,
+            cfg.repair,
+            cfg.journal_prealloc_bytes,
             |rec| store.recover(rec),
         )?;
-        store.journal = Some(journal);
-        store.recovery = report;
+        journal.set_snapshot_threshold(cfg.snapshot_after_bytes);
+        let journal = Arc::new(journal);
+        let _ = store.inner.journal.set(journal.clone());
+        let _ = store.inner.recovery.set(report);
         store.import_admins().map_err(OpenError::Config)?;
+        let config = store.inner.config.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("imstore-snapshot".into())
+            .spawn(move || {
+                while journal.wait_checkpoint_due() {
+                    // A failure (a full disk, say) leaves the journal as it was; the next
+                    // threshold crossing tries again.
+                    let _ = snapshot::checkpoint(&journal, &config);
+                }
+            })
+            .map_err(|e| OpenError::Io {
+                path: dir.as_ref().to_owned(),
+                source: e,
+            })?;
+        *store.inner.checkpointer.lock() = Some(checkpointer);
         Ok(store)
     }
 
@@ -243,61 +338,71 @@ impl Store {
             .iter()
             .map(|a| UserId::new(a))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Store {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             config,
             admins,
             accounts: DashMap::default(),
             conversations: DashMap::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
-            journal: None,
-            gate: RwLock::new(()),
-            compaction: Mutex::new(()),
-            recovery: RecoveryReport::default(),
-        })
+            journal: OnceLock::new(),
+            recovery: OnceLock::new(),
+            membership: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            checkpointer: Mutex::new(None),
+        });
+        Ok(Store { inner })
+    }
+
+    fn journal(&self) -> Option<&Journal> {
+        self.inner.journal.get().map(|j| &**j)
     }
 
     /// What recovery found when the store was opened (empty for an in-memory store).
     pub fn recovery_report(&self) -> &RecoveryReport {
-        &self.recovery
+        self.inner.recovery.get().unwrap_or(&NO_RECOVERY)
     }
 
     /// The data directory, for a durable store.
     pub fn data_dir(&self) -> Option<&Path> {
-        self.journal.as_ref().map(Journal::dir)
+        self.journal().map(Journal::dir)
     }
 
     /// Writes and fsyncs everything acknowledged so far, whatever the sync policy.
     pub fn flush(&self) -> Result<()> {
-        self.journal.as_ref().map_or(Ok(()), Journal::flush)
+        self.journal().map_or(Ok(()), Journal::flush)
     }
 
-    /// Closes the store, flushing the journal. Dropping it does the same but cannot report an
-    /// error.
+    /// Closes this handle, flushing the journal. Dropping the last handle does the same but
+    /// cannot report an error.
     pub fn close(self) -> Result<()> {
         self.flush()
     }
 
-    /// Purges expired entries, takes a snapshot and deletes the journal it replaces. Afterwards
-    /// no file in the data directory holds the body of a recalled message or of a message
-    /// past retention. Runs on its own after `Config::snapshot_after_bytes` of journal.
-    pub fn compact(&self) -> Result<CompactReport> {
-        let _one = self.compaction.lock();
-        self.compact_now()
+    /// The fault injection points of a durable store's journal (cargo feature
+    /// `fault-injection`, for tests).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn faults(&self) -> Option<&crate::journal::Faults> {
+        self.journal().map(Journal::faults)
     }
 
-    fn compact_now(&self) -> Result<CompactReport> {
-        let Some(journal) = &self.journal else {
+    /// Purges expired entries, takes a snapshot and deletes the journal it replaces. Afterwards
+    /// no file in the data directory holds the body of a recalled message or of a message
+    /// past retention. Runs on its own, in the background, after
+    /// `Config::snapshot_after_bytes` of journal (or the last snapshot's size, if larger).
+    ///
+    /// The snapshot is built from the journal itself (the previous snapshot and the finished
+    /// segments replayed into a scratch store), so operations go on while it is written: they
+    /// wait only for the journal to switch segments, which is one ordinary commit.
+    pub fn compact(&self) -> Result<CompactReport> {
+        let Some(journal) = self.inner.journal.get() else {
             return Err(Error::Internal(
                 "an in-memory store has nothing to compact".into(),
             ));
         };
         let purged = self.purge_expired()?;
-        let (lsn, capture) = {
-            let _cut = self.gate.write();
-            let capture = self.capture();
-            (journal.rotate()?, capture)
-        };
-        let snapshot = journal.write_snapshot(lsn, |w| capture.write(w))?;
+        let (snapshot, lsn) = snapshot::checkpoint(journal, &self.inner.config)?;
         Ok(CompactReport {
             snapshot,
             lsn,
@@ -306,7 +411,7 @@ impl Store {
     }
 
     fn import_admins(&self) -> Result<()> {
-        for admin in &self.admins {
+        for admin in &self.inner.admins {
             self.run(&Op::ImportAccount {
                 user: admin.clone(),
             })?;
@@ -316,16 +421,17 @@ impl Store {
 
     /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
     }
 
     /// Whether `user` is an app administrator.
     pub fn is_admin(&self, user: &str) -> bool {
-        self.admins.iter().any(|a| &**a == user)
+        self.inner.admins.iter().any(|a| &**a == user)
     }
 
     fn admin(&self, user: &str) -> Result<UserId> {
-        self.admins
+        self.inner
+            .admins
             .iter()
             .find(|a| &***a == user)
             .cloned()
@@ -333,19 +439,22 @@ impl Store {
     }
 
     fn now(&self) -> u64 {
-        self.config.clock.now()
+        self.inner.config.clock.now()
     }
 
     fn random_u32(&self) -> u32 {
         // splitmix64 over a shared counter: cheap, lock-free, well spread.
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let mut z = self
+            .inner
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) as u32
     }
 
     fn cell(&self, user: &str) -> Option<Arc<AccountCell>> {
-        self.accounts.get(user).map(|r| r.value().clone())
+        self.inner.accounts.get(user).map(|r| r.value().clone())
     }
 
     fn cell_as(&self, user: &str, role: Role) -> Result<Arc<AccountCell>> {
@@ -359,7 +468,7 @@ impl Store {
         create: bool,
     ) -> Option<Arc<Mutex<Conversation>>> {
         let id = conversation_id(x, y);
-        if let Some(c) = self.conversations.get(&id) {
+        if let Some(c) = self.inner.conversations.get(&id) {
             return Some(c.value().clone());
         }
         if !create {
@@ -367,7 +476,8 @@ impl Store {
         }
         let (a, b) = id.clone();
         Some(
-            self.conversations
+            self.inner
+                .conversations
                 .entry(id)
                 .or_insert_with(|| Arc::new(Mutex::new(Conversation::new(a, b))))
                 .value()
@@ -375,11 +485,12 @@ impl Store {
         )
     }
 
-    /// Records `op` in the journal before it is applied (live path only).
-    fn record(&self, op: &Op, mode: Mode) -> Result<()> {
-        match (&self.journal, mode) {
+    /// Records `op` in the journal before it is applied (live path only); returns its ticket,
+    /// which the operation stores on everything it changes (0: nothing to wait for).
+    fn record(&self, op: &Op, mode: Mode) -> Result<u64> {
+        match (self.journal(), mode) {
             (Some(journal), Mode::Live) => journal.append(|buf| codec::encode_op(op, buf)),
-            _ => Ok(()),
+            _ => Ok(0),
         }
     }
 
@@ -396,7 +507,7 @@ impl Store {
     /// it is acknowledged.
     fn run_deferred(&self, op: &Op) -> (Result<Applied>, u64) {
         let applied = self.apply(op, Mode::Live);
-        (applied, self.journal.as_ref().map_or(0, Journal::appended))
+        (applied, self.journal().map_or(0, Journal::appended))
     }
 
     /// Applies a live operation whose caller waits for durability later. A refusal still waits
@@ -409,370 +520,132 @@ impl Store {
         applied
     }
 
-    /// Waits until the journal is durable up to `ticket` — or, inside [`Store::deferring`],
-    /// notes the ticket for the caller to commit later.
-    fn durable(&self, ticket: u64) -> Result<()> {
-        let me = self as *const Store as usize;
-        if let Some((store, max)) = DEFERRING.get()
-            && store == me
-        {
-            DEFERRING.set(Some((store, max.max(ticket))));
-            return Ok(());
-        }
-        if let Some(journal) = &self.journal {
-            journal.commit_to(ticket)?;
-            self.maybe_compact(journal);
-        }
-        Ok(())
+    /// Inside [`Store::deferring`] on this store: notes that `ticket` must be durable before
+    /// the caller answers, and returns `true`.
+    fn defer(&self, ticket: u64) -> bool {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        DEFERRING.with_borrow_mut(|d| match d {
+            Some(d) if d.store == me => {
+                d.ticket = d.ticket.max(ticket);
+                true
+            }
+            _ => false,
+        })
     }
 
-    /// Runs `f` with this store's durability waits deferred: the store calls `f` makes take
-    /// effect and return without waiting for the journal, and the ticket returned covers all of
-    /// them. Acknowledge their results only after [`commit`](Store::commit) of the ticket.
-    /// Meant for servers that await durability elsewhere (one committer for many requests)
-    /// instead of blocking a thread per request. Hooks run as the operations take effect.
+    /// Waits until the journal is durable up to `ticket` — or, inside [`Store::deferring`],
+    /// notes the ticket for the caller to commit before it answers. Writers call it before
+    /// acknowledging, readers before showing what they read.
+    fn durable(&self, ticket: u64) -> Result<()> {
+        if ticket == 0 || self.defer(ticket) {
+            return Ok(());
+        }
+        match self.journal() {
+            Some(journal) => journal.commit_to(ticket),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs an after-hook now, or inside [`Store::deferring`] leaves it to `commit`.
+    fn after(&self, after: After) {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        let after = DEFERRING.with_borrow_mut(|d| match d {
+            Some(d) if d.store == me => {
+                d.after.push(after);
+                None
+            }
+            _ => Some(after),
+        });
+        if let Some(after) = after {
+            self.run_hook(after);
+        }
+    }
+
+    fn run_hook(&self, after: After) {
+        let hooks = &self.inner.config.hooks;
+        match after {
+            After::Sent(view) => hooks.after_send(&view),
+            After::Recalled(notice) => hooks.after_recall(&notice),
+        }
+    }
+
+    /// Runs `f` with this store's durability waits deferred: the calls `f` makes take effect
+    /// and return without waiting for the journal — reads included, whose results may show
+    /// what is not yet durable — and the ticket returned covers all of them. Answer nobody with
+    /// their results before [`commit`](Store::commit) or [`commit_async`](Store::commit_async)
+    /// of the ticket; that is when the after-hooks run, too. Meant for servers that await
+    /// durability without a thread per request.
     ///
     /// ```
     /// # use imstore::{Config, Store};
     /// let dir = tempfile::tempdir().unwrap();
     /// let store = Store::open(dir.path(), Config::default()).unwrap();
     /// let (imported, ticket) = store.deferring(|| store.import_account("vinson"));
-    /// imported.unwrap();
     /// store.commit(ticket).unwrap(); // now it may be acknowledged
+    /// imported.unwrap();
     /// ```
     pub fn deferring<R>(&self, f: impl FnOnce() -> R) -> (R, CommitTicket) {
-        let me = self as *const Store as usize;
-        let outer = DEFERRING.replace(Some((me, 0)));
+        let me = Arc::as_ptr(&self.inner) as usize;
+        let outer = DEFERRING.replace(Some(Deferring {
+            store: me,
+            ticket: 0,
+            after: Vec::new(),
+        }));
         let result = f();
-        let (_, ticket) = DEFERRING.replace(outer).expect("set above");
-        (result, CommitTicket(ticket))
-    }
-
-    /// Waits until everything `ticket` covers is durable (sharing the fsync with concurrent
-    /// committers), then compacts if the journal has grown past its threshold.
-    pub fn commit(&self, ticket: CommitTicket) -> Result<()> {
-        self.durable(ticket.0)
-    }
-
-    /// Whether `commit(ticket)` would return at once.
-    pub fn is_durable(&self, ticket: CommitTicket) -> bool {
-        self.journal.as_ref().is_none_or(|j| j.is_done(ticket.0))
-    }
-
-    /// Compacts once the journal has grown past `Config::snapshot_after_bytes`, on the thread
-    /// that noticed. A failure here leaves the journal as it was (the next operation retries);
-    /// it is not the caller's operation that failed.
-    fn maybe_compact(&self, journal: &Journal) {
-        if journal.bytes_since_snapshot() >= self.config.snapshot_after_bytes
-            && let Some(_one) = self.compaction.try_lock()
-        {
-            let _ = self.compact_now();
-        }
-    }
-
-    /// Applies one operation: the single path shared by live calls and replay.
-    pub(crate) fn apply(&self, op: &Op, mode: Mode) -> Result<Applied> {
-        let _gate = (mode == Mode::Live && self.journal.is_some()).then(|| self.gate.read());
-        match op {
-            Op::ImportAccount { user } => self.apply_import(op, user, mode),
-            Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
-            Op::Send(send) => self.apply_send(op, send, mode),
-            Op::Recall {
-                from,
-                to,
-                key,
-                by,
-                at,
-            } => self.apply_recall(op, from, to, *key, by, *at, mode),
-            Op::Modify(m) => self.apply_modify(op, m, mode),
-            Op::SetRead { reader, peer, .. } => self.apply_set_read(op, reader, peer, mode),
-            Op::AddDevice { account, device } => self.apply_add_device(op, account, device, mode),
-            Op::Cursor {
-                account,
-                device,
-                cursor,
-            } => {
-                let cell = self.cell_as(account, Role::Plain)?;
-                let state = cell.state.lock();
-                let slot = state.devices.get(device).ok_or_else(|| no_device(device))?;
-                self.record(op, mode)?;
-                slot.shared.set_cursor(*cursor);
-                Ok(Applied::Done)
-            }
-            Op::PurgeConversation { a, b, cutoff } => {
-                let Some(conv) = self.conversation(a, b, false) else {
-                    return Ok(Applied::Purged(0));
-                };
-                let mut c = conv.lock();
-                self.record(op, mode)?;
-                Ok(Applied::Purged(c.trim(*cutoff)))
-            }
-            Op::PurgeInbox { account, at } => {
-                let cell = self.cell_as(account, Role::Plain)?;
-                let mut state = cell.state.lock();
-                self.record(op, mode)?;
-                Ok(Applied::Purged(
-                    state
-                        .inbox
-                        .purge(*at, at.saturating_sub(self.config.retention_secs)),
-                ))
-            }
-        }
-    }
-
-    fn apply_import(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        // The map shard stays locked while the import is recorded, so a concurrent delete of the
-        // same name is ordered the same way in memory and in the journal.
-        match self.accounts.entry(user.clone()) {
-            MapEntry::Occupied(_) => Ok(Applied::Unchanged),
-            MapEntry::Vacant(v) => {
-                self.record(op, mode)?;
-                v.insert(Arc::new(AccountCell::new(user.clone())));
-                Ok(Applied::Done)
-            }
-        }
-    }
-
-    fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        match self.accounts.entry(user.clone()) {
-            MapEntry::Vacant(_) => Err(Error::AccountNotFound(user.to_string())),
-            MapEntry::Occupied(o) => {
-                let cell = o.get().clone();
-                let mut state = cell.state.lock();
-                self.record(op, mode)?;
-                state.alive = false;
-                // Dropping the devices drops their channels' senders: subscribers see the end.
-                state.devices.clear();
-                state.inbox = Default::default();
-                state.unread.clear();
-                drop(state);
-                o.remove();
-                Ok(Applied::Done)
-            }
-        }
-    }
-
-    fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode) -> Result<Applied> {
-        if s.from == s.to {
-            return Err(Error::ToAccountNotFound(format!(
-                "{} (To_Account must differ from From_Account)",
-                s.to
-            )));
-        }
-        self.with_parties(
-            &s.from,
-            &s.to,
-            true,
-            || unreachable!("created on demand"),
-            |fs, ts, c| {
-                if let Some(existing) = c.find(&s.from, s.key) {
-                    return Ok(Applied::Sent {
-                        msg: existing.clone(),
-                        duplicate: true,
-                    });
-                }
-                self.record(op, mode)?;
-                let msg = Arc::new(StoredMessage::new(
-                    s.from.clone(),
-                    s.to.clone(),
-                    s.key,
-                    c.take_arrival(),
-                    s.sender_copy,
-                    s.origin_device.clone(),
-                    s.content.clone(),
-                ));
-                c.insert(msg.clone());
-                c.trim(s.at.saturating_sub(self.config.retention_secs));
-                self.deliver_sent(fs, ts, s, &msg);
-                Ok(Applied::Sent {
-                    msg,
-                    duplicate: false,
-                })
+        let mine = DEFERRING.replace(outer).expect("set above");
+        (
+            result,
+            CommitTicket {
+                lsn: mine.ticket,
+                after: mine.after,
             },
         )
     }
 
-    /// The inbox, unread and cache side of a send.
-    fn deliver_sent(
-        &self,
-        fs: &mut AccountState,
-        ts: &mut AccountState,
-        s: &SendOp,
-        msg: &Arc<StoredMessage>,
-    ) {
-        let expires_at = s.at + s.lifetime;
-        ts.deliver(Entry::Message(msg.clone()), expires_at, s.at);
-        *ts.unread.entry(s.from.clone()).or_default() += 1;
-        if s.sender_copy == SenderCopy::RoamingAndDevices {
-            fs.deliver(Entry::Message(msg.clone()), expires_at, s.at);
+    /// Waits until everything `ticket` covers is durable (sharing the fsync with concurrent
+    /// committers), then runs the after-hooks of the operations it covers.
+    pub fn commit(&self, ticket: CommitTicket) -> Result<()> {
+        if let Some(journal) = self.journal() {
+            journal.commit_to(ticket.lsn)?;
         }
-        if let Some(device) = &s.origin_device {
-            let cursor = fs.inbox.before_oldest();
-            let cap = self.config.cache_capacity;
-            let slot = fs
-                .devices
-                .entry(device.clone())
-                .or_insert_with(|| DeviceSlot::new(device.clone(), cursor, cap));
-            slot.shared.cache_push(msg.clone());
+        for after in ticket.after {
+            self.run_hook(after);
         }
+        Ok(())
     }
 
-    /// Locks both parties and their conversation in the crate's lock order and runs `f` on
-    /// them: 90008 / 90003 when a party does not exist (or was deleted meanwhile), `missing()`
-    /// when they are one account or have no conversation and `create` is false.
-    fn with_parties<R>(
-        &self,
-        from: &UserId,
-        to: &UserId,
-        create: bool,
-        missing: impl FnOnce() -> Error,
-        f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation) -> Result<R>,
-    ) -> Result<R> {
-        let fc = self.cell_as(from, Role::Acting)?;
-        let tc = self.cell_as(to, Role::Other)?;
-        if fc.id == tc.id {
-            return Err(missing());
+    /// [`commit`](Store::commit) for async callers: the store's committer thread writes, and
+    /// the future completes once the ticket is durable and the after-hooks have run.
+    pub async fn commit_async(&self, ticket: CommitTicket) -> Result<()> {
+        if let Some(journal) = self.journal() {
+            std::future::poll_fn(|cx| journal.poll_durable(ticket.lsn, cx)).await?;
         }
-        let Some(conv) = self.conversation(&fc.id, &tc.id, create) else {
-            return Err(missing());
-        };
-        let (mut fs, mut ts) = lock_pair(&fc, &tc);
-        if !fs.alive {
-            return Err(Role::Acting.missing(from));
+        for after in ticket.after {
+            self.run_hook(after);
         }
-        if !ts.alive {
-            return Err(Role::Other.missing(to));
-        }
-        f(&mut fs, &mut ts, &mut conv.lock())
+        Ok(())
     }
 
-    /// [`with_parties`](Store::with_parties) for the live, unexpired message `key` from `from`
-    /// to `to`, with recall's precedence: 90008, 90003, 20022, 20023.
-    fn with_live_message<R>(
-        &self,
-        from: &UserId,
-        to: &UserId,
-        key: MsgKey,
-        at: u64,
-        f: impl FnOnce(
-            &mut AccountState,
-            &mut AccountState,
-            &Conversation,
-            &Arc<StoredMessage>,
-        ) -> Result<R>,
-    ) -> Result<R> {
-        let (from_s, to_s) = (from.to_string(), to.to_string());
-        let not_found = || Error::MessageNotFound {
-            from: from_s.clone(),
-            to: to_s.clone(),
-            key,
-        };
-        self.with_parties(from, to, false, not_found, |fs, ts, c| {
-            let expired = u64::from(key.time()) < at.saturating_sub(self.config.retention_secs);
-            let msg = c
-                .find(from, key)
-                .filter(|_| !expired)
-                .cloned()
-                .ok_or_else(not_found)?;
-            if msg.is_recalled() {
-                return Err(Error::AlreadyRecalled {
-                    from: from.to_string(),
-                    to: to.to_string(),
-                    key,
-                });
-            }
-            f(fs, ts, c, &msg)
-        })
+    /// Whether `commit(ticket)` would not wait for the disk.
+    pub fn is_durable(&self, ticket: &CommitTicket) -> bool {
+        self.journal().is_none_or(|j| j.is_done(ticket.lsn))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply_recall(
-        &self,
-        op: &Op,
-        from: &UserId,
-        to: &UserId,
-        key: MsgKey,
-        by: &UserId,
-        at: u64,
-        mode: Mode,
-    ) -> Result<Applied> {
-        self.with_live_message(from, to, key, at, |fs, ts, c, msg| {
-            self.record(op, mode)?;
-            // The one instant every layer changes: they all share this record.
-            msg.recall(by.clone(), at);
-            if c.is_unread(msg)
-                && let Some(n) = ts.unread.get_mut(&**from)
-            {
-                *n = n.saturating_sub(1);
-            }
-            let expires_at = at + self.config.notice_lifetime_secs;
-            fs.deliver(Entry::Recalled(msg.clone()), expires_at, at);
-            ts.deliver(Entry::Recalled(msg.clone()), expires_at, at);
-            Ok(Applied::Recalled(msg.clone()))
-        })
-    }
-
-    fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
-        self.with_live_message(&m.from, &m.to, m.key, m.at, |fs, ts, _, msg| {
-            let old = msg.content().expect("a live message has content");
-            let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
-            let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
-            self.record(op, mode)?;
-            msg.replace(content);
-            let expires_at = m.at + self.config.notice_lifetime_secs;
-            fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
-            ts.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at);
-            Ok(Applied::Done)
-        })
-    }
-
-    fn apply_set_read(
-        &self,
-        op: &Op,
-        reader: &UserId,
-        peer: &UserId,
-        mode: Mode,
-    ) -> Result<Applied> {
-        let rc = self.cell_as(reader, Role::Acting)?;
-        self.cell_as(peer, Role::Other)?;
-        let conv = self.conversation(reader, peer, false);
-        let mut state = rc.state.lock();
-        if !state.alive {
-            return Err(Role::Acting.missing(reader));
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.get() {
+            // Best effort: `close` is the way to see this fail.
+            let _ = journal.flush();
+            journal.shutdown();
         }
-        let mut c = conv.as_ref().map(|c| c.lock());
-        self.record(op, mode)?;
-        if let Some(c) = &mut c {
-            c.mark_read(reader);
+        if let Some(t) = self.checkpointer.get_mut().take() {
+            let _ = t.join();
         }
-        state.unread.remove(&**peer);
-        Ok(Applied::Done)
     }
+}
 
-    fn apply_add_device(
-        &self,
-        op: &Op,
-        account: &UserId,
-        device: &DeviceId,
-        mode: Mode,
-    ) -> Result<Applied> {
-        let cell = self.cell_as(account, Role::Plain)?;
-        let mut state = cell.state.lock();
-        if !state.alive {
-            return Err(Role::Plain.missing(account));
-        }
-        if state.devices.contains_key(device) {
-            return Ok(Applied::Unchanged);
-        }
-        self.record(op, mode)?;
-        let cursor = state.inbox.before_oldest();
-        state.devices.insert(
-            device.clone(),
-            DeviceSlot::new(device.clone(), cursor, self.config.cache_capacity),
-        );
-        Ok(Applied::Done)
-    }
-
+impl Store {
     // ----- accounts -----
 
     /// Imports an account (`account_import`); importing an existing account succeeds and changes
@@ -797,8 +670,10 @@ impl Store {
     }
 
     /// Whether `user` exists (`account_check`).
-    pub fn account_exists(&self, user: &str) -> bool {
-        self.accounts.contains_key(user)
+    pub fn account_exists(&self, user: &str) -> Result<bool> {
+        let exists = self.inner.accounts.contains_key(user);
+        self.durable(self.inner.membership.load(Ordering::Acquire))?;
+        Ok(exists)
     }
 
     /// Deletes an account (`account_delete`): its inbox, devices and unread counts go; the
@@ -837,7 +712,7 @@ impl Store {
             body: &req.body,
             cloud_custom_data: req.cloud_custom_data.as_deref(),
         };
-        match self.config.hooks.before_send(&outgoing) {
+        match self.inner.config.hooks.before_send(&outgoing) {
             BeforeSend::Allow => {}
             BeforeSend::Block => return Err(Error::BlockedByHook { code: 20006 }),
             BeforeSend::BlockWithCode(code) => {
@@ -886,7 +761,7 @@ impl Store {
         };
         Ok(Deferred {
             store: self,
-            ticket: self.journal.as_ref().map_or(0, Journal::appended),
+            ticket: self.journal().map_or(0, Journal::appended),
             value: SendReceipt {
                 msg_time: msg.key.time(),
                 msg_key: msg.key,
@@ -947,7 +822,7 @@ impl Store {
         match from {
             Some(f) => Ok(self.cell_as(f, Role::Acting)?.id.clone()),
             None => {
-                self.admins.first().cloned().ok_or_else(|| {
+                self.inner.admins.first().cloned().ok_or_else(|| {
                     Error::FromAccountNotFound("(no administrator configured)".into())
                 })
             }
@@ -993,7 +868,7 @@ impl Store {
         };
         Ok(Deferred {
             store: self,
-            ticket: self.journal.as_ref().map_or(0, Journal::appended),
+            ticket: self.journal().map_or(0, Journal::appended),
             value: msg.recall_notice().expect("just recalled"),
             sent: None,
         })
@@ -1052,13 +927,18 @@ impl Store {
         let Some(conv) = self.conversation(&op.id, &peer.id, false) else {
             return Ok(empty);
         };
-        let c = conv.lock();
-        Ok(c.page(
-            c.side(&op.id),
-            q,
-            self.config.history_max_bytes,
-            self.retention_cutoff(),
-        ))
+        let (page, ticket) = {
+            let c = conv.lock();
+            let page = c.page(
+                c.side(&op.id),
+                q,
+                self.inner.config.history_max_bytes,
+                self.retention_cutoff(),
+            );
+            (page, c.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(page)
     }
 
     /// The newest message of the conversation in `account`'s view, recalled or not.
@@ -1068,12 +948,19 @@ impl Store {
         let Some(conv) = self.conversation(&a.id, &p.id, false) else {
             return Ok(None);
         };
-        let c = conv.lock();
-        Ok(c.last_message(c.side(&a.id), self.retention_cutoff()))
+        let (last, ticket) = {
+            let c = conv.lock();
+            (
+                c.last_message(c.side(&a.id), self.retention_cutoff()),
+                c.ticket,
+            )
+        };
+        self.durable(ticket)?;
+        Ok(last)
     }
 
     fn retention_cutoff(&self) -> u64 {
-        self.now().saturating_sub(self.config.retention_secs)
+        self.now().saturating_sub(self.inner.config.retention_secs)
     }
 
     /// Marks everything `peer` has sent to `reader` as read (`admin_set_msg_read`).
@@ -1091,164 +978,93 @@ impl Store {
     /// How many messages from `peer` `account` has not read.
     pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
         let cell = self.cell_as(account, Role::Other)?;
-        let state = cell.state.lock();
-        Ok(state.unread.get(peer).copied().unwrap_or(0))
+        let (n, ticket) = {
+            let state = cell.state.lock();
+            (state.unread.get(peer).copied().unwrap_or(0), state.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(n)
     }
 
     /// Every peer with unread messages for `account`, and how many (`get_c2c_unread_msg_num`).
     pub fn unread_all(&self, account: &str) -> Result<Vec<(UserId, u32)>> {
         let cell = self.cell_as(account, Role::Other)?;
-        let state = cell.state.lock();
-        let mut all: Vec<_> = state
-            .unread
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(p, n)| (p.clone(), *n))
-            .collect();
+        let (mut all, ticket) = {
+            let state = cell.state.lock();
+            let all: Vec<_> = state
+                .unread
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(p, n)| (p.clone(), *n))
+                .collect();
+            (all, state.ticket)
+        };
+        self.durable(ticket)?;
         all.sort();
         Ok(all)
     }
 
-    // ----- devices -----
-
-    /// Connects a device of `account`: it first receives every retained inbox entry after its
-    /// cursor (a new device starts at the oldest), then new entries live. Connecting a device
-    /// that is already connected ends the older subscription.
-    pub fn connect(&self, account: &str, device: &str) -> Result<Subscription> {
-        self.connect_inner(account, device, None)
-    }
-
-    /// Like [`connect`](Store::connect), resuming after inbox sequence number `after` (the last
-    /// entry the client saw, e.g. SSE `Last-Event-ID`).
-    pub fn connect_after(&self, account: &str, device: &str, after: u64) -> Result<Subscription> {
-        self.connect_inner(account, device, Some(after))
-    }
-
-    fn connect_inner(
-        &self,
-        account: &str,
-        device: &str,
-        after: Option<u64>,
-    ) -> Result<Subscription> {
-        check_device_id(device)?;
-        let cell = self.cell_as(account, Role::Plain)?;
-        let device = DeviceId::from(device);
-        self.run(&Op::AddDevice {
-            account: cell.id.clone(),
-            device: device.clone(),
-        })?;
-        let mut guard = cell.state.lock();
-        let state = &mut *guard;
-        let last_seq = state.inbox.last_seq();
-        let slot = state
-            .devices
-            .get_mut(&device)
-            .ok_or_else(|| Role::Plain.missing(account))?;
-        let (rx, generation) = slot.connect(self.config.channel_capacity, after, last_seq);
-        let shared = slot.shared.clone();
-        drop(guard);
-        Ok(Subscription::new(
-            rx,
-            shared,
-            cell.clone(),
-            generation,
-            self.config.clock.clone(),
-        ))
-    }
-
-    /// Disconnects a subscription and records its device's cursor, so the device resumes from
-    /// there after a restart.
-    pub fn disconnect(&self, sub: Subscription) -> Result<()> {
-        let account = UserId::new(sub.account())?;
-        let device = DeviceId::from(sub.device());
-        let cursor = sub.cursor();
-        drop(sub);
-        self.run(&Op::Cursor {
-            account,
-            device,
-            cursor,
-        })
-        .map(|_| ())
-    }
-
-    /// What a device whose cursor is `after` would receive now, without moving any cursor:
-    /// the account's retained inbox entries after `after`, recalled messages left out.
-    pub fn inbox(&self, account: &str, after: u64) -> Result<Vec<Event>> {
-        let cell = self.cell_as(account, Role::Plain)?;
-        let now = self.now();
-        let state = cell.state.lock();
-        Ok(state
-            .inbox
-            .after(after)
-            .filter(|s| s.expires_at > now)
-            .filter_map(|s| device::event(s.seq, &s.entry))
-            .collect())
-    }
-
-    /// The inbox sequence number of the last entry the device received.
-    pub fn device_cursor(&self, account: &str, device: &str) -> Result<u64> {
-        let cell = self.cell_as(account, Role::Plain)?;
-        let state = cell.state.lock();
-        state
-            .devices
-            .get(device)
-            .map(|s| s.shared.cursor())
-            .ok_or_else(|| no_device(device))
-    }
-
-    /// The messages a device holds in its cache, oldest first; recalled ones are tombstones.
-    pub fn device_cache(&self, account: &str, device: &str) -> Result<Vec<MessageView>> {
-        let cell = self.cell_as(account, Role::Plain)?;
-        let shared = cell
-            .state
-            .lock()
-            .devices
-            .get(device)
-            .map(|s| s.shared.clone())
-            .ok_or_else(|| no_device(device))?;
-        Ok(shared.cache_views())
-    }
-
-    /// The devices `account` has, with whether each is connected now.
-    pub fn devices(&self, account: &str) -> Result<Vec<(String, bool)>> {
-        let cell = self.cell_as(account, Role::Plain)?;
-        let state = cell.state.lock();
-        let mut out: Vec<_> = state
-            .devices
-            .iter()
-            .map(|(id, s)| (id.to_string(), s.is_connected()))
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
-    /// Drops roaming messages past retention and inbox entries past their lifetime.
+    /// Drops roaming messages past retention and inbox entries past their lifetime, and
+    /// forgets devices not connected for `Config::device_idle_secs`. Journals only what it
+    /// removes: on an idle store with nothing expired it writes nothing.
     pub fn purge_expired(&self) -> Result<PurgeReport> {
         let now = self.now();
-        let cutoff = now.saturating_sub(self.config.retention_secs);
+        let cutoff = now.saturating_sub(self.inner.config.retention_secs);
+        let idle = self.inner.config.device_idle_secs;
         let mut report = PurgeReport::default();
-        let convs: Vec<_> = self.conversations.iter().map(|e| e.key().clone()).collect();
+        let convs: Vec<_> = self
+            .inner
+            .conversations
+            .iter()
+            .filter(|e| e.value().lock().has_expired(cutoff))
+            .map(|e| e.key().clone())
+            .collect();
         for (a, b) in convs {
             if let Applied::Purged(n) = self.run(&Op::PurgeConversation { a, b, cutoff })? {
                 report.messages += n;
             }
         }
-        let accounts: Vec<_> = self.accounts.iter().map(|e| e.key().clone()).collect();
-        for account in accounts {
-            match self.run(&Op::PurgeInbox { account, at: now }) {
-                Ok(Applied::Purged(n)) => report.inbox_entries += n,
-                Ok(_) | Err(Error::AccountNotFound(_)) => {}
-                Err(e) => return Err(e),
+        let cells: Vec<_> = self
+            .inner
+            .accounts
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for cell in cells {
+            let (expired, idle_devices) = {
+                let state = cell.state.lock();
+                let devices: Vec<DeviceId> = state
+                    .devices
+                    .iter()
+                    .filter(|(_, s)| !s.is_connected() && s.last_seen.saturating_add(idle) <= now)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                (state.inbox.has_expired(now, cutoff), devices)
+            };
+            let account = cell.id.clone();
+            if expired {
+                match self.run(&Op::PurgeInbox {
+                    account: account.clone(),
+                    at: now,
+                }) {
+                    Ok(Applied::Purged(n)) => report.inbox_entries += n,
+                    Ok(_) | Err(Error::AccountNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !idle_devices.is_empty() {
+                match self.run(&Op::ForgetDevices {
+                    account,
+                    devices: idle_devices,
+                    at: now,
+                }) {
+                    Ok(Applied::Purged(n)) => report.devices += n,
+                    Ok(_) | Err(Error::AccountNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(report)
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Best effort: `close` is the way to see this fail.
-        let _ = self.flush();
     }
 }
 

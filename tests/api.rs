@@ -14,7 +14,7 @@ const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93
 
 struct Harness {
     api: Api,
-    store: Arc<Store>,
+    store: Store,
     clock: Arc<ManualClock>,
 }
 
@@ -23,8 +23,7 @@ fn harness_with(
     api: impl FnOnce(ApiConfig) -> ApiConfig,
 ) -> Harness {
     let clock = ManualClock::new(1_584_669_000);
-    let store =
-        Arc::new(Store::in_memory(config(Config::default().with_clock(clock.clone()))).unwrap());
+    let store = Store::in_memory(config(Config::default().with_clock(clock.clone()))).unwrap();
     let api = Api::new(store.clone(), api(ApiConfig::new(APP, KEY)));
     Harness { api, store, clock }
 }
@@ -432,7 +431,7 @@ fn account_delete_answers_70107_per_unknown_account() {
     );
     assert_eq!(v["ResultItem"][0]["ResultCode"], 0);
     assert_eq!(v["ResultItem"][1]["ResultCode"], 70107);
-    assert!(!h.store.account_exists("a"));
+    assert!(!h.store.account_exists("a").unwrap());
 }
 
 // ----- sendmsg -----
@@ -812,7 +811,7 @@ fn compact_answers_91000_on_an_in_memory_store_and_ok_on_a_durable_one() {
     let h = harness();
     assert_eq!(h.code("/v4/imstore/compact", json!({})), 91000);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), Config::default()).unwrap());
+    let store = Store::open(dir.path(), Config::default()).unwrap();
     let api = Api::new(store.clone(), ApiConfig::new(APP, KEY));
     let sig = usersig::generate(APP, KEY, ADMIN, 86400, store.config().clock.now());
     let reply = api.handle(
@@ -830,7 +829,7 @@ fn a_device_may_only_read_its_own_accounts_events() {
     let h = harness();
     h.import(&["vinson", "dramon"]);
     let own = h.query_as("vinson") + "&device=phone";
-    let req = h.api.authorize_events(&own).unwrap();
+    let req = h.api.authorize_device(&own).unwrap();
     assert_eq!(
         (req.account.as_str(), req.device.as_str()),
         ("vinson", "phone")
@@ -838,14 +837,38 @@ fn a_device_may_only_read_its_own_accounts_events() {
     // Claiming another account with one's own UserSig fails.
     let sig = usersig::generate(APP, KEY, "vinson", 86400, h.clock.now());
     let forged = format!("sdkappid={APP}&identifier=dramon&usersig={sig}&device=phone");
-    assert_eq!(h.api.authorize_events(&forged).unwrap_err().code(), 70013);
+    assert_eq!(h.api.authorize_device(&forged).unwrap_err().code(), 70013);
     assert_eq!(
         h.api
-            .authorize_events(&h.query_as("vinson"))
+            .authorize_device(&h.query_as("vinson"))
             .unwrap_err()
             .code(),
         90001
     );
+    // platform is one of Tencent's OptPlatform values; after a sequence number.
+    let ok = h
+        .api
+        .authorize_device(&format!("{own}&platform=iOS&after=7"))
+        .unwrap();
+    assert_eq!((ok.platform, ok.after), ("iOS", Some(7)));
+    assert_eq!(
+        h.api
+            .authorize_device(&format!("{own}&platform=macOS"))
+            .unwrap()
+            .platform,
+        "Mac"
+    );
+    assert_eq!(h.api.authorize_device(&own).unwrap().platform, "Unknown");
+    for bad in ["&platform=Amiga", "&after=x", "&after=-1"] {
+        assert_eq!(
+            h.api
+                .authorize_device(&format!("{own}{bad}"))
+                .unwrap_err()
+                .code(),
+            90001,
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ impl Acks {
 
 #[test]
 fn concurrent_send_recall_sync_and_history_keep_r1_r3_r4() {
-    let (store, _) = store_with_config(&USERS, |c| c.with_channel_capacity(16));
+    let (store, _) = store_with(&USERS);
     let acks = Acks {
         clock: AtomicU64::new(1),
         recalled_at: Mutex::new(HashMap::new()),

@@ -1,6 +1,8 @@
-//! Devices and live delivery (SPEC §1): replay on (re)connect, cursors, lagging subscribers,
-//! bounded caches.
+//! Devices and delivery (SPEC §1, R7): replay on (re)connect from the confirmed cursor, acks,
+//! slow subscribers, bounded and forgotten devices, bounded caches, async reading.
 mod common;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::*;
@@ -26,20 +28,51 @@ fn a_connected_device_receives_new_entries_live_in_order() {
 }
 
 #[test]
-fn reconnect_resumes_after_the_last_received_entry_without_repeats() {
+fn reconnect_resends_everything_not_acknowledged() {
     let (store, _) = store_with(&["a", "b"]);
     let sub = store.connect("b", "phone").unwrap();
     send_text(&store, "a", "b", 1, "one");
     send_text(&store, "a", "b", 2, "two");
-    assert_eq!(texts(&[sub.try_recv().unwrap().unwrap()]), vec!["msg:one"]);
-    store.disconnect(sub).unwrap(); // "two" was queued but never received
+    assert_eq!(texts(&drain(&sub)), vec!["msg:one", "msg:two"]);
+    sub.ack(1).unwrap(); // the client confirmed "one" only
+    store.disconnect(sub).unwrap();
     send_text(&store, "a", "b", 3, "three");
     let sub = store.connect("b", "phone").unwrap();
     assert_eq!(texts(&drain(&sub)), vec!["msg:two", "msg:three"]);
 }
 
 #[test]
-fn connect_after_resumes_from_a_client_supplied_sequence_number() {
+fn reconnect_without_a_resume_position_after_reading_nothing_receives_everything() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    for i in 0..5000 {
+        send_text(&store, "a", "b", i, &format!("m{i}"));
+    }
+    drop(sub); // read nothing, confirmed nothing
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(drain(&sub).len(), 5000);
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 0);
+}
+
+#[test]
+fn receiving_does_not_move_the_cursor_only_acks_do() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    for i in 0..3 {
+        send_text(&store, "a", "b", i, &format!("m{i}"));
+    }
+    assert_eq!(drain(&sub).len(), 3);
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 0);
+    sub.ack(2).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 2);
+    sub.ack(1).unwrap(); // cumulative: never moves back
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 2);
+    sub.ack(99).unwrap(); // no further than the inbox goes
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 3);
+}
+
+#[test]
+fn connect_after_resumes_from_a_client_supplied_sequence_number_and_confirms_it() {
     let (store, _) = store_with(&["a", "b"]);
     for i in 0..4 {
         send_text(&store, "a", "b", i, &format!("m{i}"));
@@ -49,20 +82,31 @@ fn connect_after_resumes_from_a_client_supplied_sequence_number() {
         drain(&sub).iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![3, 4]
     );
+    assert_eq!(store.device_cursor("b", "sse").unwrap(), 2);
+}
+
+#[test]
+fn a_store_level_ack_moves_the_cursor_like_post_ack() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "sse").unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    drain(&sub);
+    store.ack("b", "sse", 1).unwrap();
+    assert_eq!(store.device_cursor("b", "sse").unwrap(), 1);
+    assert_eq!(store.ack("b", "nope", 1).unwrap_err().code(), 90001);
 }
 
 #[test]
 fn a_slow_subscriber_never_blocks_writers_and_loses_nothing() {
-    let (store, _) = store_with_config(&["a", "b"], |c| c.with_channel_capacity(2));
+    let (store, _) = store_with(&["a", "b"]);
     let sub = store.connect("b", "slow").unwrap();
-    // 100 sends with nobody reading: the writer must not block on the 2-slot channel.
+    // 100 sends with nobody reading: nothing is queued per device, the writer never waits.
     for i in 0..100 {
         send_text(&store, "a", "b", i, &format!("m{i}"));
     }
     let got = texts(&drain(&sub));
     let want: Vec<String> = (0..100).map(|i| format!("msg:m{i}")).collect();
     assert_eq!(got, want);
-    // And it is live again afterwards.
     send_text(&store, "a", "b", 100, "m100");
     assert_eq!(texts(&drain(&sub)), vec!["msg:m100"]);
 }
@@ -77,6 +121,38 @@ fn a_blocked_receiver_is_woken_by_a_send_from_another_thread() {
         assert_eq!(texts(&[reader.join().unwrap()]), vec!["msg:wake"]);
     });
     assert_eq!(sub.recv_timeout(Duration::from_millis(1)).unwrap(), None);
+}
+
+/// A waker that counts its wake-ups: enough to drive a future by hand.
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn next_batch_is_a_future_woken_by_a_send() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    let count = Arc::new(Count(Default::default()));
+    let waker = Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(sub.next_batch());
+    assert!(
+        fut.as_mut().poll(&mut cx).is_pending(),
+        "nothing to read yet"
+    );
+    send_text(&store, "a", "b", 1, "async");
+    assert!(
+        count.0.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the send woke it"
+    );
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(events)) => assert_eq!(texts(&events), vec!["msg:async"]),
+        other => panic!("expected the message, got {other:?}"),
+    }
 }
 
 #[test]
@@ -104,6 +180,11 @@ fn the_device_cache_is_bounded_and_keeps_the_newest() {
         .map(body_text)
         .collect();
     assert_eq!(cache, vec!["m2", "m3", "m4"]);
+    drop(sub);
+    assert!(
+        store.device_cache("b", "phone").unwrap().is_empty(),
+        "a disconnected device holds no cache here"
+    );
 }
 
 #[test]
@@ -126,6 +207,55 @@ fn devices_lists_known_devices_and_their_connection() {
         .unwrap();
     let devices = store.devices("a").unwrap();
     assert_eq!(devices[1], ("phone".to_string(), true));
-    assert_eq!(devices[0].0, "laptop");
+    assert_eq!(devices[0], ("laptop".to_string(), false));
+    drop(sub);
+}
+
+#[test]
+fn a_new_device_beyond_the_limit_is_refused_with_90001() {
+    let (store, _) = store_with_config(&["a"], |c| c.with_max_devices_per_account(3));
+    for d in ["d1", "d2", "d3"] {
+        drop(store.connect("a", d).unwrap());
+    }
+    let err = store.connect("a", "d4").unwrap_err();
+    assert_eq!(err.code(), 90001);
+    assert!(err.to_string().contains("3 devices"), "{err}");
+    // A known device still connects.
+    drop(store.connect("a", "d2").unwrap());
+}
+
+#[test]
+fn idle_devices_are_forgotten_and_start_again_from_the_oldest_entry() {
+    let (store, clock) = store_with_config(&["a", "b"], |c| {
+        c.with_device_idle_secs(3600)
+            .with_max_devices_per_account(1)
+    });
+    let old = store.connect("b", "old").unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    drain(&old);
+    old.ack(1).unwrap();
+    drop(old);
+    clock.advance(1800);
+    assert_eq!(
+        store.purge_expired().unwrap().devices,
+        0,
+        "not idle long enough"
+    );
+    assert_eq!(store.connect("b", "new").unwrap_err().code(), 90001);
+    clock.advance(1801);
+    assert_eq!(store.purge_expired().unwrap().devices, 1);
+    assert!(store.devices("b").unwrap().is_empty());
+    // Its slot is free, and if it comes back it starts from the oldest retained entry.
+    let back = store.connect("b", "old").unwrap();
+    assert_eq!(texts(&drain(&back)), vec!["msg:one"]);
+}
+
+#[test]
+fn a_connected_device_is_never_forgotten() {
+    let (store, clock) = store_with_config(&["a"], |c| c.with_device_idle_secs(10));
+    let sub = store.connect("a", "phone").unwrap();
+    clock.advance(1000);
+    assert_eq!(store.purge_expired().unwrap().devices, 0);
+    assert_eq!(store.devices("a").unwrap().len(), 1);
     drop(sub);
 }

@@ -1,6 +1,8 @@
 //! State-machine property test: random sequences of import / send / batch send / connect /
 //! disconnect / read events / read marks / history / recall / modify against a small reference
 //! model, checking R1, R2 and R3 (SPEC §4) after every step and exactly-once notices at the end.
+//! The model's clients behave as real ones: they drop repeats by sequence number (delivery is at
+//! least once, R7) and confirm what they received only sometimes.
 #![allow(clippy::needless_range_loop)] // the model indexes accounts and devices by number
 
 mod common;
@@ -34,7 +36,8 @@ enum Action {
     },
     Connect(usize, usize),
     Disconnect(usize, usize),
-    Read(usize, usize),
+    /// Read what is ready; `true`: then confirm it (ack).
+    Read(usize, usize, bool),
     MarkRead(usize, usize),
     History(usize, usize, u32),
     Recall {
@@ -61,7 +64,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(from, to, seq)| Action::Batch { from, to, seq }),
         2 => (u.clone(), d.clone()).prop_map(|(a, b)| Action::Connect(a, b)),
         1 => (u.clone(), d.clone()).prop_map(|(a, b)| Action::Disconnect(a, b)),
-        3 => (u.clone(), d).prop_map(|(a, b)| Action::Read(a, b)),
+        3 => (u.clone(), d, any::<bool>()).prop_map(|(a, b, ack)| Action::Read(a, b, ack)),
         1 => (u.clone(), u.clone()).prop_map(|(a, b)| Action::MarkRead(a, b)),
         2 => (u.clone(), u.clone(), 1..5u32).prop_map(|(a, b, n)| Action::History(a, b, n)),
         3 => (u.clone(), u.clone(), 0..6u32).prop_map(|(from, to, seq)| Action::Recall { from, to, seq }),
@@ -93,8 +96,11 @@ struct Harness {
     store: Store,
     model: Model,
     subs: HashMap<(usize, usize), Subscription>,
-    /// Everything each (account, device) has received, in order.
+    /// Everything each (account, device) has received, in order, repeats dropped.
     received: HashMap<(usize, usize), Vec<Event>>,
+    /// The highest sequence number each (account, device) has received: what a client keeps to
+    /// drop repeats.
+    last_seen: HashMap<(usize, usize), u64>,
 }
 
 fn key(id: &MsgId) -> String {
@@ -113,6 +119,7 @@ impl Harness {
             model: Model::default(),
             subs: HashMap::new(),
             received: HashMap::new(),
+            last_seen: HashMap::new(),
         }
     }
 
@@ -187,7 +194,7 @@ impl Harness {
                     self.store.disconnect(sub).unwrap();
                 }
             }
-            Action::Read(u, d) => self.read(u, d),
+            Action::Read(u, d, ack) => self.read(u, d, ack),
             Action::MarkRead(r, p) => {
                 let got = self
                     .store
@@ -305,11 +312,23 @@ impl Harness {
         Ok(key(&id))
     }
 
-    fn read(&mut self, u: usize, d: usize) {
+    fn read(&mut self, u: usize, d: usize, ack: bool) {
         let Some(sub) = self.subs.get(&(u, d)) else {
             return;
         };
-        let events = sub.drain().unwrap();
+        let seen = self.last_seen.entry((u, d)).or_default();
+        let mut events = sub.drain().unwrap();
+        // R7: what was not confirmed comes again; the client drops repeats by number.
+        events.retain(|e| e.seq > *seen);
+        for w in events.windows(2) {
+            assert!(w[0].seq < w[1].seq, "events in inbox order");
+        }
+        if let Some(last) = events.last() {
+            *seen = last.seq;
+        }
+        if ack {
+            sub.ack(*seen).unwrap();
+        }
         for e in &events {
             let (from, to, k) = match &e.kind {
                 EventKind::Message(m) | EventKind::Modified { message: m, .. } => {
@@ -444,7 +463,7 @@ impl Harness {
                     self.subs
                         .insert((u, d), self.store.connect(USERS[u], DEVICES[d]).unwrap());
                 }
-                self.read(u, d);
+                self.read(u, d, true);
             }
         }
         for (id, m) in &self.model.msgs {

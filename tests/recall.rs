@@ -181,6 +181,7 @@ fn every_device_of_both_parties_gets_exactly_one_notice_after_the_message() {
 fn device_caches_hold_a_tombstone_after_recall() {
     let (store, _) = store_with(&["vinson", "dramon"]);
     let d = store.connect("dramon", "phone").unwrap();
+    let _laptop = store.connect("vinson", "laptop").unwrap(); // the sending device, online
     let mut req = text_req("vinson", "dramon", 1, "secret");
     req.from_device = Some("laptop".into());
     let k = store.send(req).unwrap().msg_key.to_string();

@@ -4,156 +4,11 @@
 //! SIGTERM (exit 0), restart on the same directory and find all of it again.
 #![cfg(feature = "server")]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
+use common::server::*;
 use imstore::usersig;
 use serde_json::{Value, json};
-
-const APP: u64 = 1400000000;
-const KEY: &str = "e2e-secret-key";
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sdkappid",
-            &APP.to_string(),
-            "--secret-key",
-            KEY,
-            "--body-limit",
-            "65536",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .env("IMSTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(WAIT)
-        .expect("the server prints its address");
-    Server { child, base }
-}
-
-impl Server {
-    fn query(&self, identifier: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let sig = usersig::generate(APP, KEY, identifier, 3600, now);
-        format!("sdkappid={APP}&identifier={identifier}&usersig={sig}&random=7&contenttype=json")
-    }
-
-    fn post_as(&self, identifier: &str, api: &str, body: &str) -> Value {
-        let url = format!("{}/v4/{api}?{}", self.base, self.query(identifier));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        assert_eq!(resp.status(), 200, "always HTTP 200");
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
-    }
-
-    fn post(&self, api: &str, body: Value) -> Value {
-        self.post_as("administrator", api, &body.to_string())
-    }
-
-    /// Opens a device's event stream; events arrive on the returned channel as
-    /// (id, event, data).
-    fn events(
-        &self,
-        account: &str,
-        device: &str,
-        last_event_id: Option<&str>,
-    ) -> mpsc::Receiver<(String, String, Value)> {
-        let url = format!(
-            "{}/v4/imstore/events?{}&device={device}",
-            self.base,
-            self.query(account)
-        );
-        let mut req = ureq::get(&url);
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let resp = req.call().unwrap();
-        assert!(
-            resp.headers()
-                .get("content-type")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        let reader = BufReader::new(resp.into_body().into_reader());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut id, mut event) = (String::new(), String::new());
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
-                let Some((field, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => id = value.to_owned(),
-                    "event" => event = value.to_owned(),
-                    "data" => {
-                        let data = serde_json::from_str(value).unwrap();
-                        if tx.send((id.clone(), event.clone(), data)).is_err() {
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        rx
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(self.child.wait().unwrap());
-        });
-        rx.recv_timeout(WAIT)
-            .expect("the server exits after SIGTERM")
-    }
-}
 
 fn history(s: &Server) -> Value {
     s.post("openim/admin_getroammsg", json!({"Operator_Account": "dramon", "Peer_Account": "vinson", "MaxCnt": 100, "MinTime": 0, "MaxTime": 4294967295u32}))
@@ -225,11 +80,7 @@ fn the_server_end_to_end() {
         s.post_as("vinson", "openim/admin_msgwithdraw", "{}")["ErrorCode"],
         90009
     );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let vinson_sig = usersig::generate(APP, KEY, "vinson", 3600, now);
+    let vinson_sig = usersig::generate(APP, KEY, "vinson", 3600, now());
     let forged = format!(
         "{}/v4/imstore/events?sdkappid={APP}&identifier=dramon&usersig={vinson_sig}&device=x",
         s.base
@@ -280,8 +131,15 @@ fn the_server_end_to_end() {
         )["AllC2CUnreadMsgNum"],
         0
     );
-    // The device's cursor survived: reconnecting it replays nothing it already received.
+    // R7: the cursor is what the client confirmed, and it survived the restart. Resuming
+    // with Last-Event-ID id1 (the "tablet" above) confirmed the message; the recall was never
+    // confirmed, so a reconnect without a resume position is sent it again.
     let phone = s.events("dramon", "phone", None);
+    let (id, kind, _) = phone.recv_timeout(WAIT).unwrap();
+    assert_eq!((id, kind.as_str()), (id2.clone(), "recall"));
+    drop(phone);
+    // Resuming with the last id seen confirms it: then only what is new arrives.
+    let phone = s.events("dramon", "phone", Some(&id2));
     s.post("openim/sendmsg", json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 1, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "after restart"}}]}));
     let (_, kind, data) = phone.recv_timeout(WAIT).unwrap();
     assert_eq!(

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let query = if mode & 0x80 == 0 { format!("{}&{query}", auth()) } else { query.into_owned() };
 
     // A fresh store per input keeps runs independent and memory flat.
-    let store = Arc::new(Store::in_memory(Config::default().with_clock(ManualClock::new(NOW))).unwrap());
+    let store = Store::in_memory(Config::default().with_clock(ManualClock::new(NOW))).unwrap();
     store.import_accounts(&["vinson", "dramon"]).unwrap();
     let api = Api::new(store, ApiConfig::new(APP, KEY));
     let reply = api.handle(&path, &query, body);

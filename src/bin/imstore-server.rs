@@ -46,6 +46,12 @@ struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     body_limit: usize,
+    /// How often expired history, inbox entries and idle devices are purged, in seconds.
+    #[arg(long, default_value_t = 60, hide = true)]
+    purge_interval_secs: u64,
+    /// Disk space the journal reserves ahead of its writes, in bytes.
+    #[arg(long, default_value_t = 4 << 20, hide = true)]
+    journal_prealloc: u64,
     /// Print a UserSig for IDENTIFIER (valid 180 days, made with the app's secret key) and exit,
     /// without starting the server.
     #[arg(long, value_name = "IDENTIFIER")]
@@ -76,6 +82,8 @@ fn main() -> std::process::ExitCode {
         },
         rate_limit: args.rate_limit,
         body_limit: args.body_limit,
+        purge_interval: std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
+        journal_prealloc: args.journal_prealloc,
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {
@@ -89,8 +97,11 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // A fixed, small set of threads: one async worker per core, a few for blocking work
+    // (compaction, purge, startup), plus the store's committer and snapshot threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(config)) {

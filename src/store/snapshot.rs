@@ -1,10 +1,13 @@
-//! Snapshots of the whole store: captured while the store's gate is shut (a consistent cut:
-//! no operation in flight), encoded and written after it reopens, restored when a data
-//! directory is opened. A recalled message is captured without its body, which is how
-//! compaction erases recalled bodies from disk.
+//! Snapshots of the whole store, and checkpoints: a snapshot is built from the journal, not
+//! from the live store. The journal switches to a new segment (the cut), the previous snapshot
+//! and the finished segments are replayed into a scratch in-memory store through the same
+//! `apply` as ever, and that store is captured and written. The live store goes on meanwhile:
+//! nothing it does waits for a snapshot. A recalled message is captured without its body,
+//! which is how compaction erases recalled bodies from disk.
 
 use std::collections::HashSet;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -12,12 +15,16 @@ use parking_lot::Mutex;
 use super::{Mode, Store};
 use crate::account::{AccountCell, UserId};
 use crate::codec::{
-    self, AccountImage, ConvImage, EntryImage, MsgImage, MsgRef, SnapshotEnd, StateImage,
+    self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, SnapshotEnd,
+    StateImage,
 };
+use crate::config::Config;
 use crate::device::{DeviceId, DeviceSlot};
 use crate::error::Error;
 use crate::hash::HashMap;
+use crate::hooks::NoHooks;
 use crate::inbox::{Entry, Inbox, Slot};
+use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
 use crate::message::{Content, MsgState, StoredMessage};
@@ -41,7 +48,7 @@ struct AccountCapture {
     user: UserId,
     next_seq: u64,
     slots: Vec<(Slot, MsgState)>,
-    devices: Vec<(DeviceId, u64)>,
+    devices: Vec<(DeviceId, u64, u64)>,
     unread: Vec<(UserId, u32)>,
 }
 
@@ -73,11 +80,28 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
     }
 }
 
+/// Writes a snapshot of everything below a new cut, built off the live store: rotate, replay
+/// the journal into a scratch store, capture and write it, delete what it replaces. Returns the
+/// snapshot's path and its cut. One at a time (the journal's checkpoint lock).
+pub(super) fn checkpoint(journal: &Journal, config: &Config) -> Result<(PathBuf, u64), Error> {
+    let _one = journal.checkpoint_lock();
+    let cut = journal.rotate()?;
+    let scratch = Store::empty(config.clone().with_hooks(Arc::new(NoHooks)))?;
+    journal
+        .replay_upto(cut, |rec| scratch.recover(rec))
+        .map_err(|e| Error::Internal(format!("building a snapshot: {e}")))?;
+    let capture = scratch.capture();
+    let (path, size) = journal.write_snapshot(cut, |w| capture.write(w))?;
+    journal.set_snapshot_threshold(config.snapshot_after_bytes.max(size));
+    Ok((path, cut))
+}
+
 impl Store {
-    /// Copies the store's state. The caller holds the gate shut, so no operation is half-done;
-    /// each lock below is taken alone.
+    /// Copies the store's state. Only a scratch store nobody else touches is captured; each
+    /// lock below is taken alone.
     pub(super) fn capture(&self) -> Capture {
         let convs: Vec<_> = self
+            .inner
             .conversations
             .iter()
             .map(|e| e.value().clone())
@@ -101,7 +125,12 @@ impl Store {
                 }
             })
             .collect();
-        let cells: Vec<_> = self.accounts.iter().map(|e| e.value().clone()).collect();
+        let cells: Vec<_> = self
+            .inner
+            .accounts
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         let accounts = cells
             .iter()
             .map(|cell| {
@@ -121,7 +150,7 @@ impl Store {
                     devices: state
                         .devices
                         .iter()
-                        .map(|(id, d)| (id.clone(), d.shared.cursor()))
+                        .map(|(id, d)| (id.clone(), d.cursor, d.last_seen))
                         .collect(),
                     unread: state.unread.iter().map(|(p, n)| (p.clone(), *n)).collect(),
                 }
@@ -150,18 +179,29 @@ impl Store {
                 self.restore_conversation(img).map_err(|e| e.to_string())
             }
             Recovered::Snapshot {
-                kind: kind::SNAP_ACCOUNT,
+                kind: kind::SNAP_ACCOUNT2,
                 payload,
             } => {
                 let img: AccountImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
                 self.restore_account(img).map_err(|e| e.to_string())
             }
             Recovered::Snapshot {
+                kind: kind::SNAP_ACCOUNT,
+                payload,
+            } => {
+                let img: AccountImageV1<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_account(img.upgrade(self.now()))
+                    .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
                 kind: kind::SNAP_END,
                 payload,
             } => {
                 let end: SnapshotEnd = codec::decode(payload).map_err(|e| e.0)?;
-                let found = (self.accounts.len() as u64, self.conversations.len() as u64);
+                let found = (
+                    self.inner.accounts.len() as u64,
+                    self.inner.conversations.len() as u64,
+                );
                 if found != (end.accounts, end.conversations) {
                     return Err(format!("snapshot lists {end:?} but holds {found:?}"));
                 }
@@ -216,7 +256,8 @@ impl Store {
             img.read_mark,
             messages,
         );
-        self.conversations
+        self.inner
+            .conversations
             .insert((a, b), Arc::new(Mutex::new(conv)));
         Ok(())
     }
@@ -237,7 +278,7 @@ impl Store {
                 MsgRef::Orphan(m) => Arc::new(self.restore_message(m)?),
             };
             let entry = match e.kind {
-                0 => Entry::Message(msg),
+                0 | 3 => Entry::Message(msg),
                 1 => Entry::Recalled(msg),
                 2 => Entry::Modified(msg, e.modified_at),
                 k => return Err(Error::Internal(format!("unknown inbox entry kind {k}"))),
@@ -245,18 +286,17 @@ impl Store {
             slots.push(Slot {
                 seq: e.seq,
                 expires_at: e.expires_at,
+                online_only: e.kind == 3,
                 entry,
             });
         }
         {
             let mut state = cell.state.lock();
             state.inbox = Inbox::restore(img.next_seq, slots);
-            for (id, cursor) in &img.devices {
-                let id = DeviceId::from(*id);
-                state.devices.insert(
-                    id.clone(),
-                    DeviceSlot::new(id, *cursor, self.config.cache_capacity),
-                );
+            for (id, cursor, last_seen) in &img.devices {
+                state
+                    .devices
+                    .insert(DeviceId::from(*id), DeviceSlot::new(*cursor, *last_seen));
             }
             let mut unread = HashMap::default();
             for (peer, n) in &img.unread {
@@ -264,7 +304,7 @@ impl Store {
             }
             state.unread = unread;
         }
-        self.accounts.insert(cell.id.clone(), Arc::new(cell));
+        self.inner.accounts.insert(cell.id.clone(), Arc::new(cell));
         Ok(())
     }
 }
@@ -296,6 +336,7 @@ impl Capture {
                 .map(|(slot, state)| {
                     let m = entry_message(&slot.entry);
                     let (kind, modified_at) = match &slot.entry {
+                        Entry::Message(_) if slot.online_only => (3, 0),
                         Entry::Message(_) => (0, 0),
                         Entry::Recalled(_) => (1, 0),
                         Entry::Modified(_, at) => (2, *at),
@@ -322,10 +363,10 @@ impl Capture {
                 user: &a.user,
                 next_seq: a.next_seq,
                 entries,
-                devices: a.devices.iter().map(|(d, c)| (&**d, *c)).collect(),
+                devices: a.devices.iter().map(|(d, c, s)| (&**d, *c, *s)).collect(),
                 unread: a.unread.iter().map(|(p, n)| (&**p, *n)).collect(),
             };
-            push_frame(&mut buf, kind::SNAP_ACCOUNT, |b| codec::encode(&img, b));
+            push_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b));
             flush_if_large(&mut buf, w)?;
         }
         let end = SnapshotEnd {

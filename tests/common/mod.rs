@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "server")]
+pub mod server;
+
 use std::sync::Arc;
 
 use imstore::{
@@ -65,12 +68,12 @@ pub fn observe(store: &Store, users: &[&str]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for a in users {
-        if !store.account_exists(a) {
+        if !store.account_exists(a).unwrap() {
             writeln!(out, "{a}: absent").unwrap();
             continue;
         }
         for b in users {
-            if a == b || !store.account_exists(b) {
+            if a == b || !store.account_exists(b).unwrap() {
                 continue;
             }
             let mut q = imstore::HistoryQuery::new(a, b, 100);

@@ -1,0 +1,223 @@
+//! The journal's bytes on disk: file headers, record frames, file names, directory listing.
+//! `docs/FORMAT.md` describes them; keep the two in step.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{OpenError, io_err};
+use crate::codec::{MAX_PAYLOAD, PAYLOAD_VERSION};
+
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"IMSTJRNL";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"IMSTSNAP";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FILE_HEADER_LEN: usize = 24;
+pub(crate) const FRAME_HEADER_LEN: usize = 12;
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// Record kinds (the frame's `kind` byte).
+pub(crate) mod kind {
+    pub const OP: u8 = 1;
+    pub const SNAP_ACCOUNT: u8 = 2;
+    pub const SNAP_CONVERSATION: u8 = 3;
+    pub const SNAP_END: u8 = 4;
+    /// An account with its devices' last-seen times (written instead of kind 2, which is
+    /// still read).
+    pub const SNAP_ACCOUNT2: u8 = 5;
+}
+
+// ----- framing -----
+
+/// Appends one frame — header, then the payload `write` produces — to `buf`.
+pub(crate) fn push_frame(buf: &mut Vec<u8>, kind: u8, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    write(buf);
+    let len = u32::try_from(buf.len() - start - FRAME_HEADER_LEN).expect("payload under 4 GiB");
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    head[0..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = kind;
+    head[5] = PAYLOAD_VERSION;
+    let head_crc = crc32c::crc32c(&head[0..6]) as u16;
+    head[6..8].copy_from_slice(&head_crc.to_le_bytes());
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&head[4..6]),
+        &buf[start + FRAME_HEADER_LEN..],
+    );
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    buf[start..start + FRAME_HEADER_LEN].copy_from_slice(&head);
+}
+
+pub(crate) struct Frame<'a> {
+    pub kind: u8,
+    pub payload: &'a [u8],
+    pub offset: usize,
+}
+
+pub(super) enum Bad {
+    /// The bytes end inside the frame.
+    Short,
+    /// The frame is complete but wrong.
+    Damaged(&'static str),
+}
+
+pub(super) fn read_frame(bytes: &[u8], at: usize) -> Result<(Frame<'_>, usize), Bad> {
+    let rest = &bytes[at..];
+    let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Err(Bad::Short);
+    };
+    let len = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
+    let head_crc = u16::from_le_bytes([head[6], head[7]]);
+    if crc32c::crc32c(&head[0..6]) as u16 != head_crc {
+        return Err(Bad::Damaged("frame header checksum mismatch"));
+    }
+    if head[5] != PAYLOAD_VERSION {
+        return Err(Bad::Damaged("unknown payload version"));
+    }
+    if len > MAX_PAYLOAD {
+        return Err(Bad::Damaged("frame longer than the payload limit"));
+    }
+    let Some(payload) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Err(Bad::Short);
+    };
+    let crc = u32::from_le_bytes(head[8..12].try_into().unwrap());
+    if crc32c::crc32c_append(crc32c::crc32c(&head[4..6]), payload) != crc {
+        return Err(Bad::Damaged("record checksum mismatch"));
+    }
+    Ok((
+        Frame {
+            kind: head[4],
+            payload,
+            offset: at,
+        },
+        at + FRAME_HEADER_LEN + len,
+    ))
+}
+
+/// Every whole frame from `start`, and where and why reading stopped early.
+pub(super) fn scan(bytes: &[u8], start: usize) -> (Vec<Frame<'_>>, Option<(usize, Bad)>) {
+    let mut frames = Vec::new();
+    let mut at = start;
+    while at < bytes.len() {
+        match read_frame(bytes, at) {
+            Ok((frame, next)) => {
+                frames.push(frame);
+                at = next;
+            }
+            Err(bad) => return (frames, Some((at, bad))),
+        }
+    }
+    (frames, None)
+}
+
+/// Whether a valid frame starts anywhere after `offset`: then the damage at `offset` is not a
+/// torn tail but corruption with acknowledged records behind it.
+pub(super) fn valid_frame_after(bytes: &[u8], offset: usize) -> bool {
+    (offset + 1..bytes.len().saturating_sub(FRAME_HEADER_LEN - 1))
+        .any(|at| read_frame(bytes, at).is_ok())
+}
+
+pub(super) fn file_header(magic: &[u8; 8], lsn: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[0..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&lsn.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+pub(super) fn parse_file_header(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, &'static str> {
+    let Some(h) = bytes.first_chunk::<FILE_HEADER_LEN>() else {
+        return Err("shorter than its header");
+    };
+    if crc32c::crc32c(&h[0..20]) != u32::from_le_bytes(h[20..24].try_into().unwrap()) {
+        return Err("file header checksum mismatch");
+    }
+    if &h[0..8] != magic {
+        return Err("not an imstore file of this kind (bad magic)");
+    }
+    if u32::from_le_bytes(h[8..12].try_into().unwrap()) != FORMAT_VERSION {
+        return Err("written by an unknown format version");
+    }
+    Ok(u64::from_le_bytes(h[12..20].try_into().unwrap()))
+}
+
+pub(super) fn segment_name(lsn: u64) -> String {
+    format!("journal-{lsn:020}.log")
+}
+
+pub(super) fn snapshot_name(lsn: u64) -> String {
+    format!("snapshot-{lsn:020}.snap")
+}
+
+pub(super) fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The files of a data directory, by LSN.
+pub(super) struct Listing {
+    pub segments: Vec<(u64, PathBuf)>,
+    pub snapshots: Vec<(u64, PathBuf)>,
+}
+
+pub(super) fn list(dir: &Path) -> Result<Listing, OpenError> {
+    let mut l = Listing {
+        segments: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            // A snapshot that never finished; it was never renamed into place.
+            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        } else if let Some(lsn) = parse_name(&name, "journal-", ".log") {
+            l.segments.push((lsn, entry.path()));
+        } else if let Some(lsn) = parse_name(&name, "snapshot-", ".snap") {
+            l.snapshots.push((lsn, entry.path()));
+        }
+    }
+    l.segments.sort();
+    l.snapshots.sort();
+    Ok(l)
+}
+
+/// Whether every byte from `offset` on is zero: the unwritten, preallocated end of a segment.
+pub(super) fn zero_tail(bytes: &[u8], offset: usize) -> bool {
+    bytes[offset..].iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_flips_are_caught() {
+        let mut buf = Vec::new();
+        push_frame(&mut buf, kind::OP, |b| b.extend_from_slice(b"hello"));
+        push_frame(&mut buf, kind::OP, |b| b.extend_from_slice(b"world"));
+        let (frames, bad) = scan(&buf, 0);
+        assert!(bad.is_none());
+        assert_eq!(
+            frames.iter().map(|f| f.payload).collect::<Vec<_>>(),
+            vec![b"hello", b"world"]
+        );
+        for bit in 0..buf.len() * 8 {
+            let mut flipped = buf.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let (frames, bad) = scan(&flipped, 0);
+            assert!(
+                bad.is_some() && frames.len() < 2,
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading a data directory back: the newest snapshot, then every journal record after it, in
+//! LSN order. `Journal::open` reads to the end and may cut a torn tail (or, with `repair`, the
+//! damage); a checkpoint reads, without changing anything, only the records below its cut.
+
+use std::fs;
+use std::path::PathBuf;
+
+use super::format::{
+    Bad, FILE_HEADER_LEN, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC, kind, parse_file_header, scan,
+    valid_frame_after, zero_tail,
+};
+use super::{OpenError, Recovered, RecoveryReport, io_err};
+
+/// How far to read and what reading may change.
+#[derive(Clone, Copy)]
+pub(super) enum ReadMode {
+    /// Opening: read everything; a torn tail is cut off, damage before it refused (or, with
+    /// `repair`, cut off with everything after it).
+    Open { repair: bool },
+    /// A checkpoint: read the records below this LSN; change nothing, refuse any damage.
+    Upto(u64),
+}
+
+/// Where reading ended.
+pub(super) struct ReadEnd {
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
+    /// The last segment and how many of its bytes are valid, if there is one.
+    pub current: Option<(PathBuf, u64)>,
+}
+
+/// Feeds `recover` the newest snapshot's records, then every journal record after it.
+pub(super) fn read(
+    listing: &Listing,
+    mode: ReadMode,
+    report: &mut RecoveryReport,
+    recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
+) -> Result<ReadEnd, OpenError> {
+    let upto = match mode {
+        ReadMode::Upto(cut) => cut,
+        ReadMode::Open { .. } => u64::MAX,
+    };
+    // The newest snapshot, validated whole before any of it is used.
+    let mut start_lsn = 0;
+    if let Some((lsn, path)) = listing.snapshots.iter().rfind(|(lsn, _)| *lsn <= upto) {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        let corrupt = |offset: usize, reason: &str| OpenError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason: reason.to_owned(),
+        };
+        let header_lsn = parse_file_header(&bytes, SNAPSHOT_MAGIC).map_err(|r| corrupt(0, r))?;
+        if header_lsn != *lsn {
+            return Err(corrupt(0, "header LSN differs from the file name"));
+        }
+        let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
+        if let Some((offset, _)) = bad {
+            return Err(corrupt(offset, "damaged snapshot record"));
+        }
+        if frames.last().map(|f| f.kind) != Some(kind::SNAP_END) {
+            return Err(corrupt(bytes.len(), "snapshot has no end record"));
+        }
+        for f in &frames {
+            recover(Recovered::Snapshot {
+                kind: f.kind,
+                payload: f.payload,
+            })
+            .map_err(|reason| OpenError::Replay {
+                path: path.clone(),
+                offset: f.offset as u64,
+                reason,
+            })?;
+        }
+        start_lsn = *lsn;
+        report.snapshot_lsn = Some(*lsn);
+    }
+
+    // Segments from the one holding `start_lsn` on.
+    let first = listing
+        .segments
+        .iter()
+        .rposition(|(lsn, _)| *lsn <= start_lsn)
+        .unwrap_or(0);
+    let segments: Vec<_> = listing
+        .segments
+        .get(first..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(lsn, _)| *lsn < upto)
+        .collect();
+    let mut next_lsn = start_lsn;
+    let mut current = None;
+    for (i, (seg_lsn, path)) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        let corrupt = |offset: usize, reason: &str| OpenError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason: reason.to_owned(),
+        };
+        let header_lsn = match parse_file_header(&bytes, SEGMENT_MAGIC) {
+            Ok(l) => l,
+            // Created but its header never reached the disk: nothing was appended to it.
+            Err(_)
+                if last
+                    && matches!(mode, ReadMode::Open { .. })
+                    && (bytes.len() < FILE_HEADER_LEN || zero_tail(&bytes, 0)) =>
+            {
+                fs::remove_file(path).map_err(io_err(path))?;
+                break;
+            }
+            Err(r) => return Err(corrupt(0, r)),
+        };
+        if header_lsn != *seg_lsn {
+            return Err(corrupt(0, "header LSN differs from the file name"));
+        }
+        if *seg_lsn > next_lsn {
+            return Err(corrupt(0, "records are missing before this segment"));
+        }
+        let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
+        let mut valid_len = bytes.len();
+        let mut stop_here = false;
+        if let Some((offset, why)) = bad {
+            if zero_tail(&bytes, offset) {
+                // Disk space reserved ahead of the writes and never written: the clean end.
+            } else if let ReadMode::Upto(_) = mode {
+                return Err(corrupt(offset, "damaged record below a checkpoint's cut"));
+            } else if last && !valid_frame_after(&bytes, offset) {
+                report.truncated_tail =
+                    Some((path.clone(), offset as u64, (bytes.len() - offset) as u64));
+            } else if let ReadMode::Open { repair: true } = mode {
+                let reason = match why {
+                    Bad::Short => "frame cut short",
+                    Bad::Damaged(r) => r,
+                };
+                report.repaired = Some(format!(
+                    "{} truncated at byte {offset} ({reason}); {} later segment(s) removed",
+                    path.display(),
+                    segments.len() - i - 1
+                ));
+                stop_here = true;
+            } else {
+                let reason = match why {
+                    Bad::Short => "a record is cut short before the end of the journal",
+                    Bad::Damaged(r) => r,
+                };
+                return Err(corrupt(offset, reason));
+            }
+            valid_len = offset;
+        }
+        for (n, f) in frames.iter().enumerate() {
+            let lsn = seg_lsn + n as u64;
+            if lsn < start_lsn {
+                continue;
+            }
+            if lsn >= upto {
+                break;
+            }
+            if f.kind != kind::OP {
+                return Err(corrupt(
+                    f.offset,
+                    "unexpected record kind in a journal segment",
+                ));
+            }
+            recover(Recovered::Op(f.payload)).map_err(|reason| OpenError::Replay {
+                path: path.clone(),
+                offset: f.offset as u64,
+                reason,
+            })?;
+            report.records_replayed += 1;
+        }
+        next_lsn = next_lsn.max(seg_lsn + frames.len() as u64);
+        current = Some((path.clone(), valid_len as u64));
+        if stop_here {
+            for (_, later) in &segments[i + 1..] {
+                fs::remove_file(later).map_err(io_err(later))?;
+            }
+            break;
+        }
+    }
+    if let ReadMode::Upto(cut) = mode
+        && next_lsn < cut
+    {
+        return Err(OpenError::Corrupt {
+            path: current.map_or_else(PathBuf::new, |(p, _)| p),
+            offset: 0,
+            reason: format!("the journal ends at record {next_lsn}, before the cut {cut}"),
+        });
+    }
+    Ok(ReadEnd { next_lsn, current })
+}

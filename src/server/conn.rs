@@ -1,0 +1,263 @@
+//! Connections: the accept loop, HTTP/1.1 serving with a header-read timeout, and the register
+//! that keeps the process inside its file-descriptor limit.
+//!
+//! Why a register: a socket is a file descriptor, and a process has a fixed number (this
+//! server reads its `RLIMIT_NOFILE`). Without a bound, clients that open connections and send
+//! nothing (or headers one byte at a time) fill the table, `accept` fails with `EMFILE`, and
+//! nobody is answered. So every connection is registered, and when the register is full — or
+//! `accept` reports the table full — the oldest connection that is not serving a request or a
+//! device (idle keep-alive, or still sending its headers) is closed to make room. Device
+//! connections (SSE, WebSocket) are legitimate long-lived ones: they are never evicted, but
+//! they are capped below the limit so that REST calls always find room. A connection whose
+//! headers do not arrive within 10 s is closed anyway (hyper's header-read timeout, which also
+//! runs while a keep-alive connection waits for its next request).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
+
+/// How long a request's headers (and, in `rest`, its body) may take to arrive.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Descriptors kept out of the connection budget: the journal's files, the listener, the
+/// spare, the runtime's own.
+const RESERVED_FDS: usize = 48;
+/// Of the connection budget, how many only REST calls may use (device connections may not).
+const REST_RESERVE: usize = 64;
+
+/// What a connection's tasks share with the register.
+#[derive(Default)]
+pub struct ConnFlags {
+    /// Requests being answered on it now.
+    busy: AtomicUsize,
+    /// It carries a device (SSE or WebSocket): never evicted.
+    device: AtomicBool,
+    /// Told to close.
+    evict: Notify,
+}
+
+/// Every open connection, oldest first.
+pub struct Register {
+    /// Connections this process may hold at once.
+    limit: usize,
+    inner: Mutex<RegisterInner>,
+}
+
+#[derive(Default)]
+struct RegisterInner {
+    next_id: u64,
+    open: BTreeMap<u64, Arc<ConnFlags>>,
+    devices: usize,
+}
+
+/// Keeps a connection registered while it lives (the connection task, and after an upgrade the
+/// WebSocket task, hold it).
+pub struct ConnGuard {
+    id: u64,
+    flags: Arc<ConnFlags>,
+    register: Arc<Register>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut inner = self.register.inner.lock();
+        inner.open.remove(&self.id);
+        if self.flags.device.load(Ordering::Acquire) {
+            inner.devices -= 1;
+        }
+    }
+}
+
+impl ConnGuard {
+    /// Marks the connection as a device's; `false` (and unchanged) when device connections are
+    /// at their cap.
+    pub fn become_device(&self) -> bool {
+        let mut inner = self.register.inner.lock();
+        if inner.devices >= self.register.device_limit() {
+            return false;
+        }
+        if !self.flags.device.swap(true, Ordering::AcqRel) {
+            inner.devices += 1;
+        }
+        true
+    }
+}
+
+impl Register {
+    pub fn new(limit: usize) -> Arc<Register> {
+        Arc::new(Register {
+            limit: limit.max(REST_RESERVE * 2),
+            inner: Mutex::new(RegisterInner::default()),
+        })
+    }
+
+    /// A register sized to this process's descriptor limit.
+    pub fn for_this_process() -> Arc<Register> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            1024
+        };
+        Register::new(soft.saturating_sub(RESERVED_FDS))
+    }
+
+    fn device_limit(&self) -> usize {
+        self.limit - REST_RESERVE
+    }
+
+    fn admit(self: &Arc<Self>) -> ConnGuard {
+        let flags = Arc::new(ConnFlags::default());
+        let mut inner = self.inner.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.open.insert(id, flags.clone());
+        let over = inner.open.len().saturating_sub(self.limit);
+        drop(inner);
+        if over > 0 {
+            self.evict(over);
+        }
+        ConnGuard {
+            id,
+            flags,
+            register: self.clone(),
+        }
+    }
+
+    /// Closes up to `n` of the oldest connections that serve no request and no device;
+    /// returns how many it told to close.
+    fn evict(&self, n: usize) -> usize {
+        let inner = self.inner.lock();
+        let mut told = 0;
+        for flags in inner.open.values() {
+            if told == n {
+                break;
+            }
+            if flags.busy.load(Ordering::Acquire) == 0 && !flags.device.load(Ordering::Acquire) {
+                flags.evict.notify_one();
+                told += 1;
+            }
+        }
+        told
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, serving each on its own task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    register: Arc<Register>,
+    mut shutdown: watch::Receiver<bool>,
+    tasks: tokio::sync::mpsc::Sender<()>,
+) {
+    // A descriptor held in reserve: when the table is full, releasing it lets one pending
+    // connection be accepted and told so, instead of waiting in the backlog.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let guard = register.admit();
+                let (router, shutdown, done) = (router.clone(), shutdown.clone(), tasks.clone());
+                tokio::spawn(async move {
+                    serve(socket, peer, router, guard, shutdown).await;
+                    drop(done);
+                });
+            }
+            Err(e) if is_fd_exhaustion(&e) => {
+                tracing::warn!(error = %e, "file descriptors exhausted; closing idle connections");
+                if register.evict(16) == 0 {
+                    // Nothing to close: answer one waiting client with a refusal.
+                    spare.take();
+                    if let Ok((socket, _)) = listener.accept().await {
+                        refuse(socket).await;
+                    }
+                    spare = std::fs::File::open("/dev/null").ok();
+                }
+                // Let the evicted connections close before accepting again.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Answers a connection the server has no room for, and closes it.
+async fn refuse(mut socket: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"ActionStatus":"FAIL","ErrorInfo":"the server is at its connection limit; retry","ErrorCode":91000}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(reply.as_bytes())).await;
+}
+
+/// Serves one connection until it closes, is evicted, or the server shuts down (then it
+/// finishes the request in progress, for at most a few seconds).
+async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    guard: ConnGuard,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let flags = guard.flags.clone();
+    let guard = Arc::new(guard);
+    let service = {
+        let flags = flags.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let (router, flags, guard) = (router.clone(), flags.clone(), guard.clone());
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(ConnHandle(guard));
+            async move {
+                flags.busy.fetch_add(1, Ordering::AcqRel);
+                let response = router.oneshot(req.map(axum::body::Body::new)).await;
+                flags.busy.fetch_sub(1, Ordering::AcqRel);
+                response
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(TokioIo::new(socket), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = flags.evict.notified() => return,
+        _ = shutdown.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
+}
+
+/// The connection a request arrived on, for handlers that take it over (devices).
+#[derive(Clone)]
+pub struct ConnHandle(pub Arc<ConnGuard>);

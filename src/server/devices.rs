@@ -1,0 +1,312 @@
+//! Devices over HTTP: the WebSocket client channel (`GET /v4/imstore/ws`, SPEC §7), Server-Sent
+//! Events (`GET /v4/imstore/events`, SPEC §6) and `POST /v4/imstore/ack`.
+//!
+//! A device connection is a task, not a thread: it awaits its [`Subscription`]'s next batch
+//! (which is handed out only once durable, R6), the client's next frame, the ping timer and
+//! shutdown, whichever comes first. Nothing is queued per connection: a client that reads
+//! slowly holds back only its own socket, and a writer never waits for it. The cursor moves
+//! only on the client's confirmation (R7): a WebSocket `ack`, an SSE reconnect's
+//! `Last-Event-ID`, or `POST /v4/imstore/ack`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::App;
+use super::conn::ConnHandle;
+use super::rest::{json_response, read_body};
+use crate::Subscription;
+use crate::api::{DeviceRequest, Reply, error_reply, event_payload, ws_event_frame, ws_reply};
+use crate::error::Error;
+
+/// How often the server pings a WebSocket client, and how long a silent one is kept.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_LIMIT: Duration = Duration::from_secs(90);
+/// A client frame budget: more than this many frames a second are slowed, not dropped.
+const FRAMES_PER_SEC: f64 = 100.0;
+/// How long one frame may take to reach a client before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest frame a client may send.
+const MAX_CLIENT_FRAME: usize = 64 << 10;
+
+fn envelope(status: StatusCode, e: &Error) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        error_reply(e).json,
+    )
+        .into_response()
+}
+
+fn auth_status(e: &Error) -> StatusCode {
+    if (70001..=70020).contains(&e.code()) {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+fn at_capacity() -> Response {
+    envelope(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &Error::Internal("the server holds as many device connections as it can; retry".into()),
+    )
+}
+
+/// Connects the device, once its connection record is durable.
+async fn connect(app: &App, req: &DeviceRequest) -> Result<Subscription, Error> {
+    let store = app.api.store();
+    let (sub, ticket) = store.deferring(|| match req.after {
+        Some(after) => store.connect_after(&req.account, &req.device, after),
+        None => store.connect(&req.account, &req.device),
+    });
+    store.commit_async(ticket).await?;
+    sub
+}
+
+/// `GET /v4/imstore/ws`: authenticates (HTTP 401 with the envelope before the upgrade), connects
+/// the device, and runs its session.
+pub async fn ws(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(conn): Extension<ConnHandle>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let req = match app.api.authorize_device(query.as_deref().unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => return envelope(auth_status(&e), &e),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return envelope(
+                StatusCode::BAD_REQUEST,
+                &Error::InvalidRequest(format!("not a WebSocket upgrade: {e}")),
+            );
+        }
+    };
+    if !conn.0.become_device() {
+        return at_capacity();
+    }
+    let sub = match connect(&app, &req).await {
+        Ok(s) => s,
+        Err(e) => return envelope(auth_status(&e), &e),
+    };
+    tracing::debug!(account = %req.account, device = %req.device, platform = req.platform, %peer, "device connected (ws)");
+    let shutdown = app.shutdown.clone();
+    upgrade
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            Session {
+                app,
+                sub,
+                req,
+                peer,
+                shutdown,
+            }
+            .run(socket)
+            .await;
+            drop(conn);
+        })
+}
+
+struct Session {
+    app: App,
+    sub: Subscription,
+    req: DeviceRequest,
+    #[allow(dead_code)] // the webhooks issue reports it as ClientIP
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Sends one text frame, giving up after `WRITE_TIMEOUT`.
+async fn send(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    text: String,
+) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, tx.send(Message::Text(text.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+impl Session {
+    async fn run(mut self, socket: WebSocket) {
+        let (mut tx, mut rx) = socket.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        let mut last_heard = Instant::now();
+        // Token bucket for client frames: full at `FRAMES_PER_SEC`.
+        let (mut tokens, mut refilled) = (FRAMES_PER_SEC, Instant::now());
+        loop {
+            tokio::select! {
+                _ = self.shutdown.changed() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                    break;
+                }
+                frame = rx.next() => {
+                    let Some(Ok(frame)) = frame else { break };
+                    last_heard = Instant::now();
+                    let text = match frame {
+                        Message::Text(t) => t,
+                        Message::Binary(_) => "binary frame".into(),
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    // Slowed, in order: wait for a token rather than skip or reorder.
+                    tokens = (tokens + refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC).min(FRAMES_PER_SEC);
+                    refilled = Instant::now();
+                    if tokens < 1.0 {
+                        tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / FRAMES_PER_SEC)).await;
+                        tokens = 1.0;
+                        refilled = Instant::now();
+                    }
+                    tokens -= 1.0;
+                    if let Some(reply) = self.client_frame(text.as_str()).await
+                        && send(&mut tx, reply).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                batch = self.sub.next_batch() => {
+                    let Ok(events) = batch else { break };
+                    let mut failed = false;
+                    for e in &events {
+                        if send(&mut tx, ws_event_frame(e)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENT_LIMIT {
+                        tracing::debug!(account = %self.req.account, device = %self.req.device, "silent for 90 s; dropped");
+                        break;
+                    }
+                    let ping = tx.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(account = %self.req.account, device = %self.req.device, "device disconnected (ws)");
+    }
+
+    /// Handles one client frame; returns the reply frame, if it needs one.
+    async fn client_frame(&self, text: &str) -> Option<String> {
+        let frame: Value = match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) | Err(_) => {
+                let e = Error::InvalidRequest(
+                    "a frame must be one JSON object with an Op (ack, sendmsg, recall, read, history)".into(),
+                );
+                return Some(ws_reply(&Value::Null, &error_reply(&e)));
+            }
+        };
+        let req_id = frame.get("ReqId").cloned().unwrap_or(Value::Null);
+        let reply: Reply = match frame.get("Op").and_then(Value::as_str) {
+            Some("ack") => match frame.get("Seq").and_then(Value::as_u64) {
+                Some(seq) => match self.sub.ack(seq) {
+                    Ok(()) => return None,
+                    Err(e) => error_reply(&e),
+                },
+                None => error_reply(&Error::InvalidRequest(
+                    "ack needs Seq, the last sequence number received".into(),
+                )),
+            },
+            Some(op @ ("sendmsg" | "recall" | "read" | "history")) => {
+                error_reply(&Error::UnknownApi(format!("ws Op {op}")))
+            }
+            Some(other) => error_reply(&Error::InvalidRequest(format!("unknown Op {other:?}"))),
+            None => error_reply(&Error::InvalidRequest("the frame has no Op".into())),
+        };
+        let _ = &self.app;
+        Some(ws_reply(&req_id, &reply))
+    }
+}
+
+/// `GET /v4/imstore/events`: the device's inbox as Server-Sent Events, resumable with
+/// `Last-Event-ID` (which also confirms receipt up to it).
+pub async fn events(
+    State(app): State<App>,
+    Extension(conn): Extension<ConnHandle>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut req = match app.api.authorize_device(query.as_deref().unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => return json_response(error_reply(&e)),
+    };
+    if let Some(last) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        req.after = Some(last);
+    }
+    if !conn.0.become_device() {
+        return at_capacity();
+    }
+    let sub = match connect(&app, &req).await {
+        Ok(s) => s,
+        Err(e) => return json_response(error_reply(&e)),
+    };
+    tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
+    let state = (sub, app.shutdown.clone(), conn);
+    let batches = futures_util::stream::unfold(state, |(sub, mut shutdown, conn)| async move {
+        let events = tokio::select! {
+            _ = shutdown.changed() => return None,
+            batch = sub.next_batch() => batch.ok()?,
+        };
+        Some((events, (sub, shutdown, conn)))
+    });
+    let stream = batches
+        .flat_map(futures_util::stream::iter)
+        .map(|event: crate::Event| {
+            let (kind, data) = event_payload(&event);
+            Ok::<_, Infallible>(
+                SseEvent::default()
+                    .id(event.seq.to_string())
+                    .event(kind)
+                    .data(data),
+            )
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `POST /v4/imstore/ack`: a device confirms receipt (for SSE clients).
+pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) -> Response {
+    let bytes = match read_body(body, app.body_limit).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let query = query.unwrap_or_default();
+    let api = app.api.clone();
+    let store = api.store().clone();
+    let (reply, ticket) = store.deferring(|| api.device_ack(&query, &bytes));
+    json_response(match store.commit_async(ticket).await {
+        Ok(()) => reply,
+        Err(e) => error_reply(&e),
+    })
+}

@@ -1,0 +1,110 @@
+//! Tencent's REST paths: `/v4/{service}/{command}`, answered with the envelope and HTTP 200.
+//!
+//! A call runs on the async worker that received it with durability deferred
+//! ([`Store::deferring`](crate::Store::deferring)): it takes only in-memory locks. Its answer —
+//! a write's acknowledgement or a read's result — is sent only once the journal is durable up
+//! to what the call did or read ([`Store::commit_async`](crate::Store::commit_async)), which the
+//! store's committer thread does for every waiting call with one fsync. Compaction, which
+//! writes a whole snapshot, runs on the blocking pool.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use super::conn::READ_TIMEOUT;
+use crate::api::{Reply, error_reply};
+use crate::error::Error;
+
+pub fn json_response(reply: Reply) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.json,
+    )
+        .into_response()
+}
+
+/// Reads a request body, within the size limit and the read timeout.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            let e = Error::InvalidField {
+                field: "body",
+                code: 93000,
+                why: format!("is larger than {limit} bytes"),
+            };
+            Err(json_response(error_reply(&e)))
+        }
+        Err(_) => {
+            // The transport failed: the body did not arrive. Say so and close.
+            let e = Error::InvalidRequest(format!(
+                "the request body did not arrive within {} s",
+                READ_TIMEOUT.as_secs()
+            ));
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONNECTION, "close"),
+                ],
+                error_reply(&e).json,
+            )
+                .into_response())
+        }
+    }
+}
+
+/// A REST call, POST or — as some of Tencent's SDKs send them — GET with a JSON body.
+pub async fn rest(
+    State(app): State<App>,
+    UrlPath((service, command)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let path = format!("/v4/{service}/{command}");
+    let bytes = match read_body(body, app.body_limit).await {
+        Ok(b) => b,
+        Err(response) => {
+            tracing::info!(api = %path, "request body refused");
+            return response;
+        }
+    };
+    let reply = app
+        .answer(path.clone(), query.unwrap_or_default(), bytes)
+        .await;
+    if reply.code == 91000 {
+        tracing::warn!(api = %path, code = reply.code, body = %reply.json, "internal error");
+    } else {
+        tracing::debug!(api = %path, code = reply.code, micros = started.elapsed().as_micros() as u64, "call");
+    }
+    json_response(reply)
+}
+
+impl App {
+    /// Answers a REST call once everything it did or read is durable.
+    async fn answer(&self, path: String, query: String, body: Bytes) -> Reply {
+        let api = self.api.clone();
+        if path == "/v4/imstore/compact" {
+            return tokio::task::spawn_blocking(move || api.handle(&path, &query, &body))
+                .await
+                .unwrap_or_else(|e| error_reply(&Error::Internal(format!("handler failed: {e}"))));
+        }
+        let store = api.store();
+        let (reply, ticket) = store.deferring(|| api.handle(&path, &query, &body));
+        match store.commit_async(ticket).await {
+            Ok(()) => reply,
+            Err(e) => error_reply(&e),
+        }
+    }
+}
+
+/// Anything else: 60010 in the envelope.
+pub async fn unknown(uri: axum::http::Uri) -> Response {
+    json_response(error_reply(&Error::UnknownApi(uri.path().to_owned())))
+}

@@ -1,0 +1,411 @@
+//! `Store::apply`: the one function every mutation goes through, live and on replay. Each
+//! `apply_*` takes its locks (in the crate's order), validates against the current state,
+//! records the operation (live only), stores the record's ticket on everything it changes
+//! (R6: readers wait for it), then mutates — which cannot fail once recorded.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use super::{Applied, Mode, Role, Store, no_device};
+use crate::account::{AccountCell, AccountState, UserId, lock_pair};
+use crate::device::{DeviceId, DeviceSlot, Live, Signal};
+use crate::error::{Error, Result};
+use crate::inbox::{Entry, ONLINE_GRACE_SECS};
+use crate::key::MsgKey;
+use crate::message::{SenderCopy, StoredMessage};
+use crate::op::{ModifyOp, Op, SendOp};
+use crate::roaming::Conversation;
+
+impl Store {
+    /// Applies one operation: the single path shared by live calls and replay.
+    pub(crate) fn apply(&self, op: &Op, mode: Mode) -> Result<Applied> {
+        match op {
+            Op::ImportAccount { user } => self.apply_import(op, user, mode),
+            Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
+            Op::Send(send) => self.apply_send(op, send, mode),
+            Op::Recall {
+                from,
+                to,
+                key,
+                by,
+                at,
+            } => self.apply_recall(op, from, to, *key, by, *at, mode),
+            Op::Modify(m) => self.apply_modify(op, m, mode),
+            Op::SetRead { reader, peer, .. } => self.apply_set_read(op, reader, peer, mode),
+            Op::Connect {
+                account,
+                device,
+                resume,
+                at,
+            } => self.apply_connect(op, account, device, *resume, *at, mode),
+            Op::Cursor {
+                account,
+                device,
+                cursor,
+                at,
+            } => {
+                let cell = self.cell_as(account, Role::Plain)?;
+                let mut guard = cell.state.lock();
+                let state = &mut *guard;
+                let last_seq = state.inbox.last_seq();
+                let slot = state
+                    .devices
+                    .get_mut(device)
+                    .ok_or_else(|| no_device(device))?;
+                state.ticket = self.record(op, mode)?;
+                slot.cursor = slot.cursor.max((*cursor).min(last_seq));
+                if *at != 0 {
+                    slot.last_seen = *at;
+                }
+                Ok(Applied::Done)
+            }
+            Op::ForgetDevices {
+                account,
+                devices,
+                at,
+            } => {
+                let cell = self.cell_as(account, Role::Plain)?;
+                let mut state = cell.state.lock();
+                state.ticket = self.record(op, mode)?;
+                let idle = self.inner.config.device_idle_secs;
+                let mut forgotten = 0;
+                for d in devices {
+                    // Connected (or seen) since the purge chose it: it stays. The same test
+                    // holds on replay, where the connect's record precedes this one.
+                    if state.devices.get(d).is_some_and(|s| {
+                        !s.is_connected() && s.last_seen.saturating_add(idle) <= *at
+                    }) {
+                        state.devices.remove(d);
+                        forgotten += 1;
+                    }
+                }
+                Ok(Applied::Purged(forgotten))
+            }
+            Op::PurgeConversation { a, b, cutoff } => {
+                let Some(conv) = self.conversation(a, b, false) else {
+                    return Ok(Applied::Purged(0));
+                };
+                let mut c = conv.lock();
+                c.ticket = self.record(op, mode)?;
+                Ok(Applied::Purged(c.trim(*cutoff)))
+            }
+            Op::PurgeInbox { account, at } => {
+                let cell = self.cell_as(account, Role::Plain)?;
+                let mut state = cell.state.lock();
+                state.ticket = self.record(op, mode)?;
+                Ok(Applied::Purged(state.inbox.purge(
+                    *at,
+                    at.saturating_sub(self.inner.config.retention_secs),
+                )))
+            }
+        }
+    }
+
+    fn apply_import(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
+        // The map shard stays locked while the import is recorded, so a concurrent delete of the
+        // same name is ordered the same way in memory and in the journal.
+        match self.inner.accounts.entry(user.clone()) {
+            MapEntry::Occupied(_) => Ok(Applied::Unchanged),
+            MapEntry::Vacant(v) => {
+                let ticket = self.record(op, mode)?;
+                let cell = AccountCell::new(user.clone());
+                cell.state.lock().ticket = ticket;
+                v.insert(Arc::new(cell));
+                self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
+        match self.inner.accounts.entry(user.clone()) {
+            MapEntry::Vacant(_) => Err(Error::AccountNotFound(user.to_string())),
+            MapEntry::Occupied(o) => {
+                let cell = o.get().clone();
+                let mut state = cell.state.lock();
+                let ticket = self.record(op, mode)?;
+                state.alive = false;
+                state.ticket = ticket;
+                for slot in state.devices.values_mut() {
+                    slot.end_session();
+                }
+                state.devices.clear();
+                state.inbox = Default::default();
+                state.unread.clear();
+                drop(state);
+                o.remove();
+                self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode) -> Result<Applied> {
+        if s.from == s.to {
+            return Err(Error::ToAccountNotFound(format!(
+                "{} (To_Account must differ from From_Account)",
+                s.to
+            )));
+        }
+        self.with_parties(
+            &s.from,
+            &s.to,
+            true,
+            || unreachable!("created on demand"),
+            |fs, ts, c| {
+                if let Some(existing) = c.find(&s.from, s.key) {
+                    return Ok(Applied::Sent {
+                        msg: existing.clone(),
+                        duplicate: true,
+                    });
+                }
+                let ticket = self.record(op, mode)?;
+                (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
+                let msg = Arc::new(StoredMessage::new(
+                    s.from.clone(),
+                    s.to.clone(),
+                    s.key,
+                    c.take_arrival(),
+                    s.sender_copy,
+                    s.origin_device.clone(),
+                    s.content.clone(),
+                ));
+                c.insert(msg.clone());
+                c.trim(s.at.saturating_sub(self.inner.config.retention_secs));
+                self.deliver_sent(fs, ts, s, &msg);
+                Ok(Applied::Sent {
+                    msg,
+                    duplicate: false,
+                })
+            },
+        )
+    }
+
+    /// The inbox, unread and cache side of a send.
+    fn deliver_sent(
+        &self,
+        fs: &mut AccountState,
+        ts: &mut AccountState,
+        s: &SendOp,
+        msg: &Arc<StoredMessage>,
+    ) {
+        // MsgLifeTime 0: for the devices connected now, which get a short while to read it.
+        let online_only = s.lifetime == 0;
+        let expires_at = s.at
+            + if online_only {
+                ONLINE_GRACE_SECS
+            } else {
+                s.lifetime
+            };
+        ts.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
+        *ts.unread.entry(s.from.clone()).or_default() += 1;
+        if s.sender_copy == SenderCopy::RoamingAndDevices {
+            fs.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
+        }
+        // The sending device holds its own message (and is not sent it back).
+        if let Some(live) = s
+            .origin_device
+            .as_ref()
+            .and_then(|d| fs.devices.get_mut(d))
+            .and_then(|slot| slot.live.as_mut())
+        {
+            live.cache.push(msg.clone());
+        }
+    }
+
+    /// Locks both parties and their conversation in the crate's lock order and runs `f` on
+    /// them: 90008 / 90003 when a party does not exist (or was deleted meanwhile), `missing()`
+    /// when they are one account or have no conversation and `create` is false.
+    pub(super) fn with_parties<R>(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        create: bool,
+        missing: impl FnOnce() -> Error,
+        f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation) -> Result<R>,
+    ) -> Result<R> {
+        let fc = self.cell_as(from, Role::Acting)?;
+        let tc = self.cell_as(to, Role::Other)?;
+        if fc.id == tc.id {
+            return Err(missing());
+        }
+        let Some(conv) = self.conversation(&fc.id, &tc.id, create) else {
+            return Err(missing());
+        };
+        let (mut fs, mut ts) = lock_pair(&fc, &tc);
+        if !fs.alive {
+            return Err(Role::Acting.missing(from));
+        }
+        if !ts.alive {
+            return Err(Role::Other.missing(to));
+        }
+        f(&mut fs, &mut ts, &mut conv.lock())
+    }
+
+    /// [`with_parties`](Store::with_parties) for the live, unexpired message `key` from `from`
+    /// to `to`, with recall's precedence: 90008, 90003, 20022, 20023.
+    fn with_live_message<R>(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        key: MsgKey,
+        at: u64,
+        f: impl FnOnce(
+            &mut AccountState,
+            &mut AccountState,
+            &mut Conversation,
+            &Arc<StoredMessage>,
+        ) -> Result<R>,
+    ) -> Result<R> {
+        let (from_s, to_s) = (from.to_string(), to.to_string());
+        let not_found = || Error::MessageNotFound {
+            from: from_s.clone(),
+            to: to_s.clone(),
+            key,
+        };
+        self.with_parties(from, to, false, not_found, |fs, ts, c| {
+            let expired =
+                u64::from(key.time()) < at.saturating_sub(self.inner.config.retention_secs);
+            let msg = c
+                .find(from, key)
+                .filter(|_| !expired)
+                .cloned()
+                .ok_or_else(not_found)?;
+            if msg.is_recalled() {
+                return Err(Error::AlreadyRecalled {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    key,
+                });
+            }
+            f(fs, ts, c, &msg)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_recall(
+        &self,
+        op: &Op,
+        from: &UserId,
+        to: &UserId,
+        key: MsgKey,
+        by: &UserId,
+        at: u64,
+        mode: Mode,
+    ) -> Result<Applied> {
+        self.with_live_message(from, to, key, at, |fs, ts, c, msg| {
+            let ticket = self.record(op, mode)?;
+            (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
+            // The one instant every layer changes: they all share this record.
+            msg.recall(by.clone(), at);
+            if c.is_unread(msg)
+                && let Some(n) = ts.unread.get_mut(&**from)
+            {
+                *n = n.saturating_sub(1);
+            }
+            let expires_at = at + self.inner.config.notice_lifetime_secs;
+            fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
+            ts.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
+            Ok(Applied::Recalled(msg.clone()))
+        })
+    }
+
+    fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
+        self.with_live_message(&m.from, &m.to, m.key, m.at, |fs, ts, c, msg| {
+            let old = msg.content().expect("a live message has content");
+            let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
+            let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
+            let ticket = self.record(op, mode)?;
+            (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
+            msg.replace(content);
+            let expires_at = m.at + self.inner.config.notice_lifetime_secs;
+            fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
+            ts.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
+            Ok(Applied::Done)
+        })
+    }
+
+    fn apply_set_read(
+        &self,
+        op: &Op,
+        reader: &UserId,
+        peer: &UserId,
+        mode: Mode,
+    ) -> Result<Applied> {
+        let rc = self.cell_as(reader, Role::Acting)?;
+        self.cell_as(peer, Role::Other)?;
+        let conv = self.conversation(reader, peer, false);
+        let mut state = rc.state.lock();
+        if !state.alive {
+            return Err(Role::Acting.missing(reader));
+        }
+        let mut c = conv.as_ref().map(|c| c.lock());
+        let ticket = self.record(op, mode)?;
+        state.ticket = ticket;
+        if let Some(c) = &mut c {
+            c.ticket = ticket;
+            c.mark_read(reader);
+        }
+        state.unread.remove(&**peer);
+        Ok(Applied::Done)
+    }
+
+    /// A device connects: added if new (refused beyond `max_devices_per_account`), its cursor
+    /// moved to the client's resume position, seen now; live, a session begins.
+    fn apply_connect(
+        &self,
+        op: &Op,
+        account: &UserId,
+        device: &DeviceId,
+        resume: Option<u64>,
+        at: u64,
+        mode: Mode,
+    ) -> Result<Applied> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let mut guard = cell.state.lock();
+        let state = &mut *guard;
+        if !state.alive {
+            return Err(Role::Plain.missing(account));
+        }
+        let max = self.inner.config.max_devices_per_account;
+        if !state.devices.contains_key(device) && state.devices.len() >= max {
+            return Err(Error::TooManyDevices {
+                account: account.to_string(),
+                max,
+            });
+        }
+        state.ticket = self.record(op, mode)?;
+        let last_seq = state.inbox.last_seq();
+        let oldest = state.inbox.before_oldest();
+        let slot = state
+            .devices
+            .entry(device.clone())
+            .or_insert_with(|| DeviceSlot::new(oldest, at));
+        let resume = resume.map(|r| r.min(last_seq));
+        if let Some(r) = resume {
+            slot.cursor = slot.cursor.max(r);
+        }
+        if at != 0 {
+            slot.last_seen = at;
+        }
+        if mode == Mode::Replay {
+            return Ok(Applied::Done);
+        }
+        slot.end_session();
+        let generation = self.inner.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let signal = Arc::new(Signal::default());
+        slot.live = Some(Box::new(Live {
+            generation,
+            signal: signal.clone(),
+            since: last_seq,
+            cache: crate::cache::DeviceCache::new(self.inner.config.cache_capacity),
+        }));
+        Ok(Applied::Connected {
+            generation,
+            signal,
+            start: resume.unwrap_or(slot.cursor),
+        })
+    }
+}

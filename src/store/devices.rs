@@ -1,0 +1,305 @@
+//! Devices from the store's side: connecting (a journaled `Connect`), confirming receipt (a
+//! journaled `Cursor`), what a device may read, and the `Feed` a [`Subscription`] pulls from.
+//! `device.rs` explains the delivery protocol and why it shows only durable entries.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use super::{Applied, Inner, Mode, Role, Store, no_device};
+use crate::device::{
+    self, Collected, DeviceId, Disconnected, Event, Feed, Subscription, SubscriptionId,
+    check_device_id,
+};
+use crate::error::{Error, Result};
+use crate::inbox::Entry;
+use crate::message::{MessageView, StoredMessage};
+use crate::op::Op;
+
+impl Store {
+    /// Connects a device of `account`: it first receives every retained inbox entry after its
+    /// cursor — the last entry its client confirmed; a new device starts at the oldest — then
+    /// new entries as they become durable. Connecting a device that is already connected ends
+    /// the older subscription. A new device beyond `Config::max_devices_per_account` is
+    /// refused (90001).
+    pub fn connect(&self, account: &str, device: &str) -> Result<Subscription> {
+        self.connect_inner(account, device, None)
+    }
+
+    /// Like [`connect`](Store::connect), resuming after inbox sequence number `after`: the last
+    /// entry the client has (SSE `Last-Event-ID`, WebSocket `after`). That confirms receipt up
+    /// to `after` (the cursor moves there if it was behind).
+    pub fn connect_after(&self, account: &str, device: &str, after: u64) -> Result<Subscription> {
+        self.connect_inner(account, device, Some(after))
+    }
+
+    fn connect_inner(
+        &self,
+        account: &str,
+        device: &str,
+        after: Option<u64>,
+    ) -> Result<Subscription> {
+        check_device_id(device)?;
+        let cell = self.cell_as(account, Role::Plain)?;
+        let device = DeviceId::from(device);
+        let op = Op::Connect {
+            account: cell.id.clone(),
+            device: device.clone(),
+            resume: after,
+            at: self.now(),
+        };
+        let Applied::Connected {
+            generation,
+            signal,
+            start,
+        } = self.run(&op)?
+        else {
+            unreachable!("a live connect starts a session")
+        };
+        let id = SubscriptionId {
+            account: cell.id.clone(),
+            device,
+            generation,
+        };
+        let feed: std::sync::Weak<dyn Feed> = self.inner.me.clone();
+        Ok(Subscription::new(id, feed, signal, start))
+    }
+
+    /// Disconnects a subscription and waits until the device's cursor and last-seen time are
+    /// durable. Dropping the subscription does the same without waiting.
+    pub fn disconnect(&self, sub: Subscription) -> Result<()> {
+        drop(sub);
+        self.durable(self.journal().map_or(0, |j| j.appended()))
+    }
+
+    /// Confirms, for `device` of `account`, receipt of every inbox entry up to `seq` (R7; the
+    /// form of `POST /v4/imstore/ack`). Cumulative: a lower `seq` changes nothing.
+    pub fn ack(&self, account: &str, device: &str, seq: u64) -> Result<()> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        self.run(&Op::Cursor {
+            account: cell.id.clone(),
+            device: DeviceId::from(device),
+            cursor: seq,
+            at: self.now(),
+        })
+        .map(|_| ())
+    }
+
+    /// What a device whose cursor is `after` would receive now, without moving any cursor:
+    /// the account's retained inbox entries after `after`, recalled messages left out.
+    pub fn inbox(&self, account: &str, after: u64) -> Result<Vec<Event>> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let now = self.now();
+        let (events, ticket) = {
+            let state = cell.state.lock();
+            let events: Vec<_> = state
+                .inbox
+                .after(after)
+                .filter(|s| s.expires_at > now && !s.online_only)
+                .filter_map(|s| device::event(s.seq, &s.entry))
+                .collect();
+            (events, state.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(events)
+    }
+
+    /// The last inbox sequence number the device's client confirmed.
+    pub fn device_cursor(&self, account: &str, device: &str) -> Result<u64> {
+        self.read_device(account, device, |slot| slot.cursor)
+    }
+
+    /// The messages a connected device holds in its cache, oldest first; recalled ones are
+    /// tombstones. A device that is not connected holds none here (its client keeps its own).
+    pub fn device_cache(&self, account: &str, device: &str) -> Result<Vec<MessageView>> {
+        self.read_device(account, device, |slot| {
+            slot.live
+                .as_ref()
+                .map_or_else(Vec::new, |live| live.cache.views())
+        })
+    }
+
+    fn read_device<T>(
+        &self,
+        account: &str,
+        device: &str,
+        read: impl FnOnce(&device::DeviceSlot) -> T,
+    ) -> Result<T> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let (value, ticket) = {
+            let state = cell.state.lock();
+            let slot = state.devices.get(device).ok_or_else(|| no_device(device))?;
+            (read(slot), state.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(value)
+    }
+
+    /// The devices `account` has, with whether each is connected now.
+    pub fn devices(&self, account: &str) -> Result<Vec<(String, bool)>> {
+        let cell = self.cell_as(account, Role::Plain)?;
+        let (mut out, ticket) = {
+            let state = cell.state.lock();
+            let out: Vec<_> = state
+                .devices
+                .iter()
+                .map(|(id, s)| (id.to_string(), s.is_connected()))
+                .collect();
+            (out, state.ticket)
+        };
+        self.durable(ticket)?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Collects what a session may be handed after `after`, under the account lock.
+    fn collect(
+        &self,
+        sub: &SubscriptionId,
+        after: u64,
+        max: usize,
+    ) -> Result<Collected, Disconnected> {
+        let cell = self.cell(&sub.account).ok_or(Disconnected)?;
+        let now = self.now();
+        let state = cell.state.lock();
+        let live = state
+            .devices
+            .get(&*sub.device)
+            .and_then(|s| s.live.as_ref())
+            .filter(|l| l.generation == sub.generation && state.alive)
+            .ok_or(Disconnected)?;
+        let mut c = Collected {
+            events: Vec::new(),
+            messages: Vec::new(),
+            upto: after,
+            ticket: state.ticket,
+        };
+        for slot in state.inbox.after(after) {
+            if c.events.len() >= max {
+                break;
+            }
+            c.upto = slot.seq;
+            let skip = slot.expires_at <= now
+                || (slot.online_only && slot.seq <= live.since)
+                || slot.entry.origin_device() == Some(&*sub.device);
+            if skip {
+                continue;
+            }
+            if let Some(event) = device::event(slot.seq, &slot.entry) {
+                if let Entry::Message(m) = &slot.entry {
+                    c.messages.push(m.clone());
+                }
+                c.events.push(event);
+            }
+        }
+        if c.upto == after {
+            // Nothing new: this may run ahead of the last collection's ticket, which is fine,
+            // since nothing is shown.
+            c.ticket = 0;
+        }
+        Ok(c)
+    }
+
+    fn with_live(&self, sub: &SubscriptionId, f: impl FnOnce(&mut device::DeviceSlot)) {
+        if let Some(cell) = self.cell(&sub.account) {
+            let mut state = cell.state.lock();
+            if let Some(slot) = state.devices.get_mut(&*sub.device)
+                && slot
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.generation == sub.generation)
+            {
+                f(slot);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn store(&self) -> Option<Store> {
+        self.me.upgrade().map(|inner| Store { inner })
+    }
+}
+
+impl Feed for Inner {
+    fn collect(
+        &self,
+        sub: &SubscriptionId,
+        after: u64,
+        max: usize,
+    ) -> Result<Collected, Disconnected> {
+        self.store().ok_or(Disconnected)?.collect(sub, after, max)
+    }
+
+    fn durable(&self, ticket: u64) -> Result<(), Disconnected> {
+        match self.journal.get() {
+            Some(j) => j.commit_to(ticket).map_err(|_| Disconnected),
+            None => Ok(()),
+        }
+    }
+
+    fn poll_durable(&self, ticket: u64, cx: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
+        match self.journal.get() {
+            Some(j) => j.poll_durable(ticket, cx).map_err(|_| Disconnected),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<Arc<StoredMessage>>) {
+        if messages.is_empty() {
+            return;
+        }
+        if let Some(store) = self.store() {
+            store.with_live(sub, |slot| {
+                let live = slot.live.as_mut().expect("checked by with_live");
+                for m in messages {
+                    live.cache.push(m);
+                }
+            });
+        }
+    }
+
+    fn ack(&self, sub: &SubscriptionId, seq: u64) -> Result<(), Error> {
+        let store = self
+            .store()
+            .ok_or_else(|| Error::Internal("the store is closed".into()))?;
+        // Not awaited: a cursor that did not reach the disk costs repeats, never a loss.
+        store
+            .apply(
+                &Op::Cursor {
+                    account: sub.account.clone(),
+                    device: sub.device.clone(),
+                    cursor: seq,
+                    at: store.now(),
+                },
+                Mode::Live,
+            )
+            .map(|_| ())
+    }
+
+    fn release(&self, sub: &SubscriptionId) {
+        let Some(store) = self.store() else { return };
+        let mut cursor = None;
+        store.with_live(sub, |slot| {
+            slot.end_session();
+            cursor = Some(slot.cursor);
+        });
+        if let Some(cursor) = cursor {
+            // Records when the device was last seen (idle devices are forgotten); best effort.
+            let _ = store.apply(
+                &Op::Cursor {
+                    account: sub.account.clone(),
+                    device: sub.device.clone(),
+                    cursor,
+                    at: store.now(),
+                },
+                Mode::Live,
+            );
+        }
+    }
+
+    fn cursor(&self, sub: &SubscriptionId) -> Option<u64> {
+        let cell = self.accounts.get(&*sub.account)?.value().clone();
+        let state = cell.state.lock();
+        state.devices.get(&*sub.device).map(|s| s.cursor)
+    }
+}
