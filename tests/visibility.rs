@@ -398,3 +398,45 @@ fn a_crash_in_the_window_takes_back_nothing_a_reader_saw() {
     crash_in_the_window("write");
     crash_in_the_window("fsync");
 }
+
+// ----- snapshots stay off the write path -----
+
+#[test]
+fn writes_go_on_while_a_snapshot_is_being_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config::default().with_snapshot_after_bytes(4096);
+    let store = Store::open(dir.path(), config()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let hold = &store.faults().unwrap().hold_checkpoint;
+    hold.close();
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(hold);
+        // Enough journal to make a snapshot due; the background checkpoint stops at the gate,
+        // after switching segments, before replaying and writing.
+        let mut i = 0;
+        while hold.held() == 0 {
+            assert!(i < 10_000, "no checkpoint started");
+            send_text(&store, "a", "b", i, &format!("before {i}"));
+            i += 1;
+        }
+        // Meanwhile writes are acknowledged as usual.
+        let writer = s.spawn(|| {
+            for j in 0..300u32 {
+                let r = send_text(&store, "b", "a", j, &format!("during {j}"));
+                if j % 3 == 0 {
+                    store
+                        .recall(ADMIN, "b", "a", &r.msg_key.to_string())
+                        .unwrap();
+                }
+            }
+        });
+        writer.join().unwrap();
+        assert_eq!(hold.held(), 1, "the snapshot was still being built");
+        hold.open();
+    });
+    let before = observe(&store, &["a", "b"]);
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert!(store.recovery_report().snapshot_lsn.is_some());
+    assert_eq!(observe(&store, &["a", "b"]), before);
+}

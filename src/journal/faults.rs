@@ -15,6 +15,9 @@ pub struct Faults {
     pub hold_write: Gate,
     /// While closed, the journal's writer waits after writing a batch, before its fsync.
     pub hold_fsync: Gate,
+    /// While closed, a checkpoint waits after switching segments, before building its
+    /// snapshot.
+    pub hold_checkpoint: Gate,
     no_space: AtomicBool,
 }
 

@@ -86,6 +86,8 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
 pub(super) fn checkpoint(journal: &Journal, config: &Config) -> Result<(PathBuf, u64), Error> {
     let _one = journal.checkpoint_lock();
     let cut = journal.rotate()?;
+    #[cfg(feature = "fault-injection")]
+    journal.faults().hold_checkpoint.pass();
     let scratch = Store::empty(config.clone().with_hooks(Arc::new(NoHooks)))?;
     journal
         .replay_upto(cut, |rec| scratch.recover(rec))

@@ -1,0 +1,164 @@
+//! The WebSocket client channel (SPEC §7) against the real binary: authentication before the
+//! upgrade, event frames identical to SSE data, acks moving the cursor (R7), `after`, replies
+//! carrying ReqId, unparsable frames answered without dropping the connection, and a burst of
+//! frames slowed but answered in order.
+#![cfg(feature = "server")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::*;
+use serde_json::{Value, json};
+
+fn setup() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    let r = s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["vinson", "dramon"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0);
+    (dir, s)
+}
+
+fn send(s: &Server, seq: u32, text: &str) -> String {
+    let r = s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 5, "MsgSeq": seq,
+            "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    r["MsgKey"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_device_receives_event_frames_with_the_same_data_as_sse() {
+    let (_d, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "&platform=iOS");
+    let sse = s.events("dramon", "tablet", None);
+    let key = send(&s, 1, "hello");
+    let frame = ws.expect();
+    assert_eq!(frame["Event"], "message");
+    assert_eq!(frame["Seq"], 1);
+    let (id, kind, data) = sse.recv_timeout(WAIT).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("1", "message"));
+    assert_eq!(frame["Data"], data, "Data is exactly the SSE data");
+    assert_eq!(frame["Data"]["MsgKey"], key);
+    s.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgKey": key}),
+    );
+    let recall = ws.expect();
+    assert_eq!(
+        (recall["Event"].as_str(), recall["Seq"].as_u64()),
+        (Some("recall"), Some(2))
+    );
+    assert_eq!(recall["Data"]["MsgKey"], key);
+    assert_eq!(recall["Data"]["Operator_Account"], "administrator");
+}
+
+#[test]
+fn authentication_fails_with_401_and_the_envelope_before_the_upgrade() {
+    let (_d, s) = setup();
+    // A UserSig of another account.
+    let sig = imstore::usersig::generate(APP, KEY, "vinson", 3600, now());
+    let url = format!(
+        "ws://{}/v4/imstore/ws?sdkappid={APP}&identifier=dramon&usersig={sig}&device=x",
+        s.addr
+    );
+    match tungstenite::connect(url) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["ErrorCode"], 70013);
+            assert_eq!(body["ActionStatus"], "FAIL");
+        }
+        other => panic!("expected HTTP 401, got {:?}", other.map(|_| ())),
+    }
+    let err = s.try_ws("dramon", "x", "&platform=Amiga").err().unwrap();
+    assert!(err.starts_with("HTTP 400"), "{err}");
+    assert!(err.contains("90001"), "{err}");
+}
+
+#[test]
+fn acks_move_the_cursor_and_a_reconnect_resends_what_was_not_confirmed() {
+    let (_d, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "");
+    for i in 1..=3 {
+        send(&s, i, &format!("m{i}"));
+    }
+    let seqs: Vec<u64> = (0..3)
+        .map(|_| ws.expect()["Seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    ws.send(json!({"Op": "ack", "Seq": 2}));
+    // The ack has no reply; the next frame is the next event.
+    send(&s, 4, "m4");
+    assert_eq!(ws.expect()["Seq"], 4);
+    drop(ws);
+    // 3 and 4 were received but never confirmed: they come again.
+    let mut ws = s.ws("dramon", "phone", "");
+    let again: Vec<u64> = (0..2)
+        .map(|_| ws.expect()["Seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(again, vec![3, 4]);
+    assert_eq!(ws.next(Duration::from_millis(300)), None);
+    drop(ws);
+    // `after` resumes (and confirms) like Last-Event-ID.
+    let mut ws = s.ws("dramon", "phone", "&after=4");
+    send(&s, 5, "m5");
+    assert_eq!(ws.expect()["Seq"], 5);
+}
+
+#[test]
+fn bad_frames_are_answered_with_90001_and_the_connection_stays() {
+    let (_d, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "");
+    ws.send_raw("this is not json");
+    let reply = ws.expect();
+    assert_eq!(reply["Event"], "reply");
+    assert_eq!(reply["ErrorCode"], 90001);
+    assert_eq!(reply["ReqId"], Value::Null);
+    ws.send(json!({"Op": "nonsense", "ReqId": "r-1"}));
+    let reply = ws.expect();
+    assert_eq!(
+        (reply["ErrorCode"].as_u64(), reply["ReqId"].as_str()),
+        (Some(90001), Some("r-1"))
+    );
+    ws.send(json!({"Op": "ack", "ReqId": 9}));
+    let reply = ws.expect();
+    assert_eq!(
+        (reply["ErrorCode"].as_u64(), reply["ReqId"].as_u64()),
+        (Some(90001), Some(9))
+    );
+    // Still connected: events keep coming.
+    send(&s, 1, "still here");
+    assert_eq!(ws.expect()["Event"], "message");
+}
+
+#[test]
+fn a_burst_of_frames_is_slowed_but_every_one_is_answered_in_order() {
+    let (_d, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "");
+    let n = 250;
+    for i in 0..n {
+        ws.send(json!({"Op": "nonsense", "ReqId": i}));
+    }
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let reply = ws.expect();
+        assert_eq!(reply["ReqId"], i, "replies in order");
+    }
+    eprintln!("{n} frames answered in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_second_connection_of_the_same_device_ends_the_first() {
+    let (_d, s) = setup();
+    let mut first = s.ws("dramon", "phone", "");
+    let mut second = s.ws("dramon", "phone", "");
+    assert!(first.closed_within(WAIT), "the older session was closed");
+    send(&s, 1, "to the newer one");
+    assert_eq!(second.expect()["Seq"], 1);
+}
