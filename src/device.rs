@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -90,61 +91,79 @@ impl std::error::Error for Disconnected {}
 // ----- the signal -----
 
 /// Wakes a subscriber, blocked on a thread or awaited by a task, when its account's inbox grew
-/// or its session ended.
+/// or its session ended. Raising a signal that is already raised costs one atomic swap: a
+/// device that has not read yet is woken once, however much is written meanwhile.
 #[derive(Default)]
 pub(crate) struct Signal {
-    state: Mutex<SignalState>,
+    notified: AtomicBool,
+    closed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
     changed: Condvar,
-}
-
-#[derive(Default)]
-struct SignalState {
-    notified: bool,
-    closed: bool,
-    waker: Option<Waker>,
 }
 
 impl Signal {
     pub fn notify(&self) {
-        let mut st = self.state.lock();
-        st.notified = true;
-        if let Some(w) = st.waker.take() {
-            w.wake();
+        // A plain load first: an already raised signal costs no write to its cache line.
+        if self.notified.load(Ordering::Acquire) || self.notified.swap(true, Ordering::AcqRel) {
+            return;
         }
-        drop(st);
-        self.changed.notify_all();
+        self.wake();
     }
 
     pub fn close(&self) {
-        self.state.lock().closed = true;
-        self.notify();
+        self.closed.store(true, Ordering::Release);
+        self.notified.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Taking the lock orders this after a waiter's check of the flags (made under the lock),
+    /// so a waiter either sees the flag or is waiting when it is told.
+    fn wake(&self) {
+        let waker = self.waker.lock().take();
+        self.changed.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Waits until notified or closed, or until `deadline`; clears the notification.
     fn wait(&self, deadline: Option<Instant>) {
-        let mut st = self.state.lock();
-        while !st.notified && !st.closed {
+        let mut guard = self.waker.lock();
+        while !self.notified.load(Ordering::Acquire) {
             match deadline {
                 Some(d) => {
-                    if self.changed.wait_until(&mut st, d).timed_out() {
+                    if self.changed.wait_until(&mut guard, d).timed_out() {
                         break;
                     }
                 }
-                None => self.changed.wait(&mut st),
+                None => self.changed.wait(&mut guard),
             }
         }
-        st.notified = false;
+        drop(guard);
+        self.clear();
+    }
+
+    fn clear(&self) {
+        if !self.closed.load(Ordering::Acquire) {
+            self.notified.store(false, Ordering::Release);
+        }
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut st = self.state.lock();
-        if st.notified || st.closed {
-            st.notified = false;
+        if self.notified.load(Ordering::Acquire) {
+            self.clear();
             return Poll::Ready(());
         }
-        match &st.waker {
+        let mut waker = self.waker.lock();
+        match &*waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
+            _ => *waker = Some(cx.waker().clone()),
+        }
+        // Raised between the check above and storing the waker: the notifier found no waker.
+        if self.notified.load(Ordering::Acquire) {
+            drop(waker);
+            self.clear();
+            return Poll::Ready(());
         }
         Poll::Pending
     }

@@ -17,6 +17,7 @@
 //!     .unwrap();
 //! let event = phone.try_recv().unwrap().unwrap();
 //! assert!(matches!(event.kind, EventKind::Message(_)));
+//! phone.ack(event.seq).unwrap(); // the client confirms: a reconnect resumes after it
 //!
 //! let key = receipt.msg_key.to_string();
 //! store.recall("administrator", "vinson", "dramon", &key).unwrap();
@@ -33,13 +34,13 @@
 //! | `message` | MsgBody elements, [`Content`], the shared message record, views |
 //! | `roaming` | conversations: history order, per-side views, paging, read marks |
 //! | `inbox` | the per-account sequence-numbered inbox |
-//! | `device` | devices, cursors, live delivery, [`Subscription`] |
-//! | `cache` | the bounded per-device cache |
+//! | `device` | devices, cursors, the delivery protocol, [`Subscription`] |
+//! | `cache` | the bounded per-device cache (while connected) |
 //! | `op` | every mutation as a value |
-//! | `store` | the façade: validation, locking, [`Store::apply`](Store), snapshots |
-//! | `journal`, `codec` | files, framing, commit protocol, recovery; the bincode payloads |
+//! | `store` | the façade: validation, locking, tickets (R6); `store/apply.rs` the one `apply`; `store/devices.rs` connect, ack, the feed; `store/snapshot.rs` snapshots and checkpoints |
+//! | `journal`, `codec` | files, framing, disk reservation, commit protocol, recovery; the bincode payloads |
 //! | [`api`], [`usersig`] | Tencent's REST API and UserSig, no async dependency |
-//! | `server` (feature `server`) | the axum front, SSE, `imstore-server` |
+//! | `server` (feature `server`) | the accept loop and connection register, REST, WebSocket and SSE, `imstore-server` |
 //!
 //! ## Design
 //!
@@ -47,9 +48,13 @@
 //!   so recall flips every layer at once and the body is gone from memory (its bytes zeroed).
 //! - Every mutation is an operation value applied by one function, shared by the live path and
 //!   journal replay.
-//! - Lock order: the gate (shared; a snapshot takes it exclusively) → account locks (two at once
-//!   in UserId order) → conversation → device → message state → journal. Writers never block on
-//!   a slow device: a full channel marks the device lagging and it catches up from its cursor.
+//! - Visible only when durable (R6): every object an operation changes carries the journal
+//!   ticket of that change, and every reader — devices included — shows what it read only once
+//!   the journal is durable up to the tickets it read (`store.rs` has the argument).
+//! - At least once (R7): a device's cursor moves only when its client confirms.
+//! - Lock order: account locks (two at once in UserId order) → conversation → message state →
+//!   device signal → journal; no lock is held across I/O. Writers never block on a slow
+//!   device: they raise its signal, and it reads the inbox when it is ready.
 //!
 //! ## Decisions where the spec is silent
 //!
@@ -61,11 +66,22 @@
 //! - Messages with MsgLifeTime 0 reach only devices that are connected and caught up when they
 //!   are sent. A message past retention leaves the inboxes when they are purged.
 //! - Unread counts are not lowered when roaming retention drops a message.
-//! - A device's cursor advances when the application receives an entry; a message recalled
-//!   while still queued is skipped (the Recalled notice follows). Cursors are journaled when a
-//!   device disconnects, so after a crash a device may be sent again what it had received
-//!   since it connected (SSE clients resume exactly with `Last-Event-ID`). Device caches are
-//!   not persisted.
+//! - A device's cursor moves only when its client confirms (`Subscription::ack`, a resume
+//!   position, `Store::ack`); a confirmation beyond the newest entry stops at it, and a lower one
+//!   changes nothing. A resume position below the cursor replays from there (the client asked)
+//!   without moving the cursor back. Confirmations are journaled without waiting: one lost in a
+//!   crash costs repeats, never a loss. A message recalled before a device is handed it is
+//!   skipped (its Recalled notice follows).
+//! - Devices: at most `max_devices_per_account` (default 32) per account, a new one beyond that
+//!   is refused with 90001 (there is no Tencent code for it); a device not connected for
+//!   `device_idle_secs` (default 30 days) is forgotten by `purge_expired`. A connected device
+//!   is never forgotten. The client cache is modelled only while a device is connected: a
+//!   disconnected device costs its cursor and last-seen time, about 100 bytes.
+//! - A message sent from a device (`SendRequest::from_device`) goes into that device's cache if
+//!   it is connected; it is never sent back to it. A message with MsgLifeTime 0 reaches the
+//!   devices that were connected when it was sent, if they read it within 60 seconds.
+//! - `try_recv` never waits for a new event, but may wait for the commit (one fsync) that makes
+//!   an event it found durable.
 //! - A history page never ends between two messages that share one MsgKey (one per direction);
 //!   when MaxCnt is 1 such a page holds both.
 //! - Every REST API is for app administrators (90009), as in Tencent. An unknown API answers
@@ -73,8 +89,12 @@
 //!   SyncOtherMachine, MsgSeq, CloudCustomData, MaxCnt, MinTime, MaxTime or LastMsgKey answer
 //!   90001. A batch send with some failed recipients answers `"ActionStatus":"SomeError"` with
 //!   ErrorCode 0; with all failed, FAIL and the first recipient's code.
-//! - Inside [`Store::deferring`], hooks run when operations take effect, before they are
-//!   durable.
+//! - Hooks run only after their operation is durable; inside [`Store::deferring`] they run in
+//!   [`Store::commit`] / [`Store::commit_async`].
+//! - A durable store runs two threads of its own: a committer (for async waiters, and to write
+//!   unawaited records within a second) and a snapshot writer. Snapshots are built by replaying
+//!   the journal into a scratch store, so they cost memory (a second copy of the state while
+//!   one is built) and CPU, but never hold up writes.
 //! - Replay applies retention with the configuration the store is opened with.
 
 mod account;

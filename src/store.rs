@@ -235,7 +235,11 @@ impl Deferred<'_, RecallNotice> {
     /// Waits until the recall is durable and acknowledges it.
     pub fn wait(self) -> Result<RecallNotice> {
         self.store.durable(self.ticket)?;
-        self.store.after(After::Recalled(self.value.clone()));
+        if self.store.in_deferring() {
+            self.store.after(After::Recalled(self.value.clone()));
+        } else {
+            self.store.inner.config.hooks.after_recall(&self.value);
+        }
         Ok(self.value)
     }
 }
@@ -296,7 +300,7 @@ impl Store {
     /// anyone. Only one `Store` may have a directory open at a time.
     ///
     /// A durable store runs two threads: one that commits for callers who wait asynchronously
-    /// ([`commit_async`](Store::commit_async), [`Subscription::next_batch`]) and one that
+    /// ([`commit_async`](Store::commit_async), [`Subscription::next_batch`](crate::Subscription::next_batch)) and one that
     /// writes snapshots in the background once `Config::snapshot_after_bytes` of journal
     /// have accumulated.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> std::result::Result<Store, OpenError> {
@@ -318,6 +322,12 @@ impl Store {
         let checkpointer = std::thread::Builder::new()
             .name("imstore-snapshot".into())
             .spawn(move || {
+                // Below the writers: building a snapshot is background work. (Linux sets
+                // the nice value per thread; failure leaves the default.)
+                // SAFETY: plain system calls on this thread's own id.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
                 while journal.wait_checkpoint_due() {
                     // A failure (a full disk, say) leaves the journal as it was; the next
                     // threshold crossing tries again.
@@ -544,6 +554,12 @@ impl Store {
             Some(journal) => journal.commit_to(ticket),
             None => Ok(()),
         }
+    }
+
+    /// Whether this thread is inside [`Store::deferring`] on this store.
+    fn in_deferring(&self) -> bool {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        DEFERRING.with_borrow(|d| d.as_ref().is_some_and(|d| d.store == me))
     }
 
     /// Runs an after-hook now, or inside [`Store::deferring`] leaves it to `commit`.
