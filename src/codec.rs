@@ -461,6 +461,13 @@ impl<'a> AccountImageV1<'a> {
     }
 }
 
+/// Deleted accounts and the sequence number each would continue from if imported again
+/// (record kind `SNAP_RETIRED`).
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct RetiredImage<'a> {
+    pub accounts: Vec<(&'a str, u64)>,
+}
+
 /// The closing record of a snapshot: without it the snapshot is incomplete.
 #[derive(Encode, Decode, Clone, Copy, Debug, PartialEq)]
 pub(crate) struct SnapshotEnd {

@@ -87,6 +87,20 @@ impl Inbox {
         before - self.slots.len()
     }
 
+    /// An empty inbox whose first entry gets `next_seq`: a re-imported account continues the
+    /// numbers its deleted namesake used, so that no number is given twice.
+    pub fn starting_at(next_seq: u64) -> Self {
+        Inbox {
+            slots: VecDeque::new(),
+            next_seq: next_seq.max(1),
+        }
+    }
+
+    /// The sequence number the next entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// An inbox rebuilt from a snapshot.
     pub fn restore(next_seq: u64, slots: Vec<Slot>) -> Self {
         Inbox {

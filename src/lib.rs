@@ -60,7 +60,9 @@
 //!
 //! - Sending to yourself is refused (90003): a conversation has two sides.
 //! - Deleting an account drops its inbox, devices and unread counts; the history it shares with
-//!   others stays in their view.
+//!   others stays in their view. Imported again, the account's inbox continues the sequence
+//!   numbers the deleted one used (sequence numbers are never reused; a client resuming with an
+//!   old number misses nothing new).
 //! - A missing acting account (From/Operator/Report) answers 90008, a missing peer (To/Peer)
 //!   90003, the account APIs and batch-send ErrorList 70107.
 //! - Messages with MsgLifeTime 0 reach only devices that are connected and caught up when they

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub purge_interval: Duration,
     /// Disk space the journal reserves ahead of its writes (`Config::journal_prealloc_bytes`).
     pub journal_prealloc: u64,
+    /// How often a WebSocket client is pinged; one silent for three intervals is dropped
+    /// (default 30 s, so 90 s).
+    pub ws_ping: Duration,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             body_limit: 1 << 20,
             purge_interval: Duration::from_secs(60),
             journal_prealloc: crate::journal::DEFAULT_PREALLOC,
+            ws_ping: Duration::from_secs(30),
         }
     }
 }
@@ -80,6 +84,7 @@ struct App {
     body_limit: usize,
     /// Turns true when the server shuts down.
     shutdown: watch::Receiver<bool>,
+    ws_ping: Duration,
 }
 
 /// The router: REST paths (POST, or GET with a JSON body as some SDKs send), the device
@@ -216,6 +221,7 @@ pub async fn run_until(
         api,
         body_limit: config.body_limit,
         shutdown: stop_rx.clone(),
+        ws_ping: config.ws_ping,
     };
     let register = conn::Register::for_this_process();
     let accept = tokio::spawn(conn::accept_loop(

@@ -266,6 +266,9 @@ pub(crate) struct Inner {
     membership: AtomicU64,
     /// Numbers device sessions.
     sessions: AtomicU64,
+    /// Deleted accounts' next inbox sequence numbers: re-imported, an account continues from
+    /// there (sequence numbers are never reused). Changed only by import and delete.
+    retired: Mutex<crate::hash::HashMap<UserId, u64>>,
     /// Writes snapshots in the background when enough journal has accumulated.
     checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -359,6 +362,7 @@ impl Store {
             recovery: OnceLock::new(),
             membership: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            retired: Mutex::new(Default::default()),
             checkpointer: Mutex::new(None),
         });
         Ok(Store { inner })

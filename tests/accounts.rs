@@ -1,6 +1,7 @@
 //! Accounts: import, multi-import, check, delete (SPEC §3).
 mod common;
 use common::*;
+use imstore::Store;
 
 #[test]
 fn import_is_idempotent() {
@@ -97,4 +98,31 @@ fn reimported_account_starts_with_an_empty_inbox() {
     let sub = store.connect("b", "phone").unwrap();
     assert!(drain(&sub).is_empty());
     assert_eq!(store.unread("b", "a").unwrap(), 0);
+}
+
+#[test]
+fn a_reimported_account_continues_its_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(dir.path(), imstore::Config::default()).unwrap();
+    let store = open();
+    store.import_accounts(&["a", "b"]).unwrap();
+    for i in 0..3 {
+        send_text(&store, "a", "b", i, &format!("m{i}"));
+    }
+    store.delete_account("b").unwrap();
+    store.import_account("b").unwrap();
+    // A client of the old account resuming after the last number it saw still gets what is new.
+    let phone = store.connect_after("b", "phone", 3).unwrap();
+    send_text(&store, "a", "b", 9, "new");
+    let got = drain(&phone);
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
+    drop(phone);
+    store.delete_account("b").unwrap();
+    // The numbers survive a snapshot and a reopen.
+    store.compact().unwrap();
+    drop(store);
+    let store = open();
+    store.import_account("b").unwrap();
+    send_text(&store, "a", "b", 10, "newer");
+    assert_eq!(store.inbox("b", 0).unwrap()[0].seq, 5);
 }

@@ -316,3 +316,32 @@ fn an_idle_server_writes_nothing() {
     }
     assert_eq!(dir_state(dir.path()), before, "the idle server wrote");
 }
+
+/// A body that never finishes arriving is cut off after the 10 s read timeout: the server
+/// answers 408 with the envelope and closes the connection.
+#[test]
+fn a_trickled_body_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let q = s.query("administrator");
+    write!(
+        c,
+        "POST /v4/openim/sendmsg?{q} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"From_Acc"
+    )
+    .unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"ErrorCode\":90001"), "{text}");
+    assert!(closed, "the connection stayed open");
+}

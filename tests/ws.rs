@@ -162,3 +162,47 @@ fn a_second_connection_of_the_same_device_ends_the_first() {
     send(&s, 1, "to the newer one");
     assert_eq!(second.expect()["Seq"], 1);
 }
+
+#[test]
+fn a_client_that_answers_no_ping_is_dropped_after_three_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &["--ws-ping-secs", "1"]);
+    s.post(
+        "im_open_login_svc/account_import",
+        json!({"UserID": "dramon"}),
+    );
+    // A client that never reads never answers the server's pings.
+    let silent = std::net::TcpStream::connect(&s.addr).unwrap();
+    let q = s.query("dramon");
+    let mut raw = silent.try_clone().unwrap();
+    use std::io::{Read, Write};
+    write!(
+        raw,
+        "GET /v4/imstore/ws?{q}&device=silent HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    // Raw bytes: the server's pings are read but never answered. It must close within a few
+    // intervals (and well within the wait).
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(closed, "a client that answered no ping was kept");
+    // A client that answers (tungstenite does, as it reads) stays.
+    let mut live = s.ws("dramon", "live", "");
+    assert_eq!(live.next(Duration::from_secs(4)), None);
+    s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "administrator", "To_Account": "dramon", "MsgRandom": 1,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "still here"}}]}),
+    );
+    assert_eq!(live.expect()["Event"], "message");
+}

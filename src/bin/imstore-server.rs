@@ -49,6 +49,9 @@ struct Args {
     /// How often expired history, inbox entries and idle devices are purged, in seconds.
     #[arg(long, default_value_t = 60, hide = true)]
     purge_interval_secs: u64,
+    /// How often WebSocket clients are pinged, in seconds (one silent for three is dropped).
+    #[arg(long, default_value_t = 30, hide = true)]
+    ws_ping_secs: u64,
     /// Disk space the journal reserves ahead of its writes, in bytes.
     #[arg(long, default_value_t = 4 << 20, hide = true)]
     journal_prealloc: u64,
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         body_limit: args.body_limit,
         purge_interval: std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
         journal_prealloc: args.journal_prealloc,
+        ws_ping: std::time::Duration::from_secs(args.ws_ping_secs.max(1)),
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {

@@ -24,6 +24,8 @@ pub(crate) mod kind {
     /// An account with its devices' last-seen times (written instead of kind 2, which is
     /// still read).
     pub const SNAP_ACCOUNT2: u8 = 5;
+    /// Deleted accounts' next sequence numbers.
+    pub const SNAP_RETIRED: u8 = 6;
 }
 
 // ----- framing -----

@@ -30,9 +30,9 @@ use crate::Subscription;
 use crate::api::{DeviceRequest, Reply, error_reply, event_payload, ws_event_frame, ws_reply};
 use crate::error::Error;
 
-/// How often the server pings a WebSocket client, and how long a silent one is kept.
-const PING_EVERY: Duration = Duration::from_secs(30);
-const SILENT_LIMIT: Duration = Duration::from_secs(90);
+/// A WebSocket client silent for this many ping intervals (`ServerConfig::ws_ping`, 30 s by
+/// default) is dropped.
+const SILENT_PINGS: u32 = 3;
 /// A client frame budget: more than this many frames a second are slowed, not dropped.
 const FRAMES_PER_SEC: f64 = 100.0;
 /// How long one frame may take to reach a client before the connection is dropped.
@@ -148,7 +148,8 @@ async fn send(
 impl Session {
     async fn run(mut self, socket: WebSocket) {
         let (mut tx, mut rx) = socket.split();
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let ping_every = self.app.ws_ping;
+        let mut ping = tokio::time::interval(ping_every);
         ping.reset();
         let mut last_heard = Instant::now();
         // Token bucket for client frames: full at `FRAMES_PER_SEC`.
@@ -197,8 +198,8 @@ impl Session {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > SILENT_LIMIT {
-                        tracing::debug!(account = %self.req.account, device = %self.req.device, "silent for 90 s; dropped");
+                    if last_heard.elapsed() >= ping_every * SILENT_PINGS {
+                        tracing::debug!(account = %self.req.account, device = %self.req.device, "silent for three pings; dropped");
                         break;
                     }
                     let ping = tx.send(Message::Ping(Default::default()));
@@ -239,7 +240,6 @@ impl Session {
             Some(other) => error_reply(&Error::InvalidRequest(format!("unknown Op {other:?}"))),
             None => error_reply(&Error::InvalidRequest("the frame has no Op".into())),
         };
-        let _ = &self.app;
         Some(ws_reply(&req_id, &reply))
     }
 }

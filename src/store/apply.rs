@@ -12,7 +12,7 @@ use super::{Applied, Mode, Role, Store, no_device};
 use crate::account::{AccountCell, AccountState, UserId, lock_pair};
 use crate::device::{DeviceId, DeviceSlot, Live, Signal};
 use crate::error::{Error, Result};
-use crate::inbox::{Entry, ONLINE_GRACE_SECS};
+use crate::inbox::{Entry, Inbox, ONLINE_GRACE_SECS};
 use crate::key::MsgKey;
 use crate::message::{SenderCopy, StoredMessage};
 use crate::op::{ModifyOp, Op, SendOp};
@@ -111,7 +111,13 @@ impl Store {
             MapEntry::Vacant(v) => {
                 let ticket = self.record(op, mode)?;
                 let cell = AccountCell::new(user.clone());
-                cell.state.lock().ticket = ticket;
+                {
+                    let mut state = cell.state.lock();
+                    state.ticket = ticket;
+                    if let Some(next) = self.inner.retired.lock().remove(user) {
+                        state.inbox = Inbox::starting_at(next);
+                    }
+                }
                 v.insert(Arc::new(cell));
                 self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
                 Ok(Applied::Done)
@@ -132,10 +138,12 @@ impl Store {
                     slot.end_session();
                 }
                 state.devices.clear();
+                let next = state.inbox.next_seq();
                 state.inbox = Default::default();
                 state.unread.clear();
                 drop(state);
                 o.remove();
+                self.inner.retired.lock().insert(user.clone(), next);
                 self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
                 Ok(Applied::Done)
             }

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use super::{Mode, Store};
 use crate::account::{AccountCell, UserId};
 use crate::codec::{
-    self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, SnapshotEnd,
-    StateImage,
+    self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, RetiredImage,
+    SnapshotEnd, StateImage,
 };
 use crate::config::Config;
 use crate::device::{DeviceId, DeviceSlot};
@@ -35,6 +35,7 @@ use crate::roaming::Conversation;
 pub(super) struct Capture {
     conversations: Vec<ConvCapture>,
     accounts: Vec<AccountCapture>,
+    retired: Vec<(UserId, u64)>,
 }
 
 struct ConvCapture {
@@ -158,9 +159,17 @@ impl Store {
                 }
             })
             .collect();
+        let retired = self
+            .inner
+            .retired
+            .lock()
+            .iter()
+            .map(|(u, n)| (u.clone(), *n))
+            .collect();
         Capture {
             conversations,
             accounts,
+            retired,
         }
     }
 
@@ -194,6 +203,17 @@ impl Store {
                 let img: AccountImageV1<'_> = codec::decode(payload).map_err(|e| e.0)?;
                 self.restore_account(img.upgrade(self.now()))
                     .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_RETIRED,
+                payload,
+            } => {
+                let img: RetiredImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                let mut retired = self.inner.retired.lock();
+                for (user, next) in img.accounts {
+                    retired.insert(UserId::new(user).map_err(|e| e.to_string())?, next);
+                }
+                Ok(())
             }
             Recovered::Snapshot {
                 kind: kind::SNAP_END,
@@ -370,6 +390,12 @@ impl Capture {
             };
             push_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b));
             flush_if_large(&mut buf, w)?;
+        }
+        if !self.retired.is_empty() {
+            let img = RetiredImage {
+                accounts: self.retired.iter().map(|(u, n)| (&**u, *n)).collect(),
+            };
+            push_frame(&mut buf, kind::SNAP_RETIRED, |b| codec::encode(&img, b));
         }
         let end = SnapshotEnd {
             accounts: self.accounts.len() as u64,
