@@ -10,10 +10,11 @@ use bincode::config::{self, Config};
 use bincode::{BorrowDecode, Decode, Encode};
 
 use crate::account::UserId;
+use crate::callback::{Origin, Platform};
 use crate::error::Error;
 use crate::key::MsgKey;
 use crate::message::{Content, SenderCopy};
-use crate::op::{ModifyOp, Op, SendOp};
+use crate::op::{ModifyOp, Op, SendKind, SendOp};
 
 /// Version of the payload encoding, stored in every record frame.
 pub(crate) const PAYLOAD_VERSION: u8 = 1;
@@ -136,6 +137,76 @@ enum OpRecord<'a> {
         devices: Vec<&'a str>,
         at: u64,
     },
+    // Added with the webhooks: the origin of an operation that fires an after-callback, and
+    // imports. The variants above still decode (no origin, a plain send).
+    SendV2 {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        body_json: &'a str,
+        custom: Option<&'a str>,
+        sender_copy: u8,
+        lifetime: u64,
+        origin_device: Option<&'a str>,
+        at: u64,
+        /// 0 send, 2 import as history, 5 import in real time (SyncFromOldSystem).
+        kind: u8,
+        origin: Option<OriginRec<'a>>,
+    },
+    RecallV2 {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        by: &'a str,
+        at: u64,
+        origin: Option<OriginRec<'a>>,
+    },
+    SetReadV2 {
+        reader: &'a str,
+        peer: &'a str,
+        at: u64,
+        origin: Option<OriginRec<'a>>,
+    },
+    OutboxAck {
+        upto: u64,
+    },
+}
+
+/// An operation's origin: (OptPlatform code, ClientIP).
+#[derive(Encode, BorrowDecode)]
+struct OriginRec<'a>(u8, &'a str);
+
+fn origin_rec(o: &Option<Origin>) -> Option<OriginRec<'_>> {
+    o.as_ref()
+        .map(|o| OriginRec(o.platform.code(), &o.client_ip))
+}
+
+fn origin_from(o: Option<OriginRec<'_>>) -> Result<Option<Origin>, DecodeError> {
+    o.map(|OriginRec(code, ip)| {
+        Ok(Origin {
+            platform: Platform::from_code(code)
+                .ok_or_else(|| DecodeError(format!("unknown platform code {code}")))?,
+            client_ip: ip.to_owned(),
+        })
+    })
+    .transpose()
+}
+
+fn kind_code(k: SendKind) -> u8 {
+    match k {
+        SendKind::Send => 0,
+        SendKind::ImportHistory => 2,
+        SendKind::ImportRealtime => 5,
+    }
+}
+
+fn kind_from(k: u8) -> Result<SendKind, DecodeError> {
+    match k {
+        0 => Ok(SendKind::Send),
+        2 => Ok(SendKind::ImportHistory),
+        5 => Ok(SendKind::ImportRealtime),
+        _ => Err(DecodeError(format!("unknown send kind {k}"))),
+    }
 }
 
 fn copy_code(c: SenderCopy) -> u8 {
@@ -160,7 +231,7 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
     let rec = match op {
         Op::ImportAccount { user } => OpRecord::ImportAccount { user },
         Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
-        Op::Send(s) => OpRecord::Send {
+        Op::Send(s) => OpRecord::SendV2 {
             from: &s.from,
             to: &s.to,
             key: s.key.into(),
@@ -170,6 +241,8 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             lifetime: s.lifetime,
             origin_device: s.origin_device.as_deref(),
             at: s.at,
+            kind: kind_code(s.kind),
+            origin: origin_rec(&s.origin),
         },
         Op::Recall {
             from,
@@ -177,12 +250,14 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             key,
             by,
             at,
-        } => OpRecord::Recall {
+            origin,
+        } => OpRecord::RecallV2 {
             from,
             to,
             key: (*key).into(),
             by,
             at: *at,
+            origin: origin_rec(origin),
         },
         Op::Modify(m) => OpRecord::Modify {
             from: &m.from,
@@ -192,11 +267,18 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             custom: m.cloud_custom_data.as_deref(),
             at: m.at,
         },
-        Op::SetRead { reader, peer, at } => OpRecord::SetRead {
+        Op::SetRead {
+            reader,
+            peer,
+            at,
+            origin,
+        } => OpRecord::SetReadV2 {
             reader,
             peer,
             at: *at,
+            origin: origin_rec(origin),
         },
+        Op::OutboxAck { upto } => OpRecord::OutboxAck { upto: *upto },
         Op::Connect {
             account,
             device,
@@ -272,6 +354,32 @@ pub(crate) fn decode_op(
             lifetime,
             origin_device: origin_device.map(Into::into),
             at,
+            kind: SendKind::Send,
+            origin: None,
+        })),
+        OpRecord::SendV2 {
+            from,
+            to,
+            key,
+            body_json,
+            custom,
+            sender_copy,
+            lifetime,
+            origin_device,
+            at,
+            kind,
+            origin,
+        } => Op::Send(Box::new(SendOp {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            content: Content::from_trusted_json(body_json, custom),
+            sender_copy: copy_from_code(sender_copy)?,
+            lifetime,
+            origin_device: origin_device.map(Into::into),
+            at,
+            kind: kind_from(kind)?,
+            origin: origin_from(origin)?,
         })),
         OpRecord::Recall {
             from,
@@ -285,6 +393,22 @@ pub(crate) fn decode_op(
             key: key.into(),
             by: name(by)?,
             at,
+            origin: None,
+        },
+        OpRecord::RecallV2 {
+            from,
+            to,
+            key,
+            by,
+            at,
+            origin,
+        } => Op::Recall {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            by: name(by)?,
+            at,
+            origin: origin_from(origin)?,
         },
         OpRecord::Modify {
             from,
@@ -305,7 +429,20 @@ pub(crate) fn decode_op(
             reader: name(reader)?,
             peer: name(peer)?,
             at,
+            origin: None,
         },
+        OpRecord::SetReadV2 {
+            reader,
+            peer,
+            at,
+            origin,
+        } => Op::SetRead {
+            reader: name(reader)?,
+            peer: name(peer)?,
+            at,
+            origin: origin_from(origin)?,
+        },
+        OpRecord::OutboxAck { upto } => Op::OutboxAck { upto },
         // Format 1: a device added, or a cursor recorded at disconnect, with no time.
         OpRecord::AddDevice { account, device } => Op::Connect {
             account: name(account)?,
@@ -461,6 +598,31 @@ impl<'a> AccountImageV1<'a> {
     }
 }
 
+/// The outbox of after-callbacks (record kind `SNAP_OUTBOX`).
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct OutboxImage<'a> {
+    pub next_id: u64,
+    pub dropped: u64,
+    pub entries: Vec<OutboxEntryImage<'a>>,
+}
+
+#[derive(Encode, BorrowDecode, Debug, PartialEq)]
+pub(crate) struct OutboxEntryImage<'a> {
+    pub id: u64,
+    pub platform: u8,
+    pub client_ip: &'a str,
+    /// 0 after send, 1 after recall, 2 after read.
+    pub kind: u8,
+    /// The message (after send or recall).
+    pub msg: Option<MsgRef<'a>>,
+    /// Report_Account and Peer_Account (after read).
+    pub report: &'a str,
+    pub peer: &'a str,
+    pub at: u64,
+    pub unread: u32,
+    pub online_only: bool,
+}
+
 /// Deleted accounts and the sequence number each would continue from if imported again
 /// (record kind `SNAP_RETIRED`).
 #[derive(Encode, BorrowDecode, Debug, PartialEq)]
@@ -527,6 +689,11 @@ mod tests {
                 lifetime: 60,
                 origin_device: Some("phone".into()),
                 at: 99,
+                kind: SendKind::ImportRealtime,
+                origin: Some(Origin {
+                    platform: Platform::Ios,
+                    client_ip: "10.0.0.7".into(),
+                }),
             })),
             Op::Recall {
                 from: u("a"),
@@ -534,7 +701,15 @@ mod tests {
                 key: MsgKey::new(1, 2, 3),
                 by: u("admin"),
                 at: 100,
+                origin: Some(Origin::rest("127.0.0.1")),
             },
+            Op::SetRead {
+                reader: u("b"),
+                peer: u("a"),
+                at: 101,
+                origin: None,
+            },
+            Op::OutboxAck { upto: 7 },
         ];
         for op in ops {
             let mut buf = Vec::new();

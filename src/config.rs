@@ -49,6 +49,13 @@ pub struct Config {
     /// Disk space the journal reserves ahead of its writes (default 4 MiB). A full disk then
     /// refuses an operation before it takes effect, never in the middle of a write.
     pub journal_prealloc_bytes: u64,
+    /// How long after its MsgTimeStamp a client may recall its own message (default 120 s,
+    /// Tencent's 2 minutes); later answers 20016. Administrators have no limit.
+    pub client_recall_window_secs: u64,
+    /// Most after-callbacks kept undelivered in the outbox (default 1,000,000); beyond, new
+    /// ones are dropped and counted (`Store::outbox_dropped`), and their operations still
+    /// succeed.
+    pub outbox_max: usize,
 }
 
 impl Default for Config {
@@ -67,6 +74,8 @@ impl Default for Config {
             max_devices_per_account: 32,
             device_idle_secs: 30 * 86_400,
             journal_prealloc_bytes: crate::journal::DEFAULT_PREALLOC,
+            client_recall_window_secs: 120,
+            outbox_max: 1_000_000,
         }
     }
 }
@@ -126,6 +135,12 @@ impl Config {
         self
     }
 
+    /// Sets how long a client may recall its own message.
+    pub fn with_client_recall_window_secs(mut self, secs: u64) -> Self {
+        self.client_recall_window_secs = secs;
+        self
+    }
+
     /// Sets how much disk space the journal reserves ahead of its writes.
     pub fn with_journal_prealloc_bytes(mut self, bytes: u64) -> Self {
         self.journal_prealloc_bytes = bytes;
@@ -153,6 +168,8 @@ impl fmt::Debug for Config {
             .field("max_devices_per_account", &self.max_devices_per_account)
             .field("device_idle_secs", &self.device_idle_secs)
             .field("journal_prealloc_bytes", &self.journal_prealloc_bytes)
+            .field("client_recall_window_secs", &self.client_recall_window_secs)
+            .field("outbox_max", &self.outbox_max)
             .finish_non_exhaustive()
     }
 }

@@ -467,6 +467,11 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// Completes when `signal` is raised (or closed).
+pub(crate) fn wait_signal(signal: &Signal) -> impl Future<Output = ()> + '_ {
+    SignalWait(signal)
+}
+
 struct SignalWait<'a>(&'a Signal);
 
 impl Future for SignalWait<'_> {

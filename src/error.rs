@@ -48,10 +48,15 @@ pub enum Error {
         to: String,
         key: MsgKey,
     },
-    /// 20006 (or the hook's own code in 120001..=130000): the before-send hook refused it.
-    BlockedByHook { code: u32 },
+    /// 20006 (or the hook's own code in 120001..=130000, with its own ErrorInfo): the
+    /// before-send decision refused it.
+    BlockedByHook { code: u32, info: Option<String> },
     /// 90001: a new device for an account that already has the most devices allowed.
     TooManyDevices { account: String, max: usize },
+    /// 80003: the before-send callback failed or timed out and the policy is not to deliver.
+    CallbackUnavailable,
+    /// 20016: a client may recall its own message only within the recall window.
+    RecallTooLate { key: MsgKey, window_secs: u64 },
     /// 90009: the operation needs an app administrator.
     NotAdmin(String),
     /// 91000: the store cannot do it now (for example the journal cannot be written).
@@ -95,8 +100,10 @@ impl Error {
             Error::InvalidMsgKey(_) => 90054,
             Error::MessageNotFound { .. } => 20022,
             Error::AlreadyRecalled { .. } => 20023,
-            Error::BlockedByHook { code } => *code,
+            Error::BlockedByHook { code, .. } => *code,
             Error::NotAdmin(_) => 90009,
+            Error::CallbackUnavailable => 80003,
+            Error::RecallTooLate { .. } => 20016,
             Error::Internal(_) => 91000,
             Error::SigExpired { .. } => 70001,
             Error::SigMalformed(_) => 70003,
@@ -148,7 +155,10 @@ impl fmt::Display for Error {
                     "message {key} from {from:?} to {to:?} was already recalled"
                 )
             }
-            Error::BlockedByHook { code } => {
+            Error::BlockedByHook {
+                info: Some(info), ..
+            } => f.write_str(info),
+            Error::BlockedByHook { code, info: None } => {
                 write!(
                     f,
                     "the before-send callback refused the message (code {code})"
@@ -158,6 +168,15 @@ impl fmt::Display for Error {
                 f,
                 "account {account:?} already has {max} devices; connect one of them, or wait \
                  until an unused one is forgotten"
+            ),
+            Error::CallbackUnavailable => write!(
+                f,
+                "the before-send callback failed or timed out, and the policy is not to deliver"
+            ),
+            Error::RecallTooLate { key, window_secs } => write!(
+                f,
+                "message {key} can no longer be recalled: a client may recall its own message \
+                 within {window_secs} s of sending it"
             ),
             Error::NotAdmin(who) => write!(f, "{who:?} is not an app administrator"),
             Error::Internal(why) => write!(f, "internal error, retry later: {why}"),

@@ -6,7 +6,8 @@
 
 use crate::message::{MessageView, MsgElement, RecallNotice};
 
-/// What the before-send hook decides about a message.
+/// What the before-send decision says about a message (the in-process hook's answer, or a
+/// before-send webhook's).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BeforeSend {
     /// Store and deliver it unchanged.
@@ -14,8 +15,8 @@ pub enum BeforeSend {
     /// Refuse it: the sender gets error 20006.
     Block,
     /// Refuse it with the app's own code, which must lie in 120001..=130000 (anything else is
-    /// answered as 20006).
-    BlockWithCode(u32),
+    /// answered as 20006), and optionally its own ErrorInfo.
+    BlockWithCode { code: u32, info: Option<String> },
     /// Pretend success: the sender gets a MsgKey, nothing is stored or delivered.
     Drop,
     /// Store it with a replaced MsgBody and/or CloudCustomData (`None` keeps the original).
@@ -23,6 +24,9 @@ pub enum BeforeSend {
         body: Option<Vec<MsgElement>>,
         cloud_custom_data: Option<String>,
     },
+    /// No decision could be had (a webhook failed or timed out) and the policy is not to
+    /// deliver: the sender gets 80003.
+    Unavailable,
 }
 
 /// The message a before-send hook is asked about.
@@ -32,6 +36,10 @@ pub struct OutgoingMessage<'a> {
     pub from: &'a str,
     /// To_Account.
     pub to: &'a str,
+    /// MsgKey (MsgSeq, MsgRandom, MsgTime), fixed before the decision.
+    pub key: crate::MsgKey,
+    /// OnlineOnlyFlag: MsgLifeTime 0.
+    pub online_only: bool,
     /// MsgBody.
     pub body: &'a [MsgElement],
     /// CloudCustomData.

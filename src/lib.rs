@@ -37,6 +37,7 @@
 //! | `device` | devices, cursors, the delivery protocol, [`Subscription`] |
 //! | `cache` | the bounded per-device cache (while connected) |
 //! | `op` | every mutation as a value |
+//! | `callback` | where an operation came from ([`Origin`]); the durable outbox of after-callbacks |
 //! | `store` | the façade: validation, locking, tickets (R6); `store/apply.rs` the one `apply`; `store/devices.rs` connect, ack, the feed; `store/snapshot.rs` snapshots and checkpoints |
 //! | `journal`, `codec` | files, framing, disk reservation, commit protocol, recovery; the bincode payloads |
 //! | [`api`], [`usersig`] | Tencent's REST API and UserSig, no async dependency |
@@ -102,6 +103,7 @@
 mod account;
 pub mod api;
 mod cache;
+mod callback;
 mod clock;
 mod codec;
 mod config;
@@ -121,6 +123,7 @@ mod store;
 pub mod usersig;
 
 pub use account::{MAX_USER_ID_LEN, UserId};
+pub use callback::{CallbackEvent, Origin, OutboxEntry, Platform};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use device::{DeviceId, Disconnected, Event, EventKind, MAX_DEVICE_ID_LEN, Subscription};
@@ -138,8 +141,8 @@ pub use message::{
 };
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
-    BatchReceipt, BatchSendRequest, CommitTicket, CompactReport, Deferred, MAX_BATCH_RECIPIENTS,
-    MAX_IMPORT_BATCH, PurgeReport, Store,
+    BatchReceipt, BatchSendRequest, CommitTicket, CompactReport, Deferred, ImportRequest,
+    MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PreparedSend, PurgeReport, Store,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

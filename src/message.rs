@@ -389,6 +389,8 @@ pub(crate) struct StoredMessage {
     /// Position among the conversation's arrivals; breaks ties in history order.
     pub arrival: u64,
     pub sender_copy: SenderCopy,
+    /// Imported as history (`importmsg`, SyncFromOldSystem 2): counted read from the start.
+    pub read_on_import: bool,
     pub origin_device: Option<DeviceId>,
     state: RwLock<MsgState>,
 }
@@ -443,6 +445,7 @@ impl StoredMessage {
             key,
             arrival,
             sender_copy,
+            read_on_import: false,
             origin_device,
             state: RwLock::new(state),
         }

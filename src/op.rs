@@ -4,6 +4,7 @@
 //! gives the same state.
 
 use crate::account::UserId;
+use crate::callback::Origin;
 use crate::device::DeviceId;
 use crate::key::MsgKey;
 use crate::message::{Content, SenderCopy};
@@ -23,12 +24,20 @@ pub(crate) enum Op {
         key: MsgKey,
         by: UserId,
         at: u64,
+        /// Where it came from, when it fires an after-callback.
+        origin: Option<Origin>,
     },
     Modify(Box<ModifyOp>),
     SetRead {
         reader: UserId,
         peer: UserId,
         at: u64,
+        /// Where it came from, when it fires an after-callback.
+        origin: Option<Origin>,
+    },
+    /// The after-callbacks up to `upto` were delivered: they leave the outbox.
+    OutboxAck {
+        upto: u64,
     },
     /// A device connects: it is added if new (starting at the oldest retained inbox entry),
     /// `resume` (the last sequence number its client has, e.g. SSE `Last-Event-ID`) confirms
@@ -76,6 +85,21 @@ pub(crate) struct SendOp {
     pub origin_device: Option<DeviceId>,
     /// When the store accepted it (the clock, not MsgTimeStamp): lifetimes count from here.
     pub at: u64,
+    /// A send, or an import (`importmsg`).
+    pub kind: SendKind,
+    /// Where it came from, when it fires an after-callback.
+    pub origin: Option<Origin>,
+}
+
+/// How a message enters the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendKind {
+    /// `sendmsg`, `batchsendmsg`, a client's send.
+    Send,
+    /// `importmsg` with SyncFromOldSystem 2: history, counted read, not pushed to devices.
+    ImportHistory,
+    /// `importmsg` with SyncFromOldSystem 5: real time, counted unread, pushed.
+    ImportRealtime,
 }
 
 #[derive(Clone, Debug, PartialEq)]

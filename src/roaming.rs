@@ -172,7 +172,7 @@ impl Conversation {
 
     /// Whether the recipient has not yet marked `msg` read.
     pub fn is_unread(&self, msg: &StoredMessage) -> bool {
-        msg.arrival > self.read_mark[self.side(&msg.to)]
+        !msg.read_on_import && msg.arrival > self.read_mark[self.side(&msg.to)]
     }
 
     /// Marks everything that has arrived so far as read by `reader`.

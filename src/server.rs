@@ -6,7 +6,8 @@
 //! |---|---|
 //! | `conn` | the accept loop, header-read timeouts, the connection register (descriptor limit) |
 //! | `rest` | `/v4/{service}/{command}`: the envelope, body limit and timeout, durable answers |
-//! | `devices` | `/v4/imstore/ws`, `/v4/imstore/events`, `/v4/imstore/ack` |
+//! | `devices` | `/v4/imstore/ws` (events, acks, client requests), `/v4/imstore/events`, `/v4/imstore/ack` |
+//! | `webhook` | the calls to the app's callback URL: before-send, and the outbox dispatcher |
 //!
 //! Shutdown (SIGINT/SIGTERM), as tokio's mini-redis does it: one `watch` channel tells the
 //! accept loop and every connection and device task to stop; each holds a clone of an `mpsc`
@@ -29,6 +30,9 @@ use crate::{Config, Store, usersig};
 mod conn;
 mod devices;
 mod rest;
+mod webhook;
+
+pub use webhook::WebhookConfig;
 
 /// How `imstore-server` is set up (its command line).
 #[derive(Clone, Debug)]
@@ -56,6 +60,10 @@ pub struct ServerConfig {
     /// How often a WebSocket client is pinged; one silent for three intervals is dropped
     /// (default 30 s, so 90 s).
     pub ws_ping: Duration,
+    /// Tencent's C2C webhooks, when a callback URL is given.
+    pub webhooks: Option<WebhookConfig>,
+    /// How long a client may recall its own message (`Config::client_recall_window_secs`).
+    pub client_recall_window_secs: u64,
 }
 
 impl ServerConfig {
@@ -73,6 +81,8 @@ impl ServerConfig {
             purge_interval: Duration::from_secs(60),
             journal_prealloc: crate::journal::DEFAULT_PREALLOC,
             ws_ping: Duration::from_secs(30),
+            webhooks: None,
+            client_recall_window_secs: 120,
         }
     }
 }
@@ -85,6 +95,43 @@ struct App {
     /// Turns true when the server shuts down.
     shutdown: watch::Receiver<bool>,
     ws_ping: Duration,
+    webhooks: Option<Arc<webhook::Webhooks>>,
+}
+
+impl App {
+    /// How calls are served: a send's before-send decision comes from the webhook when there
+    /// is one.
+    fn call_context(&self) -> crate::api::CallContext {
+        crate::api::CallContext {
+            before_send_elsewhere: self.webhooks.is_some(),
+        }
+    }
+
+    /// Runs `f` with the store's operations coming from `origin` — when webhooks are on
+    /// (without them, operations fire no callbacks and queue nothing).
+    fn with_origin<R>(&self, origin: crate::Origin, f: impl FnOnce() -> R) -> R {
+        let origin = self.webhooks.is_some().then_some(origin);
+        self.api.store().with_origin(origin, f)
+    }
+
+    /// Finishes a call that stopped for its before-send decision: asks the webhook (holding no
+    /// store lock), then stores or refuses the send, and answers once it is durable.
+    async fn finish(&self, step: crate::api::Step) -> crate::api::Reply {
+        use crate::api::{Step, error_reply};
+        let store = self.api.store();
+        match step {
+            Step::Done(reply) => reply,
+            Step::BeforeSend(pending) => {
+                let webhooks = self.webhooks.as_ref().expect("only with webhooks");
+                let decision = webhooks.before_send(&pending).await;
+                let (reply, ticket) = store.deferring(|| self.api.resume(pending, decision));
+                match store.commit_async(ticket).await {
+                    Ok(()) => reply,
+                    Err(e) => error_reply(&e),
+                }
+            }
+        }
+    }
 }
 
 /// The router: REST paths (POST, or GET with a JSON body as some SDKs send), the device
@@ -161,7 +208,8 @@ pub async fn run_until(
     let store_config = Config::default()
         .with_admins(config.admins.clone())
         .with_sync(config.sync)
-        .with_journal_prealloc_bytes(config.journal_prealloc);
+        .with_journal_prealloc_bytes(config.journal_prealloc)
+        .with_client_recall_window_secs(config.client_recall_window_secs);
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_config)).await??;
@@ -217,11 +265,23 @@ pub async fn run_until(
         config.purge_interval,
         stop_rx.clone(),
     ));
+    let webhooks = match &config.webhooks {
+        Some(w) => Some(Arc::new(webhook::Webhooks::new(
+            w.clone(),
+            config.sdkappid,
+        )?)),
+        None => None,
+    };
+    let dispatcher = webhooks.clone().map(|w| {
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        tokio::spawn(async move { w.dispatch(store, stop).await })
+    });
     let app = App {
         api,
         body_limit: config.body_limit,
         shutdown: stop_rx.clone(),
         ws_ping: config.ws_ping,
+        webhooks,
     };
     let register = conn::Register::for_this_process();
     let accept = tokio::spawn(conn::accept_loop(
@@ -242,6 +302,9 @@ pub async fn run_until(
         tracing::warn!("some connections did not close within 4 s; leaving them");
     }
     purge.abort();
+    if let Some(d) = dispatcher {
+        let _ = tokio::time::timeout(Duration::from_millis(500), d).await;
+    }
     tokio::task::spawn_blocking(move || store.flush()).await??;
     tracing::info!("journal flushed");
     Ok(())

@@ -37,22 +37,24 @@ use parking_lot::Mutex;
 use crate::account::{AccountCell, UserId, check_user_id};
 use crate::codec;
 use crate::config::Config;
-use crate::device::{self, DeviceId, check_device_id};
+use crate::device::{self, DeviceId};
 use crate::error::{Error, Result};
 use crate::hash::DashMap;
-use crate::hooks::{BeforeSend, OutgoingMessage};
 use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
 use crate::message::{
-    Content, MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt, SendRequest,
-    SenderCopy, StoredMessage,
+    MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt, SenderCopy,
+    StoredMessage,
 };
-use crate::op::{ModifyOp, Op, SendOp};
+use crate::op::Op;
 use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
 
 mod apply;
 mod devices;
+mod messages;
 mod snapshot;
+
+pub use messages::{ImportRequest, PreparedSend};
 
 /// The most accounts one multi-import may name.
 pub const MAX_IMPORT_BATCH: usize = 100;
@@ -266,6 +268,8 @@ pub(crate) struct Inner {
     membership: AtomicU64,
     /// Numbers device sessions.
     sessions: AtomicU64,
+    /// After-callbacks not yet delivered (changed only by `apply`).
+    outbox: Mutex<crate::callback::Outbox>,
     /// Deleted accounts' next inbox sequence numbers: re-imported, an account continues from
     /// there (sequence numbers are never reused). Changed only by import and delete.
     retired: Mutex<crate::hash::HashMap<UserId, u64>>,
@@ -351,6 +355,7 @@ impl Store {
             .iter()
             .map(|a| UserId::new(a))
             .collect::<Result<Vec<_>>>()?;
+        let outbox = crate::callback::Outbox::new(config.outbox_max);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             config,
@@ -363,6 +368,7 @@ impl Store {
             membership: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             retired: Mutex::new(Default::default()),
+            outbox: Mutex::new(outbox),
             checkpointer: Mutex::new(None),
         });
         Ok(Store { inner })
@@ -704,227 +710,6 @@ impl Store {
         self.run(&Op::DeleteAccount { user }).map(|_| ())
     }
 
-    // ----- messages -----
-
-    /// Sends a one-to-one message (`sendmsg`), running the before- and after-send hooks.
-    /// Sending the same (From, To, MsgKey) again returns the same receipt and stores nothing.
-    pub fn send(&self, req: SendRequest) -> Result<SendReceipt> {
-        self.send_deferred(req)?.wait()
-    }
-
-    /// [`send`](Store::send) without waiting for the journal: the message is stored and
-    /// delivered, and [`Deferred::wait`] acknowledges it once it is durable. A thread can keep
-    /// many sends in flight and they share fsyncs.
-    pub fn send_deferred(&self, req: SendRequest) -> Result<Deferred<'_, SendReceipt>> {
-        let from = self.sender(req.from.as_deref())?;
-        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
-        let lifetime = check_lifetime(req.lifetime)?;
-        let origin_device = req
-            .from_device
-            .as_deref()
-            .map(|d| check_device_id(d).map(|_| DeviceId::from(d)))
-            .transpose()?;
-        let mut content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
-        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
-        let outgoing = OutgoingMessage {
-            from: &from,
-            to: &to,
-            body: &req.body,
-            cloud_custom_data: req.cloud_custom_data.as_deref(),
-        };
-        match self.inner.config.hooks.before_send(&outgoing) {
-            BeforeSend::Allow => {}
-            BeforeSend::Block => return Err(Error::BlockedByHook { code: 20006 }),
-            BeforeSend::BlockWithCode(code) => {
-                let code = if (120_001..=130_000).contains(&code) {
-                    code
-                } else {
-                    20006
-                };
-                return Err(Error::BlockedByHook { code });
-            }
-            BeforeSend::Drop => {
-                let receipt = SendReceipt {
-                    msg_time: key.time(),
-                    msg_key: key,
-                };
-                return Ok(Deferred {
-                    store: self,
-                    ticket: 0,
-                    value: receipt,
-                    sent: None,
-                });
-            }
-            BeforeSend::Replace {
-                body,
-                cloud_custom_data,
-            } => {
-                let body = body.as_deref().unwrap_or(&req.body);
-                let custom = cloud_custom_data
-                    .as_deref()
-                    .or(req.cloud_custom_data.as_deref());
-                content = Content::new(body, custom)?;
-            }
-        }
-        let op = Op::Send(Box::new(SendOp {
-            from,
-            to,
-            key,
-            content,
-            sender_copy: req.sender_copy,
-            lifetime,
-            origin_device,
-            at: self.now(),
-        }));
-        let Applied::Sent { msg, duplicate } = self.deferred(&op)? else {
-            unreachable!("send applies as Sent")
-        };
-        Ok(Deferred {
-            store: self,
-            ticket: self.journal().map_or(0, Journal::appended),
-            value: SendReceipt {
-                msg_time: msg.key.time(),
-                msg_key: msg.key,
-            },
-            sent: (!duplicate).then(|| msg.view()),
-        })
-    }
-
-    /// Sends one message to up to 500 recipients (`batchsendmsg`) under one MsgKey. Runs no
-    /// hooks. Per-recipient failures are listed in the receipt; the call itself fails only for
-    /// errors of the whole request.
-    pub fn batch_send(&self, req: BatchSendRequest) -> Result<BatchReceipt> {
-        if req.to.len() > MAX_BATCH_RECIPIENTS {
-            return Err(Error::TooManyRecipients(req.to.len()));
-        }
-        if req.to.is_empty() {
-            return Err(Error::ToAccountNotFound(
-                "(To_Account lists no recipient)".into(),
-            ));
-        }
-        let from = self.sender(req.from.as_deref())?;
-        let lifetime = check_lifetime(req.lifetime)?;
-        let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
-        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
-        let mut errors = Vec::new();
-        for to in &req.to {
-            let Some(cell) = self.cell(to) else {
-                errors.push((to.clone(), Error::AccountNotFound(to.clone())));
-                continue;
-            };
-            let op = Op::Send(Box::new(SendOp {
-                from: from.clone(),
-                to: cell.id.clone(),
-                key,
-                content: content.clone(),
-                sender_copy: req.sender_copy,
-                lifetime,
-                origin_device: None,
-                at: self.now(),
-            }));
-            match self.run(&op) {
-                // Deleted between the lookup and the send: as unknown as never imported.
-                Err(Error::ToAccountNotFound(_)) if cell.id != from => {
-                    errors.push((to.clone(), Error::AccountNotFound(to.clone())))
-                }
-                Err(e) => errors.push((to.clone(), e)),
-                Ok(_) => {}
-            }
-        }
-        Ok(BatchReceipt {
-            msg_time: key.time(),
-            msg_key: key,
-            errors,
-        })
-    }
-
-    fn sender(&self, from: Option<&str>) -> Result<UserId> {
-        match from {
-            Some(f) => Ok(self.cell_as(f, Role::Acting)?.id.clone()),
-            None => {
-                self.inner.admins.first().cloned().ok_or_else(|| {
-                    Error::FromAccountNotFound("(no administrator configured)".into())
-                })
-            }
-        }
-    }
-
-    fn resolve_key(&self, seq: Option<u32>, random: u32, time: Option<u32>) -> MsgKey {
-        let seq = seq.unwrap_or_else(|| self.random_u32());
-        let time = time.unwrap_or_else(|| u32::try_from(self.now()).unwrap_or(u32::MAX));
-        MsgKey::new(seq, random, time)
-    }
-
-    /// Recalls a message (`admin_msgwithdraw`) in every layer at once: history keeps it with
-    /// MsgFlagBits 8 and no content, no device receives it any more, every device cache holds a
-    /// tombstone, both parties' devices get a Recalled notice, unread counts drop. Errors, in
-    /// this order: 90009, 90008, 90003, 90054, 20022, 20023.
-    pub fn recall(&self, operator: &str, from: &str, to: &str, key: &str) -> Result<RecallNotice> {
-        self.recall_deferred(operator, from, to, key)?.wait()
-    }
-
-    /// [`recall`](Store::recall) without waiting for the journal: the recall has taken effect
-    /// in every layer, and [`Deferred::wait`] acknowledges it once it is durable.
-    pub fn recall_deferred(
-        &self,
-        operator: &str,
-        from: &str,
-        to: &str,
-        key: &str,
-    ) -> Result<Deferred<'_, RecallNotice>> {
-        let by = self.admin(operator)?;
-        let from = self.cell_as(from, Role::Acting)?.id.clone();
-        let to = self.cell_as(to, Role::Other)?.id.clone();
-        let key = MsgKey::parse(key)?;
-        let op = Op::Recall {
-            from,
-            to,
-            key,
-            by,
-            at: self.now(),
-        };
-        let Applied::Recalled(msg) = self.deferred(&op)? else {
-            unreachable!("recall applies as Recalled")
-        };
-        Ok(Deferred {
-            store: self,
-            ticket: self.journal().map_or(0, Journal::appended),
-            value: msg.recall_notice().expect("just recalled"),
-            sent: None,
-        })
-    }
-
-    /// Replaces the MsgBody and/or CloudCustomData of a live message (`modify_c2c_msg`) in
-    /// every layer and sends both parties' devices a Modified notice. A recalled message answers
-    /// 20023.
-    pub fn modify(
-        &self,
-        from: &str,
-        to: &str,
-        key: &str,
-        body: Option<Vec<MsgElement>>,
-        cloud_custom_data: Option<String>,
-    ) -> Result<()> {
-        let from = self.cell_as(from, Role::Acting)?.id.clone();
-        let to = self.cell_as(to, Role::Other)?.id.clone();
-        let key = MsgKey::parse(key)?;
-        if body.is_none() && cloud_custom_data.is_none() {
-            return Err(Error::InvalidMsgBody(
-                "give a new MsgBody or CloudCustomData".into(),
-            ));
-        }
-        let body = body.map(|b| Content::new(&b, None)).transpose()?;
-        let op = Op::Modify(Box::new(ModifyOp {
-            from,
-            to,
-            key,
-            body,
-            cloud_custom_data,
-            at: self.now(),
-        }));
-        self.run(&op).map(|_| ())
-    }
-
     /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
     pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
         let op = self.cell_as(&q.operator, Role::Acting)?;
@@ -991,6 +776,7 @@ impl Store {
             reader,
             peer,
             at: self.now(),
+            origin: self.origin(),
         })
         .map(|_| ())
     }

@@ -34,7 +34,7 @@ fn content_to_sign(
     identifier: &str,
     sdkappid: u64,
     time: u64,
-    expire: u64,
+    expire: i64,
     userbuf: Option<&str>,
 ) -> String {
     let mut s = format!(
@@ -64,7 +64,13 @@ pub fn generate(sdkappid: u64, key: &str, identifier: &str, expire: u64, now: u6
     let sig = STANDARD.encode(
         mac(
             key,
-            &content_to_sign(identifier, sdkappid, now, expire, None),
+            &content_to_sign(
+                identifier,
+                sdkappid,
+                now,
+                i64::try_from(expire).unwrap_or(i64::MAX),
+                None,
+            ),
         )
         .finalize()
         .into_bytes(),
@@ -131,7 +137,11 @@ pub fn verify(
         .ok_or_else(|| malformed("TLS.identifier is not a string"))?;
     let sig_app = number("TLS.sdkappid")?;
     let time = number("TLS.time")?;
-    let expire = number("TLS.expire")?;
+    // Tencent's generator accepts a negative expire (it signs the negative number): such a
+    // UserSig is expired from the start.
+    let expire = field("TLS.expire")?
+        .as_i64()
+        .ok_or_else(|| malformed("TLS.expire is not a number"))?;
     let sig = field("TLS.sig")?
         .as_str()
         .ok_or_else(|| malformed("TLS.sig is not a string"))?;
@@ -163,14 +173,15 @@ pub fn verify(
     )
     .verify_slice(&sig)
     .map_err(|_| Error::SigBadSignature)?;
-    if time.saturating_add(expire) < now {
+    let expires_at = time.saturating_add_signed(expire);
+    if expire < 0 || expires_at < now {
         return Err(Error::SigExpired {
-            expired_at: time.saturating_add(expire),
+            expired_at: expires_at,
         });
     }
     Ok(Verified {
         identifier: sig_identifier.to_owned(),
         issued_at: time,
-        expire,
+        expire: expire.unsigned_abs(),
     })
 }

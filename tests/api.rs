@@ -509,7 +509,10 @@ impl Hooks for Blocker {
         if msg.to == "b" {
             BeforeSend::Block
         } else {
-            BeforeSend::BlockWithCode(120_100)
+            BeforeSend::BlockWithCode {
+                code: 120_100,
+                info: None,
+            }
         }
     }
 }

@@ -65,17 +65,32 @@ fn before_send_block_answers_20006_and_stores_nothing() {
 }
 
 #[test]
-fn before_send_block_with_a_custom_code_answers_that_code() {
-    let (store, _) = with_hook(BeforeSend::BlockWithCode(120_555));
+fn before_send_block_with_a_custom_code_answers_that_code_and_info() {
+    let (store, _) = with_hook(BeforeSend::BlockWithCode {
+        code: 120_555,
+        info: Some("no links, please".into()),
+    });
+    let err = store.send(text_req("a", "b", 1, "no")).unwrap_err();
+    assert_eq!(err.code(), 120_555);
+    assert_eq!(err.to_string(), "no links, please");
+}
+
+#[test]
+fn before_send_unavailable_answers_80003_and_stores_nothing() {
+    let (store, _) = with_hook(BeforeSend::Unavailable);
     assert_eq!(
         store.send(text_req("a", "b", 1, "no")).unwrap_err().code(),
-        120_555
+        80003
     );
+    assert!(stored(&store).is_empty());
 }
 
 #[test]
 fn before_send_block_with_a_code_out_of_range_answers_20006() {
-    let (store, _) = with_hook(BeforeSend::BlockWithCode(42));
+    let (store, _) = with_hook(BeforeSend::BlockWithCode {
+        code: 42,
+        info: Some("ignored".into()),
+    });
     assert_eq!(
         store.send(text_req("a", "b", 1, "no")).unwrap_err().code(),
         20006

@@ -42,6 +42,16 @@ fn an_expired_signature_answers_70001() {
 }
 
 #[test]
+fn a_signature_with_a_negative_expire_from_tencents_generator_answers_70001() {
+    let f = fixture("negative_expire");
+    assert!(f["expire"].as_i64().unwrap() < 0);
+    // Valid signature, expired from the start: 70001, not 70003.
+    for now in [0, f["time"].as_u64().unwrap()] {
+        assert_eq!(check(&f, now).unwrap_err().code(), 70001, "at {now}");
+    }
+}
+
+#[test]
 fn a_malformed_signature_answers_70003() {
     let f = fixture("account");
     let sig = f["usersig"].as_str().unwrap();

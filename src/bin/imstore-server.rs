@@ -49,6 +49,28 @@ struct Args {
     /// How often expired history, inbox entries and idle devices are purged, in seconds.
     #[arg(long, default_value_t = 60, hide = true)]
     purge_interval_secs: u64,
+    /// The app's callback URL: turns on Tencent's C2C webhooks (before-send, after-send,
+    /// after-recall, after-read).
+    #[arg(long, value_name = "URL")]
+    callback_url: Option<String>,
+    /// Callback authentication: each call carries Sign = sha256(TOKEN + RequestTime).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "IMSTORE_CALLBACK_TOKEN",
+        hide_env_values = true
+    )]
+    callback_token: Option<String>,
+    /// How long a before-send callback may take, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    callback_timeout_ms: u64,
+    /// When a before-send callback fails or times out, refuse the message (80003) instead of
+    /// delivering it.
+    #[arg(long)]
+    callback_fail_closed: bool,
+    /// How long after sending a client may recall its own message, in seconds (20016 after).
+    #[arg(long, default_value_t = 120)]
+    client_recall_window_secs: u64,
     /// How often WebSocket clients are pinged, in seconds (one silent for three is dropped).
     #[arg(long, default_value_t = 30, hide = true)]
     ws_ping_secs: u64,
@@ -88,6 +110,13 @@ fn main() -> std::process::ExitCode {
         purge_interval: std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
         journal_prealloc: args.journal_prealloc,
         ws_ping: std::time::Duration::from_secs(args.ws_ping_secs.max(1)),
+        webhooks: args.callback_url.map(|url| imstore::server::WebhookConfig {
+            url,
+            token: args.callback_token,
+            timeout: std::time::Duration::from_millis(args.callback_timeout_ms.max(1)),
+            fail_closed: args.callback_fail_closed,
+        }),
+        client_recall_window_secs: args.client_recall_window_secs,
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {

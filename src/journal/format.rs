@@ -26,6 +26,8 @@ pub(crate) mod kind {
     pub const SNAP_ACCOUNT2: u8 = 5;
     /// Deleted accounts' next sequence numbers.
     pub const SNAP_RETIRED: u8 = 6;
+    /// The outbox of after-callbacks.
+    pub const SNAP_OUTBOX: u8 = 7;
 }
 
 // ----- framing -----

@@ -129,7 +129,6 @@ struct Session {
     app: App,
     sub: Subscription,
     req: DeviceRequest,
-    #[allow(dead_code)] // the webhooks issue reports it as ClientIP
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 }
@@ -212,10 +211,12 @@ impl Session {
         tracing::debug!(account = %self.req.account, device = %self.req.device, "device disconnected (ws)");
     }
 
-    /// Handles one client frame; returns the reply frame, if it needs one.
+    /// Handles one client frame; returns the reply frame, if it needs one. A request is
+    /// answered once everything it did or read is durable (a send first waits for its
+    /// before-send decision when webhooks are on).
     async fn client_frame(&self, text: &str) -> Option<String> {
-        let frame: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
+        let frame = match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
             Ok(_) | Err(_) => {
                 let e = Error::InvalidRequest(
                     "a frame must be one JSON object with an Op (ack, sendmsg, recall, read, history)".into(),
@@ -224,21 +225,24 @@ impl Session {
             }
         };
         let req_id = frame.get("ReqId").cloned().unwrap_or(Value::Null);
-        let reply: Reply = match frame.get("Op").and_then(Value::as_str) {
-            Some("ack") => match frame.get("Seq").and_then(Value::as_u64) {
-                Some(seq) => match self.sub.ack(seq) {
-                    Ok(()) => return None,
-                    Err(e) => error_reply(&e),
-                },
-                None => error_reply(&Error::InvalidRequest(
-                    "ack needs Seq, the last sequence number received".into(),
-                )),
-            },
-            Some(op @ ("sendmsg" | "recall" | "read" | "history")) => {
-                error_reply(&Error::UnknownApi(format!("ws Op {op}")))
-            }
-            Some(other) => error_reply(&Error::InvalidRequest(format!("unknown Op {other:?}"))),
-            None => error_reply(&Error::InvalidRequest("the frame has no Op".into())),
+        if frame.get("Op").and_then(Value::as_str) == Some("ack")
+            && let Some(seq) = frame.get("Seq").and_then(Value::as_u64)
+        {
+            return match self.sub.ack(seq) {
+                Ok(()) => None,
+                Err(e) => Some(ws_reply(&req_id, &error_reply(&e))),
+            };
+        }
+        let store = self.app.api.store();
+        let ctx = self.app.call_context();
+        let origin = super::webhook::device_origin(self.req.platform, self.peer.ip());
+        let (step, ticket) = store.deferring(|| {
+            self.app
+                .with_origin(origin, || self.app.api.client_step(&self.req, &frame, &ctx))
+        });
+        let reply: Reply = match store.commit_async(ticket).await {
+            Ok(()) => self.app.finish(step).await,
+            Err(e) => error_reply(&e),
         };
         Some(ws_reply(&req_id, &reply))
     }

@@ -10,12 +10,15 @@
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::App;
 use super::conn::READ_TIMEOUT;
+use crate::Origin;
 use crate::api::{Reply, error_reply};
 use crate::error::Error;
 
@@ -62,6 +65,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
 /// A REST call, POST or — as some of Tencent's SDKs send them — GET with a JSON body.
 pub async fn rest(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     UrlPath((service, command)): UrlPath<(String, String)>,
     RawQuery(query): RawQuery,
     body: Body,
@@ -76,7 +80,7 @@ pub async fn rest(
         }
     };
     let reply = app
-        .answer(path.clone(), query.unwrap_or_default(), bytes)
+        .answer(path.clone(), query.unwrap_or_default(), bytes, peer.ip())
         .await;
     if reply.code == 91000 {
         tracing::warn!(api = %path, code = reply.code, body = %reply.json, "internal error");
@@ -87,8 +91,9 @@ pub async fn rest(
 }
 
 impl App {
-    /// Answers a REST call once everything it did or read is durable.
-    async fn answer(&self, path: String, query: String, body: Bytes) -> Reply {
+    /// Answers a REST call once everything it did or read is durable; a send first waits for
+    /// its before-send decision when webhooks are on.
+    async fn answer(&self, path: String, query: String, body: Bytes, ip: IpAddr) -> Reply {
         let api = self.api.clone();
         if path == "/v4/imstore/compact" {
             return tokio::task::spawn_blocking(move || api.handle(&path, &query, &body))
@@ -96,11 +101,16 @@ impl App {
                 .unwrap_or_else(|e| error_reply(&Error::Internal(format!("handler failed: {e}"))));
         }
         let store = api.store();
-        let (reply, ticket) = store.deferring(|| api.handle(&path, &query, &body));
-        match store.commit_async(ticket).await {
-            Ok(()) => reply,
-            Err(e) => error_reply(&e),
+        let ctx = self.call_context();
+        let (step, ticket) = store.deferring(|| {
+            self.with_origin(Origin::rest(ip.to_string()), || {
+                api.step(&path, &query, &body, &ctx)
+            })
+        });
+        if let Err(e) = store.commit_async(ticket).await {
+            return error_reply(&e);
         }
+        self.finish(step).await
     }
 }
 

@@ -10,12 +10,13 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::{Applied, Mode, Role, Store, no_device};
 use crate::account::{AccountCell, AccountState, UserId, lock_pair};
+use crate::callback::{Origin, Queued};
 use crate::device::{DeviceId, DeviceSlot, Live, Signal};
 use crate::error::{Error, Result};
 use crate::inbox::{Entry, Inbox, ONLINE_GRACE_SECS};
 use crate::key::MsgKey;
 use crate::message::{SenderCopy, StoredMessage};
-use crate::op::{ModifyOp, Op, SendOp};
+use crate::op::{ModifyOp, Op, SendKind, SendOp};
 use crate::roaming::Conversation;
 
 impl Store {
@@ -31,9 +32,20 @@ impl Store {
                 key,
                 by,
                 at,
-            } => self.apply_recall(op, from, to, *key, by, *at, mode),
+                origin,
+            } => self.apply_recall(op, from, to, *key, by, *at, origin.as_ref(), mode),
             Op::Modify(m) => self.apply_modify(op, m, mode),
-            Op::SetRead { reader, peer, .. } => self.apply_set_read(op, reader, peer, mode),
+            Op::SetRead {
+                reader,
+                peer,
+                at,
+                origin,
+            } => self.apply_set_read(op, reader, peer, *at, origin.as_ref(), mode),
+            Op::OutboxAck { upto } => {
+                // Taken alone: the outbox is the last lock in the crate's order.
+                let ticket = self.record(op, mode)?;
+                Ok(Applied::Purged(self.inner.outbox.lock().ack(*upto, ticket)))
+            }
             Op::Connect {
                 account,
                 device,
@@ -163,7 +175,13 @@ impl Store {
             true,
             || unreachable!("created on demand"),
             |fs, ts, c| {
-                if let Some(existing) = c.find(&s.from, s.key) {
+                // An import is the same message in either direction (Tencent's importmsg).
+                let existing = c.find(&s.from, s.key).or_else(|| {
+                    (s.kind != SendKind::Send)
+                        .then(|| c.find(&s.to, s.key))
+                        .flatten()
+                });
+                if let Some(existing) = existing {
                     return Ok(Applied::Sent {
                         msg: existing.clone(),
                         duplicate: true,
@@ -171,7 +189,7 @@ impl Store {
                 }
                 let ticket = self.record(op, mode)?;
                 (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
-                let msg = Arc::new(StoredMessage::new(
+                let mut msg = StoredMessage::new(
                     s.from.clone(),
                     s.to.clone(),
                     s.key,
@@ -179,10 +197,22 @@ impl Store {
                     s.sender_copy,
                     s.origin_device.clone(),
                     s.content.clone(),
-                ));
+                );
+                msg.read_on_import = s.kind == SendKind::ImportHistory;
+                let msg = Arc::new(msg);
                 c.insert(msg.clone());
                 c.trim(s.at.saturating_sub(self.inner.config.retention_secs));
-                self.deliver_sent(fs, ts, s, &msg);
+                if s.kind != SendKind::ImportHistory {
+                    self.deliver_sent(fs, ts, s, &msg);
+                }
+                if let Some(origin) = &s.origin {
+                    let queued = Queued::AfterSend {
+                        msg: msg.clone(),
+                        online_only: s.lifetime == 0,
+                        unread: total_unread(ts),
+                    };
+                    self.inner.outbox.lock().push(origin, queued, ticket);
+                }
                 Ok(Applied::Sent {
                     msg,
                     duplicate: false,
@@ -301,6 +331,7 @@ impl Store {
         key: MsgKey,
         by: &UserId,
         at: u64,
+        origin: Option<&Origin>,
         mode: Mode,
     ) -> Result<Applied> {
         self.with_live_message(from, to, key, at, |fs, ts, c, msg| {
@@ -316,6 +347,14 @@ impl Store {
             let expires_at = at + self.inner.config.notice_lifetime_secs;
             fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
             ts.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
+            if let Some(origin) = origin {
+                let queued = Queued::AfterRecall {
+                    msg: msg.clone(),
+                    unread: total_unread(ts),
+                    at,
+                };
+                self.inner.outbox.lock().push(origin, queued, ticket);
+            }
             Ok(Applied::Recalled(msg.clone()))
         })
     }
@@ -340,6 +379,8 @@ impl Store {
         op: &Op,
         reader: &UserId,
         peer: &UserId,
+        at: u64,
+        origin: Option<&Origin>,
         mode: Mode,
     ) -> Result<Applied> {
         let rc = self.cell_as(reader, Role::Acting)?;
@@ -357,6 +398,15 @@ impl Store {
             c.mark_read(reader);
         }
         state.unread.remove(&**peer);
+        if let Some(origin) = origin {
+            let queued = Queued::AfterRead {
+                report: reader.clone(),
+                peer: peer.clone(),
+                at,
+                unread: total_unread(&state),
+            };
+            self.inner.outbox.lock().push(origin, queued, ticket);
+        }
         Ok(Applied::Done)
     }
 
@@ -416,4 +466,9 @@ impl Store {
             start: resume.unwrap_or(slot.cursor),
         })
     }
+}
+
+/// An account's unread messages over all its conversations (a callback's UnreadMsgNum).
+fn total_unread(state: &AccountState) -> u32 {
+    state.unread.values().sum()
 }

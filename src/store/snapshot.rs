@@ -14,9 +14,10 @@ use parking_lot::Mutex;
 
 use super::{Mode, Store};
 use crate::account::{AccountCell, UserId};
+use crate::callback::{Origin, Platform, Queued};
 use crate::codec::{
-    self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, RetiredImage,
-    SnapshotEnd, StateImage,
+    self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, OutboxEntryImage,
+    OutboxImage, RetiredImage, SnapshotEnd, StateImage,
 };
 use crate::config::Config;
 use crate::device::{DeviceId, DeviceSlot};
@@ -36,6 +37,13 @@ pub(super) struct Capture {
     conversations: Vec<ConvCapture>,
     accounts: Vec<AccountCapture>,
     retired: Vec<(UserId, u64)>,
+    outbox: OutboxCapture,
+}
+
+struct OutboxCapture {
+    next_id: u64,
+    dropped: u64,
+    entries: Vec<(u64, Origin, Queued, Option<MsgState>)>,
 }
 
 struct ConvCapture {
@@ -69,7 +77,8 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
         to: &m.to,
         key: key_tuple(m.key),
         arrival: m.arrival,
-        sender_copy: codec::sender_copy_code(m.sender_copy),
+        // Bit 7: imported as history, counted read (format 2; format 1 never sets it).
+        sender_copy: codec::sender_copy_code(m.sender_copy) | (u8::from(m.read_on_import) << 7),
         origin_device: m.origin_device.as_deref(),
         state: match state {
             MsgState::Live(c) => StateImage::Live {
@@ -166,10 +175,31 @@ impl Store {
             .iter()
             .map(|(u, n)| (u.clone(), *n))
             .collect();
+        let outbox = {
+            let o = self.inner.outbox.lock();
+            OutboxCapture {
+                next_id: o.next_id,
+                dropped: o.dropped,
+                entries: o
+                    .entries
+                    .iter()
+                    .map(|(id, origin, q)| {
+                        let state = match q {
+                            Queued::AfterSend { msg, .. } | Queued::AfterRecall { msg, .. } => {
+                                Some(msg.state())
+                            }
+                            Queued::AfterRead { .. } => None,
+                        };
+                        (*id, origin.clone(), q.clone(), state)
+                    })
+                    .collect(),
+            }
+        };
         Capture {
             conversations,
             accounts,
             retired,
+            outbox,
         }
     }
 
@@ -203,6 +233,13 @@ impl Store {
                 let img: AccountImageV1<'_> = codec::decode(payload).map_err(|e| e.0)?;
                 self.restore_account(img.upgrade(self.now()))
                     .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_OUTBOX,
+                payload,
+            } => {
+                let img: OutboxImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_outbox(img).map_err(|e| e.to_string())
             }
             Recovered::Snapshot {
                 kind: kind::SNAP_RETIRED,
@@ -251,9 +288,9 @@ impl Store {
                 at,
             },
         };
-        let sender_copy =
-            codec::sender_copy_from_code(img.sender_copy).map_err(|e| Error::Internal(e.0))?;
-        Ok(StoredMessage::restore(
+        let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x7f)
+            .map_err(|e| Error::Internal(e.0))?;
+        let mut msg = StoredMessage::restore(
             self.intern(img.from)?,
             self.intern(img.to)?,
             MsgKey::new(img.key.0, img.key.1, img.key.2),
@@ -261,7 +298,9 @@ impl Store {
             sender_copy,
             img.origin_device.map(DeviceId::from),
             state,
-        ))
+        );
+        msg.read_on_import = img.sender_copy & 0x80 != 0;
+        Ok(msg)
     }
 
     fn restore_conversation(&self, img: ConvImage<'_>) -> Result<(), Error> {
@@ -284,21 +323,73 @@ impl Store {
         Ok(())
     }
 
+    /// The message a snapshot record names: in roaming, or carried whole.
+    fn restore_ref(&self, r: &MsgRef<'_>) -> Result<Arc<StoredMessage>, Error> {
+        match r {
+            MsgRef::Roaming { from, to, key } => {
+                let (from, to) = (self.intern(from)?, self.intern(to)?);
+                let key = MsgKey::new(key.0, key.1, key.2);
+                let conv = self.conversation(&from, &to, false);
+                conv.and_then(|c| c.lock().find(&from, key).cloned())
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "a record names message {key} from {from} that the snapshot lacks"
+                        ))
+                    })
+            }
+            MsgRef::Orphan(m) => Ok(Arc::new(self.restore_message(m)?)),
+        }
+    }
+
+    fn restore_outbox(&self, img: OutboxImage<'_>) -> Result<(), Error> {
+        let mut entries = std::collections::VecDeque::with_capacity(img.entries.len());
+        for e in &img.entries {
+            let platform = Platform::from_code(e.platform)
+                .ok_or_else(|| Error::Internal(format!("unknown platform {}", e.platform)))?;
+            let origin = Origin {
+                platform,
+                client_ip: e.client_ip.to_owned(),
+            };
+            let msg = || -> Result<Arc<StoredMessage>, Error> {
+                let r = e
+                    .msg
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("an outbox entry lacks its message".into()))?;
+                self.restore_ref(r)
+            };
+            let queued = match e.kind {
+                0 => Queued::AfterSend {
+                    msg: msg()?,
+                    online_only: e.online_only,
+                    unread: e.unread,
+                },
+                1 => Queued::AfterRecall {
+                    msg: msg()?,
+                    unread: e.unread,
+                    at: e.at,
+                },
+                2 => Queued::AfterRead {
+                    report: self.intern(e.report)?,
+                    peer: self.intern(e.peer)?,
+                    at: e.at,
+                    unread: e.unread,
+                },
+                k => return Err(Error::Internal(format!("unknown outbox entry kind {k}"))),
+            };
+            entries.push_back((e.id, origin, queued));
+        }
+        let mut outbox = self.inner.outbox.lock();
+        outbox.next_id = img.next_id;
+        outbox.dropped = img.dropped;
+        outbox.entries = entries;
+        Ok(())
+    }
+
     fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
         let cell = AccountCell::new(UserId::new(img.user)?);
         let mut slots = Vec::with_capacity(img.entries.len());
         for e in &img.entries {
-            let msg = match &e.msg {
-                MsgRef::Roaming { from, to, key } => {
-                    let (from, to) = (self.intern(from)?, self.intern(to)?);
-                    let key = MsgKey::new(key.0, key.1, key.2);
-                    let conv = self.conversation(&from, &to, false);
-                    conv.and_then(|c| c.lock().find(&from, key).cloned()).ok_or_else(|| {
-                        Error::Internal(format!("inbox entry names message {key} from {from} that the snapshot lacks"))
-                    })?
-                }
-                MsgRef::Orphan(m) => Arc::new(self.restore_message(m)?),
-            };
+            let msg = self.restore_ref(&e.msg)?;
             let entry = match e.kind {
                 0 | 3 => Entry::Message(msg),
                 1 => Entry::Recalled(msg),
@@ -391,6 +482,47 @@ impl Capture {
             push_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b));
             flush_if_large(&mut buf, w)?;
         }
+        let o = &self.outbox;
+        let img = OutboxImage {
+            next_id: o.next_id,
+            dropped: o.dropped,
+            entries: o
+                .entries
+                .iter()
+                .map(|(id, origin, q, state)| {
+                    let msg_ref = |m| outbox_ref(m, state.as_ref(), &roaming);
+                    let (kind, msg, report, peer, at, unread, online_only) = match q {
+                        Queued::AfterSend {
+                            msg,
+                            online_only,
+                            unread,
+                        } => (0, Some(msg_ref(msg)), "", "", 0, *unread, *online_only),
+                        Queued::AfterRecall { msg, unread, at } => {
+                            (1, Some(msg_ref(msg)), "", "", *at, *unread, false)
+                        }
+                        Queued::AfterRead {
+                            report,
+                            peer,
+                            at,
+                            unread,
+                        } => (2, None, &**report, &**peer, *at, *unread, false),
+                    };
+                    OutboxEntryImage {
+                        id: *id,
+                        platform: origin.platform.code(),
+                        client_ip: &origin.client_ip,
+                        kind,
+                        msg,
+                        report,
+                        peer,
+                        at,
+                        unread,
+                        online_only,
+                    }
+                })
+                .collect(),
+        };
+        push_frame(&mut buf, kind::SNAP_OUTBOX, |b| codec::encode(&img, b));
         if !self.retired.is_empty() {
             let img = RetiredImage {
                 accounts: self.retired.iter().map(|(u, n)| (&**u, *n)).collect(),
@@ -412,4 +544,21 @@ fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>)
         buf.clear();
     }
     Ok(())
+}
+
+/// How an outbox entry names its message: by its place in roaming, or carrying it.
+fn outbox_ref<'a>(
+    m: &'a Arc<StoredMessage>,
+    state: Option<&'a MsgState>,
+    roaming: &HashSet<*const StoredMessage>,
+) -> MsgRef<'a> {
+    if roaming.contains(&Arc::as_ptr(m)) {
+        MsgRef::Roaming {
+            from: &m.from,
+            to: &m.to,
+            key: key_tuple(m.key),
+        }
+    } else {
+        MsgRef::Orphan(msg_image(m, state.expect("captured with its message")))
+    }
 }

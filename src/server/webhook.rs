@@ -1,0 +1,189 @@
+//! Tencent's C2C webhooks (SPEC §8): the calls to the app's callback URL.
+//!
+//! - **Before-send** (`C2C.CallbackBeforeSendMsg`) is the server's way of making the store's one
+//!   before-send decision: the call is awaited between [`Store::prepare_send`] and
+//!   [`Store::finish_send`], with no store lock held, for at most `--callback-timeout-ms`. A
+//!   call that fails or times out delivers the message (fail open), or with
+//!   `--callback-fail-closed` refuses it with 80003.
+//! - **After-callbacks** (`C2C.CallbackAfterSendMsg`, `C2C.CallbackAfterMsgWithDraw`,
+//!   `C2C.CallbackAfterMsgReport`) never delay the caller. Their operations queue them in the
+//!   store's durable outbox (see `imstore::callback`); the dispatcher here sends them one at a
+//!   time in operation order, once durable, retrying each with backoff (100 ms doubling to 30 s)
+//!   until the app answers HTTP 200 with a JSON body, and then acknowledges it in the store.
+//!   After a restart or a crash it resumes with the first one not acknowledged: at least once.
+//!
+//! [`Store::prepare_send`]: crate::Store::prepare_send
+//! [`Store::finish_send`]: crate::Store::finish_send
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::api::{
+    PendingSend, before_send_body, before_send_decision, callback_accepted, callback_body,
+    callback_query,
+};
+use crate::hooks::BeforeSend;
+use crate::{Origin, Platform, Store};
+
+/// Where and how webhooks are called (`--callback-*`).
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// The app's callback URL.
+    pub url: String,
+    /// With a token, each call carries `Sign` and `RequestTime`.
+    pub token: Option<String>,
+    /// How long a before-send call may take (default 2 s, Tencent's).
+    pub timeout: Duration,
+    /// A before-send call that fails refuses the message (80003) instead of delivering it.
+    pub fail_closed: bool,
+}
+
+/// How many outbox entries the dispatcher reads at a time.
+const BATCH: usize = 64;
+/// The longest wait between two tries of one after-callback.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The webhook client of one server.
+pub struct Webhooks {
+    config: WebhookConfig,
+    sdkappid: u64,
+    http: reqwest::Client,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Webhooks {
+    pub fn new(config: WebhookConfig, sdkappid: u64) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .pool_max_idle_per_host(4)
+            .build()?;
+        Ok(Webhooks {
+            config,
+            sdkappid,
+            http,
+        })
+    }
+
+    /// One call: POST the JSON body to the URL with Tencent's query parameters. `Ok` with the
+    /// answer's status and body, or the transport's error.
+    async fn call(
+        &self,
+        command: &str,
+        origin: &Origin,
+        body: String,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let token = self.config.token.as_deref().map(|t| (t, unix_now()));
+        let query = callback_query(self.sdkappid, command, origin, token);
+        let sep = if self.config.url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!("{}{sep}{query}", self.config.url);
+        let resp = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// The before-send decision for a pending send: the app's answer, or — when the call fails
+    /// or times out — allow (fail open) or [`BeforeSend::Unavailable`] (fail closed).
+    pub async fn before_send(&self, pending: &PendingSend) -> BeforeSend {
+        let rest = Origin::rest("127.0.0.1");
+        let origin = pending.origin().unwrap_or(&rest);
+        let body = before_send_body(&pending.outgoing());
+        let answer = tokio::time::timeout(
+            self.config.timeout,
+            self.call("C2C.CallbackBeforeSendMsg", origin, body),
+        )
+        .await;
+        let failure = match answer {
+            Ok(Ok((200, body))) => match before_send_decision(&body) {
+                Ok(decision) => return decision,
+                Err(why) => why,
+            },
+            Ok(Ok((status, _))) => format!("HTTP {status}"),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {:?}", self.config.timeout),
+        };
+        tracing::warn!(error = %failure, fail_closed = self.config.fail_closed, "before-send callback failed");
+        if self.config.fail_closed {
+            BeforeSend::Unavailable
+        } else {
+            BeforeSend::Allow
+        }
+    }
+
+    /// Delivers the outbox's after-callbacks, in order, until `stop` turns true.
+    pub async fn dispatch(&self, store: Store, mut stop: watch::Receiver<bool>) {
+        let mut after = 0u64;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = store.outbox_wait(after) => {}
+            }
+            let (entries, ticket) = store.deferring(|| store.outbox_after(after, BATCH));
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox unreadable");
+                    return;
+                }
+            };
+            // Only what is durable is sent (R6).
+            if let Err(e) = store.commit_async(ticket).await {
+                tracing::warn!(error = %e, "outbox not durable");
+                return;
+            }
+            for entry in entries {
+                let (command, body) = callback_body(&entry);
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let outcome = tokio::select! {
+                        _ = stop.changed() => return,
+                        r = self.call(command, &entry.origin, body.clone()) => r,
+                    };
+                    match outcome {
+                        Ok((status, answer)) if callback_accepted(status, &answer) => break,
+                        Ok((status, _)) => {
+                            tracing::debug!(command, status, "after-callback refused; retrying")
+                        }
+                        Err(e) => {
+                            tracing::debug!(command, error = %e, "after-callback failed; retrying")
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                after = entry.id;
+                if let Err(e) = store.outbox_ack(after) {
+                    tracing::warn!(error = %e, "outbox acknowledgement not recorded");
+                }
+            }
+        }
+    }
+}
+
+/// The origin of a device's requests: its platform and address.
+pub fn device_origin(platform: &str, ip: std::net::IpAddr) -> Origin {
+    Origin {
+        platform: Platform::of_device(platform).unwrap_or(Platform::Unknown),
+        client_ip: ip.to_string(),
+    }
+}

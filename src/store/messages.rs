@@ -1,0 +1,501 @@
+//! Message operations from the caller's side: send (in two halves around the before-send
+//! decision), batch send, import, recall by an administrator or by the sender's client,
+//! modify, and the outbox of after-callbacks.
+//!
+//! The before-send decision point is one: [`Store::prepare_send`] validates and keys a
+//! message, something decides a [`BeforeSend`] — the store's own `Hooks` (in [`Store::send`])
+//! or, in a server, a webhook awaited with no store lock held — and [`Store::finish_send`]
+//! applies that decision. Every way a decision can end (allow, refuse, drop, replace, refuse
+//! with the app's code, unavailable) is handled there and only there.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::{Applied, Deferred, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
+use crate::account::UserId;
+use crate::callback::{Origin, OutboxEntry};
+use crate::device::{self, DeviceId, check_device_id};
+use crate::error::{Error, Result};
+use crate::hooks::{BeforeSend, OutgoingMessage};
+use crate::journal::Journal;
+use crate::key::MsgKey;
+use crate::message::{Content, MsgElement, RecallNotice, SendReceipt, SendRequest, SenderCopy};
+use crate::op::{ModifyOp, Op, SendKind, SendOp};
+use crate::store::{BatchReceipt, BatchSendRequest, Mode};
+
+thread_local! {
+    /// Inside `Store::with_origin`: (the store, where its operations come from).
+    static ORIGIN: RefCell<Option<(usize, Option<Origin>)>> = const { RefCell::new(None) };
+}
+
+/// A send validated and keyed, waiting for its before-send decision
+/// ([`Store::prepare_send`], [`Store::finish_send`]).
+#[derive(Debug)]
+pub struct PreparedSend {
+    from: UserId,
+    to: UserId,
+    key: MsgKey,
+    lifetime: u64,
+    body: Vec<MsgElement>,
+    cloud_custom_data: Option<String>,
+    content: Content,
+    sender_copy: SenderCopy,
+    origin_device: Option<DeviceId>,
+    origin: Option<Origin>,
+}
+
+impl PreparedSend {
+    /// What the before-send decision is asked about.
+    pub fn outgoing(&self) -> OutgoingMessage<'_> {
+        OutgoingMessage {
+            from: &self.from,
+            to: &self.to,
+            key: self.key,
+            online_only: self.lifetime == 0,
+            body: &self.body,
+            cloud_custom_data: self.cloud_custom_data.as_deref(),
+        }
+    }
+
+    /// Where the send came from (its after-callback reports it), if it fires callbacks.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+}
+
+/// An `importmsg`: a message from an older system, with all its identity given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportRequest {
+    pub from: String,
+    pub to: String,
+    pub msg_seq: u32,
+    pub msg_random: u32,
+    pub msg_time: u32,
+    pub body: Vec<MsgElement>,
+    pub cloud_custom_data: Option<String>,
+    /// SyncFromOldSystem 5: counted unread and pushed to devices. `false` (2): history, counted
+    /// read, not pushed.
+    pub realtime: bool,
+}
+
+impl Store {
+    /// Runs `f` with this store's operations coming from `origin`: sends, recalls and read marks
+    /// made in `f` then fire after-callbacks (they are queued in the outbox with the operation;
+    /// `None` fires none). Batch sends and imports never fire callbacks.
+    pub fn with_origin<R>(&self, origin: Option<Origin>, f: impl FnOnce() -> R) -> R {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        let outer = ORIGIN.replace(Some((me, origin)));
+        let result = f();
+        ORIGIN.set(outer);
+        result
+    }
+
+    /// Where this thread's operations on this store come from (see [`Store::with_origin`]).
+    pub(super) fn origin(&self) -> Option<Origin> {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        ORIGIN.with_borrow(|o| match o {
+            Some((store, origin)) if *store == me => origin.clone(),
+            _ => None,
+        })
+    }
+
+    /// Sends a one-to-one message (`sendmsg`), running the before- and after-send hooks.
+    /// Sending the same (From, To, MsgKey) again returns the same receipt and stores nothing.
+    pub fn send(&self, req: SendRequest) -> Result<SendReceipt> {
+        self.send_deferred(req)?.wait()
+    }
+
+    /// [`send`](Store::send) without waiting for the journal: the message is stored (and shown
+    /// to nobody yet), and [`Deferred::wait`] acknowledges it once it is durable. A thread can
+    /// keep many sends in flight and they share fsyncs.
+    pub fn send_deferred(&self, req: SendRequest) -> Result<Deferred<'_, SendReceipt>> {
+        let prepared = self.prepare_send(req)?;
+        let decision = self.inner.config.hooks.before_send(&prepared.outgoing());
+        self.finish_send(prepared, decision)
+    }
+
+    /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
+    /// and fixes its MsgKey. Nothing is stored yet.
+    pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
+        let from = self.sender(req.from.as_deref())?;
+        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
+        let lifetime = check_lifetime(req.lifetime)?;
+        let origin_device = req
+            .from_device
+            .as_deref()
+            .map(|d| check_device_id(d).map(|_| DeviceId::from(d)))
+            .transpose()?;
+        let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
+        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        Ok(PreparedSend {
+            from,
+            to,
+            key,
+            lifetime,
+            body: req.body,
+            cloud_custom_data: req.cloud_custom_data,
+            content,
+            sender_copy: req.sender_copy,
+            origin_device,
+            origin: self.origin(),
+        })
+    }
+
+    /// The second half of a send: applies the before-send `decision` — store it, store a
+    /// replacement, refuse it (20006, or the app's code in 120001..=130000), drop it silently,
+    /// or refuse it because the decision could not be had (80003).
+    pub fn finish_send(
+        &self,
+        p: PreparedSend,
+        decision: BeforeSend,
+    ) -> Result<Deferred<'_, SendReceipt>> {
+        let mut content = p.content;
+        match decision {
+            BeforeSend::Allow => {}
+            BeforeSend::Block => {
+                return Err(Error::BlockedByHook {
+                    code: 20006,
+                    info: None,
+                });
+            }
+            BeforeSend::BlockWithCode { code, info } => {
+                return Err(if (120_001..=130_000).contains(&code) {
+                    Error::BlockedByHook { code, info }
+                } else {
+                    Error::BlockedByHook {
+                        code: 20006,
+                        info: None,
+                    }
+                });
+            }
+            BeforeSend::Unavailable => return Err(Error::CallbackUnavailable),
+            BeforeSend::Drop => {
+                return Ok(Deferred {
+                    store: self,
+                    ticket: 0,
+                    value: SendReceipt {
+                        msg_time: p.key.time(),
+                        msg_key: p.key,
+                    },
+                    sent: None,
+                });
+            }
+            BeforeSend::Replace {
+                body,
+                cloud_custom_data,
+            } => {
+                let body = body.as_deref().unwrap_or(&p.body);
+                let custom = cloud_custom_data
+                    .as_deref()
+                    .or(p.cloud_custom_data.as_deref());
+                content = Content::new(body, custom)?;
+            }
+        }
+        let op = Op::Send(Box::new(SendOp {
+            from: p.from,
+            to: p.to,
+            key: p.key,
+            content,
+            sender_copy: p.sender_copy,
+            lifetime: p.lifetime,
+            origin_device: p.origin_device,
+            at: self.now(),
+            kind: SendKind::Send,
+            origin: p.origin,
+        }));
+        let Applied::Sent { msg, duplicate } = self.deferred(&op)? else {
+            unreachable!("send applies as Sent")
+        };
+        Ok(Deferred {
+            store: self,
+            ticket: self.journal().map_or(0, Journal::appended),
+            value: SendReceipt {
+                msg_time: msg.key.time(),
+                msg_key: msg.key,
+            },
+            sent: (!duplicate).then(|| msg.view()),
+        })
+    }
+
+    /// Sends one message to up to 500 recipients (`batchsendmsg`) under one MsgKey. Runs no
+    /// hooks and fires no callbacks. Per-recipient failures are listed in the receipt; the call
+    /// itself fails only for errors of the whole request.
+    pub fn batch_send(&self, req: BatchSendRequest) -> Result<BatchReceipt> {
+        if req.to.len() > MAX_BATCH_RECIPIENTS {
+            return Err(Error::TooManyRecipients(req.to.len()));
+        }
+        if req.to.is_empty() {
+            return Err(Error::ToAccountNotFound(
+                "(To_Account lists no recipient)".into(),
+            ));
+        }
+        let from = self.sender(req.from.as_deref())?;
+        let lifetime = check_lifetime(req.lifetime)?;
+        let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
+        let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        let mut errors = Vec::new();
+        for to in &req.to {
+            let Some(cell) = self.cell(to) else {
+                errors.push((to.clone(), Error::AccountNotFound(to.clone())));
+                continue;
+            };
+            let op = Op::Send(Box::new(SendOp {
+                from: from.clone(),
+                to: cell.id.clone(),
+                key,
+                content: content.clone(),
+                sender_copy: req.sender_copy,
+                lifetime,
+                origin_device: None,
+                at: self.now(),
+                kind: SendKind::Send,
+                origin: None,
+            }));
+            match self.run(&op) {
+                // Deleted between the lookup and the send: as unknown as never imported.
+                Err(Error::ToAccountNotFound(_)) if cell.id != from => {
+                    errors.push((to.clone(), Error::AccountNotFound(to.clone())))
+                }
+                Err(e) => errors.push((to.clone(), e)),
+                Ok(_) => {}
+            }
+        }
+        Ok(BatchReceipt {
+            msg_time: key.time(),
+            msg_key: key,
+            errors,
+        })
+    }
+
+    /// Imports a message from an older system (`importmsg`): history (counted read, not
+    /// pushed) or real time (counted unread, pushed). Idempotent: a message with the same
+    /// MsgKey in either direction of the conversation is never stored twice. No hooks, no
+    /// callbacks.
+    pub fn import(&self, req: ImportRequest) -> Result<SendReceipt> {
+        let from = self.cell_as(&req.from, Role::Acting)?.id.clone();
+        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
+        let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
+        let key = MsgKey::new(req.msg_seq, req.msg_random, req.msg_time);
+        let op = Op::Send(Box::new(SendOp {
+            from,
+            to,
+            key,
+            content,
+            sender_copy: SenderCopy::Roaming,
+            lifetime: crate::message::MAX_LIFETIME_SECS,
+            origin_device: None,
+            at: self.now(),
+            kind: if req.realtime {
+                SendKind::ImportRealtime
+            } else {
+                SendKind::ImportHistory
+            },
+            origin: None,
+        }));
+        let Applied::Sent { msg, .. } = self.run(&op)? else {
+            unreachable!("an import applies as Sent")
+        };
+        Ok(SendReceipt {
+            msg_time: msg.key.time(),
+            msg_key: msg.key,
+        })
+    }
+
+    pub(super) fn sender(&self, from: Option<&str>) -> Result<UserId> {
+        match from {
+            Some(f) => Ok(self.cell_as(f, Role::Acting)?.id.clone()),
+            None => {
+                self.inner.admins.first().cloned().ok_or_else(|| {
+                    Error::FromAccountNotFound("(no administrator configured)".into())
+                })
+            }
+        }
+    }
+
+    fn resolve_key(&self, seq: Option<u32>, random: u32, time: Option<u32>) -> MsgKey {
+        let seq = seq.unwrap_or_else(|| self.random_u32());
+        let time = time.unwrap_or_else(|| u32::try_from(self.now()).unwrap_or(u32::MAX));
+        MsgKey::new(seq, random, time)
+    }
+
+    /// Recalls a message (`admin_msgwithdraw`) in every layer at once: history keeps it with
+    /// MsgFlagBits 8 and no content, no device receives it any more, every device cache holds a
+    /// tombstone, both parties' devices get a Recalled notice, unread counts drop. Errors, in
+    /// this order: 90009, 90008, 90003, 90054, 20022, 20023.
+    pub fn recall(&self, operator: &str, from: &str, to: &str, key: &str) -> Result<RecallNotice> {
+        self.recall_deferred(operator, from, to, key)?.wait()
+    }
+
+    /// [`recall`](Store::recall) without waiting for the journal: the recall has taken effect
+    /// in memory (shown to nobody yet), and [`Deferred::wait`] acknowledges it once durable.
+    pub fn recall_deferred(
+        &self,
+        operator: &str,
+        from: &str,
+        to: &str,
+        key: &str,
+    ) -> Result<Deferred<'_, RecallNotice>> {
+        let by = self.admin(operator)?;
+        let from = self.cell_as(from, Role::Acting)?.id.clone();
+        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let key = MsgKey::parse(key)?;
+        self.recall_op(from, to, key, by)
+    }
+
+    /// A client's recall of its own message (`account` sent it to `to`): the same recall, by
+    /// the sender, allowed within `Config::client_recall_window_secs` of the message's
+    /// MsgTimeStamp. Errors, in this order: 90008, 90003, 90054, 20022, 20023, 20016 (too late).
+    pub fn recall_own(&self, account: &str, to: &str, key: &str) -> Result<RecallNotice> {
+        self.recall_own_deferred(account, to, key)?.wait()
+    }
+
+    /// [`recall_own`](Store::recall_own) without waiting for the journal.
+    pub fn recall_own_deferred(
+        &self,
+        account: &str,
+        to: &str,
+        key: &str,
+    ) -> Result<Deferred<'_, RecallNotice>> {
+        let from = self.cell_as(account, Role::Acting)?.id.clone();
+        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let key = MsgKey::parse(key)?;
+        let window = self.inner.config.client_recall_window_secs;
+        if self.now() > u64::from(key.time()).saturating_add(window) {
+            // Too late — unless there is no such live message, which is said first.
+            let (from_s, to_s) = (from.to_string(), to.to_string());
+            let not_found = || Error::MessageNotFound {
+                from: from_s.clone(),
+                to: to_s.clone(),
+                key,
+            };
+            let refusal = self
+                .with_parties(&from, &to, false, not_found, |_, _, c| {
+                    Err(match c.find(&from, key) {
+                        None => not_found(),
+                        Some(m) if m.is_recalled() => Error::AlreadyRecalled {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            key,
+                        },
+                        Some(_) => Error::RecallTooLate {
+                            key,
+                            window_secs: window,
+                        },
+                    })
+                })
+                .map(|()| unreachable!("always a refusal"))
+                .unwrap_or_else(|e: Error| e);
+            // A refusal may rest on operations not yet durable (a recall in flight, say).
+            self.durable(self.journal().map_or(0, Journal::appended))?;
+            return Err(refusal);
+        }
+        self.recall_op(from.clone(), to, key, from)
+    }
+
+    fn recall_op(
+        &self,
+        from: UserId,
+        to: UserId,
+        key: MsgKey,
+        by: UserId,
+    ) -> Result<Deferred<'_, RecallNotice>> {
+        let op = Op::Recall {
+            from,
+            to,
+            key,
+            by,
+            at: self.now(),
+            origin: self.origin(),
+        };
+        let Applied::Recalled(msg) = self.deferred(&op)? else {
+            unreachable!("recall applies as Recalled")
+        };
+        Ok(Deferred {
+            store: self,
+            ticket: self.journal().map_or(0, Journal::appended),
+            value: msg.recall_notice().expect("just recalled"),
+            sent: None,
+        })
+    }
+
+    /// Replaces the MsgBody and/or CloudCustomData of a live message (`modify_c2c_msg`) in
+    /// every layer and sends both parties' devices a Modified notice. A recalled message answers
+    /// 20023.
+    pub fn modify(
+        &self,
+        from: &str,
+        to: &str,
+        key: &str,
+        body: Option<Vec<MsgElement>>,
+        cloud_custom_data: Option<String>,
+    ) -> Result<()> {
+        let from = self.cell_as(from, Role::Acting)?.id.clone();
+        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let key = MsgKey::parse(key)?;
+        if body.is_none() && cloud_custom_data.is_none() {
+            return Err(Error::InvalidMsgBody(
+                "give a new MsgBody or CloudCustomData".into(),
+            ));
+        }
+        let body = body.map(|b| Content::new(&b, None)).transpose()?;
+        let op = Op::Modify(Box::new(ModifyOp {
+            from,
+            to,
+            key,
+            body,
+            cloud_custom_data,
+            at: self.now(),
+        }));
+        self.run(&op).map(|_| ())
+    }
+
+    // ----- the outbox -----
+
+    /// The after-callbacks after `after` (at most `max`), in operation order, once their
+    /// operations are durable (R6; inside [`Store::deferring`] the ticket says when).
+    pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<OutboxEntry>> {
+        let (entries, ticket) = {
+            let outbox = self.inner.outbox.lock();
+            let start = outbox.entries.partition_point(|(id, _, _)| *id <= after);
+            let entries: Vec<_> = outbox
+                .entries
+                .range(start..)
+                .take(max)
+                .map(|(id, origin, queued)| OutboxEntry {
+                    id: *id,
+                    origin: origin.clone(),
+                    event: queued.event(),
+                })
+                .collect();
+            (entries, outbox.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(entries)
+    }
+
+    /// Completes once there are after-callbacks after `after` (or at once if there are).
+    pub async fn outbox_wait(&self, after: u64) {
+        loop {
+            let signal = {
+                let outbox = self.inner.outbox.lock();
+                if outbox.next_id > after + 1 {
+                    return;
+                }
+                outbox.signal.clone()
+            };
+            device::wait_signal(&signal).await;
+        }
+    }
+
+    /// The callbacks up to `upto` were delivered: they leave the outbox. Journaled without
+    /// waiting: one not on disk at a crash is delivered again (at least once).
+    pub fn outbox_ack(&self, upto: u64) -> Result<()> {
+        self.apply(&Op::OutboxAck { upto }, Mode::Live).map(|_| ())
+    }
+
+    /// Callbacks in the outbox now, and callbacks dropped because it was full.
+    pub fn outbox_len(&self) -> (usize, u64) {
+        let outbox = self.inner.outbox.lock();
+        (outbox.entries.len(), outbox.dropped)
+    }
+}
