@@ -19,11 +19,11 @@ pub(crate) enum Entry {
 }
 
 impl Entry {
-    /// The message a device must not be sent back, because it sent it itself.
-    pub fn origin_device(&self) -> Option<&str> {
+    /// Whether this is a message `device` of `account` sent itself (it is not sent it back).
+    pub fn sent_by(&self, account: &str, device: &str) -> bool {
         match self {
-            Entry::Message(m) => m.origin_device.as_deref(),
-            _ => None,
+            Entry::Message(m) => &*m.from == account && m.origin_device.as_deref() == Some(device),
+            _ => false,
         }
     }
 }

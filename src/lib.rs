@@ -94,6 +94,17 @@
 //!   ErrorCode 0; with all failed, FAIL and the first recipient's code.
 //! - Hooks run only after their operation is durable; inside [`Store::deferring`] they run in
 //!   [`Store::commit`] / [`Store::commit_async`].
+//! - After-callbacks are at least once: one delivered but not yet acknowledged when the server
+//!   stops is delivered again. An after-send callback whose message was recalled before it
+//!   went out carries no body (the body is gone). After-callbacks an app never accepts are kept
+//!   (up to `Config::outbox_max`) and retried, 30 s apart at most, for as long as it takes.
+//! - A client's send goes where `SyncOtherMachine` 1 sends it: both sides' roaming, the
+//!   recipient's devices and the sender's other devices. Its MsgTimeStamp is the server's clock
+//!   (clients cannot date messages back; the recall window counts from it).
+//! - An import (`importmsg`) is the same message as an existing one with the same MsgKey in
+//!   either direction of the conversation (Tencent's rule); it keeps the first one. Imported
+//!   history is counted read from the start; an import in real time is counted unread and
+//!   pushed like a send.
 //! - A durable store runs two threads of its own: a committer (for async waiters, and to write
 //!   unawaited records within a second) and a snapshot writer. Snapshots are built by replaying
 //!   the journal into a scratch store, so they cost memory (a second copy of the state while

@@ -503,6 +503,78 @@ fn sendmsg_field_errors_carry_tencents_codes() {
     );
 }
 
+const IMPORT: &str = "/v4/openim/importmsg";
+
+fn import_body() -> Value {
+    json!({"SyncFromOldSystem": 2, "From_Account": "a", "To_Account": "b", "MsgSeq": 48374,
+        "MsgRandom": 2837546, "MsgTimeStamp": T0 - 100, "MsgBody": text("from the old system")})
+}
+
+#[test]
+fn importmsg_field_errors_carry_tencents_codes() {
+    let h = harness();
+    h.import(&["a", "b"]);
+    let cases = [
+        (without(import_body(), "SyncFromOldSystem"), 90030),
+        (with(import_body(), "SyncFromOldSystem", json!(1)), 90030),
+        (with(import_body(), "SyncFromOldSystem", json!("2")), 90030),
+        (without(import_body(), "From_Account"), 90008),
+        (with(import_body(), "From_Account", json!("ghost")), 90008),
+        (without(import_body(), "To_Account"), 90003),
+        (with(import_body(), "To_Account", json!("ghost")), 90003),
+        (without(import_body(), "MsgSeq"), 90004),
+        (without(import_body(), "MsgRandom"), 90005),
+        (without(import_body(), "MsgTimeStamp"), 90006),
+        (with(import_body(), "MsgTimeStamp", json!("then")), 90006),
+        (without(import_body(), "MsgBody"), 90007),
+        (with(import_body(), "MsgBody", json!([])), 90002),
+        (
+            with(import_body(), "MsgBody", text(&"x".repeat(13 * 1024))),
+            93000,
+        ),
+    ];
+    for (body, code) in cases {
+        assert_eq!(h.code(IMPORT, body.clone()), code, "{body}");
+    }
+}
+
+#[test]
+fn importmsg_both_modes_and_duplicates() {
+    let h = harness();
+    h.import(&["a", "b"]);
+    let first = h.call(IMPORT, import_body());
+    assert_eq!(first["ErrorCode"], 0, "{first}");
+    assert_eq!(first["MsgKey"], format!("48374_2837546_{}", T0 - 100));
+    // The same key again, even from the other side: the same message, nothing new.
+    let swapped = with(
+        with(import_body(), "From_Account", json!("b")),
+        "To_Account",
+        json!("a"),
+    );
+    assert_eq!(h.call(IMPORT, swapped)["MsgKey"], first["MsgKey"]);
+    assert_eq!(
+        h.store.unread("b", "a").unwrap(),
+        0,
+        "history is counted read"
+    );
+    let realtime = with(
+        with(import_body(), "SyncFromOldSystem", json!(5)),
+        "MsgSeq",
+        json!(2),
+    );
+    assert_eq!(h.call(IMPORT, realtime)["ErrorCode"], 0);
+    assert_eq!(
+        h.store.unread("b", "a").unwrap(),
+        1,
+        "real time is counted unread"
+    );
+    let page = h
+        .store
+        .history(&imstore::HistoryQuery::new("b", "a", 10))
+        .unwrap();
+    assert_eq!(page.messages.len(), 2);
+}
+
 struct Blocker;
 impl Hooks for Blocker {
     fn before_send(&self, msg: &OutgoingMessage<'_>) -> BeforeSend {

@@ -259,3 +259,21 @@ fn a_connected_device_is_never_forgotten() {
     assert_eq!(store.devices("a").unwrap().len(), 1);
     drop(sub);
 }
+
+#[test]
+fn a_sending_device_is_not_sent_its_message_but_a_namesake_of_another_account_is() {
+    let (store, _) = store_with(&["a", "b"]);
+    let a_phone = store.connect("a", "phone").unwrap();
+    let a_laptop = store.connect("a", "laptop").unwrap();
+    let b_phone = store.connect("b", "phone").unwrap();
+    let mut req = text_req("a", "b", 1, "from a's phone");
+    req.from_device = Some("phone".into());
+    req.sender_copy = imstore::SenderCopy::RoamingAndDevices;
+    store.send(req).unwrap();
+    assert!(
+        drain(&a_phone).is_empty(),
+        "not sent back to the sending device"
+    );
+    assert_eq!(texts(&drain(&a_laptop)), vec!["msg:from a's phone"]);
+    assert_eq!(texts(&drain(&b_phone)), vec!["msg:from a's phone"]);
+}

@@ -180,7 +180,7 @@ impl Store {
             c.upto = slot.seq;
             let skip = slot.expires_at <= now
                 || (slot.online_only && slot.seq <= live.since)
-                || slot.entry.origin_device() == Some(&*sub.device);
+                || slot.entry.sent_by(&sub.account, &sub.device);
             if skip {
                 continue;
             }

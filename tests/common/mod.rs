@@ -3,6 +3,8 @@
 
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod webhook;
 
 use std::sync::Arc;
 

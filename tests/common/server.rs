@@ -71,7 +71,10 @@ pub fn start_with(dir: &std::path::Path, launch: Launch<'_>) -> Server {
     .arg("--data-dir")
     .arg(dir)
     .args(&launch.extra)
-    .env("IMSTORE_LOG", launch.log)
+    .env(
+        "IMSTORE_LOG",
+        std::env::var("IMSTORE_TEST_LOG").unwrap_or_else(|_| launch.log.to_owned()),
+    )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     if let Some(n) = launch.nofile {
@@ -361,6 +364,12 @@ impl Ws {
     /// The next frame, which must arrive within `WAIT`.
     pub fn expect(&mut self) -> Value {
         self.next(WAIT).expect("a frame within the wait")
+    }
+
+    /// Like `expect`, showing the server's log on failure.
+    pub fn expect_from(&mut self, s: &Server) -> Value {
+        self.next(WAIT)
+            .unwrap_or_else(|| panic!("no frame within the wait; server log:\n{}", s.stderr()))
     }
 
     /// Sends one text frame.

@@ -1,0 +1,553 @@
+//! Clients that send, and Tencent's webhooks (SPEC §7, §8), against the real binary and a real
+//! webhook receiver: the seed's flow end to end (a client sends, the app backend learns the
+//! MsgKey from C2C.CallbackAfterSendMsg and recalls it with admin_msgwithdraw), every
+//! before-send answer and failure policy, ForbidCallbackControl, the durable outbox across a
+//! receiver outage and a SIGKILL, and clients recalling, reading and paging.
+#![cfg(feature = "server")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::*;
+use common::webhook::{Answer, Call, Receiver, ok};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "callback-token-7f";
+const QUICK: Duration = Duration::from_millis(600);
+
+fn start_with_callbacks(dir: &std::path::Path, receiver: &Receiver, extra: &[&str]) -> Server {
+    let mut args = vec!["--callback-url", &receiver.url, "--callback-token", TOKEN];
+    args.extend_from_slice(extra);
+    let s = start(dir, &args);
+    let r = s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["vinson", "dramon"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0);
+    s
+}
+
+fn text(body: &str) -> Value {
+    json!([{"MsgType": "TIMTextElem", "MsgContent": {"Text": body}}])
+}
+
+fn rest_send(s: &Server, seq: u32, body: &str, extra: Value) -> Value {
+    let mut req = json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 7,
+        "MsgSeq": seq, "MsgBody": text(body)});
+    if let (Value::Object(req), Value::Object(extra)) = (&mut req, extra) {
+        req.extend(extra);
+    }
+    s.post("openim/sendmsg", req)
+}
+
+fn history_texts(s: &Server) -> Vec<String> {
+    let page = s.post("openim/admin_getroammsg", json!({"Operator_Account": "dramon", "Peer_Account": "vinson", "MaxCnt": 100, "MinTime": 0, "MaxTime": 4294967295u32}));
+    page["MsgList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["MsgBody"][0]["MsgContent"]["Text"]
+                .as_str()
+                .unwrap_or("<recalled>")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Checks the common query parameters and the signature of a call.
+fn assert_signed(call: &Call, platform: &str) {
+    let q = &call.query;
+    assert_eq!(q["SdkAppid"], APP.to_string());
+    assert_eq!(q["contenttype"], "json");
+    assert_eq!(q["OptPlatform"], platform, "{q:?}");
+    assert_eq!(q["ClientIP"], "127.0.0.1");
+    let time: u64 = q["RequestTime"].parse().unwrap();
+    assert_eq!(q["Sign"], imstore::api::callback_sign(TOKEN, time));
+    assert!(time.abs_diff(now()) < 60, "RequestTime is now");
+    assert_eq!(call.body["CallbackCommand"], q["CallbackCommand"]);
+}
+
+/// The flow Tencent's `admin_msgwithdraw` documents: a client sends; the app backend records
+/// the MsgKey from the after-send callback; it recalls the message with that MsgKey; every
+/// device of both parties is told exactly once; the backend hears of the recall.
+#[test]
+fn the_seed_flow_end_to_end() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &[]);
+    let mut vinson_phone = s.ws("vinson", "phone", "&platform=iOS");
+    let mut vinson_laptop = s.ws("vinson", "laptop", "&platform=Windows");
+    let mut dramon_phone = s.ws("dramon", "phone", "&platform=Android");
+
+    vinson_phone.send(
+        json!({"Op": "sendmsg", "ReqId": "r1", "To_Account": "dramon",
+        "MsgRandom": 833502, "MsgBody": text("hello from a client")}),
+    );
+    let reply = vinson_phone.expect_from(&s);
+    assert_eq!(
+        (
+            reply["Event"].as_str(),
+            reply["ReqId"].as_str(),
+            reply["ErrorCode"].as_u64()
+        ),
+        (Some("reply"), Some("r1"), Some(0)),
+        "{reply}"
+    );
+    let key = reply["MsgKey"].as_str().unwrap().to_owned();
+
+    // The backend was asked before, and told after — from iOS.
+    let before = receiver.next_of("C2C.CallbackBeforeSendMsg", WAIT).unwrap();
+    assert_signed(&before, "iOS");
+    assert_eq!(before.body["MsgKey"], key);
+    let after = receiver.next_of("C2C.CallbackAfterSendMsg", WAIT).unwrap();
+    assert_signed(&after, "iOS");
+    assert_eq!(
+        (
+            after.body["From_Account"].as_str(),
+            after.body["To_Account"].as_str()
+        ),
+        (Some("vinson"), Some("dramon"))
+    );
+    assert_eq!(after.body["MsgBody"], text("hello from a client"));
+    assert_eq!(after.body["UnreadMsgNum"], 1);
+    let recorded_key = after.body["MsgKey"].as_str().unwrap().to_owned();
+    assert_eq!(recorded_key, key);
+
+    // The recipient and the sender's other device got it; the sending device did not.
+    let got = dramon_phone.expect();
+    assert_eq!(
+        (got["Event"].as_str(), got["Data"]["MsgKey"].as_str()),
+        (Some("message"), Some(key.as_str()))
+    );
+    assert_eq!(vinson_laptop.expect()["Data"]["MsgKey"], key);
+
+    // The backend recalls it with the recorded MsgKey.
+    let withdraw = s.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgKey": recorded_key}),
+    );
+    assert_eq!(withdraw["ErrorCode"], 0, "{withdraw}");
+    for ws in [&mut vinson_phone, &mut vinson_laptop, &mut dramon_phone] {
+        let notice = ws.expect();
+        assert_eq!(
+            (notice["Event"].as_str(), notice["Data"]["MsgKey"].as_str()),
+            (Some("recall"), Some(key.as_str()))
+        );
+        assert_eq!(ws.next(QUICK), None, "exactly one notice");
+    }
+    let recall = receiver
+        .next_of("C2C.CallbackAfterMsgWithDraw", WAIT)
+        .unwrap();
+    assert_signed(&recall, "RESTAPI");
+    assert_eq!(recall.body["MsgKey"], key);
+    assert_eq!(recall.body["UnreadMsgNum"], 0);
+    assert!(recall.body["EventTime"].as_u64().unwrap() >= now() * 1000 - 60_000);
+    assert_eq!(history_texts(&s), vec!["<recalled>"]);
+}
+
+#[test]
+fn before_send_answers_decide_what_happens() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &["--callback-timeout-ms", "400"]);
+    let mut phone = s.ws("dramon", "phone", "");
+    let answer = |v: Value| {
+        move |c: &Call| {
+            if c.command() == "C2C.CallbackBeforeSendMsg" {
+                Answer::ok(v.clone())
+            } else {
+                ok()
+            }
+        }
+    };
+
+    // Allow.
+    assert_eq!(rest_send(&s, 1, "allowed", json!({}))["ErrorCode"], 0);
+    assert_eq!(phone.expect()["Data"]["MsgBody"], text("allowed"));
+    // Refuse: 20006, nothing stored or delivered, no after-send.
+    receiver.answer_with(answer(
+        json!({"ActionStatus": "OK", "ErrorCode": 1, "ErrorInfo": ""}),
+    ));
+    assert_eq!(rest_send(&s, 2, "refused", json!({}))["ErrorCode"], 20006);
+    // Silent drop: success, nothing stored.
+    receiver.answer_with(answer(
+        json!({"ActionStatus": "OK", "ErrorCode": 2, "ErrorInfo": ""}),
+    ));
+    let dropped = rest_send(&s, 3, "dropped", json!({}));
+    assert_eq!(dropped["ErrorCode"], 0);
+    assert!(dropped["MsgKey"].as_str().unwrap().starts_with("3_7_"));
+    // Replace the body.
+    receiver.answer_with(answer(
+        json!({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
+        "MsgBody": text("[filtered]"), "CloudCustomData": "cleaned"}),
+    ));
+    assert_eq!(rest_send(&s, 4, "bad words", json!({}))["ErrorCode"], 0);
+    let replaced = phone.expect();
+    assert_eq!(replaced["Data"]["MsgBody"], text("[filtered]"));
+    assert_eq!(replaced["Data"]["CloudCustomData"], "cleaned");
+    // The app's own code and words.
+    receiver.answer_with(answer(
+        json!({"ActionStatus": "FAIL", "ErrorCode": 120123, "ErrorInfo": "not on Sundays"}),
+    ));
+    let custom = rest_send(&s, 5, "custom", json!({}));
+    assert_eq!(
+        (custom["ErrorCode"].as_u64(), custom["ErrorInfo"].as_str()),
+        (Some(120123), Some("not on Sundays"))
+    );
+    // ForbidBeforeSendMsgCallback: not asked, so not refused.
+    let forbidden = rest_send(
+        &s,
+        6,
+        "not asked",
+        json!({"ForbidCallbackControl": ["ForbidBeforeSendMsgCallback"]}),
+    );
+    assert_eq!(forbidden["ErrorCode"], 0);
+    // Timeout, fail open: delivered.
+    receiver.answer_with(|c: &Call| Answer {
+        delay: if c.command() == "C2C.CallbackBeforeSendMsg" {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        },
+        ..ok()
+    });
+    assert_eq!(rest_send(&s, 7, "slow app", json!({}))["ErrorCode"], 0);
+    // An answer that is not JSON is a failure too: fail open.
+    receiver.answer_with(|_c: &Call| Answer {
+        status: 200,
+        body: "not json".into(),
+        delay: Duration::ZERO,
+    });
+    assert_eq!(rest_send(&s, 8, "garbled app", json!({}))["ErrorCode"], 0);
+    receiver.answer_with(|_c: &Call| ok());
+
+    assert_eq!(
+        history_texts(&s),
+        vec![
+            "allowed",
+            "[filtered]",
+            "not asked",
+            "slow app",
+            "garbled app"
+        ]
+    );
+    // The device got the rest, and only what was stored.
+    for t in ["not asked", "slow app", "garbled app"] {
+        assert_eq!(phone.expect()["Data"]["MsgBody"], text(t));
+    }
+    assert_eq!(phone.next(QUICK), None);
+    // After-send callbacks only for what was stored, with the stored (replaced) body.
+    let log = receiver.log.lock().unwrap().clone();
+    let after: Vec<String> = log
+        .iter()
+        .filter(|c| c.command() == "C2C.CallbackAfterSendMsg")
+        .map(|c| {
+            c.body["MsgBody"][0]["MsgContent"]["Text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let before: Vec<u64> = log
+        .iter()
+        .filter(|c| c.command() == "C2C.CallbackBeforeSendMsg")
+        .map(|c| c.body["MsgSeq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        before,
+        vec![1, 2, 3, 4, 5, 7, 8],
+        "seq 6 forbade the before-send callback"
+    );
+    let mut after_sorted = after.clone();
+    after_sorted.dedup();
+    assert_eq!(
+        after_sorted,
+        vec![
+            "allowed",
+            "[filtered]",
+            "not asked",
+            "slow app",
+            "garbled app"
+        ]
+    );
+}
+
+#[test]
+fn a_failed_before_send_refuses_with_80003_when_fail_closed() {
+    let receiver = Receiver::start();
+    receiver.answer_with(|c: &Call| {
+        if c.command() == "C2C.CallbackBeforeSendMsg" {
+            Answer {
+                status: 500,
+                body: "{}".into(),
+                delay: Duration::ZERO,
+            }
+        } else {
+            ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(
+        dir.path(),
+        &receiver,
+        &["--callback-fail-closed", "--callback-timeout-ms", "300"],
+    );
+    assert_eq!(rest_send(&s, 1, "refused", json!({}))["ErrorCode"], 80003);
+    receiver.answer_with(|c: &Call| Answer {
+        delay: if c.command() == "C2C.CallbackBeforeSendMsg" {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        },
+        ..ok()
+    });
+    assert_eq!(rest_send(&s, 2, "timed out", json!({}))["ErrorCode"], 80003);
+    assert!(history_texts(&s).is_empty());
+    // And ForbidAfterSendMsgCallback sends no after-send.
+    receiver.answer_with(|_: &Call| ok());
+    assert_eq!(
+        rest_send(
+            &s,
+            3,
+            "quiet",
+            json!({"ForbidCallbackControl": ["ForbidAfterSendMsgCallback"]})
+        )["ErrorCode"],
+        0
+    );
+    assert_eq!(rest_send(&s, 4, "loud", json!({}))["ErrorCode"], 0);
+    let after = receiver.next_of("C2C.CallbackAfterSendMsg", WAIT).unwrap();
+    assert_eq!(
+        after.body["MsgSeq"], 4,
+        "the first after-send is the loud one"
+    );
+}
+
+/// What the receiver got of the after-callbacks, repeats dropped, in first-arrival order.
+fn after_callbacks(receiver: &Receiver, n: usize) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let call = receiver.next(WAIT).expect("every after-callback arrives");
+        if call.command() == "C2C.CallbackBeforeSendMsg" {
+            continue;
+        }
+        let id = (
+            call.command().to_owned(),
+            call.body["MsgKey"].as_str().unwrap_or("read").to_owned(),
+        );
+        if !seen.contains(&id) {
+            seen.push(id);
+        }
+    }
+    seen
+}
+
+fn outage_operations(s: &Server) -> Vec<(String, String)> {
+    let mut want = Vec::new();
+    for i in 1..=4 {
+        let r = rest_send(s, i, &format!("m{i}"), json!({}));
+        assert_eq!(
+            r["ErrorCode"], 0,
+            "acknowledged though the app is down: {r}"
+        );
+        want.push((
+            "C2C.CallbackAfterSendMsg".to_owned(),
+            r["MsgKey"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let k = want[1].1.clone();
+    assert_eq!(
+        s.post(
+            "openim/admin_msgwithdraw",
+            json!({"From_Account": "vinson", "To_Account": "dramon", "MsgKey": k})
+        )["ErrorCode"],
+        0
+    );
+    want.push(("C2C.CallbackAfterMsgWithDraw".to_owned(), k));
+    assert_eq!(
+        s.post(
+            "openim/admin_set_msg_read",
+            json!({"Report_Account": "dramon", "Peer_Account": "vinson"})
+        )["ErrorCode"],
+        0
+    );
+    want.push(("C2C.CallbackAfterMsgReport".to_owned(), "read".to_owned()));
+    want
+}
+
+#[test]
+fn after_callbacks_wait_out_an_outage_and_arrive_in_order() {
+    let receiver = Receiver::start();
+    receiver.answer_with(|_: &Call| Answer {
+        status: 503,
+        body: "down".into(),
+        delay: Duration::ZERO,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &[]);
+    let want = outage_operations(&s);
+    assert_eq!(
+        receiver.next(QUICK).map(|c| c.command().to_owned()),
+        None,
+        "nothing accepted while down"
+    );
+    receiver.answer_with(|_: &Call| ok());
+    assert_eq!(after_callbacks(&receiver, want.len()), want);
+}
+
+#[test]
+fn after_callbacks_pending_at_a_sigkill_arrive_after_the_restart() {
+    // The receiver is not even listening: its port is reserved, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = port.local_addr().unwrap();
+    drop(port);
+    let url = format!("http://{addr}/im-callback");
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &[
+            "--callback-url",
+            &url,
+            "--callback-token",
+            TOKEN,
+            "--callback-timeout-ms",
+            "300",
+        ],
+    );
+    s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["vinson", "dramon"]}),
+    );
+    let want = outage_operations(&s);
+    s.kill();
+    // The app comes up on its address; the server restarts and delivers what was pending.
+    let receiver = Receiver::start_on(std::net::TcpListener::bind(addr).unwrap());
+    let s = start(
+        dir.path(),
+        &["--callback-url", &url, "--callback-token", TOKEN],
+    );
+    assert_eq!(after_callbacks(&receiver, want.len()), want);
+    drop(s);
+}
+
+#[test]
+fn clients_recall_their_own_messages_within_the_window_read_and_page() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(
+        dir.path(),
+        &receiver,
+        &["--client-recall-window-secs", "120"],
+    );
+    let mut vinson = s.ws("vinson", "phone", "&platform=Mac");
+    let mut dramon = s.ws("dramon", "phone", "&platform=Web");
+    vinson.send(json!({"Op": "sendmsg", "ReqId": 1, "To_Account": "dramon", "MsgRandom": 1, "MsgBody": text("mine")}));
+    let mine = vinson.expect()["MsgKey"].as_str().unwrap().to_owned();
+    dramon.expect();
+    dramon.send(json!({"Op": "sendmsg", "ReqId": 2, "To_Account": "vinson", "MsgRandom": 2, "MsgBody": text("theirs")}));
+    let theirs = dramon.expect()["MsgKey"].as_str().unwrap().to_owned();
+    assert_eq!(vinson.expect()["Event"], "message");
+    // A peer's message is refused: there is no such message from vinson.
+    vinson.send(json!({"Op": "recall", "ReqId": 3, "To_Account": "dramon", "MsgKey": theirs}));
+    let refused = vinson.expect();
+    assert_eq!(
+        (refused["ReqId"].as_u64(), refused["ErrorCode"].as_u64()),
+        (Some(3), Some(20022))
+    );
+    // One's own, within the window: recalled everywhere.
+    vinson.send(json!({"Op": "recall", "ReqId": 4, "To_Account": "dramon", "MsgKey": mine}));
+    let mut got = [vinson.expect(), vinson.expect()];
+    got.sort_by_key(|f| f["Event"].as_str().unwrap().to_owned());
+    assert_eq!(
+        (got[0]["Event"].as_str(), got[1]["Event"].as_str()),
+        (Some("recall"), Some("reply"))
+    );
+    assert_eq!(got[1]["ErrorCode"], 0);
+    assert_eq!(dramon.expect()["Event"], "recall");
+    let withdraw = receiver
+        .next_of("C2C.CallbackAfterMsgWithDraw", WAIT)
+        .unwrap();
+    assert_eq!(
+        (
+            withdraw.query["OptPlatform"].as_str(),
+            withdraw.body["MsgKey"].as_str()
+        ),
+        ("Mac", Some(mine.as_str()))
+    );
+    // After the window: 20016. (A message dated 10 minutes back, sent for vinson by the backend.)
+    let old = s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 9,
+        "MsgTimeStamp": now() - 600, "MsgBody": text("old")}),
+    );
+    let old_key = old["MsgKey"].as_str().unwrap().to_owned();
+    dramon.expect();
+    vinson.send(json!({"Op": "recall", "ReqId": 5, "To_Account": "dramon", "MsgKey": old_key}));
+    assert_eq!(vinson.expect()["ErrorCode"], 20016);
+    // Read: the peer's conversation is read, and the backend hears of it.
+    dramon.send(json!({"Op": "read", "ReqId": 6, "Peer_Account": "vinson"}));
+    assert_eq!(dramon.expect()["ErrorCode"], 0);
+    let read = receiver
+        .next_of("C2C.CallbackAfterMsgReport", WAIT)
+        .unwrap();
+    assert_eq!(
+        (
+            read.body["Report_Account"].as_str(),
+            read.query["OptPlatform"].as_str()
+        ),
+        (Some("dramon"), "Web")
+    );
+    assert_eq!(read.body["UnreadMsgNum"], 0);
+    // History: this account's side, as admin_getroammsg answers it.
+    dramon.send(json!({"Op": "history", "ReqId": "h", "Peer_Account": "vinson", "MaxCnt": 10, "MinTime": 0, "MaxTime": 4294967295u32}));
+    let page = dramon.expect();
+    assert_eq!(
+        (
+            page["ReqId"].as_str(),
+            page["Complete"].as_u64(),
+            page["MsgCnt"].as_u64()
+        ),
+        (Some("h"), Some(1), Some(3))
+    );
+    let flags: Vec<u64> = page["MsgList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["MsgFlagBits"].as_u64().unwrap())
+        .collect();
+    assert_eq!(flags.iter().filter(|f| **f == 8).count(), 1);
+    // Errors carry sendmsg's codes.
+    vinson.send(json!({"Op": "sendmsg", "ReqId": 7, "To_Account": "nobody", "MsgRandom": 1, "MsgBody": text("x")}));
+    assert_eq!(vinson.expect()["ErrorCode"], 90003);
+    vinson.send(json!({"Op": "sendmsg", "ReqId": 8, "To_Account": "dramon", "MsgBody": text("x")}));
+    assert_eq!(vinson.expect()["ErrorCode"], 90005);
+}
+
+#[test]
+fn a_get_with_a_json_body_is_served_like_the_post_it_stands_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    s.post(
+        "im_open_login_svc/account_import",
+        json!({"UserID": "vinson"}),
+    );
+    let url = format!(
+        "{}/v4/im_open_login_svc/account_check?{}",
+        s.base,
+        s.query("administrator")
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .allow_non_standard_methods(true)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .force_send_body()
+        .send(json!({"CheckItem": [{"UserID": "vinson"}, {"UserID": "nobody"}]}).to_string())
+        .unwrap();
+    let answer: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(answer["ErrorCode"], 0, "{answer}");
+    assert_eq!(answer["ResultItem"][0]["AccountStatus"], "Imported");
+    assert_eq!(answer["ResultItem"][1]["AccountStatus"], "NotImported");
+}
