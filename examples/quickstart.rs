@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             item.message
                 .content
                 .as_ref()
-                .map_or("[]", |c| c.body_json())
+                .map_or("[]".into(), |c| c.body_json())
         );
     }
     Ok(())

@@ -1,10 +1,8 @@
 //! Accounts: the validated `UserId`, and each account's state (inbox, devices, unread counts)
 //! behind one lock, with the crate's lock order.
 
-use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -12,33 +10,49 @@ use crate::device::{DeviceId, DeviceSlot};
 use crate::error::Error;
 use crate::hash::HashMap;
 use crate::inbox::{Entry, Inbox};
+use crate::registry::registry;
 
 /// The longest UserID, in bytes of UTF-8.
 pub const MAX_USER_ID_LEN: usize = 32;
 
 /// A validated account name: 1 to 32 bytes of UTF-8 without control characters.
 ///
-/// Cheap to clone (it shares one allocation), compared and hashed as its string.
+/// Interned: a `UserId` is a number standing for its name (see `registry.rs`), so it is 4
+/// bytes, cheap to clone, compared for equality and hashed as an integer. It dereferences to
+/// its name, and orders by it.
 ///
 /// ```
 /// use imstore::UserId;
 /// assert!(UserId::new("vinson").is_ok());
 /// assert_eq!(UserId::new("").unwrap_err().code(), 70402);
 /// assert_eq!(UserId::new("tab\there").unwrap_err().code(), 70402);
+/// assert_eq!(&*UserId::new("vinson").unwrap(), "vinson");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Arc<str>);
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct UserId(u32);
 
 impl UserId {
     /// Validates `s` as a UserID.
     pub fn new(s: &str) -> Result<UserId, Error> {
         check_user_id(s)?;
-        Ok(UserId(Arc::from(s)))
+        Ok(UserId(registry().number(s)))
+    }
+
+    /// The UserId of `s` if the process has interned that name already (an account, or a name
+    /// some message refers to); interns nothing.
+    pub(crate) fn find(s: &str) -> Option<UserId> {
+        registry().find(s).map(UserId)
     }
 
     /// The account name.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn as_str(&self) -> &'static str {
+        registry().name(self.0)
+    }
+
+    /// The interned number: an order for locks and conversation keys that costs no string
+    /// comparison (it is not the order of names).
+    pub(crate) fn num(&self) -> u32 {
+        self.0
     }
 }
 
@@ -62,37 +76,46 @@ pub(crate) fn check_user_id(s: &str) -> Result<(), Error> {
 impl Deref for UserId {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Borrow<str> for UserId {
-    fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for UserId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
+    }
+}
+
+impl PartialOrd for UserId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UserId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            return std::cmp::Ordering::Equal;
+        }
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl serde::Serialize for UserId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -162,7 +185,7 @@ pub(crate) fn lock_pair<'a>(
     y: &'a AccountCell,
 ) -> (MutexGuard<'a, AccountState>, MutexGuard<'a, AccountState>) {
     debug_assert!(x.id != y.id);
-    if x.id < y.id {
+    if x.id.num() < y.id.num() {
         let gx = x.state.lock();
         (gx, y.state.lock())
     } else {

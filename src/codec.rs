@@ -228,6 +228,12 @@ fn copy_from_code(c: u8) -> Result<SenderCopy, DecodeError> {
 
 /// Appends the encoding of `op` to `out`.
 pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
+    // A body kept as its text is journaled as its JSON, built here.
+    let body = match op {
+        Op::Send(s) => Some(s.content.body_json()),
+        Op::Modify(m) => m.body.as_ref().map(|c| c.body_json()),
+        _ => None,
+    };
     let rec = match op {
         Op::ImportAccount { user } => OpRecord::ImportAccount { user },
         Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
@@ -235,7 +241,7 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             from: &s.from,
             to: &s.to,
             key: s.key.into(),
-            body_json: s.content.body_json(),
+            body_json: body.as_deref().expect("a send's body"),
             custom: s.content.cloud_custom_data(),
             sender_copy: copy_code(s.sender_copy),
             lifetime: s.lifetime,
@@ -263,7 +269,7 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             from: &m.from,
             to: &m.to,
             key: m.key.into(),
-            body_json: m.body.as_ref().map(|c| c.body_json()),
+            body_json: body.as_deref(),
             custom: m.cloud_custom_data.as_deref(),
             at: m.at,
         },
@@ -524,7 +530,7 @@ pub(crate) struct MsgImage<'a> {
 #[derive(Encode, BorrowDecode, Debug, PartialEq)]
 pub(crate) enum StateImage<'a> {
     Live {
-        body_json: &'a str,
+        body_json: std::borrow::Cow<'a, str>,
         custom: Option<&'a str>,
     },
     Recalled {

@@ -127,6 +127,7 @@ mod journal;
 mod key;
 mod message;
 mod op;
+mod registry;
 mod roaming;
 #[cfg(feature = "server")]
 pub mod server;

@@ -6,6 +6,7 @@
 //! never a copy. Recall and modify change the record's state under its own lock, so all layers
 //! see the change at the same instant and a recalled body exists nowhere in memory afterwards.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -177,61 +178,132 @@ pub struct VideoFileElem {
 /// What a message says: its MsgBody and CloudCustomData. Immutable once built and cheap to
 /// clone (one shared allocation); modify swaps in a new `Content`, recall drops it.
 ///
-/// The body is kept as its canonical JSON (validated and re-encoded once, at send): that is
-/// what the 12 KB limit measures, what history responses, events and the journal carry. Body
-/// and CloudCustomData share one allocation, and the last holder to drop it overwrites the
-/// bytes with zeros before freeing them, so a recalled body does not linger in freed memory.
+/// The body is validated once, at send, and kept in the smallest form that renders back to
+/// its canonical JSON: a body that is one `TIMTextElem` (most messages) is kept as its text,
+/// any other as its JSON. The 12 KB limit measures the JSON either way. Body and
+/// CloudCustomData share one allocation, and the last holder to drop it overwrites the bytes
+/// with zeros before freeing them, so a recalled body does not linger in freed memory.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Content {
-    /// MsgBody JSON followed by CloudCustomData.
+    /// The body (its text, or its JSON) followed by CloudCustomData.
     buf: Arc<str>,
-    body_len: u32,
-    has_custom_data: bool,
+    /// Bits 0..30: where the body ends in `buf`; bit 30: CloudCustomData present; bit 31: the
+    /// body is one text element, kept as its text.
+    meta: u32,
+}
+
+const BODY_LEN: u32 = (1 << 30) - 1;
+const HAS_CUSTOM: u32 = 1 << 30;
+const TEXT_ONLY: u32 = 1 << 31;
+
+/// The JSON of a body of one text element, around its (escaped) text.
+const TEXT_PREFIX: &str = r#"[{"MsgType":"TIMTextElem","MsgContent":{"Text":"#;
+const TEXT_SUFFIX: &str = "}}]";
+
+/// How long `s` is as a JSON string literal, quotes included (serde_json's escaping).
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
+fn push_json_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 impl Content {
     /// Validates a MsgBody (non-empty) and CloudCustomData against the 12 KB limit.
     pub fn new(body: &[MsgElement], cloud_custom_data: Option<&str>) -> Result<Self, Error> {
-        if body.is_empty() {
-            return Err(Error::InvalidMsgBody(
+        match body {
+            [] => Err(Error::InvalidMsgBody(
                 "MsgBody must hold at least one element".into(),
-            ));
+            )),
+            [MsgElement::TIMTextElem(t)] => {
+                let json_len = TEXT_PREFIX.len() + json_string_len(&t.text) + TEXT_SUFFIX.len();
+                check_size(json_len + cloud_custom_data.map_or(0, str::len))?;
+                Ok(Content::build(&t.text, cloud_custom_data, TEXT_ONLY))
+            }
+            _ => {
+                let body_json = serde_json::to_string(body)
+                    .map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
+                Content::assemble(&body_json, cloud_custom_data)
+            }
         }
-        let body_json =
-            serde_json::to_string(body).map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
-        Content::assemble(&body_json, cloud_custom_data)
     }
 
     /// The same body with other CloudCustomData, checked against the size limit.
     pub(crate) fn with_custom_data(&self, cloud_custom_data: Option<&str>) -> Result<Self, Error> {
-        Content::assemble(self.body_json(), cloud_custom_data)
+        check_size(self.body_json_len() + cloud_custom_data.map_or(0, str::len))?;
+        Ok(Content::build(
+            self.stored_body(),
+            cloud_custom_data,
+            self.meta & TEXT_ONLY,
+        ))
     }
 
     /// Content from JSON this crate wrote itself (the journal's, behind a checksum).
     pub(crate) fn from_trusted_json(body_json: &str, cloud_custom_data: Option<&str>) -> Self {
-        Content::build(body_json, cloud_custom_data)
+        // A body of one text element is kept as its text, as `new` keeps it: the JSON around
+        // one string literal. (Anything else — two elements, say — is not one literal.)
+        if let Some(literal) = body_json
+            .strip_prefix(TEXT_PREFIX)
+            .and_then(|rest| rest.strip_suffix(TEXT_SUFFIX))
+            && let Ok(text) = serde_json::from_str::<String>(literal)
+        {
+            return Content::build(&text, cloud_custom_data, TEXT_ONLY);
+        }
+        Content::build(body_json, cloud_custom_data, 0)
     }
 
     fn assemble(body_json: &str, cloud_custom_data: Option<&str>) -> Result<Self, Error> {
-        let len = body_json.len() + cloud_custom_data.map_or(0, str::len);
-        if len > MAX_BODY_BYTES {
-            return Err(Error::BodyTooLarge {
-                len,
-                max: MAX_BODY_BYTES,
-            });
-        }
-        Ok(Content::build(body_json, cloud_custom_data))
+        check_size(body_json.len() + cloud_custom_data.map_or(0, str::len))?;
+        Ok(Content::build(body_json, cloud_custom_data, 0))
     }
 
-    fn build(body_json: &str, cloud_custom_data: Option<&str>) -> Self {
-        let mut buf =
-            String::with_capacity(body_json.len() + cloud_custom_data.map_or(0, str::len));
-        buf.push_str(body_json);
+    fn build(body: &str, cloud_custom_data: Option<&str>, text_only: u32) -> Self {
+        let mut buf = String::with_capacity(body.len() + cloud_custom_data.map_or(0, str::len));
+        buf.push_str(body);
         buf.push_str(cloud_custom_data.unwrap_or(""));
+        let has_custom = if cloud_custom_data.is_some() {
+            HAS_CUSTOM
+        } else {
+            0
+        };
         Content {
             buf: Arc::from(buf),
-            body_len: body_json.len() as u32,
-            has_custom_data: cloud_custom_data.is_some(),
+            meta: body.len() as u32 | has_custom | text_only,
         }
     }
 
@@ -242,26 +314,62 @@ impl Content {
         Content::new(&body, cloud_custom_data)
     }
 
-    /// The MsgBody elements, decoded from the stored JSON.
+    /// The body as stored: its text, or its JSON.
+    fn stored_body(&self) -> &str {
+        &self.buf[..(self.meta & BODY_LEN) as usize]
+    }
+
+    fn text_only(&self) -> bool {
+        self.meta & TEXT_ONLY != 0
+    }
+
+    /// The MsgBody elements.
     pub fn body(&self) -> Vec<MsgElement> {
-        serde_json::from_str(self.body_json()).expect("content JSON was produced by Content::new")
+        if self.text_only() {
+            return vec![MsgElement::text(self.stored_body())];
+        }
+        serde_json::from_str(self.stored_body()).expect("content JSON was produced by Content::new")
     }
 
     /// CloudCustomData, if any.
     pub fn cloud_custom_data(&self) -> Option<&str> {
-        self.has_custom_data
-            .then(|| &self.buf[self.body_len as usize..])
+        (self.meta & HAS_CUSTOM != 0).then(|| &self.buf[(self.meta & BODY_LEN) as usize..])
     }
 
     /// The MsgBody encoded as JSON.
-    pub fn body_json(&self) -> &str {
-        &self.buf[..self.body_len as usize]
+    pub fn body_json(&self) -> Cow<'_, str> {
+        if !self.text_only() {
+            return Cow::Borrowed(self.stored_body());
+        }
+        let mut out = String::with_capacity(self.body_json_len());
+        out.push_str(TEXT_PREFIX);
+        push_json_string(&mut out, self.stored_body());
+        out.push_str(TEXT_SUFFIX);
+        Cow::Owned(out)
+    }
+
+    fn body_json_len(&self) -> usize {
+        if self.text_only() {
+            TEXT_PREFIX.len() + json_string_len(self.stored_body()) + TEXT_SUFFIX.len()
+        } else {
+            self.stored_body().len()
+        }
     }
 
     /// Bytes the content occupies on the wire, for the history response size cap.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.buf.len()
+        self.body_json_len() + self.cloud_custom_data().map_or(0, str::len)
     }
+}
+
+fn check_size(len: usize) -> Result<(), Error> {
+    if len > MAX_BODY_BYTES {
+        return Err(Error::BodyTooLarge {
+            len,
+            max: MAX_BODY_BYTES,
+        });
+    }
+    Ok(())
 }
 
 impl Drop for Content {

@@ -2,12 +2,10 @@
 //! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
 //! retention and the paging of `admin_getroammsg`.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::account::UserId;
-use crate::hash::HashMap;
 use crate::key::MsgKey;
 use crate::message::{MessageView, StoredMessage};
 
@@ -87,12 +85,12 @@ pub struct HistoryPage {
 pub(crate) type Side = usize;
 
 pub(crate) struct Conversation {
+    /// The two accounts in number order (`UserId::num`): side 0 and side 1.
     users: [UserId; 2],
     next_arrival: u64,
-    messages: BTreeMap<Pos, Arc<StoredMessage>>,
-    /// (sender side, key) → message: recall and modify find a message with one hash lookup.
-    /// A MsgKey is unique per direction.
-    index: HashMap<(Side, MsgKey), Arc<StoredMessage>>,
+    /// Both directions in history order. A message is found by binary search on its
+    /// (MsgTimeStamp, MsgSeq) — both are in its MsgKey — so no index is kept beside it.
+    messages: Vec<Arc<StoredMessage>>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
     /// The journal ticket of the last operation that changed this conversation: readers show
@@ -100,9 +98,9 @@ pub(crate) struct Conversation {
     pub ticket: u64,
 }
 
-/// The pair of accounts a conversation is keyed by, smaller UserID first.
+/// The pair of accounts a conversation is keyed by, in number order.
 pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
-    if x <= y {
+    if x.num() <= y.num() {
         (x.clone(), y.clone())
     } else {
         (y.clone(), x.clone())
@@ -111,18 +109,18 @@ pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
 
 impl Conversation {
     pub fn new(a: UserId, b: UserId) -> Self {
-        debug_assert!(a < b);
+        debug_assert!(a.num() < b.num());
         Conversation {
             users: [a, b],
             next_arrival: 1,
-            messages: BTreeMap::new(),
-            index: HashMap::default(),
+            messages: Vec::new(),
             read_mark: [0, 0],
             ticket: 0,
         }
     }
 
-    /// A conversation rebuilt from a snapshot; `messages` in history order.
+    /// A conversation rebuilt from a snapshot: its accounts in either order with their read
+    /// marks, `messages` in history order.
     pub fn restore(
         a: UserId,
         b: UserId,
@@ -130,31 +128,50 @@ impl Conversation {
         read_mark: [u64; 2],
         messages: Vec<Arc<StoredMessage>>,
     ) -> Self {
+        let (a, b, read_mark) = if a.num() < b.num() {
+            (a, b, read_mark)
+        } else {
+            (b, a, [read_mark[1], read_mark[0]])
+        };
         let mut c = Conversation::new(a, b);
         c.next_arrival = next_arrival;
         c.read_mark = read_mark;
-        for m in messages {
-            c.insert(m);
-        }
+        c.messages = messages;
+        c.messages.sort_by_key(|m| position(m));
         c
     }
 
-    /// What a snapshot records: (users, next arrival, read marks, messages in history order).
+    /// What a snapshot records: (users in name order, next arrival, their read marks, messages
+    /// in history order). Numbers are not kept on disk, so sides are written in name order.
     pub fn export(&self) -> ([UserId; 2], u64, [u64; 2], Vec<Arc<StoredMessage>>) {
-        (
-            self.users.clone(),
-            self.next_arrival,
-            self.read_mark,
-            self.messages.values().cloned().collect(),
-        )
+        let [a, b] = self.users.clone();
+        let (users, read_mark) = if a < b {
+            ([a, b], self.read_mark)
+        } else {
+            ([b, a], [self.read_mark[1], self.read_mark[0]])
+        };
+        (users, self.next_arrival, read_mark, self.messages.clone())
     }
 
-    pub fn side(&self, user: &str) -> Side {
-        usize::from(&*self.users[0] != user)
+    pub fn side(&self, user: &UserId) -> Side {
+        usize::from(*user != self.users[0])
     }
 
-    pub fn find(&self, from: &str, key: MsgKey) -> Option<&Arc<StoredMessage>> {
-        self.index.get(&(self.side(from), key))
+    /// The messages with MsgTimeStamp and MsgSeq of `key`, both directions (a few at most).
+    fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &Arc<StoredMessage>> {
+        let ts = (key.time(), key.seq());
+        let start = self
+            .messages
+            .partition_point(|m| (m.key.time(), m.key.seq()) < ts);
+        self.messages[start..]
+            .iter()
+            .take_while(move |m| (m.key.time(), m.key.seq()) == ts)
+            .filter(move |m| m.key == key)
+    }
+
+    /// The message `key` sent by `from` (a MsgKey is unique per direction).
+    pub fn find(&self, from: &UserId, key: MsgKey) -> Option<&Arc<StoredMessage>> {
+        self.same_time_seq(key).find(|m| m.from == *from)
     }
 
     /// Takes the next arrival number for a message about to be inserted.
@@ -165,9 +182,14 @@ impl Conversation {
     }
 
     pub fn insert(&mut self, msg: Arc<StoredMessage>) {
-        self.index
-            .insert((self.side(&msg.from), msg.key), msg.clone());
-        self.messages.insert(position(&msg), msg);
+        let pos = position(&msg);
+        // Most messages are the newest: they go at the end without a search.
+        if self.messages.last().is_none_or(|m| position(m) <= pos) {
+            self.messages.push(msg);
+        } else {
+            let at = self.messages.partition_point(|m| position(m) <= pos);
+            self.messages.insert(at, msg);
+        }
     }
 
     /// Whether the recipient has not yet marked `msg` read.
@@ -176,7 +198,7 @@ impl Conversation {
     }
 
     /// Marks everything that has arrived so far as read by `reader`.
-    pub fn mark_read(&mut self, reader: &str) {
+    pub fn mark_read(&mut self, reader: &UserId) {
         let side = self.side(reader);
         self.read_mark[side] = self.next_arrival - 1;
     }
@@ -184,26 +206,21 @@ impl Conversation {
     /// Whether `trim(cutoff)` would remove anything.
     pub fn has_expired(&self, cutoff: u64) -> bool {
         self.messages
-            .first_key_value()
-            .is_some_and(|(pos, _)| u64::from(pos.0) < cutoff)
+            .first()
+            .is_some_and(|m| u64::from(m.key.time()) < cutoff)
     }
 
     /// Removes messages whose MsgTimeStamp is before `cutoff`; returns how many.
     pub fn trim(&mut self, cutoff: u64) -> usize {
-        let mut removed = 0;
-        while let Some(entry) = self.messages.first_entry() {
-            if u64::from(entry.key().0) >= cutoff {
-                break;
-            }
-            let msg = entry.remove();
-            self.index.remove(&(self.side(&msg.from), msg.key));
-            removed += 1;
-        }
-        removed
+        let n = self
+            .messages
+            .partition_point(|m| u64::from(m.key.time()) < cutoff);
+        self.messages.drain(..n);
+        n
     }
 
     fn visible(&self, msg: &StoredMessage, side: Side) -> bool {
-        *msg.to == *self.users[side] || msg.sender_copy.in_sender_roaming()
+        msg.to == self.users[side] || msg.sender_copy.in_sender_roaming()
     }
 
     /// Messages in `side`'s view, newest first, at or before `upper`, not older than `cutoff`.
@@ -213,10 +230,14 @@ impl Conversation {
         upper: Bound<Pos>,
         cutoff: u64,
     ) -> impl Iterator<Item = &Arc<StoredMessage>> {
-        self.messages
-            .range((Bound::Unbounded, upper))
+        let end = match upper {
+            Bound::Included(u) => self.messages.partition_point(|m| position(m) <= u),
+            Bound::Excluded(u) => self.messages.partition_point(|m| position(m) < u),
+            Bound::Unbounded => self.messages.len(),
+        };
+        self.messages[..end]
+            .iter()
             .rev()
-            .map(|(_, m)| m)
             .take_while(move |m| u64::from(m.key.time()) >= cutoff)
             .filter(move |m| self.visible(m, side))
     }
@@ -228,9 +249,8 @@ impl Conversation {
         if let Some(key) = q.last_msg_key {
             // The previous page ended at this message: continue strictly before it. When the key
             // is gone (expired), its (time, seq) still bounds the page.
-            let pos = [0, 1]
-                .iter()
-                .filter_map(|&s| self.index.get(&(s, key)))
+            let pos = self
+                .same_time_seq(key)
                 .map(|m| position(m))
                 .min()
                 .unwrap_or((key.time(), key.seq(), 0));
@@ -303,8 +323,8 @@ impl Conversation {
         side: Side,
         cutoff: u64,
     ) -> Option<&Arc<StoredMessage>> {
-        let other_sender = 1 - self.side(&msg.from);
-        let twin = self.index.get(&(other_sender, msg.key))?;
+        let other_sender = &self.users[1 - self.side(&msg.from)];
+        let twin = self.find(other_sender, msg.key)?;
         (position(twin) < position(msg)
             && u64::from(msg.key.time()) >= cutoff
             && self.visible(twin, side))

@@ -474,7 +474,8 @@ impl Store {
     }
 
     fn cell(&self, user: &str) -> Option<Arc<AccountCell>> {
-        self.inner.accounts.get(user).map(|r| r.value().clone())
+        let id = UserId::find(user)?;
+        self.inner.accounts.get(&id).map(|r| r.value().clone())
     }
 
     fn cell_as(&self, user: &str, role: Role) -> Result<Arc<AccountCell>> {
@@ -697,7 +698,7 @@ impl Store {
 
     /// Whether `user` exists (`account_check`).
     pub fn account_exists(&self, user: &str) -> Result<bool> {
-        let exists = self.inner.accounts.contains_key(user);
+        let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains_key(&id));
         self.durable(self.inner.membership.load(Ordering::Acquire))?;
         Ok(exists)
     }
@@ -786,7 +787,12 @@ impl Store {
         let cell = self.cell_as(account, Role::Other)?;
         let (n, ticket) = {
             let state = cell.state.lock();
-            (state.unread.get(peer).copied().unwrap_or(0), state.ticket)
+            (
+                UserId::find(peer)
+                    .and_then(|p| state.unread.get(&p).copied())
+                    .unwrap_or(0),
+                state.ticket,
+            )
         };
         self.durable(ticket)?;
         Ok(n)

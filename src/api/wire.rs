@@ -37,10 +37,6 @@ pub(super) fn ok_reply(mut fields: Map<String, Value>) -> Reply {
     }
 }
 
-pub(super) fn raw_json(json: &str) -> Box<RawValue> {
-    RawValue::from_string(json.to_owned()).expect("the store keeps valid JSON")
-}
-
 /// A message as Tencent lists it (history and events).
 #[derive(Serialize)]
 pub(super) struct WireMessage<'a> {
@@ -79,7 +75,12 @@ impl<'a> WireMessage<'a> {
             flag_bits: None,
             is_peer_read: None,
             key: m.key.to_string(),
-            body: raw_json(m.content.as_ref().map_or("[]", |c| c.body_json())),
+            body: RawValue::from_string(
+                m.content
+                    .as_ref()
+                    .map_or_else(|| "[]".to_owned(), |c| c.body_json().into_owned()),
+            )
+            .expect("the store keeps valid JSON"),
             custom: m.content.as_ref().and_then(|c| c.cloud_custom_data()),
             modify_time: None,
         }

@@ -340,7 +340,7 @@ impl Store {
             // The one instant every layer changes: they all share this record.
             msg.recall(by.clone(), at);
             if c.is_unread(msg)
-                && let Some(n) = ts.unread.get_mut(&**from)
+                && let Some(n) = ts.unread.get_mut(from)
             {
                 *n = n.saturating_sub(1);
             }
@@ -397,7 +397,7 @@ impl Store {
             c.ticket = ticket;
             c.mark_read(reader);
         }
-        state.unread.remove(&**peer);
+        state.unread.remove(peer);
         if let Some(origin) = origin {
             let queued = Queued::AfterRead {
                 report: reader.clone(),

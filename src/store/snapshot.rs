@@ -29,7 +29,7 @@ use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
 use crate::message::{Content, MsgState, StoredMessage};
-use crate::roaming::Conversation;
+use crate::roaming::{Conversation, conversation_id};
 
 /// The store at one cut, holding shared records and copies of their state (a recall after the
 /// cut changes the record, not the copy).
@@ -279,13 +279,13 @@ impl Store {
     }
 
     fn restore_message(&self, img: &MsgImage<'_>) -> Result<StoredMessage, Error> {
-        let state = match img.state {
+        let state = match &img.state {
             StateImage::Live { body_json, custom } => {
-                MsgState::Live(Content::from_trusted_json(body_json, custom))
+                MsgState::Live(Content::from_trusted_json(body_json, *custom))
             }
             StateImage::Recalled { by, at } => MsgState::Recalled {
                 by: self.intern(by)?,
-                at,
+                at: *at,
             },
         };
         let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x7f)
@@ -310,16 +310,11 @@ impl Store {
             .iter()
             .map(|m| self.restore_message(m).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let conv = Conversation::restore(
-            a.clone(),
-            b.clone(),
-            img.next_arrival,
-            img.read_mark,
-            messages,
-        );
+        let id = conversation_id(&a, &b);
+        let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         self.inner
             .conversations
-            .insert((a, b), Arc::new(Mutex::new(conv)));
+            .insert(id, Arc::new(Mutex::new(conv)));
         Ok(())
     }
 

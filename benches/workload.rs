@@ -1,0 +1,184 @@
+//! imstore at a realistic scale, one thread, the system allocator (glibc): ACCOUNTS accounts
+//! (100,000), each talking with PEERS fixed peers (20), ~32-character text messages. For each
+//! store size it reports sends/s, recalls/s of random keys, history pages/s, device sync
+//! (events/s of a device catching up) and resident memory per stored message (all layers).
+//!
+//! ```sh
+//! cargo bench --bench workload                        # 10k, 1M and 4M messages
+//! IMSTORE_WORKLOAD_SIZES=10000000 cargo bench --bench workload
+//! IMSTORE_WORKLOAD_ACCOUNTS=10000 cargo bench --bench workload
+//! ```
+//!
+//! Message `i` is sent by account `a(i)` to its `k(i)`-th peer with MsgSeq `i`: every message's
+//! parties and key are computed from its number, so the benchmark itself keeps nothing per
+//! message and the memory measured is the store's.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use imstore::{Config, HistoryQuery, MsgElement, MsgKey, SendRequest, Store};
+
+const TIME: u32 = 1_700_000_000;
+const RANDOM: u32 = 7;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Workload {
+    accounts: usize,
+    peers: usize,
+    names: Vec<String>,
+}
+
+impl Workload {
+    /// (sender, recipient) of message `i`.
+    fn parties(&self, i: u64) -> (usize, usize) {
+        let h = mix(i);
+        let a = (h % self.accounts as u64) as usize;
+        let k = ((h >> 32) % self.peers as u64) as usize + 1;
+        // Fixed peers: account a talks with a+1 ... a+PEERS (and is talked to by a-1 ...).
+        let b = (a + k * 7919) % self.accounts;
+        if a == b {
+            (a, (b + 1) % self.accounts)
+        } else {
+            (a, b)
+        }
+    }
+
+    fn key(i: u64) -> MsgKey {
+        MsgKey::new(i as u32, RANDOM, TIME)
+    }
+
+    fn send(&self, store: &Store, i: u64) {
+        let (a, b) = self.parties(i);
+        let mut req = SendRequest::new(
+            &self.names[a],
+            &self.names[b],
+            RANDOM,
+            vec![MsgElement::text(format!("message {i:024}"))],
+        );
+        req.msg_seq = Some(i as u32);
+        req.msg_time = Some(TIME);
+        black_box(store.send(req).unwrap());
+    }
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    let r = n as f64 / d.as_secs_f64();
+    if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else {
+        format!("{:.0} k/s", r / 1e3)
+    }
+}
+
+fn run(w: &Workload, messages: u64) -> String {
+    // Retention is counted from MsgTimeStamp: a clock just after TIME keeps everything.
+    let clock = imstore::ManualClock::new(u64::from(TIME) + 60);
+    let store = Store::in_memory(Config::default().with_clock(clock)).unwrap();
+    for chunk in w.names.chunks(100) {
+        store.import_accounts(chunk).unwrap();
+    }
+    let base = rss();
+    let t = Instant::now();
+    for i in 0..messages {
+        w.send(&store, i);
+    }
+    let send = t.elapsed();
+    let per_msg = (rss() - base) as f64 / messages as f64;
+
+    // Recalls of random, distinct messages.
+    let recalls = messages.min(500_000);
+    let stride = (2_654_435_761 % messages.max(2)) | 1;
+    let picks: Vec<(String, String, String)> = (0..recalls)
+        .map(|j| {
+            let i = (j * stride) % messages;
+            let (a, b) = w.parties(i);
+            (
+                w.names[a].clone(),
+                w.names[b].clone(),
+                Workload::key(i).to_string(),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let mut done = 0u64;
+    for (a, b, k) in &picks {
+        // A stride that revisits a message (messages not coprime) answers 20023: skip those.
+        if store.recall("administrator", a, b, k).is_ok() {
+            done += 1;
+        }
+    }
+    let recall = t.elapsed();
+    drop(picks);
+
+    // History: the newest page (MaxCnt 20) of random conversations, from the recipient's side.
+    let pages = 200_000u64;
+    let queries: Vec<HistoryQuery> = (0..pages)
+        .map(|j| {
+            let (a, b) = w.parties(mix(j ^ 0xABCD) % messages);
+            HistoryQuery::new(&w.names[b], &w.names[a], 20)
+        })
+        .collect();
+    let t = Instant::now();
+    for q in &queries {
+        black_box(store.history(q).unwrap());
+    }
+    let history = t.elapsed();
+
+    // Device sync: new devices of random accounts catching up on their inboxes.
+    let t = Instant::now();
+    let mut events = 0u64;
+    for j in 0..2_000u64 {
+        let a = (mix(j ^ 0x5EED) % w.accounts as u64) as usize;
+        let sub = store.connect(&w.names[a], &format!("sync{j}")).unwrap();
+        events += sub.drain().unwrap().len() as u64;
+    }
+    let sync = t.elapsed();
+    format!(
+        "| {messages} | {} | {} ({done} recalls) | {} | {} ({events} events) | {per_msg:.0} B |",
+        rate(messages, send),
+        rate(done, recall),
+        rate(pages, history),
+        rate(events, sync),
+    )
+}
+
+fn main() {
+    let accounts: usize = env("IMSTORE_WORKLOAD_ACCOUNTS", "100000").parse().unwrap();
+    let peers: usize = env("IMSTORE_WORKLOAD_PEERS", "20").parse().unwrap();
+    let sizes: Vec<u64> = env("IMSTORE_WORKLOAD_SIZES", "10000,1000000,4000000")
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let w = Workload {
+        accounts,
+        peers,
+        names: (0..accounts).map(|i| format!("user{i}")).collect(),
+    };
+    println!(
+        "{accounts} accounts x {peers} peers, 32-character text messages, one thread, system allocator"
+    );
+    println!(
+        "| messages | send | recall (random keys) | history page | device sync | RSS per message |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in sizes {
+        println!("{}", run(&w, n));
+    }
+}
