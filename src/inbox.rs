@@ -18,23 +18,87 @@ pub(crate) enum Entry {
     Modified(Arc<StoredMessage>, u64),
 }
 
-impl Entry {
-    /// Whether this is a message `device` of `account` sent itself (it is not sent it back).
-    pub fn sent_by(&self, account: &str, device: &str) -> bool {
-        match self {
-            Entry::Message(m) => &*m.from == account && m.origin_device.as_deref() == Some(device),
-            _ => false,
-        }
-    }
-}
-
+/// One inbox entry, packed into 24 bytes (it is paid once per message per inbox): the
+/// message, the sequence number with the entry's kind and online-only flag in its top bits,
+/// and two Unix times in seconds as `u32` (good until 2106; later times are kept as the
+/// largest `u32`, never expiring early).
 #[derive(Clone)]
 pub(crate) struct Slot {
-    pub seq: u64,
-    pub expires_at: u64,
+    msg: Arc<StoredMessage>,
+    /// Bits 0..60: sequence number; bit 60: online only; bits 61..63: kind.
+    tag: u64,
+    expires_at: u32,
+    /// When the message was modified (a Modified entry), else 0.
+    modified_at: u32,
+}
+
+const SEQ_BITS: u32 = 60;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const ONLINE_ONLY: u64 = 1 << SEQ_BITS;
+const KIND_SHIFT: u32 = SEQ_BITS + 1;
+const KIND_MESSAGE: u64 = 0;
+const KIND_RECALLED: u64 = 1;
+const KIND_MODIFIED: u64 = 2;
+
+fn secs32(t: u64) -> u32 {
+    u32::try_from(t).unwrap_or(u32::MAX)
+}
+
+impl Slot {
+    pub fn new(seq: u64, entry: Entry, expires_at: u64, online_only: bool) -> Slot {
+        assert!(seq <= SEQ_MASK, "inbox sequence numbers stay below 2^60");
+        let (msg, kind, modified_at) = match entry {
+            Entry::Message(m) => (m, KIND_MESSAGE, 0),
+            Entry::Recalled(m) => (m, KIND_RECALLED, 0),
+            Entry::Modified(m, at) => (m, KIND_MODIFIED, secs32(at)),
+        };
+        Slot {
+            msg,
+            tag: seq | if online_only { ONLINE_ONLY } else { 0 } | kind << KIND_SHIFT,
+            expires_at: secs32(expires_at),
+            modified_at,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.tag & SEQ_MASK
+    }
+
+    /// When the entry expires, Unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        if self.expires_at == u32::MAX {
+            u64::MAX
+        } else {
+            u64::from(self.expires_at)
+        }
+    }
+
     /// For devices connected when it was appended only (a message with MsgLifeTime 0).
-    pub online_only: bool,
-    pub entry: Entry,
+    pub fn online_only(&self) -> bool {
+        self.tag & ONLINE_ONLY != 0
+    }
+
+    /// The message the entry is about.
+    pub fn message(&self) -> &Arc<StoredMessage> {
+        &self.msg
+    }
+
+    /// The entry (a reference-count increment).
+    pub fn entry(&self) -> Entry {
+        let m = self.msg.clone();
+        match self.tag >> KIND_SHIFT {
+            KIND_MESSAGE => Entry::Message(m),
+            KIND_RECALLED => Entry::Recalled(m),
+            _ => Entry::Modified(m, u64::from(self.modified_at)),
+        }
+    }
+
+    /// Whether this is a message `device` of `account` sent itself (it is not sent it back).
+    pub fn sent_by(&self, account: &crate::account::UserId, device: &str) -> bool {
+        self.tag >> KIND_SHIFT == KIND_MESSAGE
+            && self.msg.from == *account
+            && self.msg.sent_from(device)
+    }
 }
 
 /// How long an online-only entry (MsgLifeTime 0) waits in the inbox for the devices that were
@@ -44,14 +108,14 @@ pub(crate) const ONLINE_GRACE_SECS: u64 = 60;
 pub(crate) struct Inbox {
     slots: VecDeque<Slot>,
     next_seq: u64,
+    /// The front entry's expiry (`u64::MAX` when empty): appending checks it without
+    /// touching the front of the queue.
+    front_expiry: u64,
 }
 
 impl Default for Inbox {
     fn default() -> Self {
-        Inbox {
-            slots: VecDeque::new(),
-            next_seq: 1,
-        }
+        Inbox::starting_at(1)
     }
 }
 
@@ -59,31 +123,37 @@ impl Inbox {
     /// Appends an entry and returns its sequence number. Entries at the front that have expired
     /// by `now` are dropped first, so an inbox holds at most one lifetime of traffic.
     pub fn append(&mut self, entry: Entry, expires_at: u64, now: u64, online_only: bool) -> u64 {
-        self.trim(now);
+        if self.front_expiry <= now {
+            self.trim(now);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.slots.push_back(Slot {
-            seq,
-            expires_at,
-            online_only,
-            entry,
-        });
+        let slot = Slot::new(seq, entry, expires_at, online_only);
+        if self.slots.is_empty() {
+            self.front_expiry = slot.expires_at();
+        }
+        self.slots.push_back(slot);
         seq
+    }
+
+    fn front_changed(&mut self) {
+        self.front_expiry = self.slots.front().map_or(u64::MAX, Slot::expires_at);
     }
 
     /// Whether `purge(now, cutoff)` would remove anything (an idle store writes nothing).
     pub fn has_expired(&self, now: u64, retention_cutoff: u64) -> bool {
         self.slots
             .iter()
-            .any(|s| s.expires_at <= now || past_retention(s, retention_cutoff))
+            .any(|s| s.expires_at() <= now || past_retention(s, retention_cutoff))
     }
 
     /// Drops expired entries from the front; returns how many.
     pub fn trim(&mut self, now: u64) -> usize {
         let before = self.slots.len();
-        while self.slots.front().is_some_and(|s| s.expires_at <= now) {
+        while self.slots.front().is_some_and(|s| s.expires_at() <= now) {
             self.slots.pop_front();
         }
+        self.front_changed();
         before - self.slots.len()
     }
 
@@ -93,6 +163,7 @@ impl Inbox {
         Inbox {
             slots: VecDeque::new(),
             next_seq: next_seq.max(1),
+            front_expiry: u64::MAX,
         }
     }
 
@@ -103,10 +174,13 @@ impl Inbox {
 
     /// An inbox rebuilt from a snapshot.
     pub fn restore(next_seq: u64, slots: Vec<Slot>) -> Self {
-        Inbox {
+        let mut inbox = Inbox {
             slots: slots.into(),
             next_seq,
-        }
+            front_expiry: u64::MAX,
+        };
+        inbox.front_changed();
+        inbox
     }
 
     /// What a snapshot records: the next sequence number and the retained entries.
@@ -120,13 +194,14 @@ impl Inbox {
     pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> usize {
         let before = self.slots.len();
         self.slots
-            .retain(|s| s.expires_at > now && !past_retention(s, retention_cutoff));
+            .retain(|s| s.expires_at() > now && !past_retention(s, retention_cutoff));
+        self.front_changed();
         before - self.slots.len()
     }
 
     /// The sequence number just before the oldest retained entry: where a new device starts.
     pub fn before_oldest(&self) -> u64 {
-        self.slots.front().map_or(self.next_seq, |s| s.seq) - 1
+        self.slots.front().map_or(self.next_seq, Slot::seq) - 1
     }
 
     /// The sequence number of the newest entry ever appended (0 when none).
@@ -136,14 +211,68 @@ impl Inbox {
 
     /// Retained entries with a sequence number above `cursor`, oldest first.
     pub fn after(&self, cursor: u64) -> impl Iterator<Item = &Slot> {
-        let start = self.slots.partition_point(|s| s.seq <= cursor);
+        let start = self.slots.partition_point(|s| s.seq() <= cursor);
         self.slots.range(start..)
     }
 }
 
 fn past_retention(s: &Slot, retention_cutoff: u64) -> bool {
-    match &s.entry {
-        Entry::Message(m) | Entry::Modified(m, _) => u64::from(m.key.time()) < retention_cutoff,
-        Entry::Recalled(_) => false,
+    s.tag >> KIND_SHIFT != KIND_RECALLED && u64::from(s.msg.key.time()) < retention_cutoff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::UserId;
+    use crate::key::MsgKey;
+    use crate::message::{Content, MsgElement, SenderCopy};
+
+    fn msg() -> Arc<StoredMessage> {
+        let u = UserId::new("inbox-test-a").unwrap();
+        let v = UserId::new("inbox-test-b").unwrap();
+        let c = Content::new(&[MsgElement::text("x")], None).unwrap();
+        Arc::new(StoredMessage::new(
+            u,
+            v,
+            MsgKey::new(1, 2, 100),
+            1,
+            SenderCopy::Roaming,
+            false,
+            c,
+        ))
+    }
+
+    #[test]
+    fn slots_pack_and_unpack() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        let m = msg();
+        let s = Slot::new(
+            SEQ_MASK,
+            Entry::Modified(m.clone(), 77),
+            5_000_000_000,
+            true,
+        );
+        assert_eq!(s.seq(), SEQ_MASK);
+        assert!(s.online_only());
+        assert_eq!(s.expires_at(), u64::MAX, "beyond 2106 never expires early");
+        assert!(matches!(s.entry(), Entry::Modified(_, 77)));
+        let s = Slot::new(7, Entry::Recalled(m.clone()), 99, false);
+        assert_eq!((s.seq(), s.expires_at(), s.online_only()), (7, 99, false));
+        assert!(matches!(s.entry(), Entry::Recalled(_)));
+        assert!(!s.sent_by(&m.from, "d"));
+    }
+
+    #[test]
+    fn appends_trim_what_expired_in_front() {
+        let mut inbox = Inbox::default();
+        assert_eq!(inbox.append(Entry::Message(msg()), 10, 0, false), 1);
+        assert_eq!(inbox.append(Entry::Message(msg()), 20, 0, false), 2);
+        assert_eq!(inbox.append(Entry::Message(msg()), 15, 11, false), 3);
+        assert_eq!(inbox.before_oldest(), 1, "the first entry expired at 10");
+        assert_eq!(inbox.purge(16, 0), 1, "the third, expired at 15");
+        assert_eq!(inbox.append(Entry::Message(msg()), 30, 21, false), 4);
+        let left: Vec<u64> = inbox.after(0).map(Slot::seq).collect();
+        assert_eq!(left, vec![4]);
+        assert_eq!(inbox.last_seq(), 4);
     }
 }

@@ -14,14 +14,40 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::account::MAX_USER_ID_LEN;
 use crate::hash::DashMap;
 
 /// The first chunk holds 2^FIRST names; chunk k holds 2^(FIRST + k).
 const FIRST: u32 = 6;
 const CHUNKS: usize = (33 - FIRST) as usize;
 
+/// A name as the lookup map keeps it: inline, so comparing a probe with an entry reads no
+/// other memory (names are at most 32 bytes, `MAX_USER_ID_LEN`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Name {
+    len: u8,
+    bytes: [u8; MAX_USER_ID_LEN],
+}
+
+impl Name {
+    fn new(s: &str) -> Option<Name> {
+        let mut bytes = [0; MAX_USER_ID_LEN];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(Name {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.bytes[..usize::from(self.len)]);
+    }
+}
+
 pub(crate) struct Registry {
-    numbers: DashMap<&'static str, u32>,
+    numbers: DashMap<Name, u32>,
     next: AtomicU32,
     /// Number → name, in chunks that are never moved (lock-free reads).
     names: [OnceLock<Box<[OnceLock<&'static str>]>>; CHUNKS],
@@ -48,17 +74,16 @@ impl Registry {
         }
     }
 
-    /// The number of `name`, given now if it has none.
+    /// The number of `name` (a valid UserID, at most 32 bytes), given now if it has none.
     pub fn number(&self, name: &str) -> u32 {
-        if let Some(n) = self.numbers.get(name) {
+        let key = Name::new(name).expect("a UserID is at most 32 bytes");
+        if let Some(n) = self.numbers.get(&key) {
             return *n;
         }
         // The map entry stays locked while the name is recorded: a number is visible only
         // once its name is.
-        let stored: &'static str = Box::leak(name.into());
-        let mut leaked = true;
-        let n = *self.numbers.entry(stored).or_insert_with(|| {
-            leaked = false;
+        *self.numbers.entry(key).or_insert_with(|| {
+            let stored: &'static str = Box::leak(name.into());
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             assert!(n < u32::MAX, "more than 2^32 - 1 distinct account names");
             let (k, i) = locate(n);
@@ -69,18 +94,12 @@ impl Registry {
             });
             chunk[i].set(stored).expect("a fresh number");
             n
-        });
-        if leaked {
-            // Another thread interned the name first; ours was never published.
-            // SAFETY: `stored` came from Box::leak above and nothing else refers to it.
-            drop(unsafe { Box::from_raw(stored as *const str as *mut str) });
-        }
-        n
+        })
     }
 
     /// The number of `name`, if it has one.
     pub fn find(&self, name: &str) -> Option<u32> {
-        self.numbers.get(name).map(|n| *n)
+        self.numbers.get(&Name::new(name)?).map(|n| *n)
     }
 
     /// The name of number `n` (numbers are only handed out with their names).

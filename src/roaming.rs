@@ -194,7 +194,7 @@ impl Conversation {
 
     /// Whether the recipient has not yet marked `msg` read.
     pub fn is_unread(&self, msg: &StoredMessage) -> bool {
-        !msg.read_on_import && msg.arrival > self.read_mark[self.side(&msg.to)]
+        !msg.read_on_import() && msg.arrival > self.read_mark[self.side(&msg.to)]
     }
 
     /// Marks everything that has arrived so far as read by `reader`.
@@ -220,7 +220,7 @@ impl Conversation {
     }
 
     fn visible(&self, msg: &StoredMessage, side: Side) -> bool {
-        msg.to == self.users[side] || msg.sender_copy.in_sender_roaming()
+        msg.to == self.users[side] || msg.sender_copy().in_sender_roaming()
     }
 
     /// Messages in `side`'s view, newest first, at or before `upper`, not older than `cutoff`.
@@ -264,10 +264,7 @@ impl Conversation {
         let mut bytes = 0;
         let mut complete = true;
         while let Some(&msg) = candidates.peek() {
-            let size = ITEM_OVERHEAD_BYTES
-                + msg.from.len()
-                + msg.to.len()
-                + msg.content().map_or(0, |c| c.encoded_len());
+            let size = ITEM_OVERHEAD_BYTES + msg.from.len() + msg.to.len() + msg.encoded_len();
             let full = picked.len() >= q.max_cnt as usize || bytes + size > max_bytes;
             // A page always makes progress, whatever the byte cap.
             if full && !picked.is_empty() {

@@ -87,6 +87,40 @@ pub(crate) enum Applied {
     },
 }
 
+/// An account named by a request (a string) or by the store itself (an interned UserId, looked
+/// up without touching its name).
+pub(crate) trait AccountName {
+    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>>;
+    fn name(&self) -> &str;
+}
+
+impl AccountName for str {
+    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
+        UserId::find(self).map(std::borrow::Cow::Owned)
+    }
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+impl AccountName for String {
+    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
+        self.as_str().id()
+    }
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+impl AccountName for UserId {
+    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
+        Some(std::borrow::Cow::Borrowed(self))
+    }
+    fn name(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// Which field of a request named an account, deciding the error code when it does not exist.
 #[derive(Clone, Copy)]
 enum Role {
@@ -473,13 +507,13 @@ impl Store {
         (z ^ (z >> 31)) as u32
     }
 
-    fn cell(&self, user: &str) -> Option<Arc<AccountCell>> {
-        let id = UserId::find(user)?;
-        self.inner.accounts.get(&id).map(|r| r.value().clone())
+    fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<Arc<AccountCell>> {
+        let id = user.id()?;
+        self.inner.accounts.get(&*id).map(|r| r.value().clone())
     }
 
-    fn cell_as(&self, user: &str, role: Role) -> Result<Arc<AccountCell>> {
-        self.cell(user).ok_or_else(|| role.missing(user))
+    fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<Arc<AccountCell>> {
+        self.cell(user).ok_or_else(|| role.missing(user.name()))
     }
 
     fn conversation(

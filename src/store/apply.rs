@@ -189,17 +189,15 @@ impl Store {
                 }
                 let ticket = self.record(op, mode)?;
                 (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
-                let mut msg = StoredMessage::new(
+                let msg = Arc::new(StoredMessage::new(
                     s.from.clone(),
                     s.to.clone(),
                     s.key,
                     c.take_arrival(),
                     s.sender_copy,
-                    s.origin_device.clone(),
-                    s.content.clone(),
-                );
-                msg.read_on_import = s.kind == SendKind::ImportHistory;
-                let msg = Arc::new(msg);
+                    s.kind == SendKind::ImportHistory,
+                    s.content.with_origin_device(s.origin_device.as_deref()),
+                ));
                 c.insert(msg.clone());
                 c.trim(s.at.saturating_sub(self.inner.config.retention_secs));
                 if s.kind != SendKind::ImportHistory {
@@ -297,10 +295,9 @@ impl Store {
             &Arc<StoredMessage>,
         ) -> Result<R>,
     ) -> Result<R> {
-        let (from_s, to_s) = (from.to_string(), to.to_string());
         let not_found = || Error::MessageNotFound {
-            from: from_s.clone(),
-            to: to_s.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
             key,
         };
         self.with_parties(from, to, false, not_found, |fs, ts, c| {

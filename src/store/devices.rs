@@ -94,8 +94,8 @@ impl Store {
             let events: Vec<_> = state
                 .inbox
                 .after(after)
-                .filter(|s| s.expires_at > now && !s.online_only)
-                .filter_map(|s| device::event(s.seq, &s.entry))
+                .filter(|s| s.expires_at() > now && !s.online_only())
+                .filter_map(|s| device::event(s.seq(), &s.entry()))
                 .collect();
             (events, state.ticket)
         };
@@ -177,16 +177,17 @@ impl Store {
             if c.events.len() >= max {
                 break;
             }
-            c.upto = slot.seq;
-            let skip = slot.expires_at <= now
-                || (slot.online_only && slot.seq <= live.since)
-                || slot.entry.sent_by(&sub.account, &sub.device);
+            c.upto = slot.seq();
+            let skip = slot.expires_at() <= now
+                || (slot.online_only() && slot.seq() <= live.since)
+                || slot.sent_by(&sub.account, &sub.device);
             if skip {
                 continue;
             }
-            if let Some(event) = device::event(slot.seq, &slot.entry) {
-                if let Entry::Message(m) = &slot.entry {
-                    c.messages.push(m.clone());
+            let entry = slot.entry();
+            if let Some(event) = device::event(slot.seq(), &entry) {
+                if let Entry::Message(m) = entry {
+                    c.messages.push(m);
                 }
                 c.events.push(event);
             }

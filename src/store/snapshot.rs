@@ -61,12 +61,6 @@ struct AccountCapture {
     unread: Vec<(UserId, u32)>,
 }
 
-fn entry_message(entry: &Entry) -> &Arc<StoredMessage> {
-    match entry {
-        Entry::Message(m) | Entry::Recalled(m) | Entry::Modified(m, _) => m,
-    }
-}
-
 fn key_tuple(k: MsgKey) -> (u32, u32, u32) {
     (k.seq(), k.random(), k.time())
 }
@@ -78,8 +72,11 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
         key: key_tuple(m.key),
         arrival: m.arrival,
         // Bit 7: imported as history, counted read (format 2; format 1 never sets it).
-        sender_copy: codec::sender_copy_code(m.sender_copy) | (u8::from(m.read_on_import) << 7),
-        origin_device: m.origin_device.as_deref(),
+        sender_copy: codec::sender_copy_code(m.sender_copy()) | (u8::from(m.read_on_import()) << 7),
+        origin_device: match state {
+            MsgState::Live(c) => c.origin_device(),
+            MsgState::Recalled { .. } => None,
+        },
         state: match state {
             MsgState::Live(c) => StateImage::Live {
                 body_json: c.body_json(),
@@ -151,7 +148,7 @@ impl Store {
                 let slots = slots
                     .into_iter()
                     .map(|s| {
-                        let st = entry_message(&s.entry).state();
+                        let st = s.message().state();
                         (s, st)
                     })
                     .collect();
@@ -280,9 +277,10 @@ impl Store {
 
     fn restore_message(&self, img: &MsgImage<'_>) -> Result<StoredMessage, Error> {
         let state = match &img.state {
-            StateImage::Live { body_json, custom } => {
-                MsgState::Live(Content::from_trusted_json(body_json, *custom))
-            }
+            StateImage::Live { body_json, custom } => MsgState::Live(
+                Content::from_trusted_json(body_json, *custom)
+                    .with_origin_device(img.origin_device),
+            ),
             StateImage::Recalled { by, at } => MsgState::Recalled {
                 by: self.intern(by)?,
                 at: *at,
@@ -290,17 +288,15 @@ impl Store {
         };
         let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x7f)
             .map_err(|e| Error::Internal(e.0))?;
-        let mut msg = StoredMessage::restore(
+        Ok(StoredMessage::restore(
             self.intern(img.from)?,
             self.intern(img.to)?,
             MsgKey::new(img.key.0, img.key.1, img.key.2),
             img.arrival,
             sender_copy,
-            img.origin_device.map(DeviceId::from),
+            img.sender_copy & 0x80 != 0,
             state,
-        );
-        msg.read_on_import = img.sender_copy & 0x80 != 0;
-        Ok(msg)
+        ))
     }
 
     fn restore_conversation(&self, img: ConvImage<'_>) -> Result<(), Error> {
@@ -391,12 +387,7 @@ impl Store {
                 2 => Entry::Modified(msg, e.modified_at),
                 k => return Err(Error::Internal(format!("unknown inbox entry kind {k}"))),
             };
-            slots.push(Slot {
-                seq: e.seq,
-                expires_at: e.expires_at,
-                online_only: e.kind == 3,
-                entry,
-            });
+            slots.push(Slot::new(e.seq, entry, e.expires_at, e.kind == 3));
         }
         {
             let mut state = cell.state.lock();
@@ -442,12 +433,12 @@ impl Capture {
                 .slots
                 .iter()
                 .map(|(slot, state)| {
-                    let m = entry_message(&slot.entry);
-                    let (kind, modified_at) = match &slot.entry {
-                        Entry::Message(_) if slot.online_only => (3, 0),
+                    let m = slot.message();
+                    let (kind, modified_at) = match slot.entry() {
+                        Entry::Message(_) if slot.online_only() => (3, 0),
                         Entry::Message(_) => (0, 0),
                         Entry::Recalled(_) => (1, 0),
-                        Entry::Modified(_, at) => (2, *at),
+                        Entry::Modified(_, at) => (2, at),
                     };
                     let msg = if roaming.contains(&Arc::as_ptr(m)) {
                         MsgRef::Roaming {
@@ -459,8 +450,8 @@ impl Capture {
                         MsgRef::Orphan(msg_image(m, state))
                     };
                     EntryImage {
-                        seq: slot.seq,
-                        expires_at: slot.expires_at,
+                        seq: slot.seq(),
+                        expires_at: slot.expires_at(),
                         kind,
                         modified_at,
                         msg,
