@@ -28,6 +28,7 @@ use crate::journal::SyncPolicy;
 use crate::{Config, Store, usersig};
 
 mod conn;
+mod console;
 mod devices;
 mod rest;
 mod webhook;
@@ -141,6 +142,7 @@ fn router(app: App) -> Router {
         .route("/v4/imstore/ws", get(devices::ws))
         .route("/v4/imstore/events", get(devices::events))
         .route("/v4/imstore/ack", post(devices::ack))
+        .route("/console", get(console::page))
         .route("/v4/{service}/{command}", any(rest::rest))
         .fallback(rest::unknown)
         .method_not_allowed_fallback(rest::unknown)
