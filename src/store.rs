@@ -49,6 +49,7 @@ use crate::message::{
 use crate::op::Op;
 use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
 
+mod accounts;
 mod apply;
 mod devices;
 mod messages;
@@ -292,7 +293,7 @@ pub(crate) struct Inner {
     me: Weak<Inner>,
     config: Config,
     admins: Vec<UserId>,
-    accounts: DashMap<UserId, Arc<AccountCell>>,
+    accounts: accounts::Accounts,
     conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
     rng: AtomicU64,
     /// Unset for an in-memory store.
@@ -394,7 +395,7 @@ impl Store {
             me: me.clone(),
             config,
             admins,
-            accounts: DashMap::default(),
+            accounts: accounts::Accounts::default(),
             conversations: DashMap::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
             journal: OnceLock::new(),
@@ -509,7 +510,7 @@ impl Store {
 
     fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<Arc<AccountCell>> {
         let id = user.id()?;
-        self.inner.accounts.get(&*id).map(|r| r.value().clone())
+        self.inner.accounts.get(&id)
     }
 
     fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<Arc<AccountCell>> {
@@ -732,7 +733,7 @@ impl Store {
 
     /// Whether `user` exists (`account_check`).
     pub fn account_exists(&self, user: &str) -> Result<bool> {
-        let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains_key(&id));
+        let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains(&id));
         self.durable(self.inner.membership.load(Ordering::Acquire))?;
         Ok(exists)
     }
@@ -870,12 +871,7 @@ impl Store {
                 report.messages += n;
             }
         }
-        let cells: Vec<_> = self
-            .inner
-            .accounts
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
+        let cells = self.inner.accounts.cells();
         for cell in cells {
             let (expired, idle_devices) = {
                 let state = cell.state.lock();
