@@ -150,6 +150,11 @@ const ROUTES: &[(&str, Handler)] = &[
     ("imstore/faults", Handler::Answer(Api::faults)),
 ];
 
+/// Every REST API's path after `v4/` (`openim/sendmsg`, ...).
+pub fn route_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(path, _)| *path)
+}
+
 /// How a call is being served.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {

@@ -144,7 +144,7 @@ pub use hooks::{BeforeSend, Hooks, NoHooks, OutgoingMessage};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use journal::{Faults, Gate};
-pub use journal::{OpenError, RecoveryReport, SyncPolicy};
+pub use journal::{JournalObserver, OpenError, RecoveryReport, SyncPolicy};
 pub use key::{MAX_MSG_KEY_LEN, MsgKey, ParseMsgKeyError};
 pub use message::{
     Content, CustomElem, FLAG_RECALLED, FaceElem, FileElem, ImageElem, ImageInfo, LocationElem,

@@ -353,6 +353,7 @@ impl Store {
             cfg.sync,
             cfg.repair,
             cfg.journal_prealloc_bytes,
+            cfg.journal_observer.clone(),
             |rec| store.recover(rec),
         )?;
         journal.set_snapshot_threshold(cfg.snapshot_after_bytes);
