@@ -100,7 +100,7 @@ fn healthz_answers_503_while_the_store_recovers_then_200() {
             let _ = tx.send(line);
         }
     });
-    let mut line = || rx.recv_timeout(WAIT).expect("a line from the server");
+    let line = || rx.recv_timeout(WAIT).expect("a line from the server");
     let starting = line();
     let base = starting
         .strip_prefix("starting on ")
