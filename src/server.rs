@@ -283,6 +283,7 @@ pub async fn run_until(
         std::io::stdout().flush()?;
     }
     let (starting_stop, starting_rx) = watch::channel(false);
+    // The starting phase's connections are not waited for: each is closed after its 503.
     let (starting_tasks, _) = tokio::sync::mpsc::channel::<()>(1);
     let starting = tokio::spawn(conn::accept_loop(
         listener.clone(),
@@ -293,12 +294,24 @@ pub async fn run_until(
     ));
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
-    let store = tokio::task::spawn_blocking(move || {
+    let opening = tokio::task::spawn_blocking(move || {
         #[cfg(feature = "fault-injection")]
         hold_while_exists(&dir.join("hold-open"));
         Store::open(&dir, store_config)
-    })
-    .await??;
+    });
+    let mut shutdown = std::pin::pin!(shutdown);
+    let store = tokio::select! {
+        opened = opening => opened??,
+        () = &mut shutdown => {
+            // Stopped while recovering: nothing has been served or acknowledged, and
+            // recovery is safe to abandon (it is what a crash would leave). The caller's
+            // runtime must not wait for the recovery thread (imstore-server shuts its runtime
+            // down with a timeout).
+            tracing::info!("shutting down during recovery");
+            let _ = starting_stop.send(true);
+            return Ok(());
+        }
+    };
     let _ = starting_stop.send(true);
     let _ = starting.await;
     let report = store.recovery_report();

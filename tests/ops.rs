@@ -129,6 +129,42 @@ fn healthz_answers_503_while_the_store_recovers_then_200() {
     let _ = child.wait();
 }
 
+#[cfg(feature = "fault-injection")]
+#[test]
+fn sigterm_during_recovery_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold-open");
+    std::fs::write(&hold, b"").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
+        .args(["--listen", "127.0.0.1:0", "--secret-key", KEY])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("IMSTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("starting on "), "{first}");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The recovery is still held (the file is there): the server stops anyway.
+    let exited = eventually(WAIT, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "the server did not stop while recovering");
+    assert!(child.wait().unwrap().success());
+    assert!(hold.exists());
+}
+
 #[test]
 fn healthz_answers_503_during_the_drain_while_calls_are_still_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -142,7 +142,10 @@ fn main() -> std::process::ExitCode {
         .max_blocking_threads(4)
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Do not wait for a blocking task still running (a recovery abandoned at SIGTERM).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imstore-server: {e}");

@@ -75,6 +75,9 @@ pub struct Metrics {
     outbox_dropped: IntCounter,
     deliveries: IntCounterVec,
     stopping: AtomicBool,
+    /// Held while a scrape brings the counters read from elsewhere up to date, so that two
+    /// concurrent scrapes do not both add the same difference.
+    scrape: parking_lot::Mutex<()>,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -197,6 +200,7 @@ impl Metrics {
                 .expect("valid"),
             ),
             stopping: AtomicBool::new(false),
+            scrape: parking_lot::Mutex::new(()),
             registry: registry.clone(),
         };
         int_gauge(
@@ -245,7 +249,7 @@ impl Metrics {
     }
 
     /// A device connected over `transport`; it counts until the guard is dropped.
-    pub fn device(self: &Arc<Self>, transport: &'static str) -> DeviceGauge {
+    pub fn device(&self, transport: &'static str) -> DeviceGauge {
         let gauge = self.devices.with_label_values(&[transport]);
         gauge.inc();
         DeviceGauge(gauge)
@@ -274,6 +278,7 @@ impl Metrics {
 
     /// The text format, with what is read at scrape time brought up to date.
     fn render(&self, app: &App) -> String {
+        let _one_at_a_time = self.scrape.lock();
         let (depth, dropped) = app.api.store().outbox_len();
         self.outbox_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));

@@ -1,6 +1,7 @@
 //! The store's accounts, indexed by their interned number: account numbers are dense (see
-//! `registry.rs`), so a lookup is two array indexes and a read lock — no hashing, no probe of
-//! a shared map, one cache line per account touched. Chunks are allocated as numbers reach
+//! `registry.rs`), so a lookup by `UserId` is two array indexes and a read lock — no hashing,
+//! no probe of a shared map, one cache line per account touched. (A lookup by name first
+//! finds the number in the registry, which does hash.) Chunks are allocated as numbers reach
 //! them and never move; a slot costs 16 bytes per number the process has handed out.
 //!
 //! A slot's write lock is what a map entry's lock was: import and delete hold it while they
@@ -91,7 +92,9 @@ impl Accounts {
     /// Every account, in number order.
     pub fn cells(&self) -> Vec<Arc<AccountCell>> {
         let mut out = Vec::with_capacity(self.len());
-        for chunk in self.chunks.iter().map_while(OnceLock::get) {
+        // Every allocated chunk: numbers are handed out process-wide, so this store's
+        // accounts may sit in chunks above ones it never touched.
+        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
             out.extend(chunk.iter().filter_map(|s| s.read().clone()));
         }
         out
@@ -119,5 +122,20 @@ mod tests {
         assert_eq!(t.len(), 299);
         assert!(!t.contains(&ids[7]));
         assert_eq!(t.cells().len(), 299);
+    }
+
+    #[test]
+    fn cells_are_found_above_chunks_this_store_never_touched() {
+        // Numbers are process-wide: another store (or names that never became accounts
+        // here) may own every number of the low chunks.
+        let t = Accounts::default();
+        let ids: Vec<UserId> = (0..200)
+            .map(|i| UserId::new(&format!("acct-table-high-{i}")).unwrap())
+            .collect();
+        let high = ids.iter().max_by_key(|id| id.num()).unwrap();
+        t.entry(high)
+            .insert(Arc::new(AccountCell::new(high.clone())));
+        assert!(locate(high.num()).0 > 0, "a chunk above the first");
+        assert_eq!(t.cells().len(), 1);
     }
 }
