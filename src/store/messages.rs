@@ -51,7 +51,11 @@ impl PreparedSend {
     /// What the before-send decision is asked about.
     pub fn outgoing(&self) -> OutgoingMessage<'_> {
         OutgoingMessage {
-            from: self.names.0.as_deref().unwrap_or_else(|| self.from.as_str()),
+            from: self
+                .names
+                .0
+                .as_deref()
+                .unwrap_or_else(|| self.from.as_str()),
             to: &self.names.1,
             key: self.key,
             online_only: self.lifetime == 0,
