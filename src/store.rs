@@ -52,6 +52,8 @@ use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conve
 mod apply;
 mod devices;
 mod messages;
+#[cfg(feature = "cluster")]
+mod shard;
 mod snapshot;
 
 pub use messages::{ImportRequest, PreparedSend};

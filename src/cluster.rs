@@ -1,0 +1,909 @@
+//! Conversation shards on NATS JetStream (cargo feature `cluster`; SPEC §9) — the foundation.
+//!
+//! Conversations (unordered account pairs) hash into a fixed number of shards
+//! ([`shard_of`]), chosen when the cluster is created and kept in the bucket `imstore_meta`.
+//! A shard is an ordinary [`Store`] whose journal is the JetStream stream `IMSTORE_SHARD_<n>`
+//! (subjects `imstore.shard.<n>.<node>.<epoch>`, 3 replicas by default) instead of files: the same `Op`
+//! records, applied by the same `apply`, live and on replay. See `cluster/journal.rs` for how
+//! appends are fenced with `Nats-Expected-Last-Sequence` and acknowledged only once JetStream
+//! has them (R6), `cluster/lease.rs` for ownership leases, `cluster/accounts.rs` for accounts.
+//!
+//! Opening a shard ([`Cluster::open_shard`]): take its lease (a new epoch), replay the whole
+//! stream through `apply`, then append an ownership marker expecting the last sequence read —
+//! from then on no earlier owner's append can succeed — and start renewing the lease. The
+//! marker is retried (after replaying what else arrived) if an earlier owner was still
+//! appending.
+//!
+//! Not yet here (later stages): snapshots in the object store (a new owner replays the whole
+//! stream), the server's `--cluster` flags, forwarding between nodes, merged device streams,
+//! takeover driven by the server.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::journal::{Journal, OpenError, Recovered, RecoveryReport, kind, parse_record};
+use crate::store::Store;
+
+mod accounts;
+mod journal;
+mod lease;
+
+pub(crate) use journal::StreamJournal;
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// NATS servers: `nats://H:P`, comma-separated.
+    pub urls: String,
+    /// This node's name: lease holder and Msg-Id prefix. Letters, digits, `-` and `_`.
+    pub node_id: String,
+    /// The number of shards, fixed when the cluster is created (default 64).
+    pub shards: u32,
+    /// Replicas of every stream and bucket (default 3; at most the number of NATS nodes).
+    pub replicas: usize,
+    /// A lease not renewed for this long may be taken over (default 3 s).
+    pub lease_ttl: Duration,
+    /// How often an owner renews its leases (default 1 s).
+    pub renew_every: Duration,
+    /// How long a record may go unacknowledged by JetStream — a stream leader election takes
+    /// 5-8 s — before the shard's journal fails (default 30 s).
+    pub publish_retry: Duration,
+    /// Request timeout towards JetStream (default 2 s).
+    pub request_timeout: Duration,
+    /// The configuration of each shard's store.
+    pub store: Config,
+}
+
+impl ClusterConfig {
+    pub fn new(urls: impl Into<String>, node_id: impl Into<String>) -> ClusterConfig {
+        ClusterConfig {
+            urls: urls.into(),
+            node_id: node_id.into(),
+            shards: 64,
+            replicas: 3,
+            lease_ttl: Duration::from_secs(3),
+            renew_every: Duration::from_secs(1),
+            publish_retry: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(2),
+            store: Config::default(),
+        }
+    }
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// NATS or JetStream refused or did not answer.
+    Nats(String),
+    /// The configuration is not usable (or disagrees with the cluster's).
+    Config(String),
+    /// Another node holds the shard's lease, for `expires_in` more at most.
+    LeaseHeld {
+        shard: u32,
+        node: String,
+        expires_in: Duration,
+    },
+    /// The shard's stream could not be replayed into a store.
+    Open(OpenError),
+    /// Another node appended to the shard while it was being opened, again and again.
+    Contended(u32),
+}
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterError::Nats(e) => write!(f, "NATS: {e}"),
+            ClusterError::Config(e) => write!(f, "cluster configuration: {e}"),
+            ClusterError::LeaseHeld {
+                shard,
+                node,
+                expires_in,
+            } => write!(
+                f,
+                "shard {shard} is owned by node {node} (lease expires within {expires_in:?})"
+            ),
+            ClusterError::Open(e) => write!(f, "opening a shard: {e}"),
+            ClusterError::Contended(n) => {
+                write!(f, "shard {n}: another owner kept appending while opening")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+impl ClusterError {
+    /// The Tencent error code a request failing for this reason answers: 91000.
+    pub fn code(&self) -> u32 {
+        91000
+    }
+}
+
+fn nats(e: impl fmt::Display) -> ClusterError {
+    ClusterError::Nats(e.to_string())
+}
+
+/// The shard of the conversation between `a` and `b` (in either order) among `shards`: CRC32C
+/// of the two names in byte order, so every node and every version agrees.
+pub fn shard_of(a: &str, b: &str, shards: u32) -> u32 {
+    let (x, y) = if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let h = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(x.as_bytes()), &[0]),
+        y.as_bytes(),
+    );
+    h % shards.max(1)
+}
+
+/// The name of shard `n`'s stream.
+pub fn stream_name(n: u32) -> String {
+    format!("IMSTORE_SHARD_{n}")
+}
+
+/// The subjects of shard `n`'s stream: `imstore.shard.<n>.>`.
+pub fn subjects(n: u32) -> String {
+    format!("imstore.shard.{n}.>")
+}
+
+/// The subject an owner publishes shard `n`'s records on in its epoch: one subject per
+/// (node, epoch), so that each append can also expect the record before it to be its own
+/// (`Nats-Expected-Last-Subject-Sequence`), not only at the right sequence.
+pub fn owner_subject(n: u32, node: &str, epoch: u64) -> String {
+    format!("imstore.shard.{n}.{node}.{epoch}")
+}
+
+const META_BUCKET: &str = "imstore_meta";
+
+/// A node's connection to the cluster: NATS, its buckets, and a small runtime of its own on
+/// which every NATS exchange runs, so the synchronous API can be called from any thread.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<ClusterInner>,
+}
+
+struct ClusterInner {
+    config: ClusterConfig,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    js: jetstream::Context,
+    leases: kv::Store,
+    accounts: kv::Store,
+}
+
+impl Drop for ClusterInner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.inner.config.node_id)
+            .field("shards", &self.inner.config.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` on `handle` and waits for it from this thread (any thread, also an async worker,
+/// which it blocks meanwhile).
+fn block_on<F>(handle: &tokio::runtime::Handle, f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("the cluster runtime ended")
+}
+
+impl Cluster {
+    /// Connects to NATS, creates the buckets if they are missing, and records (or checks) the
+    /// shard count.
+    pub fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        if config.node_id.is_empty()
+            || !config
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ClusterError::Config(format!(
+                "node id {:?}: use letters, digits, '-' and '_'",
+                config.node_id
+            )));
+        }
+        if config.shards == 0 || config.replicas == 0 {
+            return Err(ClusterError::Config(
+                "shards and replicas must be at least 1".into(),
+            ));
+        }
+        let addrs = config
+            .urls
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClusterError::Config(format!("NATS URLs {:?}: {e}", config.urls)))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("imstore-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Nats(format!("starting the NATS runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let cfg = config.clone();
+        let (js, leases, accounts) = block_on(&handle, async move {
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("imstore-{}", cfg.node_id))
+                .connection_timeout(Duration::from_secs(5))
+                .connect(addrs)
+                .await
+                .map_err(nats)?;
+            let js = jetstream::context::ContextBuilder::new()
+                .timeout(cfg.request_timeout)
+                .max_ack_inflight(4 * journal::WINDOW)
+                .backpressure_on_inflight(true)
+                .build(client);
+            let leases = bucket(&js, lease::BUCKET, cfg.replicas).await?;
+            let accounts = bucket(&js, accounts::BUCKET, cfg.replicas).await?;
+            let meta = bucket(&js, META_BUCKET, cfg.replicas).await?;
+            let shards = cfg.shards.to_string();
+            match meta.create("shards", shards.clone().into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let have = meta.get("shards").await.map_err(nats)?.unwrap_or_default();
+                    if have != shards.as_bytes() {
+                        return Err(ClusterError::Config(format!(
+                            "the cluster was created with {} shards, not {shards}",
+                            String::from_utf8_lossy(&have)
+                        )));
+                    }
+                }
+                Err(e) => return Err(nats(e)),
+            }
+            Ok::<_, ClusterError>((js, leases, accounts))
+        })?;
+        Ok(Cluster {
+            inner: Arc::new(ClusterInner {
+                config,
+                runtime: Some(runtime),
+                handle,
+                js,
+                leases,
+                accounts,
+            }),
+        })
+    }
+
+    fn block<F>(&self, f: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        block_on(&self.inner.handle, f)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The shard of the conversation between `a` and `b`.
+    pub fn shard_of(&self, a: &str, b: &str) -> u32 {
+        shard_of(a, b, self.inner.config.shards)
+    }
+
+    // ----- accounts -----
+
+    /// Imports an account into the cluster's accounts bucket (idempotent).
+    pub fn import_account(&self, user: &str) -> crate::Result<()> {
+        let (kv, user) = (self.inner.accounts.clone(), user.to_owned());
+        self.block(async move { accounts::import(&kv, &user).await })
+    }
+
+    /// Whether the accounts bucket has `user`.
+    pub fn account_exists(&self, user: &str) -> crate::Result<bool> {
+        let (kv, user) = (self.inner.accounts.clone(), user.to_owned());
+        self.block(async move { accounts::exists(&kv, &user).await })
+    }
+
+    /// Deletes `user` from the accounts bucket (70107 when absent). Shards that imported it
+    /// keep their records of it for now (a later stage deletes them there too).
+    pub fn delete_account(&self, user: &str) -> crate::Result<()> {
+        let (kv, user) = (self.inner.accounts.clone(), user.to_owned());
+        self.block(async move { accounts::delete(&kv, &user).await })
+    }
+
+    /// Every account in the bucket, sorted.
+    pub fn accounts(&self) -> crate::Result<Vec<String>> {
+        let kv = self.inner.accounts.clone();
+        self.block(async move { accounts::list(&kv).await })
+    }
+
+    // ----- shards -----
+
+    /// Who holds shard `n`'s lease: node, epoch and how long until it expires (zero when it
+    /// has expired), or `None` if nobody ever held it.
+    pub fn lease_holder(&self, n: u32) -> Result<Option<(String, u64, Duration)>, ClusterError> {
+        let kv = self.inner.leases.clone();
+        let v = self
+            .block(async move { lease::read(&kv, n).await })
+            .map_err(ClusterError::Nats)?;
+        Ok(v.map(|(v, _)| {
+            let left = v.expires_ms.saturating_sub(lease::now_ms());
+            (v.node, v.epoch, Duration::from_millis(left))
+        }))
+    }
+
+    /// The NATS server leading shard `n`'s stream (its Raft leader), if there is one now.
+    pub fn stream_leader(&self, n: u32) -> Result<Option<String>, ClusterError> {
+        let js = self.inner.js.clone();
+        self.block(async move {
+            let mut s = js.get_stream(stream_name(n)).await.map_err(nats)?;
+            let info = s.info().await.map_err(nats)?;
+            Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
+        })
+    }
+
+    /// Whether shard `n`'s stream has a leader and every replica is current (caught up).
+    pub fn stream_healthy(&self, n: u32) -> Result<bool, ClusterError> {
+        let js = self.inner.js.clone();
+        self.block(async move {
+            let mut s = js.get_stream(stream_name(n)).await.map_err(nats)?;
+            let info = s.info().await.map_err(nats)?;
+            Ok(info.cluster.as_ref().is_some_and(|c| {
+                c.leader.is_some() && c.replicas.iter().all(|p| p.current && !p.offline)
+            }))
+        })
+    }
+
+    /// Opens shard `n` as its owner: takes the lease (failing with `LeaseHeld` if another node
+    /// holds it), replays the stream into a fresh store, fences earlier owners out with an
+    /// ownership marker, and renews the lease until the shard is closed or dropped.
+    pub fn open_shard(&self, n: u32) -> Result<Shard, ClusterError> {
+        let cfg = &self.inner.config;
+        if n >= cfg.shards {
+            return Err(ClusterError::Config(format!(
+                "shard {n} of {} does not exist",
+                cfg.shards
+            )));
+        }
+        // The stream, created on first use.
+        let (js, replicas) = (self.inner.js.clone(), cfg.replicas);
+        self.block(async move { shard_stream(&js, n, replicas).await })?;
+
+        // The lease: a new epoch.
+        let (kv, node, ttl) = (
+            self.inner.leases.clone(),
+            cfg.node_id.clone(),
+            cfg.lease_ttl,
+        );
+        let held = self
+            .block(async move { lease::take(&kv, n, &node, ttl).await })
+            .map_err(|e| match e {
+                lease::TakeError::Held { node, expires_ms } => ClusterError::LeaseHeld {
+                    shard: n,
+                    node,
+                    expires_in: Duration::from_millis(expires_ms.saturating_sub(lease::now_ms())),
+                },
+                lease::TakeError::Nats(e) => ClusterError::Nats(e),
+                lease::TakeError::Conflict => ClusterError::Nats("lease conflict".into()),
+            })?;
+        let target = journal::Target {
+            js: self.inner.js.clone(),
+            stream: stream_name(n),
+            subject: owner_subject(n, &cfg.node_id, held.epoch),
+            msg_id_prefix: format!("{}.{}.", cfg.node_id, held.epoch),
+            retry_for: cfg.publish_retry,
+        };
+        let renewer = Renewer::start(self, n, held.clone());
+
+        // Replay, then the marker; again if an earlier owner appended in between.
+        let mut shared = None;
+        let store = Store::open_with_journal(cfg.store.clone(), |recover| {
+            let mut report = RecoveryReport::default();
+            let mut applied = 0u64;
+            let deadline = Instant::now() + cfg.publish_retry;
+            loop {
+                let js = self.inner.js.clone();
+                let last = self
+                    .block(async move { stream_last(&js, n).await })
+                    .map_err(open_nats)?;
+                if last > applied {
+                    applied = self.replay(n, applied, last, recover, &mut report)?;
+                }
+                if let Some(why) = renewer.lost() {
+                    return Err(open_nats(format!("lost the lease while opening: {why}")));
+                }
+                let marker = marker(&cfg.node_id, held.epoch);
+                let t = target.clone();
+                let seq = applied + 1;
+                match self.block(async move { journal::reconcile(&t, seq, &marker, 0).await }) {
+                    journal::Outcome::Stored => break,
+                    journal::Outcome::Taken(_) if Instant::now() < deadline => continue,
+                    journal::Outcome::Taken(_) => {
+                        return Err(OpenError::Config(Error::Internal(
+                            ClusterError::Contended(n).to_string(),
+                        )));
+                    }
+                    journal::Outcome::Failed(why) => return Err(open_nats(why)),
+                }
+            }
+            let sh = journal::Shared::new(n, applied + 1);
+            shared = Some(sh.clone());
+            self.inner
+                .handle
+                .spawn(journal::publisher(sh.clone(), target.clone()));
+            Ok((
+                Journal::Stream(StreamJournal::new(sh, format!("nats:{}", stream_name(n)))),
+                report,
+            ))
+        })
+        .map_err(|e| {
+            // Give up what was taken: the publisher, the lease.
+            if let Some(sh) = &shared {
+                sh.fail("the shard could not be opened".into());
+            }
+            renewer.stop();
+            let kv = self.inner.leases.clone();
+            let node = cfg.node_id.clone();
+            let mut held = renewer.state.held.lock().clone();
+            let _ = self.block(async move { lease::release(&kv, n, &node, &mut held).await });
+            ClusterError::Open(e)
+        })?;
+        let shared = shared.expect("set by a successful open");
+        renewer.attach(shared.clone());
+        Ok(Shard {
+            cluster: self.clone(),
+            n,
+            epoch: held.epoch,
+            store,
+            shared,
+            renewer,
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// [`open_shard`](Cluster::open_shard), retried while another node's lease has not yet
+    /// expired, for at most `timeout`.
+    pub fn open_shard_wait(&self, n: u32, timeout: Duration) -> Result<Shard, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.open_shard(n) {
+                Err(ClusterError::LeaseHeld { expires_in, .. }) if Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(
+                        expires_in
+                            .clamp(Duration::from_millis(50), Duration::from_millis(500))
+                            .min(left),
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Feeds `recover` the records of shard `n`'s stream after sequence `from` up to `to`
+    /// (inclusive), in order; returns `to`.
+    fn replay(
+        &self,
+        n: u32,
+        from: u64,
+        to: u64,
+        recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
+        report: &mut RecoveryReport,
+    ) -> Result<u64, OpenError> {
+        let (tx, rx) = mpsc::sync_channel::<Result<(u64, Bytes), String>>(1024);
+        let js = self.inner.js.clone();
+        let idle = self.inner.config.publish_retry;
+        self.inner.handle.spawn(async move {
+            if let Err(e) = read_stream(&js, n, from, to, idle, &tx).await {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let path = std::path::PathBuf::from(format!("nats:{}", stream_name(n)));
+        let mut expect = from + 1;
+        while expect <= to {
+            let (seq, payload) = rx
+                .recv()
+                .map_err(|_| open_nats("the stream reader ended early"))?
+                .map_err(open_nats)?;
+            let replay_err = |reason: String| OpenError::Replay {
+                path: path.clone(),
+                offset: seq,
+                reason,
+            };
+            if seq != expect {
+                return Err(replay_err(format!("expected sequence {expect}")));
+            }
+            let (k, body) = parse_record(&payload).map_err(|r| OpenError::Corrupt {
+                path: path.clone(),
+                offset: seq,
+                reason: r.to_owned(),
+            })?;
+            match k {
+                kind::OP => {
+                    recover(Recovered::Op(body)).map_err(replay_err)?;
+                    report.records_replayed += 1;
+                }
+                journal::KIND_OWNER => {}
+                other => return Err(replay_err(format!("unexpected record kind {other}"))),
+            }
+            expect += 1;
+        }
+        Ok(to)
+    }
+}
+
+fn open_nats(e: impl fmt::Display) -> OpenError {
+    OpenError::Config(Error::Internal(format!("NATS: {e}")))
+}
+
+/// An ownership marker: `node epoch`, framed like any record.
+fn marker(node: &str, epoch: u64) -> Bytes {
+    let mut frame = Vec::new();
+    crate::journal::push_frame(&mut frame, journal::KIND_OWNER, |b| {
+        b.extend_from_slice(format!("{node} {epoch}").as_bytes())
+    });
+    Bytes::from(frame)
+}
+
+/// Opens KV bucket `name`, creating its stream if missing. The stream is created here, with the
+/// configuration a KV bucket has (ADR-8), rather than by `create_key_value`, which first asks
+/// for the account's information in a form nats-server 2.9 does not answer.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            max_bytes: -1,
+            max_messages: -1,
+            max_message_size: -1,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        return Err(ClusterError::Nats(format!("creating bucket {name}: {e}")));
+    }
+    js.get_key_value(name)
+        .await
+        .map_err(|e| ClusterError::Nats(format!("opening bucket {name}: {e}")))
+}
+
+async fn shard_stream(
+    js: &jetstream::Context,
+    n: u32,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    js.get_or_create_stream(stream::Config {
+        name: stream_name(n),
+        subjects: vec![subjects(n)],
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        deny_delete: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Nats(format!("stream {}: {e}", stream_name(n))))?;
+    Ok(())
+}
+
+async fn stream_last(js: &jetstream::Context, n: u32) -> Result<u64, String> {
+    let mut s = js
+        .get_stream(stream_name(n))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(s.info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence)
+}
+
+/// Sends the messages of shard `n`'s stream after `from` up to `to` down `tx`, in order, with
+/// an ordered consumer.
+async fn read_stream(
+    js: &jetstream::Context,
+    n: u32,
+    from: u64,
+    to: u64,
+    idle: Duration,
+    tx: &mpsc::SyncSender<Result<(u64, Bytes), String>>,
+) -> Result<(), String> {
+    let s = js
+        .get_stream_no_info(stream_name(n))
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    loop {
+        let next = tokio::time::timeout(idle, messages.next())
+            .await
+            .map_err(|_| format!("no message from stream {} for {idle:?}", stream_name(n)))?;
+        let Some(m) = next else {
+            return Err("the stream's consumer ended".into());
+        };
+        let m = m.map_err(|e| e.to_string())?;
+        let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+        if seq > to {
+            return Ok(());
+        }
+        match tx.try_send(Ok((seq, m.payload.clone()))) {
+            Ok(()) => {}
+            // The replaying thread is behind: wait for it without stalling the runtime.
+            Err(mpsc::TrySendError::Full(item)) => {
+                if tokio::task::block_in_place(|| tx.send(item)).is_err() {
+                    return Ok(());
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+        }
+        if seq == to {
+            return Ok(());
+        }
+    }
+}
+
+/// Renews one shard's lease in the background. When the lease is lost — taken over, or not
+/// renewed before its deadline — the shard's journal fails: the owner stops writing.
+struct Renewer {
+    state: Arc<RenewState>,
+}
+
+struct RenewState {
+    stop: tokio::sync::Notify,
+    stopped: AtomicBool,
+    paused: AtomicBool,
+    lost: parking_lot::Mutex<Option<String>>,
+    journal: parking_lot::Mutex<Option<Arc<journal::Shared>>>,
+    held: parking_lot::Mutex<lease::Held>,
+    done: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Renewer {
+    fn start(cluster: &Cluster, n: u32, held: lease::Held) -> Renewer {
+        let state = Arc::new(RenewState {
+            stop: tokio::sync::Notify::new(),
+            stopped: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            lost: parking_lot::Mutex::new(None),
+            journal: parking_lot::Mutex::new(None),
+            held: parking_lot::Mutex::new(held),
+            done: parking_lot::Mutex::new(None),
+        });
+        let st = state.clone();
+        let kv = cluster.inner.leases.clone();
+        let cfg = cluster.inner.config.clone();
+        let task = cluster.inner.handle.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = st.stop.notified() => return,
+                    _ = tokio::time::sleep(cfg.renew_every) => {}
+                }
+                if st.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                if st.paused.load(Ordering::Acquire) {
+                    continue;
+                }
+                let mut held = st.held.lock().clone();
+                let outcome = lease::renew(&kv, n, &cfg.node_id, &mut held, cfg.lease_ttl).await;
+                let why = match outcome {
+                    Ok(()) => {
+                        *st.held.lock() = held;
+                        continue;
+                    }
+                    Err(lease::RenewError::Lost(why)) => why,
+                    // The bucket did not answer (its stream may be electing a leader): keep
+                    // trying. Past the deadline another node may take the lease — then the
+                    // next renewal finds it taken, and any append of ours is refused by the
+                    // stream — so writing on meanwhile is safe; `Shard::lease_valid` tells
+                    // readers whether the deadline holds.
+                    Err(lease::RenewError::Nats(_)) => continue,
+                };
+                st.lose(why);
+                return;
+            }
+        });
+        *state.done.lock() = Some(task);
+        Renewer { state }
+    }
+
+    fn attach(&self, journal: Arc<journal::Shared>) {
+        *self.state.journal.lock() = Some(journal.clone());
+        if let Some(why) = self.lost() {
+            journal.fail(why);
+        }
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.state.lost.lock().clone()
+    }
+
+    fn stop(&self) {
+        self.state.stopped.store(true, Ordering::Release);
+        self.state.stop.notify_one();
+    }
+}
+
+impl RenewState {
+    fn lose(&self, why: String) {
+        let why = format!("lost the lease: {why}");
+        *self.lost.lock() = Some(why.clone());
+        if let Some(j) = &*self.journal.lock() {
+            j.fail(why);
+        }
+    }
+}
+
+/// Shard `n`, opened by this node as its owner: a [`Store`] whose journal is the shard's
+/// stream. Dropping it (or [`close`](Shard::close)) stops writing, waits for what was
+/// appended, and gives the lease up.
+pub struct Shard {
+    cluster: Cluster,
+    n: u32,
+    epoch: u64,
+    store: Store,
+    shared: Arc<journal::Shared>,
+    renewer: Renewer,
+    /// Closed or abandoned: nothing left to do on drop.
+    abandoned: AtomicBool,
+}
+
+impl fmt::Debug for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shard")
+            .field("n", &self.n)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    /// The shard's store: every operation of the library, journaled in the shard's stream.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn number(&self) -> u32 {
+        self.n
+    }
+
+    /// This owner's epoch (the lease's, raised at every takeover).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The stream sequence of the last record JetStream acknowledged.
+    pub fn acknowledged(&self) -> u64 {
+        self.shared.done()
+    }
+
+    /// Whether this node still owns the shard: `false` once its lease was lost or an append
+    /// was refused (then every write answers 91000, and the shard must be closed).
+    pub fn is_owner(&self) -> bool {
+        self.shared.failed().is_none()
+    }
+
+    /// Whether the lease's deadline (as of its last renewal) has not passed: until then no
+    /// other node can have taken the shard, so what this store shows is current.
+    pub fn lease_valid(&self) -> bool {
+        self.is_owner() && lease::now_ms() < self.renewer.state.held.lock().expires_ms
+    }
+
+    /// Why this node no longer owns the shard.
+    pub fn lost(&self) -> Option<String> {
+        self.shared.failed()
+    }
+
+    /// Imports into this shard's store each of `users` that the cluster's accounts bucket has
+    /// and the shard does not yet: call it before an operation that names them. An account
+    /// that is in neither stays absent, so the operation answers its usual error code.
+    pub fn ensure_accounts(&self, users: &[&str]) -> crate::Result<()> {
+        for user in users {
+            if !self.store.account_exists(user)? && self.cluster.account_exists(user)? {
+                self.store.import_account(user)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops writing, waits until everything appended is acknowledged, and releases the
+    /// lease, so that another node can take the shard at once.
+    pub fn close(self) -> Result<(), ClusterError> {
+        self.close_inner()
+    }
+
+    fn close_inner(&self) -> Result<(), ClusterError> {
+        if self.abandoned.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let flushed = self.store.flush();
+        self.renewer.stop();
+        self.shared.fail("the shard was closed".into());
+        if self.renewer.lost().is_none() {
+            let kv = self.cluster.inner.leases.clone();
+            let (node, n) = (self.cluster.node_id().to_owned(), self.n);
+            let mut held = self.renewer.state.held.lock().clone();
+            let released = self
+                .cluster
+                .block(async move { lease::release(&kv, n, &node, &mut held).await });
+            if let Err(lease::RenewError::Nats(e)) = released {
+                return Err(ClusterError::Nats(e));
+            }
+        }
+        flushed.map_err(|e| ClusterError::Nats(e.to_string()))
+    }
+
+    /// Stops renewing the lease and writing, as if this node had died: nothing more is
+    /// published and the lease is not released, so it expires on its own. For tests and chaos
+    /// drills.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.renewer.stop();
+        self.shared.fail("abandoned".into());
+    }
+
+    /// Stops renewing the lease but keeps writing, as an owner that stalled (a long pause, a
+    /// partition from the lease bucket) would: another node may then take the shard over, and
+    /// this one's next append must be refused. For tests.
+    #[doc(hidden)]
+    pub fn pause_lease_renewal(&self) {
+        self.renewer.state.paused.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        let _ = self.close_inner();
+    }
+}

@@ -1,0 +1,26 @@
+//! A store whose journal is given to it (feature `cluster`: a shard's JetStream stream).
+
+use std::sync::Arc;
+
+use super::Store;
+use crate::config::Config;
+use crate::journal::{Journal, OpenError, Recovered, RecoveryReport};
+
+impl Store {
+    /// Opens a store on a journal that `open` makes: `open` feeds the recovered records to the
+    /// callback it is given — the same replay path `Store::open` uses — and returns the
+    /// journal, ready to append. No background snapshots.
+    pub(crate) fn open_with_journal(
+        config: Config,
+        open: impl FnOnce(
+            &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
+        ) -> Result<(Journal, RecoveryReport), OpenError>,
+    ) -> Result<Store, OpenError> {
+        let store = Store::empty(config).map_err(OpenError::Config)?;
+        let (journal, report) = open(&mut |rec| store.recover(rec))?;
+        let _ = store.inner.journal.set(Arc::new(journal));
+        let _ = store.inner.recovery.set(report);
+        store.import_admins().map_err(OpenError::Config)?;
+        Ok(store)
+    }
+}
