@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -59,6 +59,10 @@ pub struct ClusterConfig {
     pub publish_retry: Duration,
     /// Request timeout towards JetStream (default 2 s).
     pub request_timeout: Duration,
+    /// An owner snapshots its shard into the object store `imstore_snapshots` after this many
+    /// records (default 100,000; 0: only when asked, [`Shard::snapshot`]), and purges the
+    /// stream below the snapshot: a new owner replays only what follows it.
+    pub snapshot_every: u64,
     /// The configuration of each shard's store.
     pub store: Config,
 }
@@ -74,6 +78,7 @@ impl ClusterConfig {
             renew_every: Duration::from_secs(1),
             publish_retry: Duration::from_secs(30),
             request_timeout: Duration::from_secs(2),
+            snapshot_every: 100_000,
             store: Config::default(),
         }
     }
@@ -166,6 +171,59 @@ pub fn owner_subject(n: u32, node: &str, epoch: u64) -> String {
 }
 
 const META_BUCKET: &str = "imstore_meta";
+const SNAPSHOT_BUCKET: &str = "imstore_snapshots";
+
+/// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>`. A new
+/// snapshot is a new object (older ones are deleted after it), so that a stale owner's late
+/// upload of an older snapshot can never replace a newer one.
+fn snapshot_object(n: u32, cut: u64) -> String {
+    format!("shard.{n}.{cut:020}")
+}
+
+fn snapshot_path(n: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("nats:{SNAPSHOT_BUCKET}/shard.{n}"))
+}
+
+/// The snapshots of shard `n` in the object store, by cut, oldest first.
+async fn snapshots_of(
+    store: &object_store::ObjectStore,
+    n: u32,
+) -> Result<Vec<(u64, String)>, String> {
+    let prefix = format!("shard.{n}.");
+    let mut list = store.list().await.map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| e.to_string())?;
+        if info.deleted {
+            continue;
+        }
+        if let Some(cut) = info
+            .name
+            .strip_prefix(&prefix)
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            found.push((cut, info.name));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest snapshot of shard `n`: its cut and bytes.
+async fn latest_snapshot(
+    store: &object_store::ObjectStore,
+    n: u32,
+) -> Result<Option<(u64, Vec<u8>)>, String> {
+    let Some((cut, name)) = snapshots_of(store, n).await?.pop() else {
+        return Ok(None);
+    };
+    let mut object = store.get(&name).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some((cut, bytes)))
+}
 
 /// A node's connection to the cluster: NATS, its buckets, and a small runtime of its own on
 /// which every NATS exchange runs, so the synchronous API can be called from any thread.
@@ -182,6 +240,7 @@ struct ClusterInner {
     js: jetstream::Context,
     leases: kv::Store,
     accounts: kv::Store,
+    snapshots: object_store::ObjectStore,
 }
 
 impl Drop for ClusterInner {
@@ -249,7 +308,7 @@ impl Cluster {
             .map_err(|e| ClusterError::Nats(format!("starting the NATS runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let cfg = config.clone();
-        let (js, leases, accounts) = block_on(&handle, async move {
+        let (js, leases, accounts, snapshots) = block_on(&handle, async move {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("imstore-{}", cfg.node_id))
                 .connection_timeout(Duration::from_secs(5))
@@ -264,6 +323,18 @@ impl Cluster {
             let leases = bucket(&js, lease::BUCKET, cfg.replicas).await?;
             let accounts = bucket(&js, accounts::BUCKET, cfg.replicas).await?;
             let meta = bucket(&js, META_BUCKET, cfg.replicas).await?;
+            let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
+                Ok(o) => o,
+                Err(_) => js
+                    .create_object_store(object_store::Config {
+                        bucket: SNAPSHOT_BUCKET.to_owned(),
+                        num_replicas: cfg.replicas,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?,
+            };
             let shards = cfg.shards.to_string();
             match meta.create("shards", shards.clone().into()).await {
                 Ok(_) => {}
@@ -278,7 +349,7 @@ impl Cluster {
                 }
                 Err(e) => return Err(nats(e)),
             }
-            Ok::<_, ClusterError>((js, leases, accounts))
+            Ok::<_, ClusterError>((js, leases, accounts, snapshots))
         })?;
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
@@ -288,6 +359,7 @@ impl Cluster {
                 js,
                 leases,
                 accounts,
+                snapshots,
             }),
         })
     }
@@ -422,7 +494,23 @@ impl Cluster {
         let mut shared = None;
         let store = Store::open_with_journal(cfg.store.clone(), |recover| {
             let mut report = RecoveryReport::default();
+            // The newest snapshot, then the stream after its cut.
             let mut applied = 0u64;
+            let snaps = self.inner.snapshots.clone();
+            if let Some((_, bytes)) = self
+                .block(async move { latest_snapshot(&snaps, n).await })
+                .map_err(open_nats)?
+            {
+                let cut = crate::journal::read_snapshot(&bytes, recover).map_err(|reason| {
+                    OpenError::Replay {
+                        path: snapshot_path(n),
+                        offset: 0,
+                        reason,
+                    }
+                })?;
+                report.snapshot_lsn = Some(cut);
+                applied = cut;
+            }
             let deadline = Instant::now() + cfg.publish_retry;
             loop {
                 let js = self.inner.js.clone();
@@ -431,6 +519,11 @@ impl Cluster {
                     .map_err(open_nats)?;
                 if last > applied {
                     applied = self.replay(n, applied, last, recover, &mut report)?;
+                } else if last < applied {
+                    return Err(open_nats(format!(
+                        "stream {} ends at {last}, before its snapshot's cut {applied}",
+                        stream_name(n)
+                    )));
                 }
                 if let Some(why) = renewer.lost() {
                     return Err(open_nats(format!("lost the lease while opening: {why}")));
@@ -472,6 +565,12 @@ impl Cluster {
             ClusterError::Open(e)
         })?;
         let shared = shared.expect("set by a successful open");
+        let snapshots = Arc::new(parking_lot::Mutex::new(
+            store.recovery_report().snapshot_lsn.unwrap_or(0),
+        ));
+        if cfg.snapshot_every > 0 {
+            Snapshotter::start(self, n, shared.clone(), snapshots.clone());
+        }
         renewer.attach(shared.clone());
         Ok(Shard {
             cluster: self.clone(),
@@ -481,6 +580,62 @@ impl Cluster {
             shared,
             renewer,
             abandoned: AtomicBool::new(false),
+            snapshots,
+        })
+    }
+
+    /// Snapshots shard `n` up to the last acknowledged record into the object store, purges the
+    /// stream below that record (which stays: the owner's next append expects it) and deletes
+    /// older snapshots. Built from the previous snapshot and the stream, not from the live
+    /// store, so writes go on meanwhile. Returns the cut.
+    fn snapshot_shard(&self, n: u32, shared: &journal::Shared) -> Result<u64, ClusterError> {
+        let not_owner =
+            |why: String| ClusterError::Nats(format!("shard {n} is not owned here: {why}"));
+        if let Some(why) = shared.failed() {
+            return Err(not_owner(why));
+        }
+        let cut = shared.done();
+        let snaps = self.inner.snapshots.clone();
+        let prev = self
+            .block(async move { latest_snapshot(&snaps, n).await })
+            .map_err(ClusterError::Nats)?;
+        let from = prev.as_ref().map_or(0, |(c, _)| *c);
+        if from >= cut {
+            return Ok(from);
+        }
+        let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
+            if let Some((_, b)) = &prev {
+                crate::journal::read_snapshot(b, recover)?;
+            }
+            let mut report = RecoveryReport::default();
+            self.replay(n, from, cut, recover, &mut report)
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        if let Some(why) = shared.failed() {
+            return Err(not_owner(why));
+        }
+        let (snaps, js) = (self.inner.snapshots.clone(), self.inner.js.clone());
+        self.block(async move {
+            let name = snapshot_object(n, cut);
+            snaps
+                .put(name.as_str(), &mut bytes.as_slice())
+                .await
+                .map_err(|e| nats(format!("storing {name}: {e}")))?;
+            js.get_stream_no_info(stream_name(n))
+                .await
+                .map_err(nats)?
+                .purge()
+                .sequence(cut)
+                .await
+                .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))?;
+            for (c, old) in snapshots_of(&snaps, n).await.map_err(ClusterError::Nats)? {
+                if c < cut {
+                    let _ = snaps.delete(&old).await;
+                }
+            }
+            Ok(cut)
         })
     }
 
@@ -784,6 +939,39 @@ impl RenewState {
     }
 }
 
+/// Takes a shard's snapshots in the background, every `snapshot_every` records: a thread per
+/// shard, checking once a second, ending when the shard is closed or lost.
+struct Snapshotter;
+
+impl Snapshotter {
+    fn start(
+        cluster: &Cluster,
+        n: u32,
+        shared: Arc<journal::Shared>,
+        last: Arc<parking_lot::Mutex<u64>>,
+    ) {
+        let weak = Arc::downgrade(&cluster.inner);
+        let every = cluster.inner.config.snapshot_every;
+        let _ = std::thread::Builder::new()
+            .name(format!("imstore-snap-{n}"))
+            .spawn(move || {
+                while shared.failed().is_none() {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if shared.done() < *last.lock() + every {
+                        continue;
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    let cluster = Cluster { inner };
+                    let mut last = last.lock();
+                    // A failure (NATS unreachable, say) is tried again at the next check.
+                    if let Ok(cut) = cluster.snapshot_shard(n, &shared) {
+                        *last = cut;
+                    }
+                }
+            });
+    }
+}
+
 /// Shard `n`, opened by this node as its owner: a [`Store`] whose journal is the shard's
 /// stream. Dropping it (or [`close`](Shard::close)) stops writing, waits for what was
 /// appended, and gives the lease up.
@@ -796,6 +984,8 @@ pub struct Shard {
     renewer: Renewer,
     /// Closed or abandoned: nothing left to do on drop.
     abandoned: AtomicBool,
+    /// The cut of the newest snapshot; held while one is taken.
+    snapshots: Arc<parking_lot::Mutex<u64>>,
 }
 
 impl fmt::Debug for Shard {
@@ -854,6 +1044,21 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Snapshots the shard now (see `ClusterConfig::snapshot_every`): the object store gets
+    /// the state up to the last acknowledged record, and the stream keeps only what follows.
+    /// Returns the snapshot's cut, its stream sequence.
+    pub fn snapshot(&self) -> Result<u64, ClusterError> {
+        let mut last = self.snapshots.lock();
+        let cut = self.cluster.snapshot_shard(self.n, &self.shared)?;
+        *last = cut;
+        Ok(cut)
+    }
+
+    /// The cut of the newest snapshot this shard was opened from or has taken (0: none).
+    pub fn last_snapshot(&self) -> u64 {
+        *self.snapshots.lock()
     }
 
     /// Stops writing, waits until everything appended is acknowledged, and releases the

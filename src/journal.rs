@@ -44,7 +44,7 @@ mod recovery;
 mod backend;
 pub(crate) use backend::Journal;
 #[cfg(feature = "cluster")]
-pub(crate) use backend::parse_record;
+pub(crate) use backend::{parse_record, read_snapshot, snapshot_bytes};
 
 #[cfg(feature = "fault-injection")]
 pub use faults::{Faults, Gate};

@@ -113,11 +113,15 @@ impl Nats {
     }
 
     fn node(&self, id: &str) -> Cluster {
+        self.node_with(id, |c| c)
+    }
+
+    fn node_with(&self, id: &str, tweak: impl FnOnce(ClusterConfig) -> ClusterConfig) -> Cluster {
         let mut cfg = ClusterConfig::new(&self.urls, id);
         cfg.shards = 4;
         cfg.replicas = 3;
         cfg.store = Config::default().with_clock(ManualClock::new(T0));
-        Cluster::connect(cfg).unwrap()
+        Cluster::connect(tweak(cfg)).unwrap()
     }
 }
 
@@ -452,4 +456,71 @@ fn appends_survive_nats_nodes_killed() {
     let on_b: BTreeSet<MsgKey> = h.iter().map(|(k, _)| *k).collect();
     assert_eq!(on_b.len(), h.len(), "a message twice");
     assert_eq!(on_b, acked);
+}
+
+#[test]
+fn a_new_owner_starts_from_the_snapshot() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    let b = nats.node("B");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard = a.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+    let store = shard.store();
+    let phone = store.connect("dramon", "phone").unwrap();
+    let mut sent = Vec::new();
+    for i in 0..40u32 {
+        sent.push(send_text(store, "vinson", "dramon", i, &format!("m{i}")).msg_key);
+    }
+    for key in sent.iter().step_by(5) {
+        store
+            .recall(ADMIN, "vinson", "dramon", &key.to_string())
+            .unwrap();
+    }
+    let events = drain(&phone);
+    phone.ack(events[20].seq).unwrap();
+    drop(phone);
+    let cut = shard.snapshot().unwrap();
+    assert!(cut > 50, "{cut}");
+    assert_eq!(shard.last_snapshot(), cut);
+    // After the snapshot: more sends and a recall.
+    for i in 40..45u32 {
+        sent.push(send_text(store, "dramon", "vinson", i, &format!("m{i}")).msg_key);
+    }
+    store
+        .recall(ADMIN, "vinson", "dramon", &sent[1].to_string())
+        .unwrap();
+    let before = observe(store, &USERS);
+    shard.abandon();
+
+    // B starts from the snapshot and replays only what followed it.
+    let shard_b = b.open_shard_wait(n, Duration::from_secs(20)).unwrap();
+    let report = shard_b.store().recovery_report().clone();
+    assert_eq!(report.snapshot_lsn, Some(cut));
+    assert!(report.records_replayed <= 8, "{report:?}");
+    assert_eq!(observe(shard_b.store(), &USERS), before);
+    shard_b.close().unwrap();
+
+    // Snapshots on their own, every 50 records: the next owner starts from the newest.
+    let c = nats.node_with("C", |mut cfg| {
+        cfg.snapshot_every = 50;
+        cfg
+    });
+    let shard_c = c.open_shard(n).unwrap();
+    for i in 100..230u32 {
+        send_text(shard_c.store(), "vinson", "dramon", i, "later");
+    }
+    wait_until("a snapshot on its own", Duration::from_secs(15), || {
+        shard_c.last_snapshot() > cut + 100
+    });
+    let auto = shard_c.last_snapshot();
+    let before = observe(shard_c.store(), &USERS);
+    shard_c.close().unwrap();
+    let shard_a = a.open_shard(n).unwrap();
+    assert_eq!(shard_a.store().recovery_report().snapshot_lsn, Some(auto));
+    assert_eq!(observe(shard_a.store(), &USERS), before);
 }

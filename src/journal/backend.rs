@@ -188,3 +188,43 @@ pub(crate) fn parse_record(bytes: &[u8]) -> Result<(u8, &[u8]), &'static str> {
         Err(super::format::Bad::Damaged(why)) => Err(why),
     }
 }
+
+/// A snapshot as the file journal writes one (header with `cut`, then the frames `write`
+/// produces), in memory: a cluster shard keeps its snapshots in the object store.
+#[cfg(feature = "cluster")]
+pub(crate) fn snapshot_bytes(
+    cut: u64,
+    write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    let mut out = super::format::file_header(super::format::SNAPSHOT_MAGIC, cut).to_vec();
+    write(&mut |bytes| {
+        out.extend_from_slice(bytes);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Feeds `recover` the records of a snapshot made by [`snapshot_bytes`], validated whole
+/// first; returns its cut.
+#[cfg(feature = "cluster")]
+pub(crate) fn read_snapshot(
+    bytes: &[u8],
+    recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
+) -> Result<u64, String> {
+    use super::format::{FILE_HEADER_LEN, SNAPSHOT_MAGIC, kind, parse_file_header, scan};
+    let cut = parse_file_header(bytes, SNAPSHOT_MAGIC)?;
+    let (frames, bad) = scan(bytes, FILE_HEADER_LEN);
+    if let Some((offset, _)) = bad {
+        return Err(format!("damaged snapshot record at byte {offset}"));
+    }
+    if frames.last().map(|f| f.kind) != Some(kind::SNAP_END) {
+        return Err("snapshot has no end record".into());
+    }
+    for f in &frames {
+        recover(Recovered::Snapshot {
+            kind: f.kind,
+            payload: f.payload,
+        })?;
+    }
+    Ok(cut)
+}

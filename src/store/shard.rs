@@ -24,3 +24,22 @@ impl Store {
         Ok(store)
     }
 }
+
+impl Store {
+    /// Builds a snapshot covering stream records up to `cut` without touching a live store:
+    /// `feed` hands the previous snapshot's records and the stream's records after it to a
+    /// scratch store (as the file journal's checkpoint replays its segments), which is then
+    /// captured. Recalled and expired bodies are not in it.
+    pub(crate) fn build_snapshot(
+        config: &Config,
+        cut: u64,
+        feed: impl FnOnce(&mut dyn FnMut(Recovered<'_>) -> Result<(), String>) -> Result<(), String>,
+    ) -> crate::Result<Vec<u8>> {
+        let scratch = Store::empty(config.clone().with_hooks(Arc::new(crate::NoHooks)))?;
+        feed(&mut |rec| scratch.recover(rec))
+            .map_err(|e| crate::Error::Internal(format!("building a shard snapshot: {e}")))?;
+        let capture = scratch.capture();
+        crate::journal::snapshot_bytes(cut, |w| capture.write(w))
+            .map_err(|e| crate::Error::Internal(format!("writing a shard snapshot: {e}")))
+    }
+}
