@@ -320,35 +320,10 @@ impl Cluster {
                 .max_ack_inflight(4 * journal::WINDOW)
                 .backpressure_on_inflight(true)
                 .build(client);
-            let leases = bucket(&js, lease::BUCKET, cfg.replicas).await?;
-            let accounts = bucket(&js, accounts::BUCKET, cfg.replicas).await?;
-            let meta = bucket(&js, META_BUCKET, cfg.replicas).await?;
-            let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
-                Ok(o) => o,
-                Err(_) => js
-                    .create_object_store(object_store::Config {
-                        bucket: SNAPSHOT_BUCKET.to_owned(),
-                        num_replicas: cfg.replicas,
-                        storage: stream::StorageType::File,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?,
-            };
-            let shards = cfg.shards.to_string();
-            match meta.create("shards", shards.clone().into()).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let have = meta.get("shards").await.map_err(nats)?.unwrap_or_default();
-                    if have != shards.as_bytes() {
-                        return Err(ClusterError::Config(format!(
-                            "the cluster was created with {} shards, not {shards}",
-                            String::from_utf8_lossy(&have)
-                        )));
-                    }
-                }
-                Err(e) => return Err(nats(e)),
-            }
+            // A cluster still electing leaders (a node just restarted, say) answers with
+            // timeouts for a few seconds: try again for as long as an append would.
+            let (leases, accounts, snapshots) =
+                with_retry(cfg.publish_retry, || setup(&js, &cfg)).await?;
             Ok::<_, ClusterError>((js, leases, accounts, snapshots))
         })?;
         Ok(Cluster {
@@ -461,8 +436,8 @@ impl Cluster {
             )));
         }
         // The stream, created on first use.
-        let (js, replicas) = (self.inner.js.clone(), cfg.replicas);
-        self.block(async move { shard_stream(&js, n, replicas).await })?;
+        let (js, replicas, retry) = (self.inner.js.clone(), cfg.replicas, cfg.publish_retry);
+        self.block(async move { with_retry(retry, || shard_stream(&js, n, replicas)).await })?;
 
         // The lease: a new epoch.
         let (kv, node, ttl) = (
@@ -470,17 +445,24 @@ impl Cluster {
             cfg.node_id.clone(),
             cfg.lease_ttl,
         );
-        let held = self
-            .block(async move { lease::take(&kv, n, &node, ttl).await })
-            .map_err(|e| match e {
-                lease::TakeError::Held { node, expires_ms } => ClusterError::LeaseHeld {
-                    shard: n,
-                    node,
-                    expires_in: Duration::from_millis(expires_ms.saturating_sub(lease::now_ms())),
-                },
-                lease::TakeError::Nats(e) => ClusterError::Nats(e),
-                lease::TakeError::Conflict => ClusterError::Nats("lease conflict".into()),
-            })?;
+        let held = self.block(async move {
+            // A take whose answer was lost is taken again, by this node, at the next
+            // epoch: the lost one is never used.
+            with_retry(retry, || async {
+                lease::take(&kv, n, &node, ttl).await.map_err(|e| match e {
+                    lease::TakeError::Held { node, expires_ms } => ClusterError::LeaseHeld {
+                        shard: n,
+                        node,
+                        expires_in: Duration::from_millis(
+                            expires_ms.saturating_sub(lease::now_ms()),
+                        ),
+                    },
+                    lease::TakeError::Nats(e) => ClusterError::Nats(e),
+                    lease::TakeError::Conflict => ClusterError::Nats("lease conflict".into()),
+                })
+            })
+            .await
+        })?;
         let target = journal::Target {
             js: self.inner.js.clone(),
             stream: stream_name(n),
@@ -514,8 +496,14 @@ impl Cluster {
             let deadline = Instant::now() + cfg.publish_retry;
             loop {
                 let js = self.inner.js.clone();
+                let retry = cfg.publish_retry;
                 let last = self
-                    .block(async move { stream_last(&js, n).await })
+                    .block(async move {
+                        with_retry(retry, || async {
+                            stream_last(&js, n).await.map_err(ClusterError::Nats)
+                        })
+                        .await
+                    })
                     .map_err(open_nats)?;
                 if last > applied {
                     applied = self.replay(n, applied, last, recover, &mut report)?;
@@ -721,6 +709,59 @@ fn marker(node: &str, epoch: u64) -> Bytes {
         b.extend_from_slice(format!("{node} {epoch}").as_bytes())
     });
     Bytes::from(frame)
+}
+
+/// The buckets a node uses, created if missing, and the shard count checked.
+async fn setup(
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+) -> Result<(kv::Store, kv::Store, object_store::ObjectStore), ClusterError> {
+    let leases = bucket(js, lease::BUCKET, cfg.replicas).await?;
+    let accounts = bucket(js, accounts::BUCKET, cfg.replicas).await?;
+    let meta = bucket(js, META_BUCKET, cfg.replicas).await?;
+    let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
+        Ok(o) => o,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: SNAPSHOT_BUCKET.to_owned(),
+                num_replicas: cfg.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?,
+    };
+    let shards = cfg.shards.to_string();
+    match meta.create("shards", shards.clone().into()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let have = meta.get("shards").await.map_err(nats)?.unwrap_or_default();
+            if have != shards.as_bytes() {
+                return Err(ClusterError::Config(format!(
+                    "the cluster was created with {} shards, not {shards}",
+                    String::from_utf8_lossy(&have)
+                )));
+            }
+        }
+        Err(e) => return Err(nats(e)),
+    }
+    Ok((leases, accounts, snapshots))
+}
+
+/// Runs `f` until it succeeds, fails for another reason than NATS, or `within` has passed.
+async fn with_retry<T, Fut>(within: Duration, mut f: impl FnMut() -> Fut) -> Result<T, ClusterError>
+where
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Err(ClusterError::Nats(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Opens KV bucket `name`, creating its stream if missing. The stream is created here, with the
@@ -1074,16 +1115,33 @@ impl Shard {
         let flushed = self.store.flush();
         self.renewer.stop();
         self.shared.fail("the shard was closed".into());
+        // A renewal in flight must not land after the release (it would renew the lease).
+        if let Some(task) = self.renewer.state.done.lock().take() {
+            let within = self.cluster.config().publish_retry;
+            let _ = self
+                .cluster
+                .block(async move { tokio::time::timeout(within, task).await });
+        }
         if self.renewer.lost().is_none() {
             let kv = self.cluster.inner.leases.clone();
             let (node, n) = (self.cluster.node_id().to_owned(), self.n);
-            let mut held = self.renewer.state.held.lock().clone();
-            let released = self
-                .cluster
-                .block(async move { lease::release(&kv, n, &node, &mut held).await });
-            if let Err(lease::RenewError::Nats(e)) = released {
-                return Err(ClusterError::Nats(e));
-            }
+            let held = self.renewer.state.held.lock().clone();
+            let within = self.cluster.config().publish_retry;
+            // The bucket may be electing a leader: try for as long as an append would. A lease
+            // someone else has taken meanwhile is not ours to release.
+            let released = self.cluster.block(async move {
+                with_retry(within, || {
+                    let (kv, node, mut held) = (&kv, &node, held.clone());
+                    async move {
+                        match lease::release(kv, n, node, &mut held).await {
+                            Ok(()) | Err(lease::RenewError::Lost(_)) => Ok(()),
+                            Err(lease::RenewError::Nats(e)) => Err(ClusterError::Nats(e)),
+                        }
+                    }
+                })
+                .await
+            });
+            released?;
         }
         flushed.map_err(|e| ClusterError::Nats(e.to_string()))
     }

@@ -442,6 +442,9 @@ fn appends_survive_nats_nodes_killed() {
     );
     nats.start(node_number(&leader));
     stop.store(true, Ordering::Relaxed);
+    wait_until("the old leader caught up", Duration::from_secs(30), || {
+        a.stream_healthy(n).unwrap_or(false)
+    });
     for w in writers {
         w.join().unwrap();
     }

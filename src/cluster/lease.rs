@@ -203,35 +203,40 @@ async fn write(
         epoch: held.epoch,
         expires_ms,
     };
-    match kv
-        .update(
-            key(shard),
-            serde_json::to_vec(&v).expect("plain JSON").into(),
-            held.revision,
-        )
-        .await
-    {
-        Ok(rev) => {
-            held.revision = rev;
-            held.expires_ms = expires_ms;
-            Ok(())
-        }
-        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-            // Ours, written by an attempt whose answer was lost? Or someone else's?
-            match read(kv, shard).await {
-                Ok(Some((cur, rev))) if cur.node == node && cur.epoch == held.epoch => {
-                    held.revision = rev;
-                    held.expires_ms = cur.expires_ms;
-                    Ok(())
-                }
-                Ok(Some((cur, _))) => Err(RenewError::Lost(format!(
-                    "node {} took the lease (epoch {})",
-                    cur.node, cur.epoch
-                ))),
-                Ok(None) => Err(RenewError::Lost("the lease was deleted".into())),
-                Err(e) => Err(RenewError::Nats(e)),
+    let value: bytes::Bytes = serde_json::to_vec(&v).expect("plain JSON").into();
+    for _ in 0..3 {
+        match kv.update(key(shard), value.clone(), held.revision).await {
+            Ok(rev) => {
+                held.revision = rev;
+                held.expires_ms = expires_ms;
+                return Ok(());
             }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Still ours — written by an attempt whose answer was lost, or by a renewal
+                // racing this write — or someone else's?
+                match read(kv, shard).await {
+                    Ok(Some((cur, rev))) if cur.node == node && cur.epoch == held.epoch => {
+                        held.revision = rev;
+                        held.expires_ms = cur.expires_ms;
+                        if cur.expires_ms == expires_ms {
+                            return Ok(());
+                        }
+                        // Write ours over it, at its revision.
+                    }
+                    Ok(Some((cur, _))) => {
+                        return Err(RenewError::Lost(format!(
+                            "node {} took the lease (epoch {})",
+                            cur.node, cur.epoch
+                        )));
+                    }
+                    Ok(None) => return Err(RenewError::Lost("the lease was deleted".into())),
+                    Err(e) => return Err(RenewError::Nats(e)),
+                }
+            }
+            Err(e) => return Err(RenewError::Nats(e.to_string())),
         }
-        Err(e) => Err(RenewError::Nats(e.to_string())),
     }
+    Err(RenewError::Nats(format!(
+        "the lease of shard {shard} keeps changing under its holder"
+    )))
 }
