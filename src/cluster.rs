@@ -9,14 +9,15 @@
 //! has them (R6), `cluster/lease.rs` for ownership leases, `cluster/accounts.rs` for accounts.
 //!
 //! Opening a shard ([`Cluster::open_shard`]): take its lease (a new epoch), replay the whole
-//! stream through `apply`, then append an ownership marker expecting the last sequence read —
-//! from then on no earlier owner's append can succeed — and start renewing the lease. The
+//! stream (or the newest snapshot and what follows it) through `apply`, skipping stale
+//! owners' zombies, then append an ownership marker expecting the last sequence read —
+//! from then on no earlier owner's append is acknowledged or applied by anyone (its pipelined
+//! records may still land, as zombies) — and start renewing the lease. The
 //! marker is retried (after replaying what else arrived) if an earlier owner was still
 //! appending.
 //!
-//! Not yet here (later stages): snapshots in the object store (a new owner replays the whole
-//! stream), the server's `--cluster` flags, forwarding between nodes, merged device streams,
-//! takeover driven by the server.
+//! Not yet here (later stages): the server's `--cluster` flags, forwarding between nodes,
+//! merged device streams, takeover driven by the server.
 
 use std::fmt;
 use std::future::Future;
@@ -164,8 +165,8 @@ pub fn subjects(n: u32) -> String {
 }
 
 /// The subject an owner publishes shard `n`'s records on in its epoch: one subject per
-/// (node, epoch), so that each append can also expect the record before it to be its own
-/// (`Nats-Expected-Last-Subject-Sequence`), not only at the right sequence.
+/// (node, epoch), so that who wrote what can be read off the stream (the Msg-Id, which
+/// replay relies on, carries the same).
 pub fn owner_subject(n: u32, node: &str, epoch: u64) -> String {
     format!("imstore.shard.{n}.{node}.{epoch}")
 }
@@ -173,11 +174,13 @@ pub fn owner_subject(n: u32, node: &str, epoch: u64) -> String {
 const META_BUCKET: &str = "imstore_meta";
 const SNAPSHOT_BUCKET: &str = "imstore_snapshots";
 
-/// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>`. A new
+/// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>.<epoch>`,
+/// the epoch being the highest owner epoch up to the cut (replay after it skips records of
+/// lower epochs). A new
 /// snapshot is a new object (older ones are deleted after it), so that a stale owner's late
 /// upload of an older snapshot can never replace a newer one.
-fn snapshot_object(n: u32, cut: u64) -> String {
-    format!("shard.{n}.{cut:020}")
+fn snapshot_object(n: u32, cut: u64, epoch: u64) -> String {
+    format!("shard.{n}.{cut:020}.{epoch}")
 }
 
 fn snapshot_path(n: u32) -> std::path::PathBuf {
@@ -188,7 +191,7 @@ fn snapshot_path(n: u32) -> std::path::PathBuf {
 async fn snapshots_of(
     store: &object_store::ObjectStore,
     n: u32,
-) -> Result<Vec<(u64, String)>, String> {
+) -> Result<Vec<(u64, u64, String)>, String> {
     let prefix = format!("shard.{n}.");
     let mut list = store.list().await.map_err(|e| e.to_string())?;
     let mut found = Vec::new();
@@ -197,24 +200,24 @@ async fn snapshots_of(
         if info.deleted {
             continue;
         }
-        if let Some(cut) = info
-            .name
-            .strip_prefix(&prefix)
-            .and_then(|c| c.parse::<u64>().ok())
-        {
-            found.push((cut, info.name));
+        let parsed = info.name.strip_prefix(&prefix).and_then(|rest| {
+            let (cut, epoch) = rest.split_once('.')?;
+            Some((cut.parse::<u64>().ok()?, epoch.parse::<u64>().ok()?))
+        });
+        if let Some((cut, epoch)) = parsed {
+            found.push((cut, epoch, info.name));
         }
     }
     found.sort();
     Ok(found)
 }
 
-/// The newest snapshot of shard `n`: its cut and bytes.
+/// The newest snapshot of shard `n`: its cut, epoch and bytes.
 async fn latest_snapshot(
     store: &object_store::ObjectStore,
     n: u32,
-) -> Result<Option<(u64, Vec<u8>)>, String> {
-    let Some((cut, name)) = snapshots_of(store, n).await?.pop() else {
+) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
+    let Some((cut, epoch, name)) = snapshots_of(store, n).await?.pop() else {
         return Ok(None);
     };
     let mut object = store.get(&name).await.map_err(|e| e.to_string())?;
@@ -222,7 +225,7 @@ async fn latest_snapshot(
     tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Some((cut, bytes)))
+    Ok(Some((cut, epoch, bytes)))
 }
 
 /// A node's connection to the cluster: NATS, its buckets, and a small runtime of its own on
@@ -478,8 +481,9 @@ impl Cluster {
             let mut report = RecoveryReport::default();
             // The newest snapshot, then the stream after its cut.
             let mut applied = 0u64;
+            let mut max_epoch = 0u64;
             let snaps = self.inner.snapshots.clone();
-            if let Some((_, bytes)) = self
+            if let Some((_, epoch, bytes)) = self
                 .block(async move { latest_snapshot(&snaps, n).await })
                 .map_err(open_nats)?
             {
@@ -492,6 +496,7 @@ impl Cluster {
                 })?;
                 report.snapshot_lsn = Some(cut);
                 applied = cut;
+                max_epoch = epoch;
             }
             let deadline = Instant::now() + cfg.publish_retry;
             loop {
@@ -506,7 +511,8 @@ impl Cluster {
                     })
                     .map_err(open_nats)?;
                 if last > applied {
-                    applied = self.replay(n, applied, last, recover, &mut report)?;
+                    applied =
+                        self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
                 } else if last < applied {
                     return Err(open_nats(format!(
                         "stream {} ends at {last}, before its snapshot's cut {applied}",
@@ -519,10 +525,15 @@ impl Cluster {
                 let marker = marker(&cfg.node_id, held.epoch);
                 let t = target.clone();
                 let seq = applied + 1;
-                match self.block(async move { journal::reconcile(&t, seq, &marker, 0).await }) {
+                // Another record got there first: replay it and try after it.
+                match self.block(async move { journal::reconcile(&t, seq, seq, &marker).await }) {
                     journal::Outcome::Stored => break,
-                    journal::Outcome::Taken(_) if Instant::now() < deadline => continue,
-                    journal::Outcome::Taken(_) => {
+                    journal::Outcome::Taken(_) | journal::Outcome::Zombie
+                        if Instant::now() < deadline =>
+                    {
+                        continue;
+                    }
+                    journal::Outcome::Taken(_) | journal::Outcome::Zombie => {
                         return Err(OpenError::Config(Error::Internal(
                             ClusterError::Contended(n).to_string(),
                         )));
@@ -582,21 +593,22 @@ impl Cluster {
         if let Some(why) = shared.failed() {
             return Err(not_owner(why));
         }
-        let cut = shared.done();
+        let cut = shared.done_seq();
         let snaps = self.inner.snapshots.clone();
         let prev = self
             .block(async move { latest_snapshot(&snaps, n).await })
             .map_err(ClusterError::Nats)?;
-        let from = prev.as_ref().map_or(0, |(c, _)| *c);
+        let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
+        let mut epoch = prev.as_ref().map_or(0, |(_, e, _)| *e);
         if from >= cut {
             return Ok(from);
         }
         let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
-            if let Some((_, b)) = &prev {
+            if let Some((_, _, b)) = &prev {
                 crate::journal::read_snapshot(b, recover)?;
             }
             let mut report = RecoveryReport::default();
-            self.replay(n, from, cut, recover, &mut report)
+            self.replay(n, from, cut, recover, &mut report, &mut epoch)
                 .map_err(|e| e.to_string())?;
             Ok(())
         })
@@ -606,7 +618,7 @@ impl Cluster {
         }
         let (snaps, js) = (self.inner.snapshots.clone(), self.inner.js.clone());
         self.block(async move {
-            let name = snapshot_object(n, cut);
+            let name = snapshot_object(n, cut, epoch);
             snaps
                 .put(name.as_str(), &mut bytes.as_slice())
                 .await
@@ -618,7 +630,7 @@ impl Cluster {
                 .sequence(cut)
                 .await
                 .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))?;
-            for (c, old) in snapshots_of(&snaps, n).await.map_err(ClusterError::Nats)? {
+            for (c, _, old) in snapshots_of(&snaps, n).await.map_err(ClusterError::Nats)? {
                 if c < cut {
                     let _ = snaps.delete(&old).await;
                 }
@@ -655,8 +667,9 @@ impl Cluster {
         to: u64,
         recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
         report: &mut RecoveryReport,
+        max_epoch: &mut u64,
     ) -> Result<u64, OpenError> {
-        let (tx, rx) = mpsc::sync_channel::<Result<(u64, Bytes), String>>(1024);
+        let (tx, rx) = mpsc::sync_channel::<Result<Record, String>>(1024);
         let js = self.inner.js.clone();
         let idle = self.inner.config.publish_retry;
         self.inner.handle.spawn(async move {
@@ -667,7 +680,7 @@ impl Cluster {
         let path = std::path::PathBuf::from(format!("nats:{}", stream_name(n)));
         let mut expect = from + 1;
         while expect <= to {
-            let (seq, payload) = rx
+            let (seq, msg_id, payload) = rx
                 .recv()
                 .map_err(|_| open_nats("the stream reader ended early"))?
                 .map_err(open_nats)?;
@@ -684,12 +697,19 @@ impl Cluster {
                 offset: seq,
                 reason: r.to_owned(),
             })?;
+            let epoch = msg_id
+                .as_deref()
+                .and_then(journal::epoch_of)
+                .ok_or_else(|| replay_err(format!("no owner's Msg-Id: {msg_id:?}")))?;
             match k {
+                // A stale owner's zombie (see `cluster/journal.rs`): never acknowledged.
+                kind::OP if epoch < *max_epoch => {}
                 kind::OP => {
                     recover(Recovered::Op(body)).map_err(replay_err)?;
                     report.records_replayed += 1;
+                    *max_epoch = epoch;
                 }
-                journal::KIND_OWNER => {}
+                journal::KIND_OWNER => *max_epoch = (*max_epoch).max(epoch),
                 other => return Err(replay_err(format!("unexpected record kind {other}"))),
             }
             expect += 1;
@@ -697,6 +717,9 @@ impl Cluster {
         Ok(to)
     }
 }
+
+/// A stream message being replayed: sequence, Msg-Id, the framed record.
+type Record = (u64, Option<String>, Bytes);
 
 fn open_nats(e: impl fmt::Display) -> OpenError {
     OpenError::Config(Error::Internal(format!("NATS: {e}")))
@@ -844,7 +867,7 @@ async fn read_stream(
     from: u64,
     to: u64,
     idle: Duration,
-    tx: &mpsc::SyncSender<Result<(u64, Bytes), String>>,
+    tx: &mpsc::SyncSender<Result<Record, String>>,
 ) -> Result<(), String> {
     let s = js
         .get_stream_no_info(stream_name(n))
@@ -872,7 +895,12 @@ async fn read_stream(
         if seq > to {
             return Ok(());
         }
-        match tx.try_send(Ok((seq, m.payload.clone()))) {
+        let msg_id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned());
+        match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
             Ok(()) => {}
             // The replaying thread is behind: wait for it without stalling the runtime.
             Err(mpsc::TrySendError::Full(item)) => {
@@ -998,7 +1026,7 @@ impl Snapshotter {
             .spawn(move || {
                 while shared.failed().is_none() {
                     std::thread::sleep(Duration::from_secs(1));
-                    if shared.done() < *last.lock() + every {
+                    if shared.done_seq() < *last.lock() + every {
                         continue;
                     }
                     let Some(inner) = weak.upgrade() else { return };
@@ -1055,7 +1083,13 @@ impl Shard {
 
     /// The stream sequence of the last record JetStream acknowledged.
     pub fn acknowledged(&self) -> u64 {
-        self.shared.done()
+        self.shared.done_seq()
+    }
+
+    /// How many records of a stale owner this owner found after its marker and stepped over
+    /// (see `cluster/journal.rs`).
+    pub fn zombies_stepped_over(&self) -> u64 {
+        self.shared.zombies.load(Ordering::Relaxed)
     }
 
     /// Whether this node still owns the shard: `false` once its lease was lost or an append

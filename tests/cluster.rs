@@ -283,7 +283,9 @@ fn a_stale_owner_is_fenced_out() {
     shard_a.ensure_accounts(&USERS).unwrap();
     let first = send_text(shard_a.store(), "vinson", "dramon", 1, "before");
 
-    // A stalls: it stops renewing its lease but goes on writing, from two threads.
+    // A stalls: it stops renewing its lease but goes on writing, from two threads keeping 64
+    // sends each in flight — so that some of its pipelined records reach the stream after
+    // B's ownership marker (zombies: never acknowledged, skipped by every replay).
     shard_a.pause_lease_renewal();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -295,15 +297,29 @@ fn a_stale_owner_is_fenced_out() {
             std::thread::spawn(move || {
                 let mut i = 0u32;
                 while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let random = 1000 + w * 1_000_000 + i;
-                    match store.send(text_req("vinson", "dramon", random, "stale?")) {
-                        Ok(r) => acked.lock().unwrap().push(r.msg_key),
-                        Err(e) => {
-                            assert_eq!(e.code(), 91000, "{e}");
-                            refused.lock().unwrap().push(random);
-                            std::thread::sleep(Duration::from_millis(5));
+                    let mut pending = Vec::new();
+                    for _ in 0..64 {
+                        i += 1;
+                        let random = 1000 + w * 1_000_000 + i;
+                        match store.send_deferred(text_req("vinson", "dramon", random, "stale?")) {
+                            Ok(d) => pending.push((random, d)),
+                            Err(e) => {
+                                assert_eq!(e.code(), 91000, "{e}");
+                                refused.lock().unwrap().push(random);
+                            }
                         }
+                    }
+                    for (random, d) in pending {
+                        match d.wait() {
+                            Ok(r) => acked.lock().unwrap().push(r.msg_key),
+                            Err(e) => {
+                                assert_eq!(e.code(), 91000, "{e}");
+                                refused.lock().unwrap().push(random);
+                            }
+                        }
+                    }
+                    if !refused.lock().unwrap().is_empty() {
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 }
             })
@@ -347,7 +363,17 @@ fn a_stale_owner_is_fenced_out() {
     let mut expect = acked.clone();
     expect.insert(first.msg_key);
     assert_eq!(on_b, expect);
-    let from_b = send_text(shard_b.store(), "dramon", "vinson", 3, "B owns it");
+    // B writes on, past any zombie A left after its marker.
+    let mut from_b = Vec::new();
+    for i in 0..20u32 {
+        from_b.push(send_text(shard_b.store(), "dramon", "vinson", i, "B owns it").msg_key);
+    }
+    eprintln!(
+        "A: {} acknowledged, {} refused; B stepped over {} of A's records after its marker",
+        acked.len(),
+        refused.lock().unwrap().len(),
+        shard_b.zombies_stepped_over()
+    );
     drop(shard_a);
     shard_b.close().unwrap();
 
@@ -358,7 +384,7 @@ fn a_stale_owner_is_fenced_out() {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    expect.insert(from_b.msg_key);
+    expect.extend(from_b);
     assert_eq!(on_c, expect);
 }
 

@@ -3,12 +3,19 @@
 //! `codec::encode_op` — is one stream message, published with `Nats-Expected-Last-Sequence`
 //! set to the sequence the record before it has, and `Nats-Msg-Id` naming this owner's epoch
 //! and the sequence. A ticket is the record's stream sequence; a record is durable, and so
-//! visible (R6), once JetStream has acknowledged it and every record before it. Each owner
-//! epoch publishes on a subject of its own, and every record also carries
-//! `Nats-Expected-Last-Subject-Sequence` = its sequence - 1: the record before it must be this
-//! owner's. Expected-last-sequence alone compares numbers only: a stale owner's pipelined
-//! record could otherwise land right after a new owner's marker that took the sequence the
-//! stale owner's previous record was refused.
+//! visible (R6), once JetStream has acknowledged it and every record before it.
+//!
+//! Expected-last-sequence compares numbers only. A stale owner's *pipelined* record can
+//! therefore land right after a new owner's marker took the sequence where the stale owner's
+//! previous record was refused: a "zombie". (Nats-Expected-Last-Subject-Sequence on a subject
+//! per owner would refuse it, but JetStream refuses to pipeline that check: 2.9 checks it
+//! against what is applied, newer servers answer 503 while a proposal for the subject is in
+//! flight.) Zombies are made harmless instead: every Msg-Id carries its owner's epoch, which
+//! only grows; replay skips an operation whose epoch is below the highest epoch seen before
+//! it (markers included), the stale owner never acknowledges a zombie (acknowledgements are
+//! taken in order, and the refused record before it fails its journal first), and the new
+//! owner, finding a lower epoch's record where its own should be, steps over it: its records
+//! move one sequence on (tickets are journal positions, `offset` maps them to sequences).
 //!
 //! Appends never wait: they queue the record (under the operation's store locks, as the file
 //! journal's do). One publisher task per shard keeps up to [`WINDOW`] records in flight and
@@ -64,6 +71,8 @@ pub(crate) struct Shared {
     /// Wakes the publisher task: records queued, or shutdown.
     work: tokio::sync::Notify,
     shard: u32,
+    /// Stale owners' records this owner stepped over.
+    pub(crate) zombies: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -73,8 +82,10 @@ struct State {
     next: u64,
     /// Records up to this sequence have been taken by the publisher.
     taken: u64,
-    /// Records up to this sequence are acknowledged by JetStream: durable.
+    /// Records up to this position are acknowledged by JetStream: durable.
     done: u64,
+    /// The stream sequence of record `done`.
+    done_seq: u64,
     failed: Option<String>,
     wakers: Vec<(u64, Waker)>,
     shutdown: bool,
@@ -90,6 +101,7 @@ impl Shared {
                 next: last,
                 taken: last,
                 done: last,
+                done_seq: last,
                 failed: None,
                 wakers: Vec::new(),
                 shutdown: false,
@@ -98,6 +110,7 @@ impl Shared {
             flushed: Condvar::new(),
             work: tokio::sync::Notify::new(),
             shard,
+            zombies: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -118,9 +131,9 @@ impl Shared {
         self.state.lock().failed.clone()
     }
 
-    /// The last acknowledged stream sequence.
-    pub(crate) fn done(&self) -> u64 {
-        self.state.lock().done
+    /// The stream sequence of the last acknowledged record.
+    pub(crate) fn done_seq(&self) -> u64 {
+        self.state.lock().done_seq
     }
 
     fn wake_all(&self, st: &mut State) {
@@ -141,10 +154,11 @@ impl Shared {
             .then(|| Error::Internal(format!("shard {}'s journal is closed", self.shard)))
     }
 
-    fn acknowledged(&self, seq: u64) {
+    fn acknowledged(&self, lsn: u64, seq: u64) {
         let mut st = self.state.lock();
-        if seq > st.done {
-            st.done = seq;
+        if lsn > st.done {
+            st.done = lsn;
+            st.done_seq = seq;
         }
         let done = st.done;
         st.wakers.retain(|(t, w)| {
@@ -281,22 +295,17 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub fn msg_id(&self, seq: u64) -> String {
-        format!("{}{seq}", self.msg_id_prefix)
+    /// The Msg-Id of record `lsn`: `node.epoch.lsn`.
+    pub fn msg_id(&self, lsn: u64) -> String {
+        format!("{}{lsn}", self.msg_id_prefix)
     }
 
-    /// Record `seq`: it must follow the stream's record `seq - 1`, and that record must be
-    /// this owner's own (`subject_last`: the last sequence on this owner's subject, which is
-    /// `seq - 1` for every record but the ownership marker, the subject's first, where it is
-    /// 0). The second condition is what keeps a stale owner's pipelined records out: once a
-    /// new owner's marker has taken a sequence the stale owner counted on, every later record
-    /// of the stale owner finds the wrong record before it, even at the right sequence.
-    fn message(&self, seq: u64, frame: &Bytes, subject_last: u64) -> PublishMessage {
+    /// Record `lsn` at stream sequence `seq`: it must follow the stream's record `seq - 1`.
+    fn message(&self, lsn: u64, seq: u64, frame: &Bytes) -> PublishMessage {
         PublishMessage::build()
             .payload(frame.clone())
-            .message_id(self.msg_id(seq))
+            .message_id(self.msg_id(lsn))
             .expected_last_sequence(seq - 1)
-            .expected_last_subject_sequence(subject_last)
     }
 }
 
@@ -304,22 +313,33 @@ impl Target {
 pub(crate) enum Outcome {
     /// The stream holds it at its sequence.
     Stored,
-    /// The stream holds another record at that sequence (its Msg-Id, if any).
+    /// The stream holds a record of an equal or later epoch at that sequence (its Msg-Id):
+    /// another owner took the shard.
     Taken(String),
+    /// The stream holds a stale owner's zombie there: the record goes one sequence on.
+    Zombie,
     /// No answer within `retry_for`, or an answer that makes no sense.
     Failed(String),
 }
 
-/// Publishes record `seq` until the stream holds it at `seq` (acknowledged, or found there
-/// with this owner's Msg-Id), or holds another record there, or `retry_for` has passed.
-pub(crate) async fn reconcile(t: &Target, seq: u64, frame: &Bytes, subject_last: u64) -> Outcome {
+/// The epoch in a Msg-Id `node.epoch.lsn`.
+pub(crate) fn epoch_of(msg_id: &str) -> Option<u64> {
+    msg_id.split('.').nth(1)?.parse().ok()
+}
+
+/// Publishes record `lsn` at sequence `seq` until the stream holds it there (acknowledged, or
+/// found there with its Msg-Id), or holds another owner's record there (`Taken`) or a stale
+/// owner's (`Zombie`), or `retry_for` has passed.
+pub(crate) async fn reconcile(t: &Target, lsn: u64, seq: u64, frame: &Bytes) -> Outcome {
     let deadline = Instant::now() + t.retry_for;
     let mut backoff = Duration::from_millis(20);
     let mut last_error;
+    let me = t.msg_id(lsn);
+    let my_epoch = epoch_of(&me);
     loop {
         let sent = match t
             .js
-            .send_publish(t.subject.clone(), t.message(seq, frame, subject_last))
+            .send_publish(t.subject.clone(), t.message(lsn, seq, frame))
             .await
         {
             Ok(ack) => ack.await,
@@ -329,7 +349,7 @@ pub(crate) async fn reconcile(t: &Target, seq: u64, frame: &Bytes, subject_last:
             Ok(ack) if ack.sequence == seq => return Outcome::Stored,
             Ok(ack) => {
                 return Outcome::Failed(format!(
-                    "JetStream stored record {seq} as sequence {}",
+                    "JetStream stored record {lsn} as sequence {}, not {seq}",
                     ack.sequence
                 ));
             }
@@ -337,14 +357,9 @@ pub(crate) async fn reconcile(t: &Target, seq: u64, frame: &Bytes, subject_last:
                 // Either the record is there already (an earlier attempt was stored and its
                 // acknowledgement lost), or someone else's is.
                 match stored_msg_id(t, seq).await {
-                    Ok(Some(id)) if id == t.msg_id(seq) => return Outcome::Stored,
+                    Ok(Some(id)) if id == me => return Outcome::Stored,
+                    Ok(Some(id)) if epoch_of(&id) < my_epoch => return Outcome::Zombie,
                     Ok(Some(id)) => return Outcome::Taken(id),
-                    // Nothing there yet: is the record before it someone else's?
-                    Ok(None) if subject_last != 0 => match stored_msg_id(t, seq - 1).await {
-                        Ok(Some(id)) if id != t.msg_id(seq - 1) => return Outcome::Taken(id),
-                        Ok(_) => last_error = format!("sequence {seq} not in the stream yet"),
-                        Err(e) => last_error = e,
-                    },
                     Ok(None) => last_error = format!("sequence {seq} not in the stream yet"),
                     Err(e) => last_error = e,
                 }
@@ -353,7 +368,7 @@ pub(crate) async fn reconcile(t: &Target, seq: u64, frame: &Bytes, subject_last:
         }
         if Instant::now() >= deadline {
             return Outcome::Failed(format!(
-                "no acknowledgement for record {seq} within {:?}: {last_error}",
+                "no acknowledgement for record {lsn} within {:?}: {last_error}",
                 t.retry_for
             ));
         }
@@ -404,6 +419,8 @@ impl Drop for Stopped {
 /// flight, and acknowledges them in order.
 pub(crate) async fn publisher(shared: Arc<Shared>, target: Target) {
     let _stopped = Stopped(shared.clone());
+    // Stream sequence = journal position + offset (zombies stepped over).
+    let mut offset = 0u64;
     let mut inflight: VecDeque<(u64, Bytes)> = VecDeque::new();
     loop {
         let idle = {
@@ -429,15 +446,9 @@ pub(crate) async fn publisher(shared: Arc<Shared>, target: Target) {
         }
         // Send the whole window, then take the acknowledgements in order.
         let mut acks = Vec::with_capacity(inflight.len());
-        for (seq, frame) in &inflight {
-            match target
-                .js
-                .send_publish(
-                    target.subject.clone(),
-                    target.message(*seq, frame, *seq - 1),
-                )
-                .await
-            {
+        for (lsn, frame) in &inflight {
+            let msg = target.message(*lsn, lsn + offset, frame);
+            match target.js.send_publish(target.subject.clone(), msg).await {
                 Ok(ack) => acks.push(ack),
                 Err(_) => break,
             }
@@ -445,10 +456,10 @@ pub(crate) async fn publisher(shared: Arc<Shared>, target: Target) {
         let mut acks = acks.into_iter();
         let mut ok = 0;
         for ack in acks.by_ref() {
-            let seq = inflight[ok].0;
+            let (lsn, _) = inflight[ok];
             match ack.await {
-                Ok(a) if a.sequence == seq => {
-                    shared.acknowledged(seq);
+                Ok(a) if a.sequence == lsn + offset => {
+                    shared.acknowledged(lsn, lsn + offset);
                     ok += 1;
                 }
                 _ => break,
@@ -456,18 +467,26 @@ pub(crate) async fn publisher(shared: Arc<Shared>, target: Target) {
         }
         drop(acks);
         inflight.drain(..ok);
-        if let Some((seq, frame)) = inflight.front() {
-            // The first record without a plain acknowledgement: see it through alone; those
-            // after it go out again in the next window.
-            match reconcile(&target, *seq, frame, *seq - 1).await {
+        // The first record without a plain acknowledgement: see it through alone; those after
+        // it go out again in the next window.
+        while let Some((lsn, frame)) = inflight.front() {
+            match reconcile(&target, *lsn, lsn + offset, frame).await {
                 Outcome::Stored => {
-                    shared.acknowledged(*seq);
+                    shared.acknowledged(*lsn, lsn + offset);
                     inflight.pop_front();
+                    break;
+                }
+                Outcome::Zombie => {
+                    offset += 1;
+                    shared
+                        .zombies
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Outcome::Taken(id) => {
                     shared.fail(format!(
-                        "another owner appended to the stream (sequence {seq} holds {id:?}): \
-                         the shard was taken over"
+                        "another owner appended to the stream (sequence {} holds {id:?}): \
+                         the shard was taken over",
+                        lsn + offset
                     ));
                     return;
                 }
