@@ -143,9 +143,10 @@ pub(crate) struct AccountState {
 
 /// An account and its lock.
 ///
-/// Lock order (the whole crate): a subscription's buffer → the accounts map shard (only
-/// import/delete hold it across anything) → account locks, two at once in ascending UserId
-/// order → the conversation lock → a message's state lock → a device signal → the journal.
+/// Lock order (the whole crate): a subscription's buffer → the account's slot in the accounts
+/// table (only import/delete hold it across anything) → account locks, two at once in
+/// ascending interned-number order (`UserId::num`, as `lock_pair` does — not the names'
+/// order, which `UserId`'s `Ord` follows) → the conversation lock → a message's state lock → a device signal → the journal.
 /// No lock is held while a hook runs or while waiting for the disk.
 pub(crate) struct AccountCell {
     pub id: UserId,

@@ -150,6 +150,11 @@ const ROUTES: &[(&str, Handler)] = &[
     ("imstore/faults", Handler::Answer(Api::faults)),
 ];
 
+/// Every REST API's path after `v4/` (`openim/sendmsg`, ...).
+pub fn route_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(path, _)| *path)
+}
+
 /// How a call is being served.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
@@ -195,13 +200,13 @@ pub struct Api {
     store: Store,
     config: ApiConfig,
     buckets: Mutex<HashMap<&'static str, Bucket>>,
-    /// UserSigs already verified: usersig → (identifier, expires at). Clients reuse one
-    /// UserSig for many calls, and verifying inflates and HMACs it each time.
-    verified: Mutex<HashMap<String, (String, u64)>>,
+    /// UserSigs already verified (bounded, honouring expiry; see [`usersig::VerifyCache`]).
+    verified: usersig::VerifyCache,
 }
 
-/// How many verified UserSigs are remembered; the cache is emptied when it fills.
-const VERIFIED_CACHE: usize = 4096;
+/// How many verified UserSigs are remembered, unless the environment variable
+/// `IMSTORE_USERSIG_CACHE` says otherwise (0 turns the cache off, for measurements).
+const USERSIG_CACHE: usize = 4096;
 
 struct Bucket {
     tokens: f64,
@@ -217,13 +222,19 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
-    /// An API over `store`.
+    /// An API over `store`. It remembers up to 4096 verified UserSigs (the environment
+    /// variable `IMSTORE_USERSIG_CACHE`, read here, sets another number; 0: none).
     pub fn new(store: Store, config: ApiConfig) -> Self {
+        let capacity = std::env::var("IMSTORE_USERSIG_CACHE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(USERSIG_CACHE);
+        let verified = usersig::VerifyCache::new(config.sdkappid, &config.secret_key, capacity);
         Api {
             store,
             config,
             buckets: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
+            verified,
         }
     }
 
@@ -304,28 +315,7 @@ impl Api {
             .get("usersig")
             .ok_or_else(|| Error::SigMalformed("the usersig parameter is missing".into()))?;
         let now = self.store.config().clock.now();
-        if let Some((who, expires_at)) = self.verified.lock().get(sig.as_str())
-            && who == identifier
-            && now <= *expires_at
-        {
-            return Ok(identifier.to_owned());
-        }
-        let v = usersig::verify(
-            self.config.sdkappid,
-            &self.config.secret_key,
-            identifier,
-            sig,
-            now,
-        )?;
-        let mut verified = self.verified.lock();
-        if verified.len() >= VERIFIED_CACHE {
-            verified.clear();
-        }
-        verified.insert(
-            sig.clone(),
-            (v.identifier, v.issued_at.saturating_add(v.expire)),
-        );
-        Ok(identifier.to_owned())
+        Ok(self.verified.verify(identifier, sig, now)?.identifier)
     }
 
     fn dispatch(

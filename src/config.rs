@@ -56,6 +56,8 @@ pub struct Config {
     /// ones are dropped and counted (`Store::outbox_dropped`), and their operations still
     /// succeed.
     pub outbox_max: usize,
+    /// Told of every batch the journal writes (for metrics); none by default.
+    pub journal_observer: Option<Arc<dyn crate::journal::JournalObserver>>,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             journal_prealloc_bytes: crate::journal::DEFAULT_PREALLOC,
             client_recall_window_secs: 120,
             outbox_max: 1_000_000,
+            journal_observer: None,
         }
     }
 }
@@ -147,6 +150,15 @@ impl Config {
         self
     }
 
+    /// Tells `observer` of every batch the journal writes.
+    pub fn with_journal_observer(
+        mut self,
+        observer: Arc<dyn crate::journal::JournalObserver>,
+    ) -> Self {
+        self.journal_observer = Some(observer);
+        self
+    }
+
     /// Replaces the administrator list.
     pub fn with_admins<I: IntoIterator<Item = S>, S: Into<String>>(mut self, admins: I) -> Self {
         self.admins = admins.into_iter().map(Into::into).collect();
@@ -170,6 +182,7 @@ impl fmt::Debug for Config {
             .field("journal_prealloc_bytes", &self.journal_prealloc_bytes)
             .field("client_recall_window_secs", &self.client_recall_window_secs)
             .field("outbox_max", &self.outbox_max)
+            .field("journal_observer", &self.journal_observer.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -189,10 +189,20 @@ pub(crate) struct FileJournal {
     _lock: File,
 }
 
+/// Told what the journal writes, batch by batch: what metrics are made of (the server's
+/// `/metrics` is one). Called by the thread that wrote the batch, after its fsync, with no
+/// journal or store lock held — but a writer waits for it, so keep it to a few atomic adds.
+pub trait JournalObserver: Send + Sync {
+    /// `records` records, `bytes` bytes, were written in one write; `fsync` is how long the
+    /// fsync that made them durable took (`None` under [`SyncPolicy::None`]).
+    fn batch_written(&self, records: usize, bytes: usize, fsync: Option<Duration>);
+}
+
 /// What the journal shares with its committer thread.
 struct Shared {
     dir: PathBuf,
     policy: SyncPolicy,
+    observer: Option<Arc<dyn JournalObserver>>,
     prealloc: u64,
     state: Mutex<State>,
     /// Signalled when `done_lsn` moves or the journal fails: threads waiting in `commit_to`.
@@ -256,6 +266,7 @@ impl FileJournal {
         policy: SyncPolicy,
         repair: bool,
         prealloc: u64,
+        observer: Option<Arc<dyn JournalObserver>>,
         mut recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
     ) -> Result<(FileJournal, RecoveryReport), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -303,6 +314,7 @@ impl FileJournal {
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             policy,
+            observer,
             prealloc: prealloc.max(1 << 16),
             state: Mutex::new(State {
                 pending: Vec::new(),
@@ -708,8 +720,14 @@ impl Shared {
             file.write_all_at(&batch, at)?;
             #[cfg(feature = "fault-injection")]
             self.faults.hold_fsync.pass();
-            if fsync {
-                file.sync_data()?;
+            let synced = fsync
+                .then(|| {
+                    let started = std::time::Instant::now();
+                    file.sync_data().map(|()| started.elapsed())
+                })
+                .transpose()?;
+            if let Some(observer) = &self.observer {
+                observer.batch_written(count, batch.len(), synced);
             }
             Ok::<_, io::Error>(extended)
         });

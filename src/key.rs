@@ -284,6 +284,61 @@ mod tests {
         }
     }
 
+    /// The grammar, said plainly: what `parse` must agree with.
+    fn reference(s: &str) -> Option<MsgKey> {
+        let parts: Vec<&str> = s.split('_').collect();
+        let [a, b, c] = parts[..] else { return None };
+        let num = |p: &str| {
+            let canonical = !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && !(p.len() > 1 && p.starts_with('0'));
+            canonical.then(|| p.parse::<u32>().ok()).flatten()
+        };
+        Some(MsgKey::new(num(a)?, num(b)?, num(c)?))
+    }
+
+    #[test]
+    fn agrees_with_the_plain_grammar_on_every_one_byte_corruption() {
+        let values = [
+            0u32,
+            5,
+            10,
+            99,
+            100,
+            1234,
+            99999999,
+            100000000,
+            123456789,
+            u32::MAX,
+        ];
+        let mut checked = 0;
+        for a in values {
+            for b in values {
+                for c in values {
+                    let key = format!("{a}_{b}_{c}");
+                    assert_eq!(MsgKey::parse(&key), Ok(MsgKey::new(a, b, c)));
+                    let mut variants = Vec::new();
+                    for i in 0..key.len() {
+                        for x in [b'0', b'9', b'_', b'/', b':', 0, 0x80] {
+                            let mut bytes = key.clone().into_bytes();
+                            bytes[i] = x;
+                            variants.extend(String::from_utf8(bytes).ok());
+                        }
+                    }
+                    for extra in ["0", "9", "_", "_1", "12", "a"] {
+                        variants.push(format!("{key}{extra}"));
+                        variants.push(format!("{extra}{key}"));
+                    }
+                    for s in variants {
+                        assert_eq!(MsgKey::parse(&s).ok(), reference(&s), "{s:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000);
+    }
+
     #[test]
     fn serde_is_a_string() {
         let k = MsgKey::new(31906, 833502, 1572869830);

@@ -53,7 +53,7 @@
 //!   ticket of that change, and every reader — devices included — shows what it read only once
 //!   the journal is durable up to the tickets it read (`store.rs` has the argument).
 //! - At least once (R7): a device's cursor moves only when its client confirms.
-//! - Lock order: account locks (two at once in UserId order) → conversation → message state →
+//! - Lock order: account locks (two at once in interned-number order, `lock_pair`) → conversation → message state →
 //!   device signal → journal; no lock is held across I/O. Writers never block on a slow
 //!   device: they raise its signal, and it reads the inbox when it is ready.
 //!
@@ -146,7 +146,7 @@ pub use hooks::{BeforeSend, Hooks, NoHooks, OutgoingMessage};
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use journal::{Faults, Gate};
-pub use journal::{OpenError, RecoveryReport, SyncPolicy};
+pub use journal::{JournalObserver, OpenError, RecoveryReport, SyncPolicy};
 pub use key::{MAX_MSG_KEY_LEN, MsgKey, ParseMsgKeyError};
 pub use message::{
     Content, CustomElem, FLAG_RECALLED, FaceElem, FileElem, ImageElem, ImageInfo, LocationElem,

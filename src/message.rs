@@ -612,6 +612,27 @@ pub(crate) enum MsgState {
     },
 }
 
+/// Moves the old state out of `slot`, zeroes every byte of the slot, and writes `new`: a
+/// smaller variant written over an inline body (a Recalled tombstone is 12 bytes, the body up
+/// to 38) would otherwise leave the rest of the text behind it in the record. The moved-out
+/// state zeroes its own copy when dropped.
+fn overwrite(slot: &mut MsgState, new: MsgState) -> MsgState {
+    let p: *mut MsgState = slot;
+    // SAFETY: `p` comes from a `&mut`, so it is valid, aligned and unaliased for the whole
+    // MsgState. The old value is moved out (read) before its bytes are zeroed, and a valid
+    // value is written back before the borrow ends; nothing in between can panic. The writes
+    // are volatile so that the zeroing of bytes the new value leaves unused is not elided.
+    unsafe {
+        let old = std::ptr::read(p);
+        let bytes = p.cast::<u8>();
+        for i in 0..std::mem::size_of::<MsgState>() {
+            std::ptr::write_volatile(bytes.add(i), 0);
+        }
+        std::ptr::write(p, new);
+        old
+    }
+}
+
 /// Releases a message's lock when dropped (also on unwind).
 struct Unlock<'a>(&'a RawMutex);
 
@@ -727,7 +748,7 @@ impl StoredMessage {
     /// Erases the content (zeroing the store's copy); a caller still holding a view taken
     /// before the recall keeps its own.
     pub fn recall(&self, by: UserId, at: u64) {
-        let old = self.with_state(|s| std::mem::replace(s, MsgState::Recalled { by, at }));
+        let old = self.with_state(|s| overwrite(s, MsgState::Recalled { by, at }));
         drop(old);
     }
 
@@ -751,7 +772,7 @@ impl StoredMessage {
         let old = self.with_state(|s| match s {
             MsgState::Live(c) => {
                 let content = content.with_origin_device(c.origin_device());
-                Some(std::mem::replace(c, content))
+                Some(overwrite(s, MsgState::Live(content)))
             }
             MsgState::Recalled { .. } => None,
         });
@@ -859,6 +880,58 @@ mod tests {
             assert_eq!(e.cloud_custom_data(), Some("new"));
             assert_eq!(e.body(), body);
         }
+    }
+
+    /// The bytes of a record's state, as they sit in memory.
+    fn state_bytes(m: &StoredMessage) -> Vec<u8> {
+        m.with_state(|s| {
+            let p: *const MsgState = s;
+            // SAFETY: reading the bytes of a live MsgState under its lock (uninitialised
+            // padding is not read as values: only compared after the copy).
+            unsafe {
+                std::slice::from_raw_parts(p.cast::<u8>(), std::mem::size_of::<MsgState>()).to_vec()
+            }
+        })
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Whether any 6 consecutive bytes of `text` are in `haystack`.
+    fn any_trace(haystack: &[u8], text: &str) -> bool {
+        text.as_bytes().windows(6).any(|w| contains(haystack, w))
+    }
+
+    #[test]
+    fn no_trace_of_a_recalled_or_replaced_inline_body_stays_in_the_record() {
+        let text = "inline secret, 31 bytes long!!";
+        let u = UserId::new("message-test-a").unwrap();
+        let v = UserId::new("message-test-b").unwrap();
+        let new = |body: &str| {
+            StoredMessage::new(
+                u.clone(),
+                v.clone(),
+                MsgKey::new(1, 2, 3),
+                1,
+                SenderCopy::Roaming,
+                false,
+                Content::new(&[MsgElement::text(body)], None).unwrap(),
+            )
+        };
+        let m = new(text);
+        assert!(
+            contains(&state_bytes(&m), &text.as_bytes()[..16]),
+            "kept inline"
+        );
+        m.recall(u.clone(), 9);
+        assert!(!any_trace(&state_bytes(&m), text));
+        // Modified to a body too long to be inline: the inline bytes go too.
+        let m = new(text);
+        let long = "x".repeat(200);
+        m.replace(Content::new(&[MsgElement::text(&long)], None).unwrap());
+        assert!(!any_trace(&state_bytes(&m), text));
+        assert_eq!(m.content().unwrap().body(), vec![MsgElement::text(long)]);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crate::account::MAX_USER_ID_LEN;
 use crate::hash::DashMap;
 
 /// The first chunk holds 2^FIRST names; chunk k holds 2^(FIRST + k).
-const FIRST: u32 = 6;
-const CHUNKS: usize = (33 - FIRST) as usize;
+pub(crate) const FIRST: u32 = 6;
+pub(crate) const CHUNKS: usize = (33 - FIRST) as usize;
 
 /// A name as the lookup map keeps it: inline, so comparing a probe with an entry reads no
 /// other memory (names are at most 32 bytes, `MAX_USER_ID_LEN`).
@@ -53,7 +53,8 @@ pub(crate) struct Registry {
     names: [OnceLock<Box<[OnceLock<&'static str>]>>; CHUNKS],
 }
 
-fn locate(n: u32) -> (usize, usize) {
+/// (chunk, index in chunk) of number `n`.
+pub(crate) fn locate(n: u32) -> (usize, usize) {
     let x = u64::from(n) + (1 << FIRST);
     let k = 63 - x.leading_zeros() - FIRST;
     (k as usize, (x - (1 << (k + FIRST))) as usize)

@@ -8,11 +8,21 @@
 //! | `rest` | `/v4/{service}/{command}`: the envelope, body limit and timeout, durable answers |
 //! | `devices` | `/v4/imstore/ws` (events, acks, client requests), `/v4/imstore/events`, `/v4/imstore/ack` |
 //! | `webhook` | the calls to the app's callback URL: before-send, and the outbox dispatcher |
+//! | `metrics` | `/metrics` (Prometheus text format) and `/healthz` |
+//! | `console` | `/console`: the self-contained API debugging page |
+//!
+//! Startup: the listener is bound before the store opens, and while it recovers every request
+//! is answered 503 (`/healthz`: `{"status":"starting"}`; REST paths: the envelope with 91000)
+//! with `Connection: close`; `starting on http://ADDR` is printed then, and
+//! `listening on http://ADDR` once the store is open and calls are served.
 //!
 //! Shutdown (SIGINT/SIGTERM), as tokio's mini-redis does it: one `watch` channel tells the
 //! accept loop and every connection and device task to stop; each holds a clone of an `mpsc`
-//! sender whose closing says they all have. The server waits for that at most 4 seconds, then
-//! flushes the journal and returns, whatever its clients do — so it exits within 5 seconds.
+//! sender whose closing says they all have. Before that, for `drain` (default 500 ms),
+//! `/healthz` answers 503 while everything else is still served, so that a load balancer
+//! stops sending new clients first. The server then waits for its connections at most
+//! 4 seconds less the drain, flushes the journal and returns, whatever its clients do — so it
+//! exits within 5 seconds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +38,9 @@ use crate::journal::SyncPolicy;
 use crate::{Config, Store, usersig};
 
 mod conn;
+mod console;
 mod devices;
+mod metrics;
 mod rest;
 mod webhook;
 
@@ -64,6 +76,9 @@ pub struct ServerConfig {
     pub webhooks: Option<WebhookConfig>,
     /// How long a client may recall its own message (`Config::client_recall_window_secs`).
     pub client_recall_window_secs: u64,
+    /// At shutdown, how long `/healthz` answers 503 while calls are still served (at most
+    /// 2 s).
+    pub drain: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +98,7 @@ impl ServerConfig {
             ws_ping: Duration::from_secs(30),
             webhooks: None,
             client_recall_window_secs: 120,
+            drain: Duration::from_millis(500),
         }
     }
 }
@@ -96,6 +112,8 @@ struct App {
     shutdown: watch::Receiver<bool>,
     ws_ping: Duration,
     webhooks: Option<Arc<webhook::Webhooks>>,
+    metrics: Arc<metrics::Metrics>,
+    register: Arc<conn::Register>,
 }
 
 impl App {
@@ -141,10 +159,53 @@ fn router(app: App) -> Router {
         .route("/v4/imstore/ws", get(devices::ws))
         .route("/v4/imstore/events", get(devices::events))
         .route("/v4/imstore/ack", post(devices::ack))
+        .route("/console", get(console::page))
+        .route("/healthz", get(metrics::healthz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v4/{service}/{command}", any(rest::rest))
         .fallback(rest::unknown)
         .method_not_allowed_fallback(rest::unknown)
         .with_state(app)
+}
+
+/// What answers while the store recovers: 503 for everything, and the connection closed so
+/// that clients come back to the real server.
+fn starting_router() -> Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    async fn starting() -> axum::response::Response {
+        let mut r = metrics::health_response(false, "starting");
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    }
+    async fn busy() -> axum::response::Response {
+        let body = r#"{"ActionStatus":"FAIL","ErrorInfo":"the server is starting (recovering its data); retry","ErrorCode":91000}"#;
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONNECTION, "close"),
+            ],
+            body,
+        )
+            .into_response()
+    }
+    Router::new()
+        .route("/healthz", get(starting))
+        .fallback(busy)
+}
+
+/// Test-only (feature `fault-injection`): opening the store waits while `path` exists (at
+/// most 60 s), so that a test can watch the server start.
+#[cfg(feature = "fault-injection")]
+fn hold_while_exists(path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A UserSig for `identifier`, valid 180 days, made with the app's key: the configured one, or
@@ -205,15 +266,56 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = metrics::Metrics::new();
     let store_config = Config::default()
         .with_admins(config.admins.clone())
         .with_sync(config.sync)
         .with_journal_prealloc_bytes(config.journal_prealloc)
-        .with_client_recall_window_secs(config.client_recall_window_secs);
+        .with_client_recall_window_secs(config.client_recall_window_secs)
+        .with_journal_observer(Arc::new(metrics::JournalMetrics(metrics.clone())));
+    // Listen first: while the store recovers, every request is answered 503 ("starting").
+    let listener = Arc::new(tokio::net::TcpListener::bind(config.listen).await?);
+    let addr = listener.local_addr()?;
+    let register = conn::Register::for_this_process();
+    println!("starting on http://{addr}");
+    {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+    let (starting_stop, starting_rx) = watch::channel(false);
+    // The starting phase's connections are not waited for: each is closed after its 503.
+    let (starting_tasks, _) = tokio::sync::mpsc::channel::<()>(1);
+    let starting = tokio::spawn(conn::accept_loop(
+        listener.clone(),
+        starting_router(),
+        register.clone(),
+        starting_rx,
+        starting_tasks,
+    ));
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_config)).await??;
+    let opening = tokio::task::spawn_blocking(move || {
+        #[cfg(feature = "fault-injection")]
+        hold_while_exists(&dir.join("hold-open"));
+        Store::open(&dir, store_config)
+    });
+    let mut shutdown = std::pin::pin!(shutdown);
+    let store = tokio::select! {
+        opened = opening => opened??,
+        () = &mut shutdown => {
+            // Stopped while recovering: nothing has been served or acknowledged, and
+            // recovery is safe to abandon (it is what a crash would leave). The caller's
+            // runtime must not wait for the recovery thread (imstore-server shuts its runtime
+            // down with a timeout).
+            tracing::info!("shutting down during recovery");
+            let _ = starting_stop.send(true);
+            return Ok(());
+        }
+    };
+    let _ = starting_stop.send(true);
+    let _ = starting.await;
     let report = store.recovery_report();
+    metrics.opened(started.elapsed(), report.records_replayed);
     tracing::info!(dir = %config.data_dir.display(), snapshot = ?report.snapshot_lsn, replayed = report.records_replayed,
         truncated = ?report.truncated_tail, millis = started.elapsed().as_millis() as u64, "store opened");
     let (key, generated) = match &config.secret_key {
@@ -228,8 +330,6 @@ pub async fn run_until(
             rate_limit: config.rate_limit,
         },
     ));
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
     if generated {
         let admin = config
             .admins
@@ -273,8 +373,8 @@ pub async fn run_until(
         None => None,
     };
     let dispatcher = webhooks.clone().map(|w| {
-        let (store, stop) = (store.clone(), stop_rx.clone());
-        tokio::spawn(async move { w.dispatch(store, stop).await })
+        let (store, stop, metrics) = (store.clone(), stop_rx.clone(), metrics.clone());
+        tokio::spawn(async move { w.dispatch(store, stop, metrics).await })
     });
     let app = App {
         api,
@@ -282,8 +382,9 @@ pub async fn run_until(
         shutdown: stop_rx.clone(),
         ws_ping: config.ws_ping,
         webhooks,
+        metrics: metrics.clone(),
+        register: register.clone(),
     };
-    let register = conn::Register::for_this_process();
     let accept = tokio::spawn(conn::accept_loop(
         listener,
         router(app),
@@ -292,14 +393,17 @@ pub async fn run_until(
         tasks,
     ));
     shutdown.await;
-    tracing::info!("shutting down");
+    let drain = config.drain.min(Duration::from_secs(2));
+    tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down");
+    metrics.set_stopping();
+    tokio::time::sleep(drain).await;
     let _ = stop_tx.send(true);
     let _ = accept.await;
-    if tokio::time::timeout(Duration::from_secs(4), all_done.recv())
+    if tokio::time::timeout(Duration::from_secs(4) - drain, all_done.recv())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not close within 4 s; leaving them");
+        tracing::warn!("some connections did not close in time; leaving them");
     }
     purge.abort();
     if let Some(d) = dispatcher {
@@ -335,12 +439,17 @@ async fn purge_loop(store: Store, interval: Duration, mut stop: watch::Receiver<
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first polled: a signal that arrives before the server waits for it (right after
+/// `listening on`, say) still shuts it down gracefully instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

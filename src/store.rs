@@ -49,6 +49,7 @@ use crate::message::{
 use crate::op::Op;
 use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
 
+mod accounts;
 mod apply;
 mod devices;
 mod messages;
@@ -294,7 +295,7 @@ pub(crate) struct Inner {
     me: Weak<Inner>,
     config: Config,
     admins: Vec<UserId>,
-    accounts: DashMap<UserId, Arc<AccountCell>>,
+    accounts: accounts::Accounts,
     conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
     rng: AtomicU64,
     /// Unset for an in-memory store.
@@ -354,6 +355,7 @@ impl Store {
             cfg.sync,
             cfg.repair,
             cfg.journal_prealloc_bytes,
+            cfg.journal_observer.clone(),
             |rec| store.recover(rec),
         )?;
         journal.set_snapshot_threshold(cfg.snapshot_after_bytes);
@@ -396,7 +398,7 @@ impl Store {
             me: me.clone(),
             config,
             admins,
-            accounts: DashMap::default(),
+            accounts: accounts::Accounts::default(),
             conversations: DashMap::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
             journal: OnceLock::new(),
@@ -511,7 +513,7 @@ impl Store {
 
     fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<Arc<AccountCell>> {
         let id = user.id()?;
-        self.inner.accounts.get(&*id).map(|r| r.value().clone())
+        self.inner.accounts.get(&id)
     }
 
     fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<Arc<AccountCell>> {
@@ -734,7 +736,7 @@ impl Store {
 
     /// Whether `user` exists (`account_check`).
     pub fn account_exists(&self, user: &str) -> Result<bool> {
-        let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains_key(&id));
+        let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains(&id));
         self.durable(self.inner.membership.load(Ordering::Acquire))?;
         Ok(exists)
     }
@@ -872,12 +874,7 @@ impl Store {
                 report.messages += n;
             }
         }
-        let cells: Vec<_> = self
-            .inner
-            .accounts
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
+        let cells = self.inner.accounts.cells();
         for cell in cells {
             let (expired, idle_devices) = {
                 let state = cell.state.lock();

@@ -85,3 +85,24 @@ pub fn drive(
     });
     items.len() as f64 / start.elapsed().as_secs_f64()
 }
+
+/// A blocking GET of `path` on its own connection (closed after the answer); returns the body.
+#[allow(dead_code)]
+pub fn get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    match answer.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_owned(),
+        None => answer,
+    }
+}

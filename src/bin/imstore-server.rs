@@ -71,6 +71,10 @@ struct Args {
     /// How long after sending a client may recall its own message, in seconds (20016 after).
     #[arg(long, default_value_t = 120)]
     client_recall_window_secs: u64,
+    /// At SIGTERM, how long /healthz answers 503 while calls are still served, so a load
+    /// balancer stops sending new clients first (milliseconds, at most 2000).
+    #[arg(long, default_value_t = 500)]
+    drain_ms: u64,
     /// How often WebSocket clients are pinged, in seconds (one silent for three is dropped).
     #[arg(long, default_value_t = 30, hide = true)]
     ws_ping_secs: u64,
@@ -117,6 +121,7 @@ fn main() -> std::process::ExitCode {
             fail_closed: args.callback_fail_closed,
         }),
         client_recall_window_secs: args.client_recall_window_secs,
+        drain: std::time::Duration::from_millis(args.drain_ms.min(2000)),
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {
@@ -137,7 +142,10 @@ fn main() -> std::process::ExitCode {
         .max_blocking_threads(4)
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Do not wait for a blocking task still running (a recovery abandoned at SIGTERM).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imstore-server: {e}");

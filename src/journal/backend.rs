@@ -12,7 +12,9 @@ use parking_lot::MutexGuard;
 
 #[cfg(feature = "fault-injection")]
 use super::Faults;
-use super::{FileJournal, OpenError, Recovered, RecoveryReport, SyncPolicy};
+use std::sync::Arc;
+
+use super::{FileJournal, JournalObserver, OpenError, Recovered, RecoveryReport, SyncPolicy};
 use crate::error::Error;
 
 pub(crate) enum Journal {
@@ -33,9 +35,10 @@ impl Journal {
         policy: SyncPolicy,
         repair: bool,
         prealloc: u64,
+        observer: Option<Arc<dyn JournalObserver>>,
         recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
     ) -> Result<(Journal, RecoveryReport), OpenError> {
-        FileJournal::open(dir, policy, repair, prealloc, recover)
+        FileJournal::open(dir, policy, repair, prealloc, observer, recover)
             .map(|(j, report)| (Journal::File(j), report))
     }
 

@@ -116,6 +116,11 @@ impl Register {
         Register::new(soft.saturating_sub(RESERVED_FDS))
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.inner.lock().open.len()
+    }
+
     fn device_limit(&self) -> usize {
         self.limit - REST_RESERVE
     }
@@ -158,7 +163,7 @@ impl Register {
 
 /// Accepts connections until `shutdown` turns true, serving each on its own task.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     router: Router,
     register: Arc<Register>,
     mut shutdown: watch::Receiver<bool>,

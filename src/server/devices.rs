@@ -106,6 +106,7 @@ pub async fn ws(
     };
     tracing::debug!(account = %req.account, device = %req.device, platform = req.platform, %peer, "device connected (ws)");
     let shutdown = app.shutdown.clone();
+    let counted = app.metrics.device("ws");
     upgrade
         .read_buffer_size(4 << 10)
         .write_buffer_size(0)
@@ -121,6 +122,7 @@ pub async fn ws(
             }
             .run(socket)
             .await;
+            drop(counted);
             drop(conn);
         })
 }
@@ -275,7 +277,7 @@ pub async fn events(
         Err(e) => return json_response(error_reply(&e)),
     };
     tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
-    let state = (sub, app.shutdown.clone(), conn);
+    let state = (sub, app.shutdown.clone(), (conn, app.metrics.device("sse")));
     let batches = futures_util::stream::unfold(state, |(sub, mut shutdown, conn)| async move {
         let events = tokio::select! {
             _ = shutdown.changed() => return None,

@@ -76,18 +76,31 @@ pub async fn rest(
         Ok(b) => b,
         Err(response) => {
             tracing::info!(api = %path, "request body refused");
+            app.metrics
+                .call(&path, body_refusal_code(&response), started.elapsed());
             return response;
         }
     };
     let reply = app
         .answer(path.clone(), query.unwrap_or_default(), bytes, peer.ip())
         .await;
+    app.metrics.call(&path, reply.code, started.elapsed());
     if reply.code == 91000 {
         tracing::warn!(api = %path, code = reply.code, body = %reply.json, "internal error");
     } else {
         tracing::debug!(api = %path, code = reply.code, micros = started.elapsed().as_micros() as u64, "call");
     }
     json_response(reply)
+}
+
+/// The ErrorCode of a refused body, for the metrics: 93000 (too large) or, when it did not
+/// arrive in time, 90001 (an invalid request).
+fn body_refusal_code(response: &Response) -> u32 {
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        90001
+    } else {
+        93000
+    }
 }
 
 impl App {

@@ -128,7 +128,12 @@ impl Webhooks {
     }
 
     /// Delivers the outbox's after-callbacks, in order, until `stop` turns true.
-    pub async fn dispatch(&self, store: Store, mut stop: watch::Receiver<bool>) {
+    pub async fn dispatch(
+        &self,
+        store: Store,
+        mut stop: watch::Receiver<bool>,
+        metrics: std::sync::Arc<super::metrics::Metrics>,
+    ) {
         let mut after = 0u64;
         loop {
             tokio::select! {
@@ -156,8 +161,10 @@ impl Webhooks {
                         _ = stop.changed() => return,
                         r = self.call(command, &entry.origin, body.clone()) => r,
                     };
+                    let accepted = matches!(&outcome, Ok((status, answer)) if callback_accepted(*status, answer));
+                    metrics.delivered(accepted);
                     match outcome {
-                        Ok((status, answer)) if callback_accepted(status, &answer) => break,
+                        Ok(_) if accepted => break,
                         Ok((status, _)) => {
                             tracing::debug!(command, status, "after-callback refused; retrying")
                         }

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use dashmap::mapref::entry::Entry as MapEntry;
-
 use super::{Applied, Mode, Role, Store, no_device};
 use crate::account::{AccountCell, AccountState, UserId, lock_pair};
 use crate::callback::{Origin, Queued};
@@ -116,11 +114,12 @@ impl Store {
     }
 
     fn apply_import(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        // The map shard stays locked while the import is recorded, so a concurrent delete of the
-        // same name is ordered the same way in memory and in the journal.
-        match self.inner.accounts.entry(user.clone()) {
-            MapEntry::Occupied(_) => Ok(Applied::Unchanged),
-            MapEntry::Vacant(v) => {
+        // The account's slot stays write-locked while the import is recorded, so a concurrent delete of
+        // the same name is ordered the same way in memory and in the journal.
+        let mut slot = self.inner.accounts.entry(user);
+        match slot.get() {
+            Some(_) => Ok(Applied::Unchanged),
+            None => {
                 let ticket = self.record(op, mode)?;
                 let cell = AccountCell::new(user.clone());
                 {
@@ -130,7 +129,7 @@ impl Store {
                         state.inbox = Inbox::starting_at(next);
                     }
                 }
-                v.insert(Arc::new(cell));
+                slot.insert(Arc::new(cell));
                 self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
                 Ok(Applied::Done)
             }
@@ -138,10 +137,11 @@ impl Store {
     }
 
     fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        match self.inner.accounts.entry(user.clone()) {
-            MapEntry::Vacant(_) => Err(Error::AccountNotFound(user.to_string())),
-            MapEntry::Occupied(o) => {
-                let cell = o.get().clone();
+        let mut slot = self.inner.accounts.entry(user);
+        match slot.get() {
+            None => Err(Error::AccountNotFound(user.to_string())),
+            Some(cell) => {
+                let cell = cell.clone();
                 let mut state = cell.state.lock();
                 let ticket = self.record(op, mode)?;
                 state.alive = false;
@@ -154,7 +154,7 @@ impl Store {
                 state.inbox = Default::default();
                 state.unread.clear();
                 drop(state);
-                o.remove();
+                slot.remove();
                 self.inner.retired.lock().insert(user.clone(), next);
                 self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
                 Ok(Applied::Done)

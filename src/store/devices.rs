@@ -299,7 +299,7 @@ impl Feed for Inner {
     }
 
     fn cursor(&self, sub: &SubscriptionId) -> Option<u64> {
-        let cell = self.accounts.get(&sub.account)?.value().clone();
+        let cell = self.accounts.get(&sub.account)?;
         let state = cell.state.lock();
         state.devices.get(&*sub.device).map(|s| s.cursor)
     }

@@ -34,6 +34,9 @@ thread_local! {
 pub struct PreparedSend {
     from: UserId,
     to: UserId,
+    /// The names as the request gave them (`None`: the administrator sends): the decision
+    /// is asked about these without looking the interned names up again.
+    names: (Option<String>, String),
     key: MsgKey,
     lifetime: u64,
     body: Vec<MsgElement>,
@@ -48,8 +51,8 @@ impl PreparedSend {
     /// What the before-send decision is asked about.
     pub fn outgoing(&self) -> OutgoingMessage<'_> {
         OutgoingMessage {
-            from: &self.from,
-            to: &self.to,
+            from: self.names.0.as_deref().unwrap_or_else(|| self.from.as_str()),
+            to: &self.names.1,
             key: self.key,
             online_only: self.lifetime == 0,
             body: &self.body,
@@ -130,6 +133,7 @@ impl Store {
         Ok(PreparedSend {
             from,
             to,
+            names: (req.from, req.to),
             key,
             lifetime,
             body: req.body,

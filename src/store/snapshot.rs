@@ -134,12 +134,7 @@ impl Store {
                 }
             })
             .collect();
-        let cells: Vec<_> = self
-            .inner
-            .accounts
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
+        let cells = self.inner.accounts.cells();
         let accounts = cells
             .iter()
             .map(|cell| {
@@ -403,7 +398,7 @@ impl Store {
             }
             state.unread = unread;
         }
-        self.inner.accounts.insert(cell.id.clone(), Arc::new(cell));
+        self.inner.accounts.entry(&cell.id).insert(Arc::new(cell));
         Ok(())
     }
 }

@@ -1,0 +1,316 @@
+//! Operating the server: `/healthz` while starting, serving and stopping, and `/metrics` in
+//! the Prometheus text format, against the real binary.
+#![cfg(feature = "server")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::server::{APP, KEY, WAIT, start};
+use serde_json::json;
+
+/// GET `url`: (status, body).
+fn get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap())
+}
+
+/// Polls `f` every 20 ms until it is true or `within` passes.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value. Checks the format on
+/// the way: every family has HELP and TYPE, every sample line is `series value`.
+fn samples(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("a number: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no # TYPE line");
+        out.insert(series.to_owned(), value);
+    }
+    out
+}
+
+fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn healthz_answers_503_while_the_store_recovers_then_200() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server waits for this file to go before it opens the store.
+    let hold = dir.path().join("hold-open");
+    std::fs::write(&hold, b"").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sdkappid",
+            &APP.to_string(),
+            "--secret-key",
+            KEY,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("IMSTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = || rx.recv_timeout(WAIT).expect("a line from the server");
+    let starting = line();
+    let base = starting
+        .strip_prefix("starting on ")
+        .unwrap_or_else(|| panic!("first line: {starting}"))
+        .to_owned();
+
+    let (status, body) = get(&format!("{base}/healthz"));
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"starting"}"#));
+    let (status, body) = get(&format!("{base}/v4/openim/sendmsg"));
+    assert_eq!(status, 503);
+    let envelope: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(envelope["ErrorCode"], 91000, "{body}");
+    assert_eq!(envelope["ActionStatus"], "FAIL");
+
+    std::fs::remove_file(&hold).unwrap();
+    let listening = loop {
+        let l = line();
+        if let Some(addr) = l.strip_prefix("listening on ") {
+            break addr.to_owned();
+        }
+    };
+    assert_eq!(listening, base, "the same address before and after");
+    let (status, body) = get(&format!("{base}/healthz"));
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"serving"}"#));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn sigterm_during_recovery_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold-open");
+    std::fs::write(&hold, b"").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
+        .args(["--listen", "127.0.0.1:0", "--secret-key", KEY])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("IMSTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("starting on "), "{first}");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The recovery is still held (the file is there): the server stops anyway.
+    let exited = eventually(WAIT, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "the server did not stop while recovering");
+    assert!(child.wait().unwrap().success());
+    assert!(hold.exists());
+}
+
+#[test]
+fn healthz_answers_503_during_the_drain_while_calls_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &["--drain-ms", "2000"]);
+    assert_eq!(get(&format!("{}/healthz", s.base)).0, 200);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &s.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_millis(1500), || get(&format!(
+            "{}/healthz",
+            s.base
+        ))
+        .0 == 503),
+        "/healthz did not turn 503 after SIGTERM"
+    );
+    assert_eq!(
+        get(&format!("{}/healthz", s.base)).1,
+        r#"{"status":"stopping"}"#
+    );
+    // Still serving during the drain.
+    let r = s.post(
+        "im_open_login_svc/account_import",
+        json!({"UserID": "late"}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let status = s.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn metrics_count_calls_by_code_devices_the_journal_and_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    // A callback URL where nothing listens: after-callbacks stay in the outbox, failing.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/callback", closed.local_addr().unwrap());
+    drop(closed);
+    let s = start(dir.path(), &["--callback-url", &url]);
+    let r = s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let ws = s.ws("bob", "phone", "");
+    let sse = s.events("alice", "laptop", None);
+    for i in 0..2 {
+        let r = s.post(
+            "openim/sendmsg",
+            json!({"From_Account": "alice", "To_Account": "bob", "MsgRandom": i,
+                   "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}),
+        );
+        assert_eq!(r["ErrorCode"], 0, "{r}");
+    }
+    let refused = s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "alice", "To_Account": "nobody", "MsgRandom": 9,
+               "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}),
+    );
+    let code = refused["ErrorCode"].as_u64().unwrap();
+    assert_ne!(code, 0, "{refused}");
+
+    let scrape = || samples(&get(&format!("{}/metrics", s.base)).1);
+    // The outbox dispatcher fails against the closed port at least once.
+    assert!(
+        eventually(WAIT, || scrape()
+            .get(r#"imstore_webhook_deliveries_total{result="failed"}"#)
+            .is_some_and(|n| *n >= 1.0)),
+        "no failed delivery counted"
+    );
+    let m = scrape();
+    assert_eq!(
+        metric(
+            &m,
+            r#"imstore_api_calls_total{api="openim/sendmsg",code="0"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"imstore_api_calls_total{{api="openim/sendmsg",code="{code}"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"imstore_api_latency_seconds_count{api="openim/sendmsg"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"imstore_api_latency_seconds_bucket{api="openim/sendmsg",le="+Inf"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&m, r#"imstore_devices_connected{transport="ws"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"imstore_devices_connected{transport="sse"}"#),
+        1.0
+    );
+    assert!(metric(&m, "imstore_connections_open") >= 2.0);
+    assert!(metric(&m, "imstore_journal_bytes_total") > 0.0);
+    assert!(metric(&m, "imstore_journal_fsync_seconds_count") >= 1.0);
+    assert!(metric(&m, "imstore_journal_batch_records_count") >= 1.0);
+    assert!(metric(&m, "imstore_journal_batch_records_sum") >= 3.0);
+    assert!(metric(&m, "imstore_recovery_seconds") > 0.0);
+    assert_eq!(metric(&m, "imstore_recovery_records_replayed"), 0.0);
+    // Two sends: two after-send callbacks waiting (the first keeps failing).
+    assert_eq!(metric(&m, "imstore_webhook_outbox_depth"), 2.0);
+    assert_eq!(metric(&m, "imstore_webhook_outbox_dropped_total"), 0.0);
+    assert_eq!(metric(&m, "imstore_shards_owned"), 1.0);
+    assert!(metric(&m, "process_resident_memory_bytes") > 0.0);
+
+    drop(ws);
+    assert!(
+        eventually(WAIT, || metric(
+            &scrape(),
+            r#"imstore_devices_connected{transport="ws"}"#
+        ) == 0.0),
+        "a WebSocket device still counted after it closed"
+    );
+    // The SSE client's reader stops at its next event (its channel is gone) and closes the
+    // connection; the server notices when it writes to it again.
+    drop(sse);
+    let mut n = 100;
+    assert!(
+        eventually(WAIT, || {
+            n += 1;
+            s.post(
+                "openim/sendmsg",
+                json!({"From_Account": "bob", "To_Account": "alice", "MsgRandom": n,
+                       "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}),
+            );
+            metric(&scrape(), r#"imstore_devices_connected{transport="sse"}"#) == 0.0
+        }),
+        "an SSE device still counted after it closed"
+    );
+    drop(s);
+}
