@@ -39,6 +39,12 @@ use crate::error::Error;
 mod faults;
 pub(crate) mod format;
 mod recovery;
+// The seam: `Journal` is the file journal below or, with feature `cluster`, a shard's
+// JetStream stream (`crate::cluster`).
+mod backend;
+pub(crate) use backend::Journal;
+#[cfg(feature = "cluster")]
+pub(crate) use backend::{parse_record, read_snapshot, snapshot_bytes};
 
 #[cfg(feature = "fault-injection")]
 pub use faults::{Faults, Gate};
@@ -172,7 +178,8 @@ pub(crate) const DEFAULT_PREALLOC: u64 = 4 << 20;
 
 // ----- the journal -----
 
-pub(crate) struct Journal {
+/// The journal in a data directory (the only kind without feature `cluster`).
+pub(crate) struct FileJournal {
     dir: PathBuf,
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
@@ -251,7 +258,7 @@ fn failed_error(why: &str) -> Error {
     Error::Internal(format!("the journal cannot be written: {why}"))
 }
 
-impl Journal {
+impl FileJournal {
     /// Opens (or creates) the data directory, feeds `recover` the newest valid snapshot's
     /// records and then every journal record after it, and leaves the journal ready to append.
     pub fn open(
@@ -261,7 +268,7 @@ impl Journal {
         prealloc: u64,
         observer: Option<Arc<dyn JournalObserver>>,
         mut recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
-    ) -> Result<(Journal, RecoveryReport), OpenError> {
+    ) -> Result<(FileJournal, RecoveryReport), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
@@ -349,7 +356,7 @@ impl Journal {
                 .spawn(move || shared.committer())
                 .map_err(io_err(dir))?
         };
-        let journal = Journal {
+        let journal = FileJournal {
             dir: dir.to_owned(),
             shared,
             committer: Some(committer),
@@ -639,7 +646,7 @@ impl Journal {
     }
 }
 
-impl Drop for Journal {
+impl Drop for FileJournal {
     fn drop(&mut self) {
         self.shutdown();
         if let Some(t) = self.committer.take() {

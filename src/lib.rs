@@ -116,6 +116,8 @@ pub mod api;
 mod cache;
 mod callback;
 mod clock;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod codec;
 mod config;
 mod device;

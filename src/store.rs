@@ -53,6 +53,8 @@ mod accounts;
 mod apply;
 mod devices;
 mod messages;
+#[cfg(feature = "cluster")]
+mod shard;
 mod snapshot;
 
 pub use messages::{ImportRequest, PreparedSend};

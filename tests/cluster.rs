@@ -1,0 +1,555 @@
+//! The cluster foundation (feature `cluster`, SPEC §9) against a real 3-node NATS JetStream
+//! cluster on loopback, started by `scripts/nats-cluster.sh` in a temporary directory on ports
+//! of its own: a shard moving between nodes with its state, a stale owner fenced out, NATS
+//! nodes killed under a stream of appends. Needs `nats-server` (Debian: `apt-get install
+//! nats-server`); without it these tests fail, they do not skip.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use imstore::cluster::{Cluster, ClusterConfig, ClusterError};
+use imstore::{Config, HistoryQuery, ManualClock, MsgKey, Store};
+
+/// One NATS cluster at a time: the machine is small, and leases and elections are timed.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nats-cluster.sh")
+}
+
+/// A 3-node NATS cluster, stopped (every process, by PID) on drop.
+struct Nats {
+    dir: tempfile::TempDir,
+    base: u16,
+    urls: String,
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port base whose client, route and monitoring ports (base..+3, +2000.., +4000..) are free.
+fn free_base() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    for _ in 0..200 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let base = 21000 + ((std::process::id() + k) * 10 % 1900) as u16;
+        let all = (0..3).flat_map(|i| [base + i, base + 2000 + i, base + 4000 + i]);
+        if all.clone().all(port_free) {
+            return base;
+        }
+    }
+    panic!("no free port range for a NATS cluster");
+}
+
+impl Nats {
+    fn up() -> Nats {
+        let server = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let found = Command::new(&server).arg("--version").output();
+        assert!(
+            found.as_ref().is_ok_and(|o| o.status.success()),
+            "the cluster tests need `nats-server` (Debian: apt-get install nats-server; or set \
+             NATS_SERVER): {found:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_base();
+        let mut nats = Nats {
+            dir,
+            base,
+            urls: String::new(),
+        };
+        let out = nats.run(&["up"]);
+        nats.urls = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        nats
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .arg(args[0])
+            .arg(self.dir.path())
+            .args(&args[1..])
+            .env("NATS_PORT_BASE", self.base.to_string())
+            .env("NATS_WAIT_SECS", "30");
+        let out = cmd.output().expect("running scripts/nats-cluster.sh");
+        if !out.status.success() {
+            let logs: String = (1..=3)
+                .map(|n| {
+                    let log = std::fs::read_to_string(self.dir.path().join(format!("n{n}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<_> = log.lines().rev().take(15).collect();
+                    format!("--- n{n}.log (last lines)\n{}\n", tail.join("\n"))
+                })
+                .collect();
+            panic!(
+                "nats-cluster.sh {args:?} failed: {}\n{}{logs}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// SIGKILLs node `n` (1-3).
+    fn kill(&self, n: u32) {
+        self.run(&["kill", &n.to_string()]);
+    }
+
+    /// Starts node `n` again.
+    fn start(&self, n: u32) {
+        self.run(&["start", &n.to_string()]);
+    }
+
+    fn node(&self, id: &str) -> Cluster {
+        self.node_with(id, |c| c)
+    }
+
+    fn node_with(&self, id: &str, tweak: impl FnOnce(ClusterConfig) -> ClusterConfig) -> Cluster {
+        let mut cfg = ClusterConfig::new(&self.urls, id);
+        cfg.shards = 4;
+        cfg.replicas = 3;
+        cfg.store = Config::default().with_clock(ManualClock::new(T0));
+        Cluster::connect(tweak(cfg)).unwrap()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .arg(self.dir.path())
+            .env("NATS_PORT_BASE", self.base.to_string())
+            .env("NATS_WAIT_SECS", "5")
+            .output();
+        // Whatever the script left: by PID, never by name.
+        for n in 1..=3 {
+            let pid_file = self.dir.path().join(format!("n{n}.pid"));
+            let pid = std::fs::read_to_string(pid_file).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .output();
+            }
+        }
+    }
+}
+
+/// The NATS node number of a server name (`n2` → 2).
+fn node_number(name: &str) -> u32 {
+    name.trim_start_matches('n').parse().unwrap()
+}
+
+const USERS: [&str; 2] = ["vinson", "dramon"];
+
+/// Every MsgKey of the conversation (from `a`'s side), with whether it is recalled.
+fn history(store: &Store, a: &str, b: &str) -> Vec<(MsgKey, bool)> {
+    let mut q = HistoryQuery::new(a, b, 100);
+    let mut all = Vec::new();
+    loop {
+        let page = store.history(&q).unwrap();
+        all.splice(
+            0..0,
+            page.messages
+                .iter()
+                .map(|i| (i.message.key, i.message.is_recalled())),
+        );
+        match q.next_page(&page) {
+            Some(n) => q = n,
+            None => return all,
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_shard_moves_to_another_node_with_its_state() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    let b = nats.node("B");
+    // Accounts imported on one node are there for every node.
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    assert!(b.account_exists("vinson").unwrap());
+    assert!(!b.account_exists("nobody").unwrap());
+    assert_eq!(b.accounts().unwrap(), vec!["dramon", "vinson"]);
+
+    let n = a.shard_of("vinson", "dramon");
+    assert_eq!(n, b.shard_of("dramon", "vinson"));
+    let shard = a.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+    let store = shard.store();
+    assert!(
+        store
+            .data_dir()
+            .unwrap()
+            .to_string_lossy()
+            .contains("IMSTORE_SHARD_")
+    );
+    let phone = store.connect("dramon", "phone").unwrap();
+    let mut sent = Vec::new();
+    for i in 0..30u32 {
+        let (from, to) = if i % 4 == 0 {
+            ("dramon", "vinson")
+        } else {
+            ("vinson", "dramon")
+        };
+        let r = send_text(store, from, to, i, &format!("m{i}"));
+        sent.push((from, to, r.msg_key));
+    }
+    for (from, to, key) in sent.iter().step_by(5) {
+        store.recall(ADMIN, from, to, &key.to_string()).unwrap();
+    }
+    store.mark_read("dramon", "vinson").unwrap();
+    let events = drain(&phone);
+    assert!(events.len() > 20);
+    phone.ack(events[10].seq).unwrap();
+    drop(phone);
+    let before = observe(store, &USERS);
+    assert!(before.contains("flag=8"), "{before}");
+    let epoch = shard.epoch();
+
+    // Node A dies: its lease is not renewed and runs out; B takes the shard within seconds.
+    shard.abandon();
+    match b.open_shard(n) {
+        Err(ClusterError::LeaseHeld { node, .. }) => assert_eq!(node, "A"),
+        other => panic!("B opened a shard A's live lease covers: {other:?}"),
+    }
+    let t0 = Instant::now();
+    let shard_b = b.open_shard_wait(n, Duration::from_secs(20)).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(shard_b.epoch() > epoch);
+    assert!(shard_b.store().recovery_report().records_replayed > 40);
+    assert_eq!(observe(shard_b.store(), &USERS), before);
+
+    // B goes on where A stopped: recalls what A sent, sends anew.
+    let (from, to, key) = sent[1];
+    shard_b
+        .store()
+        .recall(ADMIN, from, to, &key.to_string())
+        .unwrap();
+    let again = shard_b.store().recall(ADMIN, from, to, &key.to_string());
+    assert_eq!(again.unwrap_err().code(), 20023);
+    send_text(shard_b.store(), "vinson", "dramon", 99, "from B");
+    let after_b = observe(shard_b.store(), &USERS);
+
+    // A clean close releases the lease: A takes the shard back at once and sees B's work.
+    shard_b.close().unwrap();
+    let (_, _, left) = a.lease_holder(n).unwrap().unwrap();
+    assert_eq!(left, Duration::ZERO);
+    let shard_a = a.open_shard(n).unwrap();
+    assert_eq!(observe(shard_a.store(), &USERS), after_b);
+    let h = history(shard_a.store(), "dramon", "vinson");
+    assert_eq!(h.len(), 31);
+    assert_eq!(h.iter().filter(|(_, recalled)| *recalled).count(), 7);
+}
+
+#[test]
+fn a_stale_owner_is_fenced_out() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    let b = nats.node("B");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard_a = a.open_shard(n).unwrap();
+    shard_a.ensure_accounts(&USERS).unwrap();
+    let first = send_text(shard_a.store(), "vinson", "dramon", 1, "before");
+
+    // A stalls: it stops renewing its lease but goes on writing, from two threads keeping 64
+    // sends each in flight — so that some of its pipelined records reach the stream after
+    // B's ownership marker (zombies: never acknowledged, skipped by every replay).
+    shard_a.pause_lease_renewal();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let (store, stop) = (shard_a.store().clone(), stop.clone());
+            let (acked, refused) = (acked.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pending = Vec::new();
+                    for _ in 0..64 {
+                        i += 1;
+                        let random = 1000 + w * 1_000_000 + i;
+                        match store.send_deferred(text_req("vinson", "dramon", random, "stale?")) {
+                            Ok(d) => pending.push((random, d)),
+                            Err(e) => {
+                                assert_eq!(e.code(), 91000, "{e}");
+                                refused.lock().unwrap().push(random);
+                            }
+                        }
+                    }
+                    for (random, d) in pending {
+                        match d.wait() {
+                            Ok(r) => acked.lock().unwrap().push(r.msg_key),
+                            Err(e) => {
+                                assert_eq!(e.code(), 91000, "{e}");
+                                refused.lock().unwrap().push(random);
+                            }
+                        }
+                    }
+                    if !refused.lock().unwrap().is_empty() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // B takes the shard over once A's lease has run out; A's next append is refused.
+    let shard_b = b.open_shard_wait(n, Duration::from_secs(20)).unwrap();
+    wait_until("A's writers refused", Duration::from_secs(10), || {
+        refused.lock().unwrap().len() >= 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(!shard_a.is_owner());
+    assert!(
+        shard_a.lost().unwrap().contains("another owner"),
+        "{:?}",
+        shard_a.lost()
+    );
+    let late = shard_a
+        .store()
+        .send(text_req("vinson", "dramon", 7, "after"));
+    assert_eq!(late.unwrap_err().code(), 91000);
+    // What A applied but could not append is shown to nobody, not even on A.
+    assert!(
+        shard_a
+            .store()
+            .history(&HistoryQuery::new("dramon", "vinson", 10))
+            .is_err()
+    );
+
+    // B has exactly what A had acknowledged, and writes on.
+    let acked: BTreeSet<MsgKey> = acked.lock().unwrap().iter().copied().collect();
+    assert!(!acked.is_empty());
+    let on_b: BTreeSet<MsgKey> = history(shard_b.store(), "dramon", "vinson")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut expect = acked.clone();
+    expect.insert(first.msg_key);
+    assert_eq!(on_b, expect);
+    // B writes on, past any zombie A left after its marker.
+    let mut from_b = Vec::new();
+    for i in 0..20u32 {
+        from_b.push(send_text(shard_b.store(), "dramon", "vinson", i, "B owns it").msg_key);
+    }
+    eprintln!(
+        "A: {} acknowledged, {} refused; B stepped over {} of A's records after its marker",
+        acked.len(),
+        refused.lock().unwrap().len(),
+        shard_b.zombies_stepped_over()
+    );
+    drop(shard_a);
+    shard_b.close().unwrap();
+
+    // A third node replays the stream: the same, plus B's message, and nothing A was refused.
+    let c = nats.node("C");
+    let shard_c = c.open_shard(n).unwrap();
+    let on_c: BTreeSet<MsgKey> = history(shard_c.store(), "dramon", "vinson")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    expect.extend(from_b);
+    assert_eq!(on_c, expect);
+}
+
+#[test]
+fn appends_survive_nats_nodes_killed() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard = a.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let (store, stop, acked) = (shard.store().clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let r = store
+                        .send(text_req("vinson", "dramon", w * 1_000_000 + i, "x"))
+                        .expect("no append may fail while a NATS quorum can be had");
+                    acked.lock().unwrap().push(r.msg_key);
+                }
+            })
+        })
+        .collect();
+    let count = || acked.lock().unwrap().len();
+    wait_until("first appends", Duration::from_secs(10), || count() >= 200);
+
+    // A follower dies: appends go on.
+    let leader = a
+        .stream_leader(n)
+        .unwrap()
+        .expect("the stream has a leader");
+    let follower = (1..=3).find(|k| *k != node_number(&leader)).unwrap();
+    nats.kill(follower);
+    let c0 = count();
+    let t = Instant::now();
+    wait_until(
+        "appends with a follower dead",
+        Duration::from_secs(10),
+        || count() >= c0 + 200,
+    );
+    eprintln!(
+        "follower n{follower} killed: 200 more appends in {:?}",
+        t.elapsed()
+    );
+    nats.start(follower);
+    wait_until("the follower caught up", Duration::from_secs(30), || {
+        a.stream_healthy(n).unwrap_or(false)
+    });
+
+    // The leader dies: appends stall until a new leader is elected, then resume.
+    let leader = a
+        .stream_leader(n)
+        .unwrap()
+        .expect("the stream has a leader");
+    nats.kill(node_number(&leader));
+    let c1 = count();
+    let t = Instant::now();
+    wait_until(
+        "an append after the leader died",
+        Duration::from_secs(30),
+        || count() > c1 + 4,
+    );
+    let resumed = t.elapsed();
+    wait_until(
+        "appends after the leader died",
+        Duration::from_secs(30),
+        || count() >= c1 + 200,
+    );
+    eprintln!(
+        "leader {leader} killed: appends resumed after {resumed:?}, 200 more in {:?}",
+        t.elapsed()
+    );
+    nats.start(node_number(&leader));
+    stop.store(true, Ordering::Relaxed);
+    wait_until("the old leader caught up", Duration::from_secs(30), || {
+        a.stream_healthy(n).unwrap_or(false)
+    });
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(shard.is_owner());
+    let acked: BTreeSet<MsgKey> = acked.lock().unwrap().iter().copied().collect();
+    shard.close().unwrap();
+
+    // Everything acknowledged is there for the next owner, once each.
+    let b = nats.node("B");
+    let shard_b = b.open_shard(n).unwrap();
+    let h = history(shard_b.store(), "vinson", "dramon");
+    let on_b: BTreeSet<MsgKey> = h.iter().map(|(k, _)| *k).collect();
+    assert_eq!(on_b.len(), h.len(), "a message twice");
+    assert_eq!(on_b, acked);
+}
+
+#[test]
+fn a_new_owner_starts_from_the_snapshot() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    let b = nats.node("B");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard = a.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+    let store = shard.store();
+    let phone = store.connect("dramon", "phone").unwrap();
+    let mut sent = Vec::new();
+    for i in 0..40u32 {
+        sent.push(send_text(store, "vinson", "dramon", i, &format!("m{i}")).msg_key);
+    }
+    for key in sent.iter().step_by(5) {
+        store
+            .recall(ADMIN, "vinson", "dramon", &key.to_string())
+            .unwrap();
+    }
+    let events = drain(&phone);
+    phone.ack(events[20].seq).unwrap();
+    drop(phone);
+    let cut = shard.snapshot().unwrap();
+    assert!(cut > 50, "{cut}");
+    assert_eq!(shard.last_snapshot(), cut);
+    // After the snapshot: more sends and a recall.
+    for i in 40..45u32 {
+        sent.push(send_text(store, "dramon", "vinson", i, &format!("m{i}")).msg_key);
+    }
+    store
+        .recall(ADMIN, "vinson", "dramon", &sent[1].to_string())
+        .unwrap();
+    let before = observe(store, &USERS);
+    shard.abandon();
+
+    // B starts from the snapshot and replays only what followed it.
+    let shard_b = b.open_shard_wait(n, Duration::from_secs(20)).unwrap();
+    let report = shard_b.store().recovery_report().clone();
+    assert_eq!(report.snapshot_lsn, Some(cut));
+    assert!(report.records_replayed <= 8, "{report:?}");
+    assert_eq!(observe(shard_b.store(), &USERS), before);
+    shard_b.close().unwrap();
+
+    // Snapshots on their own, every 50 records: the next owner starts from the newest.
+    let c = nats.node_with("C", |mut cfg| {
+        cfg.snapshot_every = 50;
+        cfg
+    });
+    let shard_c = c.open_shard(n).unwrap();
+    for i in 100..230u32 {
+        send_text(shard_c.store(), "vinson", "dramon", i, "later");
+    }
+    wait_until("a snapshot on its own", Duration::from_secs(15), || {
+        shard_c.last_snapshot() > cut + 100
+    });
+    let auto = shard_c.last_snapshot();
+    let before = observe(shard_c.store(), &USERS);
+    shard_c.close().unwrap();
+    let shard_a = a.open_shard(n).unwrap();
+    assert_eq!(shard_a.store().recovery_report().snapshot_lsn, Some(auto));
+    assert_eq!(observe(shard_a.store(), &USERS), before);
+}
