@@ -2,6 +2,7 @@
 //! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
 //! retention and the paging of `admin_getroammsg`.
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -89,8 +90,10 @@ pub(crate) struct Conversation {
     users: [UserId; 2],
     next_arrival: u64,
     /// Both directions in history order. A message is found by binary search on its
-    /// (MsgTimeStamp, MsgSeq) — both are in its MsgKey — so no index is kept beside it.
-    messages: Vec<Arc<StoredMessage>>,
+    /// (MsgTimeStamp, MsgSeq) — both are in its MsgKey — so no index is kept beside it. A
+    /// deque: expiry removes from the front on every send once retention applies, which in a
+    /// `Vec` would move the whole remaining history each time.
+    messages: VecDeque<Arc<StoredMessage>>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
     /// The journal ticket of the last operation that changed this conversation: readers show
@@ -113,7 +116,7 @@ impl Conversation {
         Conversation {
             users: [a, b],
             next_arrival: 1,
-            messages: Vec::new(),
+            messages: VecDeque::new(),
             read_mark: [0, 0],
             ticket: 0,
         }
@@ -136,8 +139,9 @@ impl Conversation {
         let mut c = Conversation::new(a, b);
         c.next_arrival = next_arrival;
         c.read_mark = read_mark;
-        c.messages = messages;
-        c.messages.sort_by_key(|m| position(m));
+        let mut messages = messages;
+        messages.sort_by_key(|m| position(m));
+        c.messages = messages.into();
         c
     }
 
@@ -150,7 +154,8 @@ impl Conversation {
         } else {
             ([b, a], [self.read_mark[1], self.read_mark[0]])
         };
-        (users, self.next_arrival, read_mark, self.messages.clone())
+        let messages = self.messages.iter().cloned().collect();
+        (users, self.next_arrival, read_mark, messages)
     }
 
     pub fn side(&self, user: &UserId) -> Side {
@@ -163,8 +168,8 @@ impl Conversation {
         let start = self
             .messages
             .partition_point(|m| (m.key.time(), m.key.seq()) < ts);
-        self.messages[start..]
-            .iter()
+        self.messages
+            .range(start..)
             .take_while(move |m| (m.key.time(), m.key.seq()) == ts)
             .filter(move |m| m.key == key)
     }
@@ -184,8 +189,8 @@ impl Conversation {
     pub fn insert(&mut self, msg: Arc<StoredMessage>) {
         let pos = position(&msg);
         // Most messages are the newest: they go at the end without a search.
-        if self.messages.last().is_none_or(|m| position(m) <= pos) {
-            self.messages.push(msg);
+        if self.messages.back().is_none_or(|m| position(m) <= pos) {
+            self.messages.push_back(msg);
         } else {
             let at = self.messages.partition_point(|m| position(m) <= pos);
             self.messages.insert(at, msg);
@@ -206,7 +211,7 @@ impl Conversation {
     /// Whether `trim(cutoff)` would remove anything.
     pub fn has_expired(&self, cutoff: u64) -> bool {
         self.messages
-            .first()
+            .front()
             .is_some_and(|m| u64::from(m.key.time()) < cutoff)
     }
 
@@ -235,8 +240,8 @@ impl Conversation {
             Bound::Excluded(u) => self.messages.partition_point(|m| position(m) < u),
             Bound::Unbounded => self.messages.len(),
         };
-        self.messages[..end]
-            .iter()
+        self.messages
+            .range(..end)
             .rev()
             .take_while(move |m| u64::from(m.key.time()) >= cutoff)
             .filter(move |m| self.visible(m, side))
