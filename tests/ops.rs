@@ -70,42 +70,84 @@ fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
+/// A server started with its recovery held (test-only `hold-open` file, feature
+/// `fault-injection`), its stdout lines on a channel; killed when dropped, so a failing test
+/// leaves no process behind.
+#[cfg(feature = "fault-injection")]
+struct Held {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    hold: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Held {
+    fn start() -> Held {
+        let dir = tempfile::tempdir().unwrap();
+        // The server waits for this file to go before it opens the store.
+        let hold = dir.path().join("hold-open");
+        std::fs::write(&hold, b"").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--sdkappid",
+                &APP.to_string(),
+                "--secret-key",
+                KEY,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("IMSTORE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Held {
+            child,
+            lines,
+            hold,
+            _dir: dir,
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("a line from the server")
+    }
+
+    /// The address of `starting on ADDR`, the first line.
+    fn starting(&self) -> String {
+        let first = self.line();
+        first
+            .strip_prefix("starting on ")
+            .unwrap_or_else(|| panic!("first line: {first}"))
+            .to_owned()
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(feature = "fault-injection")]
 #[test]
 fn healthz_answers_503_while_the_store_recovers_then_200() {
-    let dir = tempfile::tempdir().unwrap();
-    // The server waits for this file to go before it opens the store.
-    let hold = dir.path().join("hold-open");
-    std::fs::write(&hold, b"").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sdkappid",
-            &APP.to_string(),
-            "--secret-key",
-            KEY,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("IMSTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = || rx.recv_timeout(WAIT).expect("a line from the server");
-    let starting = line();
-    let base = starting
-        .strip_prefix("starting on ")
-        .unwrap_or_else(|| panic!("first line: {starting}"))
-        .to_owned();
+    let server = Held::start();
+    let base = server.starting();
 
     let (status, body) = get(&format!("{base}/healthz"));
     assert_eq!((status, body.as_str()), (503, r#"{"status":"starting"}"#));
@@ -115,9 +157,9 @@ fn healthz_answers_503_while_the_store_recovers_then_200() {
     assert_eq!(envelope["ErrorCode"], 91000, "{body}");
     assert_eq!(envelope["ActionStatus"], "FAIL");
 
-    std::fs::remove_file(&hold).unwrap();
+    std::fs::remove_file(&server.hold).unwrap();
     let listening = loop {
-        let l = line();
+        let l = server.line();
         if let Some(addr) = l.strip_prefix("listening on ") {
             break addr.to_owned();
         }
@@ -125,44 +167,27 @@ fn healthz_answers_503_while_the_store_recovers_then_200() {
     assert_eq!(listening, base, "the same address before and after");
     let (status, body) = get(&format!("{base}/healthz"));
     assert_eq!((status, body.as_str()), (200, r#"{"status":"serving"}"#));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(feature = "fault-injection")]
 #[test]
 fn sigterm_during_recovery_stops_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let hold = dir.path().join("hold-open");
-    std::fs::write(&hold, b"").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
-        .args(["--listen", "127.0.0.1:0", "--secret-key", KEY])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("IMSTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    assert!(first.starts_with("starting on "), "{first}");
+    let mut server = Held::start();
+    server.starting();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &server.child.id().to_string()])
             .status()
             .unwrap()
             .success()
     );
     // The recovery is still held (the file is there): the server stops anyway.
-    let exited = eventually(WAIT, || child.try_wait().unwrap().is_some());
-    if !exited {
-        let _ = child.kill();
-    }
-    assert!(exited, "the server did not stop while recovering");
-    assert!(child.wait().unwrap().success());
-    assert!(hold.exists());
+    assert!(
+        eventually(WAIT, || server.child.try_wait().unwrap().is_some()),
+        "the server did not stop while recovering"
+    );
+    assert!(server.child.wait().unwrap().success());
+    assert!(server.hold.exists());
 }
 
 #[test]
