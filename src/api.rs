@@ -34,15 +34,16 @@ use crate::store::{PreparedSend, Store};
 use crate::usersig;
 
 mod client;
+mod directory;
 mod fields;
 mod rest;
 mod wire;
 
+pub use directory::Directory;
 use fields::{Fields, bad, parse_query};
-use wire::ok_reply;
 pub use wire::{
     before_send_body, before_send_decision, callback_accepted, callback_body, callback_query,
-    callback_sign, error_reply, event_payload, ws_event_frame, ws_reply,
+    callback_sign, error_reply, event_payload, ok_reply, ws_event_frame, ws_reply,
 };
 
 /// How the API authenticates and limits callers.
@@ -200,6 +201,8 @@ pub struct Api {
     store: Store,
     config: ApiConfig,
     buckets: Mutex<HashMap<&'static str, Bucket>>,
+    /// Calls per second per API now (0: no limit); starts as `config.rate_limit`.
+    rate: std::sync::atomic::AtomicU32,
     /// UserSigs already verified (bounded, honouring expiry; see [`usersig::VerifyCache`]).
     verified: usersig::VerifyCache,
 }
@@ -232,6 +235,7 @@ impl Api {
         let verified = usersig::VerifyCache::new(config.sdkappid, &config.secret_key, capacity);
         Api {
             store,
+            rate: std::sync::atomic::AtomicU32::new(config.rate_limit.unwrap_or(0)),
             config,
             buckets: Mutex::new(HashMap::new()),
             verified,
@@ -318,6 +322,34 @@ impl Api {
         Ok(self.verified.verify(identifier, sig, now)?.identifier)
     }
 
+    /// The checks every REST call passes before its body is read — UserSig (700xx), the API
+    /// exists (60010), the caller is an administrator (90009), the rate limit (60007) — and
+    /// the caller and the route's index in `ROUTES`.
+    fn admit_index(&self, path: &str, query: &str) -> Result<(String, usize), Error> {
+        let params = parse_query(query);
+        let caller = self.authenticate(&params)?;
+        let route = path
+            .trim_start_matches('/')
+            .strip_prefix("v4/")
+            .unwrap_or("");
+        let index = ROUTES
+            .iter()
+            .position(|(r, _)| *r == route)
+            .ok_or_else(|| Error::UnknownApi(path.to_owned()))?;
+        if !self.store.is_admin(&caller) {
+            return Err(Error::NotAdmin(caller));
+        }
+        self.take_token(ROUTES[index].0)?;
+        Ok((caller, index))
+    }
+
+    /// Runs the checks a REST call passes before its body is read (UserSig, the API exists,
+    /// administrator, rate limit) without running it: the route (`openim/sendmsg`, ...). A
+    /// cluster node admits a call before forwarding it to the shard that runs it.
+    pub fn admit(&self, path: &str, query: &str) -> Result<&'static str, Error> {
+        self.admit_index(path, query).map(|(_, i)| ROUTES[i].0)
+    }
+
     fn dispatch(
         &self,
         path: &str,
@@ -325,20 +357,8 @@ impl Api {
         body: &[u8],
         ctx: &CallContext,
     ) -> Result<Outcome, Error> {
-        let params = parse_query(query);
-        let caller = self.authenticate(&params)?;
-        let route = path
-            .trim_start_matches('/')
-            .strip_prefix("v4/")
-            .unwrap_or("");
-        let (name, handler) = ROUTES
-            .iter()
-            .find(|(r, _)| *r == route)
-            .ok_or_else(|| Error::UnknownApi(path.to_owned()))?;
-        if !self.store.is_admin(&caller) {
-            return Err(Error::NotAdmin(caller));
-        }
-        self.take_token(name)?;
+        let (caller, index) = self.admit_index(path, query)?;
+        let handler = &ROUTES[index].1;
         let body: Value = serde_json::from_slice(body).map_err(|e| {
             Error::InvalidRequest(format!(
                 "Fail to Parse json data of body, Please check it ({e})"
@@ -355,10 +375,18 @@ impl Api {
         }
     }
 
+    /// Changes the per-API rate limit (`None`: none). A cluster node sets its share of the
+    /// app's limit as nodes come and go.
+    pub fn set_rate_limit(&self, rate: Option<u32>) {
+        self.rate
+            .store(rate.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn take_token(&self, api: &'static str) -> Result<(), Error> {
-        let Some(rate) = self.config.rate_limit else {
+        let rate = self.rate.load(std::sync::atomic::Ordering::Relaxed);
+        if rate == 0 {
             return Ok(());
-        };
+        }
         let mut buckets = self.buckets.lock();
         let now = Instant::now();
         let b = buckets.entry(api).or_insert(Bucket {

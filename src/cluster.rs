@@ -244,6 +244,8 @@ struct ClusterInner {
     leases: kv::Store,
     accounts: kv::Store,
     snapshots: object_store::ObjectStore,
+    /// `imstore_meta`: the shard count, and each node's heartbeat (`node.<id>`).
+    meta: kv::Store,
 }
 
 impl Drop for ClusterInner {
@@ -311,7 +313,7 @@ impl Cluster {
             .map_err(|e| ClusterError::Nats(format!("starting the NATS runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let cfg = config.clone();
-        let (js, leases, accounts, snapshots) = block_on(&handle, async move {
+        let (js, (leases, accounts, snapshots, meta)) = block_on(&handle, async move {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("imstore-{}", cfg.node_id))
                 .connection_timeout(Duration::from_secs(5))
@@ -325,9 +327,8 @@ impl Cluster {
                 .build(client);
             // A cluster still electing leaders (a node just restarted, say) answers with
             // timeouts for a few seconds: try again for as long as an append would.
-            let (leases, accounts, snapshots) =
-                with_retry(cfg.publish_retry, || setup(&js, &cfg)).await?;
-            Ok::<_, ClusterError>((js, leases, accounts, snapshots))
+            let buckets = with_retry(cfg.publish_retry, || setup(&js, &cfg)).await?;
+            Ok::<_, ClusterError>((js, buckets))
         })?;
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
@@ -338,6 +339,7 @@ impl Cluster {
                 leases,
                 accounts,
                 snapshots,
+                meta,
             }),
         })
     }
@@ -363,6 +365,53 @@ impl Cluster {
         shard_of(a, b, self.inner.config.shards)
     }
 
+    /// The NATS connection, for a server's requests between nodes. Usable from any runtime.
+    pub fn client(&self) -> async_nats::Client {
+        self.inner.js.client()
+    }
+
+    // ----- nodes -----
+
+    /// Says this node is alive for `ttl` more (the key `node.<id>` of `imstore_meta` holds the
+    /// deadline), and returns every node alive now, sorted — this one included.
+    pub fn heartbeat(&self, ttl: Duration) -> Result<Vec<String>, ClusterError> {
+        let (kv, me) = (self.inner.meta.clone(), self.node_id().to_owned());
+        self.block(async move {
+            let now = lease::now_ms();
+            let deadline = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            kv.put(format!("node.{me}"), deadline.to_string().into())
+                .await
+                .map_err(nats)?;
+            let mut keys = kv.keys().await.map_err(nats)?;
+            let mut alive = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(nats)?;
+                let Some(node) = key.strip_prefix("node.") else {
+                    continue;
+                };
+                let deadline = kv
+                    .get(&key)
+                    .await
+                    .map_err(nats)?
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+                if deadline.is_some_and(|d| d > now) {
+                    alive.push(node.to_owned());
+                }
+            }
+            alive.sort();
+            Ok(alive)
+        })
+    }
+
+    /// Says this node has left (a graceful stop): the others stop counting it at once.
+    pub fn leave(&self) -> Result<(), ClusterError> {
+        let (kv, me) = (self.inner.meta.clone(), self.node_id().to_owned());
+        self.block(async move {
+            kv.delete(format!("node.{me}")).await.map_err(nats)?;
+            Ok(())
+        })
+    }
+
     // ----- accounts -----
 
     /// Imports an account into the cluster's accounts bucket (idempotent).
@@ -378,7 +427,7 @@ impl Cluster {
     }
 
     /// Deletes `user` from the accounts bucket (70107 when absent). Shards that imported it
-    /// keep their records of it for now (a later stage deletes them there too).
+    /// keep their records of it: `imstore-server` deletes it in every shard first.
     pub fn delete_account(&self, user: &str) -> crate::Result<()> {
         let (kv, user) = (self.inner.accounts.clone(), user.to_owned());
         self.block(async move { accounts::delete(&kv, &user).await })
@@ -743,7 +792,7 @@ fn marker(node: &str, epoch: u64) -> Bytes {
 async fn setup(
     js: &jetstream::Context,
     cfg: &ClusterConfig,
-) -> Result<(kv::Store, kv::Store, object_store::ObjectStore), ClusterError> {
+) -> Result<(kv::Store, kv::Store, object_store::ObjectStore, kv::Store), ClusterError> {
     let leases = bucket(js, lease::BUCKET, cfg.replicas).await?;
     let accounts = bucket(js, accounts::BUCKET, cfg.replicas).await?;
     let meta = bucket(js, META_BUCKET, cfg.replicas).await?;
@@ -773,7 +822,7 @@ async fn setup(
         }
         Err(e) => return Err(nats(e)),
     }
-    Ok((leases, accounts, snapshots))
+    Ok((leases, accounts, snapshots, meta))
 }
 
 /// Runs `f` until it succeeds, fails for another reason than NATS, or `within` has passed.

@@ -82,6 +82,9 @@ pub enum Error {
         code: u32,
         why: String,
     },
+    /// An error another node of a cluster answered: its code and ErrorInfo, passed on as
+    /// they are.
+    Remote { code: u32, info: String },
 }
 
 impl Error {
@@ -113,6 +116,7 @@ impl Error {
             Error::UnknownApi(_) => 60010,
             Error::RateLimited { .. } => 60007,
             Error::InvalidField { code, .. } => *code,
+            Error::Remote { code, .. } => *code,
         }
     }
 }
@@ -120,6 +124,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Remote { info, .. } => f.write_str(info),
             Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             Error::InvalidUserId { user, reason } => write!(f, "invalid UserID {user:?}: {reason}"),
             Error::TooManyAccounts { count } => {

@@ -37,6 +37,8 @@ use crate::api::{Api, ApiConfig};
 use crate::journal::SyncPolicy;
 use crate::{Config, Store, usersig};
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod conn;
 mod console;
 mod devices;
@@ -79,6 +81,22 @@ pub struct ServerConfig {
     /// At shutdown, how long `/healthz` answers 503 while calls are still served (at most
     /// 2 s).
     pub drain: Duration,
+    /// Run as a node of a cluster on NATS JetStream instead of on `data_dir` (needs the cargo
+    /// feature `cluster`).
+    pub cluster: Option<ClusterServerConfig>,
+}
+
+/// How a server joins a cluster (`--cluster`, `--node-id`, `--shards`; SPEC §9).
+#[derive(Clone, Debug)]
+pub struct ClusterServerConfig {
+    /// NATS servers, `nats://H:P[,nats://H:P...]`.
+    pub urls: String,
+    /// This node's name (letters, digits, `-`, `_`), unique in the cluster.
+    pub node_id: String,
+    /// Shards, fixed when the cluster is created (default 64).
+    pub shards: u32,
+    /// Replicas of each shard's stream and of the buckets (default 3).
+    pub replicas: usize,
 }
 
 impl ServerConfig {
@@ -99,6 +117,7 @@ impl ServerConfig {
             webhooks: None,
             client_recall_window_secs: 120,
             drain: Duration::from_millis(500),
+            cluster: None,
         }
     }
 }
@@ -114,6 +133,9 @@ struct App {
     webhooks: Option<Arc<webhook::Webhooks>>,
     metrics: Arc<metrics::Metrics>,
     register: Arc<conn::Register>,
+    /// This server is a node of a cluster: calls and devices go through it.
+    #[cfg(feature = "cluster")]
+    node: Option<Arc<cluster::Node>>,
 }
 
 impl App {
@@ -135,18 +157,27 @@ impl App {
     /// Finishes a call that stopped for its before-send decision: asks the webhook (holding no
     /// store lock), then stores or refuses the send, and answers once it is durable.
     async fn finish(&self, step: crate::api::Step) -> crate::api::Reply {
-        use crate::api::{Step, error_reply};
-        let store = self.api.store();
-        match step {
-            Step::Done(reply) => reply,
-            Step::BeforeSend(pending) => {
-                let webhooks = self.webhooks.as_ref().expect("only with webhooks");
-                let decision = webhooks.before_send(&pending).await;
-                let (reply, ticket) = store.deferring(|| self.api.resume(pending, decision));
-                match store.commit_async(ticket).await {
-                    Ok(()) => reply,
-                    Err(e) => error_reply(&e),
-                }
+        finish_step(&self.api, self.webhooks.as_deref(), step).await
+    }
+}
+
+/// [`App::finish`] for any API (a cluster node's shards each have their own).
+async fn finish_step(
+    api: &Api,
+    webhooks: Option<&webhook::Webhooks>,
+    step: crate::api::Step,
+) -> crate::api::Reply {
+    use crate::api::{Step, error_reply};
+    let store = api.store();
+    match step {
+        Step::Done(reply) => reply,
+        Step::BeforeSend(pending) => {
+            let webhooks = webhooks.expect("only with webhooks");
+            let decision = webhooks.before_send(&pending).await;
+            let (reply, ticket) = store.deferring(|| api.resume(pending, decision));
+            match store.commit_async(ticket).await {
+                Ok(()) => reply,
+                Err(e) => error_reply(&e),
             }
         }
     }
@@ -266,6 +297,12 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if config.cluster.is_some() {
+        #[cfg(feature = "cluster")]
+        return cluster::run_until(config, shutdown, ready).await;
+        #[cfg(not(feature = "cluster"))]
+        return Err("--cluster needs an imstore-server built with the cargo feature `cluster`".into());
+    }
     let metrics = metrics::Metrics::new();
     let store_config = Config::default()
         .with_admins(config.admins.clone())
@@ -384,6 +421,8 @@ pub async fn run_until(
         webhooks,
         metrics: metrics.clone(),
         register: register.clone(),
+        #[cfg(feature = "cluster")]
+        node: None,
     };
     let accept = tokio::spawn(conn::accept_loop(
         listener,

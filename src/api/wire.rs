@@ -22,7 +22,9 @@ pub fn error_reply(e: &Error) -> Reply {
     }
 }
 
-pub(super) fn ok_reply(mut fields: Map<String, Value>) -> Reply {
+/// A successful answer with `fields` (an `ActionStatus`, `ErrorCode` or `ErrorInfo` among them
+/// replaces the envelope's).
+pub fn ok_reply(mut fields: Map<String, Value>) -> Reply {
     let status = fields.remove("ActionStatus").unwrap_or_else(|| "OK".into());
     let code = fields.remove("ErrorCode").unwrap_or_else(|| 0.into());
     let info = fields.remove("ErrorInfo").unwrap_or_else(|| "".into());

@@ -81,6 +81,19 @@ struct Args {
     /// Disk space the journal reserves ahead of its writes, in bytes.
     #[arg(long, default_value_t = 4 << 20, hide = true)]
     journal_prealloc: u64,
+    /// Run as a node of a cluster on NATS JetStream (needs the `cluster` feature): the NATS
+    /// servers, comma-separated. Every node needs the same --secret-key; --data-dir is unused.
+    #[arg(long, value_name = "nats://H:P[,nats://H:P...]")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (letters, digits, '-', '_'; unique).
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node_id: Option<String>,
+    /// Shards of the cluster, fixed when it is created.
+    #[arg(long, default_value_t = 64, requires = "cluster")]
+    shards: u32,
+    /// Replicas of each shard's stream and of the buckets (at most the number of NATS nodes).
+    #[arg(long, default_value_t = 3, requires = "cluster")]
+    replicas: usize,
     /// Print a UserSig for IDENTIFIER (valid 180 days, made with the app's secret key) and exit,
     /// without starting the server.
     #[arg(long, value_name = "IDENTIFIER")]
@@ -122,6 +135,12 @@ fn main() -> std::process::ExitCode {
         }),
         client_recall_window_secs: args.client_recall_window_secs,
         drain: std::time::Duration::from_millis(args.drain_ms.min(2000)),
+        cluster: args.cluster.map(|urls| imstore::server::ClusterServerConfig {
+            urls,
+            node_id: args.node_id.unwrap_or_else(|| format!("node-{}", std::process::id())),
+            shards: args.shards,
+            replicas: args.replicas,
+        }),
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {

@@ -32,15 +32,15 @@ use crate::error::Error;
 
 /// A WebSocket client silent for this many ping intervals (`ServerConfig::ws_ping`, 30 s by
 /// default) is dropped.
-const SILENT_PINGS: u32 = 3;
+pub(super) const SILENT_PINGS: u32 = 3;
 /// A client frame budget: more than this many frames a second are slowed, not dropped.
-const FRAMES_PER_SEC: f64 = 100.0;
+pub(super) const FRAMES_PER_SEC: f64 = 100.0;
 /// How long one frame may take to reach a client before the connection is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest frame a client may send.
-const MAX_CLIENT_FRAME: usize = 64 << 10;
+pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
 
-fn envelope(status: StatusCode, e: &Error) -> Response {
+pub(super) fn envelope(status: StatusCode, e: &Error) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -49,7 +49,7 @@ fn envelope(status: StatusCode, e: &Error) -> Response {
         .into_response()
 }
 
-fn auth_status(e: &Error) -> StatusCode {
+pub(super) fn auth_status(e: &Error) -> StatusCode {
     if (70001..=70020).contains(&e.code()) {
         StatusCode::UNAUTHORIZED
     } else {
@@ -57,7 +57,7 @@ fn auth_status(e: &Error) -> StatusCode {
     }
 }
 
-fn at_capacity() -> Response {
+pub(super) fn at_capacity() -> Response {
     envelope(
         StatusCode::SERVICE_UNAVAILABLE,
         &Error::Internal("the server holds as many device connections as it can; retry".into()),
@@ -84,6 +84,11 @@ pub async fn ws(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    #[cfg(feature = "cluster")]
+    if let Some(node) = app.node.clone() {
+        let query = query.unwrap_or_default();
+        return super::cluster::channels::ws(app, node, peer, conn, query, upgrade).await;
+    }
     let req = match app.api.authorize_device(query.as_deref().unwrap_or("")) {
         Ok(r) => r,
         Err(e) => return envelope(auth_status(&e), &e),
@@ -136,7 +141,7 @@ struct Session {
 }
 
 /// Sends one text frame, giving up after `WRITE_TIMEOUT`.
-async fn send(
+pub(super) async fn send(
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     text: String,
 ) -> Result<(), ()> {
@@ -258,6 +263,11 @@ pub async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    #[cfg(feature = "cluster")]
+    if let Some(node) = app.node.clone() {
+        let query = query.unwrap_or_default();
+        return super::cluster::channels::events(app, node, conn, query, headers).await;
+    }
     let mut req = match app.api.authorize_device(query.as_deref().unwrap_or("")) {
         Ok(r) => r,
         Err(e) => return json_response(error_reply(&e)),
@@ -308,6 +318,10 @@ pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) 
         Err(response) => return response,
     };
     let query = query.unwrap_or_default();
+    #[cfg(feature = "cluster")]
+    if let Some(node) = app.node.clone() {
+        return super::cluster::channels::ack(node, query, &bytes).await;
+    }
     let api = app.api.clone();
     let store = api.store().clone();
     let (reply, ticket) = store.deferring(|| api.device_ack(&query, &bytes));

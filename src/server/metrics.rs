@@ -74,6 +74,7 @@ pub struct Metrics {
     outbox_depth: IntGauge,
     outbox_dropped: IntCounter,
     deliveries: IntCounterVec,
+    shards_owned: IntGauge,
     stopping: AtomicBool,
     /// Held while a scrape brings the counters read from elsewhere up to date, so that two
     /// concurrent scrapes do not both add the same difference.
@@ -199,15 +200,15 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            shards_owned: int_gauge(
+                "imstore_shards_owned",
+                "Shards this node owns (a single node owns its whole store: 1)",
+            ),
             stopping: AtomicBool::new(false),
             scrape: parking_lot::Mutex::new(()),
             registry: registry.clone(),
         };
-        int_gauge(
-            "imstore_shards_owned",
-            "Shards this node owns (a single node owns its whole store: 1)",
-        )
-        .set(1);
+        metrics.shards_owned.set(1);
         #[cfg(target_os = "linux")]
         metrics
             .registry
@@ -268,6 +269,12 @@ impl Metrics {
     }
 
     /// From now on `/healthz` answers 503: the server is shutting down.
+    /// A cluster node's count of the shards it owns now.
+    #[cfg(feature = "cluster")]
+    pub fn set_shards_owned(&self, n: usize) {
+        self.shards_owned.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }

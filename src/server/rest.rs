@@ -107,6 +107,10 @@ impl App {
     /// Answers a REST call once everything it did or read is durable; a send first waits for
     /// its before-send decision when webhooks are on.
     async fn answer(&self, path: String, query: String, body: Bytes, ip: IpAddr) -> Reply {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = &self.node {
+            return super::cluster::front::rest(node, path, query, body, ip.to_string()).await;
+        }
         let api = self.api.clone();
         if path == "/v4/imstore/compact" {
             return tokio::task::spawn_blocking(move || api.handle(&path, &query, &body))

@@ -1,0 +1,830 @@
+//! `imstore-server --cluster` (cargo feature `cluster`; SPEC §9): a node of a cluster on NATS
+//! JetStream. Every node answers every REST call and device connection; the work runs on the
+//! node that owns the conversation's shard.
+//!
+//! | module | owns |
+//! |---|---|
+//! | here | the node: which shards it owns (the balancer), and serving calls for them |
+//! | `rpc` | requests between nodes (`imstore.rpc.<shard>`), their retries |
+//! | `front` | a REST call on any node: which shard(s) it concerns, forwarding, merging answers |
+//! | `feed` | a device on any node: one merged, resumable stream over every shard |
+//!
+//! **Ownership.** Each node says it is alive every second (`node.<id>` in `imstore_meta`,
+//! valid 3 s) and aims to own its share of the shards, `ceil(shards / live nodes)`: each
+//! second it opens free shards (lease absent or expired) while below its share, and closes
+//! (releases) shards above it, so that a node that joins gets work and one that dies has its
+//! shards taken within the lease (3 s) plus a round (1 s) plus the replay — well inside 10 s.
+//! A shard this node lost (its journal was fenced, or its lease lapsed) is closed at once.
+//!
+//! **Serving.** The owner of shard `n` subscribes to `imstore.rpc.<n>` and answers calls as a
+//! single node would — the same `Api`, a call answered once what it did or read is durable —
+//! with one extra check first: its lease must still be valid ([`Shard::lease_valid`]). A
+//! stalled owner whose lease may have been taken answers "ask again" instead of reading a
+//! state that may be stale; a write it makes anyway is refused by the stream (fencing).
+//!
+//! **Webhooks** run where the shard is owned: the owner asks the before-send callback and
+//! delivers its shard's after-callbacks from the shard's outbox. **Rate limits**: each node
+//! admits `ceil(limit / live nodes)` calls per second per API, so the cluster as a whole
+//! admits about the configured limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::Subscriber;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+use super::webhook::{self, Webhooks};
+use crate::api::{Api, ApiConfig, CallContext, DeviceRequest, Reply, error_reply};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, Shard};
+use crate::device::{Event, Subscription};
+use crate::error::Error;
+use crate::{Origin, Store};
+
+pub(super) mod channels;
+pub(super) mod feed;
+pub(super) mod front;
+pub(super) mod rpc;
+
+use rpc::{Answer, Call, WireEvent};
+
+pub use super::ClusterServerConfig;
+
+/// How long a node counts as alive after its last heartbeat.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// How often a node says it is alive and rebalances.
+const ROUND: Duration = Duration::from_secs(1);
+/// A device session no node has pulled for this long is dropped by the owner.
+const SESSION_IDLE: Duration = Duration::from_secs(60);
+
+/// A node: its connection to the cluster and the shards it owns now.
+pub(super) struct Node {
+    cluster: Cluster,
+    client: async_nats::Client,
+    /// Authenticates and admits calls on this node (its store holds nothing but the admins).
+    pub(super) front: Arc<Api>,
+    owned: Mutex<HashMap<u32, Arc<Owned>>>,
+    api_config: ApiConfig,
+    rate_limit: Option<u32>,
+    webhooks: Option<Arc<Webhooks>>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    sessions: AtomicU64,
+    /// The first administrator: the sender of a send without From_Account.
+    pub(super) first_admin: String,
+}
+
+impl Node {
+    /// Connects to the cluster (blocking: call it from a blocking thread).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn connect(
+        config: &ClusterServerConfig,
+        store: crate::Config,
+        api_config: ApiConfig,
+        webhooks: Option<Arc<Webhooks>>,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Node>, ClusterError> {
+        let mut cfg = ClusterConfig::new(config.urls.clone(), config.node_id.clone());
+        cfg.shards = config.shards;
+        cfg.replicas = config.replicas;
+        let first_admin = store
+            .admins
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "administrator".into());
+        let front_store = Store::in_memory(
+            crate::Config::default()
+                .with_admins(store.admins.clone())
+                .with_clock(store.clock.clone()),
+        )
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        cfg.store = store;
+        let cluster = Cluster::connect(cfg)?;
+        let rate_limit = api_config.rate_limit;
+        let front = Arc::new(Api::new(front_store, api_config.clone()));
+        Ok(Arc::new(Node {
+            client: cluster.client(),
+            cluster,
+            front,
+            owned: Mutex::new(HashMap::new()),
+            api_config: ApiConfig {
+                rate_limit: None,
+                ..api_config
+            },
+            rate_limit,
+            webhooks,
+            metrics,
+            runtime,
+            // Session ids differ across this node's restarts: a restarted node's sessions do
+            // not pass for its earlier ones.
+            sessions: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+            ),
+            first_admin,
+        }))
+    }
+
+    pub(super) fn shards(&self) -> u32 {
+        self.cluster.config().shards
+    }
+
+    pub(super) fn shard_of(&self, a: &str, b: &str) -> u32 {
+        self.cluster.shard_of(a, b)
+    }
+
+    pub(super) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub(super) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// A new id for a device session on this node.
+    pub(super) fn next_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Shards owned now, sorted.
+    pub(super) fn owned_shards(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.owned.lock().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Keeps this node's share of the shards until `stop`, then releases them all.
+    pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // The first heartbeat, then one round's pause: nodes started together see each other
+        // before taking shards, instead of one taking all and giving most back.
+        let first = {
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || node.cluster.heartbeat(HEARTBEAT_TTL)).await
+        };
+        if let Ok(Err(e)) = first {
+            tracing::warn!(error = %e, "first heartbeat failed");
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(ROUND + ROUND / 2) => {}
+        }
+        while !*stop.borrow() {
+            let node = self.clone();
+            let started = Instant::now();
+            if let Err(e) = tokio::task::spawn_blocking(move || node.balance()).await {
+                tracing::warn!(error = %e, "balancing failed");
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                () = tokio::time::sleep(ROUND.saturating_sub(started.elapsed())) => {}
+            }
+        }
+        let node = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for n in node.owned_shards() {
+                node.release(n);
+            }
+            if let Err(e) = node.cluster.leave() {
+                tracing::warn!(error = %e, "could not say this node left");
+            }
+        })
+        .await;
+    }
+
+    /// One round: heartbeat, drop lost shards, then open or release towards this node's share.
+    fn balance(self: &Arc<Self>) {
+        let alive = match self.cluster.heartbeat(HEARTBEAT_TTL) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                // Lost shards are still dropped below; nothing new is taken.
+                Vec::new()
+            }
+        };
+        let live = u32::try_from(alive.len()).unwrap_or(u32::MAX).max(1);
+        self.front
+            .set_rate_limit(self.rate_limit.map(|r| r.div_ceil(live).max(1)));
+        let lost: Vec<u32> = self
+            .owned
+            .lock()
+            .iter()
+            .filter(|(_, o)| !o.is_owner())
+            .map(|(n, _)| *n)
+            .collect();
+        for n in lost {
+            tracing::warn!(shard = n, "lost the shard; closing it");
+            self.release(n);
+        }
+        if alive.is_empty() {
+            self.metrics.set_shards_owned(self.owned.lock().len());
+            return;
+        }
+        let shards = self.shards();
+        let share = shards.div_ceil(live) as usize;
+        let owned = self.owned.lock().len();
+        if owned > share {
+            let mut mine = self.owned_shards();
+            mine.reverse();
+            for n in mine.into_iter().take(owned - share) {
+                tracing::info!(shard = n, share, "releasing a shard to a node that has fewer");
+                self.release(n);
+            }
+        } else if owned < share {
+            // Start at a place of this node's own, so that nodes do not all race for shard 0.
+            let me = alive
+                .iter()
+                .position(|a| a == self.cluster.node_id())
+                .unwrap_or(0) as u32;
+            let start = me * shards / live;
+            for i in 0..shards {
+                if self.owned.lock().len() >= share {
+                    break;
+                }
+                let n = (start + i) % shards;
+                if self.owned.lock().contains_key(&n) {
+                    continue;
+                }
+                match self.cluster.lease_holder(n) {
+                    Ok(Some((_, _, left))) if !left.is_zero() => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(shard = n, error = %e, "lease unreadable");
+                        continue;
+                    }
+                }
+                let started = Instant::now();
+                match self.open(n) {
+                    Ok(()) => tracing::info!(
+                        shard = n,
+                        millis = started.elapsed().as_millis() as u64,
+                        "took the shard"
+                    ),
+                    Err(ClusterError::LeaseHeld { .. }) => {}
+                    Err(e) => tracing::warn!(shard = n, error = %e, "could not open the shard"),
+                }
+            }
+        }
+        self.metrics.set_shards_owned(self.owned.lock().len());
+    }
+
+    /// Opens shard `n` and starts serving it (blocking).
+    fn open(self: &Arc<Self>, n: u32) -> Result<(), ClusterError> {
+        let shard = self.cluster.open_shard(n)?;
+        let store = shard.store().clone();
+        let api = Arc::new(Api::new(store.clone(), self.api_config.clone()));
+        let subscriber = self
+            .runtime
+            .block_on(self.client.subscribe(rpc::subject(n)))
+            .map_err(|e| ClusterError::Nats(format!("subscribing to shard {n}'s calls: {e}")))?;
+        let (stop, stopped) = watch::channel(false);
+        let owned = Arc::new(Owned {
+            n,
+            shard: Mutex::new(Some(shard)),
+            store: store.clone(),
+            api,
+            remotes: Mutex::new(HashMap::new()),
+            stop,
+        });
+        self.owned.lock().insert(n, owned.clone());
+        self.runtime
+            .spawn(serve(self.clone(), owned.clone(), subscriber, stopped.clone()));
+        self.runtime.spawn(forget_idle(owned.clone(), stopped.clone()));
+        if let Some(w) = &self.webhooks {
+            let (w, metrics) = (w.clone(), self.metrics.clone());
+            self.runtime
+                .spawn(async move { w.dispatch(store, stopped, metrics).await });
+        }
+        Ok(())
+    }
+
+    /// Stops serving shard `n` and closes it, releasing its lease (blocking).
+    fn release(&self, n: u32) {
+        let Some(owned) = self.owned.lock().remove(&n) else {
+            return;
+        };
+        let _ = owned.stop.send(true);
+        owned.remotes.lock().clear();
+        let shard = owned.shard.lock().take();
+        if let Some(shard) = shard
+            && let Err(e) = shard.close()
+        {
+            tracing::warn!(shard = n, error = %e, "closing the shard");
+        }
+    }
+}
+
+/// A shard this node owns.
+struct Owned {
+    n: u32,
+    /// Taken when the shard is closed.
+    shard: Mutex<Option<Shard>>,
+    store: Store,
+    api: Arc<Api>,
+    /// Devices connected through some node, by (account, device).
+    remotes: Mutex<HashMap<(String, String), Arc<Remote>>>,
+    /// Turns true when the shard is released: its tasks stop.
+    stop: watch::Sender<bool>,
+}
+
+/// A device's subscription in this shard, held for the node its connection is on.
+struct Remote {
+    session: u64,
+    sub: Subscription,
+    /// Events handed to the node that it has not yet confirmed receiving (by pulling after
+    /// them): sent again if its answer was lost. At most one batch.
+    unconfirmed: tokio::sync::Mutex<VecDeque<Event>>,
+    last_pull: Mutex<Instant>,
+}
+
+impl Owned {
+    fn is_owner(&self) -> bool {
+        self.shard.lock().as_ref().is_some_and(Shard::is_owner)
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.shard.lock().as_ref().is_some_and(Shard::lease_valid)
+    }
+
+    /// Imports `users` from the accounts bucket if this shard does not have them yet.
+    async fn ensure_accounts(self: &Arc<Self>, users: &[String]) -> Result<(), Error> {
+        let missing: Vec<String> = users
+            .iter()
+            .filter(|u| !u.is_empty() && !self.store.account_exists(u).unwrap_or(true))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let owned = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+            match owned.shard.lock().as_ref() {
+                Some(shard) => shard.ensure_accounts(&names),
+                None => Err(Error::Internal("the shard was closed".into())),
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("importing accounts: {e}")))?
+    }
+}
+
+/// Answers shard `n`'s calls until the shard is released.
+async fn serve(
+    node: Arc<Node>,
+    owned: Arc<Owned>,
+    mut calls: Subscriber,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => break,
+            m = calls.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let (node, owned, stop) = (node.clone(), owned.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (answer, bytes) = match rpc::decode::<Call>(&msg.payload) {
+                Ok((call, bytes)) => handle(&node, &owned, call, bytes, stop).await,
+                Err(e) => (
+                    Answer {
+                        code: 90001,
+                        info: format!("a malformed call: {e}"),
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                ),
+            };
+            let _ = node
+                .client
+                .publish(reply_to, rpc::encode(&answer, &bytes))
+                .await;
+        });
+    }
+    let _ = calls.unsubscribe().await;
+    tracing::debug!(shard = owned.n, "stopped serving the shard");
+}
+
+fn retry(why: &str) -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            retry: true,
+            info: why.to_owned(),
+            ..Answer::default()
+        },
+        Vec::new(),
+    )
+}
+
+fn replied(reply: Reply) -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            code: reply.code,
+            ..Answer::default()
+        },
+        reply.json.into_bytes(),
+    )
+}
+
+fn failed(e: &Error) -> (Answer, Vec<u8>) {
+    replied(error_reply(e))
+}
+
+/// Tencent's OptPlatform name as the static string a [`DeviceRequest`] holds.
+fn platform_name(p: &str) -> &'static str {
+    ["Web", "Android", "iOS", "Windows", "Mac", "iPad"]
+        .into_iter()
+        .find(|q| *q == p)
+        .unwrap_or("Unknown")
+}
+
+fn wire(e: &Event) -> WireEvent {
+    let (kind, data) = crate::api::event_payload(e);
+    WireEvent {
+        seq: e.seq,
+        kind: kind.to_owned(),
+        data,
+    }
+}
+
+/// Runs one call as the shard's owner.
+async fn handle(
+    node: &Node,
+    owned: &Arc<Owned>,
+    call: Call,
+    bytes: &[u8],
+    mut stop: watch::Receiver<bool>,
+) -> (Answer, Vec<u8>) {
+    if !owned.lease_valid() {
+        return retry("this node's lease on the shard is not current");
+    }
+    let store = &owned.store;
+    let webhooks = node.webhooks.as_deref();
+    let ctx = CallContext {
+        before_send_elsewhere: webhooks.is_some(),
+    };
+    let with_origin = |origin: Origin, f: &mut dyn FnMut() -> crate::api::Step| {
+        store.with_origin(webhooks.is_some().then_some(origin), f)
+    };
+    match call {
+        Call::Rest {
+            path,
+            query,
+            ip,
+            accounts,
+        } => {
+            if path == "/v4/imstore/compact" {
+                let snapshotting = owned.clone();
+                let cut = tokio::task::spawn_blocking(move || {
+                    snapshotting.shard.lock().as_ref().map(Shard::snapshot)
+                })
+                .await;
+                return match cut {
+                    Ok(Some(Ok(cut))) => {
+                        let mut fields = serde_json::Map::new();
+                        fields.insert("Shard".into(), owned.n.into());
+                        fields.insert("SnapshotSeq".into(), cut.into());
+                        replied(crate::api::ok_reply(fields))
+                    }
+                    Ok(Some(Err(e))) => failed(&Error::Internal(e.to_string())),
+                    _ => retry("the shard was closed"),
+                };
+            }
+            if let Err(e) = owned.ensure_accounts(&accounts).await {
+                return failed(&e);
+            }
+            let (step, ticket) = store.deferring(|| {
+                with_origin(Origin::rest(ip), &mut || {
+                    owned.api.step(&path, &query, bytes, &ctx)
+                })
+            });
+            if let Err(e) = store.commit_async(ticket).await {
+                return failed(&e);
+            }
+            replied(super::finish_step(&owned.api, webhooks, step).await)
+        }
+        Call::Client {
+            account,
+            device,
+            platform,
+            ip,
+            peer,
+        } => {
+            if let Err(e) = owned.ensure_accounts(&[account.clone(), peer]).await {
+                return failed(&e);
+            }
+            let frame = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => return failed(&Error::InvalidRequest("the frame is not a JSON object".into())),
+            };
+            let req = DeviceRequest {
+                account,
+                device,
+                platform: platform_name(&platform),
+                after: None,
+            };
+            let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let origin = webhook::device_origin(req.platform, ip);
+            let (step, ticket) = store.deferring(|| {
+                with_origin(origin, &mut || owned.api.client_step(&req, &frame, &ctx))
+            });
+            if let Err(e) = store.commit_async(ticket).await {
+                return failed(&e);
+            }
+            replied(super::finish_step(&owned.api, webhooks, step).await)
+        }
+        Call::Connect {
+            account,
+            device,
+            session,
+            after,
+        } => {
+            if let Err(e) = owned.ensure_accounts(std::slice::from_ref(&account)).await {
+                return failed(&e);
+            }
+            let (sub, ticket) = store.deferring(|| match after {
+                Some(after) => store.connect_after(&account, &device, after),
+                None => store.connect(&account, &device),
+            });
+            let sub = match store.commit_async(ticket).await.and(sub) {
+                Ok(sub) => sub,
+                Err(e) => return failed(&e),
+            };
+            let remote = Arc::new(Remote {
+                session,
+                sub,
+                unconfirmed: tokio::sync::Mutex::new(VecDeque::new()),
+                last_pull: Mutex::new(Instant::now()),
+            });
+            // A session of the same device that was here before ends (its next pull says so).
+            let old = owned.remotes.lock().insert((account, device), remote);
+            drop(old);
+            (Answer::default(), Vec::new())
+        }
+        Call::Pull {
+            account,
+            device,
+            session,
+            after,
+            wait_ms,
+        } => {
+            let key = (account, device);
+            let remote = owned.remotes.lock().get(&key).cloned();
+            let Some(remote) = remote else {
+                return (
+                    Answer {
+                        no_session: true,
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                );
+            };
+            if remote.session != session {
+                return (
+                    Answer {
+                        superseded: true,
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                );
+            }
+            *remote.last_pull.lock() = Instant::now();
+            let mut unconfirmed = remote.unconfirmed.lock().await;
+            while unconfirmed.front().is_some_and(|e| e.seq <= after) {
+                unconfirmed.pop_front();
+            }
+            if unconfirmed.is_empty() {
+                let wait = Duration::from_millis(wait_ms.min(30_000));
+                tokio::select! {
+                    _ = stop.changed() => return retry("the shard was released"),
+                    batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
+                        Ok(Ok(events)) => unconfirmed.extend(events),
+                        Ok(Err(_)) => {
+                            // Ended here (the device connected again elsewhere in this store,
+                            // or forgotten): the node connects again.
+                            let mut remotes = owned.remotes.lock();
+                            if remotes.get(&key).is_some_and(|r| r.session == session) {
+                                remotes.remove(&key);
+                            }
+                            return (Answer { no_session: true, ..Answer::default() }, Vec::new());
+                        }
+                        Err(_) => {}
+                    },
+                }
+            }
+            *remote.last_pull.lock() = Instant::now();
+            (
+                Answer {
+                    events: unconfirmed.iter().map(wire).collect(),
+                    ..Answer::default()
+                },
+                Vec::new(),
+            )
+        }
+        Call::Ack {
+            account,
+            device,
+            seq,
+        } => {
+            let (acked, ticket) = store.deferring(|| store.ack(&account, &device, seq));
+            match store.commit_async(ticket).await.and(acked) {
+                Ok(()) => (Answer::default(), Vec::new()),
+                Err(e) => failed(&e),
+            }
+        }
+        Call::Close {
+            account,
+            device,
+            session,
+        } => {
+            let key = (account, device);
+            let mut remotes = owned.remotes.lock();
+            if remotes.get(&key).is_some_and(|r| r.session == session) {
+                remotes.remove(&key);
+            }
+            (Answer::default(), Vec::new())
+        }
+        Call::DeleteAccount { user } => {
+            let (deleted, ticket) = store.deferring(|| store.delete_account(&user));
+            match store.commit_async(ticket).await.and(deleted) {
+                Ok(()) => (Answer::default(), Vec::new()),
+                Err(Error::AccountNotFound(_)) => (Answer::default(), Vec::new()),
+                Err(e) => failed(&e),
+            }
+        }
+    }
+}
+
+/// Drops device sessions no node has pulled for [`SESSION_IDLE`] (their node died, say):
+/// what an owner holds for remote devices stays bounded.
+async fn forget_idle(owned: Arc<Owned>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(SESSION_IDLE / 6) => {}
+        }
+        let idle: Vec<Arc<Remote>> = {
+            let mut remotes = owned.remotes.lock();
+            let keys: Vec<_> = remotes
+                .iter()
+                .filter(|(_, r)| r.last_pull.lock().elapsed() > SESSION_IDLE)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| remotes.remove(k)).collect()
+        };
+        // Dropped outside the lock: a subscription's drop journals the disconnect.
+        drop(idle);
+    }
+}
+
+/// The node's [`crate::api::Directory`]: the accounts bucket, and — to delete — every shard
+/// first (so that no shard keeps an account the bucket no longer has), then the bucket.
+pub(super) struct NodeDirectory<'a>(pub &'a Node);
+
+impl crate::api::Directory for NodeDirectory<'_> {
+    fn import(&self, user: &str) -> Result<(), Error> {
+        self.0.cluster.import_account(user)
+    }
+
+    fn exists(&self, user: &str) -> Result<bool, Error> {
+        self.0.cluster.account_exists(user)
+    }
+
+    fn delete(&self, user: &str) -> Result<(), Error> {
+        if !self.0.cluster.account_exists(user)? {
+            return Err(Error::AccountNotFound(user.to_owned()));
+        }
+        let node = self.0;
+        let call = Call::DeleteAccount {
+            user: user.to_owned(),
+        };
+        let answers = node.runtime.block_on(futures_util::future::join_all(
+            (0..node.shards()).map(|n| rpc::call(&node.client, n, &call, &[], rpc::REST_TIMEOUT)),
+        ));
+        for answer in answers {
+            let (answer, bytes) = answer.map_err(rpc::CallError::into_error)?;
+            if answer.code != 0 {
+                return Err(Error::Internal(format!(
+                    "deleting the account in a shard: {}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+        }
+        self.0.cluster.delete_account(user)
+    }
+}
+
+/// [`super::run_until`] for a node of a cluster: connects to NATS (answering 503 "starting"
+/// meanwhile), then serves; shards are taken by the balancer as the node finds its share. At
+/// shutdown it releases its shards (each one's appends acknowledged first) so that the other
+/// nodes take them at once, and says it left.
+pub(super) async fn run_until(
+    config: super::ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use super::{App, conn, metrics as m};
+    let cluster_config = config.cluster.clone().expect("a cluster node");
+    let key = config.secret_key.clone().ok_or(
+        "a cluster node needs the app's secret key (--secret-key or IMSTORE_SECRET_KEY): every node must verify the same UserSigs",
+    )?;
+    let metrics = m::Metrics::new();
+    metrics.set_shards_owned(0);
+    let listener = Arc::new(tokio::net::TcpListener::bind(config.listen).await?);
+    let addr = listener.local_addr()?;
+    let register = conn::Register::for_this_process();
+    println!("starting on http://{addr}");
+    {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+    let (starting_stop, starting_rx) = watch::channel(false);
+    let (starting_tasks, _) = tokio::sync::mpsc::channel::<()>(1);
+    let starting = tokio::spawn(conn::accept_loop(
+        listener.clone(),
+        super::starting_router(),
+        register.clone(),
+        starting_rx,
+        starting_tasks,
+    ));
+    let webhooks = match &config.webhooks {
+        Some(w) => Some(Arc::new(Webhooks::new(w.clone(), config.sdkappid)?)),
+        None => None,
+    };
+    let store_config = crate::Config::default()
+        .with_admins(config.admins.clone())
+        .with_client_recall_window_secs(config.client_recall_window_secs)
+        .with_journal_observer(Arc::new(m::JournalMetrics(metrics.clone())));
+    let api_config = ApiConfig {
+        sdkappid: config.sdkappid,
+        secret_key: key,
+        rate_limit: config.rate_limit,
+    };
+    let connecting = {
+        let (cc, webhooks, metrics) = (cluster_config.clone(), webhooks.clone(), metrics.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            Node::connect(&cc, store_config, api_config, webhooks, metrics, runtime)
+        })
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let node = tokio::select! {
+        connected = connecting => connected??,
+        () = &mut shutdown => {
+            let _ = starting_stop.send(true);
+            return Ok(());
+        }
+    };
+    let _ = starting_stop.send(true);
+    let _ = starting.await;
+    tracing::info!(node = %cluster_config.node_id, shards = cluster_config.shards, nats = %cluster_config.urls, "joined the cluster");
+    println!("listening on http://{addr}");
+    {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+    ready(addr);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tasks, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let balancer = tokio::spawn(node.clone().run(stop_rx.clone()));
+    let app = App {
+        api: node.front.clone(),
+        body_limit: config.body_limit,
+        shutdown: stop_rx.clone(),
+        ws_ping: config.ws_ping,
+        webhooks,
+        metrics: metrics.clone(),
+        register: register.clone(),
+        node: Some(node.clone()),
+    };
+    let accept = tokio::spawn(conn::accept_loop(
+        listener,
+        super::router(app),
+        register,
+        stop_rx,
+        tasks,
+    ));
+    shutdown.await;
+    let drain = config.drain.min(Duration::from_secs(2));
+    tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down");
+    metrics.set_stopping();
+    tokio::time::sleep(drain).await;
+    let _ = stop_tx.send(true);
+    let _ = accept.await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), all_done.recv()).await;
+    if tokio::time::timeout(Duration::from_secs(10), balancer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("releasing the shards took too long; their leases will expire");
+    }
+    tracing::info!("left the cluster");
+    Ok(())
+}

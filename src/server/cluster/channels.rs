@@ -1,0 +1,295 @@
+//! The device channels on a cluster node: `GET /v4/imstore/ws`, `GET /v4/imstore/events` and
+//! `POST /v4/imstore/ack`, as on a single node (`server/devices.rs`), over a merged
+//! [`Feed`](super::feed::Feed) — except that every sequence number the device sees or sends
+//! (`Seq`, `Last-Event-ID`, `after`) is a position token (a string; `feed.rs`). A client
+//! request over the WebSocket is forwarded to its conversation's shard.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+
+use super::Node;
+use super::feed::{self, Feed, Token};
+use super::rpc::{self, Call};
+use crate::api::{DeviceRequest, Reply, error_reply, ok_reply, ws_reply};
+use crate::error::Error;
+use crate::server::App;
+use crate::server::conn::ConnHandle;
+use crate::server::devices::{
+    FRAMES_PER_SEC, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status,
+    envelope, send,
+};
+use crate::server::rest::json_response;
+
+/// Splits the `after` parameter (a token here) off a device's query string.
+fn split_after(query: &str) -> (String, Option<String>) {
+    let mut after = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("after=") {
+            Some(v) => {
+                after = Some(v.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (rest.join("&"), after.filter(|a| !a.is_empty()))
+}
+
+/// Authenticates a device on this node; its resume token if it gave one.
+fn authorize(node: &Node, query: &str) -> Result<(DeviceRequest, Option<Token>), Error> {
+    let (query, after) = split_after(query);
+    let req = node.front.authorize_device(&query)?;
+    let after = after
+        .map(|a| Token::parse(&a, node.shards()))
+        .transpose()?;
+    Ok((req, after))
+}
+
+pub async fn ws(
+    app: App,
+    node: Arc<Node>,
+    peer: SocketAddr,
+    conn: ConnHandle,
+    query: String,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let (req, after) = match authorize(&node, &query) {
+        Ok(r) => r,
+        Err(e) => return envelope(auth_status(&e), &e),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return envelope(
+                axum::http::StatusCode::BAD_REQUEST,
+                &Error::InvalidRequest(format!("not a WebSocket upgrade: {e}")),
+            );
+        }
+    };
+    if !conn.0.become_device() {
+        return at_capacity();
+    }
+    let feed = match feed::open(&node, req, after).await {
+        Ok(f) => f,
+        Err(e) => return envelope(auth_status(&e), &e),
+    };
+    let counted = app.metrics.device("ws");
+    upgrade
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            session(app, node, feed, peer, socket).await;
+            drop(counted);
+            drop(conn);
+        })
+}
+
+async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    let mut shutdown = app.shutdown.clone();
+    let ping_every = app.ws_ping;
+    let mut ping = tokio::time::interval(ping_every);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    let (mut tokens, mut refilled) = (FRAMES_PER_SEC, Instant::now());
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                break;
+            }
+            frame = rx.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                last_heard = Instant::now();
+                let text = match frame {
+                    Message::Text(t) => t,
+                    Message::Binary(_) => "binary frame".into(),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                tokens = (tokens + refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC).min(FRAMES_PER_SEC);
+                refilled = Instant::now();
+                if tokens < 1.0 {
+                    tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / FRAMES_PER_SEC)).await;
+                    tokens = 1.0;
+                    refilled = Instant::now();
+                }
+                tokens -= 1.0;
+                if let Some(reply) = client_frame(&node, &feed, peer, text.as_str()).await
+                    && send(&mut tx, reply).await.is_err()
+                {
+                    break;
+                }
+            }
+            batch = feed.next() => {
+                let Some(events) = batch else { break };
+                let mut failed = false;
+                for (token, e) in &events {
+                    if send(&mut tx, feed::ws_frame(token, e)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ping_every * SILENT_PINGS {
+                    break;
+                }
+                let ping = tx.send(Message::Ping(Default::default()));
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
+        }
+    }
+    let req = feed.request();
+    tracing::debug!(account = %req.account, device = %req.device, "device disconnected (ws, cluster)");
+}
+
+/// One client frame: an ack confirms a token here; a request goes to its conversation's shard.
+async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) -> Option<String> {
+    let frame = match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            let e = Error::InvalidRequest(
+                "a frame must be one JSON object with an Op (ack, sendmsg, recall, read, history)"
+                    .into(),
+            );
+            return Some(ws_reply(&Value::Null, &error_reply(&e)));
+        }
+    };
+    let req_id = frame.get("ReqId").cloned().unwrap_or(Value::Null);
+    if frame.get("Op").and_then(Value::as_str) == Some("ack") {
+        let result = match frame.get("Seq") {
+            Some(Value::String(token)) => feed.confirm(token).await,
+            _ => Err(Error::InvalidRequest(
+                "ack needs Seq, the position token of the last event received".into(),
+            )),
+        };
+        return result
+            .err()
+            .map(|e| ws_reply(&req_id, &error_reply(&e)));
+    }
+    let req = feed.request();
+    let peer_account = ["To_Account", "Peer_Account"]
+        .iter()
+        .find_map(|f| frame.get(*f).and_then(Value::as_str))
+        .unwrap_or("")
+        .to_owned();
+    let n = if peer_account.is_empty() {
+        0
+    } else {
+        node.shard_of(&req.account, &peer_account)
+    };
+    let call = Call::Client {
+        account: req.account.clone(),
+        device: req.device.clone(),
+        platform: req.platform.to_owned(),
+        ip: peer.ip().to_string(),
+        peer: peer_account,
+    };
+    let reply = match rpc::call(node.client(), n, &call, text.as_bytes(), rpc::REST_TIMEOUT).await
+    {
+        Ok((answer, bytes)) => Reply {
+            json: String::from_utf8_lossy(&bytes).into_owned(),
+            code: answer.code,
+        },
+        Err(e) => error_reply(&e.into_error()),
+    };
+    Some(ws_reply(&req_id, &reply))
+}
+
+pub async fn events(
+    app: App,
+    node: Arc<Node>,
+    conn: ConnHandle,
+    query: String,
+    headers: HeaderMap,
+) -> Response {
+    let (req, mut after) = match authorize(&node, &query) {
+        Ok(r) => r,
+        Err(e) => return json_response(error_reply(&e)),
+    };
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        match Token::parse(last, node.shards()) {
+            Ok(t) => after = Some(t),
+            Err(e) => return json_response(error_reply(&e)),
+        }
+    }
+    if !conn.0.become_device() {
+        return at_capacity();
+    }
+    let feed = match feed::open(&node, req, after).await {
+        Ok(f) => f,
+        Err(e) => return json_response(error_reply(&e)),
+    };
+    let state = (feed, app.shutdown.clone(), (conn, app.metrics.device("sse")));
+    let batches = futures_util::stream::unfold(state, |(mut feed, mut shutdown, conn)| async move {
+        let events = tokio::select! {
+            _ = shutdown.changed() => return None,
+            batch = feed.next() => batch?,
+        };
+        Some((events, (feed, shutdown, conn)))
+    });
+    let stream = batches
+        .flat_map(futures_util::stream::iter)
+        .map(|(token, e)| {
+            Ok::<_, Infallible>(SseEvent::default().id(token).event(e.kind).data(e.data))
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `POST /v4/imstore/ack` with `{"Seq": TOKEN}`.
+pub async fn ack(node: Arc<Node>, query: String, body: &[u8]) -> Response {
+    let result = async {
+        let (req, _) = authorize(&node, &query)?;
+        let seq = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => match map.get("Seq") {
+                Some(Value::String(t)) => t.clone(),
+                _ => {
+                    return Err(Error::InvalidField {
+                        field: "Seq",
+                        code: 90001,
+                        why: "must be the position token of the last event received".into(),
+                    });
+                }
+            },
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "the body must be a JSON object".into(),
+                ));
+            }
+        };
+        let token = Token::parse(&seq, node.shards())?;
+        let moved: Vec<(u32, u64)> = token
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s > 0)
+            .map(|(n, s)| (n as u32, *s))
+            .collect();
+        feed::ack(&node, &req, &moved).await
+    }
+    .await;
+    json_response(match result {
+        Ok(()) => ok_reply(serde_json::Map::new()),
+        Err(e) => error_reply(&e),
+    })
+}

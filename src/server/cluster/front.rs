@@ -1,0 +1,361 @@
+//! A REST call on any node of a cluster: admitted here (UserSig, administrator, this node's
+//! share of the rate limit), then run where its data is.
+//!
+//! - Account APIs: the accounts bucket ([`NodeDirectory`](super::NodeDirectory)).
+//! - A call about one conversation (`sendmsg`, `admin_msgwithdraw`, `admin_getroammsg`,
+//!   `admin_set_msg_read`, `modify_c2c_msg`, `importmsg`): forwarded to its shard's owner.
+//!   A body whose accounts cannot be read is forwarded to shard 0, which answers it with the
+//!   error a single node gives.
+//! - `batchsendmsg`: split by shard, one MsgKey for all; the answers merged.
+//! - `get_c2c_unread_msg_num`: asked of every shard (an account's conversations are spread
+//!   over them); totals summed.
+//! - `imstore/compact`: every shard snapshots into the object store.
+//!
+//! A `sendmsg` or `batchsendmsg` without `MsgSeq`/`MsgTimeStamp` gets them here, before it is
+//! forwarded: its MsgKey is then fixed, so a call retried after its owner died (see `rpc.rs`)
+//! finds the message the first attempt stored and answers the same MsgKey instead of storing
+//! it twice. A client that retries a send itself gets the same guarantee by sending `MsgSeq`
+//! and `MsgTimeStamp`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::rpc::{self, Call};
+use super::{Node, NodeDirectory};
+use crate::api::{Api, Reply, error_reply, ok_reply};
+use crate::error::Error;
+
+/// Answers a REST call through the cluster.
+pub(in crate::server) async fn rest(
+    node: &std::sync::Arc<Node>,
+    path: String,
+    query: String,
+    body: Bytes,
+    ip: String,
+) -> Reply {
+    let route = match node.front.admit(&path, &query) {
+        Ok(r) => r,
+        Err(e) => return error_reply(&e),
+    };
+    if Api::is_account_api(route) {
+        let node = node.clone();
+        return tokio::task::spawn_blocking(move || {
+            node.front
+                .directory_call(route, &body, &NodeDirectory(&node))
+        })
+        .await
+        .unwrap_or_else(|e| error_reply(&Error::Internal(format!("handler failed: {e}"))));
+    }
+    let parsed = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    let Some(mut map) = parsed else {
+        // Not a JSON object: any shard answers the single node's error.
+        return forward(node, 0, &path, &query, &ip, Vec::new(), &body).await;
+    };
+    let s = |m: &Map<String, Value>, names: &[&str]| -> String {
+        names
+            .iter()
+            .find_map(|n| m.get(*n).and_then(Value::as_str))
+            .unwrap_or("")
+            .to_owned()
+    };
+    match route {
+        "openim/batchsendmsg" => batch(node, &path, &query, &ip, map).await,
+        "openim/get_c2c_unread_msg_num" => unread(node, &path, &query, &ip, map).await,
+        "imstore/compact" => compact(node, &path, &query, &ip).await,
+        _ => {
+            let (a, b) = match route {
+                "openim/sendmsg" => {
+                    fix_key(node, &mut map);
+                    let from = s(&map, &["From_Account"]);
+                    let from = if from.is_empty() {
+                        node.first_admin.clone()
+                    } else {
+                        from
+                    };
+                    (from, s(&map, &["To_Account"]))
+                }
+                "openim/admin_getroammsg" => (
+                    s(&map, &["Operator_Account", "From_Account"]),
+                    s(&map, &["Peer_Account", "To_Account"]),
+                ),
+                "openim/admin_set_msg_read" => {
+                    (s(&map, &["Report_Account"]), s(&map, &["Peer_Account"]))
+                }
+                _ => (s(&map, &["From_Account"]), s(&map, &["To_Account"])),
+            };
+            let n = if a.is_empty() || b.is_empty() {
+                0
+            } else {
+                node.shard_of(&a, &b)
+            };
+            let body = serde_json::to_vec(&map).expect("serializable");
+            forward(node, n, &path, &query, &ip, vec![a, b], &body).await
+        }
+    }
+}
+
+/// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey.
+fn fix_key(node: &Node, map: &mut Map<String, Value>) {
+    if !map.contains_key("MsgSeq") {
+        map.insert("MsgSeq".into(), json!(random_u32()));
+    }
+    if !map.contains_key("MsgTimeStamp") {
+        let now = node.front.store().config().clock.now();
+        map.insert(
+            "MsgTimeStamp".into(),
+            json!(u32::try_from(now).unwrap_or(u32::MAX)),
+        );
+    }
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
+async fn forward(
+    node: &Node,
+    n: u32,
+    path: &str,
+    query: &str,
+    ip: &str,
+    accounts: Vec<String>,
+    body: &[u8],
+) -> Reply {
+    let call = Call::Rest {
+        path: path.to_owned(),
+        query: query.to_owned(),
+        ip: ip.to_owned(),
+        accounts,
+    };
+    match rpc::call(node.client(), n, &call, body, rpc::REST_TIMEOUT).await {
+        Ok((answer, bytes)) => Reply {
+            json: String::from_utf8_lossy(&bytes).into_owned(),
+            code: answer.code,
+        },
+        Err(e) => error_reply(&e.into_error()),
+    }
+}
+
+/// The fields of an answer's JSON.
+fn fields(reply: &Reply) -> Map<String, Value> {
+    match serde_json::from_str(&reply.json) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `batchsendmsg`: one call per shard with its recipients, under one MsgKey.
+async fn batch(
+    node: &Node,
+    path: &str,
+    query: &str,
+    ip: &str,
+    mut map: Map<String, Value>,
+) -> Reply {
+    let to: Vec<String> = match map.get("To_Account") {
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        }
+        // Missing, empty or mistyped: one shard answers the single node's error.
+        _ => {
+            let body = serde_json::to_vec(&map).expect("serializable");
+            return forward(node, 0, path, query, ip, Vec::new(), &body).await;
+        }
+    };
+    if to.len() > crate::store::MAX_BATCH_RECIPIENTS {
+        return error_reply(&Error::TooManyRecipients(to.len()));
+    }
+    fix_key(node, &mut map);
+    let from = map
+        .get("From_Account")
+        .and_then(Value::as_str)
+        .map_or_else(|| node.first_admin.clone(), str::to_owned);
+    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for t in &to {
+        by_shard
+            .entry(node.shard_of(&from, t))
+            .or_default()
+            .push(t.clone());
+    }
+    let calls = by_shard.into_iter().map(|(n, recipients)| {
+        let mut part = map.clone();
+        part.insert("To_Account".into(), json!(recipients));
+        let mut accounts = recipients;
+        accounts.push(from.clone());
+        let body = serde_json::to_vec(&part).expect("serializable");
+        async move { forward(node, n, path, query, ip, accounts, &body).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let mut key = Value::Null;
+    let mut errors = Vec::new();
+    for reply in &replies {
+        let f = fields(reply);
+        match f.get("ErrorList") {
+            Some(Value::Array(list)) => {
+                errors.extend(list.iter().cloned());
+                if let Some(k) = f.get("MsgKey") {
+                    key = k.clone();
+                }
+            }
+            // A failure of the whole request (the sender, the body): the single node's answer.
+            _ => return reply.clone(),
+        }
+    }
+    let mut out = Map::new();
+    out.insert("MsgKey".into(), key);
+    if let Some(first) = errors.first() {
+        let all = errors.len() == to.len();
+        let code = first.get("ErrorCode").cloned().unwrap_or(json!(91000));
+        out.insert(
+            "ActionStatus".into(),
+            json!(if all { "FAIL" } else { "SomeError" }),
+        );
+        out.insert("ErrorCode".into(), if all { code } else { json!(0) });
+        out.insert(
+            "ErrorInfo".into(),
+            json!(format!(
+                "{} of {} recipients failed; see ErrorList",
+                errors.len(),
+                to.len()
+            )),
+        );
+    }
+    out.insert("ErrorList".into(), Value::Array(errors));
+    ok_reply(out)
+}
+
+/// `get_c2c_unread_msg_num`: every shard's counts for the account, summed; the peers asked for
+/// picked out (70107 for those that do not exist).
+async fn unread(
+    node: &Node,
+    path: &str,
+    query: &str,
+    ip: &str,
+    map: Map<String, Value>,
+) -> Reply {
+    let Some(account) = map
+        .get("To_Account")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        let body = serde_json::to_vec(&map).expect("serializable");
+        return forward(node, 0, path, query, ip, Vec::new(), &body).await;
+    };
+    let peers = match map.get("Peer_Account") {
+        None => None,
+        Some(Value::Array(items)) => {
+            let mut peers = Vec::new();
+            for item in items {
+                match item
+                    .as_str()
+                    .or_else(|| item.get("UserID").and_then(Value::as_str))
+                {
+                    Some(p) => peers.push(p.to_owned()),
+                    None => {
+                        let body = serde_json::to_vec(&map).expect("serializable");
+                        return forward(node, 0, path, query, ip, Vec::new(), &body).await;
+                    }
+                }
+            }
+            Some(peers)
+        }
+        Some(_) => {
+            let body = serde_json::to_vec(&map).expect("serializable");
+            return forward(node, 0, path, query, ip, Vec::new(), &body).await;
+        }
+    };
+    let body = serde_json::to_vec(&json!({ "To_Account": account })).expect("serializable");
+    let calls = (0..node.shards()).map(|n| {
+        let (body, accounts) = (&body, vec![account.clone()]);
+        async move { forward(node, n, path, query, ip, accounts, body).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let mut total = 0u64;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for reply in &replies {
+        if reply.code != 0 {
+            return reply.clone();
+        }
+        let f = fields(reply);
+        total += f
+            .get("AllC2CUnreadMsgNum")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        for item in f
+            .get("C2CUnreadMsgNumList")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(p), Some(c)) = (
+                item.get("Peer_Account").and_then(Value::as_str),
+                item.get("C2CUnreadMsgNum").and_then(Value::as_u64),
+            ) {
+                *counts.entry(p.to_owned()).or_default() += c;
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert("AllC2CUnreadMsgNum".into(), json!(total));
+    let list: Vec<Value> = match peers {
+        None => counts
+            .iter()
+            .map(|(p, n)| json!({"Peer_Account": p, "C2CUnreadMsgNum": n}))
+            .collect(),
+        Some(peers) => {
+            let mut list = Vec::new();
+            let mut errors = Vec::new();
+            for p in peers {
+                let exists = {
+                    let (cluster, p) = (node.cluster().clone(), p.clone());
+                    tokio::task::spawn_blocking(move || cluster.account_exists(&p)).await
+                };
+                match exists {
+                    Ok(Ok(true)) => list.push(json!({"Peer_Account": p, "C2CUnreadMsgNum": counts.get(&p).copied().unwrap_or(0)})),
+                    Ok(Ok(false)) => errors.push(json!({"Peer_Account": p, "ErrorCode": 70107})),
+                    Ok(Err(e)) => return error_reply(&e),
+                    Err(e) => return error_reply(&Error::Internal(e.to_string())),
+                }
+            }
+            if !errors.is_empty() {
+                out.insert("ErrorList".into(), Value::Array(errors));
+            }
+            list
+        }
+    };
+    out.insert("C2CUnreadMsgNumList".into(), Value::Array(list));
+    ok_reply(out)
+}
+
+/// `imstore/compact`: every shard snapshots itself into the object store.
+async fn compact(node: &Node, path: &str, query: &str, ip: &str) -> Reply {
+    let calls = (0..node.shards())
+        .map(|n| async move { forward(node, n, path, query, ip, Vec::new(), b"{}").await });
+    let replies = futures_util::future::join_all(calls).await;
+    let mut shards = Vec::new();
+    for reply in &replies {
+        if reply.code != 0 {
+            return reply.clone();
+        }
+        let f = fields(reply);
+        shards.push(json!({"Shard": f.get("Shard"), "SnapshotSeq": f.get("SnapshotSeq")}));
+    }
+    let mut out = Map::new();
+    out.insert("Shards".into(), Value::Array(shards));
+    ok_reply(out)
+}

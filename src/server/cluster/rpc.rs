@@ -1,0 +1,195 @@
+//! Requests between nodes: a call for shard `n` is a NATS request on `imstore.rpc.<n>`, which
+//! only the shard's owner subscribes to — so no node needs to know who owns what. A message is
+//! a JSON header line, `\n`, then raw bytes (a REST body, a client frame, an answer).
+//!
+//! Retries: a request nobody answers (the shard is between owners: NATS says "no
+//! responders"), one that times out, and an owner's "not mine any more" are tried again with
+//! the same bytes for up to [`RETRY_FOR`] — longer than a takeover takes (lease 3 s + a
+//! balancer round + opening) — and then answered 91000. A retried write is safe: REST sends
+//! carry a MsgKey fixed by the first node that saw them (see `front.rs`), and the owner answers
+//! a send whose MsgKey it already has with that message's answer.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, RequestErrorKind};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// How long a call keeps trying to reach its shard's owner.
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+/// How long one request waits for its answer at least.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a REST call or client request waits for its owner's answer: longer than JetStream
+/// may take to acknowledge an append while it elects a stream leader, so that a call is not
+/// sent again while its first attempt is still in progress.
+pub const REST_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// The subject of shard `n`'s owner.
+pub fn subject(n: u32) -> String {
+    format!("imstore.rpc.{n}")
+}
+
+/// What a node asks a shard's owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Call {
+    /// A REST call (bytes: its body). `accounts`: the accounts it names, imported into the
+    /// shard from the accounts bucket first.
+    Rest {
+        path: String,
+        query: String,
+        ip: String,
+        accounts: Vec<String>,
+    },
+    /// A device's request over its WebSocket (bytes: the frame).
+    Client {
+        account: String,
+        device: String,
+        platform: String,
+        ip: String,
+        peer: String,
+    },
+    /// Connects a device in this shard for a node's session (`after`: resume point, which
+    /// confirms receipt up to it).
+    Connect {
+        account: String,
+        device: String,
+        session: u64,
+        after: Option<u64>,
+    },
+    /// The session's next events after `after` (what the node has received from this shard),
+    /// waiting up to `wait_ms` for some.
+    Pull {
+        account: String,
+        device: String,
+        session: u64,
+        after: u64,
+        wait_ms: u64,
+    },
+    /// The client confirmed receipt up to `seq` (R7).
+    Ack {
+        account: String,
+        device: String,
+        seq: u64,
+    },
+    /// The session ended.
+    Close {
+        account: String,
+        device: String,
+        session: u64,
+    },
+    /// Deletes an account from the shard's store (it is absent: nothing to do).
+    DeleteAccount { user: String },
+}
+
+/// An event of a device's stream, as a shard's owner hands it to a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub seq: u64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// An owner's answer (bytes: the envelope of a REST or client call).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Answer {
+    /// The envelope's ErrorCode.
+    #[serde(default)]
+    pub code: u32,
+    /// This node does not own the shard (any more): ask again.
+    #[serde(default)]
+    pub retry: bool,
+    /// The session is not known here (a new owner, or it was idle too long): connect again.
+    #[serde(default)]
+    pub no_session: bool,
+    /// Another session of the same device connected since: this one ends.
+    #[serde(default)]
+    pub superseded: bool,
+    #[serde(default)]
+    pub events: Vec<WireEvent>,
+    /// Why, when `code` is not 0 and there is no envelope.
+    #[serde(default)]
+    pub info: String,
+}
+
+pub fn encode<T: Serialize>(header: &T, bytes: &[u8]) -> Bytes {
+    let mut out = serde_json::to_vec(header).expect("serializable");
+    out.push(b'\n');
+    out.extend_from_slice(bytes);
+    out.into()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<(T, &[u8]), String> {
+    let split = payload
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header = serde_json::from_slice(&payload[..split]).map_err(|e| e.to_string())?;
+    Ok((header, &payload[split + 1..]))
+}
+
+/// Why a call did not get an answer from its shard's owner.
+#[derive(Debug)]
+pub enum CallError {
+    /// Nobody owned the shard, or the owner did not answer, for `RETRY_FOR`.
+    Unreachable(String),
+    /// The request cannot be sent (too large for NATS, say).
+    Refused(String),
+}
+
+impl CallError {
+    pub fn into_error(self) -> crate::error::Error {
+        match self {
+            CallError::Unreachable(why) => crate::error::Error::Internal(format!(
+                "the shard's owner could not be reached ({why}); retry"
+            )),
+            CallError::Refused(why) => crate::error::Error::InvalidField {
+                field: "body",
+                code: 93000,
+                why,
+            },
+        }
+    }
+}
+
+/// Sends `call` to shard `n`'s owner, retrying as the module says; the answer and its bytes.
+pub async fn call(
+    client: &Client,
+    n: u32,
+    call: &Call,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(Answer, Bytes), CallError> {
+    let payload = encode(call, bytes);
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let request = async_nats::Request::new()
+            .payload(payload.clone())
+            .timeout(Some(timeout.max(REQUEST_TIMEOUT)));
+        let why = match client.send_request(subject(n), request).await {
+            Ok(msg) => match decode::<Answer>(&msg.payload) {
+                Ok((answer, _)) if answer.retry => answer.info,
+                Ok((answer, rest)) => {
+                    let rest = msg.payload.slice_ref(rest);
+                    return Ok((answer, rest));
+                }
+                Err(e) => format!("a malformed answer: {e}"),
+            },
+            Err(e) => match e.kind() {
+                RequestErrorKind::NoResponders => "no owner".to_owned(),
+                RequestErrorKind::TimedOut => "no answer in time".to_owned(),
+                RequestErrorKind::MaxPayloadExceeded | RequestErrorKind::InvalidSubject => {
+                    return Err(CallError::Refused(e.to_string()));
+                }
+                RequestErrorKind::Other => e.to_string(),
+            },
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(CallError::Unreachable(format!("shard {n}: {why}")));
+        }
+        tracing::debug!(shard = n, %why, "retrying a call");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
