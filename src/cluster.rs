@@ -246,6 +246,8 @@ struct ClusterInner {
     snapshots: object_store::ObjectStore,
     /// `imstore_meta`: the shard count, and each node's heartbeat (`node.<id>`).
     meta: kv::Store,
+    /// Counts the connections to NATS made after the first (reconnections).
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Drop for ClusterInner {
@@ -313,9 +315,17 @@ impl Cluster {
             .map_err(|e| ClusterError::Nats(format!("starting the NATS runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let cfg = config.clone();
+        let (connections, connections_rx) = tokio::sync::watch::channel(0u64);
         let (js, (leases, accounts, snapshots, meta)) = block_on(&handle, async move {
+            let connections = Arc::new(connections);
             let client = async_nats::ConnectOptions::new()
                 .name(format!("imstore-{}", cfg.node_id))
+                .event_callback(move |event| {
+                    if matches!(event, async_nats::Event::Connected) {
+                        connections.send_modify(|n| *n += 1);
+                    }
+                    async {}
+                })
                 .connection_timeout(Duration::from_secs(5))
                 .connect(addrs)
                 .await
@@ -340,6 +350,7 @@ impl Cluster {
                 accounts,
                 snapshots,
                 meta,
+                connections: connections_rx,
             }),
         })
     }
@@ -368,6 +379,13 @@ impl Cluster {
     /// The NATS connection, for a server's requests between nodes. Usable from any runtime.
     pub fn client(&self) -> async_nats::Client {
         self.inner.js.client()
+    }
+
+    /// Changes each time the client connects to NATS again after losing its connection: a
+    /// request in flight then may have lost its answer, and is better sent again at once than
+    /// left to time out.
+    pub fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.connections.clone()
     }
 
     // ----- nodes -----
@@ -473,6 +491,44 @@ impl Cluster {
             Ok(info.cluster.as_ref().is_some_and(|c| {
                 c.leader.is_some() && c.replicas.iter().all(|p| p.current && !p.offline)
             }))
+        })
+    }
+
+    /// Who wrote each record of shard `n`'s stream: (stream sequence, node, epoch), in stream
+    /// order, from its `Nats-Msg-Id`. For audits and tests: a record of an epoch lower than one
+    /// before it is a fenced-out zombie, never applied. Reads the whole stream, one request per
+    /// record.
+    pub fn writers(&self, n: u32) -> Result<Vec<(u64, String, u64)>, ClusterError> {
+        let js = self.inner.js.clone();
+        self.block(async move {
+            let mut stream = js.get_stream(stream_name(n)).await.map_err(nats)?;
+            let info = stream.info().await.map_err(nats)?;
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            let mut out = Vec::new();
+            for seq in first..=last {
+                if seq == 0 {
+                    continue;
+                }
+                let m = match stream.get_raw_message(seq).await {
+                    Ok(m) => m,
+                    Err(e)
+                        if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(nats(e)),
+                };
+                let id = m
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let mut parts = id.split('.');
+                let node = parts.next().unwrap_or("").to_owned();
+                let epoch = parts.next().and_then(|e| e.parse().ok()).unwrap_or(0);
+                out.push((seq, node, epoch));
+            }
+            Ok(out)
         })
     }
 

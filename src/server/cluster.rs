@@ -10,7 +10,8 @@
 //! | `feed` | a device on any node: one merged, resumable stream over every shard |
 //!
 //! **Ownership.** Each node says it is alive every second (`node.<id>` in `imstore_meta`,
-//! valid 3 s) and aims to own its share of the shards, `ceil(shards / live nodes)`: each
+//! valid 3 s) and aims to own its share of the shards — `shards / live nodes`, one more for the
+//! first `shards % live` nodes in name order, so that every shard has a node's share: each
 //! second it opens free shards (lease absent or expired) while below its share, and closes
 //! (releases) shards above it, so that a node that joins gets work and one that dies has its
 //! shards taken within the lease (3 s) plus a round (1 s) plus the replay — well inside 10 s.
@@ -226,7 +227,12 @@ impl Node {
             return;
         }
         let shards = self.shards();
-        let share = shards.div_ceil(live) as usize;
+        // This node's place among the live ones: the first `shards % live` get one more.
+        let me = alive
+            .iter()
+            .position(|a| a == self.cluster.node_id())
+            .unwrap_or(alive.len()) as u32;
+        let share = (shards / live + u32::from(me < shards % live)) as usize;
         let owned = self.owned.lock().len();
         if owned > share {
             let mut mine = self.owned_shards();
@@ -237,11 +243,7 @@ impl Node {
             }
         } else if owned < share {
             // Start at a place of this node's own, so that nodes do not all race for shard 0.
-            let me = alive
-                .iter()
-                .position(|a| a == self.cluster.node_id())
-                .unwrap_or(0) as u32;
-            let start = me * shards / live;
+            let start = me.min(live - 1) * shards / live;
             for i in 0..shards {
                 if self.owned.lock().len() >= share {
                     break;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod nats;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -214,6 +214,8 @@ async fn pull(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connected = true;
+    // A pull in flight when NATS reconnects may have lost its answer: it is sent again then.
+    let mut reconnected = node.cluster().reconnections();
     while !*stop.borrow() {
         let step = async {
             if !connected {
@@ -235,6 +237,7 @@ async fn pull(
         };
         let answer = tokio::select! {
             _ = stop.changed() => return,
+            _ = reconnected.changed() => continue,
             a = step => a,
         };
         match answer {

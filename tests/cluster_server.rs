@@ -1,0 +1,694 @@
+//! `imstore-server --cluster` end to end: three real `nats-server` processes and three real
+//! `imstore-server` processes on loopback (SPEC §9). Calls go to any node; devices connect to
+//! any node; nodes are killed with SIGKILL.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::nats::{Nats, serial};
+use common::server::{Server, Ws, now, start};
+use imstore::cluster::{Cluster, ClusterConfig};
+use serde_json::{Value, json};
+
+const SHARDS: u32 = 4;
+
+/// Starts node `id` of the cluster on `nats`.
+fn node(nats: &Nats, id: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = SHARDS.to_string();
+    let server = start(
+        dir.path(),
+        &[
+            "--cluster",
+            &nats.urls,
+            "--node-id",
+            id,
+            "--shards",
+            &shards,
+        ],
+    );
+    (server, dir)
+}
+
+/// The shards `s` says it owns (its `/metrics`).
+fn shards_owned(s: &Server) -> u32 {
+    let Ok(mut resp) = ureq::get(format!("{}/metrics", s.base)).call() else {
+        return 0;
+    };
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("imstore_shards_owned "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u32)
+}
+
+/// Waits (at most 30 s) until the nodes own every shard between them, each at least one.
+fn wait_balanced(nodes: &[&Server]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owned: Vec<u32> = nodes.iter().map(|s| shards_owned(s)).collect();
+        if owned.iter().sum::<u32>() == SHARDS && owned.iter().all(|n| *n >= 1) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not share the shards: {owned:?}\n{}",
+            nodes
+                .iter()
+                .map(|s| s.stderr())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(from: &str, to: &str, random: u32, body: &str) -> Value {
+    json!({
+        "From_Account": from, "To_Account": to, "MsgRandom": random,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": body}}]
+    })
+}
+
+fn ok(v: &Value) -> &Value {
+    assert_eq!(v["ErrorCode"], 0, "{v}");
+    v
+}
+
+/// The frames a device receives within `quiet` of each other (at most `WAIT`), acking each.
+fn drain(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + common::server::WAIT;
+    while Instant::now() < deadline {
+        let Some(frame) = ws.next(quiet) else { break };
+        if frame["Event"] != "reply"
+            && let Some(token) = frame["Seq"].as_str()
+        {
+            ws.send(json!({"Op": "ack", "Seq": token}));
+        }
+        out.push(frame);
+    }
+    out
+}
+
+/// The whole history of a conversation, page after page (newest first).
+fn history(s: &Server, a: &str, b: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let (mut max_time, mut last_key) = (now() + 100, String::new());
+    for _ in 0..100 {
+        let page = s.post(
+            "openim/admin_getroammsg",
+            json!({"Operator_Account": a, "Peer_Account": b, "MaxCnt": 100, "MinTime": 0,
+                "MaxTime": max_time, "LastMsgKey": last_key}),
+        );
+        ok(&page);
+        out.extend(page["MsgList"].as_array().cloned().unwrap_or_default());
+        if page["Complete"] == 1 {
+            return out;
+        }
+        max_time = page["LastMsgTime"].as_u64().unwrap();
+        last_key = page["LastMsgKey"].as_str().unwrap().to_owned();
+    }
+    panic!("more than 100 pages of history")
+}
+
+#[test]
+fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    let (b, _db) = node(&nats, "b");
+    let (c, _dc) = node(&nats, "c");
+    wait_balanced(&[&a, &b, &c]);
+
+    // Accounts imported on A are usable on B and C.
+    let imported = a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob", "carol", "dave"]}),
+    );
+    assert_eq!(ok(&imported)["FailAccounts"], json!([]));
+    let check = c.post(
+        "im_open_login_svc/account_check",
+        json!({"CheckItem": [{"UserID": "bob"}, {"UserID": "zed"}]}),
+    );
+    let statuses: Vec<&str> = ok(&check)["ResultItem"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["AccountStatus"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Imported", "NotImported"]);
+    // An unknown account is refused wherever the call lands, with the single node's code.
+    assert_eq!(
+        b.post("openim/sendmsg", text("alice", "zed", 1, "x"))["ErrorCode"],
+        90003
+    );
+
+    // Devices on C: bob's phone (recipient) and alice's laptop (sender).
+    let mut bob = c.ws("bob", "phone", "");
+    let mut alice = c.ws("alice", "laptop", "");
+
+    // Sent through A, recalled through B.
+    let sent = a.post("openim/sendmsg", text("alice", "bob", 11, "hello"));
+    let key = ok(&sent)["MsgKey"].as_str().unwrap().to_owned();
+    let got = bob.expect_from(&c);
+    assert_eq!(got["Event"], "message", "{got}");
+    assert_eq!(got["Data"]["MsgKey"], key.as_str());
+    let token = got["Seq"].as_str().expect("a position token").to_owned();
+    assert!(token.starts_with('c'), "{token}");
+    bob.send(json!({"Op": "ack", "Seq": token}));
+    ok(&b.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "alice", "To_Account": "bob", "MsgKey": key}),
+    ));
+    // Recalled in history, seen through any node.
+    for s in [&a, &b, &c] {
+        let h = history(s, "alice", "bob");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0]["MsgFlagBits"], 8);
+        assert_eq!(h[0]["MsgBody"], json!([]));
+    }
+    // Each device: exactly one recall notice.
+    for (who, ws) in [("bob", &mut bob), ("alice", &mut alice)] {
+        let frames = drain(ws, Duration::from_millis(1500));
+        let recalls: Vec<_> = frames
+            .iter()
+            .filter(|f| f["Event"] == "recall" && f["Data"]["MsgKey"] == key.as_str())
+            .collect();
+        assert_eq!(recalls.len(), 1, "{who}'s device: {frames:?}");
+    }
+
+    // A client request over C's WebSocket runs on the conversation's shard.
+    bob.send(json!({"Op": "sendmsg", "ReqId": 1, "To_Account": "carol", "MsgRandom": 5,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "from bob's phone"}}]}));
+    let reply = loop {
+        let f = bob.expect_from(&c);
+        if f["Event"] == "reply" {
+            break f;
+        }
+    };
+    assert_eq!(reply["ErrorCode"], 0, "{reply}");
+    assert_eq!(reply["ReqId"], 1);
+    let h = history(&a, "carol", "bob");
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["MsgBody"][0]["MsgContent"]["Text"], "from bob's phone");
+
+    // Unread counts are summed over the shards.
+    for (i, peer) in ["alice", "carol", "dave"].iter().enumerate() {
+        ok(&b.post("openim/sendmsg", text(peer, "bob", 100 + i as u32, "unread")));
+    }
+    let unread = c.post("openim/get_c2c_unread_msg_num", json!({"To_Account": "bob"}));
+    assert_eq!(ok(&unread)["AllC2CUnreadMsgNum"], 3, "{unread}");
+    let picked = a.post(
+        "openim/get_c2c_unread_msg_num",
+        json!({"To_Account": "bob", "Peer_Account": ["dave", "zed"]}),
+    );
+    assert_eq!(
+        picked["C2CUnreadMsgNumList"],
+        json!([{"Peer_Account": "dave", "C2CUnreadMsgNum": 1}])
+    );
+    assert_eq!(picked["ErrorList"][0]["ErrorCode"], 70107);
+
+    // A batch send spans shards under one MsgKey.
+    let batch = a.post(
+        "openim/batchsendmsg",
+        json!({"From_Account": "dave", "To_Account": ["alice", "bob", "carol", "zed"], "MsgRandom": 9,
+            "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "to all"}}]}),
+    );
+    assert_eq!(batch["ActionStatus"], "SomeError", "{batch}");
+    assert_eq!(
+        batch["ErrorList"],
+        json!([{"To_Account": "zed", "ErrorCode": 70107}])
+    );
+    let batch_key = batch["MsgKey"].as_str().unwrap();
+    for to in ["alice", "bob", "carol"] {
+        let h = history(&c, "dave", to);
+        assert!(h.iter().any(|m| m["MsgKey"] == batch_key), "{to}: {h:?}");
+    }
+
+    // A device resumes on another node from the token it confirmed: nothing confirmed comes
+    // again, and what arrived since does.
+    let frames = drain(&mut bob, Duration::from_millis(800));
+    let last = frames
+        .iter()
+        .rev()
+        .find_map(|f| f["Seq"].as_str())
+        .unwrap()
+        .to_owned();
+    drop(bob);
+    let later = b.post("openim/sendmsg", text("carol", "bob", 77, "while away"));
+    let later_key = ok(&later)["MsgKey"].as_str().unwrap().to_owned();
+    let mut bob = a.ws("bob", "phone", &format!("&after={last}"));
+    let frames = drain(&mut bob, Duration::from_millis(1500));
+    let keys: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["Event"] == "message")
+        .map(|f| f["Data"]["MsgKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, [later_key.as_str()], "{frames:?}");
+    // A token from elsewhere is refused.
+    let Err(refused) = c.try_ws("bob", "phone", "&after=7") else {
+        panic!("a number is not a position token in a cluster")
+    };
+    assert!(refused.contains("90001"), "{refused}");
+
+    // Deleting an account removes it from every shard: sends to it fail everywhere.
+    let deleted = b.post(
+        "im_open_login_svc/account_delete",
+        json!({"DeleteItem": [{"UserID": "carol"}]}),
+    );
+    assert_eq!(ok(&deleted)["ResultItem"][0]["ResultCode"], 0, "{deleted}");
+    for s in [&a, &b, &c] {
+        let r = s.post("openim/sendmsg", text("alice", "carol", 3, "gone?"));
+        assert_eq!(r["ErrorCode"], 90003, "{r}");
+    }
+}
+
+/// What the load and the devices of the chaos test saw.
+#[derive(Default)]
+struct Seen {
+    /// Acknowledged sends: MsgKey → (from, to).
+    sent: BTreeMap<String, (String, String)>,
+    /// Acknowledged recalls.
+    recalled: BTreeSet<String>,
+}
+
+/// One device of the chaos test: connects to the first live node in `order`, acks every
+/// event, and on a dropped connection resumes on the next node from its last confirmed
+/// token. Records every recall notice per connection.
+struct Device {
+    account: String,
+    /// Recall notices, per MsgKey, counted over the device's whole life.
+    recalls: HashMap<String, usize>,
+    /// Notices repeated within one connection (never allowed).
+    repeated_in_connection: Vec<String>,
+    messages: BTreeSet<String>,
+    reconnects: usize,
+}
+
+fn run_device(
+    account: &str,
+    name: &str,
+    nodes: Arc<Mutex<Vec<Option<(String, String)>>>>,
+    first: usize,
+    stop: Arc<AtomicBool>,
+    d: Arc<Mutex<Device>>,
+) {
+    let mut token: Option<String> = None;
+    let mut at = first;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+        let target = nodes.lock().unwrap()[at % 3].clone();
+        let Some((_, addr)) = target else {
+            at += 1;
+            continue;
+        };
+        let sig = imstore::usersig::generate(
+            common::server::APP,
+            common::server::KEY,
+            account,
+            3600,
+            now(),
+        );
+        let after = token
+            .as_ref()
+            .map(|t| format!("&after={t}"))
+            .unwrap_or_default();
+        let url = format!(
+            "ws://{addr}/v4/imstore/ws?sdkappid={}&identifier={account}&usersig={sig}&device={name}{after}",
+            common::server::APP
+        );
+        let Ok((mut socket, _)) = tungstenite::connect(url) else {
+            at += 1;
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        }
+        let mut this_connection = BTreeSet::new();
+        loop {
+            match socket.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    let f: Value = serde_json::from_str(&t).unwrap();
+                    let key = f["Data"]["MsgKey"].as_str().unwrap_or("").to_owned();
+                    match f["Event"].as_str() {
+                        Some("recall") => {
+                            let mut d = d.lock().unwrap();
+                            if !this_connection.insert(key.clone()) {
+                                d.repeated_in_connection.push(key.clone());
+                            }
+                            *d.recalls.entry(key).or_default() += 1;
+                        }
+                        Some("message") => {
+                            d.lock().unwrap().messages.insert(key);
+                        }
+                        _ => {}
+                    }
+                    if let Some(t) = f["Seq"].as_str() {
+                        let _ = socket.send(tungstenite::Message::Text(
+                            json!({"Op": "ack", "Seq": t}).to_string().into(),
+                        ));
+                        token = Some(t.to_owned());
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        d.lock().unwrap().reconnects += 1;
+        at += 1;
+    }
+}
+
+#[test]
+fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let mut servers: Vec<Option<(Server, tempfile::TempDir)>> =
+        ["a", "b", "c"].iter().map(|id| Some(node(&nats, id))).collect();
+    {
+        let live: Vec<&Server> = servers.iter().flatten().map(|(s, _)| s).collect();
+        wait_balanced(&live);
+    }
+    let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
+    let first = &servers[0].as_ref().unwrap().0;
+    ok(&first.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": users }),
+    ));
+    // Where each node listens, for the devices and the load: None while it is down.
+    let addrs: Arc<Mutex<Vec<Option<(String, String)>>>> = Arc::new(Mutex::new(
+        servers
+            .iter()
+            .map(|s| s.as_ref().map(|(s, _)| (s.base.clone(), s.addr.clone())))
+            .collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // One device per account, spread over the three nodes (those on A will move).
+    let devices: Vec<Arc<Mutex<Device>>> = users
+        .iter()
+        .map(|u| {
+            Arc::new(Mutex::new(Device {
+                account: u.clone(),
+                recalls: HashMap::new(),
+                repeated_in_connection: Vec::new(),
+                messages: BTreeSet::new(),
+                reconnects: 0,
+            }))
+        })
+        .collect();
+    let device_stop = Arc::new(AtomicBool::new(false));
+    let device_threads: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let (u, addrs, stop, d) = (u.clone(), addrs.clone(), device_stop.clone(), devices[i].clone());
+            std::thread::spawn(move || run_device(&u, "dev", addrs, i, stop, d))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The load: three clients, one per node to start with, sending and recalling; a call
+    // that fails at the transport or with 91000 is sent again, the same body, to the next node.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let loads: Vec<_> = (0..3)
+        .map(|w| {
+            let (addrs, stop, seen, users) =
+                (addrs.clone(), stop.clone(), seen.clone(), users.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(40)))
+                    .build()
+                    .into();
+                let mut at = w;
+                let mut call = |api: &str, body: &Value| -> Option<Value> {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while Instant::now() < deadline {
+                        let target = addrs.lock().unwrap()[at % 3].clone();
+                        let Some((base, _)) = target else {
+                            at += 1;
+                            continue;
+                        };
+                        let sig = imstore::usersig::generate(
+                            common::server::APP,
+                            common::server::KEY,
+                            "administrator",
+                            3600,
+                            now(),
+                        );
+                        let url = format!(
+                            "{base}/v4/{api}?sdkappid={}&identifier=administrator&usersig={sig}&random=1&contenttype=json",
+                            common::server::APP
+                        );
+                        let answer = agent
+                            .post(&url)
+                            .send(body.to_string())
+                            .ok()
+                            .and_then(|mut r| r.body_mut().read_to_string().ok())
+                            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+                        match answer {
+                            Some(v) if v["ErrorCode"] != 91000 => return Some(v),
+                            _ => {
+                                at += 1;
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                    None
+                };
+                let mut i = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    i += 1;
+                    let from = &users[(i as usize * 3 + w) % users.len()];
+                    let to = &users[(i as usize * 5 + w + 1) % users.len()];
+                    if from == to {
+                        continue;
+                    }
+                    // MsgSeq and MsgTimeStamp fix the MsgKey: a retry is the same message.
+                    let mut body = text(from, to, i * 10 + w as u32, "chaos");
+                    body["MsgSeq"] = json!(i);
+                    body["MsgTimeStamp"] = json!(now());
+                    let Some(r) = call("openim/sendmsg", &body) else {
+                        continue;
+                    };
+                    assert_eq!(r["ErrorCode"], 0, "{r}");
+                    let key = r["MsgKey"].as_str().unwrap().to_owned();
+                    seen.lock()
+                        .unwrap()
+                        .sent
+                        .insert(key.clone(), (from.clone(), to.clone()));
+                    if i % 2 == 0 {
+                        let body = json!({"From_Account": from, "To_Account": to, "MsgKey": key});
+                        if let Some(r) = call("openim/admin_msgwithdraw", &body) {
+                            // 20023: an earlier attempt, cut off by a kill, had recalled it.
+                            assert!(
+                                r["ErrorCode"] == 0 || r["ErrorCode"] == 20023,
+                                "{r}"
+                            );
+                            seen.lock().unwrap().recalled.insert(key);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+
+    let phase = |secs: u64| std::thread::sleep(Duration::from_secs(secs));
+    phase(3);
+    // SIGKILL imstore node A.
+    addrs.lock().unwrap()[0] = None;
+    let (a, dir_a) = servers[0].take().unwrap();
+    a.kill();
+    let killed_at = Instant::now();
+    phase(6);
+    // SIGKILL one NATS node.
+    nats.kill(1);
+    phase(6);
+    // Restart both.
+    nats.start(1);
+    let a = node(&nats, "a");
+    drop(dir_a);
+    addrs.lock().unwrap()[0] = Some((a.0.base.clone(), a.0.addr.clone()));
+    servers[0] = Some(a);
+    phase(4);
+    stop.store(true, Ordering::Release);
+    let stopped_at = Instant::now();
+    for l in loads {
+        l.join().expect("a load thread failed");
+    }
+    let live: Vec<&Server> = servers.iter().flatten().map(|(s, _)| s).collect();
+    wait_balanced(&live);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.sent.len() > 20 && seen.recalled.len() > 10,
+        "the load ran: {} sends, {} recalls",
+        seen.sent.len(),
+        seen.recalled.len()
+    );
+    eprintln!("{} sends, {} recalls acknowledged; A was killed {:.1} s before the load stopped", seen.sent.len(), seen.recalled.len(), (stopped_at - killed_at).as_secs_f64());
+
+    // Every acknowledged operation is present; no recalled message is live in history.
+    let mut pairs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (key, (from, to)) in &seen.sent {
+        pairs
+            .entry((from.clone(), to.clone()))
+            .or_default()
+            .push(key.clone());
+    }
+    let mut missing = Vec::new();
+    for (i, ((from, to), keys)) in pairs.iter().enumerate() {
+        let s = live[i % live.len()];
+        let h = history(s, from, to);
+        let by_key: HashMap<&str, &Value> = h
+            .iter()
+            .map(|m| (m["MsgKey"].as_str().unwrap(), m))
+            .collect();
+        for key in keys {
+            let Some(m) = by_key.get(key.as_str()) else {
+                missing.push((imstore::cluster::shard_of(from, to, SHARDS), key.clone(), from.clone(), to.clone(), h.len()));
+                continue;
+            };
+            if seen.recalled.contains(key) {
+                assert_eq!(m["MsgFlagBits"], 8, "recalled {key} is live: {m}");
+                assert_eq!(m["MsgBody"], json!([]));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let mut cfg = ClusterConfig::new(&nats.urls, "auditor");
+        cfg.shards = SHARDS;
+        let auditor = Cluster::connect(cfg).unwrap();
+        let mut writers = String::new();
+        for n in 0..SHARDS {
+            let mut runs: Vec<(String, u64, usize)> = Vec::new();
+            for (_, node, epoch) in auditor.writers(n).unwrap() {
+                match runs.last_mut() {
+                    Some(r) if r.0 == node && r.1 == epoch => r.2 += 1,
+                    _ => runs.push((node, epoch, 1)),
+                }
+            }
+            writers.push_str(&format!("shard {n}: {runs:?}\n"));
+        }
+        panic!(
+            "{} acknowledged sends missing (shard, key, from, to, history length): {:?}\n{writers}\nlogs:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(20)],
+            live.iter().map(|s| s.stderr()).collect::<Vec<_>>().join("\n-----\n")
+        );
+    }
+
+    // A fresh device of every account gets no recalled message.
+    for (i, u) in users.iter().enumerate() {
+        let mut fresh = live[i % live.len()].ws(u, "fresh", "");
+        for f in drain(&mut fresh, Duration::from_millis(700)) {
+            if f["Event"] == "message" {
+                let key = f["Data"]["MsgKey"].as_str().unwrap();
+                assert!(
+                    !seen.recalled.contains(key),
+                    "a fresh device of {u} got recalled {key}"
+                );
+            }
+        }
+    }
+
+    // Every device that was connected: exactly one notice per recall of its account's
+    // messages (never twice on one connection; at least once over its life). Delivery is at
+    // least once, not at once: wait (bounded) until every notice has arrived.
+    let expected = |d: &Device| -> Vec<String> {
+        seen.recalled
+            .iter()
+            .filter(|key| {
+                let (from, to) = &seen.sent[*key];
+                (from == &d.account || to == &d.account) && !d.recalls.contains_key(*key)
+            })
+            .cloned()
+            .collect()
+    };
+    let waiting = Instant::now();
+    let deadline = waiting + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && devices.iter().any(|d| !expected(&d.lock().unwrap()).is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "devices had every recall notice {:.1} s after the load stopped (waited {:.1} s after the checks)",
+        stopped_at.elapsed().as_secs_f64(),
+        waiting.elapsed().as_secs_f64()
+    );
+    device_stop.store(true, Ordering::Release);
+    for t in device_threads {
+        t.join().expect("a device thread failed");
+    }
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .map(|d| std::mem::replace(&mut *d.lock().unwrap(), Device {
+            account: String::new(),
+            recalls: HashMap::new(),
+            repeated_in_connection: Vec::new(),
+            messages: BTreeSet::new(),
+            reconnects: 0,
+        }))
+        .collect();
+    for d in &devices {
+        assert!(
+            d.repeated_in_connection.is_empty(),
+            "{}: notices repeated on one connection: {:?}",
+            d.account,
+            d.repeated_in_connection
+        );
+        let never = expected(d);
+        assert!(
+            never.is_empty(),
+            "{} never got the recalls of {never:?} (reconnects: {})",
+            d.account,
+            d.reconnects
+        );
+    }
+    // Devices that never moved got each notice exactly once.
+    for d in devices.iter().filter(|d| d.reconnects == 0) {
+        for (key, n) in &d.recalls {
+            assert_eq!(*n, 1, "{}: {n} notices of {key}", d.account);
+        }
+    }
+
+    // No two owners ever wrote to a shard: each epoch is one node's, and no record of an
+    // older epoch was applied after a newer one (older records there are fenced-out zombies).
+    let mut cfg = ClusterConfig::new(&nats.urls, "auditor");
+    cfg.shards = SHARDS;
+    let auditor = Cluster::connect(cfg).unwrap();
+    for n in 0..SHARDS {
+        let writers = auditor.writers(n).unwrap();
+        let mut owner_of: HashMap<u64, &str> = HashMap::new();
+        for (seq, node, epoch) in &writers {
+            let prev = owner_of.insert(*epoch, node.as_str());
+            assert!(
+                prev.is_none_or(|p| p == node),
+                "shard {n}: epoch {epoch} written by {prev:?} and {node} (seq {seq})"
+            );
+        }
+        assert!(
+            owner_of.len() >= 1,
+            "shard {n} has records of its owners: {writers:?}"
+        );
+    }
+}
