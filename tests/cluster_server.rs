@@ -692,3 +692,115 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
         );
     }
 }
+
+/// Starts node `id` with `extra` arguments.
+fn node_with(nats: &Nats, id: &str, extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = SHARDS.to_string();
+    let mut args = vec![
+        "--cluster",
+        &nats.urls,
+        "--node-id",
+        id,
+        "--shards",
+        &shards,
+    ];
+    args.extend_from_slice(extra);
+    let server = start(dir.path(), &args);
+    (server, dir)
+}
+
+#[test]
+fn webhooks_and_the_rate_limit_work_across_nodes() {
+    use common::webhook::{Answer, Call, Receiver, ok as answered_ok};
+    let _serial = serial();
+    let nats = Nats::up();
+    let receiver = Receiver::start();
+    receiver.answer_with(|c: &Call| {
+        if c.command() == "C2C.CallbackBeforeSendMsg"
+            && c.body["MsgBody"][0]["MsgContent"]["Text"] == "blocked"
+        {
+            Answer::ok(json!({"ActionStatus": "OK", "ErrorCode": 1, "ErrorInfo": ""}))
+        } else {
+            answered_ok()
+        }
+    });
+    // 6 calls a second per API for the app: 3 for each of the two nodes.
+    let hooks = [
+        "--callback-url",
+        receiver.url.as_str(),
+        "--callback-token",
+        "t",
+        "--rate-limit",
+        "6",
+    ];
+    let (a, _da) = node_with(&nats, "a", &hooks);
+    let (b, _db) = node_with(&nats, "b", &hooks);
+    wait_balanced(&[&a, &b]);
+    // Calls wait out the limit (60007) in this test, except where it is the point.
+    let call = |s: &Server, api: &str, body: Value| -> Value {
+        for _ in 0..50 {
+            let r = s.post(api, body.clone());
+            if r["ErrorCode"] != 60007 {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        panic!("{api} was refused 50 times by the rate limit")
+    };
+    ok(&call(
+        &a,
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob"]}),
+    ));
+
+    // The before-send callback decides wherever the shard is owned: refused is refused.
+    let refused = call(&b, "openim/sendmsg", text("alice", "bob", 1, "blocked"));
+    assert_eq!(refused["ErrorCode"], 20006, "{refused}");
+    // An accepted send: the after-send callback carries the MsgKey the caller got, once.
+    let sent = call(&a, "openim/sendmsg", text("alice", "bob", 2, "fine"));
+    let key = ok(&sent)["MsgKey"].as_str().unwrap().to_owned();
+    let after = receiver
+        .next_of("C2C.CallbackAfterSendMsg", Duration::from_secs(20))
+        .expect("an after-send callback");
+    assert_eq!(after.body["MsgKey"], key.as_str());
+    assert_eq!(after.body["From_Account"], "alice");
+    ok(&call(
+        &b,
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "alice", "To_Account": "bob", "MsgKey": key}),
+    ));
+    let withdrawn = receiver
+        .next_of("C2C.CallbackAfterMsgWithDraw", Duration::from_secs(20))
+        .expect("an after-recall callback");
+    assert_eq!(withdrawn.body["MsgKey"], key.as_str());
+    std::thread::sleep(Duration::from_millis(500));
+    let repeated = receiver.log.lock().unwrap().iter().filter(|c| {
+        c.command() == "C2C.CallbackAfterSendMsg" && c.body["MsgKey"] == key.as_str()
+    }).count();
+    assert_eq!(repeated, 1, "one after-send callback per message");
+
+    // The rate limit: each node admits its share, 3 a second per API. A burst of 30 checks
+    // to one node: at most its bucket (3) plus what refills while the burst runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let r = a.post(
+            "im_open_login_svc/account_check",
+            json!({"CheckItem": [{"UserID": "alice"}]}),
+        );
+        match r["ErrorCode"].as_u64() {
+            Some(0) => admitted += 1,
+            Some(60007) => {}
+            _ => panic!("{r}"),
+        }
+    }
+    let refill = (started.elapsed().as_secs_f64() * 3.0).ceil() as usize;
+    assert!(
+        admitted >= 3 && admitted <= 3 + refill,
+        "{admitted} of 30 admitted in {:?} (bucket 3, refill {refill})",
+        started.elapsed()
+    );
+    assert!(admitted < 30, "the limit applies");
+}
