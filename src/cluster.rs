@@ -511,9 +511,7 @@ impl Cluster {
                 }
                 let m = match stream.get_raw_message(seq).await {
                     Ok(m) => m,
-                    Err(e)
-                        if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) =>
-                    {
+                    Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
                         continue;
                     }
                     Err(e) => return Err(nats(e)),

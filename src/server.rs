@@ -301,7 +301,9 @@ pub async fn run_until(
         #[cfg(feature = "cluster")]
         return cluster::run_until(config, shutdown, ready).await;
         #[cfg(not(feature = "cluster"))]
-        return Err("--cluster needs an imstore-server built with the cargo feature `cluster`".into());
+        return Err(
+            "--cluster needs an imstore-server built with the cargo feature `cluster`".into(),
+        );
     }
     let metrics = metrics::Metrics::new();
     let store_config = Config::default()

@@ -19,20 +19,7 @@ const SHARDS: u32 = 4;
 
 /// Starts node `id` of the cluster on `nats`.
 fn node(nats: &Nats, id: &str) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let shards = SHARDS.to_string();
-    let server = start(
-        dir.path(),
-        &[
-            "--cluster",
-            &nats.urls,
-            "--node-id",
-            id,
-            "--shards",
-            &shards,
-        ],
-    );
-    (server, dir)
+    node_with(nats, id, &[])
 }
 
 /// The shards `s` says it owns (its `/metrics`).
@@ -184,8 +171,10 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     }
 
     // A client request over C's WebSocket runs on the conversation's shard.
-    bob.send(json!({"Op": "sendmsg", "ReqId": 1, "To_Account": "carol", "MsgRandom": 5,
-        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "from bob's phone"}}]}));
+    bob.send(
+        json!({"Op": "sendmsg", "ReqId": 1, "To_Account": "carol", "MsgRandom": 5,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "from bob's phone"}}]}),
+    );
     let reply = loop {
         let f = bob.expect_from(&c);
         if f["Event"] == "reply" {
@@ -200,9 +189,15 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
 
     // Unread counts are summed over the shards.
     for (i, peer) in ["alice", "carol", "dave"].iter().enumerate() {
-        ok(&b.post("openim/sendmsg", text(peer, "bob", 100 + i as u32, "unread")));
+        ok(&b.post(
+            "openim/sendmsg",
+            text(peer, "bob", 100 + i as u32, "unread"),
+        ));
     }
-    let unread = c.post("openim/get_c2c_unread_msg_num", json!({"To_Account": "bob"}));
+    let unread = c.post(
+        "openim/get_c2c_unread_msg_num",
+        json!({"To_Account": "bob"}),
+    );
     assert_eq!(ok(&unread)["AllC2CUnreadMsgNum"], 3, "{unread}");
     let picked = a.post(
         "openim/get_c2c_unread_msg_num",
@@ -269,6 +264,9 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     }
 }
 
+/// Where each node listens (base URL, host:port); `None` while it is down.
+type Addrs = Arc<Mutex<Vec<Option<(String, String)>>>>;
+
 /// What the load and the devices of the chaos test saw.
 #[derive(Default)]
 struct Seen {
@@ -294,7 +292,7 @@ struct Device {
 fn run_device(
     account: &str,
     name: &str,
-    nodes: Arc<Mutex<Vec<Option<(String, String)>>>>,
+    nodes: Addrs,
     first: usize,
     stop: Arc<AtomicBool>,
     d: Arc<Mutex<Device>>,
@@ -329,7 +327,8 @@ fn run_device(
             continue;
         };
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_ref() {
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
         }
         let mut this_connection = BTreeSet::new();
         loop {
@@ -380,8 +379,10 @@ fn run_device(
 fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
     let _serial = serial();
     let nats = Nats::up();
-    let mut servers: Vec<Option<(Server, tempfile::TempDir)>> =
-        ["a", "b", "c"].iter().map(|id| Some(node(&nats, id))).collect();
+    let mut servers: Vec<Option<(Server, tempfile::TempDir)>> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Some(node(&nats, id)))
+        .collect();
     {
         let live: Vec<&Server> = servers.iter().flatten().map(|(s, _)| s).collect();
         wait_balanced(&live);
@@ -393,7 +394,7 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
         json!({ "Accounts": users }),
     ));
     // Where each node listens, for the devices and the load: None while it is down.
-    let addrs: Arc<Mutex<Vec<Option<(String, String)>>>> = Arc::new(Mutex::new(
+    let addrs: Addrs = Arc::new(Mutex::new(
         servers
             .iter()
             .map(|s| s.as_ref().map(|(s, _)| (s.base.clone(), s.addr.clone())))
@@ -419,7 +420,12 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            let (u, addrs, stop, d) = (u.clone(), addrs.clone(), device_stop.clone(), devices[i].clone());
+            let (u, addrs, stop, d) = (
+                u.clone(),
+                addrs.clone(),
+                device_stop.clone(),
+                devices[i].clone(),
+            );
             std::thread::spawn(move || run_device(&u, "dev", addrs, i, stop, d))
         })
         .collect();
@@ -495,7 +501,7 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
                         .unwrap()
                         .sent
                         .insert(key.clone(), (from.clone(), to.clone()));
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         let body = json!({"From_Account": from, "To_Account": to, "MsgKey": key});
                         if let Some(r) = call("openim/admin_msgwithdraw", &body) {
                             // 20023: an earlier attempt, cut off by a kill, had recalled it.
@@ -544,7 +550,12 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
         seen.sent.len(),
         seen.recalled.len()
     );
-    eprintln!("{} sends, {} recalls acknowledged; A was killed {:.1} s before the load stopped", seen.sent.len(), seen.recalled.len(), (stopped_at - killed_at).as_secs_f64());
+    eprintln!(
+        "{} sends, {} recalls acknowledged; A was killed {:.1} s before the load stopped",
+        seen.sent.len(),
+        seen.recalled.len(),
+        (stopped_at - killed_at).as_secs_f64()
+    );
 
     // Every acknowledged operation is present; no recalled message is live in history.
     let mut pairs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -564,7 +575,13 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
             .collect();
         for key in keys {
             let Some(m) = by_key.get(key.as_str()) else {
-                missing.push((imstore::cluster::shard_of(from, to, SHARDS), key.clone(), from.clone(), to.clone(), h.len()));
+                missing.push((
+                    imstore::cluster::shard_of(from, to, SHARDS),
+                    key.clone(),
+                    from.clone(),
+                    to.clone(),
+                    h.len(),
+                ));
                 continue;
             };
             if seen.recalled.contains(key) {
@@ -592,7 +609,10 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
             "{} acknowledged sends missing (shard, key, from, to, history length): {:?}\n{writers}\nlogs:\n{}",
             missing.len(),
             &missing[..missing.len().min(20)],
-            live.iter().map(|s| s.stderr()).collect::<Vec<_>>().join("\n-----\n")
+            live.iter()
+                .map(|s| s.stderr())
+                .collect::<Vec<_>>()
+                .join("\n-----\n")
         );
     }
 
@@ -625,9 +645,34 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
     };
     let waiting = Instant::now();
     let deadline = waiting + Duration::from_secs(30);
+    let mut reported = false;
     while Instant::now() < deadline
-        && devices.iter().any(|d| !expected(&d.lock().unwrap()).is_empty())
+        && devices
+            .iter()
+            .any(|d| !expected(&d.lock().unwrap()).is_empty())
     {
+        if !reported && waiting.elapsed() > Duration::from_secs(3) {
+            reported = true;
+            for d in &devices {
+                let d = d.lock().unwrap();
+                let missing: Vec<(String, u32)> = expected(&d)
+                    .into_iter()
+                    .map(|k| {
+                        let (from, to) = &seen.sent[&k];
+                        (k.clone(), imstore::cluster::shard_of(from, to, SHARDS))
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    eprintln!(
+                        "after 3 s, {} (reconnects {}) still lacks {} notices: {:?}",
+                        d.account,
+                        d.reconnects,
+                        missing.len(),
+                        &missing[..missing.len().min(5)]
+                    );
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
@@ -641,13 +686,18 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
     }
     let devices: Vec<Device> = devices
         .into_iter()
-        .map(|d| std::mem::replace(&mut *d.lock().unwrap(), Device {
-            account: String::new(),
-            recalls: HashMap::new(),
-            repeated_in_connection: Vec::new(),
-            messages: BTreeSet::new(),
-            reconnects: 0,
-        }))
+        .map(|d| {
+            std::mem::replace(
+                &mut *d.lock().unwrap(),
+                Device {
+                    account: String::new(),
+                    recalls: HashMap::new(),
+                    repeated_in_connection: Vec::new(),
+                    messages: BTreeSet::new(),
+                    reconnects: 0,
+                },
+            )
+        })
         .collect();
     for d in &devices {
         assert!(
@@ -671,24 +721,42 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
         }
     }
 
-    // No two owners ever wrote to a shard: each epoch is one node's, and no record of an
-    // older epoch was applied after a newer one (older records there are fenced-out zombies).
+    // No two owners ever wrote to a shard: each epoch is one node's, epochs only grow, and a
+    // record of an older epoch after a newer one is a fenced-out zombie — a stale owner's
+    // pipelined append, at most a publishing window after the newer owner's first record
+    // (replay skips it; it was never acknowledged).
     let mut cfg = ClusterConfig::new(&nats.urls, "auditor");
     cfg.shards = SHARDS;
     let auditor = Cluster::connect(cfg).unwrap();
     for n in 0..SHARDS {
         let writers = auditor.writers(n).unwrap();
         let mut owner_of: HashMap<u64, &str> = HashMap::new();
+        let (mut newest, mut since, mut zombies) = (0u64, 0u64, 0usize);
         for (seq, node, epoch) in &writers {
             let prev = owner_of.insert(*epoch, node.as_str());
             assert!(
                 prev.is_none_or(|p| p == node),
                 "shard {n}: epoch {epoch} written by {prev:?} and {node} (seq {seq})"
             );
+            if *epoch > newest {
+                (newest, since) = (*epoch, *seq);
+            } else if *epoch < newest {
+                zombies += 1;
+                assert!(
+                    seq - since <= 4096,
+                    "shard {n}: a record of epoch {epoch} at {seq}, long after epoch {newest} began at {since}"
+                );
+            }
         }
-        assert!(
-            owner_of.len() >= 1,
-            "shard {n} has records of its owners: {writers:?}"
+        assert!(!owner_of.is_empty(), "shard {n} has no records");
+        eprintln!(
+            "shard {n}: {} records, owners by epoch {:?}, {zombies} fenced-out zombies",
+            writers.len(),
+            {
+                let mut o: Vec<_> = owner_of.into_iter().collect();
+                o.sort();
+                o
+            }
         );
     }
 }
@@ -775,9 +843,13 @@ fn webhooks_and_the_rate_limit_work_across_nodes() {
         .expect("an after-recall callback");
     assert_eq!(withdrawn.body["MsgKey"], key.as_str());
     std::thread::sleep(Duration::from_millis(500));
-    let repeated = receiver.log.lock().unwrap().iter().filter(|c| {
-        c.command() == "C2C.CallbackAfterSendMsg" && c.body["MsgKey"] == key.as_str()
-    }).count();
+    let repeated = receiver
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.command() == "C2C.CallbackAfterSendMsg" && c.body["MsgKey"] == key.as_str())
+        .count();
     assert_eq!(repeated, 1, "one after-send callback per message");
 
     // The rate limit: each node admits its share, 3 a second per API. A burst of 30 checks

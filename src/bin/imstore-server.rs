@@ -135,12 +135,16 @@ fn main() -> std::process::ExitCode {
         }),
         client_recall_window_secs: args.client_recall_window_secs,
         drain: std::time::Duration::from_millis(args.drain_ms.min(2000)),
-        cluster: args.cluster.map(|urls| imstore::server::ClusterServerConfig {
-            urls,
-            node_id: args.node_id.unwrap_or_else(|| format!("node-{}", std::process::id())),
-            shards: args.shards,
-            replicas: args.replicas,
-        }),
+        cluster: args
+            .cluster
+            .map(|urls| imstore::server::ClusterServerConfig {
+                urls,
+                node_id: args
+                    .node_id
+                    .unwrap_or_else(|| format!("node-{}", std::process::id())),
+                shards: args.shards,
+                replicas: args.replicas,
+            }),
     };
     if let Some(identifier) = &args_usersig {
         return match imstore::server::usersig_for(&config, identifier) {

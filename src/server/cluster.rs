@@ -59,6 +59,9 @@ pub use super::ClusterServerConfig;
 const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// How often a node says it is alive and rebalances.
 const ROUND: Duration = Duration::from_secs(1);
+/// Published by a node that reconnected to NATS or took a shard over: requests in flight
+/// may have lost their answers (a dead owner never answers), so pulls are sent again.
+const RESEND: &str = "imstore.resend";
 /// A device session no node has pulled for this long is dropped by the owner.
 const SESSION_IDLE: Duration = Duration::from_secs(60);
 
@@ -75,6 +78,9 @@ pub(super) struct Node {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     sessions: AtomicU64,
+    /// Bumped when this node or another reconnects to NATS: answers to requests in flight
+    /// then may have been lost, and pulls are sent again rather than left to time out.
+    resend: watch::Sender<u64>,
     /// The first administrator: the sender of a send without From_Account.
     pub(super) first_admin: String,
 }
@@ -129,7 +135,44 @@ impl Node {
                     .map_or(1, |d| d.as_nanos() as u64),
             ),
             first_admin,
+            resend: watch::channel(0).0,
         }))
+    }
+
+    /// A receiver that changes whenever a node reconnected to NATS (see `resend`).
+    pub(super) fn resends(&self) -> watch::Receiver<u64> {
+        self.resend.subscribe()
+    }
+
+    /// Tells every node when this one reconnects to NATS, and listens for the others.
+    async fn watch_reconnections(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut mine = self.cluster.reconnections();
+        let mut theirs = match self.client.subscribe(RESEND).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hear of other nodes' reconnections");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                changed = mine.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tracing::info!("reconnected to NATS; calls in flight are sent again");
+                    let _ = self.client.publish(RESEND, self.cluster.node_id().to_owned().into()).await;
+                    self.resend.send_modify(|n| *n += 1);
+                }
+                heard = theirs.next() => {
+                    if heard.is_none() {
+                        return;
+                    }
+                    self.resend.send_modify(|n| *n += 1);
+                }
+            }
+        }
     }
 
     pub(super) fn shards(&self) -> u32 {
@@ -146,6 +189,26 @@ impl Node {
 
     pub(super) fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// Sends `call` to shard `n`'s owner — run here, without a trip through NATS, when this
+    /// node owns the shard — retrying as `rpc.rs` says.
+    pub(super) async fn call(
+        &self,
+        n: u32,
+        call: &Call,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<(Answer, bytes::Bytes), rpc::CallError> {
+        let local = self.owned.lock().get(&n).cloned();
+        if let Some(owned) = local {
+            let stop = owned.stop.subscribe();
+            let (answer, out) = handle(self, &owned, call.clone(), bytes, stop).await;
+            if !answer.retry {
+                return Ok((answer, out.into()));
+            }
+        }
+        rpc::call(&self.client, n, call, bytes, timeout).await
     }
 
     /// A new id for a device session on this node.
@@ -238,7 +301,11 @@ impl Node {
             let mut mine = self.owned_shards();
             mine.reverse();
             for n in mine.into_iter().take(owned - share) {
-                tracing::info!(shard = n, share, "releasing a shard to a node that has fewer");
+                tracing::info!(
+                    shard = n,
+                    share,
+                    "releasing a shard to a node that has fewer"
+                );
                 self.release(n);
             }
         } else if owned < share {
@@ -294,14 +361,24 @@ impl Node {
             stop,
         });
         self.owned.lock().insert(n, owned.clone());
+        self.runtime.spawn(serve(
+            self.clone(),
+            owned.clone(),
+            subscriber,
+            stopped.clone(),
+        ));
         self.runtime
-            .spawn(serve(self.clone(), owned.clone(), subscriber, stopped.clone()));
-        self.runtime.spawn(forget_idle(owned.clone(), stopped.clone()));
+            .spawn(forget_idle(owned.clone(), stopped.clone()));
         if let Some(w) = &self.webhooks {
             let (w, metrics) = (w.clone(), self.metrics.clone());
             self.runtime
                 .spawn(async move { w.dispatch(store, stopped, metrics).await });
         }
+        // Pulls waiting on the shard's previous owner (dead, or gone) are sent again now.
+        let _ = self.runtime.block_on(
+            self.client
+                .publish(RESEND, self.cluster.node_id().to_owned().into()),
+        );
         Ok(())
     }
 
@@ -524,7 +601,11 @@ async fn handle(
             }
             let frame = match serde_json::from_slice::<serde_json::Value>(bytes) {
                 Ok(serde_json::Value::Object(map)) => map,
-                _ => return failed(&Error::InvalidRequest("the frame is not a JSON object".into())),
+                _ => {
+                    return failed(&Error::InvalidRequest(
+                        "the frame is not a JSON object".into(),
+                    ));
+                }
             };
             let req = DeviceRequest {
                 account,
@@ -708,7 +789,7 @@ impl crate::api::Directory for NodeDirectory<'_> {
             user: user.to_owned(),
         };
         let answers = node.runtime.block_on(futures_util::future::join_all(
-            (0..node.shards()).map(|n| rpc::call(&node.client, n, &call, &[], rpc::REST_TIMEOUT)),
+            (0..node.shards()).map(|n| node.call(n, &call, &[], rpc::REST_TIMEOUT)),
         ));
         for answer in answers {
             let (answer, bytes) = answer.map_err(rpc::CallError::into_error)?;
@@ -796,6 +877,7 @@ pub(super) async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let balancer = tokio::spawn(node.clone().run(stop_rx.clone()));
+    tokio::spawn(node.clone().watch_reconnections(stop_rx.clone()));
     let app = App {
         api: node.front.clone(),
         body_limit: config.body_limit,

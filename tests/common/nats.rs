@@ -100,7 +100,6 @@ impl Nats {
     pub fn start(&self, n: u32) {
         self.run(&["start", &n.to_string()]);
     }
-
 }
 
 impl Drop for Nats {
@@ -125,4 +124,3 @@ impl Drop for Nats {
         }
     }
 }
-

@@ -49,9 +49,7 @@ fn split_after(query: &str) -> (String, Option<String>) {
 fn authorize(node: &Node, query: &str) -> Result<(DeviceRequest, Option<Token>), Error> {
     let (query, after) = split_after(query);
     let req = node.front.authorize_device(&query)?;
-    let after = after
-        .map(|a| Token::parse(&a, node.shards()))
-        .transpose()?;
+    let after = after.map(|a| Token::parse(&a, node.shards())).transpose()?;
     Ok((req, after))
 }
 
@@ -181,9 +179,7 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
                 "ack needs Seq, the position token of the last event received".into(),
             )),
         };
-        return result
-            .err()
-            .map(|e| ws_reply(&req_id, &error_reply(&e)));
+        return result.err().map(|e| ws_reply(&req_id, &error_reply(&e)));
     }
     let req = feed.request();
     let peer_account = ["To_Account", "Peer_Account"]
@@ -203,7 +199,9 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         ip: peer.ip().to_string(),
         peer: peer_account,
     };
-    let reply = match rpc::call(node.client(), n, &call, text.as_bytes(), rpc::REST_TIMEOUT).await
+    let reply = match node
+        .call(n, &call, text.as_bytes(), rpc::REST_TIMEOUT)
+        .await
     {
         Ok((answer, bytes)) => Reply {
             json: String::from_utf8_lossy(&bytes).into_owned(),
@@ -238,14 +236,19 @@ pub async fn events(
         Ok(f) => f,
         Err(e) => return json_response(error_reply(&e)),
     };
-    let state = (feed, app.shutdown.clone(), (conn, app.metrics.device("sse")));
-    let batches = futures_util::stream::unfold(state, |(mut feed, mut shutdown, conn)| async move {
-        let events = tokio::select! {
-            _ = shutdown.changed() => return None,
-            batch = feed.next() => batch?,
-        };
-        Some((events, (feed, shutdown, conn)))
-    });
+    let state = (
+        feed,
+        app.shutdown.clone(),
+        (conn, app.metrics.device("sse")),
+    );
+    let batches =
+        futures_util::stream::unfold(state, |(mut feed, mut shutdown, conn)| async move {
+            let events = tokio::select! {
+                _ = shutdown.changed() => return None,
+                batch = feed.next() => batch?,
+            };
+            Some((events, (feed, shutdown, conn)))
+        });
     let stream = batches
         .flat_map(futures_util::stream::iter)
         .map(|(token, e)| {

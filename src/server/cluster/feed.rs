@@ -19,7 +19,14 @@
 //! confirmed in that shard — so what was handed out but not confirmed comes again (at least
 //! once, R7), and the task drops what this connection already passed on (the same sequence
 //! numbers: the new owner replayed the same stream). An owner that is briefly unreachable
-//! is asked again (`rpc.rs`); memory per session is one pending batch per shard.
+//! is asked again (`rpc.rs`); a pull whose answer may have been lost because some node
+//! reconnected to NATS is sent again at once. Memory per session is one pending batch per
+//! shard.
+//!
+//! Cost: a session is connected in every shard (one journal record per shard at connect) and
+//! keeps one pull waiting per shard (up to 15 s each, then asked again): with the default 64
+//! shards, about 4 requests a second per idle device. A push from owners to nodes would cut
+//! that; it is not built yet.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +136,11 @@ impl Drop for Feed {
 /// Connects `req`'s device in every shard (resuming after `after` where it names a position),
 /// then starts pulling. Fails — with the single node's error — if a shard refuses the device
 /// (too many devices, an unknown account) or cannot be reached.
-pub async fn open(node: &Arc<Node>, req: DeviceRequest, after: Option<Token>) -> Result<Feed, Error> {
+pub async fn open(
+    node: &Arc<Node>,
+    req: DeviceRequest,
+    after: Option<Token>,
+) -> Result<Feed, Error> {
     let shards = node.shards();
     let session = node.next_session();
     let start = after.clone().unwrap_or_else(|| Token::new(shards));
@@ -180,7 +191,8 @@ async fn connect(
         session,
         after,
     };
-    let (answer, bytes) = rpc::call(node.client(), n, &call, &[], rpc::REST_TIMEOUT)
+    let (answer, bytes) = node
+        .call(n, &call, &[], rpc::REST_TIMEOUT)
         .await
         .map_err(rpc::CallError::into_error)?;
     if answer.code != 0 {
@@ -193,7 +205,11 @@ async fn connect(
 fn error_of(answer: &Answer, bytes: &[u8]) -> Error {
     let info = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
-        .and_then(|v| v.get("ErrorInfo").and_then(|i| i.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v.get("ErrorInfo")
+                .and_then(|i| i.as_str())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| answer.info.clone());
     Error::Remote {
         code: answer.code,
@@ -214,8 +230,9 @@ async fn pull(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connected = true;
-    // A pull in flight when NATS reconnects may have lost its answer: it is sent again then.
-    let mut reconnected = node.cluster().reconnections();
+    // A pull in flight when a node reconnects to NATS may have lost its answer: it is sent
+    // again then.
+    let mut reconnected = node.resends();
     while !*stop.borrow() {
         let step = async {
             if !connected {
@@ -230,7 +247,7 @@ async fn pull(
                 after: received,
                 wait_ms: PULL_WAIT.as_millis() as u64,
             };
-            rpc::call(node.client(), n, &call, &[], PULL_WAIT + Duration::from_secs(5))
+            node.call(n, &call, &[], PULL_WAIT + Duration::from_secs(5))
                 .await
                 .map_err(rpc::CallError::into_error)
                 .map(|(answer, _)| answer)
@@ -314,7 +331,8 @@ pub async fn ack(node: &Node, req: &DeviceRequest, moved: &[(u32, u64)]) -> Resu
             seq: *seq,
         };
         async move {
-            let (answer, bytes) = rpc::call(node.client(), *n, &call, &[], rpc::REST_TIMEOUT)
+            let (answer, bytes) = node
+                .call(*n, &call, &[], rpc::REST_TIMEOUT)
                 .await
                 .map_err(rpc::CallError::into_error)?;
             if answer.code != 0 {

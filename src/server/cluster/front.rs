@@ -139,7 +139,7 @@ async fn forward(
         ip: ip.to_owned(),
         accounts,
     };
-    match rpc::call(node.client(), n, &call, body, rpc::REST_TIMEOUT).await {
+    match node.call(n, &call, body, rpc::REST_TIMEOUT).await {
         Ok((answer, bytes)) => Reply {
             json: String::from_utf8_lossy(&bytes).into_owned(),
             code: answer.code,
@@ -241,13 +241,7 @@ async fn batch(
 
 /// `get_c2c_unread_msg_num`: every shard's counts for the account, summed; the peers asked for
 /// picked out (70107 for those that do not exist).
-async fn unread(
-    node: &Node,
-    path: &str,
-    query: &str,
-    ip: &str,
-    map: Map<String, Value>,
-) -> Reply {
+async fn unread(node: &Node, path: &str, query: &str, ip: &str, map: Map<String, Value>) -> Reply {
     let Some(account) = map
         .get("To_Account")
         .and_then(Value::as_str)
