@@ -192,7 +192,6 @@ async fn snapshots_of(
     store: &object_store::ObjectStore,
     n: u32,
 ) -> Result<Vec<(u64, u64, String)>, String> {
-    let prefix = format!("shard.{n}.");
     let mut list = store.list().await.map_err(|e| e.to_string())?;
     let mut found = Vec::new();
     while let Some(info) = list.next().await {
@@ -200,11 +199,7 @@ async fn snapshots_of(
         if info.deleted {
             continue;
         }
-        let parsed = info.name.strip_prefix(&prefix).and_then(|rest| {
-            let (cut, epoch) = rest.split_once('.')?;
-            Some((cut.parse::<u64>().ok()?, epoch.parse::<u64>().ok()?))
-        });
-        if let Some((cut, epoch)) = parsed {
+        if let Some((cut, epoch)) = parse_snapshot_name(n, &info.name) {
             found.push((cut, epoch, info.name));
         }
     }
@@ -212,12 +207,30 @@ async fn snapshots_of(
     Ok(found)
 }
 
-/// The newest snapshot of shard `n`: its cut, epoch and bytes.
+/// The key of `imstore_meta` naming shard `n`'s newest snapshot object. Listing the object
+/// store instead can wait for ever on nats-server 2.9 while another snapshot is being stored
+/// (its pending count never reaches zero), so the newest is found by name.
+fn snapshot_key(n: u32) -> String {
+    format!("snap.{n}")
+}
+
+/// The newest snapshot of shard `n`: its cut, epoch and bytes. Found through
+/// [`snapshot_key`]; a cluster whose snapshots predate that key is listed instead.
 async fn latest_snapshot(
     store: &object_store::ObjectStore,
+    meta: &kv::Store,
     n: u32,
 ) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
-    let Some((cut, epoch, name)) = snapshots_of(store, n).await?.pop() else {
+    let named = meta
+        .get(snapshot_key(n))
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|v| String::from_utf8(v.to_vec()).ok());
+    let newest = match named {
+        Some(name) => parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name)),
+        None => snapshots_of(store, n).await?.pop(),
+    };
+    let Some((cut, epoch, name)) = newest else {
         return Ok(None);
     };
     let mut object = store.get(&name).await.map_err(|e| e.to_string())?;
@@ -226,6 +239,13 @@ async fn latest_snapshot(
         .await
         .map_err(|e| e.to_string())?;
     Ok(Some((cut, epoch, bytes)))
+}
+
+/// (cut, epoch) of a snapshot object's name `shard.<n>.<cut>.<epoch>`.
+fn parse_snapshot_name(n: u32, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(&format!("shard.{n}."))?;
+    let (cut, epoch) = rest.split_once('.')?;
+    Some((cut.parse().ok()?, epoch.parse().ok()?))
 }
 
 /// A node's connection to the cluster: NATS, its buckets, and a small runtime of its own on
@@ -248,6 +268,8 @@ struct ClusterInner {
     meta: kv::Store,
     /// Counts the connections to NATS made after the first (reconnections).
     connections: tokio::sync::watch::Receiver<u64>,
+    /// Held while a snapshot is built (one at a time).
+    snapshotting: parking_lot::Mutex<()>,
 }
 
 impl Drop for ClusterInner {
@@ -318,10 +340,14 @@ impl Cluster {
         let (connections, connections_rx) = tokio::sync::watch::channel(0u64);
         let (js, (leases, accounts, snapshots, meta)) = block_on(&handle, async move {
             let connections = Arc::new(connections);
+            let first = Arc::new(AtomicBool::new(true));
             let client = async_nats::ConnectOptions::new()
                 .name(format!("imstore-{}", cfg.node_id))
                 .event_callback(move |event| {
-                    if matches!(event, async_nats::Event::Connected) {
+                    // The first `Connected` is the connection itself, not a reconnection.
+                    if matches!(event, async_nats::Event::Connected)
+                        && !first.swap(false, Ordering::AcqRel)
+                    {
                         connections.send_modify(|n| *n += 1);
                     }
                     async {}
@@ -351,6 +377,7 @@ impl Cluster {
                 snapshots,
                 meta,
                 connections: connections_rx,
+                snapshotting: parking_lot::Mutex::new(()),
             }),
         })
     }
@@ -585,9 +612,9 @@ impl Cluster {
             // The newest snapshot, then the stream after its cut.
             let mut applied = 0u64;
             let mut max_epoch = 0u64;
-            let snaps = self.inner.snapshots.clone();
+            let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
             if let Some((_, epoch, bytes)) = self
-                .block(async move { latest_snapshot(&snaps, n).await })
+                .block(async move { latest_snapshot(&snaps, &meta, n).await })
                 .map_err(open_nats)?
             {
                 let cut = crate::journal::read_snapshot(&bytes, recover).map_err(|reason| {
@@ -696,10 +723,20 @@ impl Cluster {
         if let Some(why) = shared.failed() {
             return Err(not_owner(why));
         }
+        // One snapshot at a time per node: each holds a whole shard's state in memory while
+        // it is built.
+        let _one = self.inner.snapshotting.lock();
         let cut = shared.done_seq();
-        let snaps = self.inner.snapshots.clone();
+        let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
+        let within = self.inner.config.publish_retry;
         let prev = self
-            .block(async move { latest_snapshot(&snaps, n).await })
+            .block(async move {
+                tokio::time::timeout(within, latest_snapshot(&snaps, &meta, n))
+                    .await
+                    .map_err(|_| {
+                        format!("listing the snapshots of shard {n}: no answer within {within:?}")
+                    })?
+            })
             .map_err(ClusterError::Nats)?;
         let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
         let mut epoch = prev.as_ref().map_or(0, |(_, e, _)| *e);
@@ -719,24 +756,77 @@ impl Cluster {
         if let Some(why) = shared.failed() {
             return Err(not_owner(why));
         }
-        let (snaps, js) = (self.inner.snapshots.clone(), self.inner.js.clone());
+        let (snaps, js, meta) = (
+            self.inner.snapshots.clone(),
+            self.inner.js.clone(),
+            self.inner.meta.clone(),
+        );
         self.block(async move {
             let name = snapshot_object(n, cut, epoch);
-            snaps
-                .put(name.as_str(), &mut bytes.as_slice())
+            let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
+            tokio::time::timeout(within, snaps.put(name.as_str(), &mut bytes.as_slice()))
                 .await
+                .map_err(|_| late(&format!("storing {name}")))?
                 .map_err(|e| nats(format!("storing {name}: {e}")))?;
-            js.get_stream_no_info(stream_name(n))
-                .await
-                .map_err(nats)?
-                .purge()
-                .sequence(cut)
-                .await
-                .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))?;
-            for (c, _, old) in snapshots_of(&snaps, n).await.map_err(ClusterError::Nats)? {
-                if c < cut {
-                    let _ = snaps.delete(&old).await;
+            // Name it the newest — unless a newer one is named already (a stale owner's late
+            // snapshot never replaces a newer owner's): compare and set.
+            let named = async {
+                loop {
+                    let entry = meta.entry(snapshot_key(n)).await.map_err(nats)?;
+                    let current = entry
+                        .as_ref()
+                        .filter(|e| e.operation == kv::Operation::Put)
+                        .and_then(|e| std::str::from_utf8(&e.value).ok())
+                        .and_then(|v| parse_snapshot_name(n, v).map(|p| (p, v.to_owned())));
+                    if let Some(((c, _), named)) = &current
+                        && *c >= cut
+                    {
+                        return Ok::<_, ClusterError>((false, Some(named.clone())));
+                    }
+                    let previous = current.map(|(_, name)| name);
+                    let written = match &entry {
+                        Some(e) => meta
+                            .update(snapshot_key(n), name.clone().into(), e.revision)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        None => meta
+                            .create(snapshot_key(n), name.clone().into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    };
+                    match written {
+                        Ok(()) => return Ok((true, previous)),
+                        // Someone else wrote in between: look again.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
                 }
+            };
+            let (newest, previous) = tokio::time::timeout(within, named)
+                .await
+                .map_err(|_| late(&format!("naming {name} the newest snapshot")))??;
+            if !newest {
+                // Ours is not needed (unless it is the very one named).
+                if previous.as_deref() != Some(name.as_str()) {
+                    let _ = tokio::time::timeout(within, snaps.delete(&name)).await;
+                }
+                return Ok(cut);
+            }
+            let purge = async {
+                js.get_stream_no_info(stream_name(n))
+                    .await
+                    .map_err(nats)?
+                    .purge()
+                    .sequence(cut)
+                    .await
+                    .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))
+            };
+            tokio::time::timeout(within, purge)
+                .await
+                .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
+            if let Some(old) = previous {
+                let _ = tokio::time::timeout(within, snaps.delete(&old)).await;
             }
             Ok(cut)
         })
@@ -1247,6 +1337,12 @@ impl Shard {
     /// Stops writing, waits until everything appended is acknowledged, and releases the
     /// lease, so that another node can take the shard at once.
     pub fn close(self) -> Result<(), ClusterError> {
+        self.close_inner()
+    }
+
+    /// [`close`](Shard::close) through a shared reference (a server that shares the shard
+    /// among its tasks); closing twice does nothing more.
+    pub fn close_shared(&self) -> Result<(), ClusterError> {
         self.close_inner()
     }
 

@@ -377,6 +377,69 @@ fn appends_survive_nats_nodes_killed() {
     assert_eq!(on_b, acked);
 }
 
+/// Every shard snapshotted at once, on two nodes (what `imstore/compact` does): each
+/// finishes, and each shard's next owner starts from its own newest snapshot. (Listing the
+/// object store for the newest could wait for ever while another snapshot was being stored.)
+#[test]
+fn snapshots_taken_at_once_all_finish() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    let b = nats.node("B");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    // Two shards on each node.
+    let shards: Vec<_> = (0..4)
+        .map(|n| {
+            if n < 2 {
+                a.open_shard(n)
+            } else {
+                b.open_shard(n)
+            }
+            .unwrap()
+        })
+        .collect();
+    for (n, shard) in shards.iter().enumerate() {
+        shard.ensure_accounts(&USERS).unwrap();
+        for i in 0..(5 + n as u32 * 3) {
+            send_text(shard.store(), "vinson", "dramon", i, "before the snapshot");
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for shard in &shards {
+            let tx = tx.clone();
+            s.spawn(move || tx.send((shard.number(), shard.snapshot())).unwrap());
+        }
+        let mut cuts = std::collections::BTreeMap::new();
+        for _ in 0..shards.len() {
+            let (n, cut) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("every snapshot finishes");
+            cuts.insert(n, cut.unwrap());
+        }
+        assert_eq!(cuts.len(), 4);
+    });
+    let before: Vec<String> = shards.iter().map(|s| observe(s.store(), &USERS)).collect();
+    let cuts: Vec<u64> = shards.iter().map(|s| s.last_snapshot()).collect();
+    for shard in shards {
+        shard.close().unwrap();
+    }
+    let c = nats.node("C");
+    for n in 0..4u32 {
+        let shard = c.open_shard_wait(n, Duration::from_secs(20)).unwrap();
+        let report = shard.store().recovery_report().clone();
+        assert_eq!(report.snapshot_lsn, Some(cuts[n as usize]), "shard {n}");
+        assert_eq!(
+            observe(shard.store(), &USERS),
+            before[n as usize],
+            "shard {n}"
+        );
+        shard.close().unwrap();
+    }
+}
+
 #[test]
 fn a_new_owner_starts_from_the_snapshot() {
     let _one = serial();

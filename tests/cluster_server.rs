@@ -262,6 +262,37 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
         let r = s.post("openim/sendmsg", text("alice", "carol", 3, "gone?"));
         assert_eq!(r["ErrorCode"], 90003, "{r}");
     }
+    let again = c.post(
+        "im_open_login_svc/account_delete",
+        json!({"DeleteItem": [{"UserID": "carol"}]}),
+    );
+    assert_eq!(again["ResultItem"][0]["ResultCode"], 70107, "{again}");
+
+    // Compaction: every shard snapshots into the object store.
+    let compacted = a
+        .post_within("imstore/compact", json!({}), Duration::from_secs(90))
+        .unwrap_or_else(|| {
+            panic!(
+                "compaction was not answered\n{}\n----\n{}\n----\n{}",
+                a.stderr(),
+                b.stderr(),
+                c.stderr()
+            )
+        });
+    assert_eq!(
+        compacted["ErrorCode"],
+        0,
+        "{compacted}\n{}\n----\n{}\n----\n{}",
+        a.stderr(),
+        b.stderr(),
+        c.stderr()
+    );
+    let shards = compacted["Shards"].as_array().unwrap();
+    assert_eq!(shards.len(), SHARDS as usize, "{compacted}");
+    assert!(
+        shards.iter().all(|s| s["SnapshotSeq"].as_u64().is_some()),
+        "{compacted}"
+    );
 }
 
 /// Where each node listens (base URL, host:port); `None` while it is down.

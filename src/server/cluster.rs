@@ -354,7 +354,7 @@ impl Node {
         let (stop, stopped) = watch::channel(false);
         let owned = Arc::new(Owned {
             n,
-            shard: Mutex::new(Some(shard)),
+            shard,
             store: store.clone(),
             api,
             remotes: Mutex::new(HashMap::new()),
@@ -389,10 +389,7 @@ impl Node {
         };
         let _ = owned.stop.send(true);
         owned.remotes.lock().clear();
-        let shard = owned.shard.lock().take();
-        if let Some(shard) = shard
-            && let Err(e) = shard.close()
-        {
+        if let Err(e) = owned.shard.close_shared() {
             tracing::warn!(shard = n, error = %e, "closing the shard");
         }
     }
@@ -401,8 +398,8 @@ impl Node {
 /// A shard this node owns.
 struct Owned {
     n: u32,
-    /// Taken when the shard is closed.
-    shard: Mutex<Option<Shard>>,
+    /// Closed when released (then it is no longer the owner).
+    shard: Shard,
     store: Store,
     api: Arc<Api>,
     /// Devices connected through some node, by (account, device).
@@ -423,11 +420,11 @@ struct Remote {
 
 impl Owned {
     fn is_owner(&self) -> bool {
-        self.shard.lock().as_ref().is_some_and(Shard::is_owner)
+        self.shard.is_owner()
     }
 
     fn lease_valid(&self) -> bool {
-        self.shard.lock().as_ref().is_some_and(Shard::lease_valid)
+        self.shard.lease_valid()
     }
 
     /// Imports `users` from the accounts bucket if this shard does not have them yet.
@@ -443,10 +440,7 @@ impl Owned {
         let owned = self.clone();
         tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = missing.iter().map(String::as_str).collect();
-            match owned.shard.lock().as_ref() {
-                Some(shard) => shard.ensure_accounts(&names),
-                None => Err(Error::Internal("the shard was closed".into())),
-            }
+            owned.shard.ensure_accounts(&names)
         })
         .await
         .map_err(|e| Error::Internal(format!("importing accounts: {e}")))?
@@ -560,20 +554,23 @@ async fn handle(
             accounts,
         } => {
             if path == "/v4/imstore/compact" {
+                tracing::info!(shard = owned.n, "snapshotting");
                 let snapshotting = owned.clone();
-                let cut = tokio::task::spawn_blocking(move || {
-                    snapshotting.shard.lock().as_ref().map(Shard::snapshot)
-                })
-                .await;
+                let cut = tokio::task::spawn_blocking(move || snapshotting.shard.snapshot()).await;
+                tracing::info!(
+                    shard = owned.n,
+                    ok = matches!(cut, Ok(Ok(_))),
+                    "snapshot done"
+                );
                 return match cut {
-                    Ok(Some(Ok(cut))) => {
+                    Ok(Ok(cut)) => {
                         let mut fields = serde_json::Map::new();
                         fields.insert("Shard".into(), owned.n.into());
                         fields.insert("SnapshotSeq".into(), cut.into());
                         replied(crate::api::ok_reply(fields))
                     }
-                    Ok(Some(Err(e))) => failed(&Error::Internal(e.to_string())),
-                    _ => retry("the shard was closed"),
+                    Ok(Err(e)) => failed(&Error::Internal(e.to_string())),
+                    Err(e) => failed(&Error::Internal(format!("snapshot task: {e}"))),
                 };
             }
             if let Err(e) = owned.ensure_accounts(&accounts).await {
@@ -736,9 +733,9 @@ async fn handle(
         }
         Call::DeleteAccount { user } => {
             let (deleted, ticket) = store.deferring(|| store.delete_account(&user));
+            // 0: it was here and is gone; 70107: it was not here.
             match store.commit_async(ticket).await.and(deleted) {
                 Ok(()) => (Answer::default(), Vec::new()),
-                Err(Error::AccountNotFound(_)) => (Answer::default(), Vec::new()),
                 Err(e) => failed(&e),
             }
         }
@@ -780,27 +777,41 @@ impl crate::api::Directory for NodeDirectory<'_> {
         self.0.cluster.account_exists(user)
     }
 
+    /// The bucket first — from then on no shard imports the account again — then every
+    /// shard. A delete cut off half way is finished by calling it again: the shards are
+    /// cleared whether or not the bucket still had the account, and 70107 is answered only
+    /// when nothing anywhere had it.
     fn delete(&self, user: &str) -> Result<(), Error> {
-        if !self.0.cluster.account_exists(user)? {
-            return Err(Error::AccountNotFound(user.to_owned()));
-        }
         let node = self.0;
+        let in_bucket = node.cluster.account_exists(user)?;
+        if in_bucket {
+            node.cluster.delete_account(user)?;
+        }
         let call = Call::DeleteAccount {
             user: user.to_owned(),
         };
         let answers = node.runtime.block_on(futures_util::future::join_all(
             (0..node.shards()).map(|n| node.call(n, &call, &[], rpc::REST_TIMEOUT)),
         ));
+        let mut in_a_shard = false;
         for answer in answers {
             let (answer, bytes) = answer.map_err(rpc::CallError::into_error)?;
-            if answer.code != 0 {
-                return Err(Error::Internal(format!(
-                    "deleting the account in a shard: {}",
-                    String::from_utf8_lossy(&bytes)
-                )));
+            match answer.code {
+                0 => in_a_shard = true,
+                70107 => {}
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "deleting the account in a shard: {}",
+                        String::from_utf8_lossy(&bytes)
+                    )));
+                }
             }
         }
-        self.0.cluster.delete_account(user)
+        if in_bucket || in_a_shard {
+            Ok(())
+        } else {
+            Err(Error::AccountNotFound(user.to_owned()))
+        }
     }
 }
 
