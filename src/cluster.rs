@@ -16,8 +16,8 @@
 //! marker is retried (after replaying what else arrived) if an earlier owner was still
 //! appending.
 //!
-//! Not yet here (later stages): the server's `--cluster` flags, forwarding between nodes,
-//! merged device streams, takeover driven by the server.
+//! `imstore-server --cluster` (`server/cluster.rs`) builds on this: nodes that balance the
+//! shards between them, forward calls to owners, and merge devices' streams across shards.
 
 use std::fmt;
 use std::future::Future;

@@ -10,6 +10,7 @@
 //! | `webhook` | the calls to the app's callback URL: before-send, and the outbox dispatcher |
 //! | `metrics` | `/metrics` (Prometheus text format) and `/healthz` |
 //! | `console` | `/console`: the self-contained API debugging page |
+//! | `cluster` | `--cluster` (feature `cluster`): a node of a cluster on NATS JetStream — shards, forwarding, merged device streams |
 //!
 //! Startup: the listener is bound before the store opens, and while it recovers every request
 //! is answered 503 (`/healthz`: `{"status":"starting"}`; REST paths: the envelope with 91000)

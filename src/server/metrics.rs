@@ -22,7 +22,7 @@
 //! | `imstore_webhook_outbox_depth` | gauge | |
 //! | `imstore_webhook_outbox_dropped_total` | counter | |
 //! | `imstore_webhook_deliveries_total` | counter | `result` (`ok`, `failed`) |
-//! | `imstore_shards_owned` | gauge (1 on a single node: the whole store) | |
+//! | `imstore_shards_owned` | gauge (1 on a single node: the whole store; a cluster node: its shards) | |
 //! | `process_*` | the Prometheus client's process metrics (CPU, RSS, descriptors, threads) | |
 
 use std::sync::Arc;

@@ -1,0 +1,391 @@
+//! A shard this node owns: answering the calls other nodes (and this one) send it — REST
+//! calls, client requests, devices' connects, pulls and acks — as a single node would, once
+//! what a call did or read is durable; and the subscriptions it holds for devices connected
+//! to any node. See `server/cluster.rs` for when a node owns a shard.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Subscriber;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::rpc::{self, Answer, Call, WireEvent};
+use super::{Node, SESSION_IDLE};
+use crate::api::{Api, CallContext, DeviceRequest, Reply, error_reply};
+use crate::cluster::Shard;
+use crate::device::{Event, Subscription};
+use crate::error::Error;
+use crate::server::webhook;
+use crate::{Origin, Store};
+
+/// A shard this node owns.
+pub(super) struct Owned {
+    pub(super) n: u32,
+    /// Closed when released (then it is no longer the owner).
+    pub(super) shard: Shard,
+    pub(super) store: Store,
+    pub(super) api: Arc<Api>,
+    /// Devices connected through some node, by (account, device).
+    pub(super) remotes: Mutex<HashMap<(String, String), Arc<Remote>>>,
+    /// Turns true when the shard is released: its tasks stop.
+    pub(super) stop: watch::Sender<bool>,
+}
+
+/// A device's subscription in this shard, held for the node its connection is on.
+pub(super) struct Remote {
+    session: u64,
+    sub: Subscription,
+    /// Events handed to the node that it has not yet confirmed receiving (by pulling after
+    /// them): sent again if its answer was lost. At most one batch.
+    unconfirmed: tokio::sync::Mutex<VecDeque<Event>>,
+    last_pull: Mutex<Instant>,
+}
+
+impl Owned {
+    pub(super) fn is_owner(&self) -> bool {
+        self.shard.is_owner()
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.shard.lease_valid()
+    }
+
+    /// Imports `users` from the accounts bucket if this shard does not have them yet.
+    async fn ensure_accounts(self: &Arc<Self>, users: &[String]) -> Result<(), Error> {
+        let missing: Vec<String> = users
+            .iter()
+            .filter(|u| !u.is_empty() && !self.store.account_exists(u).unwrap_or(true))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let owned = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+            owned.shard.ensure_accounts(&names)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("importing accounts: {e}")))?
+    }
+}
+
+/// Answers shard `n`'s calls until the shard is released.
+pub(super) async fn serve(
+    node: Arc<Node>,
+    owned: Arc<Owned>,
+    mut calls: Subscriber,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => break,
+            m = calls.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let (node, owned, stop) = (node.clone(), owned.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (answer, bytes) = match rpc::decode::<Call>(&msg.payload) {
+                Ok((call, bytes)) => handle(&node, &owned, call, bytes, stop).await,
+                Err(e) => (
+                    Answer {
+                        code: 90001,
+                        info: format!("a malformed call: {e}"),
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                ),
+            };
+            let _ = node
+                .client
+                .publish(reply_to, rpc::encode(&answer, &bytes))
+                .await;
+        });
+    }
+    let _ = calls.unsubscribe().await;
+    tracing::debug!(shard = owned.n, "stopped serving the shard");
+}
+
+fn retry(why: &str) -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            retry: true,
+            info: why.to_owned(),
+            ..Answer::default()
+        },
+        Vec::new(),
+    )
+}
+
+fn replied(reply: Reply) -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            code: reply.code,
+            ..Answer::default()
+        },
+        reply.json.into_bytes(),
+    )
+}
+
+fn failed(e: &Error) -> (Answer, Vec<u8>) {
+    replied(error_reply(e))
+}
+
+/// Tencent's OptPlatform name as the static string a [`DeviceRequest`] holds.
+fn platform_name(p: &str) -> &'static str {
+    ["Web", "Android", "iOS", "Windows", "Mac", "iPad"]
+        .into_iter()
+        .find(|q| *q == p)
+        .unwrap_or("Unknown")
+}
+
+fn wire(e: &Event) -> WireEvent {
+    let (kind, data) = crate::api::event_payload(e);
+    WireEvent {
+        seq: e.seq,
+        kind: kind.to_owned(),
+        data,
+    }
+}
+
+/// Runs one call as the shard's owner.
+pub(super) async fn handle(
+    node: &Node,
+    owned: &Arc<Owned>,
+    call: Call,
+    bytes: &[u8],
+    mut stop: watch::Receiver<bool>,
+) -> (Answer, Vec<u8>) {
+    if !owned.lease_valid() {
+        return retry("this node's lease on the shard is not current");
+    }
+    let store = &owned.store;
+    let webhooks = node.webhooks.as_deref();
+    let ctx = CallContext {
+        before_send_elsewhere: webhooks.is_some(),
+    };
+    let with_origin = |origin: Origin, f: &mut dyn FnMut() -> crate::api::Step| {
+        store.with_origin(webhooks.is_some().then_some(origin), f)
+    };
+    match call {
+        Call::Rest {
+            path,
+            query,
+            ip,
+            accounts,
+        } => {
+            if path == "/v4/imstore/compact" {
+                tracing::info!(shard = owned.n, "snapshotting");
+                let snapshotting = owned.clone();
+                let cut = tokio::task::spawn_blocking(move || snapshotting.shard.snapshot()).await;
+                tracing::info!(
+                    shard = owned.n,
+                    ok = matches!(cut, Ok(Ok(_))),
+                    "snapshot done"
+                );
+                return match cut {
+                    Ok(Ok(cut)) => {
+                        let mut fields = serde_json::Map::new();
+                        fields.insert("Shard".into(), owned.n.into());
+                        fields.insert("SnapshotSeq".into(), cut.into());
+                        replied(crate::api::ok_reply(fields))
+                    }
+                    Ok(Err(e)) => failed(&Error::Internal(e.to_string())),
+                    Err(e) => failed(&Error::Internal(format!("snapshot task: {e}"))),
+                };
+            }
+            if let Err(e) = owned.ensure_accounts(&accounts).await {
+                return failed(&e);
+            }
+            let (step, ticket) = store.deferring(|| {
+                with_origin(Origin::rest(ip), &mut || {
+                    owned.api.step(&path, &query, bytes, &ctx)
+                })
+            });
+            if let Err(e) = store.commit_async(ticket).await {
+                return failed(&e);
+            }
+            replied(crate::server::finish_step(&owned.api, webhooks, step).await)
+        }
+        Call::Client {
+            account,
+            device,
+            platform,
+            ip,
+            peer,
+        } => {
+            if let Err(e) = owned.ensure_accounts(&[account.clone(), peer]).await {
+                return failed(&e);
+            }
+            let frame = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => {
+                    return failed(&Error::InvalidRequest(
+                        "the frame is not a JSON object".into(),
+                    ));
+                }
+            };
+            let req = DeviceRequest {
+                account,
+                device,
+                platform: platform_name(&platform),
+                after: None,
+            };
+            let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let origin = webhook::device_origin(req.platform, ip);
+            let (step, ticket) = store.deferring(|| {
+                with_origin(origin, &mut || owned.api.client_step(&req, &frame, &ctx))
+            });
+            if let Err(e) = store.commit_async(ticket).await {
+                return failed(&e);
+            }
+            replied(crate::server::finish_step(&owned.api, webhooks, step).await)
+        }
+        Call::Connect {
+            account,
+            device,
+            session,
+            after,
+        } => {
+            if let Err(e) = owned.ensure_accounts(std::slice::from_ref(&account)).await {
+                return failed(&e);
+            }
+            let (sub, ticket) = store.deferring(|| match after {
+                Some(after) => store.connect_after(&account, &device, after),
+                None => store.connect(&account, &device),
+            });
+            let sub = match store.commit_async(ticket).await.and(sub) {
+                Ok(sub) => sub,
+                Err(e) => return failed(&e),
+            };
+            let remote = Arc::new(Remote {
+                session,
+                sub,
+                unconfirmed: tokio::sync::Mutex::new(VecDeque::new()),
+                last_pull: Mutex::new(Instant::now()),
+            });
+            // A session of the same device that was here before ends (its next pull says so).
+            let old = owned.remotes.lock().insert((account, device), remote);
+            drop(old);
+            (Answer::default(), Vec::new())
+        }
+        Call::Pull {
+            account,
+            device,
+            session,
+            after,
+            wait_ms,
+        } => {
+            let key = (account, device);
+            let remote = owned.remotes.lock().get(&key).cloned();
+            let Some(remote) = remote else {
+                return (
+                    Answer {
+                        no_session: true,
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                );
+            };
+            if remote.session != session {
+                return (
+                    Answer {
+                        superseded: true,
+                        ..Answer::default()
+                    },
+                    Vec::new(),
+                );
+            }
+            *remote.last_pull.lock() = Instant::now();
+            let mut unconfirmed = remote.unconfirmed.lock().await;
+            while unconfirmed.front().is_some_and(|e| e.seq <= after) {
+                unconfirmed.pop_front();
+            }
+            if unconfirmed.is_empty() {
+                let wait = Duration::from_millis(wait_ms.min(30_000));
+                tokio::select! {
+                    _ = stop.changed() => return retry("the shard was released"),
+                    batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
+                        Ok(Ok(events)) => unconfirmed.extend(events),
+                        Ok(Err(_)) => {
+                            // Ended here (the device connected again elsewhere in this store,
+                            // or forgotten): the node connects again.
+                            let mut remotes = owned.remotes.lock();
+                            if remotes.get(&key).is_some_and(|r| r.session == session) {
+                                remotes.remove(&key);
+                            }
+                            return (Answer { no_session: true, ..Answer::default() }, Vec::new());
+                        }
+                        Err(_) => {}
+                    },
+                }
+            }
+            *remote.last_pull.lock() = Instant::now();
+            (
+                Answer {
+                    events: unconfirmed.iter().map(wire).collect(),
+                    ..Answer::default()
+                },
+                Vec::new(),
+            )
+        }
+        Call::Ack {
+            account,
+            device,
+            seq,
+        } => {
+            let (acked, ticket) = store.deferring(|| store.ack(&account, &device, seq));
+            match store.commit_async(ticket).await.and(acked) {
+                Ok(()) => (Answer::default(), Vec::new()),
+                Err(e) => failed(&e),
+            }
+        }
+        Call::Close {
+            account,
+            device,
+            session,
+        } => {
+            let key = (account, device);
+            let mut remotes = owned.remotes.lock();
+            if remotes.get(&key).is_some_and(|r| r.session == session) {
+                remotes.remove(&key);
+            }
+            (Answer::default(), Vec::new())
+        }
+        Call::DeleteAccount { user } => {
+            let (deleted, ticket) = store.deferring(|| store.delete_account(&user));
+            // 0: it was here and is gone; 70107: it was not here.
+            match store.commit_async(ticket).await.and(deleted) {
+                Ok(()) => (Answer::default(), Vec::new()),
+                Err(e) => failed(&e),
+            }
+        }
+    }
+}
+
+/// Drops device sessions no node has pulled for [`SESSION_IDLE`] (their node died, say):
+/// what an owner holds for remote devices stays bounded.
+pub(super) async fn forget_idle(owned: Arc<Owned>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(SESSION_IDLE / 6) => {}
+        }
+        let idle: Vec<Arc<Remote>> = {
+            let mut remotes = owned.remotes.lock();
+            let keys: Vec<_> = remotes
+                .iter()
+                .filter(|(_, r)| r.last_pull.lock().elapsed() > SESSION_IDLE)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| remotes.remove(k)).collect()
+        };
+        // Dropped outside the lock: a subscription's drop journals the disconnect.
+        drop(idle);
+    }
+}
