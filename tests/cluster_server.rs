@@ -252,6 +252,51 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     };
     assert!(refused.contains("90001"), "{refused}");
 
+    // Server-Sent Events on any node: ids are tokens; `Last-Event-ID` resumes after one, and
+    // `POST /v4/imstore/ack {"Seq": TOKEN}` confirms it.
+    ok(&c.post("openim/sendmsg", text("carol", "dave", 54, "hello dave")));
+    let events = b.events("dave", "tablet", None);
+    let first = events
+        .recv_timeout(Duration::from_secs(20))
+        .expect("an event");
+    assert!(first.0.starts_with('c'), "{first:?}");
+    let mut last = first.0.clone();
+    while let Ok(e) = events.recv_timeout(Duration::from_millis(800)) {
+        last = e.0;
+    }
+    drop(events);
+    let url = format!(
+        "{}/v4/imstore/ack?{}&device=tablet",
+        c.base,
+        c.query("dave")
+    );
+    let mut acked = ureq::post(&url)
+        .send(json!({ "Seq": last }).to_string())
+        .unwrap();
+    let acked: Value = serde_json::from_str(&acked.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(acked["ErrorCode"], 0, "{acked}");
+    let fresh = ok(&a.post(
+        "openim/sendmsg",
+        text("alice", "dave", 55, "for the tablet"),
+    ))["MsgKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resumed = a.events("dave", "tablet", Some(&last));
+    let (id, kind, data) = resumed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the event after the token");
+    assert_eq!(
+        (kind.as_str(), data["MsgKey"].as_str()),
+        ("message", Some(fresh.as_str())),
+        "{id}"
+    );
+    assert!(
+        resumed.recv_timeout(Duration::from_millis(800)).is_err(),
+        "nothing confirmed comes again"
+    );
+    drop(resumed);
+
     // Deleting an account removes it from every shard: sends to it fail everywhere.
     let deleted = b.post(
         "im_open_login_svc/account_delete",

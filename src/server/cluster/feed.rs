@@ -264,8 +264,10 @@ async fn pull(
             }
             Ok(a) if a.no_session => connected = false,
             Ok(a) if a.code != 0 => {
+                // The owner refused (the account was deleted, say): connect again, slowly.
                 tracing::debug!(shard = n, code = a.code, info = %a.info, "pull failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                connected = false;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Ok(a) => {
                 let events: Vec<WireEvent> =
@@ -281,7 +283,10 @@ async fn pull(
             Err(e) => {
                 tracing::debug!(shard = n, error = %e, "pull failed; connecting again");
                 connected = false;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
         }
     }
