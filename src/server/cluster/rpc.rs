@@ -7,7 +7,9 @@
 //! the same bytes for up to [`RETRY_FOR`] — longer than a takeover takes (lease 3 s + a
 //! balancer round + opening) — and then answered 91000. A retried write is safe: REST sends
 //! carry a MsgKey fixed by the first node that saw them (see `front.rs`), and the owner answers
-//! a send whose MsgKey it already has with that message's answer.
+//! a send whose MsgKey it already has with that message's answer; a recall retried after an
+//! attempt that may have landed, and answered 20023 (already recalled), is answered as the
+//! first attempt would have been: OK ([`Answer::after_doubt`]).
 
 use std::time::{Duration, Instant};
 
@@ -110,6 +112,10 @@ pub struct Answer {
     /// Why, when `code` is not 0 and there is no envelope.
     #[serde(default)]
     pub info: String,
+    /// Set by the caller, not sent: an earlier attempt of this call went unanswered after it
+    /// may have reached the owner (a timeout, a lost connection), so it may have taken effect.
+    #[serde(skip)]
+    pub after_doubt: bool,
 }
 
 pub fn encode<T: Serialize>(header: &T, bytes: &[u8]) -> Bytes {
@@ -163,6 +169,7 @@ pub async fn call(
     let payload = encode(call, bytes);
     let deadline = Instant::now() + RETRY_FOR;
     let mut pause = Duration::from_millis(50);
+    let mut doubt = false;
     loop {
         let request = async_nats::Request::new()
             .payload(payload.clone())
@@ -170,19 +177,26 @@ pub async fn call(
         let why = match client.send_request(subject(n), request).await {
             Ok(msg) => match decode::<Answer>(&msg.payload) {
                 Ok((answer, _)) if answer.retry => answer.info,
-                Ok((answer, rest)) => {
+                Ok((mut answer, rest)) => {
                     let rest = msg.payload.slice_ref(rest);
+                    answer.after_doubt = doubt;
                     return Ok((answer, rest));
                 }
                 Err(e) => format!("a malformed answer: {e}"),
             },
             Err(e) => match e.kind() {
                 RequestErrorKind::NoResponders => "no owner".to_owned(),
-                RequestErrorKind::TimedOut => "no answer in time".to_owned(),
+                RequestErrorKind::TimedOut => {
+                    doubt = true;
+                    "no answer in time".to_owned()
+                }
                 RequestErrorKind::MaxPayloadExceeded | RequestErrorKind::InvalidSubject => {
                     return Err(CallError::Refused(e.to_string()));
                 }
-                RequestErrorKind::Other => e.to_string(),
+                RequestErrorKind::Other => {
+                    doubt = true;
+                    e.to_string()
+                }
             },
         };
         if Instant::now() + pause >= deadline {
@@ -191,5 +205,92 @@ pub async fn call(
         tracing::debug!(shard = n, %why, "retrying a call");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A plain nats-server (no JetStream) on a free loopback port, killed on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn nats_server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let child = std::process::Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("this test needs `nats-server` ({bin}): {e}"));
+        Server(child, port)
+    }
+
+    /// An owner that never answers the first attempt of a call (it took effect, say, and the
+    /// owner died before answering) and answers the second: the caller learns that the answer
+    /// comes after doubt — and not when the first attempt found nobody at all.
+    #[test]
+    fn a_retry_after_an_unanswered_attempt_is_marked() {
+        let server = nats_server();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let url = format!("nats://127.0.0.1:{}", server.1);
+            let mut client = None;
+            for _ in 0..100 {
+                if let Ok(c) = async_nats::connect(&url).await {
+                    client = Some(c);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let client = client.expect("nats-server started");
+            // Nobody subscribed yet: "no responders", retried until the owner appears.
+            let owner = client.clone();
+            let mut calls = owner.subscribe(subject(7)).await.unwrap();
+            owner.flush().await.unwrap();
+            let answering = tokio::spawn(async move {
+                let mut n = 0;
+                while let Some(msg) = calls.next().await {
+                    n += 1;
+                    if n == 1 {
+                        continue; // the first attempt gets no answer
+                    }
+                    let answer = Answer {
+                        code: 20023,
+                        ..Answer::default()
+                    };
+                    owner
+                        .publish(msg.reply.unwrap(), encode(&answer, b"{}"))
+                        .await
+                        .unwrap();
+                    owner.flush().await.unwrap();
+                }
+            });
+            let call_ = Call::DeleteAccount { user: "u".into() };
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+                .await
+                .unwrap();
+            assert_eq!(answer.code, 20023);
+            assert!(answer.after_doubt, "the first attempt may have landed");
+            // Answered at once: no doubt.
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+                .await
+                .unwrap();
+            assert!(!answer.after_doubt);
+            answering.abort();
+        });
     }
 }
