@@ -151,6 +151,21 @@ const ROUTES: &[(&str, Handler)] = &[
     ("imstore/faults", Handler::Answer(Api::faults)),
 ];
 
+/// A REST call's body: one JSON object (90001 otherwise, in Tencent's words).
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::InvalidRequest(format!(
+            "Fail to Parse json data of body, Please check it ({e})"
+        ))
+    })?;
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::InvalidRequest(
+            "the body must be a JSON object".into(),
+        )),
+    }
+}
+
 /// Every REST API's path after `v4/` (`openim/sendmsg`, ...).
 pub fn route_paths() -> impl Iterator<Item = &'static str> {
     ROUTES.iter().map(|(path, _)| *path)
@@ -359,16 +374,7 @@ impl Api {
     ) -> Result<Outcome, Error> {
         let (caller, index) = self.admit_index(path, query)?;
         let handler = &ROUTES[index].1;
-        let body: Value = serde_json::from_slice(body).map_err(|e| {
-            Error::InvalidRequest(format!(
-                "Fail to Parse json data of body, Please check it ({e})"
-            ))
-        })?;
-        let Value::Object(map) = body else {
-            return Err(Error::InvalidRequest(
-                "the body must be a JSON object".into(),
-            ));
-        };
+        let map = body_object(body)?;
         match handler {
             Handler::Answer(answer) => answer(self, &caller, &Fields(&map)).map(Outcome::Answer),
             Handler::Send => self.sendmsg(&Fields(&map), ctx),

@@ -230,6 +230,55 @@ fn starting_router() -> Router {
         .fallback(busy)
 }
 
+/// The starting phase: the listener bound, `starting on http://ADDR` printed, and every
+/// request answered 503 until [`end`](Starting::end).
+struct Starting {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Starting {
+    async fn listen(
+        addr: SocketAddr,
+    ) -> std::io::Result<(
+        Arc<tokio::net::TcpListener>,
+        SocketAddr,
+        Arc<conn::Register>,
+        Starting,
+    )> {
+        let listener = Arc::new(tokio::net::TcpListener::bind(addr).await?);
+        let addr = listener.local_addr()?;
+        let register = conn::Register::for_this_process();
+        println!("starting on http://{addr}");
+        {
+            use std::io::Write;
+            std::io::stdout().flush()?;
+        }
+        let (stop, stopped) = watch::channel(false);
+        // The starting phase's connections are not waited for: each is closed after its 503.
+        let (tasks, _) = tokio::sync::mpsc::channel::<()>(1);
+        let task = tokio::spawn(conn::accept_loop(
+            listener.clone(),
+            starting_router(),
+            register.clone(),
+            stopped,
+            tasks,
+        ));
+        Ok((listener, addr, register, Starting { stop, task }))
+    }
+
+    /// Stops answering "starting" without waiting.
+    fn stop(self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops answering "starting", once its accept loop has returned.
+    async fn end(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Test-only (feature `fault-injection`): opening the store waits while `path` exists (at
 /// most 60 s), so that a test can watch the server start.
 #[cfg(feature = "fault-injection")]
@@ -314,24 +363,7 @@ pub async fn run_until(
         .with_client_recall_window_secs(config.client_recall_window_secs)
         .with_journal_observer(Arc::new(metrics::JournalMetrics(metrics.clone())));
     // Listen first: while the store recovers, every request is answered 503 ("starting").
-    let listener = Arc::new(tokio::net::TcpListener::bind(config.listen).await?);
-    let addr = listener.local_addr()?;
-    let register = conn::Register::for_this_process();
-    println!("starting on http://{addr}");
-    {
-        use std::io::Write;
-        std::io::stdout().flush()?;
-    }
-    let (starting_stop, starting_rx) = watch::channel(false);
-    // The starting phase's connections are not waited for: each is closed after its 503.
-    let (starting_tasks, _) = tokio::sync::mpsc::channel::<()>(1);
-    let starting = tokio::spawn(conn::accept_loop(
-        listener.clone(),
-        starting_router(),
-        register.clone(),
-        starting_rx,
-        starting_tasks,
-    ));
+    let (listener, addr, register, starting) = Starting::listen(config.listen).await?;
     let dir = config.data_dir.clone();
     let started = std::time::Instant::now();
     let opening = tokio::task::spawn_blocking(move || {
@@ -348,12 +380,11 @@ pub async fn run_until(
             // runtime must not wait for the recovery thread (imstore-server shuts its runtime
             // down with a timeout).
             tracing::info!("shutting down during recovery");
-            let _ = starting_stop.send(true);
+            starting.stop();
             return Ok(());
         }
     };
-    let _ = starting_stop.send(true);
-    let _ = starting.await;
+    starting.end().await;
     let report = store.recovery_report();
     metrics.opened(started.elapsed(), report.records_replayed);
     tracing::info!(dir = %config.data_dir.display(), snapshot = ?report.snapshot_lsn, replayed = report.records_replayed,

@@ -31,16 +31,7 @@ impl Api {
     /// Answers an account API already admitted ([`admit`](Api::admit)) against `dir`.
     pub fn directory_call(&self, route: &str, body: &[u8], dir: &dyn Directory) -> Reply {
         let answer = (|| {
-            let body: Value = serde_json::from_slice(body).map_err(|e| {
-                Error::InvalidRequest(format!(
-                    "Fail to Parse json data of body, Please check it ({e})"
-                ))
-            })?;
-            let Value::Object(map) = body else {
-                return Err(Error::InvalidRequest(
-                    "the body must be a JSON object".into(),
-                ));
-            };
+            let map = super::body_object(body)?;
             let f = Fields(&map);
             match route {
                 "im_open_login_svc/account_import" => {

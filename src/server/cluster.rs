@@ -464,23 +464,7 @@ pub(super) async fn run_until(
     )?;
     let metrics = m::Metrics::new();
     metrics.set_shards_owned(0);
-    let listener = Arc::new(tokio::net::TcpListener::bind(config.listen).await?);
-    let addr = listener.local_addr()?;
-    let register = conn::Register::for_this_process();
-    println!("starting on http://{addr}");
-    {
-        use std::io::Write;
-        std::io::stdout().flush()?;
-    }
-    let (starting_stop, starting_rx) = watch::channel(false);
-    let (starting_tasks, _) = tokio::sync::mpsc::channel::<()>(1);
-    let starting = tokio::spawn(conn::accept_loop(
-        listener.clone(),
-        super::starting_router(),
-        register.clone(),
-        starting_rx,
-        starting_tasks,
-    ));
+    let (listener, addr, register, starting) = super::Starting::listen(config.listen).await?;
     let webhooks = match &config.webhooks {
         Some(w) => Some(Arc::new(Webhooks::new(w.clone(), config.sdkappid)?)),
         None => None,
@@ -505,12 +489,11 @@ pub(super) async fn run_until(
     let node = tokio::select! {
         connected = connecting => connected??,
         () = &mut shutdown => {
-            let _ = starting_stop.send(true);
+            starting.stop();
             return Ok(());
         }
     };
-    let _ = starting_stop.send(true);
-    let _ = starting.await;
+    starting.end().await;
     tracing::info!(node = %cluster_config.node_id, shards = cluster_config.shards, nats = %cluster_config.urls, "joined the cluster");
     println!("listening on http://{addr}");
     {

@@ -40,6 +40,38 @@ pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest frame a client may send.
 pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
 
+/// The budget of client frames on one WebSocket: a token bucket full at `FRAMES_PER_SEC`.
+/// Frames over it are slowed, in order — never skipped or reordered.
+pub(super) struct FrameBudget {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    pub(super) fn new() -> Self {
+        FrameBudget {
+            tokens: FRAMES_PER_SEC,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Waits until the next frame may be handled.
+    pub(super) async fn take(&mut self) {
+        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC)
+            .min(FRAMES_PER_SEC);
+        self.refilled = Instant::now();
+        if self.tokens < 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64(
+                (1.0 - self.tokens) / FRAMES_PER_SEC,
+            ))
+            .await;
+            self.tokens = 1.0;
+            self.refilled = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 pub(super) fn envelope(status: StatusCode, e: &Error) -> Response {
     (
         status,
@@ -158,8 +190,7 @@ impl Session {
         let mut ping = tokio::time::interval(ping_every);
         ping.reset();
         let mut last_heard = Instant::now();
-        // Token bucket for client frames: full at `FRAMES_PER_SEC`.
-        let (mut tokens, mut refilled) = (FRAMES_PER_SEC, Instant::now());
+        let mut budget = FrameBudget::new();
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => {
@@ -175,15 +206,7 @@ impl Session {
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    // Slowed, in order: wait for a token rather than skip or reorder.
-                    tokens = (tokens + refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC).min(FRAMES_PER_SEC);
-                    refilled = Instant::now();
-                    if tokens < 1.0 {
-                        tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / FRAMES_PER_SEC)).await;
-                        tokens = 1.0;
-                        refilled = Instant::now();
-                    }
-                    tokens -= 1.0;
+                    budget.take().await;
                     if let Some(reply) = self.client_frame(text.as_str()).await
                         && send(&mut tx, reply).await.is_err()
                     {

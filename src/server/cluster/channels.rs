@@ -24,8 +24,8 @@ use crate::error::Error;
 use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
-    FRAMES_PER_SEC, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status,
-    envelope, send,
+    FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
+    send,
 };
 use crate::server::rest::json_response;
 
@@ -101,7 +101,7 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
     let mut ping = tokio::time::interval(ping_every);
     ping.reset();
     let mut last_heard = Instant::now();
-    let (mut tokens, mut refilled) = (FRAMES_PER_SEC, Instant::now());
+    let mut budget = FrameBudget::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -117,14 +117,7 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                tokens = (tokens + refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC).min(FRAMES_PER_SEC);
-                refilled = Instant::now();
-                if tokens < 1.0 {
-                    tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / FRAMES_PER_SEC)).await;
-                    tokens = 1.0;
-                    refilled = Instant::now();
-                }
-                tokens -= 1.0;
+                budget.take().await;
                 if let Some(reply) = client_frame(&node, &feed, peer, text.as_str()).await
                     && send(&mut tx, reply).await.is_err()
                 {
