@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! cargo build --release --features cluster --bin imstore-server
-//! cargo run --release --features cluster --example cluster_http [-- RECALLS CLIENTS SHARDS]
+//! cargo run --release --features cluster --example cluster_http [-- RECALLS CLIENTS SHARDS DEVICES]
 //! ```
 //!
 //! Defaults: 6000 recalls per configuration, 48 concurrent clients (one keep-alive connection
-//! each, spread over the nodes under test), 16 shards. Every process listens on 127.0.0.1;
+//! each, spread over the nodes under test), 16 shards; then 300 idle WebSocket devices on one
+//! node (the 4th argument): connect time, memory per device on each node, idle CPU. Every process listens on 127.0.0.1;
 //! NATS uses ports from 32222 (`scripts/nats-cluster.sh`); everything started is stopped by
 //! PID at the end. Needs `nats-server`.
 
@@ -308,6 +309,73 @@ fn main() {
             measure(&bases, clients, n),
         );
     }
+
+    // Idle devices: DEVICES WebSocket connections to n1 (each connected in every shard, with
+    // one pull waiting per shard on its owner): the time to connect them and what they cost
+    // each node in memory and, idle for 10 s, in CPU.
+    let devices = args.get(3).copied().unwrap_or(300);
+    let rss = |n: &Node| -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", n.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let cpu = |n: &Node| -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", n.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+    };
+    let before: Vec<u64> = nodes.iter().map(rss).collect();
+    let addr = nodes[0].base.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let sockets: Vec<_> = (0..devices)
+        .map(|i| {
+            let account = format!("r{}", i % PAIRS);
+            let sig = imstore::usersig::generate(APP, KEY, &account, 86400, now());
+            let url = format!(
+                "ws://{addr}/v4/imstore/ws?sdkappid={APP}&identifier={account}&usersig={sig}&device=idle{i}"
+            );
+            tungstenite::connect(url).expect("a device connects").0
+        })
+        .collect();
+    let connect = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_before: Vec<u64> = nodes.iter().map(cpu).collect();
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu_after: Vec<u64> = nodes.iter().map(cpu).collect();
+    let after: Vec<u64> = nodes.iter().map(rss).collect();
+    let tick = 100.0; // USER_HZ
+    println!(
+        "\n{devices} idle WebSocket devices on n1 ({shards} shards): connected in {:.1} s ({:.1} ms each, one after another)",
+        connect.as_secs_f64(),
+        connect.as_secs_f64() * 1e3 / devices as f64
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let _ = n;
+        println!(
+            "  n{}: RSS +{:.1} KB per device, idle CPU {:.1}% of a core",
+            i + 1,
+            (after[i] as f64 - before[i] as f64) / devices as f64 / 1024.0,
+            (cpu_after[i] - cpu_before[i]) as f64 / tick / 10.0 * 100.0
+        );
+    }
+    drop(sockets);
 
     // SIGKILL the third node; from then on, one send a conversation of each of its shards
     // through the first node: the time until each is answered.

@@ -205,7 +205,8 @@ impl Node {
         let local = self.owned.lock().get(&n).cloned();
         if let Some(owned) = local {
             let stop = owned.stop.subscribe();
-            let (answer, out) = handle(self, &owned, call.clone(), bytes, stop).await;
+            // Boxed: only calls that run here carry the owner's (larger) future.
+            let (answer, out) = Box::pin(handle(self, &owned, call.clone(), bytes, stop)).await;
             if !answer.retry {
                 return Ok((answer, out.into()));
             }

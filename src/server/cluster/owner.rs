@@ -210,7 +210,9 @@ pub(super) async fn handle(
             if let Err(e) = store.commit_async(ticket).await {
                 return failed(&e);
             }
-            replied(crate::server::finish_step(&owned.api, webhooks, step).await)
+            // Boxed: a webhook call's future is large, and every pull waiting here would carry
+            // its size.
+            replied(Box::pin(crate::server::finish_step(&owned.api, webhooks, step)).await)
         }
         Call::Client {
             account,
@@ -244,7 +246,9 @@ pub(super) async fn handle(
             if let Err(e) = store.commit_async(ticket).await {
                 return failed(&e);
             }
-            replied(crate::server::finish_step(&owned.api, webhooks, step).await)
+            // Boxed: a webhook call's future is large, and every pull waiting here would carry
+            // its size.
+            replied(Box::pin(crate::server::finish_step(&owned.api, webhooks, step)).await)
         }
         Call::Connect {
             account,
