@@ -176,9 +176,9 @@ const SNAPSHOT_BUCKET: &str = "imstore_snapshots";
 
 /// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>.<epoch>`,
 /// the epoch being the highest owner epoch up to the cut (replay after it skips records of
-/// lower epochs). A new
-/// snapshot is a new object (older ones are deleted after it), so that a stale owner's late
-/// upload of an older snapshot can never replace a newer one.
+/// lower epochs). A new snapshot is a new object, named the newest by compare-and-set (the
+/// previous one is deleted after it), so that a stale owner's late upload of an older
+/// snapshot can never replace a newer one.
 fn snapshot_object(n: u32, cut: u64, epoch: u64) -> String {
     format!("shard.{n}.{cut:020}.{epoch}")
 }
@@ -187,35 +187,16 @@ fn snapshot_path(n: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("nats:{SNAPSHOT_BUCKET}/shard.{n}"))
 }
 
-/// The snapshots of shard `n` in the object store, by cut, oldest first.
-async fn snapshots_of(
-    store: &object_store::ObjectStore,
-    n: u32,
-) -> Result<Vec<(u64, u64, String)>, String> {
-    let mut list = store.list().await.map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
-    while let Some(info) = list.next().await {
-        let info = info.map_err(|e| e.to_string())?;
-        if info.deleted {
-            continue;
-        }
-        if let Some((cut, epoch)) = parse_snapshot_name(n, &info.name) {
-            found.push((cut, epoch, info.name));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
 /// The key of `imstore_meta` naming shard `n`'s newest snapshot object. Listing the object
-/// store instead can wait for ever on nats-server 2.9 while another snapshot is being stored
-/// (its pending count never reaches zero), so the newest is found by name.
+/// store instead can wait for ever on nats-server 2.9 while another node stores a snapshot
+/// (the listing's pending count never reaches zero), so the newest is found by name only:
+/// nothing here lists the object store.
 fn snapshot_key(n: u32) -> String {
     format!("snap.{n}")
 }
 
-/// The newest snapshot of shard `n`: its cut, epoch and bytes. Found through
-/// [`snapshot_key`]; a cluster whose snapshots predate that key is listed instead.
+/// The newest snapshot of shard `n`: its cut, epoch and bytes, found through
+/// [`snapshot_key`].
 async fn latest_snapshot(
     store: &object_store::ObjectStore,
     meta: &kv::Store,
@@ -226,10 +207,8 @@ async fn latest_snapshot(
         .await
         .map_err(|e| e.to_string())?
         .and_then(|v| String::from_utf8(v.to_vec()).ok());
-    let newest = match named {
-        Some(name) => parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name)),
-        None => snapshots_of(store, n).await?.pop(),
-    };
+    let newest =
+        named.and_then(|name| parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name)));
     let Some((cut, epoch, name)) = newest else {
         return Ok(None);
     };
