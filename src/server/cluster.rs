@@ -275,8 +275,11 @@ impl Node {
             }
         };
         let live = u32::try_from(alive.len()).unwrap_or(u32::MAX).max(1);
-        self.front
-            .set_rate_limit(self.rate_limit.map(|r| r.div_ceil(live).max(1)));
+        // Without a heartbeat answer the count of nodes is unknown: the share stays as it was.
+        if !alive.is_empty() {
+            self.front
+                .set_rate_limit(self.rate_limit.map(|r| r.div_ceil(live).max(1)));
+        }
         let lost: Vec<u32> = self
             .owned
             .lock()
