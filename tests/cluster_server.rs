@@ -363,6 +363,8 @@ struct Device {
     repeated_in_connection: Vec<String>,
     messages: BTreeSet<String>,
     reconnects: usize,
+    /// Connections made (the first, and one per reconnect).
+    connections: usize,
 }
 
 fn run_device(
@@ -406,6 +408,7 @@ fn run_device(
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
         }
+        d.lock().unwrap().connections += 1;
         let mut this_connection = BTreeSet::new();
         loop {
             match socket.read() {
@@ -488,6 +491,7 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
                 repeated_in_connection: Vec::new(),
                 messages: BTreeSet::new(),
                 reconnects: 0,
+                connections: 0,
             }))
         })
         .collect();
@@ -505,7 +509,12 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
             std::thread::spawn(move || run_device(&u, "dev", addrs, i, stop, d))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    // Every device connected before the load starts (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while devices.iter().any(|d| d.lock().unwrap().connections == 0) {
+        assert!(Instant::now() < deadline, "the devices did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The load: three clients, one per node to start with, sending and recalling; a call
     // that fails at the transport or with 91000 is sent again, the same body, to the next node.
@@ -771,6 +780,7 @@ fn chaos_kill_an_imstore_node_then_a_nats_node_and_restart_both() {
                     repeated_in_connection: Vec::new(),
                     messages: BTreeSet::new(),
                     reconnects: 0,
+                    connections: 0,
                 },
             )
         })

@@ -64,13 +64,14 @@ pub(in crate::server) async fn rest(
             .to_owned()
     };
     match route {
-        "openim/batchsendmsg" => batch(node, &path, &query, &ip, map).await,
-        "openim/get_c2c_unread_msg_num" => unread(node, &path, &query, &ip, map).await,
+        "openim/batchsendmsg" => batch(node, &path, &query, &ip, map, &body).await,
+        "openim/get_c2c_unread_msg_num" => unread(node, &path, &query, &ip, map, &body).await,
         "imstore/compact" => compact(node, &path, &query, &ip).await,
         _ => {
+            let mut fixed = false;
             let (a, b) = match route {
                 "openim/sendmsg" => {
-                    fix_key(node, &mut map);
+                    fixed = fix_key(node, &mut map);
                     let from = s(&map, &["From_Account"]);
                     let from = if from.is_empty() {
                         node.first_admin.clone()
@@ -93,14 +94,21 @@ pub(in crate::server) async fn rest(
             } else {
                 node.shard_of(&a, &b)
             };
-            let body = serde_json::to_vec(&map).expect("serializable");
+            // The caller's bytes go on as they are, unless the send got its MsgKey here.
+            let body = if fixed {
+                Bytes::from(serde_json::to_vec(&map).expect("serializable"))
+            } else {
+                body
+            };
             forward(node, n, &path, &query, &ip, vec![a, b], &body).await
         }
     }
 }
 
-/// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey.
-fn fix_key(node: &Node, map: &mut Map<String, Value>) {
+/// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey; whether it added
+/// either.
+fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
+    let fixed = !map.contains_key("MsgSeq") || !map.contains_key("MsgTimeStamp");
     if !map.contains_key("MsgSeq") {
         map.insert("MsgSeq".into(), json!(random_u32()));
     }
@@ -111,6 +119,7 @@ fn fix_key(node: &Node, map: &mut Map<String, Value>) {
             json!(u32::try_from(now).unwrap_or(u32::MAX)),
         );
     }
+    fixed
 }
 
 fn random_u32() -> u32 {
@@ -171,6 +180,7 @@ async fn batch(
     query: &str,
     ip: &str,
     mut map: Map<String, Value>,
+    body: &[u8],
 ) -> Reply {
     let to: Vec<String> = match map.get("To_Account") {
         Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
@@ -180,10 +190,7 @@ async fn batch(
                 .collect()
         }
         // Missing, empty or mistyped: one shard answers the single node's error.
-        _ => {
-            let body = serde_json::to_vec(&map).expect("serializable");
-            return forward(node, 0, path, query, ip, Vec::new(), &body).await;
-        }
+        _ => return forward(node, 0, path, query, ip, Vec::new(), body).await,
     };
     if to.len() > crate::store::MAX_BATCH_RECIPIENTS {
         return error_reply(&Error::TooManyRecipients(to.len()));
@@ -249,14 +256,20 @@ async fn batch(
 
 /// `get_c2c_unread_msg_num`: every shard's counts for the account, summed; the peers asked for
 /// picked out (70107 for those that do not exist).
-async fn unread(node: &Node, path: &str, query: &str, ip: &str, map: Map<String, Value>) -> Reply {
+async fn unread(
+    node: &Node,
+    path: &str,
+    query: &str,
+    ip: &str,
+    map: Map<String, Value>,
+    body: &[u8],
+) -> Reply {
     let Some(account) = map
         .get("To_Account")
         .and_then(Value::as_str)
         .map(str::to_owned)
     else {
-        let body = serde_json::to_vec(&map).expect("serializable");
-        return forward(node, 0, path, query, ip, Vec::new(), &body).await;
+        return forward(node, 0, path, query, ip, Vec::new(), body).await;
     };
     let peers = match map.get("Peer_Account") {
         None => None,
@@ -268,22 +281,16 @@ async fn unread(node: &Node, path: &str, query: &str, ip: &str, map: Map<String,
                     .or_else(|| item.get("UserID").and_then(Value::as_str))
                 {
                     Some(p) => peers.push(p.to_owned()),
-                    None => {
-                        let body = serde_json::to_vec(&map).expect("serializable");
-                        return forward(node, 0, path, query, ip, Vec::new(), &body).await;
-                    }
+                    None => return forward(node, 0, path, query, ip, Vec::new(), body).await,
                 }
             }
             Some(peers)
         }
-        Some(_) => {
-            let body = serde_json::to_vec(&map).expect("serializable");
-            return forward(node, 0, path, query, ip, Vec::new(), &body).await;
-        }
+        Some(_) => return forward(node, 0, path, query, ip, Vec::new(), body).await,
     };
-    let body = serde_json::to_vec(&json!({ "To_Account": account })).expect("serializable");
+    let asked = serde_json::to_vec(&json!({ "To_Account": account })).expect("serializable");
     let calls = (0..node.shards()).map(|n| {
-        let (body, accounts) = (&body, vec![account.clone()]);
+        let (body, accounts) = (&asked, vec![account.clone()]);
         async move { forward(node, n, path, query, ip, accounts, body).await }
     });
     let replies = futures_util::future::join_all(calls).await;
