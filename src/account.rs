@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -133,8 +134,13 @@ pub(crate) struct AccountState {
     pub alive: bool,
     pub inbox: Inbox,
     pub devices: HashMap<DeviceId, DeviceSlot>,
-    /// Unread messages per peer.
-    pub unread: HashMap<UserId, u32>,
+    /// Unread messages over all conversations (a callback's UnreadMsgNum); per peer, the
+    /// count is kept in the conversation (`Conversation::unread`).
+    pub unread_total: u32,
+    /// The store's numbers of every conversation this account has had (`Store::conversation_list`),
+    /// kept across a delete and re-import, as the conversations are: a delete resets its unread
+    /// counts there, `get_c2c_unread_msg_num` reads them.
+    pub conversations: Vec<u32>,
     /// The journal ticket of the last operation that changed this account's inbox, devices,
     /// unread counts, or a message in its inbox: readers show what they read here only once
     /// the journal is durable up to it (R6).
@@ -143,33 +149,61 @@ pub(crate) struct AccountState {
 
 /// An account and its lock.
 ///
-/// Lock order (the whole crate): a subscription's buffer → the account's slot in the accounts
-/// table (only import/delete hold it across anything) → account locks, two at once in
+/// Lock order (the whole crate): a subscription's buffer → account locks, two at once in
 /// ascending interned-number order (`UserId::num`, as `lock_pair` does — not the names'
-/// order, which `UserId`'s `Ord` follows) → the conversation lock → a message's state lock → a device signal → the journal.
+/// order, which `UserId`'s `Ord` follows) → the conversation lock → a message's state lock →
+/// a device signal → the journal. The lookup tables' writer locks (`table.rs`) are leaves:
+/// a conversation is made while its accounts are locked.
 /// No lock is held while a hook runs or while waiting for the disk.
 pub(crate) struct AccountCell {
     pub id: UserId,
     pub state: Mutex<AccountState>,
+    /// `state.alive`, readable without the lock: lookups skip accounts that are not live.
+    /// Changed only under the state lock (`Accounts::set_live`); a reader that finds it set
+    /// still checks `alive` once it holds the lock.
+    live: AtomicBool,
 }
 
 impl AccountCell {
-    pub fn new(id: UserId) -> Self {
-        let state = AccountState {
-            alive: true,
-            inbox: Inbox::default(),
-            devices: HashMap::default(),
-            unread: HashMap::default(),
-            ticket: 0,
-        };
+    /// A cell for an account that does not exist (yet): not live, nothing in it.
+    pub fn dormant(id: UserId) -> Self {
         AccountCell {
             id,
-            state: Mutex::new(state),
+            state: Mutex::new(AccountState::empty()),
+            live: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Sets the live flag; returns the previous value (`Accounts::set_live` counts).
+    pub(crate) fn set_live(&self, live: bool) -> bool {
+        self.live.swap(live, Ordering::AcqRel)
     }
 }
 
 impl AccountState {
+    /// The state of an account that does not exist: not alive, nothing in it.
+    pub fn empty() -> Self {
+        AccountState {
+            alive: false,
+            inbox: Inbox::default(),
+            devices: HashMap::default(),
+            unread_total: 0,
+            conversations: Vec::new(),
+            ticket: 0,
+        }
+    }
+
+    /// Empties the state (an import or delete), keeping the list of conversations.
+    pub fn reset(&mut self) {
+        let conversations = std::mem::take(&mut self.conversations);
+        *self = AccountState::empty();
+        self.conversations = conversations;
+    }
+
     /// Appends to the inbox and wakes the connected devices, which read it once it is durable.
     /// `online_only`: only devices connected now receive it (MsgLifeTime 0).
     pub fn deliver(&mut self, entry: Entry, expires_at: u64, now: u64, online_only: bool) {

@@ -4,4 +4,3 @@
 
 pub(crate) type RandomState = foldhash::fast::RandomState;
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
-pub(crate) type DashMap<K, V> = dashmap::DashMap<K, V, RandomState>;

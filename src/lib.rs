@@ -31,6 +31,7 @@
 //! |---|---|
 //! | `key` | [`MsgKey`]: parse, format |
 //! | `account` | [`UserId`], each account's state and the lock order |
+//! | `registry`, `table` | interned account names; the lock-free append-only table and arena that accounts, names and conversations are found in |
 //! | `message` | MsgBody elements, [`Content`], the shared message record, views |
 //! | `roaming` | conversations: history order, per-side views, paging, read marks |
 //! | `inbox` | the per-account sequence-numbered inbox |
@@ -134,6 +135,7 @@ mod roaming;
 #[cfg(feature = "server")]
 pub mod server;
 mod store;
+mod table;
 pub mod usersig;
 
 pub use account::{MAX_USER_ID_LEN, UserId};

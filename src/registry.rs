@@ -15,39 +15,29 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::account::MAX_USER_ID_LEN;
-use crate::hash::DashMap;
+use crate::table::Table;
 
 /// The first chunk holds 2^FIRST names; chunk k holds 2^(FIRST + k).
 pub(crate) const FIRST: u32 = 6;
 pub(crate) const CHUNKS: usize = (33 - FIRST) as usize;
 
-/// A name as the lookup map keeps it: inline, so comparing a probe with an entry reads no
-/// other memory (names are at most 32 bytes, `MAX_USER_ID_LEN`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Name {
-    len: u8,
-    bytes: [u8; MAX_USER_ID_LEN],
-}
-
-impl Name {
-    fn new(s: &str) -> Option<Name> {
-        let mut bytes = [0; MAX_USER_ID_LEN];
-        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
-        Some(Name {
-            len: s.len() as u8,
-            bytes,
-        })
+/// A name as the lookup table keeps it: its bytes in four words, zero-padded (a UserID holds no
+/// NUL, so the padding cannot be confused with a name's bytes). Comparing a probe with a slot
+/// reads no other memory (names are at most 32 bytes, `MAX_USER_ID_LEN`).
+fn words(s: &str) -> Option<[u64; 4]> {
+    if s.len() > MAX_USER_ID_LEN || s.as_bytes().contains(&0) {
+        return None;
     }
-}
-
-impl std::hash::Hash for Name {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write(&self.bytes[..usize::from(self.len)]);
-    }
+    let mut bytes = [0u8; MAX_USER_ID_LEN];
+    bytes[..s.len()].copy_from_slice(s.as_bytes());
+    Some(std::array::from_fn(|i| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }))
 }
 
 pub(crate) struct Registry {
-    numbers: DashMap<Name, u32>,
+    /// Name → number, read without a lock (`table.rs`).
+    numbers: Table<4>,
     next: AtomicU32,
     /// Number → name, in chunks that are never moved (lock-free reads).
     names: [OnceLock<Box<[OnceLock<&'static str>]>>; CHUNKS],
@@ -69,7 +59,7 @@ pub(crate) fn registry() -> &'static Registry {
 impl Registry {
     fn new() -> Self {
         Registry {
-            numbers: DashMap::default(),
+            numbers: Table::default(),
             next: AtomicU32::new(0),
             names: std::array::from_fn(|_| OnceLock::new()),
         }
@@ -77,16 +67,16 @@ impl Registry {
 
     /// The number of `name` (a valid UserID, at most 32 bytes), given now if it has none.
     pub fn number(&self, name: &str) -> u32 {
-        let key = Name::new(name).expect("a UserID is at most 32 bytes");
-        if let Some(n) = self.numbers.get(&key) {
-            return *n;
-        }
-        // The map entry stays locked while the name is recorded: a number is visible only
-        // once its name is.
-        *self.numbers.entry(key).or_insert_with(|| {
+        let key = words(name).expect("a UserID is at most 32 bytes, without NUL");
+        // The table's writer lock is held while the name is recorded: a number is visible
+        // only once its name is.
+        self.numbers.get_or_insert_with(&key, || {
             let stored: &'static str = Box::leak(name.into());
             let n = self.next.fetch_add(1, Ordering::Relaxed);
-            assert!(n < u32::MAX, "more than 2^32 - 1 distinct account names");
+            assert!(
+                n < u32::MAX - 1,
+                "more than 2^32 - 2 distinct account names"
+            );
             let (k, i) = locate(n);
             let chunk = self.names[k].get_or_init(|| {
                 (0..1usize << (k as u32 + FIRST))
@@ -100,7 +90,7 @@ impl Registry {
 
     /// The number of `name`, if it has one.
     pub fn find(&self, name: &str) -> Option<u32> {
-        self.numbers.get(&Name::new(name)?).map(|n| *n)
+        self.numbers.get(&words(name)?)
     }
 
     /// The name of number `n` (numbers are only handed out with their names).

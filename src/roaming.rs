@@ -96,6 +96,9 @@ pub(crate) struct Conversation {
     messages: VecDeque<Arc<StoredMessage>>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
+    /// Per side: how many messages from its peer that side has not read (unread counts live
+    /// here, in a lock the send and recall take anyway, not in a map of each account's).
+    pub unread: [u32; 2],
     /// The journal ticket of the last operation that changed this conversation: readers show
     /// what they read here only once the journal is durable up to it (R6).
     pub ticket: u64,
@@ -110,6 +113,12 @@ pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
     }
 }
 
+/// A conversation's key in the store's table: the two account numbers, smaller first.
+pub(crate) fn conv_key(x: &UserId, y: &UserId) -> [u64; 1] {
+    let (a, b) = (x.num().min(y.num()), x.num().max(y.num()));
+    [u64::from(a) << 32 | u64::from(b)]
+}
+
 impl Conversation {
     pub fn new(a: UserId, b: UserId) -> Self {
         debug_assert!(a.num() < b.num());
@@ -118,6 +127,7 @@ impl Conversation {
             next_arrival: 1,
             messages: VecDeque::new(),
             read_mark: [0, 0],
+            unread: [0, 0],
             ticket: 0,
         }
     }
@@ -156,6 +166,11 @@ impl Conversation {
         };
         let messages = self.messages.iter().cloned().collect();
         (users, self.next_arrival, read_mark, messages)
+    }
+
+    /// The two accounts, in number order.
+    pub fn users(&self) -> &[UserId; 2] {
+        &self.users
     }
 
     pub fn side(&self, user: &UserId) -> Side {

@@ -34,12 +34,11 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::account::{AccountCell, UserId, check_user_id};
+use crate::account::{AccountCell, AccountState, UserId, check_user_id};
 use crate::codec;
 use crate::config::Config;
 use crate::device::{self, DeviceId};
 use crate::error::{Error, Result};
-use crate::hash::DashMap;
 use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
 use crate::message::{
@@ -47,7 +46,10 @@ use crate::message::{
     StoredMessage,
 };
 use crate::op::Op;
-use crate::roaming::{Conversation, HistoryItem, HistoryPage, HistoryQuery, conversation_id};
+use crate::roaming::{
+    Conversation, HistoryItem, HistoryPage, HistoryQuery, conv_key, conversation_id,
+};
+use crate::table::{Arena, Table};
 
 mod accounts;
 mod apply;
@@ -296,7 +298,10 @@ pub(crate) struct Inner {
     config: Config,
     admins: Vec<UserId>,
     accounts: accounts::Accounts,
-    conversations: DashMap<(UserId, UserId), Arc<Mutex<Conversation>>>,
+    /// Conversations by the pair of account numbers (`conv_key`) → their number in
+    /// `conversation_list`; both read without a lock (`table.rs`), neither ever shrinks.
+    conversations: Table<1>,
+    conversation_list: Arena<Mutex<Conversation>>,
     rng: AtomicU64,
     /// Unset for an in-memory store.
     journal: OnceLock<Arc<Journal>>,
@@ -325,7 +330,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("accounts", &self.inner.accounts.len())
-            .field("conversations", &self.inner.conversations.len())
+            .field("conversations", &self.inner.conversation_list.len())
             .finish_non_exhaustive()
     }
 }
@@ -399,7 +404,8 @@ impl Store {
             config,
             admins,
             accounts: accounts::Accounts::default(),
-            conversations: DashMap::default(),
+            conversations: Table::default(),
+            conversation_list: Arena::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
             journal: OnceLock::new(),
             recovery: OnceLock::new(),
@@ -511,37 +517,57 @@ impl Store {
         (z ^ (z >> 31)) as u32
     }
 
-    fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<Arc<AccountCell>> {
+    fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<&AccountCell> {
         let id = user.id()?;
         self.inner.accounts.get(&id)
     }
 
-    fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<Arc<AccountCell>> {
+    fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<&AccountCell> {
         self.cell(user).ok_or_else(|| role.missing(user.name()))
     }
 
-    fn conversation(
+    /// The conversation of `x` and `y`, if they have one.
+    fn conversation(&self, x: &UserId, y: &UserId) -> Option<&Mutex<Conversation>> {
+        let n = self.inner.conversations.get(&conv_key(x, y))?;
+        self.inner.conversation_list.get(n)
+    }
+
+    /// The conversation of two accounts, made if they have none. The caller holds both
+    /// accounts' locks (`xs`, `ys`): a new conversation enters both lists of conversations in
+    /// the same instant it can first be found.
+    fn conversation_or_new(
         &self,
-        x: &UserId,
-        y: &UserId,
-        create: bool,
-    ) -> Option<Arc<Mutex<Conversation>>> {
-        let id = conversation_id(x, y);
-        if let Some(c) = self.inner.conversations.get(&id) {
-            return Some(c.value().clone());
+        (x, xs): (&UserId, &mut AccountState),
+        (y, ys): (&UserId, &mut AccountState),
+    ) -> Result<&Mutex<Conversation>> {
+        if let Some(c) = self.conversation(x, y) {
+            return Ok(c);
         }
-        if !create {
-            return None;
-        }
-        let (a, b) = id.clone();
-        Some(
-            self.inner
-                .conversations
-                .entry(id)
-                .or_insert_with(|| Arc::new(Mutex::new(Conversation::new(a, b))))
-                .value()
-                .clone(),
-        )
+        let (a, b) = conversation_id(x, y);
+        let (n, conv) = self.add_conversation(Conversation::new(a, b))?;
+        xs.conversations.push(n);
+        ys.conversations.push(n);
+        Ok(conv)
+    }
+
+    /// Stores `conv`, the conversation of its two accounts (who have none yet); returns its
+    /// number.
+    fn add_conversation(&self, conv: Conversation) -> Result<(u32, &Mutex<Conversation>)> {
+        let [a, b] = conv.users();
+        let inner = &self.inner;
+        let n = inner.conversations.get_or_try_insert(&conv_key(a, b), || {
+            inner.conversation_list.push(Mutex::new(conv)).map_err(|_| {
+                Error::Internal(format!(
+                    "this store holds {} conversations, the most it can",
+                    Arena::<Mutex<Conversation>>::CAPACITY
+                ))
+            })
+        })?;
+        let conv = inner
+            .conversation_list
+            .get(n)
+            .expect("a conversation is numbered once stored");
+        Ok((n, conv))
     }
 
     /// Records `op` in the journal before it is applied (live path only); returns its ticket,
@@ -768,7 +794,7 @@ impl Store {
         if op.id == peer.id {
             return Ok(empty);
         }
-        let Some(conv) = self.conversation(&op.id, &peer.id, false) else {
+        let Some(conv) = self.conversation(&op.id, &peer.id) else {
             return Ok(empty);
         };
         let (page, ticket) = {
@@ -789,7 +815,7 @@ impl Store {
     pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
         let a = self.cell_as(account, Role::Acting)?;
         let p = self.cell_as(peer, Role::Other)?;
-        let Some(conv) = self.conversation(&a.id, &p.id, false) else {
+        let Some(conv) = self.conversation(&a.id, &p.id) else {
             return Ok(None);
         };
         let (last, ticket) = {
@@ -823,14 +849,12 @@ impl Store {
     /// How many messages from `peer` `account` has not read.
     pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
         let cell = self.cell_as(account, Role::Other)?;
+        let Some(conv) = UserId::find(peer).and_then(|p| self.conversation(&cell.id, &p)) else {
+            return Ok(0);
+        };
         let (n, ticket) = {
-            let state = cell.state.lock();
-            (
-                UserId::find(peer)
-                    .and_then(|p| state.unread.get(&p).copied())
-                    .unwrap_or(0),
-                state.ticket,
-            )
+            let c = conv.lock();
+            (c.unread[c.side(&cell.id)], c.ticket)
         };
         self.durable(ticket)?;
         Ok(n)
@@ -841,17 +865,30 @@ impl Store {
         let cell = self.cell_as(account, Role::Other)?;
         let (mut all, ticket) = {
             let state = cell.state.lock();
-            let all: Vec<_> = state
-                .unread
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(p, n)| (p.clone(), *n))
-                .collect();
-            (all, state.ticket)
+            self.unread_peers(&cell.id, &state)
         };
         self.durable(ticket)?;
         all.sort();
         Ok(all)
+    }
+
+    /// `account`'s peers with unread messages (its state locked), and the newest ticket of
+    /// what was read.
+    fn unread_peers(&self, account: &UserId, state: &AccountState) -> (Vec<(UserId, u32)>, u64) {
+        let mut ticket = state.ticket;
+        let mut all = Vec::new();
+        for &n in &state.conversations {
+            let Some(conv) = self.inner.conversation_list.get(n) else {
+                continue;
+            };
+            let c = conv.lock();
+            let side = c.side(account);
+            if c.unread[side] > 0 {
+                all.push((c.users()[1 - side].clone(), c.unread[side]));
+                ticket = ticket.max(c.ticket);
+            }
+        }
+        (all, ticket)
     }
 
     /// Drops roaming messages past retention and inbox entries past their lifetime, and
@@ -864,12 +901,14 @@ impl Store {
         let mut report = PurgeReport::default();
         let convs: Vec<_> = self
             .inner
-            .conversations
+            .conversation_list
             .iter()
-            .filter(|e| e.value().lock().has_expired(cutoff))
-            .map(|e| e.key().clone())
+            .filter_map(|c| {
+                let c = c.lock();
+                c.has_expired(cutoff).then(|| c.users().clone())
+            })
             .collect();
-        for (a, b) in convs {
+        for [a, b] in convs {
             if let Applied::Purged(n) = self.run(&Op::PurgeConversation { a, b, cutoff })? {
                 report.messages += n;
             }

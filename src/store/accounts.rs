@@ -1,22 +1,25 @@
 //! The store's accounts, indexed by their interned number: account numbers are dense (see
-//! `registry.rs`), so a lookup by `UserId` is two array indexes and a read lock — no hashing,
-//! no probe of a shared map, one cache line per account touched. (A lookup by name first
-//! finds the number in the registry, which does hash.) Chunks are allocated as numbers reach
-//! them and never move; a slot costs 16 bytes per number the process has handed out.
+//! `registry.rs`), so a lookup by `UserId` is two array indexes — no hashing, no lock, no
+//! reference count: the account's own cache line is the only one touched that is not shared
+//! by many accounts. (A lookup by name first finds the number in the registry, which hashes.)
 //!
-//! A slot's write lock is what a map entry's lock was: import and delete hold it while they
-//! record their operation, so memory and journal agree on the order of an import and a delete
-//! of the same account.
+//! An account's cell, once made, stays for the life of the store: a deleted account's cell is
+//! kept, not live and empty, and an import makes it live again. So a lookup hands out a plain
+//! reference, and a cell is never freed under a reader. Chunks of slots are allocated as
+//! numbers reach them and never move; a slot costs 8 bytes per number the process has handed
+//! out, a cell ~200 bytes per account this store has ever had.
+//!
+//! Import and delete change whether an account is live under its state lock, while they record
+//! their operation: memory and journal agree on the order of an import and a delete of the same
+//! account.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::account::{AccountCell, UserId};
 use crate::registry::{CHUNKS, FIRST, locate};
 
-type Slot = RwLock<Option<Arc<AccountCell>>>;
+type Slot = OnceLock<Box<AccountCell>>;
 
 pub(crate) struct Accounts {
     chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
@@ -32,56 +35,37 @@ impl Default for Accounts {
     }
 }
 
-/// A slot held for writing: an import or a delete in progress.
-pub(crate) struct SlotGuard<'a> {
-    slot: RwLockWriteGuard<'a, Option<Arc<AccountCell>>>,
-    len: &'a AtomicUsize,
-}
-
-impl SlotGuard<'_> {
-    pub fn get(&self) -> Option<&Arc<AccountCell>> {
-        self.slot.as_ref()
-    }
-
-    pub fn insert(&mut self, cell: Arc<AccountCell>) {
-        if self.slot.replace(cell).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn remove(&mut self) {
-        if self.slot.take().is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Accounts {
-    fn slot(&self, id: &UserId) -> Option<&Slot> {
-        let (k, i) = locate(id.num());
-        self.chunks[k].get().map(|c| &c[i])
-    }
-
-    /// The account `id`, if it exists.
-    pub fn get(&self, id: &UserId) -> Option<Arc<AccountCell>> {
-        self.slot(id)?.read().clone()
-    }
-
-    pub fn contains(&self, id: &UserId) -> bool {
-        self.slot(id).is_some_and(|s| s.read().is_some())
-    }
-
-    /// The slot of `id`, locked for writing (import, delete, restore).
-    pub fn entry(&self, id: &UserId) -> SlotGuard<'_> {
+    /// The cell of `id`, made (not live) if this store never had it.
+    pub fn cell(&self, id: &UserId) -> &AccountCell {
         let (k, i) = locate(id.num());
         let chunk = self.chunks[k].get_or_init(|| {
             (0..1usize << (k as u32 + FIRST))
-                .map(|_| RwLock::new(None))
+                .map(|_| OnceLock::new())
                 .collect()
         });
-        SlotGuard {
-            slot: chunk[i].write(),
-            len: &self.len,
+        chunk[i].get_or_init(|| Box::new(AccountCell::dormant(id.clone())))
+    }
+
+    /// The account `id`, if it exists (is live).
+    pub fn get(&self, id: &UserId) -> Option<&AccountCell> {
+        let (k, i) = locate(id.num());
+        let cell = self.chunks[k].get()?[i].get()?;
+        cell.is_live().then_some(&**cell)
+    }
+
+    pub fn contains(&self, id: &UserId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Makes `cell` live or not; the caller holds its state lock and has set `alive` to match.
+    pub fn set_live(&self, cell: &AccountCell, live: bool) {
+        if cell.set_live(live) != live {
+            if live {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -89,13 +73,19 @@ impl Accounts {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Every account, in number order.
-    pub fn cells(&self) -> Vec<Arc<AccountCell>> {
+    /// Every live account, in number order.
+    pub fn cells(&self) -> Vec<&AccountCell> {
         let mut out = Vec::with_capacity(self.len());
         // Every allocated chunk: numbers are handed out process-wide, so this store's
         // accounts may sit in chunks above ones it never touched.
         for chunk in self.chunks.iter().filter_map(OnceLock::get) {
-            out.extend(chunk.iter().filter_map(|s| s.read().clone()));
+            out.extend(
+                chunk
+                    .iter()
+                    .filter_map(OnceLock::get)
+                    .filter(|c| c.is_live())
+                    .map(|c| &**c),
+            );
         }
         out
     }
@@ -113,12 +103,17 @@ mod tests {
             .collect();
         for id in &ids {
             assert!(t.get(id).is_none());
-            t.entry(id).insert(Arc::new(AccountCell::new(id.clone())));
+            let cell = t.cell(id);
+            cell.state.lock().alive = true;
+            t.set_live(cell, true);
         }
         assert_eq!(t.len(), 300);
         assert!(ids.iter().all(|id| t.get(id).is_some_and(|c| c.id == *id)));
-        t.entry(&ids[7]).remove();
-        t.entry(&ids[7]).remove();
+        for _ in 0..2 {
+            let cell = t.cell(&ids[7]);
+            cell.state.lock().alive = false;
+            t.set_live(cell, false);
+        }
         assert_eq!(t.len(), 299);
         assert!(!t.contains(&ids[7]));
         assert_eq!(t.cells().len(), 299);
@@ -133,8 +128,7 @@ mod tests {
             .map(|i| UserId::new(&format!("acct-table-high-{i}")).unwrap())
             .collect();
         let high = ids.iter().max_by_key(|id| id.num()).unwrap();
-        t.entry(high)
-            .insert(Arc::new(AccountCell::new(high.clone())));
+        t.set_live(t.cell(high), true);
         assert!(locate(high.num()).0 > 0, "a chunk above the first");
         assert_eq!(t.cells().len(), 1);
     }

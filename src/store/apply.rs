@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Applied, Mode, Role, Store, no_device};
-use crate::account::{AccountCell, AccountState, UserId, lock_pair};
+use crate::account::{AccountState, UserId, lock_pair};
 use crate::callback::{Origin, Queued};
 use crate::device::{DeviceId, DeviceSlot, Live, Signal};
 use crate::error::{Error, Result};
@@ -94,7 +94,7 @@ impl Store {
                 Ok(Applied::Purged(forgotten))
             }
             Op::PurgeConversation { a, b, cutoff } => {
-                let Some(conv) = self.conversation(a, b, false) else {
+                let Some(conv) = self.conversation(a, b) else {
                     return Ok(Applied::Purged(0));
                 };
                 let mut c = conv.lock();
@@ -114,52 +114,55 @@ impl Store {
     }
 
     fn apply_import(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        // The account's slot stays write-locked while the import is recorded, so a concurrent delete of
-        // the same name is ordered the same way in memory and in the journal.
-        let mut slot = self.inner.accounts.entry(user);
-        match slot.get() {
-            Some(_) => Ok(Applied::Unchanged),
-            None => {
-                let ticket = self.record(op, mode)?;
-                let cell = AccountCell::new(user.clone());
-                {
-                    let mut state = cell.state.lock();
-                    state.ticket = ticket;
-                    if let Some(next) = self.inner.retired.lock().remove(user) {
-                        state.inbox = Inbox::starting_at(next);
-                    }
-                }
-                slot.insert(Arc::new(cell));
-                self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
-                Ok(Applied::Done)
-            }
+        // Import and delete decide whether the account is live under its state lock, held
+        // while they record: memory and journal order an import and a delete of the same
+        // account alike.
+        let cell = self.inner.accounts.cell(user);
+        let mut state = cell.state.lock();
+        if state.alive {
+            return Ok(Applied::Unchanged);
         }
+        let ticket = self.record(op, mode)?;
+        state.reset();
+        state.alive = true;
+        state.ticket = ticket;
+        if let Some(next) = self.inner.retired.lock().remove(user) {
+            state.inbox = Inbox::starting_at(next);
+        }
+        self.inner.accounts.set_live(cell, true);
+        self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+        Ok(Applied::Done)
     }
 
     fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
-        let mut slot = self.inner.accounts.entry(user);
-        match slot.get() {
-            None => Err(Error::AccountNotFound(user.to_string())),
-            Some(cell) => {
-                let cell = cell.clone();
-                let mut state = cell.state.lock();
-                let ticket = self.record(op, mode)?;
-                state.alive = false;
-                state.ticket = ticket;
-                for slot in state.devices.values_mut() {
-                    slot.end_session();
-                }
-                state.devices.clear();
-                let next = state.inbox.next_seq();
-                state.inbox = Default::default();
-                state.unread.clear();
-                drop(state);
-                slot.remove();
-                self.inner.retired.lock().insert(user.clone(), next);
-                self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
-                Ok(Applied::Done)
+        let missing = || Error::AccountNotFound(user.to_string());
+        let cell = self.inner.accounts.get(user).ok_or_else(missing)?;
+        let mut state = cell.state.lock();
+        if !state.alive {
+            return Err(missing());
+        }
+        let ticket = self.record(op, mode)?;
+        for slot in state.devices.values_mut() {
+            slot.end_session();
+        }
+        let next = state.inbox.next_seq();
+        // Its unread counts go; the conversations stay (the peers' history keeps them).
+        for &n in &state.conversations {
+            if let Some(conv) = self.inner.conversation_list.get(n) {
+                let mut c = conv.lock();
+                let side = c.side(user);
+                c.unread[side] = 0;
+                c.ticket = ticket;
             }
         }
+        // The cell stays (lookups hand out plain references), empty and not live.
+        state.reset();
+        state.ticket = ticket;
+        self.inner.accounts.set_live(cell, false);
+        drop(state);
+        self.inner.retired.lock().insert(user.clone(), next);
+        self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+        Ok(Applied::Done)
     }
 
     fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode) -> Result<Applied> {
@@ -201,7 +204,7 @@ impl Store {
                 c.insert(msg.clone());
                 c.trim(s.at.saturating_sub(self.inner.config.retention_secs));
                 if s.kind != SendKind::ImportHistory {
-                    self.deliver_sent(fs, ts, s, &msg);
+                    self.deliver_sent(fs, ts, c, s, &msg);
                 }
                 if let Some(origin) = &s.origin {
                     let queued = Queued::AfterSend {
@@ -224,6 +227,7 @@ impl Store {
         &self,
         fs: &mut AccountState,
         ts: &mut AccountState,
+        c: &mut Conversation,
         s: &SendOp,
         msg: &Arc<StoredMessage>,
     ) {
@@ -236,7 +240,9 @@ impl Store {
                 s.lifetime
             };
         ts.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
-        *ts.unread.entry(s.from.clone()).or_default() += 1;
+        let side = c.side(&s.to);
+        c.unread[side] = c.unread[side].saturating_add(1);
+        ts.unread_total = ts.unread_total.saturating_add(1);
         if s.sender_copy == SenderCopy::RoamingAndDevices {
             fs.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
         }
@@ -267,16 +273,18 @@ impl Store {
         if fc.id == tc.id {
             return Err(missing());
         }
-        let Some(conv) = self.conversation(&fc.id, &tc.id, create) else {
-            return Err(missing());
-        };
-        let (mut fs, mut ts) = lock_pair(&fc, &tc);
+        let (mut fs, mut ts) = lock_pair(fc, tc);
         if !fs.alive {
             return Err(Role::Acting.missing(from));
         }
         if !ts.alive {
             return Err(Role::Other.missing(to));
         }
+        let conv = if create {
+            self.conversation_or_new((&fc.id, &mut fs), (&tc.id, &mut ts))?
+        } else {
+            self.conversation(&fc.id, &tc.id).ok_or_else(missing)?
+        };
         f(&mut fs, &mut ts, &mut conv.lock())
     }
 
@@ -336,10 +344,10 @@ impl Store {
             (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
             // The one instant every layer changes: they all share this record.
             msg.recall(by.clone(), at);
-            if c.is_unread(msg)
-                && let Some(n) = ts.unread.get_mut(from)
-            {
-                *n = n.saturating_sub(1);
+            let side = c.side(to);
+            if c.is_unread(msg) && c.unread[side] > 0 {
+                c.unread[side] -= 1;
+                ts.unread_total = ts.unread_total.saturating_sub(1);
             }
             let expires_at = at + self.inner.config.notice_lifetime_secs;
             fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
@@ -382,7 +390,7 @@ impl Store {
     ) -> Result<Applied> {
         let rc = self.cell_as(reader, Role::Acting)?;
         self.cell_as(peer, Role::Other)?;
-        let conv = self.conversation(reader, peer, false);
+        let conv = self.conversation(reader, peer);
         let mut state = rc.state.lock();
         if !state.alive {
             return Err(Role::Acting.missing(reader));
@@ -393,8 +401,10 @@ impl Store {
         if let Some(c) = &mut c {
             c.ticket = ticket;
             c.mark_read(reader);
+            let side = c.side(reader);
+            state.unread_total = state.unread_total.saturating_sub(c.unread[side]);
+            c.unread[side] = 0;
         }
-        state.unread.remove(peer);
         if let Some(origin) = origin {
             let queued = Queued::AfterRead {
                 report: reader.clone(),
@@ -467,5 +477,5 @@ impl Store {
 
 /// An account's unread messages over all its conversations (a callback's UnreadMsgNum).
 fn total_unread(state: &AccountState) -> u32 {
-    state.unread.values().sum()
+    state.unread_total
 }

@@ -10,10 +10,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use super::{Mode, Store};
-use crate::account::{AccountCell, UserId};
+use crate::account::{UserId, lock_pair};
 use crate::callback::{Origin, Platform, Queued};
 use crate::codec::{
     self, AccountImage, AccountImageV1, ConvImage, EntryImage, MsgImage, MsgRef, OutboxEntryImage,
@@ -22,14 +20,13 @@ use crate::codec::{
 use crate::config::Config;
 use crate::device::{DeviceId, DeviceSlot};
 use crate::error::Error;
-use crate::hash::HashMap;
 use crate::hooks::NoHooks;
 use crate::inbox::{Entry, Inbox, Slot};
 use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
 use crate::message::{Content, MsgState, StoredMessage};
-use crate::roaming::{Conversation, conversation_id};
+use crate::roaming::Conversation;
 
 /// The store at one cut, holding shared records and copies of their state (a recall after the
 /// cut changes the record, not the copy).
@@ -109,13 +106,9 @@ impl Store {
     /// Copies the store's state. Only a scratch store nobody else touches is captured; each
     /// lock below is taken alone.
     pub(super) fn capture(&self) -> Capture {
-        let convs: Vec<_> = self
+        let conversations = self
             .inner
-            .conversations
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        let conversations = convs
+            .conversation_list
             .iter()
             .map(|c| {
                 let (users, next_arrival, read_mark, messages) = c.lock().export();
@@ -156,7 +149,7 @@ impl Store {
                         .iter()
                         .map(|(id, d)| (id.clone(), d.cursor, d.last_seen))
                         .collect(),
-                    unread: state.unread.iter().map(|(p, n)| (p.clone(), *n)).collect(),
+                    unread: self.unread_peers(&cell.id, &state).0,
                 }
             })
             .collect();
@@ -301,11 +294,24 @@ impl Store {
             .iter()
             .map(|m| self.restore_message(m).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let id = conversation_id(&a, &b);
+        if self.conversation(&a, &b).is_some() {
+            return Err(Error::Internal(format!(
+                "the snapshot lists the conversation of {a} and {b} twice"
+            )));
+        }
         let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
-        self.inner
-            .conversations
-            .insert(id, Arc::new(Mutex::new(conv)));
+        let [a, b] = conv.users().clone();
+        let (n, _) = self.add_conversation(conv)?;
+        // Each lock alone: nobody else touches a store being restored.
+        for user in [&a, &b] {
+            self.inner
+                .accounts
+                .cell(user)
+                .state
+                .lock()
+                .conversations
+                .push(n);
+        }
         Ok(())
     }
 
@@ -315,7 +321,7 @@ impl Store {
             MsgRef::Roaming { from, to, key } => {
                 let (from, to) = (self.intern(from)?, self.intern(to)?);
                 let key = MsgKey::new(key.0, key.1, key.2);
-                let conv = self.conversation(&from, &to, false);
+                let conv = self.conversation(&from, &to);
                 conv.and_then(|c| c.lock().find(&from, key).cloned())
                     .ok_or_else(|| {
                         Error::Internal(format!(
@@ -372,7 +378,7 @@ impl Store {
     }
 
     fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
-        let cell = AccountCell::new(UserId::new(img.user)?);
+        let cell = self.inner.accounts.cell(&UserId::new(img.user)?);
         let mut slots = Vec::with_capacity(img.entries.len());
         for e in &img.entries {
             let msg = self.restore_ref(&e.msg)?;
@@ -384,21 +390,39 @@ impl Store {
             };
             slots.push(Slot::new(e.seq, entry, e.expires_at, e.kind == 3));
         }
+        let mut total = 0u32;
+        for (peer, n) in &img.unread {
+            let peer = self.intern(peer)?;
+            if peer == cell.id {
+                return Err(Error::Internal(format!(
+                    "{} has unread messages from itself",
+                    cell.id
+                )));
+            }
+            let conv = match self.conversation(&cell.id, &peer) {
+                Some(conv) => conv,
+                None => {
+                    let (mut xs, mut ys) = lock_pair(cell, self.inner.accounts.cell(&peer));
+                    self.conversation_or_new((&cell.id, &mut xs), (&peer, &mut ys))?
+                }
+            };
+            let mut c = conv.lock();
+            let side = c.side(&cell.id);
+            c.unread[side] = *n;
+            total = total.saturating_add(*n);
+        }
         {
             let mut state = cell.state.lock();
+            state.alive = true;
+            state.unread_total = total;
             state.inbox = Inbox::restore(img.next_seq, slots);
             for (id, cursor, last_seen) in &img.devices {
                 state
                     .devices
                     .insert(DeviceId::from(*id), DeviceSlot::new(*cursor, *last_seen));
             }
-            let mut unread = HashMap::default();
-            for (peer, n) in &img.unread {
-                unread.insert(self.intern(peer)?, *n);
-            }
-            state.unread = unread;
+            self.inner.accounts.set_live(cell, true);
         }
-        self.inner.accounts.entry(&cell.id).insert(Arc::new(cell));
         Ok(())
     }
 }

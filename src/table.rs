@@ -1,0 +1,339 @@
+//! Two append-only containers read on every operation without a lock, a reference count or
+//! any other atomic read-modify-write: `Table`, a hash table from a fixed-size key to a `u32`,
+//! and `Arena`, values numbered 0, 1, 2, ... that never move.
+//!
+//! Why: a recall looks up two account names, two accounts and a conversation. Behind a
+//! `DashMap` and `Arc`s each lookup took a shard lock and a reference count — about twenty
+//! locked instructions per recall, each one a full barrier that waits for the cache misses
+//! before it, so the misses of the five lookups were paid one after another. Here a lookup is
+//! plain loads (`Acquire` loads compile to plain moves on x86-64), and independent lookups'
+//! misses overlap.
+//!
+//! Nothing is ever removed (account names and conversations are kept for the life of the
+//! store; see `registry.rs`). Writers take one mutex. A table grows by doubling into a new
+//! level; the old levels stay allocated, since a reader may still be probing one (at most as
+//! many slots again as the current level — the price of reading without a lock). A reader of an
+//! old level misses only keys inserted after it read the current level, which is a valid order.
+
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::hash::RandomState;
+
+/// log2 of the first level's slots.
+const FIRST_LEVEL: u32 = 6;
+/// Levels 64, 128, ... 2^38 slots: more than any `u32` count of keys needs.
+const LEVELS: usize = 33;
+
+/// One slot: `head` is 0 while empty, else (the key's hash tag << 32) | (value + 1); the key
+/// words are written before `head` is published (Release) and read after it (Acquire).
+struct Slot<const W: usize> {
+    head: AtomicU64,
+    key: [AtomicU64; W],
+}
+
+struct Level<const W: usize> {
+    slots: Box<[Slot<W>]>,
+}
+
+impl<const W: usize> Level<W> {
+    fn new(log2: u32) -> Self {
+        Level {
+            slots: (0..1usize << log2)
+                .map(|_| Slot {
+                    head: AtomicU64::new(0),
+                    key: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The value of `key`, or the index of the empty slot that ends its probe.
+    fn probe(&self, key: &[u64; W], hash: u64) -> Result<u32, usize> {
+        let tag = hash >> 32;
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        // Bounded by the level's size; at load ¾ or less an empty slot comes long before.
+        for _ in 0..=mask {
+            let slot = &self.slots[i];
+            let head = slot.head.load(Ordering::Acquire);
+            if head == 0 {
+                return Err(i);
+            }
+            if head >> 32 == tag
+                && slot
+                    .key
+                    .iter()
+                    .zip(key)
+                    .all(|(a, b)| a.load(Ordering::Relaxed) == *b)
+            {
+                return Ok((head as u32).wrapping_sub(1));
+            }
+            i = (i + 1) & mask;
+        }
+        unreachable!("a table level is never full")
+    }
+
+    /// Writes `key` → `value` into the empty slot `i` (writers hold the table's lock).
+    fn publish(&self, i: usize, key: &[u64; W], hash: u64, value: u32) {
+        let slot = &self.slots[i];
+        for (a, b) in slot.key.iter().zip(key) {
+            a.store(*b, Ordering::Relaxed);
+        }
+        slot.head
+            .store((hash >> 32) << 32 | u64::from(value + 1), Ordering::Release);
+    }
+}
+
+/// An append-only hash table from `[u64; W]` keys to `u32` values below `u32::MAX`.
+pub(crate) struct Table<const W: usize> {
+    hasher: RandomState,
+    levels: [OnceLock<Level<W>>; LEVELS],
+    current: AtomicUsize,
+    /// Keys stored; writers serialize on it.
+    len: Mutex<usize>,
+}
+
+impl<const W: usize> Default for Table<W> {
+    fn default() -> Self {
+        let levels: [OnceLock<Level<W>>; LEVELS] = std::array::from_fn(|_| OnceLock::new());
+        levels[0].get_or_init(|| Level::new(FIRST_LEVEL));
+        Table {
+            hasher: RandomState::default(),
+            levels,
+            current: AtomicUsize::new(0),
+            len: Mutex::new(0),
+        }
+    }
+}
+
+impl<const W: usize> Table<W> {
+    fn hash(&self, key: &[u64; W]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn level(&self) -> &Level<W> {
+        self.levels[self.current.load(Ordering::Acquire)]
+            .get()
+            .expect("the current level exists")
+    }
+
+    /// The value of `key`, if stored.
+    pub fn get(&self, key: &[u64; W]) -> Option<u32> {
+        self.level().probe(key, self.hash(key)).ok()
+    }
+
+    /// The value of `key`; if absent, `make()` is called (under the writers' lock) for the
+    /// value to store, and its error returned as is.
+    pub fn get_or_try_insert<E>(
+        &self,
+        key: &[u64; W],
+        make: impl FnOnce() -> Result<u32, E>,
+    ) -> Result<u32, E> {
+        let hash = self.hash(key);
+        if let Ok(v) = self.level().probe(key, hash) {
+            return Ok(v);
+        }
+        let mut len = self.len.lock();
+        let mut level = self.level();
+        let slot = match level.probe(key, hash) {
+            Ok(v) => return Ok(v),
+            Err(slot) => slot,
+        };
+        let value = make()?;
+        assert!(value < u32::MAX, "table values stay below u32::MAX");
+        // At most ¾ full: linear probes stay short (2.5 slots on average for a key found,
+        // within one or two cache lines), and the table costs 1⅓–2⅔ slots per key.
+        let slot = if (*len + 1) * 4 > level.slots.len() * 3 {
+            level = self.grow(level);
+            level.probe(key, hash).expect_err("absent")
+        } else {
+            slot
+        };
+        level.publish(slot, key, hash, value);
+        *len += 1;
+        Ok(value)
+    }
+
+    /// [`get_or_try_insert`](Table::get_or_try_insert) with a value that is always made.
+    pub fn get_or_insert_with(&self, key: &[u64; W], make: impl FnOnce() -> u32) -> u32 {
+        match self.get_or_try_insert(key, || Ok::<_, std::convert::Infallible>(make())) {
+            Ok(v) => v,
+        }
+    }
+
+    /// Copies every key into a level twice the size and makes it current (writers' lock held).
+    fn grow(&self, old: &Level<W>) -> &Level<W> {
+        let next = self.current.load(Ordering::Relaxed) + 1;
+        let log2 = old.slots.len().trailing_zeros() + 1;
+        let level = self.levels[next].get_or_init(|| Level::new(log2));
+        for slot in old.slots.iter() {
+            let head = slot.head.load(Ordering::Relaxed);
+            if head == 0 {
+                continue;
+            }
+            let key: [u64; W] = std::array::from_fn(|i| slot.key[i].load(Ordering::Relaxed));
+            let hash = self.hash(&key);
+            let i = level.probe(&key, hash).expect_err("keys are unique");
+            level.publish(i, &key, hash, (head as u32) - 1);
+        }
+        self.current.store(next, Ordering::Release);
+        level
+    }
+
+    pub fn len(&self) -> usize {
+        *self.len.lock()
+    }
+}
+
+/// log2 of the values in one arena chunk.
+const CHUNK_BITS: u32 = 12;
+/// Chunks an arena can hold: 2^26 values in all.
+const ARENA_CHUNKS: usize = 1 << 14;
+
+type Chunk<T> = Box<[OnceLock<T>]>;
+
+/// Values numbered from 0 in the order they were added, stored in place in chunks of 4,096
+/// that never move: `get` is two indexes and the value's own cache line. The chunk directory
+/// (16 bytes per chunk, 256 KiB) is allocated with the arena; chunks as values reach them.
+pub(crate) struct Arena<T> {
+    chunks: Box<[OnceLock<Chunk<T>>]>,
+    len: AtomicUsize,
+    push: Mutex<()>,
+}
+
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena {
+            chunks: (0..ARENA_CHUNKS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            push: Mutex::new(()),
+        }
+    }
+}
+
+impl<T> Arena<T> {
+    /// The most values an arena holds.
+    pub const CAPACITY: usize = ARENA_CHUNKS << CHUNK_BITS;
+
+    /// Adds `value`; returns its number, or gives the value back when the arena is full.
+    pub fn push(&self, value: T) -> Result<u32, T> {
+        let _writer = self.push.lock();
+        let n = self.len.load(Ordering::Relaxed);
+        if n >= Self::CAPACITY {
+            return Err(value);
+        }
+        let chunk = self.chunks[n >> CHUNK_BITS]
+            .get_or_init(|| (0..1usize << CHUNK_BITS).map(|_| OnceLock::new()).collect());
+        if chunk[n & ((1 << CHUNK_BITS) - 1)].set(value).is_err() {
+            unreachable!("numbers are handed out once");
+        }
+        self.len.store(n + 1, Ordering::Release);
+        Ok(n as u32)
+    }
+
+    pub fn get(&self, n: u32) -> Option<&T> {
+        let n = n as usize;
+        self.chunks
+            .get(n >> CHUNK_BITS)?
+            .get()?
+            .get(n & ((1 << CHUNK_BITS) - 1))?
+            .get()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Every value, in number order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        (0..self.len() as u32).filter_map(|n| self.get(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn table_finds_what_it_stored_across_growth() {
+        let t = Table::<2>::default();
+        for i in 0..10_000u64 {
+            assert_eq!(
+                t.get_or_insert_with(&[i, !i], || i as u32 * 3),
+                i as u32 * 3
+            );
+        }
+        assert_eq!(t.len(), 10_000);
+        for i in 0..10_000u64 {
+            assert_eq!(t.get(&[i, !i]), Some(i as u32 * 3));
+            assert_eq!(
+                t.get_or_insert_with(&[i, !i], || unreachable!()),
+                i as u32 * 3
+            );
+        }
+        assert_eq!(t.get(&[5, 5]), None);
+        assert_eq!(t.get(&[10_000, !10_000]), None);
+    }
+
+    #[test]
+    fn readers_see_every_key_inserted_before_while_the_table_grows() {
+        let t = Arc::new(Table::<1>::default());
+        let writer = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..50_000u64 {
+                    t.get_or_insert_with(&[i], || i as u32);
+                }
+            })
+        };
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    for round in 0..200u64 {
+                        // Every key below the table's length was inserted before it was read.
+                        let n = t.len() as u64;
+                        for i in (round % 7..n).step_by(97) {
+                            assert_eq!(t.get(&[i]), Some(i as u32), "key {i} of {n}");
+                            seen += 1;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(t.len(), 50_000);
+    }
+
+    #[test]
+    fn arena_numbers_values_in_order_and_keeps_them_in_place() {
+        let a = Arena::<String>::default();
+        for i in 0..10_000 {
+            assert_eq!(a.push(format!("v{i}")), Ok(i));
+        }
+        let first: *const String = a.get(0).unwrap();
+        for i in 0..20_000 {
+            a.push(String::new()).unwrap();
+            let _ = i;
+        }
+        assert!(std::ptr::eq(first, a.get(0).unwrap()), "values never move");
+        assert_eq!(a.get(9_999).map(String::as_str), Some("v9999"));
+        assert_eq!(a.get(30_000), None);
+        assert_eq!(a.len(), 30_000);
+        assert_eq!(a.iter().count(), 30_000);
+    }
+}
