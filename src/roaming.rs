@@ -90,10 +90,12 @@ pub(crate) struct Conversation {
     users: [UserId; 2],
     next_arrival: u64,
     /// Both directions in history order. A message is found by binary search on its
-    /// (MsgTimeStamp, MsgSeq) — both are in its MsgKey — so no index is kept beside it. A
-    /// deque: expiry removes from the front on every send once retention applies, which in a
-    /// `Vec` would move the whole remaining history each time.
-    messages: VecDeque<Arc<StoredMessage>>,
+    /// (MsgTimeStamp, MsgSeq) — both are in its MsgKey — so no index is kept beside it; they
+    /// are kept next to each pointer (8 bytes a message) so the search reads this buffer only,
+    /// not a message record per probe (a cache miss each, in a large store). A deque: expiry
+    /// removes from the front on every send once retention applies, which in a `Vec` would
+    /// move the whole remaining history each time.
+    messages: VecDeque<Held>,
     /// Per side: the arrival number up to which that side has read what its peer sent.
     read_mark: [u64; 2],
     /// Per side: how many messages from its peer that side has not read (unread counts live
@@ -102,6 +104,43 @@ pub(crate) struct Conversation {
     /// The journal ticket of the last operation that changed this conversation: readers show
     /// what they read here only once the journal is durable up to it (R6).
     pub ticket: u64,
+}
+
+/// A message in a conversation, with its (MsgTimeStamp, MsgSeq) beside it.
+struct Held {
+    /// MsgTimeStamp << 32 | MsgSeq.
+    ts: u64,
+    msg: Arc<StoredMessage>,
+}
+
+impl Held {
+    fn new(msg: Arc<StoredMessage>) -> Self {
+        Held {
+            ts: time_seq(msg.key),
+            msg,
+        }
+    }
+
+    fn time(&self) -> u64 {
+        self.ts >> 32
+    }
+
+    /// Whether this message comes before position `p` in history order; reads the message
+    /// record only on a tie of (MsgTimeStamp, MsgSeq).
+    fn before(&self, p: Pos, or_at: bool) -> bool {
+        let ts = u64::from(p.0) << 32 | u64::from(p.1);
+        self.ts < ts
+            || (self.ts == ts
+                && if or_at {
+                    self.msg.arrival <= p.2
+                } else {
+                    self.msg.arrival < p.2
+                })
+    }
+}
+
+fn time_seq(key: MsgKey) -> u64 {
+    u64::from(key.time()) << 32 | u64::from(key.seq())
 }
 
 /// The pair of accounts a conversation is keyed by, in number order.
@@ -151,7 +190,7 @@ impl Conversation {
         c.read_mark = read_mark;
         let mut messages = messages;
         messages.sort_by_key(|m| position(m));
-        c.messages = messages.into();
+        c.messages = messages.into_iter().map(Held::new).collect();
         c
     }
 
@@ -164,7 +203,7 @@ impl Conversation {
         } else {
             ([b, a], [self.read_mark[1], self.read_mark[0]])
         };
-        let messages = self.messages.iter().cloned().collect();
+        let messages = self.messages.iter().map(|h| h.msg.clone()).collect();
         (users, self.next_arrival, read_mark, messages)
     }
 
@@ -179,13 +218,12 @@ impl Conversation {
 
     /// The messages with MsgTimeStamp and MsgSeq of `key`, both directions (a few at most).
     fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &Arc<StoredMessage>> {
-        let ts = (key.time(), key.seq());
-        let start = self
-            .messages
-            .partition_point(|m| (m.key.time(), m.key.seq()) < ts);
+        let ts = time_seq(key);
+        let start = self.messages.partition_point(|h| h.ts < ts);
         self.messages
             .range(start..)
-            .take_while(move |m| (m.key.time(), m.key.seq()) == ts)
+            .take_while(move |h| h.ts == ts)
+            .map(|h| &h.msg)
             .filter(move |m| m.key == key)
     }
 
@@ -203,12 +241,13 @@ impl Conversation {
 
     pub fn insert(&mut self, msg: Arc<StoredMessage>) {
         let pos = position(&msg);
+        let held = Held::new(msg);
         // Most messages are the newest: they go at the end without a search.
-        if self.messages.back().is_none_or(|m| position(m) <= pos) {
-            self.messages.push_back(msg);
+        if self.messages.back().is_none_or(|h| h.before(pos, true)) {
+            self.messages.push_back(held);
         } else {
-            let at = self.messages.partition_point(|m| position(m) <= pos);
-            self.messages.insert(at, msg);
+            let at = self.messages.partition_point(|h| h.before(pos, true));
+            self.messages.insert(at, held);
         }
     }
 
@@ -225,16 +264,12 @@ impl Conversation {
 
     /// Whether `trim(cutoff)` would remove anything.
     pub fn has_expired(&self, cutoff: u64) -> bool {
-        self.messages
-            .front()
-            .is_some_and(|m| u64::from(m.key.time()) < cutoff)
+        self.messages.front().is_some_and(|h| h.time() < cutoff)
     }
 
     /// Removes messages whose MsgTimeStamp is before `cutoff`; returns how many.
     pub fn trim(&mut self, cutoff: u64) -> usize {
-        let n = self
-            .messages
-            .partition_point(|m| u64::from(m.key.time()) < cutoff);
+        let n = self.messages.partition_point(|h| h.time() < cutoff);
         self.messages.drain(..n);
         n
     }
@@ -251,14 +286,15 @@ impl Conversation {
         cutoff: u64,
     ) -> impl Iterator<Item = &Arc<StoredMessage>> {
         let end = match upper {
-            Bound::Included(u) => self.messages.partition_point(|m| position(m) <= u),
-            Bound::Excluded(u) => self.messages.partition_point(|m| position(m) < u),
+            Bound::Included(u) => self.messages.partition_point(|h| h.before(u, true)),
+            Bound::Excluded(u) => self.messages.partition_point(|h| h.before(u, false)),
             Bound::Unbounded => self.messages.len(),
         };
         self.messages
             .range(..end)
             .rev()
-            .take_while(move |m| u64::from(m.key.time()) >= cutoff)
+            .take_while(move |h| h.time() >= cutoff)
+            .map(|h| &h.msg)
             .filter(move |m| self.visible(m, side))
     }
 

@@ -193,6 +193,20 @@ impl<const W: usize> Table<W> {
     }
 }
 
+/// Asks the CPU to start loading `value`'s first cache line, for a lookup that will need it
+/// after some other work (a hint only: no effect on what the program computes).
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64; a prefetch reads nothing the program sees and never
+    // faults, and `value` is a valid reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// log2 of the values in one arena chunk.
 const CHUNK_BITS: u32 = 12;
 /// Chunks an arena can hold: 2^26 values in all.

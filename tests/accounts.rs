@@ -149,7 +149,9 @@ fn unread_counts_survive_delete_reimport_snapshot_and_replay() {
         assert_eq!(store.unread("b", "a").unwrap(), 0);
         let all = store.unread_all("b").unwrap();
         assert_eq!(
-            all.iter().map(|(p, n)| (p.to_string(), *n)).collect::<Vec<_>>(),
+            all.iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect::<Vec<_>>(),
             vec![("c".to_string(), 1)]
         );
         assert_eq!(store.unread("a", "b").unwrap(), 1);

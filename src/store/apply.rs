@@ -273,6 +273,12 @@ impl Store {
         if fc.id == tc.id {
             return Err(missing());
         }
+        // Found before any lock is taken: a lock is a full barrier, and the cache misses of
+        // the two accounts and the conversation overlap only if nothing orders them.
+        let found = self.conversation(from, to);
+        if let Some(conv) = found {
+            crate::table::prefetch(conv);
+        }
         let (mut fs, mut ts) = lock_pair(fc, tc);
         if !fs.alive {
             return Err(Role::Acting.missing(from));
@@ -280,10 +286,10 @@ impl Store {
         if !ts.alive {
             return Err(Role::Other.missing(to));
         }
-        let conv = if create {
-            self.conversation_or_new((&fc.id, &mut fs), (&tc.id, &mut ts))?
-        } else {
-            self.conversation(&fc.id, &tc.id).ok_or_else(missing)?
+        let conv = match found {
+            Some(conv) => conv,
+            None if create => self.conversation_or_new((&fc.id, &mut fs), (&tc.id, &mut ts))?,
+            None => return Err(missing()),
         };
         f(&mut fs, &mut ts, &mut conv.lock())
     }
