@@ -14,26 +14,11 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::account::MAX_USER_ID_LEN;
-use crate::table::Table;
+use crate::table::{Table, name_key};
 
 /// The first chunk holds 2^FIRST names; chunk k holds 2^(FIRST + k).
 pub(crate) const FIRST: u32 = 6;
 pub(crate) const CHUNKS: usize = (33 - FIRST) as usize;
-
-/// A name as the lookup table keeps it: its bytes in four words, zero-padded (a UserID holds no
-/// NUL, so the padding cannot be confused with a name's bytes). Comparing a probe with a slot
-/// reads no other memory (names are at most 32 bytes, `MAX_USER_ID_LEN`).
-fn words(s: &str) -> Option<[u64; 4]> {
-    if s.len() > MAX_USER_ID_LEN || s.as_bytes().contains(&0) {
-        return None;
-    }
-    let mut bytes = [0u8; MAX_USER_ID_LEN];
-    bytes[..s.len()].copy_from_slice(s.as_bytes());
-    Some(std::array::from_fn(|i| {
-        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-    }))
-}
 
 pub(crate) struct Registry {
     /// Name → number, read without a lock (`table.rs`).
@@ -67,7 +52,7 @@ impl Registry {
 
     /// The number of `name` (a valid UserID, at most 32 bytes), given now if it has none.
     pub fn number(&self, name: &str) -> u32 {
-        let key = words(name).expect("a UserID is at most 32 bytes, without NUL");
+        let key = name_key(name).expect("a UserID is at most 32 bytes, without NUL");
         // The table's writer lock is held while the name is recorded: a number is visible
         // only once its name is.
         self.numbers.get_or_insert_with(&key, || {
@@ -90,7 +75,7 @@ impl Registry {
 
     /// The number of `name`, if it has one.
     pub fn find(&self, name: &str) -> Option<u32> {
-        self.numbers.get(&words(name)?)
+        self.numbers.get(&name_key(name)?)
     }
 
     /// The name of number `n` (numbers are only handed out with their names).

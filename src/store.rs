@@ -92,16 +92,16 @@ pub(crate) enum Applied {
     },
 }
 
-/// An account named by a request (a string) or by the store itself (an interned UserId, looked
-/// up without touching its name).
+/// An account named by a request (a string, found through the store's table of names) or by
+/// the store itself (an interned UserId, found by its number).
 pub(crate) trait AccountName {
-    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>>;
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell>;
     fn name(&self) -> &str;
 }
 
 impl AccountName for str {
-    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
-        UserId::find(self).map(std::borrow::Cow::Owned)
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
+        accounts.by_name(self)
     }
     fn name(&self) -> &str {
         self
@@ -109,8 +109,8 @@ impl AccountName for str {
 }
 
 impl AccountName for String {
-    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
-        self.as_str().id()
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
+        accounts.by_name(self)
     }
     fn name(&self) -> &str {
         self
@@ -118,8 +118,8 @@ impl AccountName for String {
 }
 
 impl AccountName for UserId {
-    fn id(&self) -> Option<std::borrow::Cow<'_, UserId>> {
-        Some(std::borrow::Cow::Borrowed(self))
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
+        accounts.get(self)
     }
     fn name(&self) -> &str {
         self.as_str()
@@ -518,8 +518,7 @@ impl Store {
     }
 
     fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<&AccountCell> {
-        let id = user.id()?;
-        self.inner.accounts.get(&id)
+        user.find(&self.inner.accounts)
     }
 
     fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<&AccountCell> {

@@ -15,13 +15,29 @@
 //! many slots again as the current level — the price of reading without a lock). A reader of an
 //! old level misses only keys inserted after it read the current level, which is a valid order.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::hash::RandomState;
+
+/// An account name as a table key: its bytes in four words, zero-padded (a UserID holds no
+/// NUL, so the padding cannot be confused with a name's bytes); `None` for what cannot be a
+/// UserID's bytes (longer than 32 bytes, or holding a NUL). Comparing a probe with a slot reads
+/// no other memory.
+pub(crate) fn name_key(s: &str) -> Option<[u64; 4]> {
+    const MAX: usize = crate::account::MAX_USER_ID_LEN;
+    if s.len() > MAX || s.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut bytes = [0u8; MAX];
+    bytes[..s.len()].copy_from_slice(s.as_bytes());
+    Some(std::array::from_fn(|i| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }))
+}
 
 /// log2 of the first level's slots.
 const FIRST_LEVEL: u32 = 6;
@@ -115,8 +131,14 @@ impl<const W: usize> Default for Table<W> {
 }
 
 impl<const W: usize> Table<W> {
+    /// The key's words fed one by one: no length prefix, no byte loop (`hash_one` of an
+    /// array hashes it as a byte slice, several times the instructions).
     fn hash(&self, key: &[u64; W]) -> u64 {
-        self.hasher.hash_one(key)
+        let mut h = self.hasher.build_hasher();
+        for w in key {
+            h.write_u64(*w);
+        }
+        h.finish()
     }
 
     fn level(&self) -> &Level<W> {

@@ -1,35 +1,40 @@
-//! The store's accounts, indexed by their interned number: account numbers are dense (see
-//! `registry.rs`), so a lookup by `UserId` is two array indexes — no hashing, no lock, no
-//! reference count: the account's own cache line is the only one touched that is not shared
-//! by many accounts. (A lookup by name first finds the number in the registry, which hashes.)
+//! The store's accounts. A cell per account this store has ever had, in place in an arena
+//! (`table.rs`): found by name through the store's own table (name → cell: a request's
+//! account is one probe and the cell's own cache line), or by interned number through an
+//! array indexed by it (4 bytes per number the process has handed out; numbers are dense, see
+//! `registry.rs`). No lookup takes a lock or a reference count.
 //!
-//! An account's cell, once made, stays for the life of the store: a deleted account's cell is
-//! kept, not live and empty, and an import makes it live again. So a lookup hands out a plain
-//! reference, and a cell is never freed under a reader. Chunks of slots are allocated as
-//! numbers reach them and never move; a slot costs 8 bytes per number the process has handed
-//! out, a cell ~200 bytes per account this store has ever had.
+//! A cell, once made, stays for the life of the store: a deleted account's cell is kept, not
+//! live and empty, and an import makes it live again. So a lookup hands out a plain reference,
+//! and a cell is never freed under a reader.
 //!
 //! Import and delete change whether an account is live under its state lock, while they record
 //! their operation: memory and journal agree on the order of an import and a delete of the same
 //! account.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::account::{AccountCell, UserId};
+use crate::error::{Error, Result};
 use crate::registry::{CHUNKS, FIRST, locate};
-
-type Slot = OnceLock<Box<AccountCell>>;
+use crate::table::{Arena, Table, name_key};
 
 pub(crate) struct Accounts {
-    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
+    /// Name → cell number.
+    by_name: Table<4>,
+    /// Interned number → cell number + 1 (0: none), in chunks that never move.
+    by_num: [OnceLock<Box<[AtomicU32]>>; CHUNKS],
+    cells: Arena<AccountCell>,
     len: AtomicUsize,
 }
 
 impl Default for Accounts {
     fn default() -> Self {
         Accounts {
-            chunks: std::array::from_fn(|_| OnceLock::new()),
+            by_name: Table::default(),
+            by_num: std::array::from_fn(|_| OnceLock::new()),
+            cells: Arena::default(),
             len: AtomicUsize::new(0),
         }
     }
@@ -37,21 +42,49 @@ impl Default for Accounts {
 
 impl Accounts {
     /// The cell of `id`, made (not live) if this store never had it.
-    pub fn cell(&self, id: &UserId) -> &AccountCell {
+    pub fn cell(&self, id: &UserId) -> Result<&AccountCell> {
+        if let Some(cell) = self.any(id) {
+            return Ok(cell);
+        }
+        let key = name_key(id).expect("a UserId is a valid name");
+        let n = self.by_name.get_or_try_insert(&key, || {
+            let n = self
+                .cells
+                .push(AccountCell::dormant(id.clone()))
+                .map_err(|_| {
+                    Error::Internal(format!(
+                        "this store holds {} accounts, the most it can",
+                        Arena::<AccountCell>::CAPACITY
+                    ))
+                })?;
+            let (k, i) = locate(id.num());
+            let chunk = self.by_num[k].get_or_init(|| {
+                (0..1usize << (k as u32 + FIRST))
+                    .map(|_| AtomicU32::new(0))
+                    .collect()
+            });
+            chunk[i].store(n + 1, Ordering::Release);
+            Ok::<_, Error>(n)
+        })?;
+        Ok(self.cells.get(n).expect("a cell is numbered once stored"))
+    }
+
+    /// The cell of `id`, live or not.
+    fn any(&self, id: &UserId) -> Option<&AccountCell> {
         let (k, i) = locate(id.num());
-        let chunk = self.chunks[k].get_or_init(|| {
-            (0..1usize << (k as u32 + FIRST))
-                .map(|_| OnceLock::new())
-                .collect()
-        });
-        chunk[i].get_or_init(|| Box::new(AccountCell::dormant(id.clone())))
+        let n = self.by_num[k].get()?[i].load(Ordering::Acquire);
+        self.cells.get(n.checked_sub(1)?)
     }
 
     /// The account `id`, if it exists (is live).
     pub fn get(&self, id: &UserId) -> Option<&AccountCell> {
-        let (k, i) = locate(id.num());
-        let cell = self.chunks[k].get()?[i].get()?;
-        cell.is_live().then_some(&**cell)
+        self.any(id).filter(|c| c.is_live())
+    }
+
+    /// The account named `name`, if it exists (is live).
+    pub fn by_name(&self, name: &str) -> Option<&AccountCell> {
+        let n = self.by_name.get(&name_key(name)?)?;
+        self.cells.get(n).filter(|c| c.is_live())
     }
 
     pub fn contains(&self, id: &UserId) -> bool {
@@ -73,21 +106,9 @@ impl Accounts {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Every live account, in number order.
+    /// Every live account, in the order this store first had them.
     pub fn cells(&self) -> Vec<&AccountCell> {
-        let mut out = Vec::with_capacity(self.len());
-        // Every allocated chunk: numbers are handed out process-wide, so this store's
-        // accounts may sit in chunks above ones it never touched.
-        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
-            out.extend(
-                chunk
-                    .iter()
-                    .filter_map(OnceLock::get)
-                    .filter(|c| c.is_live())
-                    .map(|c| &**c),
-            );
-        }
-        out
+        self.cells.iter().filter(|c| c.is_live()).collect()
     }
 }
 
@@ -103,14 +124,19 @@ mod tests {
             .collect();
         for id in &ids {
             assert!(t.get(id).is_none());
-            let cell = t.cell(id);
+            let cell = t.cell(id).unwrap();
             cell.state.lock().alive = true;
             t.set_live(cell, true);
         }
         assert_eq!(t.len(), 300);
         assert!(ids.iter().all(|id| t.get(id).is_some_and(|c| c.id == *id)));
+        assert!(
+            ids.iter()
+                .all(|id| t.by_name(id.as_str()).is_some_and(|c| c.id == *id))
+        );
+        assert!(t.by_name("acct-table-none").is_none());
         for _ in 0..2 {
-            let cell = t.cell(&ids[7]);
+            let cell = t.cell(&ids[7]).unwrap();
             cell.state.lock().alive = false;
             t.set_live(cell, false);
         }
@@ -128,7 +154,7 @@ mod tests {
             .map(|i| UserId::new(&format!("acct-table-high-{i}")).unwrap())
             .collect();
         let high = ids.iter().max_by_key(|id| id.num()).unwrap();
-        t.set_live(t.cell(high), true);
+        t.set_live(t.cell(high).unwrap(), true);
         assert!(locate(high.num()).0 > 0, "a chunk above the first");
         assert_eq!(t.cells().len(), 1);
     }

@@ -117,7 +117,7 @@ impl Store {
         // Import and delete decide whether the account is live under its state lock, held
         // while they record: memory and journal order an import and a delete of the same
         // account alike.
-        let cell = self.inner.accounts.cell(user);
+        let cell = self.inner.accounts.cell(user)?;
         let mut state = cell.state.lock();
         if state.alive {
             return Ok(Applied::Unchanged);

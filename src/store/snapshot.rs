@@ -306,7 +306,7 @@ impl Store {
         for user in [&a, &b] {
             self.inner
                 .accounts
-                .cell(user)
+                .cell(user)?
                 .state
                 .lock()
                 .conversations
@@ -378,7 +378,7 @@ impl Store {
     }
 
     fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
-        let cell = self.inner.accounts.cell(&UserId::new(img.user)?);
+        let cell = self.inner.accounts.cell(&UserId::new(img.user)?)?;
         let mut slots = Vec::with_capacity(img.entries.len());
         for e in &img.entries {
             let msg = self.restore_ref(&e.msg)?;
@@ -402,7 +402,7 @@ impl Store {
             let conv = match self.conversation(&cell.id, &peer) {
                 Some(conv) => conv,
                 None => {
-                    let (mut xs, mut ys) = lock_pair(cell, self.inner.accounts.cell(&peer));
+                    let (mut xs, mut ys) = lock_pair(cell, self.inner.accounts.cell(&peer)?);
                     self.conversation_or_new((&cell.id, &mut xs), (&peer, &mut ys))?
                 }
             };
