@@ -220,6 +220,25 @@ const TEXT_SUFFIX: &str = "}}]";
 
 /// How long `s` is as a JSON string literal, quotes included (serde_json's escaping).
 fn json_string_len(s: &str) -> usize {
+    // Most texts need no escape at all: eight bytes at a time, look for a control byte, a
+    // quote or a backslash (SWAR); only a text that has one is measured byte by byte.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let needs_escape = |w: u64| {
+        // A byte below 0x20 (its high bit clear, and below 0x20 once masked), or '"' or '\'.
+        (w.wrapping_sub(0x20 * ONES) & !w & HIGH)
+            | has_zero(w ^ (b'"' as u64 * ONES))
+            | has_zero(w ^ (b'\\' as u64 * ONES))
+    };
+    let (chunks, tail) = s.as_bytes().as_chunks::<8>();
+    let clean = chunks
+        .iter()
+        .all(|c| needs_escape(u64::from_le_bytes(*c)) == 0)
+        && tail.iter().all(|b| *b >= 0x20 && *b != b'"' && *b != b'\\');
+    if clean {
+        return 2 + s.len();
+    }
     2 + s
         .bytes()
         .map(|b| match b {
@@ -832,6 +851,31 @@ pub struct RecallNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_string_len_is_what_serde_json_writes() {
+        let specials = [
+            "\"", "\\", "\n", "\r", "\t", "\u{8}", "\u{c}", "\u{1}", "\u{1f}", "\u{7f}", "é", "字",
+            " ",
+        ];
+        for len in 0..40 {
+            let plain: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            assert_eq!(
+                json_string_len(&plain),
+                serde_json::to_string(&plain).unwrap().len()
+            );
+            for special in specials {
+                for at in 0..=len {
+                    let mut s = plain.clone();
+                    s.insert_str(at, special);
+                    let want = serde_json::to_string(&s).unwrap().len();
+                    assert_eq!(json_string_len(&s), want, "{s:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn records_stay_small() {

@@ -539,22 +539,27 @@ impl Store {
         (x, xs): (&UserId, &mut AccountState),
         (y, ys): (&UserId, &mut AccountState),
     ) -> Result<&Mutex<Conversation>> {
-        if let Some(c) = self.conversation(x, y) {
-            return Ok(c);
-        }
         let (a, b) = conversation_id(x, y);
-        let (n, conv) = self.add_conversation(Conversation::new(a, b))?;
-        xs.conversations.push(n);
-        ys.conversations.push(n);
+        let mut made = false;
+        let (n, conv) = self.add_conversation(Conversation::new(a, b), &mut made)?;
+        if made {
+            xs.conversations.push(n);
+            ys.conversations.push(n);
+        }
         Ok(conv)
     }
 
-    /// Stores `conv`, the conversation of its two accounts (who have none yet); returns its
-    /// number.
-    fn add_conversation(&self, conv: Conversation) -> Result<(u32, &Mutex<Conversation>)> {
+    /// The conversation of `conv`'s two accounts: `conv` itself, stored (and `made` set), if
+    /// they had none. Returns its number.
+    fn add_conversation(
+        &self,
+        conv: Conversation,
+        made: &mut bool,
+    ) -> Result<(u32, &Mutex<Conversation>)> {
         let [a, b] = conv.users();
         let inner = &self.inner;
         let n = inner.conversations.get_or_try_insert(&conv_key(a, b), || {
+            *made = true;
             inner.conversation_list.push(Mutex::new(conv)).map_err(|_| {
                 Error::Internal(format!(
                     "this store holds {} conversations, the most it can",

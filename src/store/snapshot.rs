@@ -301,7 +301,7 @@ impl Store {
         }
         let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         let [a, b] = conv.users().clone();
-        let (n, _) = self.add_conversation(conv)?;
+        let (n, _) = self.add_conversation(conv, &mut false)?;
         // Each lock alone: nobody else touches a store being restored.
         for user in [&a, &b] {
             self.inner
