@@ -1,8 +1,11 @@
 //! `MsgKey`: the identity of a one-to-one message, `"{MsgSeq}_{MsgRandom}_{MsgTimeStamp}"`.
 //!
-//! Parsing is on the hot path of every recall and modify, so it is one pass over the bytes with
-//! no allocation. Only the canonical form is accepted, so that `parse(format(k)) == k` and two
-//! different strings never name the same key.
+//! Parsing is on the hot path of every recall and modify, so it allocates nothing, and the keys
+//! that occur (a MsgSeq of at most eight digits, a ten-digit MsgTimeStamp) are parsed without a
+//! branch on the lengths of MsgSeq and MsgRandom, which would mispredict: a few word loads at
+//! offsets fixed by the key's length, SWAR digit tests and conversions, and checks that send
+//! anything else to a number-by-number parser. Only the canonical form is accepted, so that
+//! `parse(format(k)) == k` and two different strings never name the same key.
 
 use std::fmt;
 use std::str::FromStr;
@@ -65,23 +68,174 @@ impl MsgKey {
 
     /// Parses the canonical form: three decimal u32 separated by exactly two `_`, no sign, no
     /// spaces, no leading zeros (except `0` itself), at most 50 bytes.
+    #[inline]
     pub fn parse(s: &str) -> Result<Self, ParseMsgKeyError> {
-        let bytes = s.as_bytes();
-        if bytes.len() > MAX_MSG_KEY_LEN {
-            return Err(ParseMsgKeyError {
-                kind: "longer than 50 bytes",
-            });
+        match parse_common::<false>(s.as_bytes()) {
+            Some(key) => Ok(key),
+            None => parse_other(s.as_bytes()),
         }
-        let (seq, rest) = number(bytes)?;
-        let (random, rest) = number(after_underscore(rest)?)?;
-        let (time, rest) = number(after_underscore(rest)?)?;
-        if !rest.is_empty() {
-            return Err(ParseMsgKeyError {
-                kind: "trailing characters after MsgTimeStamp",
-            });
-        }
-        Ok(MsgKey { seq, random, time })
     }
+}
+
+/// '0' in every byte: `word ^ ZEROS` turns the digits of `word` into their values 0..=9 and every
+/// other byte into something above 9.
+const ZEROS: u64 = 0x30 * ONES;
+
+/// The keys that occur, without a branch on the lengths of their numbers: MsgSeq of one to eight
+/// digits, MsgRandom of one to ten, MsgTimeStamp of exactly ten (every time from September 2001
+/// on), hence 14 to 32 bytes: 21 to 32, or with `SHORT` 14 to 20. `None` for every other string,
+/// canonical or not: `parse_stepwise` then parses it or says what is wrong with it.
+///
+/// With the MsgTimeStamp ten digits long, its digits and MsgRandom's last ten bytes sit at offsets
+/// fixed by the key's length, so all the loads are issued at once; only MsgSeq's length is found
+/// by scanning (its first non-digit among the first eight bytes, in SWAR), and it fixes
+/// MsgRandom's length. Each number's digits, moved to the top of a word (or masked to their own
+/// bytes there), are checked and converted in SWAR (`eight_digits`, plus the leading one or two
+/// digits of a nine- or ten-digit number). The branches below only reject: on the keys that occur
+/// they go the same way every time. (A general parser without branches, finding both `_` among
+/// the 32 bytes and shifting every number into place, measured slower than the stepwise one: each
+/// number's chain of dependent operations, load, scan, shift and convert, is longer than the
+/// mispredictions it saves.)
+#[inline(always)]
+fn parse_common<const SHORT: bool>(b: &[u8]) -> Option<MsgKey> {
+    let len = b.len();
+    if !(if SHORT { 14..=20 } else { 21..=32 }).contains(&len) {
+        return None;
+    }
+    let head = word::<8>(b, 0) ^ ZEROS; // MsgSeq, '_', then MsgRandom
+    let time_low = word::<8>(b, len - 8) ^ ZEROS; // MsgTimeStamp's last eight digits
+    let time_lead = word::<2>(b, len - 10) ^ (ZEROS & 0xFFFF); // and its first two
+    let (random_low, random_lead) = if SHORT {
+        // MsgRandom has at most seven digits, ending before the '_' at len - 11 <= 9: the eight
+        // bytes before that '_' (in a key of 19 or 20 bytes), or the first eight moved up to end
+        // there. Nothing before them.
+        let at = len.saturating_sub(19);
+        ((word::<8>(b, at) ^ ZEROS) << (8 * (at + 19 - len)), 0)
+    } else {
+        // The eight bytes before the '_' at len - 11, and the two before those.
+        (
+            word::<8>(b, len - 19) ^ ZEROS,
+            word::<2>(b, len - 21) ^ (ZEROS & 0xFFFF),
+        )
+    };
+    // MsgSeq's length: its first non-digit, 8 if the first eight bytes are all digits (then the
+    // ninth must be its '_'). The lowest flag of `not_digit` is exact.
+    let n_seq = (not_digit(head).trailing_zeros() / 8) as usize;
+    let n_random = len.wrapping_sub(n_seq + 12);
+    if !(1..=8).contains(&n_seq)
+        || !(1..=10).contains(&n_random)
+        || b[n_seq] != b'_'
+        || b[len - 11] != b'_'
+    {
+        return None;
+    }
+    // MsgRandom's bytes only: the last n_random of the ten before the second '_'.
+    let random_low = random_low & LOW_BYTES[n_random];
+    let random_lead = random_lead & LEAD_BYTES[n_random];
+    if not_digit(time_low) | not_digit(random_low) | not_digit(time_lead | random_lead << 16) != 0 {
+        return None;
+    }
+    // MsgSeq moved up so that its last digit is the top byte: the little-endian image of the
+    // number left-padded with zeros to eight digits.
+    let seq = eight_digits(head << (64 - 8 * n_seq as u32));
+    let random = eight_digits(random_low) + two_digits(random_lead) * 100_000_000;
+    let time = eight_digits(time_low) + two_digits(time_lead) * 100_000_000;
+    // No leading zero (the smallest number of its length), and within u32 (only ten digits can
+    // exceed it; MsgSeq has at most eight).
+    if seq < SMALLEST[n_seq]
+        || random < SMALLEST[n_random]
+        || time < SMALLEST[10]
+        || (random | time) > u64::from(u32::MAX)
+    {
+        return None;
+    }
+    Some(MsgKey {
+        seq: seq as u32,
+        random: random as u32,
+        time: time as u32,
+    })
+}
+
+/// The `N` bytes of `b` from `at`, as a little-endian number (the first byte lowest).
+#[inline(always)]
+fn word<const N: usize>(b: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w[..N].copy_from_slice(&b[at..at + N]);
+    u64::from_le_bytes(w)
+}
+
+/// High bit of each byte of `digits` (digit values, `byte ^ ZEROS`) that is not 0..=9. Whether
+/// any is set, and the lowest set, are exact; a byte of 0x8A or more (itself flagged) may carry
+/// a false flag into the byte above it.
+#[inline(always)]
+fn not_digit(digits: u64) -> u64 {
+    (digits.wrapping_add(0x76 * ONES) | digits) & (0x80 * ONES)
+}
+
+/// Keeps the last `n` (up to eight) bytes of a word: the low digits of an `n`-digit number that
+/// ends at its top byte.
+const LOW_BYTES: [u64; 11] = {
+    let mut m = [u64::MAX; 11];
+    let mut n = 0;
+    while n < 8 {
+        m[n] = !(u64::MAX >> (8 * n));
+        n += 1;
+    }
+    m
+};
+
+/// Keeps the leading digits of an `n`-digit number in the two bytes before its last eight: none
+/// below nine digits, the upper byte for nine, both for ten.
+const LEAD_BYTES: [u64; 11] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF00, 0xFFFF];
+
+/// The smallest canonical number of `n` digits (0 has one digit).
+const SMALLEST: [u64; 11] = [
+    0,
+    0,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// Two digit values, the first in the low byte, as a number.
+#[inline(always)]
+fn two_digits(v: u64) -> u64 {
+    (v & 0xFF) * 10 + (v >> 8)
+}
+
+/// Keys of 14 to 20 bytes in the common shape, apart (out of line) so as not to slow the longer
+/// ones; then the rest.
+#[inline(never)]
+fn parse_other(b: &[u8]) -> Result<MsgKey, ParseMsgKeyError> {
+    match parse_common::<true>(b) {
+        Some(key) => Ok(key),
+        None => parse_stepwise(b),
+    }
+}
+
+/// Number by number: every key that `parse_common` leaves (shorter than 14 bytes, a MsgSeq of
+/// nine or ten digits, a MsgTimeStamp of fewer than ten), and every error with its reason.
+fn parse_stepwise(bytes: &[u8]) -> Result<MsgKey, ParseMsgKeyError> {
+    if bytes.len() > MAX_MSG_KEY_LEN {
+        return Err(ParseMsgKeyError {
+            kind: "longer than 50 bytes",
+        });
+    }
+    let (seq, rest) = number(bytes)?;
+    let (random, rest) = number(after_underscore(rest)?)?;
+    let (time, rest) = number(after_underscore(rest)?)?;
+    if !rest.is_empty() {
+        return Err(ParseMsgKeyError {
+            kind: "trailing characters after MsgTimeStamp",
+        });
+    }
+    Ok(MsgKey { seq, random, time })
 }
 
 #[inline(always)]
@@ -337,6 +491,199 @@ mod tests {
             }
         }
         assert!(checked > 100_000);
+    }
+
+    /// What `parse` must do with `s`: agree with the plain grammar (at most 50 bytes), and with
+    /// the stepwise parser down to the reason it gives for a rejection.
+    fn check(s: &str) {
+        let got = MsgKey::parse(s);
+        let want = (s.len() <= MAX_MSG_KEY_LEN).then(|| reference(s)).flatten();
+        assert_eq!(got.ok(), want, "{s:?}");
+        assert_eq!(got, parse_stepwise(s.as_bytes()), "{s:?}");
+    }
+
+    /// Numbers of every length from 1 to 10 digits (`per_length` of: the smallest, the largest,
+    /// one between), and the edges of u32 (above it, ten-digit numbers that must be rejected).
+    fn numbers(per_length: usize) -> Vec<u64> {
+        let mut v = vec![0, u64::from(u32::MAX), 1 << 32, 9_999_999_999];
+        for n in 1..=10 {
+            let (lo, hi) = (10u64.pow(n - 1), 10u64.pow(n) - 1);
+            v.extend(
+                [lo, hi, lo + (hi - lo) / 3 + 1]
+                    .into_iter()
+                    .take(per_length),
+            );
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn every_combination_of_lengths_parses_and_the_common_ones_take_the_fast_path() {
+        let numbers = numbers(3);
+        let digits = |v: u64| v.to_string().len();
+        let mut common = 0;
+        for &a in &numbers {
+            for &b in &numbers {
+                for &c in &numbers {
+                    let s = format!("{a}_{b}_{c}");
+                    check(&s);
+                    let in_range = [a, b, c].iter().all(|&v| v <= u64::from(u32::MAX));
+                    let want = in_range.then(|| MsgKey::new(a as u32, b as u32, c as u32));
+                    assert_eq!(MsgKey::parse(&s).ok(), want, "{s}");
+                    // The shape `parse_common` takes (else the stepwise parser does all the work).
+                    let shape = in_range && digits(a) <= 8 && digits(c) == 10;
+                    let fast = match s.len() {
+                        ..21 => parse_common::<true>(s.as_bytes()),
+                        _ => parse_common::<false>(s.as_bytes()),
+                    };
+                    assert_eq!(fast, shape.then_some(want).flatten(), "{s}");
+                    common += usize::from(shape);
+                }
+            }
+        }
+        assert!(common > 1_000, "{common}");
+    }
+
+    #[test]
+    fn agrees_with_the_grammar_on_one_character_edits_of_keys() {
+        let numbers = numbers(2);
+        let mut checked = 0;
+        for &a in &numbers {
+            for &b in &numbers {
+                for &c in &numbers {
+                    let key = format!("{a}_{b}_{c}");
+                    let chars: Vec<char> = key.chars().collect();
+                    let edit = |i: usize, remove: usize, insert: Option<char>| {
+                        let mut s: String = chars[..i].iter().collect();
+                        s.extend(insert);
+                        s.extend(&chars[i + remove..]);
+                        s
+                    };
+                    for i in 0..=chars.len() {
+                        // Insert before character i; replace it, or delete it.
+                        let removals: &[usize] = if i < chars.len() { &[0, 1] } else { &[0] };
+                        for &remove in removals {
+                            for x in ['0', '1', '9', '_', 'a', '+', '-', ' ', '/', ':', '\u{e9}'] {
+                                check(&edit(i, remove, Some(x)));
+                                checked += 1;
+                            }
+                        }
+                        if i < chars.len() {
+                            check(&edit(i, 1, None));
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_000_000);
+    }
+
+    #[test]
+    fn agrees_with_the_grammar_on_malformed_keys_and_every_length() {
+        let parts = [
+            "",
+            "0",
+            "00",
+            "01",
+            "007",
+            "1",
+            "9",
+            "10",
+            "12345678",
+            "123456789",
+            "1234567890",
+            "4294967295",
+            "4294967296",
+            "99999999999",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "a",
+            "\u{e9}",
+            "1\u{e9}",
+            "1572869830",
+        ];
+        for a in parts {
+            check(a);
+            for b in parts {
+                check(&format!("{a}_{b}"));
+                for c in parts {
+                    check(&format!("{a}_{b}_{c}"));
+                    check(&format!("{a}__{b}_{c}"));
+                    check(&format!("{a}_{b}__{c}"));
+                    for d in ["", "0", "1", "1572869830"] {
+                        check(&format!("{a}_{b}_{c}_{d}"));
+                    }
+                }
+            }
+        }
+        for len in 0..=60 {
+            for unit in ["0", "1", "9", "_", "1_", "0_", "12_", "a", "\u{e9}"] {
+                check(&unit.repeat(len));
+            }
+            let pad = "0".repeat(len);
+            for s in [
+                format!("{pad}1_2_1572869830"),
+                format!("1{pad}_2_1572869830"),
+                format!("1_{pad}2_1572869830"),
+                format!("1_2{pad}_1572869830"),
+                format!("1_2_{pad}1572869830"),
+                format!("1_2_1572869830{pad}"),
+                format!("1_{}_1572869830", "7".repeat(len)),
+                format!("{}_1_1572869830", "7".repeat(len)),
+                format!("1_1_{}", "7".repeat(len)),
+            ] {
+                check(&s);
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_grammar_on_random_strings() {
+        // xorshift64*: no dependency, and the same strings on every run.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        };
+        let alphabet: Vec<char> = "0123456789_a\u{e9}".chars().collect();
+        let mut valid = 0;
+        for _ in 0..300_000 {
+            // Any string over the alphabet, up to 60 characters.
+            let len = next(61);
+            let s: String = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+            check(&s);
+            // Three runs of digits (up to 11, the first digit possibly 0) joined by '_', the last
+            // often ten digits long, with now and then a character of the alphabet changed.
+            let run = |next: &mut dyn FnMut(usize) -> usize, len: usize| -> String {
+                (0..len)
+                    .map(|_| char::from(b'0' + next(10) as u8))
+                    .collect()
+            };
+            let (n1, n2) = (next(12), next(12));
+            let n3 = if next(2) == 0 { 10 } else { next(12) };
+            let key = format!(
+                "{}_{}_{}",
+                run(&mut next, n1),
+                run(&mut next, n2),
+                run(&mut next, n3)
+            );
+            let mut chars: Vec<char> = key.chars().collect();
+            if next(4) == 0 {
+                let i = next(chars.len());
+                chars[i] = alphabet[next(alphabet.len())];
+            }
+            let s: String = chars.into_iter().collect();
+            check(&s);
+            valid += usize::from(reference(&s).is_some());
+        }
+        assert!(valid > 10_000, "{valid}");
     }
 
     #[test]
