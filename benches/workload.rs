@@ -159,6 +159,27 @@ fn run(w: &Workload, messages: u64) -> String {
     )
 }
 
+/// Nanoseconds per dependent load from a 128 MiB buffer in random order (a pointer chase
+/// over one cycle through every slot): what one cache miss to memory costs on this machine,
+/// TLB miss included. A recall of a random message in a large store is a chain of such misses.
+fn memory_latency_ns() -> f64 {
+    let n: usize = 16 << 20;
+    // Sattolo's shuffle: one cycle through all n slots.
+    let mut next: Vec<u64> = (0..n as u64).collect();
+    for i in (1..n).rev() {
+        let j = (mix(i as u64) % i as u64) as usize;
+        next.swap(i, j);
+    }
+    let steps = 4_000_000;
+    let mut at = 0u64;
+    let t = Instant::now();
+    for _ in 0..steps {
+        at = next[at as usize];
+    }
+    black_box(at);
+    t.elapsed().as_nanos() as f64 / steps as f64
+}
+
 fn main() {
     let accounts: usize = env("IMSTORE_WORKLOAD_ACCOUNTS", "100000").parse().unwrap();
     let peers: usize = env("IMSTORE_WORKLOAD_PEERS", "20").parse().unwrap();
@@ -173,6 +194,10 @@ fn main() {
     };
     println!(
         "{accounts} accounts x {peers} peers, 32-character text messages, one thread, system allocator"
+    );
+    println!(
+        "memory latency here: {:.0} ns per dependent load (128 MiB, random order)",
+        memory_latency_ns()
     );
     println!(
         "| messages | send | recall (random keys) | history page | device sync | RSS per message |"
