@@ -55,7 +55,9 @@ run_wrk() {
 }
 
 declare -A RPS
+round=0
 for cache in $CACHES; do
+    round=$((round + 1))
     echo "=== UserSig cache: $cache entries ==="
     data="$WORK/data-$cache"
     IMSTORE_USERSIG_CACHE=$cache IMSTORE_SECRET_KEY=$KEY \
@@ -87,14 +89,16 @@ for cache in $CACHES; do
             echo "INVALID $what run: $line"
             exit 1
         fi
-        RPS[$what-$cache]=$(field rps)
+        RPS[$what-$round]=$(field rps)
     done
 done
 
 echo
 echo "| UserSig cache | ceiling (account_check) req/s | recall (admin_msgwithdraw) req/s | recall / ceiling |"
 echo "|---|---|---|---|"
+round=0
 for cache in $CACHES; do
-    c=${RPS[ceiling-$cache]} r=${RPS[recall-$cache]}
+    round=$((round + 1))
+    c=${RPS[ceiling-$round]} r=${RPS[recall-$round]}
     echo "| $cache | $c | $r | $(echo "scale=1; 100 * $r / $c" | bc)% |"
 done
