@@ -853,13 +853,14 @@ impl Store {
     /// How many messages from `peer` `account` has not read.
     pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
         let cell = self.cell_as(account, Role::Other)?;
-        let Some(conv) = UserId::find(peer).and_then(|p| self.conversation(&cell.id, &p)) else {
-            return Ok(0);
-        };
-        let (n, ticket) = {
+        // What made the account exist (its import) is read too, as before any conversation.
+        let mut ticket = cell.state.lock().ticket;
+        let conv = UserId::find(peer).and_then(|p| self.conversation(&cell.id, &p));
+        let n = conv.map_or(0, |conv| {
             let c = conv.lock();
-            (c.unread[c.side(&cell.id)], c.ticket)
-        };
+            ticket = ticket.max(c.ticket);
+            c.unread[c.side(&cell.id)]
+        });
         self.durable(ticket)?;
         Ok(n)
     }
@@ -887,9 +888,12 @@ impl Store {
             };
             let c = conv.lock();
             let side = c.side(account);
+            // Every change to a count stamps the account's ticket too; the conversations'
+            // are taken as well, listed or not (a count gone to 0 is something read), so the
+            // rule does not rest on that.
+            ticket = ticket.max(c.ticket);
             if c.unread[side] > 0 {
                 all.push((c.users()[1 - side].clone(), c.unread[side]));
-                ticket = ticket.max(c.ticket);
             }
         }
         (all, ticket)

@@ -251,6 +251,52 @@ fn a_held_write_does_not_stop_readers_of_other_conversations() {
     });
 }
 
+#[test]
+fn unread_counts_that_drop_are_not_shown_before_durable() {
+    // Counts live in conversations: a read mark or a delete in flight takes a count to 0, and
+    // a reader listing an account's unread peers must not show that 0 (nor leave the peer
+    // out) before it is durable.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    store.import_accounts(&["a", "b", "c"]).unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    send_text(&store, "c", "b", 2, "two");
+    let g = &store.faults().unwrap().hold_fsync;
+    g.close();
+    let opened = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(g);
+        let held = s.spawn(|| store.mark_read("b", "a").unwrap());
+        assert!(g.wait_for_held(1, HELD));
+        let all = s.spawn(|| {
+            let all = store.unread_all("b").unwrap();
+            (all.len(), opened.load(Ordering::SeqCst))
+        });
+        let one = s.spawn(|| {
+            let n = store.unread("b", "a").unwrap();
+            (n, opened.load(Ordering::SeqCst))
+        });
+        // Time for the readers to read while the write is held. One that has not read yet
+        // proves nothing but cannot fail: this only ever misses a bug, never invents one.
+        std::thread::sleep(Duration::from_millis(200));
+        opened.store(true, Ordering::SeqCst);
+        g.open();
+        held.join().unwrap();
+        let (listed, after) = all.join().unwrap();
+        assert!(
+            listed == 2 || after,
+            "a's count went to 0 before it was durable"
+        );
+        let (n, after) = one.join().unwrap();
+        assert!(
+            n == 1 || after,
+            "unread(b, a) showed 0 before it was durable"
+        );
+    });
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+    assert_eq!(store.unread_all("b").unwrap().len(), 1);
+}
+
 // ----- the same window, ended by SIGKILL -----
 
 /// The child: sends and recalls, reports what its device saw, then holds the journal and
