@@ -229,16 +229,41 @@ pub(crate) fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
-/// log2 of the values in one arena chunk.
-const CHUNK_BITS: u32 = 12;
-/// Chunks an arena can hold: 2^26 values in all.
-const ARENA_CHUNKS: usize = 1 << 14;
+/// log2 of the first arena chunk's values; chunks double up to `BIG_BITS`, then stay that size.
+const SMALL_BITS: u32 = 6;
+const BIG_BITS: u32 = 14;
+/// Values in the doubling chunks (64 + 128 + ... + 16,384).
+const DOUBLING: usize = (1 << (BIG_BITS + 1)) - (1 << SMALL_BITS);
+const DOUBLING_CHUNKS: usize = (BIG_BITS - SMALL_BITS + 1) as usize;
+/// Chunks an arena can hold: 2^26 values in the full-size ones, after the doubling ones.
+const ARENA_CHUNKS: usize = DOUBLING_CHUNKS + (1 << 12);
 
 type Chunk<T> = Box<[OnceLock<T>]>;
 
-/// Values numbered from 0 in the order they were added, stored in place in chunks of 4,096
-/// that never move: `get` is two indexes and the value's own cache line. The chunk directory
-/// (16 bytes per chunk, 256 KiB) is allocated with the arena; chunks as values reach them.
+/// (chunk, index in it, the chunk's size) of value `n`.
+fn place(n: usize) -> (usize, usize, usize) {
+    if n < DOUBLING {
+        let x = n + (1 << SMALL_BITS);
+        let k = (usize::BITS - 1 - x.leading_zeros()) - SMALL_BITS;
+        (
+            k as usize,
+            x - (1 << (k + SMALL_BITS)),
+            1 << (k + SMALL_BITS),
+        )
+    } else {
+        let m = n - DOUBLING;
+        (
+            DOUBLING_CHUNKS + (m >> BIG_BITS),
+            m & ((1 << BIG_BITS) - 1),
+            1 << BIG_BITS,
+        )
+    }
+}
+
+/// Values numbered from 0 in the order they were added, stored in place in chunks that never
+/// move: `get` is two indexes and the value's own cache line. Chunks are made as values reach
+/// them, 64 values first and doubling up to 16,384 (so a small store stays small, and at most
+/// one chunk is partly used); the directory, 16 bytes per chunk (~64 KiB), comes with the arena.
 pub(crate) struct Arena<T> {
     chunks: Box<[OnceLock<Chunk<T>>]>,
     len: AtomicUsize,
@@ -257,7 +282,7 @@ impl<T> Default for Arena<T> {
 
 impl<T> Arena<T> {
     /// The most values an arena holds.
-    pub const CAPACITY: usize = ARENA_CHUNKS << CHUNK_BITS;
+    pub const CAPACITY: usize = DOUBLING + ((ARENA_CHUNKS - DOUBLING_CHUNKS) << BIG_BITS);
 
     /// Adds `value`; returns its number, or gives the value back when the arena is full.
     pub fn push(&self, value: T) -> Result<u32, T> {
@@ -266,9 +291,9 @@ impl<T> Arena<T> {
         if n >= Self::CAPACITY {
             return Err(value);
         }
-        let chunk = self.chunks[n >> CHUNK_BITS]
-            .get_or_init(|| (0..1usize << CHUNK_BITS).map(|_| OnceLock::new()).collect());
-        if chunk[n & ((1 << CHUNK_BITS) - 1)].set(value).is_err() {
+        let (k, i, size) = place(n);
+        let chunk = self.chunks[k].get_or_init(|| (0..size).map(|_| OnceLock::new()).collect());
+        if chunk[i].set(value).is_err() {
             unreachable!("numbers are handed out once");
         }
         self.len.store(n + 1, Ordering::Release);
@@ -276,12 +301,8 @@ impl<T> Arena<T> {
     }
 
     pub fn get(&self, n: u32) -> Option<&T> {
-        let n = n as usize;
-        self.chunks
-            .get(n >> CHUNK_BITS)?
-            .get()?
-            .get(n & ((1 << CHUNK_BITS) - 1))?
-            .get()
+        let (k, i, _) = place(n as usize);
+        self.chunks.get(k)?.get()?.get(i)?.get()
     }
 
     pub fn len(&self) -> usize {
@@ -353,6 +374,23 @@ mod tests {
             r.join().unwrap();
         }
         assert_eq!(t.len(), 50_000);
+    }
+
+    #[test]
+    fn arena_chunks_tile_the_numbers() {
+        let mut expect = (0, 0);
+        for n in 0..DOUBLING + 3 * (1 << BIG_BITS) {
+            let (k, i, size) = place(n);
+            assert_eq!((k, i), expect, "value {n}");
+            assert!(i < size);
+            expect = if i + 1 == size {
+                (k + 1, 0)
+            } else {
+                (k, i + 1)
+            };
+        }
+        assert_eq!(place(Arena::<u8>::CAPACITY - 1).0, ARENA_CHUNKS - 1);
+        assert!(Arena::<u8>::CAPACITY >= 1 << 26);
     }
 
     #[test]
