@@ -1,13 +1,16 @@
 //! `MsgKey`: the identity of a one-to-one message, `"{MsgSeq}_{MsgRandom}_{MsgTimeStamp}"`.
 //!
 //! Parsing is on the hot path of every recall and modify, so it allocates nothing, and the keys
-//! that occur (a MsgSeq of at most eight digits, a ten-digit MsgTimeStamp) are parsed without a
-//! branch on the lengths of MsgSeq and MsgRandom, which would mispredict: a few word loads at
-//! offsets fixed by the key's length, SWAR digit tests and conversions, and checks that send
-//! anything else to a number-by-number parser. Only the canonical form is accepted, so that
-//! `parse(format(k)) == k` and two different strings never name the same key.
+//! that occur (any MsgSeq, a ten-digit MsgTimeStamp) are parsed without a branch on the exact
+//! lengths of MsgSeq and MsgRandom, which would mispredict: a few word loads at offsets fixed by
+//! the key's length, SWAR digit tests and conversions, and checks that send anything else to a
+//! number-by-number parser. One branch tells a MsgSeq of nine or ten digits (the server's random
+//! u32s, all but about one in forty) from a shorter one: it goes the same way for keys of one
+//! kind, and mispredicts only where the two kinds are interleaved. Only the canonical form is
+//! accepted, so that `parse(format(k)) == k` and two different strings never name the same key.
 
 use std::fmt;
+use std::hint::select_unpredictable;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -81,21 +84,26 @@ impl MsgKey {
 /// other byte into something above 9.
 const ZEROS: u64 = 0x30 * ONES;
 
-/// The keys that occur, without a branch on the lengths of their numbers: MsgSeq of one to eight
-/// digits, MsgRandom of one to ten, MsgTimeStamp of exactly ten (every time from September 2001
-/// on), hence 14 to 32 bytes: 21 to 32, or with `SHORT` 14 to 20. `None` for every other string,
+/// The keys that occur: MsgSeq of one to ten digits, MsgRandom of one to ten, MsgTimeStamp of
+/// exactly ten (every time from September 2001 on), hence 14 to 32 bytes: 21 to 32, or with
+/// `SHORT` 14 to 20 (then MsgSeq has at most seven digits). `None` for every other string,
 /// canonical or not: `parse_stepwise` then parses it or says what is wrong with it.
 ///
 /// With the MsgTimeStamp ten digits long, its digits and MsgRandom's last ten bytes sit at offsets
 /// fixed by the key's length, so all the loads are issued at once; only MsgSeq's length is found
-/// by scanning (its first non-digit among the first eight bytes, in SWAR), and it fixes
-/// MsgRandom's length. Each number's digits, moved to the top of a word (or masked to their own
-/// bytes there), are checked and converted in SWAR (`eight_digits`, plus the leading one or two
-/// digits of a nine- or ten-digit number). The branches below only reject: on the keys that occur
-/// they go the same way every time. (A general parser without branches, finding both `_` among
-/// the 32 bytes and shifting every number into place, measured slower than the stepwise one: each
-/// number's chain of dependent operations, load, scan, shift and convert, is longer than the
-/// mispredictions it saves.)
+/// by scanning (its first non-digit among the first eight bytes, in SWAR, then the ninth and tenth
+/// bytes if those eight are all digits), and it fixes MsgRandom's length. Each number's digits,
+/// moved to the top of a word (or masked to their own bytes there), are checked and converted in
+/// SWAR (`eight_digits`, plus the leading one or two digits of a nine- or ten-digit number). One
+/// branch depends on a length: whether MsgSeq has more than eight digits. It goes the same way for
+/// keys of one kind (the server's random MsgSeqs, or a caller's own), and nine against ten digits
+/// is chosen without one. The other branches only reject: on the keys that occur they go the same
+/// way every time. (A general parser without branches, finding both `_` among the 32 bytes and
+/// shifting every number into place, measured slower than the stepwise one: each number's chain of
+/// dependent operations, load, scan, shift and convert, is longer than the mispredictions it
+/// saves. Nine- and ten-digit MsgSeqs taken without the branch, by a scan of sixteen bytes and a
+/// ten-digit conversion divided by a power of ten, measured about a quarter slower on keys with
+/// shorter ones, those of `cargo bench --bench msgkey`.)
 #[inline(always)]
 fn parse_common<const SHORT: bool>(b: &[u8]) -> Option<MsgKey> {
     let len = b.len();
@@ -118,15 +126,39 @@ fn parse_common<const SHORT: bool>(b: &[u8]) -> Option<MsgKey> {
             word::<2>(b, len - 21) ^ (ZEROS & 0xFFFF),
         )
     };
-    // MsgSeq's length: its first non-digit, 8 if the first eight bytes are all digits (then the
-    // ninth must be its '_'). The lowest flag of `not_digit` is exact.
-    let n_seq = (not_digit(head).trailing_zeros() / 8) as usize;
+    // MsgSeq's length if it has at most eight digits: its first non-digit, 8 if the first eight
+    // bytes are all digits (the lowest flag of `not_digit` is exact). The byte there should be the
+    // '_' after MsgSeq; it is a digit only when the first eight are and MsgSeq goes on.
+    let n_head = (not_digit(head).trailing_zeros() / 8) as usize;
+    let after = b[n_head];
+    let (n_seq, seq) = if !SHORT && after.wrapping_sub(b'0') < 10 {
+        // Nine digits, or ten if b[9] is a digit too: which, without a branch (among random u32s
+        // about one in five has nine).
+        let ten = b[9].wrapping_sub(b'0') < 10;
+        let n = 9 + usize::from(ten);
+        if b[n] != b'_' {
+            return None;
+        }
+        // The last eight digits, ending at the top byte; and the first one or two as a pair (the
+        // first two bytes, or the first byte as the second digit).
+        let low = word::<8>(b, n - 8) ^ ZEROS;
+        let lead = select_unpredictable(ten, head & 0xFFFF, (head & 0xFF) << 8);
+        (n, eight_digits(low) + two_digits(lead) * 100_000_000)
+    } else {
+        if after != b'_' {
+            return None;
+        }
+        // MsgSeq moved up so that its last digit is the top byte: the little-endian image of the
+        // number left-padded with zeros to eight digits. (With no digits, a shift by 0 and a
+        // meaningless number, rejected below.)
+        (
+            n_head,
+            eight_digits(head.wrapping_shl(64 - 8 * n_head as u32)),
+        )
+    };
+    // A MsgSeq or MsgRandom of no digits is rejected below, by `SMALLEST[0]`.
     let n_random = len.wrapping_sub(n_seq + 12);
-    if !(1..=8).contains(&n_seq)
-        || !(1..=10).contains(&n_random)
-        || b[n_seq] != b'_'
-        || b[len - 11] != b'_'
-    {
+    if n_random > 10 || b[len - 11] != b'_' {
         return None;
     }
     // MsgRandom's bytes only: the last n_random of the ten before the second '_'.
@@ -135,17 +167,14 @@ fn parse_common<const SHORT: bool>(b: &[u8]) -> Option<MsgKey> {
     if not_digit(time_low) | not_digit(random_low) | not_digit(time_lead | random_lead << 16) != 0 {
         return None;
     }
-    // MsgSeq moved up so that its last digit is the top byte: the little-endian image of the
-    // number left-padded with zeros to eight digits.
-    let seq = eight_digits(head << (64 - 8 * n_seq as u32));
     let random = eight_digits(random_low) + two_digits(random_lead) * 100_000_000;
     let time = eight_digits(time_low) + two_digits(time_lead) * 100_000_000;
     // No leading zero (the smallest number of its length), and within u32 (only ten digits can
-    // exceed it; MsgSeq has at most eight).
+    // exceed it).
     if seq < SMALLEST[n_seq]
         || random < SMALLEST[n_random]
         || time < SMALLEST[10]
-        || (random | time) > u64::from(u32::MAX)
+        || (seq | random | time) > u64::from(u32::MAX)
     {
         return None;
     }
@@ -188,9 +217,10 @@ const LOW_BYTES: [u64; 11] = {
 /// below nine digits, the upper byte for nine, both for ten.
 const LEAD_BYTES: [u64; 11] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF00, 0xFFFF];
 
-/// The smallest canonical number of `n` digits (0 has one digit).
+/// The smallest canonical number of `n` digits (0 has one digit; none has no digits, so that a
+/// MsgSeq or MsgRandom found to have none is rejected with the others).
 const SMALLEST: [u64; 11] = [
-    0,
+    u64::MAX,
     0,
     10,
     100,
@@ -219,8 +249,8 @@ fn parse_other(b: &[u8]) -> Result<MsgKey, ParseMsgKeyError> {
     }
 }
 
-/// Number by number: every key that `parse_common` leaves (shorter than 14 bytes, a MsgSeq of
-/// nine or ten digits, a MsgTimeStamp of fewer than ten), and every error with its reason.
+/// Number by number: every key that `parse_common` leaves (shorter than 14 bytes, or a MsgTimeStamp
+/// of fewer than ten digits), and every error with its reason.
 fn parse_stepwise(bytes: &[u8]) -> Result<MsgKey, ParseMsgKeyError> {
     if bytes.len() > MAX_MSG_KEY_LEN {
         return Err(ParseMsgKeyError {
@@ -292,13 +322,15 @@ const OUT_OF_RANGE: ParseMsgKeyError = ParseMsgKeyError {
 };
 
 /// Converts eight digit values (0..=9), first digit in the lowest byte, to their number
-/// (simdjson's `parse_eight_digits_unrolled`): pairs, then quads, then the whole.
+/// (simdjson's `parse_eight_digits_unrolled`): pairs, then quads, then the whole. Other bytes give
+/// a meaningless number below 2^32, not a panic (`parse_common` converts a MsgSeq of no digits
+/// before it rejects it).
 #[inline(always)]
 fn eight_digits(v: u64) -> u64 {
     const MASK: u64 = 0x0000_00FF_0000_00FF;
     const MUL1: u64 = 100 + (1_000_000 << 32);
     const MUL2: u64 = 1 + (10_000 << 32);
-    let v = v * 10 + (v >> 8);
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
     ((v & MASK)
         .wrapping_mul(MUL1)
         .wrapping_add(((v >> 16) & MASK).wrapping_mul(MUL2)))
@@ -433,6 +465,12 @@ mod tests {
             "1_2_a12345678",
             "1_2_4294967296",
             "1_2_9999999999",
+            "4294967296_2_1572869830",
+            "12345678901_2_1572869830",
+            "0123456789_2_1572869830",
+            "123456789a_2_1572869830",
+            "123456789__2_1572869830",
+            "1234567890a_2_1572869830",
         ] {
             assert!(MsgKey::parse(bad).is_err(), "{bad}");
         }
@@ -532,8 +570,9 @@ mod tests {
                     let in_range = [a, b, c].iter().all(|&v| v <= u64::from(u32::MAX));
                     let want = in_range.then(|| MsgKey::new(a as u32, b as u32, c as u32));
                     assert_eq!(MsgKey::parse(&s).ok(), want, "{s}");
-                    // The shape `parse_common` takes (else the stepwise parser does all the work).
-                    let shape = in_range && digits(a) <= 8 && digits(c) == 10;
+                    // The shape `parse_common` takes, any MsgSeq and MsgRandom with a ten-digit
+                    // MsgTimeStamp (else the stepwise parser does all the work).
+                    let shape = in_range && digits(c) == 10;
                     let fast = match s.len() {
                         ..21 => parse_common::<true>(s.as_bytes()),
                         _ => parse_common::<false>(s.as_bytes()),

@@ -390,7 +390,7 @@ mod tests {
             };
         }
         assert_eq!(place(Arena::<u8>::CAPACITY - 1).0, ARENA_CHUNKS - 1);
-        assert!(Arena::<u8>::CAPACITY >= 1 << 26);
+        const { assert!(Arena::<u8>::CAPACITY >= 1 << 26) };
     }
 
     #[test]
