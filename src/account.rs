@@ -1,5 +1,5 @@
-//! Accounts: the validated `UserId`, and each account's state (inbox, devices, unread counts)
-//! behind one lock, with the crate's lock order.
+//! Accounts: the validated `UserId`, and each account's state (inbox, devices, its unread total
+//! and its list of conversations) behind one lock, with the crate's lock order.
 
 use std::fmt;
 use std::ops::Deref;

@@ -54,6 +54,10 @@
 //!   ticket of that change, and every reader — devices included — shows what it read only once
 //!   the journal is durable up to the tickets it read (`store.rs` has the argument).
 //! - At least once (R7): a device's cursor moves only when its client confirms.
+//! - Lookups on the hot path (account by name or number, conversation by its two accounts) take
+//!   no lock and no reference count (`table.rs`): a recall is a chain of cache misses, and
+//!   locked instructions would order them one after another. Account cells and conversations
+//!   are never freed while the store lives.
 //! - Lock order: account locks (two at once in interned-number order, `lock_pair`) → conversation → message state →
 //!   device signal → journal; no lock is held across I/O. Writers never block on a slow
 //!   device: they raise its signal, and it reads the inbox when it is ready.

@@ -1,6 +1,6 @@
 //! Roaming history: one `Conversation` per unordered pair of accounts, holding every message of
 //! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
-//! retention and the paging of `admin_getroammsg`.
+//! unread counts, retention and the paging of `admin_getroammsg`.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
