@@ -153,6 +153,25 @@ fn wire(e: &Event) -> WireEvent {
     }
 }
 
+/// Applies a REST or client call's step on the shard's store (in memory, with its origin for
+/// the webhooks), answers once it is durable, and finishes it (a send's before-send decision and
+/// after-callbacks, when there are webhooks).
+async fn step_durably(
+    owned: &Owned,
+    webhooks: Option<&webhook::Webhooks>,
+    origin: Origin,
+    step: impl FnOnce() -> crate::api::Step,
+) -> (Answer, Vec<u8>) {
+    let store = &owned.store;
+    let (step, ticket) =
+        store.deferring(|| store.with_origin(webhooks.is_some().then_some(origin), step));
+    if let Err(e) = store.commit_async(ticket).await {
+        return failed(&e);
+    }
+    // Boxed: a webhook call's future is large, and every pull waiting here would carry its size.
+    replied(Box::pin(crate::server::finish_step(&owned.api, webhooks, step)).await)
+}
+
 /// Runs one call as the shard's owner.
 pub(super) async fn handle(
     node: &Node,
@@ -168,9 +187,6 @@ pub(super) async fn handle(
     let webhooks = node.webhooks.as_deref();
     let ctx = CallContext {
         before_send_elsewhere: webhooks.is_some(),
-    };
-    let with_origin = |origin: Origin, f: &mut dyn FnMut() -> crate::api::Step| {
-        store.with_origin(webhooks.is_some().then_some(origin), f)
     };
     match call {
         Call::Rest {
@@ -202,17 +218,10 @@ pub(super) async fn handle(
             if let Err(e) = owned.ensure_accounts(&accounts).await {
                 return failed(&e);
             }
-            let (step, ticket) = store.deferring(|| {
-                with_origin(Origin::rest(ip), &mut || {
-                    owned.api.step(&path, &query, bytes, &ctx)
-                })
-            });
-            if let Err(e) = store.commit_async(ticket).await {
-                return failed(&e);
-            }
-            // Boxed: a webhook call's future is large, and every pull waiting here would carry
-            // its size.
-            replied(Box::pin(crate::server::finish_step(&owned.api, webhooks, step)).await)
+            step_durably(owned, webhooks, Origin::rest(ip), || {
+                owned.api.step(&path, &query, bytes, &ctx)
+            })
+            .await
         }
         Call::Client {
             account,
@@ -240,15 +249,10 @@ pub(super) async fn handle(
             };
             let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let origin = webhook::device_origin(req.platform, ip);
-            let (step, ticket) = store.deferring(|| {
-                with_origin(origin, &mut || owned.api.client_step(&req, &frame, &ctx))
-            });
-            if let Err(e) = store.commit_async(ticket).await {
-                return failed(&e);
-            }
-            // Boxed: a webhook call's future is large, and every pull waiting here would carry
-            // its size.
-            replied(Box::pin(crate::server::finish_step(&owned.api, webhooks, step)).await)
+            step_durably(owned, webhooks, origin, || {
+                owned.api.client_step(&req, &frame, &ctx)
+            })
+            .await
         }
         Call::Connect {
             account,
