@@ -211,6 +211,11 @@ pub(super) async fn handle(
                         fields.insert("SnapshotSeq".into(), cut.into());
                         replied(crate::api::ok_reply(fields))
                     }
+                    // The shard moved while it was being snapshotted (its new owner closed this
+                    // node's lease): the caller's node asks again, and reaches the new owner.
+                    Ok(Err(_)) if !owned.shard.is_owner() => {
+                        retry("the shard moved while it was being snapshotted")
+                    }
                     Ok(Err(e)) => failed(&Error::Internal(e.to_string())),
                     Err(e) => failed(&Error::Internal(format!("snapshot task: {e}"))),
                 };
