@@ -157,6 +157,9 @@ pub(crate) struct AccountState {
 /// No lock is held while a hook runs or while waiting for the disk.
 pub(crate) struct AccountCell {
     pub id: UserId,
+    /// The cell's number in its store (`Accounts`): conversations are keyed by the two cells'
+    /// numbers, which a lookup by name or by UserId learns before the cell itself is loaded.
+    pub n: u32,
     pub state: Mutex<AccountState>,
     /// `state.alive`, readable without the lock: lookups skip accounts that are not live.
     /// Changed only under the state lock (`Accounts::set_live`); a reader that finds it set
@@ -166,9 +169,10 @@ pub(crate) struct AccountCell {
 
 impl AccountCell {
     /// A cell for an account that does not exist (yet): not live, nothing in it.
-    pub fn dormant(id: UserId) -> Self {
+    pub fn dormant(id: UserId, n: u32) -> Self {
         AccountCell {
             id,
+            n,
             state: Mutex::new(AccountState::empty()),
             live: AtomicBool::new(false),
         }

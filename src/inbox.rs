@@ -136,6 +136,14 @@ impl Inbox {
         seq
     }
 
+    /// Starts loading the memory the next `append` writes (a hint: see `table::prefetch`).
+    pub fn prefetch_tail(&self) {
+        let (front, back) = self.slots.as_slices();
+        let last = if back.is_empty() { front } else { back };
+        // One past the last entry: where the next goes unless the buffer wraps or grows.
+        crate::table::prefetch_addr(last.as_ptr_range().end.cast());
+    }
+
     fn front_changed(&mut self) {
         self.front_expiry = self.slots.front().map_or(u64::MAX, Slot::expires_at);
     }

@@ -152,10 +152,12 @@ pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
     }
 }
 
-/// A conversation's key in the store's table: the two account numbers, smaller first.
-pub(crate) fn conv_key(x: &UserId, y: &UserId) -> [u64; 1] {
-    let (a, b) = (x.num().min(y.num()), x.num().max(y.num()));
-    [u64::from(a) << 32 | u64::from(b)]
+/// A conversation's key in the store's table: the numbers of its two accounts' cells in the
+/// store (`AccountCell::n`), smaller first. Not the interned numbers: a request learns its
+/// cells' numbers from the first lookup (the name's slot), so the conversation's slot can be
+/// fetched while the cells themselves load.
+pub(crate) fn conv_key(x: u32, y: u32) -> [u64; 1] {
+    [u64::from(x.min(y)) << 32 | u64::from(x.max(y))]
 }
 
 impl Conversation {

@@ -95,13 +95,14 @@ pub(crate) enum Applied {
 /// An account named by a request (a string, found through the store's table of names) or by
 /// the store itself (an interned UserId, found by its number).
 pub(crate) trait AccountName {
-    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell>;
+    /// The live account and its cell's number (known before the cell is loaded).
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<(u32, &'a AccountCell)>;
     fn name(&self) -> &str;
 }
 
 impl AccountName for str {
-    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
-        accounts.by_name(self)
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<(u32, &'a AccountCell)> {
+        accounts.by_name_numbered(self)
     }
     fn name(&self) -> &str {
         self
@@ -109,8 +110,8 @@ impl AccountName for str {
 }
 
 impl AccountName for String {
-    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
-        accounts.by_name(self)
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<(u32, &'a AccountCell)> {
+        accounts.by_name_numbered(self)
     }
     fn name(&self) -> &str {
         self
@@ -118,8 +119,8 @@ impl AccountName for String {
 }
 
 impl AccountName for UserId {
-    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<&'a AccountCell> {
-        accounts.get(self)
+    fn find<'a>(&self, accounts: &'a accounts::Accounts) -> Option<(u32, &'a AccountCell)> {
+        accounts.get_numbered(self)
     }
     fn name(&self) -> &str {
         self.as_str()
@@ -518,17 +519,41 @@ impl Store {
     }
 
     fn cell(&self, user: &(impl AccountName + ?Sized)) -> Option<&AccountCell> {
-        user.find(&self.inner.accounts)
+        user.find(&self.inner.accounts).map(|(_, cell)| cell)
     }
 
     fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<&AccountCell> {
         self.cell(user).ok_or_else(|| role.missing(user.name()))
     }
 
+    /// [`cell_as`](Store::cell_as) with the cell's number, which the lookup learns before the
+    /// cell's own cache line arrives: a conversation keyed by the two numbers can be looked up
+    /// (or prefetched) while the cells load.
+    fn numbered_as(
+        &self,
+        user: &(impl AccountName + ?Sized),
+        role: Role,
+    ) -> Result<(u32, &AccountCell)> {
+        user.find(&self.inner.accounts)
+            .ok_or_else(|| role.missing(user.name()))
+    }
+
     /// The conversation of `x` and `y`, if they have one.
     fn conversation(&self, x: &UserId, y: &UserId) -> Option<&Mutex<Conversation>> {
+        let accounts = &self.inner.accounts;
+        self.conversation_of(accounts.number(x)?, accounts.number(y)?)
+    }
+
+    /// The conversation of the accounts whose cells are numbered `x` and `y`, if they have one.
+    fn conversation_of(&self, x: u32, y: u32) -> Option<&Mutex<Conversation>> {
         let n = self.inner.conversations.get(&conv_key(x, y))?;
         self.inner.conversation_list.get(n)
+    }
+
+    /// Starts loading the table slot of the conversation of cells `x` and `y`: a request calls
+    /// it as soon as it knows both numbers, so the slot's miss overlaps the cells' own.
+    fn prefetch_conversation(&self, x: u32, y: u32) {
+        self.inner.conversations.prefetch(&conv_key(x, y));
     }
 
     /// The conversation of two accounts, made if they have none. The caller holds both
@@ -536,10 +561,10 @@ impl Store {
     /// the same instant it can first be found.
     fn conversation_or_new(
         &self,
-        (x, xs): (&UserId, &mut AccountState),
-        (y, ys): (&UserId, &mut AccountState),
+        (x, xs): (&AccountCell, &mut AccountState),
+        (y, ys): (&AccountCell, &mut AccountState),
     ) -> Result<&Mutex<Conversation>> {
-        let (a, b) = conversation_id(x, y);
+        let (a, b) = conversation_id(&x.id, &y.id);
         let mut made = false;
         let (n, conv) = self.add_conversation(Conversation::new(a, b), &mut made)?;
         if made {
@@ -558,7 +583,8 @@ impl Store {
     ) -> Result<(u32, &Mutex<Conversation>)> {
         let [a, b] = conv.users();
         let inner = &self.inner;
-        let n = inner.conversations.get_or_try_insert(&conv_key(a, b), || {
+        let key = conv_key(inner.accounts.cell(a)?.n, inner.accounts.cell(b)?.n);
+        let n = inner.conversations.get_or_try_insert(&key, || {
             *made = true;
             inner.conversation_list.push(Mutex::new(conv)).map_err(|_| {
                 Error::Internal(format!(
@@ -781,8 +807,8 @@ impl Store {
 
     /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
     pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
-        let op = self.cell_as(&q.operator, Role::Acting)?;
-        let peer = self.cell_as(&q.peer, Role::Other)?;
+        let (n_op, op) = self.numbered_as(&q.operator, Role::Acting)?;
+        let (n_peer, _) = self.numbered_as(&q.peer, Role::Other)?;
         if q.max_cnt == 0 {
             return Err(Error::InvalidRequest("MaxCnt must be at least 1".into()));
         }
@@ -795,10 +821,10 @@ impl Store {
             last_msg_time: 0,
             last_msg_key: None,
         };
-        if op.id == peer.id {
+        if n_op == n_peer {
             return Ok(empty);
         }
-        let Some(conv) = self.conversation(&op.id, &peer.id) else {
+        let Some(conv) = self.conversation_of(n_op, n_peer) else {
             return Ok(empty);
         };
         let (page, ticket) = {
@@ -817,9 +843,9 @@ impl Store {
 
     /// The newest message of the conversation in `account`'s view, recalled or not.
     pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
-        let a = self.cell_as(account, Role::Acting)?;
-        let p = self.cell_as(peer, Role::Other)?;
-        let Some(conv) = self.conversation(&a.id, &p.id) else {
+        let (na, a) = self.numbered_as(account, Role::Acting)?;
+        let (np, _) = self.numbered_as(peer, Role::Other)?;
+        let Some(conv) = self.conversation_of(na, np) else {
             return Ok(None);
         };
         let (last, ticket) = {

@@ -152,6 +152,12 @@ impl<const W: usize> Table<W> {
         self.level().probe(key, self.hash(key)).ok()
     }
 
+    /// Starts loading the slot where a lookup of `key` begins (a hint: see `prefetch`).
+    pub fn prefetch(&self, key: &[u64; W]) {
+        let level = self.level();
+        prefetch(&level.slots[self.hash(key) as usize & level.mask()]);
+    }
+
     /// The value of `key`; if absent, `make()` is called (under the writers' lock) for the
     /// value to store, and its error returned as is.
     pub fn get_or_try_insert<E>(
@@ -218,15 +224,21 @@ impl<const W: usize> Table<W> {
 /// Asks the CPU to start loading `value`'s first cache line, for a lookup that will need it
 /// after some other work (a hint only: no effect on what the program computes).
 pub(crate) fn prefetch<T>(value: &T) {
+    prefetch_addr((value as *const T).cast());
+}
+
+/// [`prefetch`] of an address, which need not be valid (one past the end of a buffer, say):
+/// the CPU never faults on a prefetch and the program never reads through it.
+pub(crate) fn prefetch_addr(addr: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE is part of x86-64; a prefetch reads nothing the program sees and never
-    // faults, and `value` is a valid reference anyway.
+    // faults, whatever the address.
     unsafe {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(addr.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = addr;
 }
 
 /// log2 of the first arena chunk's values; chunks double up to `BIG_BITS`, then stay that size.

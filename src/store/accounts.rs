@@ -48,9 +48,12 @@ impl Accounts {
         }
         let key = name_key(id).expect("a UserId is a valid name");
         let n = self.by_name.get_or_try_insert(&key, || {
+            // Cells are pushed only here, under the name table's writer lock: the next number
+            // is the arena's length.
+            let next = self.cells.len() as u32;
             let n = self
                 .cells
-                .push(AccountCell::dormant(id.clone()))
+                .push(AccountCell::dormant(id.clone(), next))
                 .map_err(|_| {
                     Error::Internal(format!(
                         "this store holds {} accounts, the most it can",
@@ -64,27 +67,41 @@ impl Accounts {
                     .collect()
             });
             chunk[i].store(n + 1, Ordering::Release);
+            debug_assert_eq!(n, next);
             Ok::<_, Error>(n)
         })?;
         Ok(self.cells.get(n).expect("a cell is numbered once stored"))
     }
 
+    /// The number of `id`'s cell, live or not: one load from the array by interned number.
+    pub fn number(&self, id: &UserId) -> Option<u32> {
+        let (k, i) = locate(id.num());
+        self.by_num[k].get()?[i]
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+    }
+
     /// The cell of `id`, live or not.
     fn any(&self, id: &UserId) -> Option<&AccountCell> {
-        let (k, i) = locate(id.num());
-        let n = self.by_num[k].get()?[i].load(Ordering::Acquire);
-        self.cells.get(n.checked_sub(1)?)
+        self.cells.get(self.number(id)?)
     }
 
     /// The account `id`, if it exists (is live).
     pub fn get(&self, id: &UserId) -> Option<&AccountCell> {
-        self.any(id).filter(|c| c.is_live())
+        self.get_numbered(id).map(|(_, c)| c)
     }
 
-    /// The account named `name`, if it exists (is live).
-    pub fn by_name(&self, name: &str) -> Option<&AccountCell> {
+    /// [`get`](Accounts::get) with the cell's number, known before the cell is loaded.
+    pub fn get_numbered(&self, id: &UserId) -> Option<(u32, &AccountCell)> {
+        let n = self.number(id)?;
+        Some((n, self.cells.get(n).filter(|c| c.is_live())?))
+    }
+
+    /// The account named `name`, if it exists (is live), with its cell's number, read from the
+    /// name's slot before the cell is loaded.
+    pub fn by_name_numbered(&self, name: &str) -> Option<(u32, &AccountCell)> {
         let n = self.by_name.get(&name_key(name)?)?;
-        self.cells.get(n).filter(|c| c.is_live())
+        Some((n, self.cells.get(n).filter(|c| c.is_live())?))
     }
 
     pub fn contains(&self, id: &UserId) -> bool {
@@ -130,11 +147,11 @@ mod tests {
         }
         assert_eq!(t.len(), 300);
         assert!(ids.iter().all(|id| t.get(id).is_some_and(|c| c.id == *id)));
-        assert!(
-            ids.iter()
-                .all(|id| t.by_name(id.as_str()).is_some_and(|c| c.id == *id))
-        );
-        assert!(t.by_name("acct-table-none").is_none());
+        assert!(ids.iter().all(|id| {
+            t.by_name_numbered(id.as_str())
+                .is_some_and(|(n, c)| c.id == *id && c.n == n)
+        }));
+        assert!(t.by_name_numbered("acct-table-none").is_none());
         for _ in 0..2 {
             let cell = t.cell(&ids[7]).unwrap();
             cell.state.lock().alive = false;

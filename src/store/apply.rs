@@ -268,14 +268,15 @@ impl Store {
         missing: impl FnOnce() -> Error,
         f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation) -> Result<R>,
     ) -> Result<R> {
-        let fc = self.cell_as(from, Role::Acting)?;
-        let tc = self.cell_as(to, Role::Other)?;
-        if fc.id == tc.id {
+        let (nf, fc) = self.numbered_as(from, Role::Acting)?;
+        let (nt, tc) = self.numbered_as(to, Role::Other)?;
+        if nf == nt {
             return Err(missing());
         }
-        // Found before any lock is taken: a lock is a full barrier, and the cache misses of
-        // the two accounts and the conversation overlap only if nothing orders them.
-        let found = self.conversation(from, to);
+        // Found before any lock is taken, by the cells' numbers (not the cells): a lock is a
+        // full barrier, and the cache misses of the two accounts and the conversation overlap
+        // only if nothing orders them.
+        let found = self.conversation_of(nf, nt);
         if let Some(conv) = found {
             crate::table::prefetch(conv);
         }
@@ -286,9 +287,12 @@ impl Store {
         if !ts.alive {
             return Err(Role::Other.missing(to));
         }
+        // Where the inboxes' next entries go, loading while the conversation is searched.
+        fs.inbox.prefetch_tail();
+        ts.inbox.prefetch_tail();
         let conv = match found {
             Some(conv) => conv,
-            None if create => self.conversation_or_new((&fc.id, &mut fs), (&tc.id, &mut ts))?,
+            None if create => self.conversation_or_new((fc, &mut fs), (tc, &mut ts))?,
             None => return Err(missing()),
         };
         f(&mut fs, &mut ts, &mut conv.lock())
@@ -394,9 +398,9 @@ impl Store {
         origin: Option<&Origin>,
         mode: Mode,
     ) -> Result<Applied> {
-        let rc = self.cell_as(reader, Role::Acting)?;
-        self.cell_as(peer, Role::Other)?;
-        let conv = self.conversation(reader, peer);
+        let (nr, rc) = self.numbered_as(reader, Role::Acting)?;
+        let (np, _) = self.numbered_as(peer, Role::Other)?;
+        let conv = self.conversation_of(nr, np);
         let mut state = rc.state.lock();
         if !state.alive {
             return Err(Role::Acting.missing(reader));

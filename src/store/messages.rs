@@ -124,8 +124,12 @@ impl Store {
     /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
     pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
-        let from = self.sender(req.from.as_deref())?;
-        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
+        let (nf, from) = self.sender_numbered(req.from.as_deref())?;
+        let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
+        if let Some(nf) = nf {
+            self.prefetch_conversation(nf, nt);
+        }
+        let to = to.id.clone();
         let lifetime = check_lifetime(req.lifetime)?;
         let origin_device = req
             .from_device
@@ -280,8 +284,7 @@ impl Store {
     /// MsgKey in either direction of the conversation is never stored twice. No hooks, no
     /// callbacks.
     pub fn import(&self, req: ImportRequest) -> Result<SendReceipt> {
-        let from = self.cell_as(&req.from, Role::Acting)?.id.clone();
-        let to = self.cell_as(&req.to, Role::Other)?.id.clone();
+        let (from, to) = self.parties(&req.from, &req.to)?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = MsgKey::new(req.msg_seq, req.msg_random, req.msg_time);
         let op = Op::Send(Box::new(SendOp {
@@ -309,13 +312,32 @@ impl Store {
         })
     }
 
+    /// A request's From_Account (90008) and To_Account (90003), and the start of the load of
+    /// their conversation's table slot, which overlaps the accounts' own misses.
+    fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId)> {
+        let (nf, from) = self.numbered_as(from, Role::Acting)?;
+        let (nt, to) = self.numbered_as(to, Role::Other)?;
+        self.prefetch_conversation(nf, nt);
+        Ok((from.id.clone(), to.id.clone()))
+    }
+
     pub(super) fn sender(&self, from: Option<&str>) -> Result<UserId> {
+        self.sender_numbered(from).map(|(_, id)| id)
+    }
+
+    /// [`sender`](Store::sender) with its cell's number (`None` for an administrator this store
+    /// has no account for).
+    fn sender_numbered(&self, from: Option<&str>) -> Result<(Option<u32>, UserId)> {
         match from {
-            Some(f) => Ok(self.cell_as(f, Role::Acting)?.id.clone()),
+            Some(f) => {
+                let (n, cell) = self.numbered_as(f, Role::Acting)?;
+                Ok((Some(n), cell.id.clone()))
+            }
             None => {
-                self.inner.admins.first().cloned().ok_or_else(|| {
+                let admin = self.inner.admins.first().cloned().ok_or_else(|| {
                     Error::FromAccountNotFound("(no administrator configured)".into())
-                })
+                })?;
+                Ok((self.inner.accounts.number(&admin), admin))
             }
         }
     }
@@ -344,8 +366,7 @@ impl Store {
         key: &str,
     ) -> Result<Deferred<'_, RecallNotice>> {
         let by = self.admin(operator)?;
-        let from = self.cell_as(from, Role::Acting)?.id.clone();
-        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let (from, to) = self.parties(from, to)?;
         let key = MsgKey::parse(key)?;
         self.recall_op(from, to, key, by)
     }
@@ -364,8 +385,7 @@ impl Store {
         to: &str,
         key: &str,
     ) -> Result<Deferred<'_, RecallNotice>> {
-        let from = self.cell_as(account, Role::Acting)?.id.clone();
-        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let (from, to) = self.parties(account, to)?;
         let key = MsgKey::parse(key)?;
         let window = self.inner.config.client_recall_window_secs;
         if self.now() > u64::from(key.time()).saturating_add(window) {
@@ -437,8 +457,7 @@ impl Store {
         body: Option<Vec<MsgElement>>,
         cloud_custom_data: Option<String>,
     ) -> Result<()> {
-        let from = self.cell_as(from, Role::Acting)?.id.clone();
-        let to = self.cell_as(to, Role::Other)?.id.clone();
+        let (from, to) = self.parties(from, to)?;
         let key = MsgKey::parse(key)?;
         if body.is_none() && cloud_custom_data.is_none() {
             return Err(Error::InvalidMsgBody(

@@ -402,8 +402,9 @@ impl Store {
             let conv = match self.conversation(&cell.id, &peer) {
                 Some(conv) => conv,
                 None => {
-                    let (mut xs, mut ys) = lock_pair(cell, self.inner.accounts.cell(&peer)?);
-                    self.conversation_or_new((&cell.id, &mut xs), (&peer, &mut ys))?
+                    let peer_cell = self.inner.accounts.cell(&peer)?;
+                    let (mut xs, mut ys) = lock_pair(cell, peer_cell);
+                    self.conversation_or_new((cell, &mut xs), (peer_cell, &mut ys))?
                 }
             };
             let mut c = conv.lock();
