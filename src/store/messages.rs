@@ -312,12 +312,19 @@ impl Store {
         })
     }
 
-    /// A request's From_Account (90008) and To_Account (90003), and the start of the load of
-    /// their conversation's table slot, which overlaps the accounts' own misses.
+    /// A request's From_Account (90008) and To_Account (90003). Also starts loading what the
+    /// operation's `apply` will look up again by UserId — their conversation, and the two
+    /// entries of the array by interned number — so those misses overlap the cells' own
+    /// instead of following them one by one.
     fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId)> {
         let (nf, from) = self.numbered_as(from, Role::Acting)?;
         let (nt, to) = self.numbered_as(to, Role::Other)?;
-        self.prefetch_conversation(nf, nt);
+        if let Some(conv) = self.conversation_of(nf, nt) {
+            crate::table::prefetch(conv);
+        }
+        let accounts = &self.inner.accounts;
+        accounts.prefetch_number(&from.id);
+        accounts.prefetch_number(&to.id);
         Ok((from.id.clone(), to.id.clone()))
     }
 
