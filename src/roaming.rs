@@ -244,6 +244,12 @@ impl Conversation {
     pub fn insert(&mut self, msg: Arc<StoredMessage>) {
         let pos = position(&msg);
         let held = Held::new(msg);
+        // Capacity doubles from one, not from four as a `VecDeque`'s own growth does: most
+        // conversations of a large store hold one or two messages, and a buffer of four is
+        // 64 bytes (80 with the allocator's header) where one needs 16.
+        if self.messages.len() == self.messages.capacity() {
+            self.messages.reserve_exact(self.messages.len().max(1));
+        }
         // Most messages are the newest: they go at the end without a search.
         if self.messages.back().is_none_or(|h| h.before(pos, true)) {
             self.messages.push_back(held);

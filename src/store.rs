@@ -82,7 +82,7 @@ pub(crate) enum Applied {
         msg: Arc<StoredMessage>,
         duplicate: bool,
     },
-    Recalled(Arc<StoredMessage>),
+    Recalled(RecallNotice),
     Purged(usize),
     /// A device's live session began: its session number, signal, and where it starts.
     Connected {

@@ -13,6 +13,7 @@ use crate::device::{DeviceId, DeviceSlot, Live, Signal};
 use crate::error::{Error, Result};
 use crate::inbox::{Entry, Inbox, ONLINE_GRACE_SECS};
 use crate::key::MsgKey;
+use crate::message::RecallNotice;
 use crate::message::{SenderCopy, StoredMessage};
 use crate::op::{ModifyOp, Op, SendKind, SendOp};
 use crate::roaming::Conversation;
@@ -310,7 +311,7 @@ impl Store {
             &mut AccountState,
             &mut AccountState,
             &mut Conversation,
-            &Arc<StoredMessage>,
+            Arc<StoredMessage>,
         ) -> Result<R>,
     ) -> Result<R> {
         let not_found = || Error::MessageNotFound {
@@ -333,7 +334,7 @@ impl Store {
                     key,
                 });
             }
-            f(fs, ts, c, &msg)
+            f(fs, ts, c, msg)
         })
     }
 
@@ -355,13 +356,18 @@ impl Store {
             // The one instant every layer changes: they all share this record.
             msg.recall(by.clone(), at);
             let side = c.side(to);
-            if c.is_unread(msg) && c.unread[side] > 0 {
+            if c.is_unread(&msg) && c.unread[side] > 0 {
                 c.unread[side] -= 1;
                 ts.unread_total = ts.unread_total.saturating_sub(1);
             }
-            let expires_at = at + self.inner.config.notice_lifetime_secs;
-            fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
-            ts.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
+            // What `msg.recall_notice()` would say, without taking the message's lock again.
+            let notice = RecallNotice {
+                from: msg.from.clone(),
+                to: msg.to.clone(),
+                key: msg.key,
+                recalled_by: by.clone(),
+                recalled_at: at,
+            };
             if let Some(origin) = origin {
                 let queued = Queued::AfterRecall {
                     msg: msg.clone(),
@@ -370,7 +376,12 @@ impl Store {
                 };
                 self.inner.outbox.lock().push(origin, queued, ticket);
             }
-            Ok(Applied::Recalled(msg.clone()))
+            let expires_at = at + self.inner.config.notice_lifetime_secs;
+            fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
+            // The last holder of this reference: moved, not counted again (each count is a
+            // locked instruction, a full barrier).
+            ts.deliver(Entry::Recalled(msg), expires_at, at, false);
+            Ok(Applied::Recalled(notice))
         })
     }
 
@@ -384,7 +395,7 @@ impl Store {
             msg.replace(content);
             let expires_at = m.at + self.inner.config.notice_lifetime_secs;
             fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
-            ts.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
+            ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at, false);
             Ok(Applied::Done)
         })
     }

@@ -442,13 +442,13 @@ impl Store {
             at: self.now(),
             origin: self.origin(),
         };
-        let Applied::Recalled(msg) = self.deferred(&op)? else {
+        let Applied::Recalled(notice) = self.deferred(&op)? else {
             unreachable!("recall applies as Recalled")
         };
         Ok(Deferred {
             store: self,
             ticket: self.journal().map_or(0, Journal::appended),
-            value: msg.recall_notice().expect("just recalled"),
+            value: notice,
             sent: None,
         })
     }
