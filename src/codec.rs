@@ -351,7 +351,7 @@ pub(crate) fn decode_op(
             lifetime,
             origin_device,
             at,
-        } => Op::Send(Box::new(SendOp {
+        } => Op::Send(SendOp {
             from: name(from)?,
             to: name(to)?,
             key: key.into(),
@@ -362,7 +362,7 @@ pub(crate) fn decode_op(
             at,
             kind: SendKind::Send,
             origin: None,
-        })),
+        }),
         OpRecord::SendV2 {
             from,
             to,
@@ -375,7 +375,7 @@ pub(crate) fn decode_op(
             at,
             kind,
             origin,
-        } => Op::Send(Box::new(SendOp {
+        } => Op::Send(SendOp {
             from: name(from)?,
             to: name(to)?,
             key: key.into(),
@@ -386,7 +386,7 @@ pub(crate) fn decode_op(
             at,
             kind: kind_from(kind)?,
             origin: origin_from(origin)?,
-        })),
+        }),
         OpRecord::Recall {
             from,
             to,
@@ -686,7 +686,7 @@ mod tests {
         let u = |s: &str| UserId::new(s).unwrap();
         let ops = vec![
             Op::ImportAccount { user: u("a") },
-            Op::Send(Box::new(SendOp {
+            Op::Send(SendOp {
                 from: u("a"),
                 to: u("b"),
                 key: MsgKey::new(1, 2, 3),
@@ -700,7 +700,7 @@ mod tests {
                     platform: Platform::Ios,
                     client_ip: "10.0.0.7".into(),
                 }),
-            })),
+            }),
             Op::Recall {
                 from: u("a"),
                 to: u("b"),

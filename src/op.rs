@@ -17,7 +17,7 @@ pub(crate) enum Op {
     DeleteAccount {
         user: UserId,
     },
-    Send(Box<SendOp>),
+    Send(SendOp),
     Recall {
         from: UserId,
         to: UserId,

@@ -203,7 +203,7 @@ impl Store {
                 content = Content::new(body, custom)?;
             }
         }
-        let op = Op::Send(Box::new(SendOp {
+        let op = Op::Send(SendOp {
             from: p.from,
             to: p.to,
             key: p.key,
@@ -214,7 +214,7 @@ impl Store {
             at: self.now(),
             kind: SendKind::Send,
             origin: p.origin,
-        }));
+        });
         let Applied::Sent { msg, duplicate } = self.deferred(&op)? else {
             unreachable!("send applies as Sent")
         };
@@ -251,7 +251,7 @@ impl Store {
                 errors.push((to.clone(), Error::AccountNotFound(to.clone())));
                 continue;
             };
-            let op = Op::Send(Box::new(SendOp {
+            let op = Op::Send(SendOp {
                 from: from.clone(),
                 to: cell.id.clone(),
                 key,
@@ -262,7 +262,7 @@ impl Store {
                 at: self.now(),
                 kind: SendKind::Send,
                 origin: None,
-            }));
+            });
             match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
                 Err(Error::ToAccountNotFound(_)) if cell.id != from => {
@@ -287,7 +287,7 @@ impl Store {
         let (from, to) = self.parties(&req.from, &req.to)?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = MsgKey::new(req.msg_seq, req.msg_random, req.msg_time);
-        let op = Op::Send(Box::new(SendOp {
+        let op = Op::Send(SendOp {
             from,
             to,
             key,
@@ -302,7 +302,7 @@ impl Store {
                 SendKind::ImportHistory
             },
             origin: None,
-        }));
+        });
         let Applied::Sent { msg, .. } = self.run(&op)? else {
             unreachable!("an import applies as Sent")
         };
