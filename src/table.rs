@@ -330,6 +330,41 @@ impl<T> Arena<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_keys_pad_with_zeros_and_refuse_nul_and_long_names() {
+        let naive = |s: &str| -> Option<[u64; 4]> {
+            if s.len() > 32 || s.contains('\0') {
+                return None;
+            }
+            let mut b = [0u8; 32];
+            b[..s.len()].copy_from_slice(s.as_bytes());
+            Some(std::array::from_fn(|i| {
+                u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
+            }))
+        };
+        let mut names = vec![
+            String::new(),
+            "a".into(),
+            "user12345".into(),
+            "é漢字".into(),
+        ];
+        for len in 0..=34 {
+            names.push("x".repeat(len));
+            for at in 0..len {
+                // A NUL (and a 0x80 byte, which SWAR tricks confuse with one) at every place.
+                let mut b = vec![b'y'; len];
+                b[at] = 0;
+                names.push(String::from_utf8(b).unwrap());
+                let mut c: Vec<char> = "z".repeat(len).chars().collect();
+                c[at] = '\u{80}';
+                names.push(c.into_iter().collect());
+            }
+        }
+        for n in &names {
+            assert_eq!(name_key(n), naive(n), "{n:?}");
+        }
+    }
     use std::sync::Arc;
 
     #[test]
