@@ -566,7 +566,8 @@ impl Store {
     ) -> Result<&Mutex<Conversation>> {
         let (a, b) = conversation_id(&x.id, &y.id);
         let mut made = false;
-        let (n, conv) = self.add_conversation(Conversation::new(a, b), &mut made)?;
+        let key = conv_key(x.n, y.n);
+        let (n, conv) = self.add_conversation(key, Conversation::new(a, b), &mut made)?;
         if made {
             xs.conversations.push(n);
             ys.conversations.push(n);
@@ -574,16 +575,15 @@ impl Store {
         Ok(conv)
     }
 
-    /// The conversation of `conv`'s two accounts: `conv` itself, stored (and `made` set), if
-    /// they had none. Returns its number.
+    /// The conversation of `conv`'s two accounts, whose cells' `conv_key` is `key`: `conv`
+    /// itself, stored (and `made` set), if they had none. Returns its number.
     fn add_conversation(
         &self,
+        key: [u64; 1],
         conv: Conversation,
         made: &mut bool,
     ) -> Result<(u32, &Mutex<Conversation>)> {
-        let [a, b] = conv.users();
         let inner = &self.inner;
-        let key = conv_key(inner.accounts.cell(a)?.n, inner.accounts.cell(b)?.n);
         let n = inner.conversations.get_or_try_insert(&key, || {
             *made = true;
             inner.conversation_list.push(Mutex::new(conv)).map_err(|_| {

@@ -26,7 +26,7 @@ use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
 use crate::message::{Content, MsgState, StoredMessage};
-use crate::roaming::Conversation;
+use crate::roaming::{Conversation, conv_key};
 
 /// The store at one cut, holding shared records and copies of their state (a recall after the
 /// cut changes the record, not the copy).
@@ -301,7 +301,9 @@ impl Store {
         }
         let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         let [a, b] = conv.users().clone();
-        let (n, _) = self.add_conversation(conv, &mut false)?;
+        let accounts = &self.inner.accounts;
+        let key = conv_key(accounts.cell(&a)?.n, accounts.cell(&b)?.n);
+        let (n, _) = self.add_conversation(key, conv, &mut false)?;
         // Each lock alone: nobody else touches a store being restored.
         for user in [&a, &b] {
             self.inner
