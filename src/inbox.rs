@@ -18,75 +18,71 @@ pub(crate) enum Entry {
     Modified(Arc<StoredMessage>, u64),
 }
 
-/// One inbox entry, packed into 24 bytes (it is paid once per message per inbox): the
-/// message, the sequence number with the entry's kind and online-only flag in its top bits,
-/// and two Unix times in seconds as `u32` (good until 2106; later times are kept as the
-/// largest `u32`, never expiring early).
-#[derive(Clone)]
-pub(crate) struct Slot {
+/// One inbox entry as stored, 16 bytes (it is paid once per message per inbox): the message,
+/// the entry's expiry in Unix seconds as a `u32` (good until 2106; later times are kept as the
+/// largest `u32`, never expiring early), and in `low` its sequence number's distance from its
+/// block's first (`Block::base`), its kind and its online-only flag. A Modified entry's time is
+/// kept beside the blocks (`Inbox::modified`): such entries are rare.
+struct Packed {
     msg: Arc<StoredMessage>,
-    /// Bits 0..60: sequence number; bit 60: online only; bits 61..63: kind.
-    tag: u64,
     expires_at: u32,
-    /// When the message was modified (a Modified entry), else 0.
-    modified_at: u32,
+    /// Bits 0..29: seq - block base; bit 29: online only; bits 30..32: kind.
+    low: u32,
 }
 
-const SEQ_BITS: u32 = 60;
-const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
-const ONLINE_ONLY: u64 = 1 << SEQ_BITS;
-const KIND_SHIFT: u32 = SEQ_BITS + 1;
-const KIND_MESSAGE: u64 = 0;
-const KIND_RECALLED: u64 = 1;
-const KIND_MODIFIED: u64 = 2;
+const DELTA_BITS: u32 = 29;
+const DELTA_LIMIT: u64 = 1 << DELTA_BITS;
+const ONLINE_ONLY: u32 = 1 << DELTA_BITS;
+const KIND_SHIFT: u32 = DELTA_BITS + 1;
+const KIND_MESSAGE: u32 = 0;
+const KIND_RECALLED: u32 = 1;
+const KIND_MODIFIED: u32 = 2;
 
 fn secs32(t: u64) -> u32 {
     u32::try_from(t).unwrap_or(u32::MAX)
 }
 
-impl Slot {
-    pub fn new(seq: u64, entry: Entry, expires_at: u64, online_only: bool) -> Slot {
-        assert!(seq <= SEQ_MASK, "inbox sequence numbers stay below 2^60");
-        let (msg, kind, modified_at) = match entry {
-            Entry::Message(m) => (m, KIND_MESSAGE, 0),
-            Entry::Recalled(m) => (m, KIND_RECALLED, 0),
-            Entry::Modified(m, at) => (m, KIND_MODIFIED, secs32(at)),
-        };
-        Slot {
-            msg,
-            tag: seq | if online_only { ONLINE_ONLY } else { 0 } | kind << KIND_SHIFT,
-            expires_at: secs32(expires_at),
-            modified_at,
-        }
+impl Packed {
+    fn kind(&self) -> u32 {
+        self.low >> KIND_SHIFT
     }
 
+    fn delta(&self) -> u64 {
+        u64::from(self.low & (ONLINE_ONLY - 1))
+    }
+}
+
+/// An entry as the inbox hands it out (borrowed): its sequence number and what it holds.
+#[derive(Clone, Copy)]
+pub(crate) struct SlotRef<'a> {
+    seq: u64,
+    packed: &'a Packed,
+    /// When the message was modified (a Modified entry), else 0.
+    modified_at: u32,
+}
+
+impl<'a> SlotRef<'a> {
     pub fn seq(&self) -> u64 {
-        self.tag & SEQ_MASK
+        self.seq
     }
 
     /// When the entry expires, Unix seconds.
     pub fn expires_at(&self) -> u64 {
-        if self.expires_at == u32::MAX {
-            u64::MAX
-        } else {
-            u64::from(self.expires_at)
+        match self.packed.expires_at {
+            u32::MAX => u64::MAX,
+            t => u64::from(t),
         }
     }
 
     /// For devices connected when it was appended only (a message with MsgLifeTime 0).
     pub fn online_only(&self) -> bool {
-        self.tag & ONLINE_ONLY != 0
-    }
-
-    /// The message the entry is about.
-    pub fn message(&self) -> &Arc<StoredMessage> {
-        &self.msg
+        self.packed.low & ONLINE_ONLY != 0
     }
 
     /// The entry (a reference-count increment).
     pub fn entry(&self) -> Entry {
-        let m = self.msg.clone();
-        match self.tag >> KIND_SHIFT {
+        let m = self.packed.msg.clone();
+        match self.packed.kind() {
             KIND_MESSAGE => Entry::Message(m),
             KIND_RECALLED => Entry::Recalled(m),
             _ => Entry::Modified(m, u64::from(self.modified_at)),
@@ -95,9 +91,62 @@ impl Slot {
 
     /// Whether this is a message `device` of `account` sent itself (it is not sent it back).
     pub fn sent_by(&self, account: &crate::account::UserId, device: &str) -> bool {
-        self.tag >> KIND_SHIFT == KIND_MESSAGE
-            && self.msg.from == *account
-            && self.msg.sent_from(device)
+        self.packed.kind() == KIND_MESSAGE
+            && self.packed.msg.from == *account
+            && self.packed.msg.sent_from(device)
+    }
+
+    fn to_owned(self) -> Slot {
+        Slot {
+            seq: self.seq,
+            entry: self.entry(),
+            expires_at: self.expires_at(),
+            online_only: self.online_only(),
+        }
+    }
+}
+
+/// An entry whole, as a snapshot writes and reads it.
+pub(crate) struct Slot {
+    seq: u64,
+    entry: Entry,
+    expires_at: u64,
+    online_only: bool,
+}
+
+impl Slot {
+    pub fn new(seq: u64, entry: Entry, expires_at: u64, online_only: bool) -> Slot {
+        Slot {
+            seq,
+            entry,
+            expires_at: match secs32(expires_at) {
+                u32::MAX => u64::MAX,
+                t => u64::from(t),
+            },
+            online_only,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+
+    pub fn online_only(&self) -> bool {
+        self.online_only
+    }
+
+    pub fn message(&self) -> &Arc<StoredMessage> {
+        match &self.entry {
+            Entry::Message(m) | Entry::Recalled(m) | Entry::Modified(m, _) => m,
+        }
+    }
+
+    pub fn entry(&self) -> Entry {
+        self.entry.clone()
     }
 }
 
@@ -105,8 +154,25 @@ impl Slot {
 /// connected when it arrived to read it.
 pub(crate) const ONLINE_GRACE_SECS: u64 = 60;
 
-/// Entries per block. A block is 384 bytes; an inbox wastes at most one block's unused tail.
+/// Entries per block. A block is 256 bytes; an inbox wastes at most one block's unused tail.
 const BLOCK: usize = 16;
+
+/// Entries whose sequence numbers are `base` plus what each holds (below 2^29 — a gap that
+/// large, left by a purge, starts a new block).
+struct Block {
+    base: u64,
+    slots: Vec<Packed>,
+}
+
+impl Block {
+    fn seq(&self, p: &Packed) -> u64 {
+        self.base + p.delta()
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        self.slots.last().map(|p| self.seq(p))
+    }
+}
 
 /// The entries, oldest first, in blocks of `BLOCK` that never move once written: appending
 /// writes one slot (and every `BLOCK`-th time allocates a block), never copies the inbox. A
@@ -117,8 +183,10 @@ const BLOCK: usize = 16;
 /// entries to expiry, and `purge` repacks them), `tail` the newest, so the slot an append
 /// writes is one step from the account's state. No block in `full` is empty.
 pub(crate) struct Inbox {
-    full: VecDeque<Vec<Slot>>,
-    tail: Vec<Slot>,
+    full: VecDeque<Block>,
+    tail: Block,
+    /// (seq, time) of each retained Modified entry, in sequence order.
+    modified: Vec<(u64, u32)>,
     next_seq: u64,
     /// The front entry's expiry (`u64::MAX` when empty): appending checks it without
     /// touching the front of the queue.
@@ -140,52 +208,106 @@ impl Inbox {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = Slot::new(seq, entry, expires_at, online_only);
-        if self.tail.is_empty() && self.full.is_empty() {
-            self.front_expiry = slot.expires_at();
+        if self.is_empty() {
+            self.front_expiry = match secs32(expires_at) {
+                u32::MAX => u64::MAX,
+                t => u64::from(t),
+            };
         }
-        self.push(slot);
+        self.push(seq, entry, expires_at, online_only);
         seq
     }
 
-    /// The first block grows as a `Vec` does (4, 8, 16 entries: an account that receives
-    /// little pays little); every later one is allocated whole.
-    fn push(&mut self, slot: Slot) {
-        if self.tail.len() == BLOCK {
-            let next = Vec::with_capacity(BLOCK);
+    fn is_empty(&self) -> bool {
+        self.tail.slots.is_empty() && self.full.is_empty()
+    }
+
+    /// Stores an entry with a sequence number above every stored one. The first block grows as
+    /// a `Vec` does (4, 8, 16 entries: an account that receives little pays little); every
+    /// later one is allocated whole.
+    fn push(&mut self, seq: u64, entry: Entry, expires_at: u64, online_only: bool) {
+        let (msg, kind) = match entry {
+            Entry::Message(m) => (m, KIND_MESSAGE),
+            Entry::Recalled(m) => (m, KIND_RECALLED),
+            Entry::Modified(m, at) => {
+                self.modified.push((seq, secs32(at)));
+                (m, KIND_MODIFIED)
+            }
+        };
+        if self.tail.slots.is_empty() {
+            self.tail.base = seq;
+        } else if self.tail.slots.len() == BLOCK || seq - self.tail.base >= DELTA_LIMIT {
+            let next = Block {
+                base: seq,
+                slots: Vec::with_capacity(BLOCK),
+            };
             self.full.push_back(std::mem::replace(&mut self.tail, next));
         }
-        self.tail.push(slot);
+        let low = (seq - self.tail.base) as u32
+            | if online_only { ONLINE_ONLY } else { 0 }
+            | kind << KIND_SHIFT;
+        self.tail.slots.push(Packed {
+            msg,
+            expires_at: secs32(expires_at),
+            low,
+        });
     }
 
     /// Starts loading the memory the next `append` writes (a hint: see `table::prefetch`).
     pub fn prefetch_tail(&self) {
         // One past the last entry: where the next goes unless the block is full (then a new
         // block is allocated, memory the allocator most likely touched lately).
-        crate::table::prefetch_addr(self.tail.as_ptr_range().end.cast());
+        crate::table::prefetch_addr(self.tail.slots.as_ptr_range().end.cast());
+    }
+
+    fn view<'a>(&'a self, block: &Block, p: &'a Packed) -> SlotRef<'a> {
+        let seq = block.seq(p);
+        let modified_at = if p.kind() == KIND_MODIFIED {
+            let i = self.modified.partition_point(|&(s, _)| s < seq);
+            self.modified
+                .get(i)
+                .filter(|m| m.0 == seq)
+                .map_or(0, |m| m.1)
+        } else {
+            0
+        };
+        SlotRef {
+            seq,
+            packed: p,
+            modified_at,
+        }
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.full.iter().chain(std::iter::once(&self.tail))
     }
 
     /// Every entry, oldest first.
-    fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.full.iter().flatten().chain(&self.tail)
+    fn iter(&self) -> impl Iterator<Item = SlotRef<'_>> {
+        self.blocks()
+            .flat_map(move |b| b.slots.iter().map(move |p| self.view(b, p)))
     }
 
-    fn front(&self) -> Option<&Slot> {
-        self.full.front().map_or(self.tail.first(), |b| b.first())
+    fn front(&self) -> Option<SlotRef<'_>> {
+        self.iter().next()
     }
 
     fn len(&self) -> usize {
-        self.full.iter().map(Vec::len).sum::<usize>() + self.tail.len()
+        self.blocks().map(|b| b.slots.len()).sum()
     }
 
     fn front_changed(&mut self) {
-        self.front_expiry = self.front().map_or(u64::MAX, Slot::expires_at);
+        self.front_expiry = self.front().map_or(u64::MAX, |s| s.expires_at());
+        // Modified times of entries that are gone.
+        let first = self.front().map_or(self.next_seq, |s| s.seq());
+        let gone = self.modified.partition_point(|&(s, _)| s < first);
+        self.modified.drain(..gone);
     }
 
     /// Whether `purge(now, cutoff)` would remove anything (an idle store writes nothing).
     pub fn has_expired(&self, now: u64, retention_cutoff: u64) -> bool {
         self.iter()
-            .any(|s| s.expires_at() <= now || past_retention(s, retention_cutoff))
+            .any(|s| s.expires_at() <= now || past_retention(&s, retention_cutoff))
     }
 
     /// Drops expired entries from the front; returns how many.
@@ -198,9 +320,13 @@ impl Inbox {
             };
             // Expiry is not monotonic in sequence order (online-only entries expire within
             // a minute): a scan, which stops at the first entry that has not expired.
-            let expired = block.iter().take_while(|s| s.expires_at() <= now).count();
-            let whole = expired == block.len();
-            block.drain(..expired);
+            let expired = block
+                .slots
+                .iter()
+                .take_while(|p| u64::from(p.expires_at) <= now && p.expires_at != u32::MAX)
+                .count();
+            let whole = expired == block.slots.len();
+            block.slots.drain(..expired);
             dropped += expired;
             if !whole || self.full.is_empty() {
                 break;
@@ -216,7 +342,11 @@ impl Inbox {
     pub fn starting_at(next_seq: u64) -> Self {
         Inbox {
             full: VecDeque::new(),
-            tail: Vec::new(),
+            tail: Block {
+                base: 0,
+                slots: Vec::new(),
+            },
+            modified: Vec::new(),
             next_seq: next_seq.max(1),
             front_expiry: u64::MAX,
         }
@@ -227,12 +357,12 @@ impl Inbox {
         self.next_seq
     }
 
-    /// An inbox rebuilt from a snapshot.
+    /// An inbox rebuilt from a snapshot (entries in sequence order, below `next_seq`).
     pub fn restore(next_seq: u64, slots: Vec<Slot>) -> Self {
         let mut inbox = Inbox::starting_at(next_seq);
         inbox.next_seq = next_seq;
-        for slot in slots {
-            inbox.push(slot);
+        for s in slots {
+            inbox.push(s.seq, s.entry, s.expires_at, s.online_only);
         }
         inbox.front_changed();
         inbox
@@ -240,7 +370,7 @@ impl Inbox {
 
     /// What a snapshot records: the next sequence number and the retained entries.
     pub fn export(&self) -> (u64, Vec<Slot>) {
-        (self.next_seq, self.iter().cloned().collect())
+        (self.next_seq, self.iter().map(SlotRef::to_owned).collect())
     }
 
     /// Drops every expired entry, wherever it sits, and every message (or modification) whose
@@ -248,22 +378,19 @@ impl Inbox {
     /// with the history. Returns how many entries went. The survivors are repacked.
     pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> usize {
         let before = self.len();
-        let kept: Vec<Slot> = std::mem::take(&mut self.full)
-            .into_iter()
-            .flatten()
-            .chain(std::mem::take(&mut self.tail))
+        let kept: Vec<Slot> = self
+            .iter()
             .filter(|s| s.expires_at() > now && !past_retention(s, retention_cutoff))
+            .map(SlotRef::to_owned)
             .collect();
-        for slot in kept {
-            self.push(slot);
-        }
-        self.front_changed();
+        let next_seq = self.next_seq;
+        *self = Inbox::restore(next_seq, kept);
         before - self.len()
     }
 
     /// The sequence number just before the oldest retained entry: where a new device starts.
     pub fn before_oldest(&self) -> u64 {
-        self.front().map_or(self.next_seq, Slot::seq) - 1
+        self.front().map_or(self.next_seq, |s| s.seq()) - 1
     }
 
     /// The sequence number of the newest entry ever appended (0 when none).
@@ -273,24 +400,25 @@ impl Inbox {
 
     /// Retained entries with a sequence number above `cursor`, oldest first: the block by a
     /// binary search on each block's last entry, then the entry within it.
-    pub fn after(&self, cursor: u64) -> impl Iterator<Item = &Slot> {
+    pub fn after(&self, cursor: u64) -> impl Iterator<Item = SlotRef<'_>> {
         let b = self
             .full
-            .partition_point(|blk| blk.last().is_some_and(|s| s.seq() <= cursor));
-        let (in_full, in_tail) = match self.full.get(b) {
-            Some(blk) => (blk.partition_point(|s| s.seq() <= cursor), 0),
-            None => (0, self.tail.partition_point(|s| s.seq() <= cursor)),
-        };
+            .partition_point(|blk| blk.last_seq().is_some_and(|s| s <= cursor));
+        let first = self.full.get(b).unwrap_or(&self.tail);
+        let skip = first.slots.partition_point(|p| first.seq(p) <= cursor);
         self.full
             .range(b..)
-            .flatten()
-            .skip(in_full)
-            .chain(&self.tail[in_tail..])
+            .chain(std::iter::once(&self.tail))
+            .enumerate()
+            .flat_map(move |(i, blk)| {
+                let from = if i == 0 { skip } else { 0 };
+                blk.slots[from..].iter().map(move |p| self.view(blk, p))
+            })
     }
 }
 
-fn past_retention(s: &Slot, retention_cutoff: u64) -> bool {
-    s.tag >> KIND_SHIFT != KIND_RECALLED && u64::from(s.msg.key.time()) < retention_cutoff
+fn past_retention(s: &SlotRef<'_>, retention_cutoff: u64) -> bool {
+    s.packed.kind() != KIND_RECALLED && u64::from(s.packed.msg.key.time()) < retention_cutoff
 }
 
 #[cfg(test)]
@@ -317,22 +445,58 @@ mod tests {
 
     #[test]
     fn slots_pack_and_unpack() {
-        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<Packed>(), 16);
         let m = msg();
-        let s = Slot::new(
-            SEQ_MASK,
-            Entry::Modified(m.clone(), 77),
-            5_000_000_000,
-            true,
+        let mut inbox = Inbox::starting_at(SEQ_FAR);
+        inbox.append(Entry::Modified(m.clone(), 77), 5_000_000_000, 0, true);
+        inbox.append(Entry::Recalled(m.clone()), 99, 0, false);
+        inbox.append(Entry::Modified(m.clone(), 78), 100, 0, false);
+        let s: Vec<SlotRef<'_>> = inbox.after(0).collect();
+        assert_eq!(s[0].seq(), SEQ_FAR);
+        assert!(s[0].online_only());
+        assert_eq!(
+            s[0].expires_at(),
+            u64::MAX,
+            "beyond 2106 never expires early"
         );
-        assert_eq!(s.seq(), SEQ_MASK);
-        assert!(s.online_only());
-        assert_eq!(s.expires_at(), u64::MAX, "beyond 2106 never expires early");
-        assert!(matches!(s.entry(), Entry::Modified(_, 77)));
-        let s = Slot::new(7, Entry::Recalled(m.clone()), 99, false);
-        assert_eq!((s.seq(), s.expires_at(), s.online_only()), (7, 99, false));
-        assert!(matches!(s.entry(), Entry::Recalled(_)));
-        assert!(!s.sent_by(&m.from, "d"));
+        assert!(matches!(s[0].entry(), Entry::Modified(_, 77)));
+        assert_eq!(
+            (s[1].seq(), s[1].expires_at(), s[1].online_only()),
+            (SEQ_FAR + 1, 99, false)
+        );
+        assert!(matches!(s[1].entry(), Entry::Recalled(_)));
+        assert!(!s[1].sent_by(&m.from, "d"));
+        assert!(matches!(s[2].entry(), Entry::Modified(_, 78)));
+        // Modified times survive a snapshot, and leave with their entries.
+        let (next, slots) = inbox.export();
+        let mut back = Inbox::restore(next, slots);
+        let kinds: Vec<_> = back.after(0).map(|s| (s.seq(), s.entry())).collect();
+        assert!(matches!(kinds[2], (n, Entry::Modified(_, 78)) if n == SEQ_FAR + 2));
+        assert_eq!(back.trim(99), 0, "the first entry has not expired");
+        assert_eq!(back.purge(99, 0), 1);
+        assert_eq!(back.modified, vec![(SEQ_FAR, 77), (SEQ_FAR + 2, 78)]);
+        assert_eq!(back.purge(100, 0), 1);
+        assert_eq!(back.modified, vec![(SEQ_FAR, 77)]);
+    }
+
+    /// A sequence number far above 2^32: blocks hold numbers relative to their first.
+    const SEQ_FAR: u64 = (1 << 40) + 5;
+
+    #[test]
+    fn a_gap_of_2_pow_29_or_more_starts_a_block() {
+        let m = msg();
+        let mut slots = Vec::new();
+        let far = [1, 2, 2 + DELTA_LIMIT, 3 + DELTA_LIMIT, 3 + 3 * DELTA_LIMIT];
+        for seq in far {
+            slots.push(Slot::new(seq, Entry::Message(m.clone()), 1000, false));
+        }
+        let inbox = Inbox::restore(4 + 3 * DELTA_LIMIT, slots);
+        assert_eq!(inbox.after(0).map(|s| s.seq()).collect::<Vec<_>>(), far);
+        assert_eq!(
+            inbox.after(2).map(|s| s.seq()).collect::<Vec<_>>(),
+            far[2..]
+        );
+        assert_eq!(inbox.full.len(), 2);
     }
 
     #[test]
@@ -345,10 +509,10 @@ mod tests {
             assert_eq!(inbox.append(Entry::Message(msg()), exp, 0, false), i);
         }
         let all: Vec<u64> = (1..=n).collect();
-        assert_eq!(inbox.after(0).map(Slot::seq).collect::<Vec<_>>(), all);
+        assert_eq!(inbox.after(0).map(|s| s.seq()).collect::<Vec<_>>(), all);
         for cursor in 0..=n + 1 {
             let want: Vec<u64> = (cursor + 1..=n).collect();
-            let got: Vec<u64> = inbox.after(cursor).map(Slot::seq).collect();
+            let got: Vec<u64> = inbox.after(cursor).map(|s| s.seq()).collect();
             assert_eq!(got, want, "after {cursor}");
         }
         // Trim stops at the first entry that has not expired: nothing goes at 60.
@@ -356,12 +520,15 @@ mod tests {
         assert!(inbox.has_expired(60, 0));
         assert_eq!(inbox.purge(60, 0), (n / 5) as usize);
         let kept: Vec<u64> = (1..=n).filter(|i| i % 5 != 0).collect();
-        assert_eq!(inbox.after(0).map(Slot::seq).collect::<Vec<_>>(), kept);
-        assert_eq!(inbox.after(kept[20]).next().map(Slot::seq), Some(kept[21]));
+        assert_eq!(inbox.after(0).map(|s| s.seq()).collect::<Vec<_>>(), kept);
+        assert_eq!(
+            inbox.after(kept[20]).next().map(|s| s.seq()),
+            Some(kept[21])
+        );
         // A snapshot's round trip keeps entries and numbering.
         let (next, slots) = inbox.export();
         let back = Inbox::restore(next, slots);
-        assert_eq!(back.after(0).map(Slot::seq).collect::<Vec<_>>(), kept);
+        assert_eq!(back.after(0).map(|s| s.seq()).collect::<Vec<_>>(), kept);
         assert_eq!((back.last_seq(), back.before_oldest()), (n, 0));
         // Everything expires: trim empties every block, and numbering goes on.
         assert_eq!(inbox.trim(1000), kept.len());
@@ -396,7 +563,7 @@ mod tests {
         assert_eq!(inbox.before_oldest(), 1, "the first entry expired at 10");
         assert_eq!(inbox.purge(16, 0), 1, "the third, expired at 15");
         assert_eq!(inbox.append(Entry::Message(msg()), 30, 21, false), 4);
-        let left: Vec<u64> = inbox.after(0).map(Slot::seq).collect();
+        let left: Vec<u64> = inbox.after(0).map(|s| s.seq()).collect();
         assert_eq!(left, vec![4]);
         assert_eq!(inbox.last_seq(), 4);
     }

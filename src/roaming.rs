@@ -592,7 +592,7 @@ mod tests {
             m.insert(m.len(), held(s * 10));
             for probe in 0..=50 {
                 let want = (0..=s).filter(|k| k * 10 < probe).count();
-                assert_eq!(m.partition_point(|h| (h.ts as u32) < probe), want as usize);
+                assert_eq!(m.partition_point(|h| (h.ts as u32) < probe), want);
             }
         }
     }
