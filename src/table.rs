@@ -20,7 +20,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use parking_lot::Mutex;
 
@@ -54,61 +54,80 @@ struct Slot<const W: usize> {
     key: [AtomicU64; W],
 }
 
+/// A level: `len` slots in a private anonymous mapping of its own. The system hands it out
+/// zero-filled — every slot empty — and `retire` gives its pages back the same way; neither
+/// depends on what allocator the embedder installed.
 struct Level<const W: usize> {
-    slots: Box<[Slot<W>]>,
+    ptr: std::ptr::NonNull<Slot<W>>,
+    len: usize,
 }
 
+// SAFETY: a level is a slice of atomics in memory it owns, shared as such (`slots`).
+unsafe impl<const W: usize> Send for Level<W> {}
+// SAFETY: as above; every access to the memory goes through the atomics.
+unsafe impl<const W: usize> Sync for Level<W> {}
+
 impl<const W: usize> Level<W> {
+    fn bytes(len: usize) -> usize {
+        len * std::mem::size_of::<Slot<W>>()
+    }
+
     fn new(log2: u32) -> Self {
+        let len = 1usize << log2;
+        // SAFETY: a fresh private anonymous mapping (no address hint, no file); the result
+        // is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::bytes(len),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let layout = std::alloc::Layout::array::<Slot<W>>(len).expect("a level's size");
+            std::alloc::handle_alloc_error(layout);
+        }
         Level {
-            slots: (0..1usize << log2)
-                .map(|_| Slot {
-                    head: AtomicU64::new(0),
-                    key: std::array::from_fn(|_| AtomicU64::new(0)),
-                })
-                .collect(),
+            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap gives a non-null address"),
+            len,
         }
     }
 
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
+    fn slots(&self) -> &[Slot<W>] {
+        // SAFETY: `ptr` maps `len` slots, page-aligned (more than a slot's alignment), for the
+        // level's whole life (unmapped in `drop` only); all-zero bytes are a valid slot (its
+        // atomics at 0), which is what the system fills the mapping with.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Gives the memory of a level that is no longer current back to the system, keeping its
-    /// address range: the whole pages inside its slots read as zeros (empty slots) from then
-    /// on. A reader still probing it sees a key, or an empty slot where the key was, and
-    /// `Table::get` looks again when it misses after `Table::epoch` moved. (Before this, every old level stayed resident for the life of the table: as
-    /// much again as the current level — 67 MB, ~17 B a message, for the conversations of a
-    /// 4M-message store.) Elsewhere than on Linux the level simply stays.
+    fn mask(&self) -> usize {
+        self.slots().len() - 1
+    }
+
+    /// Gives the memory of a level that is no longer consulted back to the system, keeping
+    /// its address range: it reads as zeros (empty slots) from then on. A reader still probing
+    /// it may see a key, an empty slot where the key was, or (a slot across a page boundary,
+    /// zeroed between two loads) a head whose key words read zero; `Table::get_as_of` trusts
+    /// neither a miss nor a hit once `Table::epoch` has moved, and looks again. (Before, every
+    /// old level stayed resident for the life of the table: as much again as the current
+    /// level — 67 MB, ~17 B a message, for the conversations of a 4M-message store.)
+    /// Elsewhere than on Linux the level simply stays.
     fn retire(&self) {
         #[cfg(target_os = "linux")]
-        {
-            // SAFETY: sysconf has no preconditions.
-            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
-            if page == 0 {
-                return;
-            }
-            let range = self.slots.as_ptr_range();
-            let (start, end) = (range.start as usize, range.end as usize);
-            let (first, last) = (start.next_multiple_of(page), end / page * page);
-            if last > first {
-                // SAFETY: [first, last) is whole pages inside this level's own allocation,
-                // which stays allocated for the table's life (levels are never freed before
-                // the table is dropped), so no other allocation and none of the allocator's
-                // own records lie there. Every access to a slot is an atomic load or store of
-                // a u64, and MADV_DONTNEED on private anonymous memory (what an allocator
-                // hands out) makes the pages read as zeros — an empty slot, a value the
-                // readers already handle. Nobody writes to an old level.
-                // A refusal (memory an allocator mapped shared, say) leaves the level resident
-                // and readable, as it was before: nothing to undo, nothing to report.
-                let _ = unsafe {
-                    libc::madvise(
-                        first as *mut libc::c_void,
-                        last - first,
-                        libc::MADV_DONTNEED,
-                    )
-                };
-            }
+        // SAFETY: the level's own private anonymous mapping (`new`), which stays mapped until
+        // the level is dropped. Every access to it is an atomic load or store of a u64, and
+        // MADV_DONTNEED on such memory makes it read as zeros — empty slots, a value the
+        // readers already handle. Nobody writes to a retired level. A refusal would leave the
+        // level resident and readable, as it was: nothing to undo.
+        unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().cast(),
+                Self::bytes(self.len),
+                libc::MADV_DONTNEED,
+            );
         }
     }
 
@@ -119,7 +138,7 @@ impl<const W: usize> Level<W> {
         let mut i = hash as usize & mask;
         // Bounded by the level's size; at load ¾ or less an empty slot comes long before.
         for _ in 0..=mask {
-            let slot = &self.slots[i];
+            let slot = &self.slots()[i];
             let head = slot.head.load(Ordering::Acquire);
             if head == 0 {
                 return Err(i);
@@ -140,12 +159,21 @@ impl<const W: usize> Level<W> {
 
     /// Writes `key` → `value` into the empty slot `i` (writers hold the table's lock).
     fn publish(&self, i: usize, key: &[u64; W], hash: u64, value: u32) {
-        let slot = &self.slots[i];
+        let slot = &self.slots()[i];
         for (a, b) in slot.key.iter().zip(key) {
             a.store(*b, Ordering::Relaxed);
         }
         slot.head
             .store((hash >> 32) << 32 | u64::from(value + 1), Ordering::Release);
+    }
+}
+
+impl<const W: usize> Drop for Level<W> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once; no reference to it outlives the level.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), Self::bytes(self.len));
+        }
     }
 }
 
@@ -171,7 +199,8 @@ struct Writer {
 /// Growth is incremental: a full level's keys are not copied in one go (that blocked every
 /// writer for 208 ms at 1.57M keys, and the pause grows with the table) but
 /// `COPY_PER_INSERT` slots per later insert. Meanwhile new keys go to the new, current level,
-/// and lookups probe it and then the old one; a key is in exactly one of them. When the copy
+/// and lookups probe it and then the old one (an insert looks in both first, so a key is
+/// never stored twice in a level; a copied key is in both until the old one goes). When the copy
 /// ends, the old level is retired (`Level::retire`) and `epoch` moves: a lookup that missed
 /// while anything moved looks again.
 pub(crate) struct Table<const W: usize> {
@@ -233,19 +262,21 @@ impl<const W: usize> Table<W> {
         let hash = self.hash(key);
         // Bounded: each retry follows a growth or a retirement, one each per doubling.
         loop {
-            if let Some(v) = self.lookup(key, hash, current) {
-                return Some(v);
-            }
-            // A miss stands only if nothing moved meanwhile: a level probed may have been
-            // retired (its slots read as empty from then on) after its keys were copied.
+            let found = self.lookup(key, hash, current);
+            // What was read stands only if nothing moved meanwhile: a level probed may have
+            // been retired after its keys were copied — a miss where the key was, or a slot
+            // half read as zeros (`Level::retire`). The fence orders the probe's loads before
+            // the check, as a sequence lock's reader does.
+            fence(Ordering::Acquire);
             let (e, c) = (
-                self.epoch.load(Ordering::Acquire),
-                self.current.load(Ordering::Acquire),
+                self.epoch.load(Ordering::Relaxed),
+                self.current.load(Ordering::Relaxed),
             );
-            if (e, c) == (epoch, current) {
-                return None;
+            match found {
+                Some(v) if e == epoch => return Some(v),
+                None if (e, c) == (epoch, current) => return None,
+                _ => (epoch, current) = (e, c),
             }
-            (epoch, current) = (e, c);
         }
     }
 
@@ -263,7 +294,7 @@ impl<const W: usize> Table<W> {
     /// Starts loading the slot where a lookup of `key` begins (a hint: see `prefetch`).
     pub fn prefetch(&self, key: &[u64; W]) {
         let level = self.at(self.current.load(Ordering::Acquire));
-        prefetch(&level.slots[self.hash(key) as usize & level.mask()]);
+        prefetch(&level.slots()[self.hash(key) as usize & level.mask()]);
     }
 
     /// The value of `key`; if absent, `make()` is called (under the writers' lock) for the
@@ -287,7 +318,7 @@ impl<const W: usize> Table<W> {
         // At most ¾ full: linear probes stay short (2.5 slots on average for a key found,
         // within one or two cache lines).
         let level = self.at(self.current.load(Ordering::Relaxed));
-        if (w.in_current + 1) * 4 > level.slots.len() * 3 {
+        if (w.in_current + 1) * 4 > level.slots().len() * 3 {
             self.grow(&mut w);
         }
         let level = self.at(self.current.load(Ordering::Relaxed));
@@ -309,8 +340,8 @@ impl<const W: usize> Table<W> {
             self.at(old - 1),
             self.at(self.current.load(Ordering::Relaxed)),
         );
-        let end = w.copied.saturating_add(limit).min(from.slots.len());
-        for slot in &from.slots[w.copied..end] {
+        let end = w.copied.saturating_add(limit).min(from.slots().len());
+        for slot in &from.slots()[w.copied..end] {
             let head = slot.head.load(Ordering::Relaxed);
             if head == 0 {
                 continue;
@@ -318,12 +349,14 @@ impl<const W: usize> Table<W> {
             let key: [u64; W] = std::array::from_fn(|i| slot.key[i].load(Ordering::Relaxed));
             let hash = self.hash(&key);
             // Never there already: an insert looks in both levels first.
-            let i = to.probe(&key, hash).expect_err("a key is in one level");
+            let i = to
+                .probe(&key, hash)
+                .expect_err("not yet in the current level");
             to.publish(i, &key, hash, (head as u32) - 1);
             w.in_current += 1;
         }
         w.copied = end;
-        if end == from.slots.len() {
+        if end == from.slots().len() {
             // The epoch moves before the old level stops being consulted: a reader that
             // sees no old level (Acquire) then sees the new epoch, and retries a miss.
             self.epoch.fetch_add(1, Ordering::Release);
@@ -338,7 +371,7 @@ impl<const W: usize> Table<W> {
         // A copy still under way is finished first (its pace makes that not happen).
         self.copy(w, usize::MAX);
         let current = self.current.load(Ordering::Relaxed);
-        let log2 = self.at(current).slots.len().trailing_zeros() + 1;
+        let log2 = self.at(current).slots().len().trailing_zeros() + 1;
         self.levels[current + 1].get_or_init(|| Level::new(log2));
         (w.copied, w.in_current) = (0, 0);
         // The old level is published before the new one becomes current: a reader that sees
@@ -536,20 +569,15 @@ mod tests {
         let current = t.current.load(Ordering::Relaxed);
         let copying = t.old.load(Ordering::Relaxed).checked_sub(1);
         assert!(current >= 10);
-        for old in (8..current).filter(|l| Some(*l) != copying) {
-            // 2^(6 + old) slots of 16 bytes, 256 KiB and more from level 8 on: whole pages
-            // but for the edges (at most two partial pages, 3% of level 8).
+        for old in (0..current).filter(|l| Some(*l) != copying) {
+            // Each level its own mapping, given back whole.
             let old = t.levels[old].get().unwrap();
             let left = old
-                .slots
+                .slots()
                 .iter()
                 .filter(|s| s.head.load(Ordering::Relaxed) != 0)
                 .count();
-            assert!(
-                left * 20 < old.slots.len(),
-                "{left} of {} left",
-                old.slots.len()
-            );
+            assert_eq!(left, 0, "of {}", old.slots().len());
         }
         for i in 0..100_000u64 {
             assert_eq!(t.get(&[i]), Some(i as u32));
