@@ -2,13 +2,12 @@
 //! point at the shared message record, so a recall turns them into tombstones in place.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use crate::message::{MessageView, StoredMessage};
+use crate::message::{MessageView, MsgArc};
 
 pub(crate) struct DeviceCache {
     capacity: usize,
-    entries: VecDeque<Arc<StoredMessage>>,
+    entries: VecDeque<MsgArc>,
 }
 
 impl DeviceCache {
@@ -20,7 +19,7 @@ impl DeviceCache {
     }
 
     /// Adds a message the device now holds, evicting the oldest beyond capacity.
-    pub fn push(&mut self, msg: Arc<StoredMessage>) {
+    pub fn push(&mut self, msg: MsgArc) {
         if self.capacity == 0 {
             return;
         }

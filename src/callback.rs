@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::account::UserId;
 use crate::device::Signal;
 use crate::key::MsgKey;
-use crate::message::{MessageView, StoredMessage};
+use crate::message::{MessageView, MsgArc};
 
 /// Tencent's OptPlatform: the platform an operation came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,12 +135,12 @@ pub enum CallbackEvent {
 #[allow(clippy::enum_variant_names)]
 pub(crate) enum Queued {
     AfterSend {
-        msg: Arc<StoredMessage>,
+        msg: MsgArc,
         online_only: bool,
         unread: u32,
     },
     AfterRecall {
-        msg: Arc<StoredMessage>,
+        msg: MsgArc,
         unread: u32,
         at: u64,
     },

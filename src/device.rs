@@ -35,7 +35,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::cache::DeviceCache;
 use crate::error::Error;
 use crate::inbox::Entry;
-use crate::message::{MessageView, RecallNotice, StoredMessage};
+use crate::message::{MessageView, MsgArc, RecallNotice, StoredMessage};
 
 /// A device name, unique within its account.
 pub type DeviceId = Arc<str>;
@@ -242,7 +242,7 @@ fn live_view(msg: &StoredMessage) -> Option<MessageView> {
 /// before any of it is shown.
 pub(crate) struct Collected {
     pub events: Vec<Event>,
-    pub messages: Vec<Arc<StoredMessage>>,
+    pub messages: Vec<MsgArc>,
     pub upto: u64,
     pub ticket: u64,
 }
@@ -261,7 +261,7 @@ pub(crate) trait Feed: Send + Sync {
     /// Polls for durability up to `ticket`.
     fn poll_durable(&self, ticket: u64, cx: &mut Context<'_>) -> Poll<Result<(), Disconnected>>;
     /// Records that the session handed out `messages` (its client cache holds them now).
-    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<Arc<StoredMessage>>);
+    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<MsgArc>);
     /// Moves the device's cursor: its client confirmed everything up to `seq`.
     fn ack(&self, sub: &SubscriptionId, seq: u64) -> Result<(), Error>;
     /// Ends the session (the subscription was dropped).

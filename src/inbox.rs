@@ -3,19 +3,18 @@
 //! lifetime.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use crate::message::StoredMessage;
+use crate::message::MsgArc;
 
 /// What an inbox entry carries. Cloning is a reference-count increment.
 #[derive(Clone)]
 pub(crate) enum Entry {
     /// A message to deliver; skipped if it is recalled before the device receives it.
-    Message(Arc<StoredMessage>),
+    Message(MsgArc),
     /// A message was recalled; the notice is read off the (recalled) record.
-    Recalled(Arc<StoredMessage>),
+    Recalled(MsgArc),
     /// A message's content was replaced; the device is sent the content current at delivery.
-    Modified(Arc<StoredMessage>, u64),
+    Modified(MsgArc, u64),
 }
 
 /// One inbox entry as stored, 16 bytes (it is paid once per message per inbox): the message,
@@ -24,7 +23,7 @@ pub(crate) enum Entry {
 /// block's first (`Block::base`), its kind and its online-only flag. A Modified entry's time is
 /// kept beside the blocks (`Inbox::modified`): such entries are rare.
 struct Packed {
-    msg: Arc<StoredMessage>,
+    msg: MsgArc,
     expires_at: u32,
     /// Bits 0..29: seq - block base; bit 29: online only; bits 30..32: kind.
     low: u32,
@@ -139,7 +138,7 @@ impl Slot {
         self.online_only
     }
 
-    pub fn message(&self) -> &Arc<StoredMessage> {
+    pub fn message(&self) -> &MsgArc {
         match &self.entry {
             Entry::Message(m) | Entry::Recalled(m) | Entry::Modified(m, _) => m,
         }
@@ -426,13 +425,13 @@ mod tests {
     use super::*;
     use crate::account::UserId;
     use crate::key::MsgKey;
-    use crate::message::{Content, MsgElement, SenderCopy};
+    use crate::message::{Content, MsgElement, SenderCopy, StoredMessage};
 
-    fn msg() -> Arc<StoredMessage> {
+    fn msg() -> MsgArc {
         let u = UserId::new("inbox-test-a").unwrap();
         let v = UserId::new("inbox-test-b").unwrap();
         let c = Content::new(&[MsgElement::text("x")], None).unwrap();
-        Arc::new(StoredMessage::new(
+        MsgArc::new(StoredMessage::new(
             u,
             v,
             MsgKey::new(1, 2, 100),

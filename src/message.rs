@@ -2,22 +2,22 @@
 //! message carries, the one shared record every layer points at, and the read-only views handed
 //! to callers.
 //!
-//! Every layer — roaming, inbox, device caches, live channels — holds an `Arc<StoredMessage>`,
-//! never a copy. Recall and modify change the record's state under its own lock, so all layers
+//! Every layer — roaming, inbox, device caches, live channels — holds a [`MsgArc`] to the one
+//! [`StoredMessage`] (`record.rs`), never a copy. Recall and modify change the record's state under its own lock, so all layers
 //! see the change at the same instant and a recalled body exists nowhere in memory afterwards.
 
 use std::borrow::Cow;
-use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::Arc;
 
-use parking_lot::RawMutex;
-use parking_lot::lock_api::RawMutex as _;
 use serde::{Deserialize, Serialize};
 
 use crate::account::UserId;
 use crate::error::Error;
 use crate::key::MsgKey;
+
+mod record;
+pub(crate) use record::{ARRIVAL_LIMIT, MsgArc, MsgState, StoredMessage};
 
 /// The largest encoded MsgBody plus CloudCustomData, in bytes (Tencent's 12 KB; error 93000).
 pub const MAX_BODY_BYTES: usize = 12 * 1024;
@@ -595,219 +595,6 @@ pub struct SendReceipt {
     pub msg_key: MsgKey,
 }
 
-/// The one record of a message that every layer shares: 72 bytes (a 96-byte allocation with
-/// its reference counts), text of up to 38 bytes included.
-pub(crate) struct StoredMessage {
-    pub from: UserId,
-    pub to: UserId,
-    pub key: MsgKey,
-    /// Position among the conversation's arrivals; breaks ties in history order.
-    pub arrival: u64,
-    /// Bits 0..2: SyncOtherMachine (`SenderCopy`); bit 2: imported as history (`importmsg`,
-    /// SyncFromOldSystem 2), counted read from the start.
-    flags: u8,
-    /// Guards `state`. A raw lock rather than a `Mutex<MsgState>`, so that its byte sits in
-    /// the record's padding instead of padding a field of its own.
-    lock: RawMutex,
-    state: UnsafeCell<MsgState>,
-}
-
-// SAFETY: `state` is only reached through `with_state`, under `lock`.
-unsafe impl Sync for StoredMessage {}
-// SAFETY: every field is Send; `UnsafeCell` only removes Sync.
-unsafe impl Send for StoredMessage {}
-
-const READ_ON_IMPORT: u8 = 1 << 2;
-
-/// Lock order: a message's state lock is taken after account and conversation locks and is
-/// never held while taking another lock.
-#[derive(Clone)]
-pub(crate) enum MsgState {
-    Live(Content),
-    /// Who recalled it and when: the Recalled notice is built from this.
-    Recalled {
-        by: UserId,
-        at: u64,
-    },
-}
-
-/// Moves the old state out of `slot`, zeroes every byte of the slot, and writes `new`: a
-/// smaller variant written over an inline body (a Recalled tombstone is 12 bytes, the body up
-/// to 38) would otherwise leave the rest of the text behind it in the record. The moved-out
-/// state zeroes its own copy when dropped.
-fn overwrite(slot: &mut MsgState, new: MsgState) -> MsgState {
-    let p: *mut MsgState = slot;
-    // SAFETY: `p` comes from a `&mut`, so it is valid, aligned and unaliased for the whole
-    // MsgState. The old value is moved out (read) before its bytes are zeroed, and a valid
-    // value is written back before the borrow ends; nothing in between can panic. The writes
-    // are volatile so that the zeroing of bytes the new value leaves unused is not elided.
-    unsafe {
-        let old = std::ptr::read(p);
-        let bytes = p.cast::<u8>();
-        for i in 0..std::mem::size_of::<MsgState>() {
-            std::ptr::write_volatile(bytes.add(i), 0);
-        }
-        std::ptr::write(p, new);
-        old
-    }
-}
-
-/// Releases a message's lock when dropped (also on unwind).
-struct Unlock<'a>(&'a RawMutex);
-
-impl Drop for Unlock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created only right after `lock()` on the same lock, by this thread.
-        unsafe { self.0.unlock() }
-    }
-}
-
-impl StoredMessage {
-    /// A live message. `content` carries the sending device, if any
-    /// ([`Content::with_origin_device`]).
-    pub fn new(
-        from: UserId,
-        to: UserId,
-        key: MsgKey,
-        arrival: u64,
-        sender_copy: SenderCopy,
-        read_on_import: bool,
-        content: Content,
-    ) -> Self {
-        Self::restore(
-            from,
-            to,
-            key,
-            arrival,
-            sender_copy,
-            read_on_import,
-            MsgState::Live(content),
-        )
-    }
-
-    /// A message rebuilt from a snapshot.
-    pub fn restore(
-        from: UserId,
-        to: UserId,
-        key: MsgKey,
-        arrival: u64,
-        sender_copy: SenderCopy,
-        read_on_import: bool,
-        state: MsgState,
-    ) -> Self {
-        let copy = match sender_copy {
-            SenderCopy::Roaming => 0,
-            SenderCopy::RoamingAndDevices => 1,
-            SenderCopy::Nothing => 2,
-        };
-        StoredMessage {
-            from,
-            to,
-            key,
-            arrival,
-            flags: copy | if read_on_import { READ_ON_IMPORT } else { 0 },
-            lock: RawMutex::INIT,
-            state: UnsafeCell::new(state),
-        }
-    }
-
-    /// Runs `f` on the state under the message's lock (`f` takes no other lock).
-    fn with_state<R>(&self, f: impl FnOnce(&mut MsgState) -> R) -> R {
-        self.lock.lock();
-        let _unlock = Unlock(&self.lock);
-        // SAFETY: the lock is held until `_unlock` drops, after `f` returns.
-        f(unsafe { &mut *self.state.get() })
-    }
-
-    pub fn sender_copy(&self) -> SenderCopy {
-        match self.flags & 3 {
-            0 => SenderCopy::Roaming,
-            1 => SenderCopy::RoamingAndDevices,
-            _ => SenderCopy::Nothing,
-        }
-    }
-
-    pub fn read_on_import(&self) -> bool {
-        self.flags & READ_ON_IMPORT != 0
-    }
-
-    /// The state as it is now (a cheap copy: the content is shared or inline).
-    pub fn state(&self) -> MsgState {
-        self.with_state(|s| s.clone())
-    }
-
-    /// The live content, or `None` once recalled.
-    pub fn content(&self) -> Option<Content> {
-        self.with_state(|s| match s {
-            MsgState::Live(c) => Some(c.clone()),
-            MsgState::Recalled { .. } => None,
-        })
-    }
-
-    /// Bytes the live content occupies on the wire (0 once recalled).
-    pub fn encoded_len(&self) -> usize {
-        self.with_state(|s| match s {
-            MsgState::Live(c) => c.encoded_len(),
-            MsgState::Recalled { .. } => 0,
-        })
-    }
-
-    pub fn is_recalled(&self) -> bool {
-        self.with_state(|s| matches!(s, MsgState::Recalled { .. }))
-    }
-
-    /// Whether this live message was sent from `device` of its sender.
-    pub fn sent_from(&self, device: &str) -> bool {
-        self.with_state(|s| match s {
-            MsgState::Live(c) => c.origin_device() == Some(device),
-            MsgState::Recalled { .. } => false,
-        })
-    }
-
-    /// Erases the content (zeroing the store's copy); a caller still holding a view taken
-    /// before the recall keeps its own.
-    pub fn recall(&self, by: UserId, at: u64) {
-        let old = self.with_state(|s| overwrite(s, MsgState::Recalled { by, at }));
-        drop(old);
-    }
-
-    /// The Recalled notice of a recalled message.
-    pub fn recall_notice(&self) -> Option<RecallNotice> {
-        let (by, at) = self.with_state(|s| match s {
-            MsgState::Live(_) => None,
-            MsgState::Recalled { by, at } => Some((by.clone(), *at)),
-        })?;
-        Some(RecallNotice {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            key: self.key,
-            recalled_by: by,
-            recalled_at: at,
-        })
-    }
-
-    /// Replaces the content of a live message (keeping the device it was sent from).
-    pub fn replace(&self, content: Content) {
-        let old = self.with_state(|s| match s {
-            MsgState::Live(c) => {
-                let content = content.with_origin_device(c.origin_device());
-                Some(overwrite(s, MsgState::Live(content)))
-            }
-            MsgState::Recalled { .. } => None,
-        });
-        drop(old);
-    }
-
-    pub fn view(&self) -> MessageView {
-        MessageView {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            key: self.key,
-            content: self.content(),
-        }
-    }
-}
-
 /// A read-only snapshot of a message as a reader saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MessageView {
@@ -878,14 +665,6 @@ mod tests {
     }
 
     #[test]
-    fn records_stay_small() {
-        // A 72-byte record is a 96-byte allocation with its reference counts (glibc); one
-        // byte more and it is 112. The workload benchmark's bytes per message rest on this.
-        assert_eq!(std::mem::size_of::<StoredMessage>(), 72);
-        assert_eq!(std::mem::size_of::<Content>(), 40);
-    }
-
-    #[test]
     fn content_round_trips_in_every_form() {
         let cases: Vec<(Vec<MsgElement>, Option<&str>)> = vec![
             (vec![MsgElement::text("short")], None),
@@ -924,90 +703,5 @@ mod tests {
             assert_eq!(e.cloud_custom_data(), Some("new"));
             assert_eq!(e.body(), body);
         }
-    }
-
-    /// The bytes of a record's state, as they sit in memory.
-    fn state_bytes(m: &StoredMessage) -> Vec<u8> {
-        m.with_state(|s| {
-            let p: *const MsgState = s;
-            // SAFETY: reading the bytes of a live MsgState under its lock (uninitialised
-            // padding is not read as values: only compared after the copy).
-            unsafe {
-                std::slice::from_raw_parts(p.cast::<u8>(), std::mem::size_of::<MsgState>()).to_vec()
-            }
-        })
-    }
-
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-        haystack.windows(needle.len()).any(|w| w == needle)
-    }
-
-    /// Whether any 6 consecutive bytes of `text` are in `haystack`.
-    fn any_trace(haystack: &[u8], text: &str) -> bool {
-        text.as_bytes().windows(6).any(|w| contains(haystack, w))
-    }
-
-    #[test]
-    fn no_trace_of_a_recalled_or_replaced_inline_body_stays_in_the_record() {
-        let text = "inline secret, 31 bytes long!!";
-        let u = UserId::new("message-test-a").unwrap();
-        let v = UserId::new("message-test-b").unwrap();
-        let new = |body: &str| {
-            StoredMessage::new(
-                u.clone(),
-                v.clone(),
-                MsgKey::new(1, 2, 3),
-                1,
-                SenderCopy::Roaming,
-                false,
-                Content::new(&[MsgElement::text(body)], None).unwrap(),
-            )
-        };
-        let m = new(text);
-        assert!(
-            contains(&state_bytes(&m), &text.as_bytes()[..16]),
-            "kept inline"
-        );
-        m.recall(u.clone(), 9);
-        assert!(!any_trace(&state_bytes(&m), text));
-        // Modified to a body too long to be inline: the inline bytes go too.
-        let m = new(text);
-        let long = "x".repeat(200);
-        m.replace(Content::new(&[MsgElement::text(&long)], None).unwrap());
-        assert!(!any_trace(&state_bytes(&m), text));
-        assert_eq!(m.content().unwrap().body(), vec![MsgElement::text(long)]);
-    }
-
-    #[test]
-    fn recall_keeps_the_record_and_drops_the_body() {
-        let c = Content::new(&[MsgElement::text("secret")], None).unwrap();
-        let u = UserId::new("message-test-a").unwrap();
-        let v = UserId::new("message-test-b").unwrap();
-        let m = StoredMessage::new(
-            u.clone(),
-            v.clone(),
-            MsgKey::new(1, 2, 3),
-            1,
-            SenderCopy::RoamingAndDevices,
-            true,
-            c.with_origin_device(Some("pc")),
-        );
-        assert!(m.sent_from("pc") && !m.sent_from("phone"));
-        assert_eq!(m.sender_copy(), SenderCopy::RoamingAndDevices);
-        assert!(m.read_on_import());
-        let view = m.view();
-        m.recall(u.clone(), 9);
-        assert!(m.is_recalled() && m.content().is_none() && !m.sent_from("pc"));
-        assert_eq!(m.encoded_len(), 0);
-        let n = m.recall_notice().unwrap();
-        assert_eq!(
-            (n.from, n.to, n.recalled_by, n.recalled_at),
-            (u.clone(), v, u, 9)
-        );
-        // The view taken before keeps its copy.
-        assert_eq!(
-            view.content.unwrap().body(),
-            vec![MsgElement::text("secret")]
-        );
     }
 }

@@ -4,11 +4,10 @@
 
 use std::collections::VecDeque;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use crate::account::UserId;
 use crate::key::MsgKey;
-use crate::message::{MessageView, StoredMessage};
+use crate::message::{ARRIVAL_LIMIT, MessageView, MsgArc, StoredMessage};
 
 /// A message's place in history order: (MsgTimeStamp, MsgSeq, arrival).
 pub(crate) type Pos = (u32, u32, u64);
@@ -110,7 +109,7 @@ pub(crate) struct Conversation {
 struct Held {
     /// MsgTimeStamp << 32 | MsgSeq.
     ts: u64,
-    msg: Arc<StoredMessage>,
+    msg: MsgArc,
 }
 
 /// A conversation's messages in history order: the one message most conversations of a large
@@ -222,7 +221,7 @@ impl Messages {
 }
 
 impl Held {
-    fn new(msg: Arc<StoredMessage>) -> Self {
+    fn new(msg: MsgArc) -> Self {
         Held {
             ts: time_seq(msg.key),
             msg,
@@ -240,9 +239,9 @@ impl Held {
         self.ts < ts
             || (self.ts == ts
                 && if or_at {
-                    self.msg.arrival <= p.2
+                    self.msg.arrival() <= p.2
                 } else {
-                    self.msg.arrival < p.2
+                    self.msg.arrival() < p.2
                 })
     }
 }
@@ -288,7 +287,7 @@ impl Conversation {
         b: UserId,
         next_arrival: u64,
         read_mark: [u64; 2],
-        messages: Vec<Arc<StoredMessage>>,
+        messages: Vec<MsgArc>,
     ) -> Self {
         let (a, b, read_mark) = if a.num() < b.num() {
             (a, b, read_mark)
@@ -306,7 +305,7 @@ impl Conversation {
 
     /// What a snapshot records: (users in name order, next arrival, their read marks, messages
     /// in history order). Numbers are not kept on disk, so sides are written in name order.
-    pub fn export(&self) -> ([UserId; 2], u64, [u64; 2], Vec<Arc<StoredMessage>>) {
+    pub fn export(&self) -> ([UserId; 2], u64, [u64; 2], Vec<MsgArc>) {
         let [a, b] = self.users.clone();
         let (users, read_mark) = if a < b {
             ([a, b], self.read_mark)
@@ -327,7 +326,7 @@ impl Conversation {
     }
 
     /// The messages with MsgTimeStamp and MsgSeq of `key`, both directions (a few at most).
-    fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &Arc<StoredMessage>> {
+    fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &MsgArc> {
         let ts = time_seq(key);
         let start = self.messages.partition_point(|h| h.ts < ts);
         self.messages
@@ -338,18 +337,27 @@ impl Conversation {
     }
 
     /// The message `key` sent by `from` (a MsgKey is unique per direction).
-    pub fn find(&self, from: &UserId, key: MsgKey) -> Option<&Arc<StoredMessage>> {
+    pub fn find(&self, from: &UserId, key: MsgKey) -> Option<&MsgArc> {
         self.same_time_seq(key).find(|m| m.from == *from)
     }
 
-    /// Takes the next arrival number for a message about to be inserted.
+    /// Whether another message can be taken in: arrival numbers are kept in 48 bits
+    /// ([`ARRIVAL_LIMIT`]) and are never reused, so a conversation that has used them all
+    /// refuses further sends (checked before the send is journaled).
+    pub fn can_take_arrival(&self) -> bool {
+        self.next_arrival < ARRIVAL_LIMIT
+    }
+
+    /// Takes the next arrival number for a message about to be inserted (after
+    /// [`Conversation::can_take_arrival`]).
     pub fn take_arrival(&mut self) -> u64 {
         let n = self.next_arrival;
+        assert!(n < ARRIVAL_LIMIT, "checked by can_take_arrival");
         self.next_arrival += 1;
         n
     }
 
-    pub fn insert(&mut self, msg: Arc<StoredMessage>) {
+    pub fn insert(&mut self, msg: MsgArc) {
         let pos = position(&msg);
         let held = Held::new(msg);
         // Most messages are the newest: they go at the end without a search.
@@ -363,7 +371,7 @@ impl Conversation {
 
     /// Whether the recipient has not yet marked `msg` read.
     pub fn is_unread(&self, msg: &StoredMessage) -> bool {
-        !msg.read_on_import() && msg.arrival > self.read_mark[self.side(&msg.to)]
+        !msg.read_on_import() && msg.arrival() > self.read_mark[self.side(&msg.to)]
     }
 
     /// Marks everything that has arrived so far as read by `reader`.
@@ -394,7 +402,7 @@ impl Conversation {
         side: Side,
         upper: Bound<Pos>,
         cutoff: u64,
-    ) -> impl Iterator<Item = &Arc<StoredMessage>> {
+    ) -> impl Iterator<Item = &MsgArc> {
         let end = match upper {
             Bound::Included(u) => self.messages.partition_point(|h| h.before(u, true)),
             Bound::Excluded(u) => self.messages.partition_point(|h| h.before(u, false)),
@@ -426,7 +434,7 @@ impl Conversation {
             };
         }
         let mut candidates = self.newest_first(side, upper, cutoff).peekable();
-        let mut picked: Vec<&Arc<StoredMessage>> = Vec::new();
+        let mut picked: Vec<&MsgArc> = Vec::new();
         let mut bytes = 0;
         let mut complete = true;
         while let Some(&msg) = candidates.peek() {
@@ -453,7 +461,7 @@ impl Conversation {
                 }
                 for msg in candidates.by_ref() {
                     picked.push(msg);
-                    if Arc::ptr_eq(msg, twin) {
+                    if MsgArc::ptr_eq(msg, twin) {
                         break;
                     }
                 }
@@ -480,12 +488,7 @@ impl Conversation {
 
     /// The message of the other direction with the same MsgKey, if it is in `side`'s view,
     /// older than `msg` and not past `cutoff`.
-    fn older_twin(
-        &self,
-        msg: &StoredMessage,
-        side: Side,
-        cutoff: u64,
-    ) -> Option<&Arc<StoredMessage>> {
+    fn older_twin(&self, msg: &StoredMessage, side: Side, cutoff: u64) -> Option<&MsgArc> {
         let other_sender = &self.users[1 - self.side(&msg.from)];
         let twin = self.find(other_sender, msg.key)?;
         (position(twin) < position(msg)
@@ -505,7 +508,7 @@ impl Conversation {
 }
 
 fn position(msg: &StoredMessage) -> Pos {
-    (msg.key.time(), msg.key.seq(), msg.arrival)
+    (msg.key.time(), msg.key.seq(), msg.arrival())
 }
 
 #[cfg(test)]
@@ -517,7 +520,7 @@ mod tests {
         let u = UserId::new("roaming-test-a").unwrap();
         let v = UserId::new("roaming-test-b").unwrap();
         let c = Content::new(&[MsgElement::text("x")], None).unwrap();
-        Held::new(Arc::new(StoredMessage::new(
+        Held::new(MsgArc::new(StoredMessage::new(
             u,
             v,
             MsgKey::new(seq, 1, 100),

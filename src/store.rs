@@ -42,8 +42,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
 use crate::message::{
-    MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt, SenderCopy,
-    StoredMessage,
+    MAX_LIFETIME_SECS, MessageView, MsgArc, MsgElement, RecallNotice, SendReceipt, SenderCopy,
 };
 use crate::op::Op;
 use crate::roaming::{
@@ -79,7 +78,7 @@ pub(crate) enum Applied {
     /// The account already existed (import).
     Unchanged,
     Sent {
-        msg: Arc<StoredMessage>,
+        msg: MsgArc,
         duplicate: bool,
     },
     Recalled(RecallNotice),

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::inbox::{Entry, Inbox, ONLINE_GRACE_SECS};
 use crate::key::MsgKey;
 use crate::message::RecallNotice;
-use crate::message::{SenderCopy, StoredMessage};
+use crate::message::{MsgArc, SenderCopy, StoredMessage};
 use crate::op::{ModifyOp, Op, SendKind, SendOp};
 use crate::roaming::Conversation;
 
@@ -191,9 +191,15 @@ impl Store {
                         duplicate: true,
                     });
                 }
+                if !c.can_take_arrival() {
+                    return Err(Error::Internal(format!(
+                        "the conversation of {} and {} has used every arrival number",
+                        s.from, s.to
+                    )));
+                }
                 let ticket = self.record(op, mode)?;
                 (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
-                let msg = Arc::new(StoredMessage::new(
+                let msg = MsgArc::new(StoredMessage::new(
                     s.from.clone(),
                     s.to.clone(),
                     s.key,
@@ -230,7 +236,7 @@ impl Store {
         ts: &mut AccountState,
         c: &mut Conversation,
         s: &SendOp,
-        msg: &Arc<StoredMessage>,
+        msg: &MsgArc,
     ) {
         // MsgLifeTime 0: for the devices connected now, which get a short while to read it.
         let online_only = s.lifetime == 0;
@@ -307,12 +313,7 @@ impl Store {
         to: &UserId,
         key: MsgKey,
         at: u64,
-        f: impl FnOnce(
-            &mut AccountState,
-            &mut AccountState,
-            &mut Conversation,
-            Arc<StoredMessage>,
-        ) -> Result<R>,
+        f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation, MsgArc) -> Result<R>,
     ) -> Result<R> {
         let not_found = || Error::MessageNotFound {
             from: from.to_string(),

@@ -2,7 +2,6 @@
 //! journaled `Cursor`), what a device may read, and the `Feed` a [`Subscription`] pulls from.
 //! `device.rs` explains the delivery protocol and why it shows only durable entries.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::{Applied, Inner, Mode, Role, Store, no_device};
@@ -12,7 +11,7 @@ use crate::device::{
 };
 use crate::error::{Error, Result};
 use crate::inbox::Entry;
-use crate::message::{MessageView, StoredMessage};
+use crate::message::{MessageView, MsgArc};
 use crate::op::Op;
 
 impl Store {
@@ -245,7 +244,7 @@ impl Feed for Inner {
         }
     }
 
-    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<Arc<StoredMessage>>) {
+    fn handed_out(&self, sub: &SubscriptionId, messages: Vec<MsgArc>) {
         if messages.is_empty() {
             return;
         }

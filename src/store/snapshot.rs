@@ -25,7 +25,7 @@ use crate::inbox::{Entry, Inbox, Slot};
 use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
-use crate::message::{Content, MsgState, StoredMessage};
+use crate::message::{ARRIVAL_LIMIT, Content, MsgArc, MsgState, StoredMessage};
 use crate::roaming::{Conversation, conv_key};
 
 /// The store at one cut, holding shared records and copies of their state (a recall after the
@@ -47,7 +47,7 @@ struct ConvCapture {
     users: [UserId; 2],
     next_arrival: u64,
     read_mark: [u64; 2],
-    messages: Vec<(Arc<StoredMessage>, MsgState)>,
+    messages: Vec<(MsgArc, MsgState)>,
 }
 
 struct AccountCapture {
@@ -67,7 +67,7 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
         from: &m.from,
         to: &m.to,
         key: key_tuple(m.key),
-        arrival: m.arrival,
+        arrival: m.arrival(),
         // Bit 7: imported as history, counted read (format 2; format 1 never sets it).
         sender_copy: codec::sender_copy_code(m.sender_copy()) | (u8::from(m.read_on_import()) << 7),
         origin_device: match state {
@@ -276,6 +276,12 @@ impl Store {
         };
         let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x7f)
             .map_err(|e| Error::Internal(e.0))?;
+        if img.arrival >= ARRIVAL_LIMIT {
+            return Err(Error::Internal(format!(
+                "the snapshot gives a message arrival number {}, past the limit {ARRIVAL_LIMIT}",
+                img.arrival
+            )));
+        }
         Ok(StoredMessage::restore(
             self.intern(img.from)?,
             self.intern(img.to)?,
@@ -292,7 +298,7 @@ impl Store {
         let messages = img
             .messages
             .iter()
-            .map(|m| self.restore_message(m).map(Arc::new))
+            .map(|m| self.restore_message(m).map(MsgArc::new))
             .collect::<Result<Vec<_>, _>>()?;
         if self.conversation(&a, &b).is_some() {
             return Err(Error::Internal(format!(
@@ -318,7 +324,7 @@ impl Store {
     }
 
     /// The message a snapshot record names: in roaming, or carried whole.
-    fn restore_ref(&self, r: &MsgRef<'_>) -> Result<Arc<StoredMessage>, Error> {
+    fn restore_ref(&self, r: &MsgRef<'_>) -> Result<MsgArc, Error> {
         match r {
             MsgRef::Roaming { from, to, key } => {
                 let (from, to) = (self.intern(from)?, self.intern(to)?);
@@ -331,7 +337,7 @@ impl Store {
                         ))
                     })
             }
-            MsgRef::Orphan(m) => Ok(Arc::new(self.restore_message(m)?)),
+            MsgRef::Orphan(m) => Ok(MsgArc::new(self.restore_message(m)?)),
         }
     }
 
@@ -344,7 +350,7 @@ impl Store {
                 platform,
                 client_ip: e.client_ip.to_owned(),
             };
-            let msg = || -> Result<Arc<StoredMessage>, Error> {
+            let msg = || -> Result<MsgArc, Error> {
                 let r = e
                     .msg
                     .as_ref()
@@ -447,7 +453,7 @@ impl Capture {
             push_frame(&mut buf, kind::SNAP_CONVERSATION, |b| {
                 codec::encode(&img, b)
             });
-            roaming.extend(c.messages.iter().map(|(m, _)| Arc::as_ptr(m)));
+            roaming.extend(c.messages.iter().map(|(m, _)| MsgArc::as_ptr(m)));
             flush_if_large(&mut buf, w)?;
         }
         for a in &self.accounts {
@@ -462,7 +468,7 @@ impl Capture {
                         Entry::Recalled(_) => (1, 0),
                         Entry::Modified(_, at) => (2, at),
                     };
-                    let msg = if roaming.contains(&Arc::as_ptr(m)) {
+                    let msg = if roaming.contains(&MsgArc::as_ptr(m)) {
                         MsgRef::Roaming {
                             from: &m.from,
                             to: &m.to,
@@ -556,11 +562,11 @@ fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>)
 
 /// How an outbox entry names its message: by its place in roaming, or carrying it.
 fn outbox_ref<'a>(
-    m: &'a Arc<StoredMessage>,
+    m: &'a MsgArc,
     state: Option<&'a MsgState>,
     roaming: &HashSet<*const StoredMessage>,
 ) -> MsgRef<'a> {
-    if roaming.contains(&Arc::as_ptr(m)) {
+    if roaming.contains(&MsgArc::as_ptr(m)) {
         MsgRef::Roaming {
             from: &m.from,
             to: &m.to,
