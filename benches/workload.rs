@@ -1,7 +1,8 @@
 //! imstore at a realistic scale, one thread, the system allocator (glibc): ACCOUNTS accounts
 //! (100,000), each talking with PEERS fixed peers (20), ~32-character text messages. For each
-//! store size it reports sends/s, recalls/s of random keys, history pages/s, device sync
-//! (events/s of a device catching up) and resident memory per stored message (all layers).
+//! store size it reports sends/s, recalls/s of random keys (half one at a time with `recall`,
+//! half in batches with `recall_many`), history pages/s, device sync (events/s of a device
+//! catching up) and resident memory per stored message (all layers).
 //!
 //! ```sh
 //! cargo bench --bench workload                        # 10k, 1M and 4M messages
@@ -19,10 +20,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use imstore::{Config, HistoryQuery, MsgElement, MsgKey, SendRequest, Store};
+use imstore::{Config, HistoryQuery, MsgElement, MsgKey, RecallItem, SendRequest, Store};
 
 const TIME: u32 = 1_700_000_000;
 const RANDOM: u32 = 7;
+/// Recalls per `recall_many` call: what a server would have queued (the store walks them in
+/// waves of `imstore::RECALL_WAVE`).
+const BATCH: usize = 64;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -119,15 +123,32 @@ fn run(w: &Workload, messages: u64) -> String {
             )
         })
         .collect();
+    // The first half one at a time (`recall`), the second in batches (`recall_many`).
+    let (singles, batched) = picks.split_at(picks.len() / 2);
     let t = Instant::now();
     let mut done = 0u64;
-    for (a, b, k) in &picks {
+    for (a, b, k) in singles {
         // A stride that revisits a message (messages not coprime) answers 20023: skip those.
         if store.recall("administrator", a, b, k).is_ok() {
             done += 1;
         }
     }
     let recall = t.elapsed();
+    let items: Vec<RecallItem<'_>> = batched
+        .iter()
+        .map(|(from, to, key)| RecallItem { from, to, key })
+        .collect();
+    let t = Instant::now();
+    let mut done_many = 0u64;
+    for batch in items.chunks(BATCH) {
+        done_many += store
+            .recall_many("administrator", batch)
+            .iter()
+            .filter(|r| r.is_ok())
+            .count() as u64;
+    }
+    let recall_many = t.elapsed();
+    drop(items);
     drop(picks);
 
     // History: the newest page (MaxCnt 20) of random conversations, from the recipient's side.
@@ -154,9 +175,10 @@ fn run(w: &Workload, messages: u64) -> String {
     }
     let sync = t.elapsed();
     format!(
-        "| {messages} | {} | {} ({done} recalls) | {} | {} ({events} events) | {per_msg:.0} B |",
+        "| {messages} | {} | {} ({done} recalls) | {} ({done_many}) | {} | {} ({events} events) | {per_msg:.0} B |",
         rate(messages, send),
         rate(done, recall),
+        rate(done_many, recall_many),
         rate(pages, history),
         rate(events, sync),
     )
@@ -207,9 +229,9 @@ fn main() {
         memory_latency_ns()
     );
     println!(
-        "| messages | send | recall (random keys) | history page | device sync | RSS per message |"
+        "| messages | send | recall (random keys) | recall_many ({BATCH} a call) | history page | device sync | RSS per message |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     // Each size in a process of its own: memory a previous store freed stays in the
     // allocator's free lists (resident), and a later store reusing it would seem to cost
     // nothing — an earlier version measured 163 B per message at 4M that way, 250 B alone.

@@ -162,7 +162,8 @@ pub use message::{
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
     BatchReceipt, BatchSendRequest, CommitTicket, CompactReport, Deferred, ImportRequest,
-    MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PreparedSend, PurgeReport, Store,
+    MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PreparedSend, PurgeReport, RECALL_WAVE, RecallItem,
+    Store,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -336,6 +336,27 @@ impl Conversation {
             .filter(move |m| m.key == key)
     }
 
+    /// Starts loading where `find(_, key)` will look: the message itself when the conversation
+    /// holds one, else the start of its buffer (a hint).
+    pub fn prefetch_find(&self, key: MsgKey) {
+        match &self.messages {
+            Messages::Empty => {}
+            Messages::One(h) if h.ts == time_seq(key) => {
+                crate::table::prefetch_addr(MsgArc::as_ptr(&h.msg).cast())
+            }
+            Messages::One(_) => {}
+            Messages::Many(d) => crate::table::prefetch_addr(d.as_slices().0.as_ptr().cast()),
+        }
+    }
+
+    /// Starts loading the message `key` from `from` if the conversation has it (a hint, for a
+    /// `find` soon after; this one reads the buffer).
+    pub fn prefetch_found(&self, from: &UserId, key: MsgKey) {
+        if let Some(m) = self.find(from, key) {
+            crate::table::prefetch_addr(MsgArc::as_ptr(m).cast());
+        }
+    }
+
     /// The message `key` sent by `from` (a MsgKey is unique per direction).
     pub fn find(&self, from: &UserId, key: MsgKey) -> Option<&MsgArc> {
         self.same_time_seq(key).find(|m| m.from == *from)

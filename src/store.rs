@@ -52,12 +52,14 @@ use crate::table::{Arena, Table};
 
 mod accounts;
 mod apply;
+mod batch;
 mod devices;
 mod messages;
 #[cfg(feature = "cluster")]
 mod shard;
 mod snapshot;
 
+pub use batch::{RecallItem, WAVE as RECALL_WAVE};
 pub use messages::{ImportRequest, PreparedSend};
 
 /// The most accounts one multi-import may name.

@@ -492,6 +492,20 @@ impl<T> Arena<T> {
         self.len.load(Ordering::Acquire)
     }
 
+    /// Starts loading value `n`'s first cache line, reading only the chunk directory (a hint:
+    /// nothing if `n` is not there).
+    pub fn prefetch(&self, n: u32) {
+        let (k, i, _) = place(n as usize);
+        if let Some(slot) = self
+            .chunks
+            .get(k)
+            .and_then(OnceLock::get)
+            .and_then(|c| c.get(i))
+        {
+            prefetch(slot);
+        }
+    }
+
     /// Every value, in number order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         (0..self.len() as u32).filter_map(|n| self.get(n))

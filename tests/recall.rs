@@ -300,3 +300,149 @@ fn recall_notice_names_conversation_recaller_and_time() {
         ("vinson", "dramon", ADMIN, T0 + 5)
     );
 }
+
+/// Two stores given the same sends: `recall_many` on one, `recall` item by item on the other.
+fn twin_stores(users: &[&str]) -> [imstore::Store; 2] {
+    [0, 1].map(|_| {
+        let (store, _) = store_with(users);
+        for i in 0..90u32 {
+            let (a, b) = (users[i as usize % 6], users[(i as usize * 7 + 1) % 6]);
+            let b = if a == b {
+                users[(i as usize + 1) % 6]
+            } else {
+                b
+            };
+            let mut req = text_req(a, b, i, &format!("m{i}"));
+            req.msg_seq = Some(1000 + i);
+            store.send(req).unwrap();
+        }
+        store
+    })
+}
+
+#[test]
+fn recall_many_answers_and_does_exactly_what_recalls_one_by_one_do() {
+    let users = ["ua", "ub", "uc", "ud", "ue", "uf"];
+    let stores = twin_stores(&users);
+    let devices = stores
+        .each_ref()
+        .map(|s| users.map(|u| s.connect(u, "phone").unwrap()));
+    // Every message of the store, from history, with its parties.
+    let mut sent = Vec::new();
+    for (i, a) in users.iter().enumerate() {
+        for b in &users[i + 1..] {
+            let page = stores[0].history(&HistoryQuery::new(a, b, 100)).unwrap();
+            for m in page.messages {
+                let m = m.message;
+                sent.push((m.from.to_string(), m.to.to_string(), m.key.to_string()));
+            }
+        }
+    }
+    assert_eq!(sent.len(), 90);
+    // A batch of 150 over several waves: each message in a scrambled order, some twice (20023),
+    // some the wrong way round (20022), unknown accounts (90008, 90003), bad keys (90054),
+    // a key no message has (20022).
+    let mut items: Vec<(String, String, String)> = Vec::new();
+    for j in 0..150usize {
+        let (f, t, k) = sent[(j * 37) % sent.len()].clone();
+        items.push(match j % 10 {
+            3 => (t, f, k),
+            5 => ("ghost".into(), t, k),
+            6 => (f, "ghost".into(), k),
+            7 => (f, t, "01_2_3".into()),
+            8 => (f, t, "1_2_3".into()),
+            _ => (f, t, k),
+        });
+    }
+    let batch: Vec<imstore::RecallItem<'_>> = items
+        .iter()
+        .map(|(from, to, key)| imstore::RecallItem { from, to, key })
+        .collect();
+    assert!(batch.len() > 3 * imstore::RECALL_WAVE);
+    let answer = |r: imstore::Result<RecallNotice>| r.map_err(|e| e.code());
+    let many: Vec<_> = stores[0]
+        .recall_many(ADMIN, &batch)
+        .into_iter()
+        .map(answer)
+        .collect();
+    let one_by_one: Vec<_> = items
+        .iter()
+        .map(|(f, t, k)| answer(stores[1].recall(ADMIN, f, t, k)))
+        .collect();
+    assert_eq!(many, one_by_one);
+    let codes = |code| many.iter().filter(|r| **r == Err(code)).count();
+    let ok = many.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        ok, 45,
+        "each message once, the plain items among the first 90"
+    );
+    for code in [20022, 20023, 90008, 90003, 90054] {
+        assert!(codes(code) > 0, "the batch exercises {code}");
+    }
+    // Every layer says the same: history, unread counts, inboxes, and what each device hears
+    // (each recall's notice exactly once, as the one-by-one store's devices hear it).
+    assert_eq!(observe(&stores[0], &users), observe(&stores[1], &users));
+    for (d0, d1) in devices[0].iter().zip(&devices[1]) {
+        let (e0, e1) = (texts(&drain(d0)), texts(&drain(d1)));
+        assert_eq!(e0, e1);
+        let mut recalls: Vec<_> = e0.iter().filter(|t| t.starts_with("recall:")).collect();
+        let n = recalls.len();
+        recalls.dedup();
+        assert_eq!(recalls.len(), n, "one notice per recall");
+    }
+    // A batch by someone who is not an administrator recalls nothing.
+    let refused = stores[0].recall_many("ua", &batch[..3]);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().code() == 90009)
+    );
+    assert!(stores[0].recall_many(ADMIN, &[]).is_empty());
+}
+
+#[test]
+fn recall_many_is_durable_when_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = || {
+        imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_sync(imstore::SyncPolicy::Every)
+    };
+    let mut keys = Vec::new();
+    {
+        let store = imstore::Store::open(dir.path(), config()).unwrap();
+        store.import_accounts(&["vinson", "dramon"]).unwrap();
+        for i in 0..40 {
+            keys.push(
+                send_text(&store, "vinson", "dramon", i, &format!("m{i}"))
+                    .msg_key
+                    .to_string(),
+            );
+        }
+        let batch: Vec<_> = keys[..35]
+            .iter()
+            .map(|key| imstore::RecallItem {
+                from: "vinson",
+                to: "dramon",
+                key,
+            })
+            .collect();
+        assert!(store.recall_many(ADMIN, &batch).iter().all(Result::is_ok));
+    }
+    let store = imstore::Store::open(dir.path(), config()).unwrap();
+    let page = store
+        .history(&HistoryQuery::new("dramon", "vinson", 100))
+        .unwrap();
+    let recalled: Vec<_> = page
+        .messages
+        .iter()
+        .filter(|m| m.message.is_recalled())
+        .map(|m| m.message.key.to_string())
+        .collect();
+    let mut want = keys[..35].to_vec();
+    want.sort();
+    let mut got = recalled;
+    got.sort();
+    assert_eq!(got, want);
+}

@@ -112,6 +112,26 @@ impl Accounts {
         Some((n, self.cells.get(n).filter(|c| c.is_live())?))
     }
 
+    /// Starts loading the slot of `name` in the table of names (a hint).
+    pub fn prefetch_name(&self, name: &str) {
+        if let Some(key) = name_key(name) {
+            self.by_name.prefetch(&key);
+        }
+    }
+
+    /// The number of the cell named `name`, read from the name's slot only (the cell, live or
+    /// not, is not read), and starts loading the cell (a hint for a lookup soon after).
+    pub fn name_number_prefetch(&self, name: &str) -> Option<u32> {
+        let n = self.by_name.get(&name_key(name)?)?;
+        self.cells.prefetch(n);
+        Some(n)
+    }
+
+    /// The cell numbered `n`, live or not.
+    pub fn cell_numbered(&self, n: u32) -> Option<&AccountCell> {
+        self.cells.get(n)
+    }
+
     pub fn contains(&self, id: &UserId) -> bool {
         self.get(id).is_some()
     }
