@@ -253,13 +253,29 @@ impl<const W: usize> Table<W> {
 
     /// The value of `key`, if stored.
     pub fn get(&self, key: &[u64; W]) -> Option<u32> {
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// [`get`](Table::get) of a key whose [`hash_of`](Table::hash_of) the caller has.
+    pub fn get_hashed(&self, key: &[u64; W], hash: u64) -> Option<u32> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        self.get_as_of(key, epoch, self.current.load(Ordering::Acquire))
+        self.get_as_of(key, hash, epoch, self.current.load(Ordering::Acquire))
+    }
+
+    /// The hash this table files `key` under (for `get_hashed` and `prefetch_hashed`, when a
+    /// caller looks the same key up more than once).
+    pub fn hash_of(&self, key: &[u64; W]) -> u64 {
+        self.hash(key)
     }
 
     /// [`get`](Table::get) by a reader that found `epoch` and `current` when it began.
-    fn get_as_of(&self, key: &[u64; W], mut epoch: usize, mut current: usize) -> Option<u32> {
-        let hash = self.hash(key);
+    fn get_as_of(
+        &self,
+        key: &[u64; W],
+        hash: u64,
+        mut epoch: usize,
+        mut current: usize,
+    ) -> Option<u32> {
         // Bounded: each retry follows a growth or a retirement, one each per doubling.
         loop {
             let found = self.lookup(key, hash, current);
@@ -293,8 +309,13 @@ impl<const W: usize> Table<W> {
 
     /// Starts loading the slot where a lookup of `key` begins (a hint: see `prefetch`).
     pub fn prefetch(&self, key: &[u64; W]) {
+        self.prefetch_hashed(self.hash(key));
+    }
+
+    /// [`prefetch`](Table::prefetch) by the key's [`hash_of`](Table::hash_of).
+    pub fn prefetch_hashed(&self, hash: u64) {
         let level = self.at(self.current.load(Ordering::Acquire));
-        prefetch(&level.slots()[self.hash(key) as usize & level.mask()]);
+        prefetch(&level.slots()[hash as usize & level.mask()]);
     }
 
     /// The value of `key`; if absent, `make()` is called (under the writers' lock) for the
@@ -602,12 +623,12 @@ mod tests {
         for old in 8..current {
             for i in (0..100_000u64).step_by(7) {
                 assert_eq!(
-                    t.get_as_of(&[i], 0, old),
+                    t.get_as_of(&[i], t.hash(&[i]), 0, old),
                     Some(i as u32),
                     "key {i}, level {old}"
                 );
             }
-            assert_eq!(t.get_as_of(&[100_001], 0, old), None);
+            assert_eq!(t.get_as_of(&[100_001], t.hash(&[100_001]), 0, old), None);
         }
     }
 

@@ -112,17 +112,22 @@ impl Accounts {
         Some((n, self.cells.get(n).filter(|c| c.is_live())?))
     }
 
-    /// Starts loading the slot of `name` in the table of names (a hint).
-    pub fn prefetch_name(&self, name: &str) {
-        if let Some(key) = name_key(name) {
-            self.by_name.prefetch(&key);
-        }
+    /// The table key of `name` and its hash, for `prefetch_named` and `named_number_prefetch`
+    /// (`None` for what cannot be a UserID).
+    pub fn name_lookup(&self, name: &str) -> Option<([u64; 4], u64)> {
+        let key = name_key(name)?;
+        Some((key, self.by_name.hash_of(&key)))
     }
 
-    /// The number of the cell named `name`, read from the name's slot only (the cell, live or
+    /// Starts loading the slot of a name in the table of names (a hint).
+    pub fn prefetch_named(&self, &(_, hash): &([u64; 4], u64)) {
+        self.by_name.prefetch_hashed(hash);
+    }
+
+    /// The number of the cell of a name, read from the name's slot only (the cell, live or
     /// not, is not read), and starts loading the cell (a hint for a lookup soon after).
-    pub fn name_number_prefetch(&self, name: &str) -> Option<u32> {
-        let n = self.by_name.get(&name_key(name)?)?;
+    pub fn named_number_prefetch(&self, (key, hash): &([u64; 4], u64)) -> Option<u32> {
+        let n = self.by_name.get_hashed(key, *hash)?;
         self.cells.prefetch(n);
         Some(n)
     }

@@ -7,10 +7,12 @@
 //! at a time, memory latency and not work bounds it. A batch walks a wave of up to
 //! [`WAVE`] recalls through that chain one link at a time — every recall's first link, then
 //! every recall's second — so that a wave's misses of one link are in flight together (the
-//! technique of RocksDB's `MultiGet` and of group prefetching in hash joins). Each link is
-//! only a hint: it reads what the link before it loaded and starts the next load; it changes
-//! nothing and decides nothing. Then each recall runs exactly as [`Store::recall`] runs it,
-//! through the one `apply`, in the batch's order, and finds its data in the cache.
+//! technique of RocksDB's `MultiGet` and of group prefetching in hash joins). Each link
+//! reads what the link before it loaded and starts the next load; it changes nothing. Then
+//! each recall runs as [`Store::recall`] runs it, through the one `apply`, in the batch's
+//! order, and finds its data in the cache — starting from the accounts and key the links
+//! resolved, when both accounts are live and the key is canonical; any other item goes the
+//! way `recall` goes and answers its error, in its precedence.
 //!
 //! Waiting for durability (R6): a wave's recalls are journaled one by one, the wave waits once
 //! for the journal to be durable up to its last recall (one commit, one fsync, under any sync
@@ -19,6 +21,7 @@
 //! [`Store::recall_deferred`].
 
 use super::{Deferred, Store};
+use crate::account::AccountCell;
 use crate::error::Result;
 use crate::key::MsgKey;
 use crate::message::RecallNotice;
@@ -42,9 +45,9 @@ pub struct RecallItem<'a> {
 
 /// What the links of the chain learnt about one recall of a wave.
 #[derive(Clone, Copy, Default)]
-struct Link {
-    from: Option<u32>,
-    to: Option<u32>,
+struct Link<'s> {
+    from: Option<&'s AccountCell>,
+    to: Option<&'s AccountCell>,
     conv: Option<u32>,
     key: Option<MsgKey>,
 }
@@ -60,13 +63,23 @@ impl Store {
         items: &[RecallItem<'_>],
     ) -> Vec<Result<RecallNotice>> {
         let mut out = Vec::with_capacity(items.len());
+        let by = self.admin(operator).ok();
         let mut pending: Vec<Result<Deferred<'_, RecallNotice>>> = Vec::with_capacity(WAVE);
+        let mut links = [Link::default(); WAVE];
         for wave in items.chunks(WAVE) {
-            self.prefetch_recalls(wave);
-            pending.extend(
-                wave.iter()
-                    .map(|it| self.recall_deferred(operator, it.from, it.to, it.key)),
-            );
+            let links = &mut links[..wave.len()];
+            self.prefetch_recalls(wave, links);
+            pending.extend(wave.iter().zip(links.iter()).map(|(it, l)| {
+                match (&by, l.from, l.to, l.key) {
+                    // What `recall_deferred` would find, found by the links already: an
+                    // administrator, both accounts live, a canonical key.
+                    (Some(by), Some(f), Some(t), Some(key)) if f.is_live() && t.is_live() => {
+                        self.recall_op(f.id.clone(), t.id.clone(), key, by.clone())
+                    }
+                    // Anything else answers the error `recall` answers, in its precedence.
+                    _ => self.recall_deferred(operator, it.from, it.to, it.key),
+                }
+            }));
             // One commit for the wave: durable up to its last recall, each wait below finds
             // its own recall durable (under `Every` too, which would otherwise write and
             // fsync once per recall).
@@ -79,60 +92,72 @@ impl Store {
         out
     }
 
-    /// Walks `wave` through the chain of loads a recall makes, one link for all at a time.
-    /// Reads only; what it cannot find it skips (the recall itself says what is wrong).
-    fn prefetch_recalls(&self, wave: &[RecallItem<'_>]) {
+    /// Walks `wave` through the chain of loads a recall makes, one link for all at a time,
+    /// and notes in `links` what it found. Reads only; what it cannot find it leaves out.
+    fn prefetch_recalls<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
         let accounts = &self.inner.accounts;
-        let mut links = [Link::default(); WAVE];
-        // 1. The names' slots.
-        for it in wave {
-            accounts.prefetch_name(it.from);
-            accounts.prefetch_name(it.to);
+        // 1. The names' slots. (Each name's key and hash are made once, for two lookups.)
+        let mut names = [(None, None); WAVE];
+        for (it, n) in wave.iter().zip(&mut names) {
+            *n = (accounts.name_lookup(it.from), accounts.name_lookup(it.to));
+            for name in [&n.0, &n.1].into_iter().flatten() {
+                accounts.prefetch_named(name);
+            }
         }
         // 2. The cells' numbers (from the slots), then the cells and the conversation's slot.
-        for (it, l) in wave.iter().zip(&mut links) {
-            l.from = accounts.name_number_prefetch(it.from);
-            l.to = accounts.name_number_prefetch(it.to);
-            l.key = MsgKey::parse(it.key).ok();
-            if let (Some(f), Some(t)) = (l.from, l.to) {
-                self.inner.conversations.prefetch(&conv_key(f, t));
+        let mut convs = [None; WAVE];
+        for ((it, l), (n, c)) in wave
+            .iter()
+            .zip(links.iter_mut())
+            .zip(names.iter().zip(&mut convs))
+        {
+            // Nothing of a previous wave's recall in this place stays.
+            *l = Link {
+                key: MsgKey::parse(it.key).ok(),
+                ..Link::default()
+            };
+            let number = |name: &Option<_>| {
+                name.as_ref()
+                    .and_then(|k| accounts.named_number_prefetch(k))
+            };
+            if let (Some(f), Some(t)) = (number(&n.0), number(&n.1)) {
+                let key = conv_key(f, t);
+                let hash = self.inner.conversations.hash_of(&key);
+                self.inner.conversations.prefetch_hashed(hash);
+                *c = Some((f, t, key, hash));
             }
         }
         // 3. The conversation (its number, from its slot), and the entries `apply` reads by
         //    the cells' UserIds.
-        for l in &mut links[..wave.len()] {
-            let (Some(f), Some(t)) = (l.from, l.to) else {
+        for (l, c) in links.iter_mut().zip(&convs) {
+            let Some((f, t, key, hash)) = c else {
                 continue;
             };
-            l.conv = self.inner.conversations.get(&conv_key(f, t));
-            if let Some(n) = l.conv {
-                self.inner.conversation_list.prefetch(n);
+            l.conv = self.inner.conversations.get_hashed(key, *hash);
+            if let Some(c) = l.conv {
+                self.inner.conversation_list.prefetch(c);
             }
-            for n in [f, t] {
-                if let Some(cell) = accounts.cell_numbered(n) {
-                    accounts.prefetch_number(&cell.id);
-                }
+            (l.from, l.to) = (accounts.cell_numbered(*f), accounts.cell_numbered(*t));
+            for cell in [l.from, l.to].into_iter().flatten() {
+                accounts.prefetch_number(&cell.id);
             }
         }
         // 4. Where the message is looked for, and where each inbox's next entry goes. Each
         //    lock is taken alone and let go at once (never two at a time: no lock order).
-        for l in &links[..wave.len()] {
-            if let (Some(n), Some(key)) = (l.conv, l.key)
-                && let Some(conv) = self.inner.conversation_list.get(n)
+        for l in links.iter() {
+            if let (Some(c), Some(key)) = (l.conv, l.key)
+                && let Some(conv) = self.inner.conversation_list.get(c)
             {
                 conv.lock().prefetch_find(key);
             }
-            for n in [l.from, l.to].into_iter().flatten() {
-                if let Some(cell) = accounts.cell_numbered(n) {
-                    cell.state.lock().inbox.prefetch_tail();
-                }
+            for cell in [l.from, l.to].into_iter().flatten() {
+                cell.state.lock().inbox.prefetch_tail();
             }
         }
         // 5. The message record.
-        for l in &links[..wave.len()] {
-            if let (Some(n), Some(key)) = (l.conv, l.key)
-                && let Some(conv) = self.inner.conversation_list.get(n)
-                && let Some(from) = l.from.and_then(|f| accounts.cell_numbered(f))
+        for l in links.iter() {
+            if let (Some(c), Some(key), Some(from)) = (l.conv, l.key, l.from)
+                && let Some(conv) = self.inner.conversation_list.get(c)
             {
                 conv.lock().prefetch_found(&from.id, key);
             }

@@ -427,7 +427,7 @@ impl Store {
         self.recall_op(from.clone(), to, key, from)
     }
 
-    fn recall_op(
+    pub(super) fn recall_op(
         &self,
         from: UserId,
         to: UserId,
