@@ -337,15 +337,20 @@ impl Conversation {
     }
 
     /// Starts loading where `find(_, key)` will look: the message itself when the conversation
-    /// holds one, else the start of its buffer (a hint).
-    pub fn prefetch_find(&self, key: MsgKey) {
+    /// holds one (then `true`: nothing more to load), else the start of its buffer (a hint).
+    pub fn prefetch_find(&self, key: MsgKey) -> bool {
         match &self.messages {
-            Messages::Empty => {}
-            Messages::One(h) if h.ts == time_seq(key) => {
-                crate::table::prefetch_addr(MsgArc::as_ptr(&h.msg).cast())
+            Messages::Empty => true,
+            Messages::One(h) => {
+                if h.ts == time_seq(key) {
+                    crate::table::prefetch_addr(MsgArc::as_ptr(&h.msg).cast());
+                }
+                true
             }
-            Messages::One(_) => {}
-            Messages::Many(d) => crate::table::prefetch_addr(d.as_slices().0.as_ptr().cast()),
+            Messages::Many(d) => {
+                crate::table::prefetch_addr(d.as_slices().0.as_ptr().cast());
+                false
+            }
         }
     }
 

@@ -50,6 +50,9 @@ struct Link<'s> {
     to: Option<&'s AccountCell>,
     conv: Option<u32>,
     key: Option<MsgKey>,
+    /// The message (if the conversation has it) is loading already: a one-message
+    /// conversation holds its pointer in place.
+    loaded: bool,
 }
 
 impl Store {
@@ -144,19 +147,19 @@ impl Store {
         }
         // 4. Where the message is looked for, and where each inbox's next entry goes. Each
         //    lock is taken alone and let go at once (never two at a time: no lock order).
-        for l in links.iter() {
+        for l in links.iter_mut() {
             if let (Some(c), Some(key)) = (l.conv, l.key)
                 && let Some(conv) = self.inner.conversation_list.get(c)
             {
-                conv.lock().prefetch_find(key);
+                l.loaded = conv.lock().prefetch_find(key);
             }
             for cell in [l.from, l.to].into_iter().flatten() {
                 cell.state.lock().inbox.prefetch_tail();
             }
         }
-        // 5. The message record.
+        // 5. The message record, found in a buffer (the conversations of more than one).
         for l in links.iter() {
-            if let (Some(c), Some(key), Some(from)) = (l.conv, l.key, l.from)
+            if let (Some(c), Some(key), Some(from), false) = (l.conv, l.key, l.from, l.loaded)
                 && let Some(conv) = self.inner.conversation_list.get(c)
             {
                 conv.lock().prefetch_found(&from.id, key);
