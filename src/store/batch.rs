@@ -25,7 +25,7 @@ use crate::account::AccountCell;
 use crate::error::Result;
 use crate::key::MsgKey;
 use crate::message::RecallNotice;
-use crate::roaming::conv_key;
+use crate::roaming::{Conversation, conv_key};
 
 /// How many recalls a batch walks through the chain of loads together: enough for their
 /// misses to overlap (a core keeps 10 to 16 misses in flight), few enough that what the first
@@ -98,27 +98,50 @@ impl Store {
     /// Walks `wave` through the chain of loads a recall makes, one link for all at a time,
     /// and notes in `links` what it found. Reads only; what it cannot find it leaves out.
     fn prefetch_recalls<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
+        self.prefetch_parties(wave.iter().map(|it| Some((it.from, it.to))), links);
+        for (it, l) in wave.iter().zip(links.iter_mut()) {
+            l.key = MsgKey::parse(it.key).ok();
+        }
+        // 4. Where the message is looked for (a one-message conversation holds its pointer),
+        //    and where each inbox's next entry goes.
+        self.prefetch_in_conversations(links, |c, l| {
+            l.loaded = l.key.is_none_or(|key| c.prefetch_find(key));
+        });
+        self.prefetch_inboxes(links);
+        // 5. The message record, found in a buffer (the conversations of more than one).
+        self.prefetch_in_conversations(links, |c, l| {
+            if let (Some(key), Some(from), false) = (l.key, l.from, l.loaded) {
+                c.prefetch_found(&from.id, key);
+            }
+        });
+    }
+
+    /// Links 1 to 3 of a wave of requests between two accounts by name (`None`: an item to
+    /// leave out; written for any such request, used by recalls: a `send_many` built on it
+    /// measured no faster than sends one at a time, whose cost is work, not waiting): the names' slots; the cells' numbers from them, then the cells and the
+    /// conversation's slot; the conversation, and the entries `apply` reads by the cells'
+    /// UserIds. Resets `links` and notes the cells and the conversation found.
+    fn prefetch_parties<'s, 'a>(
+        &'s self,
+        pairs: impl Iterator<Item = Option<(&'a str, &'a str)>>,
+        links: &mut [Link<'s>],
+    ) {
         let accounts = &self.inner.accounts;
         // 1. The names' slots. (Each name's key and hash are made once, for two lookups.)
         let mut names = [(None, None); WAVE];
-        for (it, n) in wave.iter().zip(&mut names) {
-            *n = (accounts.name_lookup(it.from), accounts.name_lookup(it.to));
+        for (pair, n) in pairs.zip(&mut names) {
+            if let Some((from, to)) = pair {
+                *n = (accounts.name_lookup(from), accounts.name_lookup(to));
+            }
             for name in [&n.0, &n.1].into_iter().flatten() {
                 accounts.prefetch_named(name);
             }
         }
         // 2. The cells' numbers (from the slots), then the cells and the conversation's slot.
         let mut convs = [None; WAVE];
-        for ((it, l), (n, c)) in wave
-            .iter()
-            .zip(links.iter_mut())
-            .zip(names.iter().zip(&mut convs))
-        {
-            // Nothing of a previous wave's recall in this place stays.
-            *l = Link {
-                key: MsgKey::parse(it.key).ok(),
-                ..Link::default()
-            };
+        for ((l, n), c) in links.iter_mut().zip(&names).zip(&mut convs) {
+            // Nothing of a previous wave's request in this place stays.
+            *l = Link::default();
             let number = |name: &Option<_>| {
                 name.as_ref()
                     .and_then(|k| accounts.named_number_prefetch(k))
@@ -145,24 +168,27 @@ impl Store {
                 accounts.prefetch_number(&cell.id);
             }
         }
-        // 4. Where the message is looked for, and where each inbox's next entry goes. Each
-        //    lock is taken alone and let go at once (never two at a time: no lock order).
+    }
+
+    /// A link inside each request's conversation, under its lock (`at`). Each lock is taken
+    /// alone and let go at once: never two at a time, so no lock order.
+    fn prefetch_in_conversations<'s>(
+        &'s self,
+        links: &mut [Link<'s>],
+        mut at: impl FnMut(&Conversation, &mut Link<'s>),
+    ) {
         for l in links.iter_mut() {
-            if let (Some(c), Some(key)) = (l.conv, l.key)
-                && let Some(conv) = self.inner.conversation_list.get(c)
-            {
-                l.loaded = conv.lock().prefetch_find(key);
-            }
-            for cell in [l.from, l.to].into_iter().flatten() {
-                cell.state.lock().inbox.prefetch_tail();
+            if let Some(conv) = l.conv.and_then(|c| self.inner.conversation_list.get(c)) {
+                at(&conv.lock(), l);
             }
         }
-        // 5. The message record, found in a buffer (the conversations of more than one).
-        for l in links.iter() {
-            if let (Some(c), Some(key), Some(from), false) = (l.conv, l.key, l.from, l.loaded)
-                && let Some(conv) = self.inner.conversation_list.get(c)
-            {
-                conv.lock().prefetch_found(&from.id, key);
+    }
+
+    /// Where each inbox's next entry goes (under each account's lock, taken alone).
+    fn prefetch_inboxes(&self, links: &[Link<'_>]) {
+        for l in links {
+            for cell in [l.from, l.to].into_iter().flatten() {
+                cell.state.lock().inbox.prefetch_tail();
             }
         }
     }
