@@ -14,11 +14,15 @@
 //! resolved, when both accounts are live and the key is canonical; any other item goes the
 //! way `recall` goes and answers its error, in its precedence.
 //!
-//! Waiting for durability (R6): a wave's recalls are journaled one by one, the wave waits once
-//! for the journal to be durable up to its last recall (one commit, one fsync, under any sync
-//! policy), then acknowledges each recall in order (its after-recall hook runs then). No recall
-//! of a wave is acknowledged — nor shown to a reader — before it is durable, as with
-//! [`Store::recall_deferred`].
+//! Waiting for durability (R6): a wave's recalls are applied and journaled one by one, then
+//! the wave waits once for the journal to be durable up to its last recall (one commit for
+//! all that took effect; a refused recall commits at once, as `recall`'s refusal does, since
+//! what it read may be an earlier recall of the same wave), then acknowledges each recall in
+//! order, running its after-recall hook then. So, as with 16 `recall_deferred`s in flight:
+//! no recall of a wave is acknowledged — nor shown to a reader — before it is durable; a
+//! recall's hook runs after the later recalls of its wave have been applied; and if the
+//! journal fails during a wave, every recall the wave applied answers the failure (91000),
+//! where one at a time the later ones would have been refused before taking effect.
 
 use super::{Deferred, Store};
 use crate::account::AccountCell;
@@ -59,7 +63,8 @@ impl Store {
     /// Recalls each of `items` as [`recall`](Store::recall) would, in order, by the same
     /// administrator, and answers each as `recall` would have (an item's error does not stop the
     /// others). Faster than calling `recall` for each when the store is larger than the CPU's
-    /// caches: see the module's documentation.
+    /// caches. Acknowledged a wave of [`RECALL_WAVE`](crate::RECALL_WAVE) at a time: see the
+    /// module's documentation for what that changes about hooks and journal failures.
     pub fn recall_many(
         &self,
         operator: &str,

@@ -305,6 +305,12 @@ impl Store {
                 "the snapshot lists the conversation of {a} and {b} twice"
             )));
         }
+        let newest = messages.iter().map(|m| m.arrival()).max().unwrap_or(0);
+        check_arrivals(img.next_arrival, img.read_mark, newest).map_err(|why| {
+            Error::Internal(format!(
+                "the snapshot's conversation of {a} and {b} is damaged: {why}"
+            ))
+        })?;
         let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         let [a, b] = conv.users().clone();
         let accounts = &self.inner.accounts;
@@ -574,5 +580,51 @@ fn outbox_ref<'a>(
         }
     } else {
         MsgRef::Orphan(msg_image(m, state.expect("captured with its message")))
+    }
+}
+
+/// What a conversation's arrival numbers must satisfy to be restored: the next one is past
+/// every stored message's (numbers are never handed out twice) and within the 48 bits a record
+/// keeps, and each side's read mark is below it (else messages yet to come would count as
+/// read). Arrival numbers start at 1, so the next is never 0.
+fn check_arrivals(next: u64, read_mark: [u64; 2], newest: u64) -> Result<(), String> {
+    if next == 0 || next <= newest {
+        return Err(format!(
+            "next arrival {next} is not past its newest message's ({newest})"
+        ));
+    }
+    if next > ARRIVAL_LIMIT {
+        return Err(format!(
+            "next arrival {next} is past the limit {ARRIVAL_LIMIT}"
+        ));
+    }
+    if let Some(m) = read_mark.iter().find(|&&m| m >= next) {
+        return Err(format!(
+            "read mark {m} is not below the next arrival {next}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_arrival_numbers_are_refused_on_restore() {
+        assert_eq!(check_arrivals(1, [0, 0], 0), Ok(()));
+        assert_eq!(check_arrivals(8, [7, 3], 7), Ok(()));
+        assert_eq!(
+            check_arrivals(ARRIVAL_LIMIT, [0, 0], ARRIVAL_LIMIT - 1),
+            Ok(())
+        );
+        // Numbers would be handed out again, or read marks wrap below zero.
+        assert!(check_arrivals(0, [0, 0], 0).is_err());
+        assert!(check_arrivals(7, [0, 0], 7).is_err());
+        assert!(check_arrivals(3, [0, 0], 7).is_err());
+        assert!(check_arrivals(ARRIVAL_LIMIT + 1, [0, 0], 0).is_err());
+        // A read mark at or past the next arrival marks messages to come as read.
+        assert!(check_arrivals(8, [8, 0], 7).is_err());
+        assert!(check_arrivals(8, [0, u64::MAX], 7).is_err());
     }
 }
