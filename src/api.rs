@@ -56,6 +56,9 @@ pub struct ApiConfig {
     /// Calls per second allowed per API (a token bucket of that size); `None`: no limit.
     /// Tencent's default is 200.
     pub rate_limit: Option<u32>,
+    /// How many verified UserSigs are remembered (bounded, each until its expiry; see
+    /// [`usersig::VerifyCache`]); 0 turns the cache off. 4096 by default.
+    pub usersig_cache: usize,
 }
 
 impl ApiConfig {
@@ -65,6 +68,7 @@ impl ApiConfig {
             sdkappid,
             secret_key: secret_key.to_owned(),
             rate_limit: None,
+            usersig_cache: USERSIG_CACHE,
         }
     }
 }
@@ -222,9 +226,8 @@ pub struct Api {
     verified: usersig::VerifyCache,
 }
 
-/// How many verified UserSigs are remembered, unless the environment variable
-/// `IMSTORE_USERSIG_CACHE` says otherwise (0 turns the cache off, for measurements).
-const USERSIG_CACHE: usize = 4096;
+/// How many verified UserSigs are remembered by default (`ApiConfig::usersig_cache`).
+pub const USERSIG_CACHE: usize = 4096;
 
 struct Bucket {
     tokens: f64,
@@ -240,14 +243,10 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
-    /// An API over `store`. It remembers up to 4096 verified UserSigs (the environment
-    /// variable `IMSTORE_USERSIG_CACHE`, read here, sets another number; 0: none).
+    /// An API over `store`, remembering up to `config.usersig_cache` verified UserSigs.
     pub fn new(store: Store, config: ApiConfig) -> Self {
-        let capacity = std::env::var("IMSTORE_USERSIG_CACHE")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(USERSIG_CACHE);
-        let verified = usersig::VerifyCache::new(config.sdkappid, &config.secret_key, capacity);
+        let verified =
+            usersig::VerifyCache::new(config.sdkappid, &config.secret_key, config.usersig_cache);
         Api {
             store,
             rate: std::sync::atomic::AtomicU32::new(config.rate_limit.unwrap_or(0)),
@@ -260,6 +259,13 @@ impl Api {
     /// The store behind the API.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The UserSig cache's capacity (`ApiConfig::usersig_cache`), and how many calls it has
+    /// answered and how many it verified in full (both 0 when the capacity is 0).
+    pub fn usersig_cache(&self) -> (usize, u64, u64) {
+        let (hits, misses) = self.verified.hits_and_misses();
+        (self.verified.capacity(), hits, misses)
     }
 
     /// Answers one REST call: `path` such as `/v4/openim/sendmsg`, the raw query string, the

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub sync: SyncPolicy,
     /// Per-API calls per second; `None` for no limit.
     pub rate_limit: Option<u32>,
+    /// Verified UserSigs remembered (`ApiConfig::usersig_cache`); 0: none.
+    pub usersig_cache: usize,
     /// Largest request body, in bytes.
     pub body_limit: usize,
     /// How often expired history, inbox entries and idle devices are purged.
@@ -111,6 +113,7 @@ impl ServerConfig {
             admins: vec!["administrator".into()],
             sync: SyncPolicy::Group,
             rate_limit: None,
+            usersig_cache: crate::api::USERSIG_CACHE,
             body_limit: 1 << 20,
             purge_interval: Duration::from_secs(60),
             journal_prealloc: crate::journal::DEFAULT_PREALLOC,
@@ -399,6 +402,7 @@ pub async fn run_until(
             sdkappid: config.sdkappid,
             secret_key: key.clone(),
             rate_limit: config.rate_limit,
+            usersig_cache: config.usersig_cache,
         },
     ));
     if generated {

@@ -980,3 +980,27 @@ fn event_payloads_use_tencents_field_names() {
         "MsgKey": k, "Operator_Account": ADMIN, "RecallTime": 1584669000u32})
     );
 }
+
+#[test]
+fn the_usersig_cache_is_sized_by_the_api_config() {
+    for (capacity, after_two_calls) in [(4096, (1, 1)), (0, (0, 0))] {
+        let h = harness_with(
+            |c| c,
+            |a| ApiConfig {
+                usersig_cache: capacity,
+                ..a
+            },
+        );
+        for _ in 0..2 {
+            let reply = h.call(
+                "v4/im_open_login_svc/account_check",
+                json!({"CheckItem": []}),
+            );
+            assert_eq!(reply["ErrorCode"], 0, "{reply}");
+        }
+        let (cap, hits, misses) = h.api.usersig_cache();
+        assert_eq!(cap == 0, capacity == 0, "{cap}");
+        assert_eq!((hits, misses), after_two_calls);
+    }
+    assert_eq!(ApiConfig::new(APP, KEY).usersig_cache, 4096);
+}

@@ -60,8 +60,8 @@ for cache in $CACHES; do
     round=$((round + 1))
     echo "=== UserSig cache: $cache entries ==="
     data="$WORK/data-$cache"
-    IMSTORE_USERSIG_CACHE=$cache IMSTORE_SECRET_KEY=$KEY \
-        "$BIN" --listen 127.0.0.1:0 --data-dir "$data" --sync group \
+    IMSTORE_SECRET_KEY=$KEY \
+        "$BIN" --listen 127.0.0.1:0 --data-dir "$data" --sync group --usersig-cache "$cache" \
         >"$WORK/server-$cache.out" 2>"$WORK/server-$cache.log" &
     SERVER=$!
     addr=

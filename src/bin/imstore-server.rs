@@ -43,6 +43,10 @@ struct Args {
     /// Calls per second allowed per API (Tencent's default is 200); unlimited when absent.
     #[arg(long)]
     rate_limit: Option<u32>,
+    /// How many verified UserSigs are remembered, each until its expiry (0: none, every call
+    /// verifies its HMAC).
+    #[arg(long, env = "IMSTORE_USERSIG_CACHE", default_value_t = imstore::api::USERSIG_CACHE)]
+    usersig_cache: usize,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     body_limit: usize,
@@ -123,6 +127,7 @@ fn main() -> std::process::ExitCode {
             Sync::None => SyncPolicy::None,
         },
         rate_limit: args.rate_limit,
+        usersig_cache: args.usersig_cache,
         body_limit: args.body_limit,
         purge_interval: std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
         journal_prealloc: args.journal_prealloc,

@@ -481,6 +481,7 @@ pub(super) async fn run_until(
         sdkappid: config.sdkappid,
         secret_key: key,
         rate_limit: config.rate_limit,
+        usersig_cache: config.usersig_cache,
     };
     let connecting = {
         let (cc, webhooks, metrics) = (cluster_config.clone(), webhooks.clone(), metrics.clone());
