@@ -2,7 +2,7 @@
 //! allocator (glibc), on the workload of `benches/workload.rs` — ACCOUNTS accounts (100,000),
 //! each talking with 20 fixed peers, ~32-character text messages, recalls of random distinct
 //! messages. It prints a markdown table of acknowledged sends/s and recalls/s per engine and
-//! the ratio imstore / SQLite, for five pairings:
+//! the ratio imstore / SQLite, for six pairings:
 //!
 //! 1. in memory: `Store::in_memory` against SQLite `:memory:` (journal_mode=OFF — faster than
 //!    MEMORY here —, synchronous=OFF);
@@ -18,7 +18,9 @@
 //!    the fsync that covers it, while SQLite's NORMAL acknowledges before any fsync;
 //! 5. and `SyncPolicy::None` against the same SQLite WAL with synchronous=NORMAL: written
 //!    to the OS at each commit, no fsync per operation — both survive the process being
-//!    killed, neither promises the last moments across a power loss.
+//!    killed, neither promises the last moments across a power loss;
+//! 6. in memory again with recalls in batches of 64 on both sides: `Store::recall_many`
+//!    against 64 recalls per SQLite transaction (sends stay one at a time on both).
 //!
 //! The SQLite side is the schema of issue 9: a `messages` table keyed by (from, to, MsgKey), an
 //! `inbox` table keyed by (account, seq) — an inbox per account — with the next sequence
@@ -75,7 +77,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imstore::{
-    Config, Error, HistoryQuery, ManualClock, MsgElement, MsgKey, SendRequest, Store, SyncPolicy,
+    Config, Error, HistoryQuery, ManualClock, MsgElement, MsgKey, RecallItem, SendRequest, Store,
+    SyncPolicy,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -182,6 +185,7 @@ fn imstore_run(
     messages: u64,
     picks: &[(usize, usize, String)],
     in_flight: usize,
+    batch: usize,
 ) -> Timing {
     // Accounts, before the timing, in one journal commit.
     let (imported, ticket) = store.deferring(|| {
@@ -223,7 +227,22 @@ fn imstore_run(
 
     let t = Instant::now();
     let mut pending_recalls = std::collections::VecDeque::new();
-    for (a, b, k) in picks {
+    if batch > 1 {
+        for chunk in picks.chunks(batch) {
+            let items: Vec<RecallItem<'_>> = chunk
+                .iter()
+                .map(|(a, b, k)| RecallItem {
+                    from: &w.names[*a],
+                    to: &w.names[*b],
+                    key: k,
+                })
+                .collect();
+            for r in store.recall_many("administrator", &items) {
+                black_box(r.expect("imstore: recall"));
+            }
+        }
+    }
+    for (a, b, k) in picks.iter().filter(|_| batch <= 1) {
         if in_flight <= 1 {
             let notice = store.recall("administrator", &w.names[*a], &w.names[*b], k);
             black_box(notice.expect("imstore: recall"));
@@ -465,34 +484,19 @@ impl Sqlite {
     /// A recall; `false` when there is no such message (20022) or it was recalled (20023).
     fn recall(&self, from: &str, to: &str, key: &str) -> rusqlite::Result<bool> {
         let (f, t) = (self.id(from)?, self.id(to)?);
+        self.transaction(|c| recall_in(c, f, t, key))
+    }
+
+    /// Several recalls in one transaction, each as `recall` does it.
+    fn recall_batch(&self, items: &[(&str, &str, &str)]) -> rusqlite::Result<Vec<bool>> {
+        let ids = items
+            .iter()
+            .map(|(from, to, key)| Ok((self.id(from)?, self.id(to)?, *key)))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         self.transaction(|c| {
-            let found: Option<(i64, i64)> = c
-                .prepare_cached(
-                    "SELECT flag, read FROM messages
-                     WHERE from_id = ?1 AND to_id = ?2 AND msgkey = ?3",
-                )?
-                .query_row(params![f, t, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let Some((flag, read)) = found else {
-                return Ok(false);
-            };
-            if flag & FLAG_RECALLED != 0 {
-                return Ok(false);
-            }
-            c.prepare_cached(
-                "UPDATE messages SET body = NULL, flag = ?4
-                 WHERE from_id = ?1 AND to_id = ?2 AND msgkey = ?3",
-            )?
-            .execute(params![f, t, key, FLAG_RECALLED])?;
-            append_inbox(c, f, KIND_RECALL, f, t, key)?;
-            append_inbox(c, t, KIND_RECALL, f, t, key)?;
-            if read == 0 {
-                c.prepare_cached(
-                    "UPDATE unread SET n = n - 1 WHERE account = ?1 AND peer = ?2 AND n > 0",
-                )?
-                .execute(params![t, f])?;
-            }
-            Ok(true)
+            ids.iter()
+                .map(|&(f, t, key)| recall_in(c, f, t, key))
+                .collect()
         })
     }
 
@@ -503,6 +507,35 @@ impl Sqlite {
             .expect("sqlite: count");
         n.unwrap_or(0) as u64
     }
+}
+
+/// The statements of one recall (`Sqlite::recall`), inside the caller's transaction.
+fn recall_in(c: &Connection, f: i64, t: i64, key: &str) -> rusqlite::Result<bool> {
+    let found: Option<(i64, i64)> = c
+        .prepare_cached(
+            "SELECT flag, read FROM messages
+             WHERE from_id = ?1 AND to_id = ?2 AND msgkey = ?3",
+        )?
+        .query_row(params![f, t, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((flag, read)) = found else {
+        return Ok(false);
+    };
+    if flag & FLAG_RECALLED != 0 {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "UPDATE messages SET body = NULL, flag = ?4
+         WHERE from_id = ?1 AND to_id = ?2 AND msgkey = ?3",
+    )?
+    .execute(params![f, t, key, FLAG_RECALLED])?;
+    append_inbox(c, f, KIND_RECALL, f, t, key)?;
+    append_inbox(c, t, KIND_RECALL, f, t, key)?;
+    if read == 0 {
+        c.prepare_cached("UPDATE unread SET n = n - 1 WHERE account = ?1 AND peer = ?2 AND n > 0")?
+            .execute(params![t, f])?;
+    }
+    Ok(true)
 }
 
 /// Appends an entry to `account`'s inbox under its next sequence number.
@@ -532,6 +565,7 @@ fn sqlite_run(
     db: &Sqlite,
     messages: u64,
     picks: &[(usize, usize, String)],
+    batch: usize,
 ) -> Timing {
     let t = Instant::now();
     for i in 0..messages {
@@ -544,11 +578,22 @@ fn sqlite_run(
     let send = t.elapsed();
 
     let t = Instant::now();
-    for (a, b, k) in picks {
-        let done = db
-            .recall(&w.names[*a], &w.names[*b], k)
-            .expect("sqlite: recall");
-        assert!(done, "sqlite: recall of {k} refused");
+    for chunk in picks.chunks(batch.max(1)) {
+        if batch > 1 {
+            let items: Vec<(&str, &str, &str)> = chunk
+                .iter()
+                .map(|(a, b, k)| (w.names[*a].as_str(), w.names[*b].as_str(), k.as_str()))
+                .collect();
+            let done = db.recall_batch(&items).expect("sqlite: recall");
+            assert!(done.iter().all(|d| *d), "sqlite: a recall refused");
+        } else {
+            for (a, b, k) in chunk {
+                let done = db
+                    .recall(&w.names[*a], &w.names[*b], k)
+                    .expect("sqlite: recall");
+                assert!(done, "sqlite: recall of {k} refused");
+            }
+        }
     }
     let recall = t.elapsed();
 
@@ -586,6 +631,9 @@ struct Comparison {
     recalls: u64,
     /// Operations imstore keeps unacknowledged at once (1: none).
     in_flight: usize,
+    /// Recalls per call and per transaction: imstore's `recall_many`, SQLite's transaction
+    /// (1: one each). Sends stay one at a time on both.
+    batch: usize,
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -610,7 +658,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
         None => {
             let store = Store::in_memory(Config::default().with_clock(clock()))
                 .expect("imstore: in memory");
-            imstore_run(w, &store, c.messages, &picks, 1)
+            imstore_run(w, &store, c.messages, &picks, 1, c.batch)
         }
         Some(sync) => {
             let tmp = tempfile::Builder::new()
@@ -619,7 +667,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
                 .expect("temp dir");
             let config = Config::default().with_clock(clock()).with_sync(sync);
             let store = Store::open(tmp.path(), config).expect("imstore: open");
-            let timing = imstore_run(w, &store, c.messages, &picks, c.in_flight);
+            let timing = imstore_run(w, &store, c.messages, &picks, c.in_flight, c.batch);
             store.close().expect("imstore: close");
             timing
         }
@@ -628,7 +676,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
     let sql = match c.sqlite {
         SqliteMode::Memory => {
             let db = Sqlite::open(None, c.sqlite, rowid, &w.names);
-            sqlite_run(w, &db, c.messages, &picks)
+            sqlite_run(w, &db, c.messages, &picks, c.batch)
         }
         SqliteMode::Wal(_) => {
             let tmp = tempfile::Builder::new()
@@ -641,7 +689,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
                 rowid,
                 &w.names,
             );
-            sqlite_run(w, &db, c.messages, &picks)
+            sqlite_run(w, &db, c.messages, &picks, c.batch)
         }
     };
 
@@ -670,7 +718,10 @@ fn main() {
     let durable_messages = env_u64("IMSTORE_PEERS_DURABLE_MESSAGES", 20_000);
     let durable_recalls = env_u64("IMSTORE_PEERS_DURABLE_RECALLS", 10_000);
     let dir = env("IMSTORE_PEERS_DIR", "/tmp");
-    let only = env("IMSTORE_PEERS_ONLY", "memory,every,group,group32,none");
+    let only = env(
+        "IMSTORE_PEERS_ONLY",
+        "memory,memory64,every,group,group32,none",
+    );
     let rowid = env("IMSTORE_PEERS_ROWID", "0") == "1";
 
     let w = Workload {
@@ -684,6 +735,7 @@ fn main() {
         messages: durable_messages,
         recalls: durable_recalls,
         in_flight,
+        batch: 1,
     };
     let comparisons = [
         (
@@ -695,6 +747,19 @@ fn main() {
                 messages,
                 recalls,
                 in_flight: 1,
+                batch: 1,
+            },
+        ),
+        (
+            "memory64",
+            Comparison {
+                name: "in memory, 64 recalls a call (`recall_many`) / a transaction",
+                imstore: None,
+                sqlite: SqliteMode::Memory,
+                messages,
+                recalls,
+                in_flight: 1,
+                batch: 64,
             },
         ),
         (
