@@ -45,6 +45,8 @@ enum Action {
         to: usize,
         seq: u32,
     },
+    /// `recall_many` of these (from, to, seq), over more than one wave when long.
+    RecallMany(Vec<(usize, usize, u32)>),
     Modify {
         from: usize,
         to: usize,
@@ -68,6 +70,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (u.clone(), u.clone()).prop_map(|(a, b)| Action::MarkRead(a, b)),
         2 => (u.clone(), u.clone(), 1..5u32).prop_map(|(a, b, n)| Action::History(a, b, n)),
         3 => (u.clone(), u.clone(), 0..6u32).prop_map(|(from, to, seq)| Action::Recall { from, to, seq }),
+        1 => proptest::collection::vec((u.clone(), u.clone(), 0..6u32), 1..40)
+            .prop_map(Action::RecallMany),
         1 => (u.clone(), u, 0..6u32, any::<u8>())
             .prop_map(|(from, to, seq, text)| Action::Modify { from, to, seq, text }),
     ]
@@ -214,24 +218,36 @@ impl Harness {
                 let got = self
                     .store
                     .recall(ADMIN, USERS[from], USERS[to], &key(&(from, to, seq)));
-                let want = self.accounts_ok(from, to).and_then(|()| {
-                    match self.model.msgs.get(&(from, to, seq)) {
-                        None => Err(20022),
-                        Some(m) if m.recalled => Err(20023),
-                        Some(_) => Ok(()),
-                    }
-                });
+                let want = self.model_recall(from, to, seq);
                 assert_eq!(
                     got.as_ref().map(|_| ()).map_err(|e| e.code()),
                     want,
                     "{a:?}"
                 );
-                if want.is_ok() {
-                    let id = (from, to, seq);
-                    self.model.msgs.get_mut(&id).unwrap().recalled = true;
-                    if !self.is_read(&id) {
-                        *self.model.unread.get_mut(&(to, from)).unwrap() -= 1;
-                    }
+            }
+            Action::RecallMany(items) => {
+                let keys: Vec<String> = items.iter().map(key).collect();
+                let batch: Vec<imstore::RecallItem<'_>> = items
+                    .iter()
+                    .zip(&keys)
+                    .map(|(&(from, to, _), key)| imstore::RecallItem {
+                        from: USERS[from],
+                        to: USERS[to],
+                        key,
+                    })
+                    .collect();
+                let got = self.store.recall_many(ADMIN, &batch);
+                assert_eq!(got.len(), items.len());
+                // Each answers as `recall` would have, in order: the model recalls them one
+                // after another.
+                for (got, (from, to, seq)) in got.iter().zip(items) {
+                    let want = self.model_recall(from, to, seq);
+                    assert_eq!(
+                        got.as_ref().map(|_| ()).map_err(|e| e.code()),
+                        want,
+                        "{a:?}, item {:?}",
+                        (from, to, seq)
+                    );
                 }
             }
             Action::Modify {
@@ -279,6 +295,25 @@ impl Harness {
             .read_upto
             .get(&(id.1, id.0))
             .is_some_and(|&upto| pos < upto)
+    }
+
+    /// What a recall of (from, to, seq) answers, by the model; applies it when it succeeds.
+    fn model_recall(&mut self, from: usize, to: usize, seq: u32) -> Result<(), u32> {
+        let want =
+            self.accounts_ok(from, to)
+                .and_then(|()| match self.model.msgs.get(&(from, to, seq)) {
+                    None => Err(20022),
+                    Some(m) if m.recalled => Err(20023),
+                    Some(_) => Ok(()),
+                });
+        if want.is_ok() {
+            let id = (from, to, seq);
+            self.model.msgs.get_mut(&id).unwrap().recalled = true;
+            if !self.is_read(&id) {
+                *self.model.unread.get_mut(&(to, from)).unwrap() -= 1;
+            }
+        }
+        want
     }
 
     fn model_send(
