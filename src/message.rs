@@ -182,7 +182,7 @@ pub struct VideoFileElem {
 /// The body is validated once, at send, and kept in the smallest form that renders back to
 /// its canonical JSON: a body that is one `TIMTextElem` (most messages) is kept as its text,
 /// any other as its JSON. The 12 KB limit measures the JSON either way. A text of up to
-/// [`INLINE_TEXT_BYTES`] bytes without CloudCustomData is kept inline, in the message record
+/// `INLINE_TEXT_BYTES` (38) bytes without CloudCustomData is kept inline, in the message record
 /// itself (no allocation of its own; cloning copies it); anything else in one shared
 /// allocation. Either way the store's copy is overwritten with zeros when it is dropped — a
 /// recalled body does not linger in memory the store frees or reuses (copies a caller took
