@@ -374,6 +374,12 @@ impl Conversation {
         self.next_arrival < ARRIVAL_LIMIT
     }
 
+    /// Moves the next arrival number (tests of the limit: reaching it takes 2^48 sends).
+    #[cfg(test)]
+    pub fn set_next_arrival(&mut self, next: u64) {
+        self.next_arrival = next;
+    }
+
     /// Takes the next arrival number for a message about to be inserted (after
     /// [`Conversation::can_take_arrival`]).
     pub fn take_arrival(&mut self) -> u64 {

@@ -501,3 +501,43 @@ impl Store {
 fn total_unread(state: &AccountState) -> u32 {
     state.unread_total
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::message::ARRIVAL_LIMIT;
+    use crate::{Config, HistoryQuery, ManualClock, MsgElement, SendRequest, Store, UserId};
+
+    #[test]
+    fn a_conversation_out_of_arrival_numbers_refuses_sends_with_91000_and_loses_nothing() {
+        let clock = ManualClock::new(1_700_000_000);
+        let store = Store::in_memory(Config::default().with_clock(clock)).unwrap();
+        store.import_accounts(&["arrival-a", "arrival-b"]).unwrap();
+        let send = |seq: u32| {
+            let mut req =
+                SendRequest::new("arrival-a", "arrival-b", 1, vec![MsgElement::text("x")]);
+            req.msg_seq = Some(seq);
+            store.send(req)
+        };
+        send(1).unwrap();
+        let (a, b) = (
+            UserId::new("arrival-a").unwrap(),
+            UserId::new("arrival-b").unwrap(),
+        );
+        store
+            .conversation(&a, &b)
+            .unwrap()
+            .lock()
+            .set_next_arrival(ARRIVAL_LIMIT - 1);
+        // The last number is taken, and kept whole in the record (history orders by it).
+        send(2).unwrap();
+        let err = send(3).unwrap_err();
+        assert_eq!(err.code(), 91000, "{err}");
+        let page = store
+            .history(&HistoryQuery::new("arrival-b", "arrival-a", 10))
+            .unwrap();
+        let seqs: Vec<u32> = page.messages.iter().map(|m| m.message.key.seq()).collect();
+        assert_eq!(seqs.len(), 2, "the refused send stored nothing");
+        assert!(seqs.contains(&1) && seqs.contains(&2));
+        assert_eq!(store.unread("arrival-b", "arrival-a").unwrap(), 2);
+    }
+}
