@@ -553,6 +553,22 @@ impl<T> Arena<T> {
         self.len.load(Ordering::Acquire)
     }
 
+    /// Starts loading every cache line of value `n` (see `prefetch`).
+    pub fn prefetch_whole(&self, n: u32) {
+        let (k, i, _) = place(n as usize);
+        if let Some(slot) = self
+            .chunks
+            .get(k)
+            .and_then(OnceLock::get)
+            .and_then(|c| c.get(i))
+        {
+            let start: *const u8 = (slot as *const Place<T>).cast();
+            for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+                prefetch_addr(start.wrapping_add(offset));
+            }
+        }
+    }
+
     /// Starts loading value `n`'s first cache line, reading only the chunk directory (a hint:
     /// nothing if `n` is not there).
     pub fn prefetch(&self, n: u32) {

@@ -109,6 +109,10 @@ impl Accounts {
     /// name's slot before the cell is loaded.
     pub fn by_name_numbered(&self, name: &str) -> Option<(u32, &AccountCell)> {
         let n = self.by_name.get(&name_key(name)?)?;
+        // The whole cell, not just the line `is_live` reads: the operation goes on to lock it
+        // and reach its inbox, lists and counters, each further line another miss otherwise
+        // (sends 5-8% faster at 1M in three paired runs; recalls the same).
+        self.cells.prefetch_whole(n);
         Some((n, self.cells.get(n).filter(|c| c.is_live())?))
     }
 
