@@ -542,8 +542,7 @@ impl<T> Arena<T> {
         if n as usize >= self.len.load(Ordering::Acquire) {
             return None;
         }
-        let (k, i, _) = place(n as usize);
-        let place = self.chunks.get(k)?.get()?.get(i)?;
+        let place = self.place_of(n)?;
         // SAFETY: `n` is below `len` (Acquire): its value was written before `len` was stored
         // past it (Release), and is never written again.
         Some(unsafe { (*place.0.get()).assume_init_ref() })
@@ -553,33 +552,27 @@ impl<T> Arena<T> {
         self.len.load(Ordering::Acquire)
     }
 
-    /// Starts loading every cache line of value `n` (see `prefetch`).
-    pub fn prefetch_whole(&self, n: u32) {
+    /// Value `n`'s place, written or not, found through the chunk directory alone.
+    fn place_of(&self, n: u32) -> Option<&Place<T>> {
         let (k, i, _) = place(n as usize);
-        if let Some(slot) = self
-            .chunks
-            .get(k)
-            .and_then(OnceLock::get)
-            .and_then(|c| c.get(i))
-        {
-            let start: *const u8 = (slot as *const Place<T>).cast();
-            for offset in (0..std::mem::size_of::<T>()).step_by(64) {
-                prefetch_addr(start.wrapping_add(offset));
-            }
-        }
+        self.chunks.get(k)?.get()?.get(i)
     }
 
     /// Starts loading value `n`'s first cache line, reading only the chunk directory (a hint:
     /// nothing if `n` is not there).
     pub fn prefetch(&self, n: u32) {
-        let (k, i, _) = place(n as usize);
-        if let Some(slot) = self
-            .chunks
-            .get(k)
-            .and_then(OnceLock::get)
-            .and_then(|c| c.get(i))
-        {
-            prefetch(slot);
+        if let Some(p) = self.place_of(n) {
+            prefetch(p);
+        }
+    }
+
+    /// [`prefetch`](Arena::prefetch) of every cache line of value `n`.
+    pub fn prefetch_whole(&self, n: u32) {
+        if let Some(p) = self.place_of(n) {
+            let start: *const u8 = (p as *const Place<T>).cast();
+            for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+                prefetch_addr(start.wrapping_add(offset));
+            }
         }
     }
 

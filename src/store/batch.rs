@@ -103,7 +103,7 @@ impl Store {
     /// Walks `wave` through the chain of loads a recall makes, one link for all at a time,
     /// and notes in `links` what it found. Reads only; what it cannot find it leaves out.
     fn prefetch_recalls<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
-        self.prefetch_parties(wave.iter().map(|it| Some((it.from, it.to))), links);
+        self.prefetch_parties(wave, links);
         for (it, l) in wave.iter().zip(links.iter_mut()) {
             l.key = MsgKey::parse(it.key).ok();
         }
@@ -121,23 +121,15 @@ impl Store {
         });
     }
 
-    /// Links 1 to 3 of a wave of requests between two accounts by name (`None`: an item to
-    /// leave out; written for any such request, used by recalls: a `send_many` built on it
-    /// measured no faster than sends one at a time, whose cost is work, not waiting): the names' slots; the cells' numbers from them, then the cells and the
-    /// conversation's slot; the conversation, and the entries `apply` reads by the cells'
-    /// UserIds. Resets `links` and notes the cells and the conversation found.
-    fn prefetch_parties<'s, 'a>(
-        &'s self,
-        pairs: impl Iterator<Item = Option<(&'a str, &'a str)>>,
-        links: &mut [Link<'s>],
-    ) {
+    /// Links 1 to 3 of a wave: the names' slots; the cells' numbers from them, then the cells
+    /// and the conversation's slot; the conversation, and the entries `apply` reads by the
+    /// cells' UserIds. Resets `links` and notes the cells and the conversation found.
+    fn prefetch_parties<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
         let accounts = &self.inner.accounts;
         // 1. The names' slots. (Each name's key and hash are made once, for two lookups.)
         let mut names = [(None, None); WAVE];
-        for (pair, n) in pairs.zip(&mut names) {
-            if let Some((from, to)) = pair {
-                *n = (accounts.name_lookup(from), accounts.name_lookup(to));
-            }
+        for (it, n) in wave.iter().zip(&mut names) {
+            *n = (accounts.name_lookup(it.from), accounts.name_lookup(it.to));
             for name in [&n.0, &n.1].into_iter().flatten() {
                 accounts.prefetch_named(name);
             }
