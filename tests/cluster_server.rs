@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::nats::{Nats, serial};
@@ -264,7 +264,8 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     while let Ok(e) = events.recv_timeout(Duration::from_millis(800)) {
         last = e.0;
     }
-    drop(events);
+    // `events`' connection stays open (as a client that went away without closing would
+    // leave it) while the tablet connects again through another node below.
     let url = format!(
         "{}/v4/imstore/ack?{}&device=tablet",
         c.base,
@@ -295,6 +296,28 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
         resumed.recv_timeout(Duration::from_millis(800)).is_err(),
         "nothing confirmed comes again"
     );
+    // The connection it replaced, still open on B, was superseded: it ends, gets nothing sent
+    // after, and never takes the device back (which would end the new one).
+    let still = ok(&b.post(
+        "openim/sendmsg",
+        text("carol", "dave", 56, "still on the new connection"),
+    ))["MsgKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, _, data) = resumed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the new connection still gets events");
+    assert_eq!(data["MsgKey"].as_str(), Some(still.as_str()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the superseded stream did not end"),
+            // What it was handed before the new connection (`fresh`) it may still pass on.
+            Ok((_, _, data)) => assert_ne!(data["MsgKey"].as_str(), Some(still.as_str())),
+        }
+    }
     drop(resumed);
 
     // Deleting an account removes it from every shard: sends to it fail everywhere.

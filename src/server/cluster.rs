@@ -51,7 +51,7 @@ pub(super) mod front;
 mod owner;
 pub(super) mod rpc;
 
-use owner::{Owned, forget_idle, handle, serve};
+use owner::{Devices, Owned, forget_idle, handle, serve};
 
 use rpc::{Answer, Call};
 
@@ -363,7 +363,7 @@ impl Node {
             shard,
             store: store.clone(),
             api,
-            remotes: Mutex::new(HashMap::new()),
+            devices: Mutex::new(Devices::default()),
             stop,
         });
         self.owned.lock().insert(n, owned.clone());
@@ -394,7 +394,8 @@ impl Node {
             return;
         };
         let _ = owned.stop.send(true);
-        owned.remotes.lock().clear();
+        let dropped = owned.devices.lock().clear();
+        drop(dropped);
         if let Err(e) = owned.shard.close_shared() {
             tracing::warn!(shard = n, error = %e, "closing the shard");
         }

@@ -23,6 +23,12 @@
 //! reconnected to NATS is sent again at once. Memory per session is one pending batch per
 //! shard.
 //!
+//! **Connecting again.** The same device connecting again — through this node or another —
+//! ends the session before it, whose connection may still be open (its client went away
+//! without closing). The owners answer the old session's pulls "superseded" and it ends; its
+//! connecting again after "no session" never takes the device back from the newer one (the
+//! claims in `owner.rs`), so two open connections of one device cannot end each other in turn.
+//!
 //! Cost: a session is connected in every shard (one journal record per shard at connect) and
 //! keeps one pull waiting per shard (up to 15 s each, then asked again): with the default 64
 //! shards, about 4 requests a second per idle device. A push from owners to nodes would cut
@@ -148,8 +154,10 @@ pub async fn open(
         Arc::new(start.0.iter().map(|s| AtomicU64::new(*s)).collect());
     let connects = (0..shards).map(|n| {
         let (node, req, resume) = (node, &req, after.as_ref().map(|t| t.0[n as usize]));
-        async move { connect(node, n, req, session, resume.filter(|s| *s > 0)).await }
+        async move { connect(node, n, req, session, resume.filter(|s| *s > 0), false).await }
     });
+    // A shard where a newer session claimed the device already answers our first pull with
+    // "superseded", and the feed ends then.
     for result in futures_util::future::join_all(connects).await {
         result?;
     }
@@ -178,18 +186,22 @@ pub async fn open(
     })
 }
 
+/// Connects the session in shard `n` (`again`: after the owner answered "no session");
+/// `Ok(true)` when another session of the device took its place there (it ends).
 async fn connect(
     node: &Node,
     n: u32,
     req: &DeviceRequest,
     session: u64,
     after: Option<u64>,
-) -> Result<(), Error> {
+    again: bool,
+) -> Result<bool, Error> {
     let call = Call::Connect {
         account: req.account.clone(),
         device: req.device.clone(),
         session,
         after,
+        again,
     };
     let (answer, bytes) = node
         .call(n, &call, &[], rpc::REST_TIMEOUT)
@@ -198,7 +210,7 @@ async fn connect(
     if answer.code != 0 {
         return Err(error_of(&answer, &bytes));
     }
-    Ok(())
+    Ok(answer.superseded)
 }
 
 /// The error an owner answered, as the single node's [`Error`] (its code and text).
@@ -237,7 +249,13 @@ async fn pull(
         let step = async {
             if !connected {
                 let resume = confirmed[n as usize].load(Ordering::Acquire);
-                connect(&node, n, &req, session, (resume > 0).then_some(resume)).await?;
+                let after = (resume > 0).then_some(resume);
+                if connect(&node, n, &req, session, after, true).await? {
+                    return Ok(Answer {
+                        superseded: true,
+                        ..Answer::default()
+                    });
+                }
                 connected = true;
             }
             let call = Call::Pull {

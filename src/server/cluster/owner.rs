@@ -28,10 +28,52 @@ pub(super) struct Owned {
     pub(super) shard: Shard,
     pub(super) store: Store,
     pub(super) api: Arc<Api>,
-    /// Devices connected through some node, by (account, device).
-    pub(super) remotes: Mutex<HashMap<(String, String), Arc<Remote>>>,
+    /// Devices connected through some node, and which session holds each.
+    pub(super) devices: Mutex<Devices>,
     /// Turns true when the shard is released: its tasks stop.
     pub(super) stop: watch::Sender<bool>,
+}
+
+type DeviceKey = (String, String);
+
+/// The sessions of devices connected here through some node, by (account, device).
+///
+/// **Claims.** A device that connects again — through any node — takes its place from the
+/// session before it, whose connection may still be open (a client that went away without
+/// closing, not yet noticed by its node). The newer session *claims* the device here before its
+/// subscription is made, so when that ends the older subscription, the older session can tell
+/// it was superseded (and ends) rather than lost (and connects again, which would end the
+/// newer one in turn). A session connecting *again* — after a new owner or an idle drop
+/// answered "no session" — never takes a device another session has claimed.
+#[derive(Default)]
+pub(super) struct Devices {
+    remotes: HashMap<DeviceKey, Arc<Remote>>,
+    /// The session that last claimed each device, and when (a claim whose connect never
+    /// finished is dropped after [`SESSION_IDLE`]).
+    claims: HashMap<DeviceKey, (u64, Instant)>,
+}
+
+impl Devices {
+    fn claimed_by(&self, key: &DeviceKey) -> Option<u64> {
+        self.claims.get(key).map(|(s, _)| *s)
+    }
+
+    /// Drops `session`'s claim and subscription, if they are still its; what was dropped is
+    /// returned, to be dropped outside the lock.
+    fn release(&mut self, key: &DeviceKey, session: u64) -> Option<Arc<Remote>> {
+        if self.claimed_by(key) == Some(session) {
+            self.claims.remove(key);
+        }
+        if self.remotes.get(key).is_some_and(|r| r.session == session) {
+            return self.remotes.remove(key);
+        }
+        None
+    }
+
+    pub(super) fn clear(&mut self) -> Vec<Arc<Remote>> {
+        self.claims.clear();
+        self.remotes.drain().map(|(_, r)| r).collect()
+    }
 }
 
 /// A device's subscription in this shard, held for the node its connection is on.
@@ -129,6 +171,26 @@ fn replied(reply: Reply) -> (Answer, Vec<u8>) {
             ..Answer::default()
         },
         reply.json.into_bytes(),
+    )
+}
+
+fn superseded() -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            superseded: true,
+            ..Answer::default()
+        },
+        Vec::new(),
+    )
+}
+
+fn no_session() -> (Answer, Vec<u8>) {
+    (
+        Answer {
+            no_session: true,
+            ..Answer::default()
+        },
+        Vec::new(),
     )
 }
 
@@ -264,17 +326,35 @@ pub(super) async fn handle(
             device,
             session,
             after,
+            again,
         } => {
-            if let Err(e) = owned.ensure_accounts(std::slice::from_ref(&account)).await {
+            let key = (account, device);
+            {
+                let mut devices = owned.devices.lock();
+                match devices.claimed_by(&key) {
+                    Some(other) if again && other != session => return superseded(),
+                    _ => {
+                        devices
+                            .claims
+                            .insert(key.clone(), (session, Instant::now()));
+                    }
+                }
+            }
+            let (account, device) = (&key.0, &key.1);
+            if let Err(e) = owned.ensure_accounts(std::slice::from_ref(account)).await {
+                drop(owned.devices.lock().release(&key, session));
                 return failed(&e);
             }
             let (sub, ticket) = store.deferring(|| match after {
-                Some(after) => store.connect_after(&account, &device, after),
-                None => store.connect(&account, &device),
+                Some(after) => store.connect_after(account, device, after),
+                None => store.connect(account, device),
             });
             let sub = match store.commit_async(ticket).await.and(sub) {
                 Ok(sub) => sub,
-                Err(e) => return failed(&e),
+                Err(e) => {
+                    drop(owned.devices.lock().release(&key, session));
+                    return failed(&e);
+                }
             };
             let remote = Arc::new(Remote {
                 session,
@@ -282,8 +362,16 @@ pub(super) async fn handle(
                 unconfirmed: tokio::sync::Mutex::new(VecDeque::new()),
                 last_pull: Mutex::new(Instant::now()),
             });
-            // A session of the same device that was here before ends (its next pull says so).
-            let old = owned.remotes.lock().insert((account, device), remote);
+            let mut devices = owned.devices.lock();
+            if devices.claimed_by(&key) != Some(session) {
+                // A newer session claimed the device meanwhile (its subscription ended ours).
+                drop(devices);
+                drop(remote);
+                return superseded();
+            }
+            // The session before, if any, ends: its next pull says so.
+            let old = devices.remotes.insert(key, remote);
+            drop(devices);
             drop(old);
             (Answer::default(), Vec::new())
         }
@@ -295,25 +383,18 @@ pub(super) async fn handle(
             wait_ms,
         } => {
             let key = (account, device);
-            let remote = owned.remotes.lock().get(&key).cloned();
-            let Some(remote) = remote else {
-                return (
-                    Answer {
-                        no_session: true,
-                        ..Answer::default()
-                    },
-                    Vec::new(),
-                );
+            let (remote, claim) = {
+                let devices = owned.devices.lock();
+                (devices.remotes.get(&key).cloned(), devices.claimed_by(&key))
             };
-            if remote.session != session {
-                return (
-                    Answer {
-                        superseded: true,
-                        ..Answer::default()
-                    },
-                    Vec::new(),
-                );
-            }
+            let Some(remote) = remote.filter(|r| r.session == session) else {
+                // Another session holds or is taking the device here: this one ends. No
+                // claim at all: a new owner, or dropped as idle — connect again.
+                return match claim {
+                    Some(other) if other != session => superseded(),
+                    _ => no_session(),
+                };
+            };
             *remote.last_pull.lock() = Instant::now();
             let mut unconfirmed = remote.unconfirmed.lock().await;
             while unconfirmed.front().is_some_and(|e| e.seq <= after) {
@@ -326,13 +407,16 @@ pub(super) async fn handle(
                     batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
                         Ok(Ok(events)) => unconfirmed.extend(events),
                         Ok(Err(_)) => {
-                            // Ended here (the device connected again elsewhere in this store,
-                            // or forgotten): the node connects again.
-                            let mut remotes = owned.remotes.lock();
-                            if remotes.get(&key).is_some_and(|r| r.session == session) {
-                                remotes.remove(&key);
+                            // Ended here. Another session claimed the device: this one is
+                            // superseded. Otherwise (forgotten, say) the node connects again.
+                            let mut devices = owned.devices.lock();
+                            if devices.claimed_by(&key).is_some_and(|s| s != session) {
+                                return superseded();
                             }
-                            return (Answer { no_session: true, ..Answer::default() }, Vec::new());
+                            let ended = devices.release(&key, session);
+                            drop(devices);
+                            drop(ended);
+                            return no_session();
                         }
                         Err(_) => {}
                     },
@@ -364,10 +448,9 @@ pub(super) async fn handle(
             session,
         } => {
             let key = (account, device);
-            let mut remotes = owned.remotes.lock();
-            if remotes.get(&key).is_some_and(|r| r.session == session) {
-                remotes.remove(&key);
-            }
+            let closed = owned.devices.lock().release(&key, session);
+            // Dropped outside the lock: a subscription's drop journals the disconnect.
+            drop(closed);
             (Answer::default(), Vec::new())
         }
         Call::DeleteAccount { user } => {
@@ -390,13 +473,20 @@ pub(super) async fn forget_idle(owned: Arc<Owned>, mut stop: watch::Receiver<boo
             () = tokio::time::sleep(SESSION_IDLE / 6) => {}
         }
         let idle: Vec<Arc<Remote>> = {
-            let mut remotes = owned.remotes.lock();
-            let keys: Vec<_> = remotes
+            let mut devices = owned.devices.lock();
+            let idle: Vec<(DeviceKey, u64)> = devices
+                .remotes
                 .iter()
                 .filter(|(_, r)| r.last_pull.lock().elapsed() > SESSION_IDLE)
-                .map(|(k, _)| k.clone())
+                .map(|(k, r)| (k.clone(), r.session))
                 .collect();
-            keys.iter().filter_map(|k| remotes.remove(k)).collect()
+            let Devices { remotes, claims } = &mut *devices;
+            claims.retain(|k, (s, at)| {
+                remotes.get(k).is_some_and(|r| r.session == *s) || at.elapsed() <= SESSION_IDLE
+            });
+            idle.iter()
+                .filter_map(|(k, s)| devices.release(k, *s))
+                .collect()
         };
         // Dropped outside the lock: a subscription's drop journals the disconnect.
         drop(idle);

@@ -52,12 +52,14 @@ pub enum Call {
         peer: String,
     },
     /// Connects a device in this shard for a node's session (`after`: resume point, which
-    /// confirms receipt up to it).
+    /// confirms receipt up to it). `again`: the session connects again after "no session";
+    /// it does not take the device from a session that claimed it since (`owner.rs`).
     Connect {
         account: String,
         device: String,
         session: u64,
         after: Option<u64>,
+        again: bool,
     },
     /// The session's next events after `after` (what the node has received from this shard),
     /// waiting up to `wait_ms` for some.
