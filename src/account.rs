@@ -127,6 +127,9 @@ impl<'de> serde::Deserialize<'de> for UserId {
     }
 }
 
+/// The end of an account's list of conversations (`AccountState::conversations`).
+pub(crate) const NO_CONVERSATION: u32 = u32::MAX;
+
 /// One account's mutable state. Everything here changes under `AccountCell::state`.
 pub(crate) struct AccountState {
     /// False once deleted: an operation that looked the account up before the delete sees this
@@ -137,10 +140,14 @@ pub(crate) struct AccountState {
     /// Unread messages over all conversations (a callback's UnreadMsgNum); per peer, the
     /// count is kept in the conversation (`Conversation::unread`).
     pub unread_total: u32,
-    /// The store's numbers of every conversation this account has had (`Store::conversation_list`),
-    /// kept across a delete and re-import, as the conversations are: a delete resets its unread
-    /// counts there, `get_c2c_unread_msg_num` reads them.
-    pub conversations: Vec<u32>,
+    /// The store's number of the newest conversation this account has had
+    /// (`Store::conversation_list`; [`NO_CONVERSATION`] when none): the head of a list linked
+    /// through the conversations themselves (`Conversation::next`), newest first. Kept across a
+    /// delete and re-import, as the conversations are: a delete resets its unread counts there,
+    /// `get_c2c_unread_msg_num` reads them. (A list in the conversations costs nothing to grow;
+    /// a `Vec` per account was reallocated as it grew — a cold allocation and copy on about
+    /// one send in three at 1M messages — and held ~270 bytes per account at 4M.)
+    pub conversations: u32,
     /// The journal ticket of the last operation that changed this account's inbox, devices,
     /// unread counts, or a message in its inbox: readers show what they read here only once
     /// the journal is durable up to it (R6).
@@ -196,14 +203,14 @@ impl AccountState {
             inbox: Inbox::default(),
             devices: HashMap::default(),
             unread_total: 0,
-            conversations: Vec::new(),
+            conversations: NO_CONVERSATION,
             ticket: 0,
         }
     }
 
     /// Empties the state (an import or delete), keeping the list of conversations.
     pub fn reset(&mut self) {
-        let conversations = std::mem::take(&mut self.conversations);
+        let conversations = self.conversations;
         *self = AccountState::empty();
         self.conversations = conversations;
     }

@@ -245,6 +245,16 @@ impl Inbox {
         let low = (seq - self.tail.base) as u32
             | if online_only { ONLINE_ONLY } else { 0 }
             | kind << KIND_SHIFT;
+        let slots = &mut self.tail.slots;
+        if slots.len() == slots.capacity() && slots.len() < BLOCK {
+            // An account's first block: room for 4 entries (most accounts of a small store
+            // hold few), then for the whole block at once — one move, where doubling made two.
+            slots.reserve_exact(if slots.is_empty() {
+                4
+            } else {
+                BLOCK - slots.len()
+            });
+        }
         self.tail.slots.push(Packed {
             msg,
             expires_at: secs32(expires_at),

@@ -103,6 +103,10 @@ pub(crate) struct Conversation {
     /// The journal ticket of the last operation that changed this conversation: readers show
     /// what they read here only once the journal is durable up to it (R6).
     pub ticket: u64,
+    /// Per side: the store's number of the conversation before this one in that side's
+    /// account's list (`AccountState::conversations`; `NO_CONVERSATION` at the end). Set
+    /// before the conversation is stored, never changed after.
+    next: [u32; 2],
 }
 
 /// A message in a conversation, with its (MsgTimeStamp, MsgSeq) beside it.
@@ -277,7 +281,19 @@ impl Conversation {
             read_mark: [0, 0],
             unread: [0, 0],
             ticket: 0,
+            next: [crate::account::NO_CONVERSATION; 2],
         }
+    }
+
+    /// Links a conversation not yet stored in front of its accounts' lists: `heads` are
+    /// the lists' heads now, of `users()[0]` and `users()[1]`.
+    pub fn link(&mut self, heads: [u32; 2]) {
+        self.next = heads;
+    }
+
+    /// The conversation after this one in `user`'s list (`NO_CONVERSATION` at the end).
+    pub fn next_of(&self, user: &UserId) -> u32 {
+        self.next[self.side(user)]
     }
 
     /// A conversation rebuilt from a snapshot: its accounts in either order with their read

@@ -568,12 +568,38 @@ impl Store {
         let (a, b) = conversation_id(&x.id, &y.id);
         let mut made = false;
         let key = conv_key(x.n, y.n);
-        let (n, conv) = self.add_conversation(key, Conversation::new(a, b), &mut made)?;
+        let mut conv = Conversation::new(a, b);
+        conv.link(if conv.side(&x.id) == 0 {
+            [xs.conversations, ys.conversations]
+        } else {
+            [ys.conversations, xs.conversations]
+        });
+        let (n, conv) = self.add_conversation(key, conv, &mut made)?;
         if made {
-            xs.conversations.push(n);
-            ys.conversations.push(n);
+            xs.conversations = n;
+            ys.conversations = n;
         }
         Ok(conv)
+    }
+
+    /// Calls `f` with each of `account`'s conversations, newest first, each locked in turn;
+    /// `state` is the account's state, locked (so the list does not change meanwhile).
+    pub(crate) fn each_conversation(
+        &self,
+        account: &UserId,
+        state: &AccountState,
+        mut f: impl FnMut(&mut Conversation),
+    ) {
+        let mut n = state.conversations;
+        // A list holds each conversation at most once: bounded by how many there are.
+        for _ in 0..self.inner.conversation_list.len() {
+            let Some(conv) = self.inner.conversation_list.get(n) else {
+                return;
+            };
+            let mut c = conv.lock();
+            f(&mut c);
+            n = c.next_of(account);
+        }
     }
 
     /// The conversation of `conv`'s two accounts, whose cells' `conv_key` is `key`: `conv`
@@ -909,11 +935,7 @@ impl Store {
     fn unread_peers(&self, account: &UserId, state: &AccountState) -> (Vec<(UserId, u32)>, u64) {
         let mut ticket = state.ticket;
         let mut all = Vec::new();
-        for &n in &state.conversations {
-            let Some(conv) = self.inner.conversation_list.get(n) else {
-                continue;
-            };
-            let c = conv.lock();
+        self.each_conversation(account, state, |c| {
             let side = c.side(account);
             // Every change to a count stamps the account's ticket too; the conversations'
             // are taken as well, listed or not (a count gone to 0 is something read), so the
@@ -922,7 +944,7 @@ impl Store {
             if c.unread[side] > 0 {
                 all.push((c.users()[1 - side].clone(), c.unread[side]));
             }
-        }
+        });
         (all, ticket)
     }
 

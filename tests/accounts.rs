@@ -177,3 +177,84 @@ fn unread_counts_survive_delete_reimport_snapshot_and_replay() {
     assert_eq!(store.unread("b", "a").unwrap(), 0);
     assert_eq!(store.unread("a", "b").unwrap(), 1);
 }
+
+#[test]
+fn every_account_lists_each_of_its_conversations_once_through_snapshots_and_deletes() {
+    // Each account's conversations are a list linked through the conversations themselves,
+    // two lists through each: made interleaved here (hub and spokes, spokes with each other),
+    // read back by `unread_all` live, from a snapshot, and through a delete of the hub.
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(dir.path(), imstore::Config::default()).unwrap();
+    let store = open();
+    let spokes: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
+    store.import_account("hub").unwrap();
+    for s in &spokes {
+        store.import_account(s).unwrap();
+    }
+    let mut seq = 0;
+    let mut send = |store: &Store, from: &str, to: &str| {
+        seq += 1;
+        send_text(store, from, to, seq, "x");
+    };
+    for (i, s) in spokes.iter().enumerate() {
+        // s_i -> hub (i+1 times), and s_i -> s_{i-1}, s_i -> s_{i-2} (once each).
+        for _ in 0..=i {
+            send(&store, s, "hub");
+        }
+        for back in 1..=2 {
+            if i >= back {
+                send(&store, s, &spokes[i - back]);
+            }
+        }
+    }
+    let listed = |store: &Store, who: &str| -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = store
+            .unread_all(who)
+            .unwrap()
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect();
+        v.sort();
+        v
+    };
+    let hub_want: Vec<(String, u32)> = spokes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), i as u32 + 1))
+        .collect();
+    let spoke_want = |i: usize| -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = (1..=2)
+            .filter(|d| i + d < spokes.len())
+            .map(|d| (spokes[i + d].clone(), 1))
+            .collect();
+        v.sort();
+        v
+    };
+    let check = |store: &Store| {
+        assert_eq!(listed(store, "hub"), hub_want);
+        for i in 0..spokes.len() {
+            assert_eq!(listed(store, &spokes[i]), spoke_want(i), "{}", spokes[i]);
+        }
+    };
+    check(&store);
+    store.compact().unwrap();
+    drop(store);
+    let store = open();
+    check(&store);
+    // A conversation made after the restore joins the restored lists.
+    send(&store, "hub", "s0");
+    send(&store, "s8", "s0");
+    let mut s0 = spoke_want(0);
+    s0.extend([("hub".to_string(), 1), ("s8".to_string(), 1)]);
+    s0.sort();
+    assert_eq!(listed(&store, "s0"), s0);
+    // A delete reaches every conversation of the hub; the spokes' lists are untouched.
+    store.delete_account("hub").unwrap();
+    store.import_account("hub").unwrap();
+    assert_eq!(listed(&store, "hub"), vec![]);
+    for i in 1..spokes.len() {
+        assert_eq!(listed(&store, &spokes[i]), spoke_want(i), "{}", spokes[i]);
+    }
+    send(&store, "s3", "hub");
+    assert_eq!(listed(&store, "hub"), vec![("s3".to_string(), 1)]);
+}

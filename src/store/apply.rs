@@ -148,14 +148,11 @@ impl Store {
         }
         let next = state.inbox.next_seq();
         // Its unread counts go; the conversations stay (the peers' history keeps them).
-        for &n in &state.conversations {
-            if let Some(conv) = self.inner.conversation_list.get(n) {
-                let mut c = conv.lock();
-                let side = c.side(user);
-                c.unread[side] = 0;
-                c.ticket = ticket;
-            }
-        }
+        self.each_conversation(user, &state, |c| {
+            let side = c.side(user);
+            c.unread[side] = 0;
+            c.ticket = ticket;
+        });
         // The cell stays (lookups hand out plain references), empty and not live.
         state.reset();
         state.ticket = ticket;

@@ -311,21 +311,16 @@ impl Store {
                 "the snapshot's conversation of {a} and {b} is damaged: {why}"
             ))
         })?;
-        let conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
+        let mut conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         let [a, b] = conv.users().clone();
         let accounts = &self.inner.accounts;
-        let key = conv_key(accounts.cell(&a)?.n, accounts.cell(&b)?.n);
+        let (ca, cb) = (accounts.cell(&a)?, accounts.cell(&b)?);
+        let key = conv_key(ca.n, cb.n);
+        conv.link([ca.state.lock().conversations, cb.state.lock().conversations]);
         let (n, _) = self.add_conversation(key, conv, &mut false)?;
         // Each lock alone: nobody else touches a store being restored.
-        for user in [&a, &b] {
-            self.inner
-                .accounts
-                .cell(user)?
-                .state
-                .lock()
-                .conversations
-                .push(n);
-        }
+        ca.state.lock().conversations = n;
+        cb.state.lock().conversations = n;
         Ok(())
     }
 
