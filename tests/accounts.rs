@@ -232,8 +232,8 @@ fn every_account_lists_each_of_its_conversations_once_through_snapshots_and_dele
     };
     let check = |store: &Store| {
         assert_eq!(listed(store, "hub"), hub_want);
-        for i in 0..spokes.len() {
-            assert_eq!(listed(store, &spokes[i]), spoke_want(i), "{}", spokes[i]);
+        for (i, s) in spokes.iter().enumerate() {
+            assert_eq!(listed(store, s), spoke_want(i), "{s}");
         }
     };
     check(&store);
@@ -252,8 +252,8 @@ fn every_account_lists_each_of_its_conversations_once_through_snapshots_and_dele
     store.delete_account("hub").unwrap();
     store.import_account("hub").unwrap();
     assert_eq!(listed(&store, "hub"), vec![]);
-    for i in 1..spokes.len() {
-        assert_eq!(listed(&store, &spokes[i]), spoke_want(i), "{}", spokes[i]);
+    for (i, s) in spokes.iter().enumerate().skip(1) {
+        assert_eq!(listed(&store, s), spoke_want(i), "{s}");
     }
     send(&store, "s3", "hub");
     assert_eq!(listed(&store, "hub"), vec![("s3".to_string(), 1)]);
