@@ -56,6 +56,13 @@ pub trait Hooks: Send + Sync + 'static {
     /// Called after a single send was stored (and made durable).
     fn after_send(&self, _msg: &MessageView) {}
 
+    /// Whether [`after_send`](Hooks::after_send) does anything. When `false` the store does
+    /// not build the view it would hand over (a lock of the message and a copy of its content
+    /// per send) and does not call it. Default: `true`.
+    fn observes_sends(&self) -> bool {
+        true
+    }
+
     /// Called after a recall took effect (and was made durable).
     fn after_recall(&self, _notice: &RecallNotice) {}
 }
@@ -64,4 +71,8 @@ pub trait Hooks: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHooks;
 
-impl Hooks for NoHooks {}
+impl Hooks for NoHooks {
+    fn observes_sends(&self) -> bool {
+        false
+    }
+}

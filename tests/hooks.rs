@@ -142,3 +142,40 @@ fn batch_send_runs_no_hooks() {
     assert_eq!(*hooks.calls.lock().unwrap(), 0);
     assert_eq!(stored(&store), vec!["bulk"]);
 }
+
+/// Hooks that decide before sends but say they do not observe them afterwards.
+struct GateOnly {
+    before: Mutex<u32>,
+    after: Mutex<u32>,
+}
+
+impl Hooks for GateOnly {
+    fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
+        *self.before.lock().unwrap() += 1;
+        BeforeSend::Allow
+    }
+    fn after_send(&self, _msg: &MessageView) {
+        *self.after.lock().unwrap() += 1;
+    }
+    fn observes_sends(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn hooks_that_do_not_observe_sends_still_decide_them_and_are_not_called_after() {
+    let hooks = Arc::new(GateOnly {
+        before: Mutex::new(0),
+        after: Mutex::new(0),
+    });
+    let (store, _) = store_with_config(&["a", "b"], |c| c.with_hooks(hooks.clone()));
+    send_text(&store, "a", "b", 1, "one");
+    let (sent, ticket) = store.deferring(|| store.send(text_req("a", "b", 2, "two")));
+    sent.unwrap();
+    store.commit(ticket).unwrap();
+    let mut both = stored(&store);
+    both.sort();
+    assert_eq!(both, vec!["one", "two"]);
+    assert_eq!(*hooks.before.lock().unwrap(), 2);
+    assert_eq!(*hooks.after.lock().unwrap(), 0);
+}

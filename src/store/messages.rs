@@ -225,7 +225,7 @@ impl Store {
                 msg_time: msg.key.time(),
                 msg_key: msg.key,
             },
-            sent: (!duplicate).then(|| msg.view()),
+            sent: (!duplicate && self.inner.config.hooks.observes_sends()).then(|| msg.view()),
         })
     }
 
