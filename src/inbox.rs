@@ -221,9 +221,9 @@ impl Inbox {
         self.tail.slots.is_empty() && self.full.is_empty()
     }
 
-    /// Stores an entry with a sequence number above every stored one. The first block grows as
-    /// a `Vec` does (4, 8, 16 entries: an account that receives little pays little); every
-    /// later one is allocated whole.
+    /// Stores an entry with a sequence number above every stored one. The first block holds 4
+    /// entries, then 16 (an account that receives little pays little); every later one is
+    /// allocated whole.
     fn push(&mut self, seq: u64, entry: Entry, expires_at: u64, online_only: bool) {
         let (msg, kind) = match entry {
             Entry::Message(m) => (m, KIND_MESSAGE),

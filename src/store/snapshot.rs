@@ -314,11 +314,17 @@ impl Store {
         let mut conv = Conversation::restore(a, b, img.next_arrival, img.read_mark, messages);
         let [a, b] = conv.users().clone();
         let accounts = &self.inner.accounts;
+        if a == b {
+            return Err(Error::Internal(format!(
+                "the snapshot lists a conversation of {a} with itself"
+            )));
+        }
         let (ca, cb) = (accounts.cell(&a)?, accounts.cell(&b)?);
         let key = conv_key(ca.n, cb.n);
-        conv.link([ca.state.lock().conversations, cb.state.lock().conversations]);
-        let (n, _) = self.add_conversation(key, conv, &mut false)?;
         // Each lock alone: nobody else touches a store being restored.
+        let heads = [ca.state.lock().conversations, cb.state.lock().conversations];
+        conv.link(heads);
+        let (n, _) = self.add_conversation(key, conv, &mut false)?;
         ca.state.lock().conversations = n;
         cb.state.lock().conversations = n;
         Ok(())

@@ -44,7 +44,14 @@ type DeviceKey = (String, String);
 /// subscription is made, so when that ends the older subscription, the older session can tell
 /// it was superseded (and ends) rather than lost (and connects again, which would end the
 /// newer one in turn). A session connecting *again* — after a new owner or an idle drop
-/// answered "no session" — never takes a device another session has claimed.
+/// answered "no session" — never takes a device another session has claimed or holds. A
+/// session whose subscription ended for another reason (the device forgotten, say) keeps its
+/// claim while it connects again.
+///
+/// Claims are not carried to a new owner: when a shard moves just after a device connected
+/// again, and its older, stale session has not yet pulled there since, the two reconnect to
+/// the new owner as equals and the first wins. If that is the stale one, the live connection
+/// is told it was superseded once; the client's next connection wins everywhere.
 #[derive(Default)]
 pub(super) struct Devices {
     remotes: HashMap<DeviceKey, Arc<Remote>>,
@@ -331,8 +338,13 @@ pub(super) async fn handle(
             let key = (account, device);
             {
                 let mut devices = owned.devices.lock();
+                let held_by_other = devices
+                    .remotes
+                    .get(&key)
+                    .is_some_and(|r| r.session != session);
                 match devices.claimed_by(&key) {
                     Some(other) if again && other != session => return superseded(),
+                    None if again && held_by_other => return superseded(),
                     _ => {
                         devices
                             .claims
@@ -342,7 +354,9 @@ pub(super) async fn handle(
             }
             let (account, device) = (&key.0, &key.1);
             if let Err(e) = owned.ensure_accounts(std::slice::from_ref(account)).await {
-                drop(owned.devices.lock().release(&key, session));
+                let released = owned.devices.lock().release(&key, session);
+                // Dropped outside the lock: a subscription's drop journals the disconnect.
+                drop(released);
                 return failed(&e);
             }
             let (sub, ticket) = store.deferring(|| match after {
@@ -352,7 +366,8 @@ pub(super) async fn handle(
             let sub = match store.commit_async(ticket).await.and(sub) {
                 Ok(sub) => sub,
                 Err(e) => {
-                    drop(owned.devices.lock().release(&key, session));
+                    let released = owned.devices.lock().release(&key, session);
+                    drop(released);
                     return failed(&e);
                 }
             };
@@ -387,11 +402,13 @@ pub(super) async fn handle(
                 let devices = owned.devices.lock();
                 (devices.remotes.get(&key).cloned(), devices.claimed_by(&key))
             };
+            let held_by_other = remote.as_ref().is_some_and(|r| r.session != session);
             let Some(remote) = remote.filter(|r| r.session == session) else {
-                // Another session holds or is taking the device here: this one ends. No
-                // claim at all: a new owner, or dropped as idle — connect again.
+                // Another session holds or is taking the device here: this one ends. Neither:
+                // a new owner, or dropped as idle — connect again.
                 return match claim {
                     Some(other) if other != session => superseded(),
+                    _ if held_by_other => superseded(),
                     _ => no_session(),
                 };
             };
@@ -413,7 +430,14 @@ pub(super) async fn handle(
                             if devices.claimed_by(&key).is_some_and(|s| s != session) {
                                 return superseded();
                             }
-                            let ended = devices.release(&key, session);
+                            // Only the subscription goes: the session keeps (and renews) its
+                            // claim, so no older session takes the device before this one
+                            // connects again.
+                            if let Some(claim) = devices.claims.get_mut(&key) {
+                                claim.1 = Instant::now();
+                            }
+                            let ours = devices.remotes.get(&key).is_some_and(|r| r.session == session);
+                            let ended = if ours { devices.remotes.remove(&key) } else { None };
                             drop(devices);
                             drop(ended);
                             return no_session();

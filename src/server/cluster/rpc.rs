@@ -59,6 +59,8 @@ pub enum Call {
         device: String,
         session: u64,
         after: Option<u64>,
+        /// Absent (a node of an earlier version): a first connect.
+        #[serde(default)]
         again: bool,
     },
     /// The session's next events after `after` (what the node has received from this shard),
