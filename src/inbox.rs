@@ -255,7 +255,7 @@ impl Inbox {
                 BLOCK - slots.len()
             });
         }
-        self.tail.slots.push(Packed {
+        slots.push(Packed {
             msg,
             expires_at: secs32(expires_at),
             low,
