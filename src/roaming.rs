@@ -359,22 +359,37 @@ impl Conversation {
             Messages::Empty => true,
             Messages::One(h) => {
                 if h.ts == time_seq(key) {
-                    crate::table::prefetch_addr(MsgArc::as_ptr(&h.msg).cast());
+                    crate::table::prefetch::<StoredMessage>(&h.msg);
                 }
                 true
             }
             Messages::Many(d) => {
-                crate::table::prefetch_addr(d.as_slices().0.as_ptr().cast());
+                // The buffer the search reads: all of it, up to four lines a part (a binary
+                // search of a longer one reads a few of its lines, which no hint can name).
+                let (a, b) = d.as_slices();
+                for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                    crate::table::prefetch(&part[..part.len().min(16)]);
+                }
                 false
             }
         }
     }
 
-    /// Starts loading the message `key` from `from` if the conversation has it (a hint, for a
-    /// `find` soon after; this one reads the buffer).
-    pub fn prefetch_found(&self, from: &UserId, key: MsgKey) {
-        if let Some(m) = self.find(from, key) {
-            crate::table::prefetch_addr(MsgArc::as_ptr(m).cast());
+    /// Starts loading the messages `find(_, key)` will read: those with `key`'s MsgTimeStamp
+    /// and MsgSeq (one, nearly always). A hint for a `find` soon after; this one reads the
+    /// buffer only, never a message record: a record not yet loaded would be a miss taken
+    /// here, under this conversation's lock, which the next lock of a batch waits out (a
+    /// locked instruction lets no later load pass it), so a wave's misses would queue instead
+    /// of overlapping.
+    pub fn prefetch_found(&self, key: MsgKey) {
+        let ts = time_seq(key);
+        let start = self.messages.partition_point(|h| h.ts < ts);
+        for h in self
+            .messages
+            .range(start, self.messages.len())
+            .take_while(|h| h.ts == ts)
+        {
+            crate::table::prefetch::<StoredMessage>(&h.msg);
         }
     }
 

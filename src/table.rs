@@ -415,10 +415,21 @@ impl<const W: usize> Table<W> {
     }
 }
 
-/// Asks the CPU to start loading `value`'s first cache line, for a lookup that will need it
-/// after some other work (a hint only: no effect on what the program computes).
-pub(crate) fn prefetch<T>(value: &T) {
-    prefetch_addr((value as *const T).cast());
+/// Asks the CPU to start loading every cache line `value` lies on, for work that will need it
+/// after some other work (a hint only: no effect on what the program computes). Every line,
+/// not the first: a value is rarely aligned to a line (glibc aligns to 16 bytes), so a
+/// 192-byte account cell lies on four lines, and the work reads fields on each — a line left
+/// out is a miss taken later, alone, under a lock.
+pub(crate) fn prefetch<T: ?Sized>(value: &T) {
+    let start = (value as *const T).cast::<u8>();
+    for line in lines(start as usize, std::mem::size_of_val(value)) {
+        prefetch_addr(start.wrapping_add(line.wrapping_sub(start as usize)));
+    }
+}
+
+/// The start of every 64-byte cache line that bytes `start..start + len` lie on.
+fn lines(start: usize, len: usize) -> impl Iterator<Item = usize> {
+    ((start & !63)..start + len).step_by(64)
 }
 
 /// [`prefetch`] of an address, which need not be valid (one past the end of a buffer, say):
@@ -558,21 +569,11 @@ impl<T> Arena<T> {
         self.chunks.get(k)?.get()?.get(i)
     }
 
-    /// Starts loading value `n`'s first cache line, reading only the chunk directory (a hint:
-    /// nothing if `n` is not there).
+    /// Starts loading every cache line of value `n`, reading only the chunk directory (a
+    /// hint: nothing if `n` is not there).
     pub fn prefetch(&self, n: u32) {
         if let Some(p) = self.place_of(n) {
             prefetch(p);
-        }
-    }
-
-    /// [`prefetch`](Arena::prefetch) of every cache line of value `n`.
-    pub fn prefetch_whole(&self, n: u32) {
-        if let Some(p) = self.place_of(n) {
-            let start: *const u8 = (p as *const Place<T>).cast();
-            for offset in (0..std::mem::size_of::<T>()).step_by(64) {
-                prefetch_addr(start.wrapping_add(offset));
-            }
         }
     }
 
@@ -585,6 +586,19 @@ impl<T> Arena<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefetch_covers_every_line_a_value_lies_on() {
+        let all = |start, len| lines(start, len).collect::<Vec<_>>();
+        // An account cell (192 bytes) where glibc puts it, 16 bytes into a line: four lines,
+        // the last holding its final 16 bytes (its UserId and live flag).
+        assert_eq!(all(1040, 192), [1024, 1088, 1152, 1216]);
+        assert_eq!(all(1024, 192), [1024, 1088, 1152]);
+        // A 40-byte name slot across a line's end, and one inside a line.
+        assert_eq!(all(40, 40), [0, 64]);
+        assert_eq!(all(64, 40), [64]);
+        assert_eq!(all(64, 0), Vec::<usize>::new());
+    }
 
     #[test]
     fn name_keys_pad_with_zeros_and_refuse_nul_and_long_names() {

@@ -113,10 +113,11 @@ impl Store {
             l.loaded = l.key.is_none_or(|key| c.prefetch_find(key));
         });
         self.prefetch_inboxes(links);
-        // 5. The message record, found in a buffer (the conversations of more than one).
+        // 5. The message record, found in a buffer (the conversations of more than one): by
+        //    the buffer alone, never reading a record (see `Conversation::prefetch_found`).
         self.prefetch_in_conversations(links, |c, l| {
-            if let (Some(key), Some(from), false) = (l.key, l.from, l.loaded) {
-                c.prefetch_found(&from.id, key);
+            if let (Some(key), false) = (l.key, l.loaded) {
+                c.prefetch_found(key);
             }
         });
     }
