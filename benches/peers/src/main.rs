@@ -64,10 +64,11 @@
 //! `IMSTORE_PEERS_RECALLS` (100000) in memory, `IMSTORE_PEERS_DURABLE_MESSAGES` (20000) and
 //! `IMSTORE_PEERS_DURABLE_RECALLS` (10000) on disk, `IMSTORE_PEERS_DIR` (`/tmp`: where the
 //! durable runs make, and then remove, their directories; it must be a real disk, not tmpfs,
-//! for the fsyncs to mean anything), `IMSTORE_PEERS_ONLY` (a comma list of `memory`, `every`,
-//! `group`, `none`); to try other SQLite setups: `IMSTORE_PEERS_ROWID` (`1`: rowid tables),
-//! `IMSTORE_PEERS_SQLITE_MEMORY` (what the in-memory run opens instead of `:memory:`, e.g. a
-//! file on tmpfs), `IMSTORE_PEERS_SQLITE_PAGE_SIZE` (for every mode),
+//! for the fsyncs to mean anything), `IMSTORE_PEERS_ONLY` (a comma list of `memory`,
+//! `memory64`, `every`, `group`, `group32`, `none`); to try other SQLite setups:
+//! `IMSTORE_PEERS_ROWID` (`1`: rowid tables), `IMSTORE_PEERS_SQLITE_MEMORY` (what the
+//! in-memory run opens instead of `:memory:`, e.g. a file on tmpfs),
+//! `IMSTORE_PEERS_SQLITE_PAGE_SIZE` (for every mode),
 //! `IMSTORE_PEERS_SQLITE_CACHE_KIB` (1048576) and `IMSTORE_PEERS_SQLITE_PRAGMAS` (more, as
 //! `name=value;name=value`, set after the others).
 
