@@ -341,13 +341,19 @@ impl Conversation {
         usize::from(*user != self.users[0])
     }
 
-    /// The messages with MsgTimeStamp and MsgSeq of `key`, both directions (a few at most).
-    fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &MsgArc> {
+    /// The messages with MsgTimeStamp and MsgSeq of `key`, both directions (a few at most),
+    /// found by what the buffer holds beside each pointer: no message record is read.
+    fn same_time_seq_held(&self, key: MsgKey) -> impl Iterator<Item = &Held> {
         let ts = time_seq(key);
         let start = self.messages.partition_point(|h| h.ts < ts);
         self.messages
             .range(start, self.messages.len())
             .take_while(move |h| h.ts == ts)
+    }
+
+    /// The messages with MsgKey `key`, both directions (two at most).
+    fn same_time_seq(&self, key: MsgKey) -> impl Iterator<Item = &MsgArc> {
+        self.same_time_seq_held(key)
             .map(|h| &h.msg)
             .filter(move |m| m.key == key)
     }
@@ -382,13 +388,7 @@ impl Conversation {
     /// locked instruction lets no later load pass it), so a wave's misses would queue instead
     /// of overlapping.
     pub fn prefetch_found(&self, key: MsgKey) {
-        let ts = time_seq(key);
-        let start = self.messages.partition_point(|h| h.ts < ts);
-        for h in self
-            .messages
-            .range(start, self.messages.len())
-            .take_while(|h| h.ts == ts)
-        {
+        for h in self.same_time_seq_held(key) {
             crate::table::prefetch::<StoredMessage>(&h.msg);
         }
     }
