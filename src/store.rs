@@ -74,6 +74,13 @@ pub(crate) enum Mode {
     Replay,
 }
 
+/// The store numbers of the two parties' cells (`AccountCell::n`), (sender, recipient), as the
+/// request found them by name: a hint that spares `apply` looking the cells up again by
+/// UserId. `apply` uses it only for cells that are live and carry the operation's UserIds, so
+/// a stale hint — an account deleted, say — changes nothing but the lookup taken. Replay and
+/// the callers that have no hint pass `None`.
+pub(crate) type Found = Option<(u32, u32)>;
+
 /// What applying an op produced, for the caller that asked for it.
 pub(crate) enum Applied {
     Done,
@@ -640,22 +647,29 @@ impl Store {
     /// what was appended before it, since it may rest on state not yet on disk (20023 on a
     /// recall still in flight, say).
     fn run(&self, op: &Op) -> Result<Applied> {
-        let (applied, ticket) = self.run_deferred(op);
+        self.run_found(op, None)
+    }
+
+    /// [`run`](Store::run) with the parties' cells as the request found them ([`Found`]).
+    fn run_found(&self, op: &Op, found: Found) -> Result<Applied> {
+        let (applied, ticket) = self.run_deferred(op, found);
         self.durable(ticket)?;
         applied
     }
 
     /// Applies a live operation and returns the journal position that must be durable before
     /// it is acknowledged.
-    fn run_deferred(&self, op: &Op) -> (Result<Applied>, u64) {
-        let applied = self.apply(op, Mode::Live);
+    /// `found`: the parties' cells, if the caller has them ([`Found`]).
+    fn run_deferred(&self, op: &Op, found: Found) -> (Result<Applied>, u64) {
+        let applied = self.apply_found(op, Mode::Live, found);
         (applied, self.journal().map_or(0, Journal::appended))
     }
 
     /// Applies a live operation whose caller waits for durability later. A refusal still waits
-    /// now, for what was appended before it.
-    fn deferred(&self, op: &Op) -> Result<Applied> {
-        let (applied, ticket) = self.run_deferred(op);
+    /// now, for what was appended before it. `found`: the parties' cells, if the caller has
+    /// them ([`Found`]).
+    fn deferred(&self, op: &Op, found: Found) -> Result<Applied> {
+        let (applied, ticket) = self.run_deferred(op, found);
         if applied.is_err() {
             self.durable(ticket)?;
         }

@@ -81,14 +81,6 @@ impl Accounts {
             .checked_sub(1)
     }
 
-    /// Starts loading `id`'s entry of the array by interned number (a hint).
-    pub fn prefetch_number(&self, id: &UserId) {
-        let (k, i) = locate(id.num());
-        if let Some(chunk) = self.by_num[k].get() {
-            crate::table::prefetch(&chunk[i]);
-        }
-    }
-
     /// The cell of `id`, live or not.
     fn any(&self, id: &UserId) -> Option<&AccountCell> {
         self.cells.get(self.number(id)?)

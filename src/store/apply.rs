@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Applied, Mode, Role, Store, no_device};
+use super::{Applied, Found, Mode, Role, Store, no_device};
 use crate::account::{AccountState, UserId, lock_pair};
 use crate::callback::{Origin, Queued};
 use crate::device::{DeviceId, DeviceSlot, Live, Signal};
@@ -21,10 +21,16 @@ use crate::roaming::Conversation;
 impl Store {
     /// Applies one operation: the single path shared by live calls and replay.
     pub(crate) fn apply(&self, op: &Op, mode: Mode) -> Result<Applied> {
+        self.apply_found(op, mode, None)
+    }
+
+    /// [`apply`](Store::apply), with the parties' cells of a send or recall as the request
+    /// found them ([`Found`]; other operations ignore it).
+    pub(crate) fn apply_found(&self, op: &Op, mode: Mode, found: Found) -> Result<Applied> {
         match op {
             Op::ImportAccount { user } => self.apply_import(op, user, mode),
             Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
-            Op::Send(send) => self.apply_send(op, send, mode),
+            Op::Send(send) => self.apply_send(op, send, mode, found),
             Op::Recall {
                 from,
                 to,
@@ -32,7 +38,7 @@ impl Store {
                 by,
                 at,
                 origin,
-            } => self.apply_recall(op, from, to, *key, by, *at, origin.as_ref(), mode),
+            } => self.apply_recall(op, from, to, *key, by, *at, origin.as_ref(), mode, found),
             Op::Modify(m) => self.apply_modify(op, m, mode),
             Op::SetRead {
                 reader,
@@ -163,7 +169,7 @@ impl Store {
         Ok(Applied::Done)
     }
 
-    fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode) -> Result<Applied> {
+    fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode, found: Found) -> Result<Applied> {
         if s.from == s.to {
             return Err(Error::ToAccountNotFound(format!(
                 "{} (To_Account must differ from From_Account)",
@@ -173,6 +179,7 @@ impl Store {
         self.with_parties(
             &s.from,
             &s.to,
+            found,
             true,
             || unreachable!("created on demand"),
             |fs, ts, c| {
@@ -264,16 +271,31 @@ impl Store {
     /// Locks both parties and their conversation in the crate's lock order and runs `f` on
     /// them: 90008 / 90003 when a party does not exist (or was deleted meanwhile), `missing()`
     /// when they are one account or have no conversation and `create` is false.
+    /// `found`: the cells as the request found them ([`Found`]), used when they are live and
+    /// carry `from` and `to`.
     pub(super) fn with_parties<R>(
         &self,
         from: &UserId,
         to: &UserId,
+        found: Found,
         create: bool,
         missing: impl FnOnce() -> Error,
         f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation) -> Result<R>,
     ) -> Result<R> {
-        let (nf, fc) = self.numbered_as(from, Role::Acting)?;
-        let (nt, tc) = self.numbered_as(to, Role::Other)?;
+        let accounts = &self.inner.accounts;
+        let cell = |n: u32, id: &UserId| {
+            accounts
+                .cell_numbered(n)
+                .filter(|c| c.id == *id && c.is_live())
+        };
+        let hinted = found.and_then(|(f, t)| Some((cell(f, from)?, cell(t, to)?)));
+        let ((nf, fc), (nt, tc)) = match hinted {
+            Some((fc, tc)) => ((fc.n, fc), (tc.n, tc)),
+            None => (
+                self.numbered_as(from, Role::Acting)?,
+                self.numbered_as(to, Role::Other)?,
+            ),
+        };
         if nf == nt {
             return Err(missing());
         }
@@ -308,6 +330,7 @@ impl Store {
         &self,
         from: &UserId,
         to: &UserId,
+        found: Found,
         key: MsgKey,
         at: u64,
         f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation, MsgArc) -> Result<R>,
@@ -317,7 +340,7 @@ impl Store {
             to: to.to_string(),
             key,
         };
-        self.with_parties(from, to, false, not_found, |fs, ts, c| {
+        self.with_parties(from, to, found, false, not_found, |fs, ts, c| {
             let expired =
                 u64::from(key.time()) < at.saturating_sub(self.inner.config.retention_secs);
             let msg = c
@@ -347,8 +370,9 @@ impl Store {
         at: u64,
         origin: Option<&Origin>,
         mode: Mode,
+        found: Found,
     ) -> Result<Applied> {
-        self.with_live_message(from, to, key, at, |fs, ts, c, msg| {
+        self.with_live_message(from, to, found, key, at, |fs, ts, c, msg| {
             let ticket = self.record(op, mode)?;
             (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
             // The one instant every layer changes: they all share this record.
@@ -384,7 +408,7 @@ impl Store {
     }
 
     fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
-        self.with_live_message(&m.from, &m.to, m.key, m.at, |fs, ts, c, msg| {
+        self.with_live_message(&m.from, &m.to, None, m.key, m.at, |fs, ts, c, msg| {
             let old = msg.content().expect("a live message has content");
             let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
             let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;

@@ -81,9 +81,14 @@ impl Store {
                 match (&by, l.from, l.to, l.key) {
                     // What `recall_deferred` would find, found by the links already: an
                     // administrator, both accounts live, a canonical key.
-                    (Some(by), Some(f), Some(t), Some(key)) if f.is_live() && t.is_live() => {
-                        self.recall_op(f.id.clone(), t.id.clone(), key, by.clone())
-                    }
+                    (Some(by), Some(f), Some(t), Some(key)) if f.is_live() && t.is_live() => self
+                        .recall_op(
+                            f.id.clone(),
+                            t.id.clone(),
+                            key,
+                            by.clone(),
+                            Some((f.n, t.n)),
+                        ),
                     // Anything else answers the error `recall` answers, in its precedence.
                     _ => self.recall_deferred(operator, it.from, it.to, it.key),
                 }
@@ -123,8 +128,8 @@ impl Store {
     }
 
     /// Links 1 to 3 of a wave: the names' slots; the cells' numbers from them, then the cells
-    /// and the conversation's slot; the conversation, and the entries `apply` reads by the
-    /// cells' UserIds. Resets `links` and notes the cells and the conversation found.
+    /// and the conversation's slot; the conversation. Resets `links` and notes the cells and
+    /// the conversation found.
     fn prefetch_parties<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
         let accounts = &self.inner.accounts;
         // 1. The names' slots. (Each name's key and hash are made once, for two lookups.)
@@ -151,8 +156,8 @@ impl Store {
                 *c = Some((f, t, key, hash));
             }
         }
-        // 3. The conversation (its number, from its slot), and the entries `apply` reads by
-        //    the cells' UserIds.
+        // 3. The conversation (its number, from its slot). (`apply` reads the cells by the
+        //    numbers found here, not by UserId again: nothing more to load for it.)
         for (l, c) in links.iter_mut().zip(&convs) {
             let Some((f, t, key, hash)) = c else {
                 continue;
@@ -162,9 +167,6 @@ impl Store {
                 self.inner.conversation_list.prefetch(c);
             }
             (l.from, l.to) = (accounts.cell_numbered(*f), accounts.cell_numbered(*t));
-            for cell in [l.from, l.to].into_iter().flatten() {
-                accounts.prefetch_number(&cell.id);
-            }
         }
     }
 

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::{Applied, Deferred, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
+use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
 use crate::account::UserId;
 use crate::callback::{Origin, OutboxEntry};
 use crate::device::{self, DeviceId, check_device_id};
@@ -45,6 +45,9 @@ pub struct PreparedSend {
     sender_copy: SenderCopy,
     origin_device: Option<DeviceId>,
     origin: Option<Origin>,
+    /// The parties' cells as the lookups found them ([`Found`]; `None` when the sender is an
+    /// administrator without an account).
+    found: Found,
 }
 
 impl PreparedSend {
@@ -150,6 +153,7 @@ impl Store {
             sender_copy: req.sender_copy,
             origin_device,
             origin: self.origin(),
+            found: nf.map(|nf| (nf, nt)),
         })
     }
 
@@ -215,7 +219,7 @@ impl Store {
             kind: SendKind::Send,
             origin: p.origin,
         });
-        let Applied::Sent { msg, duplicate } = self.deferred(&op)? else {
+        let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
             unreachable!("send applies as Sent")
         };
         Ok(Deferred {
@@ -284,7 +288,7 @@ impl Store {
     /// MsgKey in either direction of the conversation is never stored twice. No hooks, no
     /// callbacks.
     pub fn import(&self, req: ImportRequest) -> Result<SendReceipt> {
-        let (from, to) = self.parties(&req.from, &req.to)?;
+        let (from, to, found) = self.parties(&req.from, &req.to)?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = MsgKey::new(req.msg_seq, req.msg_random, req.msg_time);
         let op = Op::Send(SendOp {
@@ -303,7 +307,7 @@ impl Store {
             },
             origin: None,
         });
-        let Applied::Sent { msg, .. } = self.run(&op)? else {
+        let Applied::Sent { msg, .. } = self.run_found(&op, found)? else {
             unreachable!("an import applies as Sent")
         };
         Ok(SendReceipt {
@@ -312,20 +316,16 @@ impl Store {
         })
     }
 
-    /// A request's From_Account (90008) and To_Account (90003). Also starts loading what the
-    /// operation's `apply` will look up again by UserId — their conversation, and the two
-    /// entries of the array by interned number — so those misses overlap the cells' own
-    /// instead of following them one by one.
-    fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId)> {
+    /// A request's From_Account (90008) and To_Account (90003), with their cells' numbers for
+    /// `apply` ([`Found`]). Also starts loading their conversation, which `apply` looks up
+    /// again, so its miss overlaps the cells' own instead of following them.
+    fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId, Found)> {
         let (nf, from) = self.numbered_as(from, Role::Acting)?;
         let (nt, to) = self.numbered_as(to, Role::Other)?;
         if let Some(conv) = self.conversation_of(nf, nt) {
             crate::table::prefetch(conv);
         }
-        let accounts = &self.inner.accounts;
-        accounts.prefetch_number(&from.id);
-        accounts.prefetch_number(&to.id);
-        Ok((from.id.clone(), to.id.clone()))
+        Ok((from.id.clone(), to.id.clone(), Some((nf, nt))))
     }
 
     pub(super) fn sender(&self, from: Option<&str>) -> Result<UserId> {
@@ -373,9 +373,9 @@ impl Store {
         key: &str,
     ) -> Result<Deferred<'_, RecallNotice>> {
         let by = self.admin(operator)?;
-        let (from, to) = self.parties(from, to)?;
+        let (from, to, found) = self.parties(from, to)?;
         let key = MsgKey::parse(key)?;
-        self.recall_op(from, to, key, by)
+        self.recall_op(from, to, key, by, found)
     }
 
     /// A client's recall of its own message (`account` sent it to `to`): the same recall, by
@@ -392,7 +392,7 @@ impl Store {
         to: &str,
         key: &str,
     ) -> Result<Deferred<'_, RecallNotice>> {
-        let (from, to) = self.parties(account, to)?;
+        let (from, to, found) = self.parties(account, to)?;
         let key = MsgKey::parse(key)?;
         let window = self.inner.config.client_recall_window_secs;
         if self.now() > u64::from(key.time()).saturating_add(window) {
@@ -404,7 +404,7 @@ impl Store {
                 key,
             };
             let refusal = self
-                .with_parties(&from, &to, false, not_found, |_, _, c| {
+                .with_parties(&from, &to, found, false, not_found, |_, _, c| {
                     Err(match c.find(&from, key) {
                         None => not_found(),
                         Some(m) if m.is_recalled() => Error::AlreadyRecalled {
@@ -424,15 +424,18 @@ impl Store {
             self.durable(self.journal().map_or(0, Journal::appended))?;
             return Err(refusal);
         }
-        self.recall_op(from.clone(), to, key, from)
+        self.recall_op(from.clone(), to, key, from, found)
     }
 
+    /// The recall of `key` from `from` to `to` by `by`; `found`: the parties' cells, if the
+    /// caller has them ([`Found`]).
     pub(super) fn recall_op(
         &self,
         from: UserId,
         to: UserId,
         key: MsgKey,
         by: UserId,
+        found: Found,
     ) -> Result<Deferred<'_, RecallNotice>> {
         let op = Op::Recall {
             from,
@@ -442,7 +445,7 @@ impl Store {
             at: self.now(),
             origin: self.origin(),
         };
-        let Applied::Recalled(notice) = self.deferred(&op)? else {
+        let Applied::Recalled(notice) = self.deferred(&op, found)? else {
             unreachable!("recall applies as Recalled")
         };
         Ok(Deferred {
@@ -464,7 +467,7 @@ impl Store {
         body: Option<Vec<MsgElement>>,
         cloud_custom_data: Option<String>,
     ) -> Result<()> {
-        let (from, to) = self.parties(from, to)?;
+        let (from, to, _) = self.parties(from, to)?;
         let key = MsgKey::parse(key)?;
         if body.is_none() && cloud_custom_data.is_none() {
             return Err(Error::InvalidMsgBody(
@@ -531,5 +534,85 @@ impl Store {
     pub fn outbox_len(&self) -> (usize, u64) {
         let outbox = self.inner.outbox.lock();
         (outbox.entries.len(), outbox.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hooks::BeforeSend;
+    use crate::{Config, HistoryQuery, MsgElement, MsgKey, SendRequest, Store, UserId};
+
+    /// The cells' numbers a request hands `apply` are a hint: wrong ones — another pair's,
+    /// a deleted account's, numbers no cell has — change nothing but the lookup taken.
+    #[test]
+    fn a_wrong_hint_of_cells_changes_nothing() {
+        let store = Store::in_memory(Config::default()).unwrap();
+        store
+            .import_accounts(&["hint-a", "hint-b", "hint-c", "hint-d"])
+            .unwrap();
+        let number = |name: &str| store.inner.accounts.by_name_numbered(name).unwrap().0;
+        let (nc, nd) = (number("hint-c"), number("hint-d"));
+        let id = |name: &str| UserId::new(name).unwrap();
+        let history = |x: &str, y: &str| {
+            let page = store.history(&HistoryQuery::new(x, y, 10)).unwrap();
+            page.messages
+                .iter()
+                .map(|m| (m.message.key.seq(), m.message.is_recalled()))
+                .collect::<Vec<_>>()
+        };
+        // A send whose request found c and d: it is a's to b all the same.
+        for seq in 1..=3 {
+            let mut req = SendRequest::new("hint-a", "hint-b", 7, vec![MsgElement::text("m")]);
+            req.msg_seq = Some(seq);
+            let mut prepared = store.prepare_send(req).unwrap();
+            prepared.found = Some((nc, nd));
+            store
+                .finish_send(prepared, BeforeSend::Allow)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        assert_eq!(history("hint-b", "hint-a").len(), 3);
+        assert!(history("hint-c", "hint-d").is_empty());
+        assert_eq!(store.unread("hint-b", "hint-a").unwrap(), 3);
+        assert_eq!(store.unread("hint-d", "hint-c").unwrap(), 0);
+        // Recalls with the wrong pair's cells, and with numbers no cell has.
+        let admin = id("administrator");
+        let sent = |seq: u32| {
+            let page = store
+                .history(&HistoryQuery::new("hint-a", "hint-b", 10))
+                .unwrap();
+            page.messages
+                .iter()
+                .map(|m| m.message.key)
+                .find(|k: &MsgKey| k.seq() == seq)
+                .unwrap()
+        };
+        let recall = |seq: u32, found| {
+            store
+                .recall_op(id("hint-a"), id("hint-b"), sent(seq), admin.clone(), found)
+                .and_then(|d| d.wait())
+        };
+        recall(1, Some((nc, nd))).unwrap();
+        recall(2, Some((u32::MAX, u32::MAX - 1))).unwrap();
+        let mut seen = history("hint-b", "hint-a");
+        seen.sort();
+        assert_eq!(seen, [(1, true), (2, true), (3, false)]);
+        assert_eq!(store.unread("hint-b", "hint-a").unwrap(), 1);
+        // A hint naming a deleted account's cell answers as the lookup does: 90003.
+        let nb = number("hint-b");
+        let na = number("hint-a");
+        let key = sent(3);
+        store.delete_account("hint-b").unwrap();
+        let err = store
+            .recall_op(
+                id("hint-a"),
+                id("hint-b"),
+                key,
+                admin.clone(),
+                Some((na, nb)),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), 90003, "{err}");
     }
 }
