@@ -16,6 +16,10 @@ pub(crate) type Pos = (u32, u32, u64);
 /// numbers and punctuation of one `MsgList` entry.
 const ITEM_OVERHEAD_BYTES: usize = 200;
 
+/// How many of a page's newest records `Conversation::page` starts loading before it reads
+/// them (the page's MaxCnt and one more, up to this).
+const PAGE_PREFETCH: usize = 24;
+
 /// An `admin_getroammsg` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -466,11 +470,25 @@ impl Conversation {
         upper: Bound<Pos>,
         cutoff: u64,
     ) -> impl Iterator<Item = &MsgArc> {
-        let end = match upper {
+        self.newest_first_below(self.end_of(upper), side, cutoff)
+    }
+
+    /// How many messages are at or before `upper` (those below the returned index).
+    fn end_of(&self, upper: Bound<Pos>) -> usize {
+        match upper {
             Bound::Included(u) => self.messages.partition_point(|h| h.before(u, true)),
             Bound::Excluded(u) => self.messages.partition_point(|h| h.before(u, false)),
             Bound::Unbounded => self.messages.len(),
-        };
+        }
+    }
+
+    /// [`newest_first`](Conversation::newest_first) of the messages below index `end`.
+    fn newest_first_below(
+        &self,
+        end: usize,
+        side: Side,
+        cutoff: u64,
+    ) -> impl Iterator<Item = &MsgArc> {
         self.messages
             .range(0, end)
             .rev()
@@ -496,7 +514,16 @@ impl Conversation {
                 _ => Bound::Excluded(pos),
             };
         }
-        let mut candidates = self.newest_first(side, upper, cutoff).peekable();
+        let end = self.end_of(upper);
+        // The records the page reads, started loading together: each is read under its own
+        // lock (its size, then its view), and a locked instruction lets no later load pass, so
+        // one at a time their misses — one or two a record in a large store — would queue. By
+        // the buffer alone (the (time, seq) beside each pointer); a hint, at most a few lines.
+        let newest = (q.max_cnt as usize).saturating_add(1).min(PAGE_PREFETCH);
+        for h in self.messages.range(end.saturating_sub(newest), end) {
+            crate::table::prefetch::<StoredMessage>(&h.msg);
+        }
+        let mut candidates = self.newest_first_below(end, side, cutoff).peekable();
         let mut picked: Vec<&MsgArc> = Vec::new();
         let mut bytes = 0;
         let mut complete = true;
