@@ -78,6 +78,11 @@ impl<'a> SlotRef<'a> {
         self.packed.low & ONLINE_ONLY != 0
     }
 
+    /// Starts loading the message record this entry points to (a hint; reads the entry only).
+    pub fn prefetch_message(&self) {
+        crate::table::prefetch::<crate::message::StoredMessage>(&self.packed.msg);
+    }
+
     /// The entry (a reference-count increment).
     pub fn entry(&self) -> Entry {
         let m = self.packed.msg.clone();

@@ -172,6 +172,13 @@ impl Store {
             upto: after,
             ticket: state.ticket,
         };
+        // The records this collection reads, started loading together: each is read under
+        // its own lock (its view, its reference count), and no later load passes a locked
+        // instruction, so one at a time their misses would queue. A hint: skipped entries may
+        // make the collection read a few more.
+        for slot in state.inbox.after(after).take(max) {
+            slot.prefetch_message();
+        }
         for slot in state.inbox.after(after) {
             if c.events.len() >= max {
                 break;
