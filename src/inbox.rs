@@ -80,7 +80,7 @@ impl<'a> SlotRef<'a> {
 
     /// Starts loading the message record this entry points to (a hint; reads the entry only).
     pub fn prefetch_message(&self) {
-        crate::table::prefetch::<crate::message::StoredMessage>(&self.packed.msg);
+        MsgArc::prefetch(&self.packed.msg);
     }
 
     /// The entry (a reference-count increment).

@@ -369,7 +369,7 @@ impl Conversation {
             Messages::Empty => true,
             Messages::One(h) => {
                 if h.ts == time_seq(key) {
-                    crate::table::prefetch::<StoredMessage>(&h.msg);
+                    MsgArc::prefetch(&h.msg);
                 }
                 true
             }
@@ -393,7 +393,7 @@ impl Conversation {
     /// of overlapping.
     pub fn prefetch_found(&self, key: MsgKey) {
         for h in self.same_time_seq_held(key) {
-            crate::table::prefetch::<StoredMessage>(&h.msg);
+            MsgArc::prefetch(&h.msg);
         }
     }
 
@@ -521,7 +521,7 @@ impl Conversation {
         // the buffer alone (the (time, seq) beside each pointer); a hint, at most a few lines.
         let newest = (q.max_cnt as usize).saturating_add(1).min(PAGE_PREFETCH);
         for h in self.messages.range(end.saturating_sub(newest), end) {
-            crate::table::prefetch::<StoredMessage>(&h.msg);
+            MsgArc::prefetch(&h.msg);
         }
         let mut candidates = self.newest_first_below(end, side, cutoff).peekable();
         let mut picked: Vec<&MsgArc> = Vec::new();

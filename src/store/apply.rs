@@ -24,8 +24,8 @@ impl Store {
         self.apply_found(op, mode, None)
     }
 
-    /// [`apply`](Store::apply), with the parties' cells of a send or recall as the request
-    /// found them ([`Found`]; other operations ignore it).
+    /// [`apply`](Store::apply), with the parties' cells of a send, recall or modify as the
+    /// request found them ([`Found`]; other operations ignore it).
     pub(crate) fn apply_found(&self, op: &Op, mode: Mode, found: Found) -> Result<Applied> {
         match op {
             Op::ImportAccount { user } => self.apply_import(op, user, mode),
@@ -39,7 +39,7 @@ impl Store {
                 at,
                 origin,
             } => self.apply_recall(op, from, to, *key, by, *at, origin.as_ref(), mode, found),
-            Op::Modify(m) => self.apply_modify(op, m, mode),
+            Op::Modify(m) => self.apply_modify(op, m, mode, found),
             Op::SetRead {
                 reader,
                 peer,
@@ -407,8 +407,8 @@ impl Store {
         })
     }
 
-    fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode) -> Result<Applied> {
-        self.with_live_message(&m.from, &m.to, None, m.key, m.at, |fs, ts, c, msg| {
+    fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode, found: Found) -> Result<Applied> {
+        self.with_live_message(&m.from, &m.to, found, m.key, m.at, |fs, ts, c, msg| {
             let old = msg.content().expect("a live message has content");
             let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
             let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;

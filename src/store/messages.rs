@@ -467,7 +467,7 @@ impl Store {
         body: Option<Vec<MsgElement>>,
         cloud_custom_data: Option<String>,
     ) -> Result<()> {
-        let (from, to, _) = self.parties(from, to)?;
+        let (from, to, found) = self.parties(from, to)?;
         let key = MsgKey::parse(key)?;
         if body.is_none() && cloud_custom_data.is_none() {
             return Err(Error::InvalidMsgBody(
@@ -483,7 +483,7 @@ impl Store {
             cloud_custom_data,
             at: self.now(),
         }));
-        self.run(&op).map(|_| ())
+        self.run_found(&op, found).map(|_| ())
     }
 
     // ----- the outbox -----
@@ -599,6 +599,22 @@ mod tests {
         seen.sort();
         assert_eq!(seen, [(1, true), (2, true), (3, false)]);
         assert_eq!(store.unread("hint-b", "hint-a").unwrap(), 1);
+        // A modify with the wrong pair's cells changes a's message to b.
+        let op = crate::op::Op::Modify(Box::new(crate::op::ModifyOp {
+            from: id("hint-a"),
+            to: id("hint-b"),
+            key: sent(3),
+            body: None,
+            cloud_custom_data: Some("changed".into()),
+            at: store.now(),
+        }));
+        store.run_found(&op, Some((nc, nd))).unwrap();
+        let page = store
+            .history(&HistoryQuery::new("hint-b", "hint-a", 10))
+            .unwrap();
+        let modified = page.messages.iter().find(|m| m.message.key.seq() == 3);
+        let custom = modified.and_then(|m| m.message.content.as_ref()?.cloud_custom_data());
+        assert_eq!(custom, Some("changed"));
         // A hint naming a deleted account's cell answers as the lookup does: 90003.
         let nb = number("hint-b");
         let na = number("hint-a");
