@@ -1,8 +1,9 @@
-//! imstore against SQLite: the same sends and recalls on both engines, one thread, the system
-//! allocator (glibc), on the workload of `benches/workload.rs` — ACCOUNTS accounts (100,000),
-//! each talking with 20 fixed peers, ~32-character text messages, recalls of random distinct
-//! messages. It prints a markdown table of acknowledged sends/s and recalls/s per engine and
-//! the ratio imstore / SQLite, for six pairings:
+//! imstore against SQLite: the same sends and recalls on both engines, from one thread (but
+//! SQLite's side of pairing 7, from 32), the system allocator (glibc), on the workload of
+//! `benches/workload.rs` — ACCOUNTS accounts (100,000), each talking with 20 fixed peers,
+//! ~32-character text messages, recalls of random distinct messages. It prints a markdown
+//! table of acknowledged sends/s and recalls/s per engine and the ratio imstore / SQLite, for
+//! seven pairings:
 //!
 //! 1. in memory: `Store::in_memory` against SQLite `:memory:` (journal_mode=OFF — faster than
 //!    MEMORY here —, synchronous=OFF);
@@ -20,7 +21,13 @@
 //!    to the OS at each commit, no fsync per operation — both survive the process being
 //!    killed, neither promises the last moments across a power loss;
 //! 6. in memory again with recalls in batches of 64 on both sides: `Store::recall_many`
-//!    against 64 recalls per SQLite transaction (sends stay one at a time on both).
+//!    against 64 recalls per SQLite transaction (sends stay one at a time on both);
+//! 7. the same durability on both sides with many clients: `SyncPolicy::Group` with 32
+//!    operations in flight against SQLite WAL with synchronous=FULL driven by 32 threads
+//!    (sharing its one connection behind a mutex: WAL admits one writer at a time and fsyncs
+//!    each commit under its write lock, and a mutex hands the connection on at once where
+//!    SQLite's busy handler would sleep). Each engine acknowledges an operation only after an
+//!    fsync that covers it; imstore's concurrent operations share fsyncs, SQLite's cannot.
 //!
 //! The SQLite side is the schema of issue 9: a `messages` table keyed by (from, to, MsgKey), an
 //! `inbox` table keyed by (account, seq) — an inbox per account — with the next sequence
@@ -65,7 +72,7 @@
 //! `IMSTORE_PEERS_DURABLE_RECALLS` (10000) on disk, `IMSTORE_PEERS_DIR` (`/tmp`: where the
 //! durable runs make, and then remove, their directories; it must be a real disk, not tmpfs,
 //! for the fsyncs to mean anything), `IMSTORE_PEERS_ONLY` (a comma list of `memory`,
-//! `memory64`, `every`, `group`, `group32`, `none`); to try other SQLite setups:
+//! `memory64`, `every`, `group`, `group32`, `group32full`, `none`); to try other SQLite setups:
 //! `IMSTORE_PEERS_ROWID` (`1`: rowid tables), `IMSTORE_PEERS_SQLITE_MEMORY` (what the
 //! in-memory run opens instead of `:memory:`, e.g. a file on tmpfs),
 //! `IMSTORE_PEERS_SQLITE_PAGE_SIZE` (for every mode),
@@ -563,22 +570,90 @@ fn append_inbox(
 
 fn sqlite_run(
     w: &Workload,
-    db: &Sqlite,
+    db: Sqlite,
     messages: u64,
     picks: &[(usize, usize, String)],
     batch: usize,
+    clients: usize,
 ) -> Timing {
-    let t = Instant::now();
-    for i in 0..messages {
-        let (a, b) = w.parties(i);
-        let stored = db
-            .send(&w.names[a], &w.names[b], &key(i).to_string(), &text(i))
-            .expect("sqlite: send");
-        assert!(stored, "sqlite: message {i} stored twice");
-    }
-    let send = t.elapsed();
+    let (db, timing) = if clients > 1 {
+        sqlite_clients(w, db, messages, picks, clients)
+    } else {
+        let t = Instant::now();
+        for i in 0..messages {
+            sqlite_send(w, &db, i);
+        }
+        let send = t.elapsed();
+        let t = Instant::now();
+        sqlite_recalls(w, &db, picks, batch);
+        let recall = t.elapsed();
+        (db, Timing { send, recall })
+    };
+    sqlite_verify(w, &db, messages, picks);
+    timing
+}
 
+/// Message `i`'s send on SQLite.
+fn sqlite_send(w: &Workload, db: &Sqlite, i: u64) {
+    let (a, b) = w.parties(i);
+    let stored = db
+        .send(&w.names[a], &w.names[b], &key(i).to_string(), &text(i))
+        .expect("sqlite: send");
+    assert!(stored, "sqlite: message {i} stored twice");
+}
+
+/// The sends, then the recalls, from `clients` threads at once — thread `j` sends the
+/// messages `i` with `i % clients == j` and recalls every `clients`-th pick — sharing the one
+/// connection behind a mutex. That is SQLite's best with many clients: WAL admits one writer
+/// at a time and fsyncs each commit under its write lock, so more connections could only add
+/// waiting for that lock (its busy handler sleeps a millisecond or more between tries); a
+/// mutex hands the connection on at once.
+fn sqlite_clients(
+    w: &Workload,
+    db: Sqlite,
+    messages: u64,
+    picks: &[(usize, usize, String)],
+    clients: usize,
+) -> (Sqlite, Timing) {
+    let db = std::sync::Mutex::new(db);
+    let lanes = clients as u64;
     let t = Instant::now();
+    std::thread::scope(|s| {
+        for j in 0..lanes {
+            let db = &db;
+            s.spawn(move || {
+                for i in (j..messages).step_by(clients) {
+                    sqlite_send(w, &db.lock().expect("sqlite: lock"), i);
+                }
+            });
+        }
+    });
+    let send = t.elapsed();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for j in 0..clients {
+            let (db, mine) = (&db, picks.iter().skip(j).step_by(clients));
+            s.spawn(move || {
+                for (a, b, k) in mine {
+                    let done = db
+                        .lock()
+                        .expect("sqlite: lock")
+                        .recall(&w.names[*a], &w.names[*b], k)
+                        .expect("sqlite: recall");
+                    assert!(done, "sqlite: recall of {k} refused");
+                }
+            });
+        }
+    });
+    let recall = t.elapsed();
+    (
+        db.into_inner().expect("sqlite: lock"),
+        Timing { send, recall },
+    )
+}
+
+/// The recalls of `picks`, one at a time or `batch` to a transaction.
+fn sqlite_recalls(w: &Workload, db: &Sqlite, picks: &[(usize, usize, String)], batch: usize) {
     for chunk in picks.chunks(batch.max(1)) {
         if batch > 1 {
             let items: Vec<(&str, &str, &str)> = chunk
@@ -596,9 +671,10 @@ fn sqlite_run(
             }
         }
     }
-    let recall = t.elapsed();
+}
 
-    // After the run: a second recall is refused, and the tables say what was done.
+/// After the run: a second recall is refused, and the tables say what was done.
+fn sqlite_verify(w: &Workload, db: &Sqlite, messages: u64, picks: &[(usize, usize, String)]) {
     let recalls = picks.len() as u64;
     if let Some((a, b, k)) = picks.first() {
         let again = db.recall(&w.names[*a], &w.names[*b], k).expect("sqlite");
@@ -618,7 +694,6 @@ fn sqlite_run(
         messages - recalls,
         "sqlite: unread total"
     );
-    Timing { send, recall }
 }
 
 // ----- the comparisons -----
@@ -635,6 +710,9 @@ struct Comparison {
     /// Recalls per call and per transaction: imstore's `recall_many`, SQLite's transaction
     /// (1: one each). Sends stay one at a time on both.
     batch: usize,
+    /// Threads sending and recalling on SQLite at once (1: the timed loop's own; more:
+    /// `sqlite_clients`).
+    sqlite_clients: usize,
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -677,7 +755,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
     let sql = match c.sqlite {
         SqliteMode::Memory => {
             let db = Sqlite::open(None, c.sqlite, rowid, &w.names);
-            sqlite_run(w, &db, c.messages, &picks, c.batch)
+            sqlite_run(w, db, c.messages, &picks, c.batch, c.sqlite_clients)
         }
         SqliteMode::Wal(_) => {
             let tmp = tempfile::Builder::new()
@@ -690,7 +768,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
                 rowid,
                 &w.names,
             );
-            sqlite_run(w, &db, c.messages, &picks, c.batch)
+            sqlite_run(w, db, c.messages, &picks, c.batch, c.sqlite_clients)
         }
     };
 
@@ -721,7 +799,7 @@ fn main() {
     let dir = env("IMSTORE_PEERS_DIR", "/tmp");
     let only = env(
         "IMSTORE_PEERS_ONLY",
-        "memory,memory64,every,group,group32,none",
+        "memory,memory64,every,group,group32,group32full,none",
     );
     let rowid = env("IMSTORE_PEERS_ROWID", "0") == "1";
 
@@ -729,7 +807,7 @@ fn main() {
         accounts,
         names: (0..accounts).map(|i| format!("user{i}")).collect(),
     };
-    let durable = |name, imstore, sqlite, in_flight| Comparison {
+    let durable = |name, imstore, sqlite, in_flight, sqlite_clients| Comparison {
         name,
         imstore: Some(imstore),
         sqlite,
@@ -737,6 +815,7 @@ fn main() {
         recalls: durable_recalls,
         in_flight,
         batch: 1,
+        sqlite_clients,
     };
     let comparisons = [
         (
@@ -749,6 +828,7 @@ fn main() {
                 recalls,
                 in_flight: 1,
                 batch: 1,
+                sqlite_clients: 1,
             },
         ),
         (
@@ -761,6 +841,7 @@ fn main() {
                 recalls,
                 in_flight: 1,
                 batch: 64,
+                sqlite_clients: 1,
             },
         ),
         (
@@ -769,6 +850,7 @@ fn main() {
                 "fsync per op: `Every` / WAL `FULL`",
                 SyncPolicy::Every,
                 SqliteMode::Wal("FULL"),
+                1,
                 1,
             ),
         ),
@@ -779,6 +861,7 @@ fn main() {
                 SyncPolicy::Group,
                 SqliteMode::Wal("NORMAL"),
                 1,
+                1,
             ),
         ),
         (
@@ -788,6 +871,17 @@ fn main() {
                 SyncPolicy::Group,
                 SqliteMode::Wal("NORMAL"),
                 32,
+                1,
+            ),
+        ),
+        (
+            "group32full",
+            durable(
+                "`Group`, 32 in flight / WAL `FULL`, 32 threads",
+                SyncPolicy::Group,
+                SqliteMode::Wal("FULL"),
+                32,
+                32,
             ),
         ),
         (
@@ -796,6 +890,7 @@ fn main() {
                 "no fsync per op: `None` / WAL `NORMAL`",
                 SyncPolicy::None,
                 SqliteMode::Wal("NORMAL"),
+                1,
                 1,
             ),
         ),
