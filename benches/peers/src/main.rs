@@ -898,7 +898,8 @@ fn main() {
 
     println!(
         "imstore against SQLite {} ({} tables): {accounts} accounts x {PEERS} peers, \
-         32-character text messages, one thread, system allocator; durable runs in {dir}",
+         32-character text messages, one thread (SQLite: 32 in the `FULL, 32 threads` row), \
+         system allocator; durable runs in {dir}",
         rusqlite::version(),
         if rowid { "rowid" } else { "WITHOUT ROWID" },
     );
