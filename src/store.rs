@@ -618,7 +618,8 @@ impl Store {
         made: &mut bool,
     ) -> Result<(u32, &Mutex<Conversation>)> {
         let inner = &self.inner;
-        let n = inner.conversations.get_or_try_insert(&key, || {
+        // Its callers have just missed the conversation (or load a snapshot, where it is new).
+        let n = inner.conversations.get_or_try_insert_locked(&key, || {
             *made = true;
             inner.conversation_list.push(Mutex::new(conv)).map_err(|_| {
                 Error::Internal(format!(

@@ -123,7 +123,13 @@ impl<const W: usize> Level<W> {
         // the level is dropped. Every access to it is an atomic load or store of a u64, and
         // MADV_DONTNEED on such memory makes it read as zeros — empty slots, a value the
         // readers already handle. Nobody writes to a retired level. A refusal would leave the
-        // level resident and readable, as it was: nothing to undo.
+        // level resident and readable, as it was: nothing to undo. What this leans on beyond
+        // the language's memory model: a reader that reads a zero put there by the kernel
+        // also sees the epoch `copy` moved (Release) before this call. The kernel orders the
+        // two — the call clears the page tables and shoots down every CPU's TLB entry for
+        // them before it returns, so a reader's later access faults in a fresh zero page
+        // after that — which holds on Linux for x86-64 and arm64; neither Miri nor loom can
+        // check it.
         unsafe {
             libc::madvise(
                 self.ptr.as_ptr().cast(),
@@ -284,11 +290,15 @@ impl<const W: usize> Table<W> {
             // What was read stands only if nothing moved meanwhile: a level probed may have
             // been retired after its keys were copied — a miss where the key was, or a slot
             // half read as zeros (`Level::retire`). The fence orders the probe's loads before
-            // the check, as a sequence lock's reader does.
+            // the check, as a sequence lock's reader does. The loads themselves are Acquire
+            // too: on a retry they are where the next probe starts, and that probe's loads
+            // must come after them, as the first probe's come after `get_hashed`'s (Relaxed
+            // would let a weakly ordered CPU read the new level before the epoch that says
+            // it is current, and miss a key copied there). Free on x86-64.
             fence(Ordering::Acquire);
             let (e, c) = (
-                self.epoch.load(Ordering::Relaxed),
-                self.current.load(Ordering::Relaxed),
+                self.epoch.load(Ordering::Acquire),
+                self.current.load(Ordering::Acquire),
             );
             match found {
                 Some(v) if e == epoch => return Some(v),
@@ -330,22 +340,41 @@ impl<const W: usize> Table<W> {
         if let Some(v) = self.get(key) {
             return Ok(v);
         }
+        self.get_or_try_insert_locked(key, make)
+    }
+
+    /// [`get_or_try_insert`](Table::get_or_try_insert) without the first look, which takes no
+    /// lock: for a caller that has just missed `key` itself. (The look under the writers' lock
+    /// still finds a key stored since.)
+    pub fn get_or_try_insert_locked<E>(
+        &self,
+        key: &[u64; W],
+        make: impl FnOnce() -> Result<u32, E>,
+    ) -> Result<u32, E> {
         let hash = self.hash(key);
         let mut w = self.writer.lock();
-        if let Some(v) = self.lookup(key, hash, self.current.load(Ordering::Relaxed)) {
-            return Ok(v);
-        }
-        let value = make()?;
-        assert!(value < u32::MAX, "table values stay below u32::MAX");
+        // The copy's share and any growth come first, so that nothing writes to the current
+        // level between the probe below and the publish: the empty slot where that probe ends
+        // is where the key goes. (A key found after all leaves them done early: no harm.)
         self.copy(&mut w, COPY_PER_INSERT);
         // At most ¾ full: linear probes stay short (2.5 slots on average for a key found,
         // within one or two cache lines).
-        let level = self.at(self.current.load(Ordering::Relaxed));
-        if (w.in_current + 1) * 4 > level.slots().len() * 3 {
+        if (w.in_current + 1) * 4 > self.at(self.current.load(Ordering::Relaxed)).slots().len() * 3
+        {
             self.grow(&mut w);
         }
+        if let Some(old) = self.old.load(Ordering::Relaxed).checked_sub(1)
+            && let Ok(v) = self.at(old).probe(key, hash)
+        {
+            return Ok(v);
+        }
         let level = self.at(self.current.load(Ordering::Relaxed));
-        let slot = level.probe(key, hash).expect_err("absent from every level");
+        let slot = match level.probe(key, hash) {
+            Ok(v) => return Ok(v),
+            Err(slot) => slot,
+        };
+        let value = make()?;
+        assert!(value < u32::MAX, "table values stay below u32::MAX");
         level.publish(slot, key, hash, value);
         w.len += 1;
         w.in_current += 1;
@@ -763,6 +792,59 @@ mod tests {
             r.join().unwrap();
         }
         assert_eq!(t.len(), 50_000);
+    }
+
+    #[test]
+    fn writers_racing_for_the_same_keys_store_each_once_across_growths() {
+        // Three writers insert the same 30,000 keys, each in its own order, going straight to
+        // the locked look (as a conversation is made after a miss): each key is made once,
+        // every writer gets its value, and none is stored twice — in particular while a
+        // growth's copy has not reached it yet, when it sits in the old level only.
+        let t = Arc::new(Table::<1>::default());
+        let made = Arc::new(AtomicUsize::new(0));
+        const KEYS: u64 = 30_000;
+        let writers: Vec<_> = (0..3u64)
+            .map(|w| {
+                let (t, made) = (t.clone(), made.clone());
+                std::thread::spawn(move || {
+                    for j in 0..KEYS {
+                        // Writer 0 ascending, 1 descending, 2 strided.
+                        let i = match w {
+                            0 => j,
+                            1 => KEYS - 1 - j,
+                            _ => (j * 7919) % KEYS,
+                        };
+                        let v = t.get_or_try_insert_locked(&[i], || {
+                            made.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, ()>(i as u32 * 2)
+                        });
+                        assert_eq!(v, Ok(i as u32 * 2), "key {i}");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(made.load(Ordering::Relaxed), KEYS as usize);
+        assert_eq!(t.len(), KEYS as usize);
+        let current = t.at(t.current.load(Ordering::Relaxed));
+        let stored = current
+            .slots()
+            .iter()
+            .filter(|s| s.head.load(Ordering::Relaxed) != 0)
+            .count();
+        let old = match t.old.load(Ordering::Relaxed) {
+            0 => 0,
+            o => t.at(o - 1).slots()[t.writer.lock().copied..]
+                .iter()
+                .filter(|s| s.head.load(Ordering::Relaxed) != 0)
+                .count(),
+        };
+        assert_eq!(stored + old, KEYS as usize, "a key stored twice");
+        for i in 0..KEYS {
+            assert_eq!(t.get(&[i]), Some(i as u32 * 2));
+        }
     }
 
     #[test]
