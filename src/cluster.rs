@@ -249,6 +249,12 @@ struct ClusterInner {
     connections: tokio::sync::watch::Receiver<u64>,
     /// Held while a snapshot is built (one at a time).
     snapshotting: parking_lot::Mutex<()>,
+    /// Consumers replays made to read on after one stalled (`read_stream`).
+    replay_consumers_replaced: std::sync::atomic::AtomicU64,
+    /// Fault injection: the next replay's reader gets nothing more after this many records (0:
+    /// off), as from a stalled pull.
+    #[cfg(feature = "fault-injection")]
+    stall_replay_after: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for ClusterInner {
@@ -357,6 +363,9 @@ impl Cluster {
                 meta,
                 connections: connections_rx,
                 snapshotting: parking_lot::Mutex::new(()),
+                replay_consumers_replaced: Default::default(),
+                #[cfg(feature = "fault-injection")]
+                stall_replay_after: Default::default(),
             }),
         })
     }
@@ -476,6 +485,21 @@ impl Cluster {
             let left = v.expires_ms.saturating_sub(lease::now_ms());
             (v.node, v.epoch, Duration::from_millis(left))
         }))
+    }
+
+    /// How many times a replay replaced its stream consumer because it stalled (see
+    /// `open_shard`): each also logged as a warning.
+    pub fn replay_consumers_replaced(&self) -> u64 {
+        self.inner.replay_consumers_replaced.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection: the next replay's consumer hands over nothing after `records`, as a
+    /// stalled pull does (the replay must read on with a new one).
+    #[cfg(feature = "fault-injection")]
+    pub fn stall_next_replay_after(&self, records: u64) {
+        self.inner
+            .stall_replay_after
+            .store(records, Ordering::Relaxed);
     }
 
     /// The NATS server leading shard `n`'s stream (its Raft leader), if there is one now.
@@ -842,10 +866,13 @@ impl Cluster {
         max_epoch: &mut u64,
     ) -> Result<u64, OpenError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Record, String>>(1024);
-        let js = self.inner.js.clone();
-        let idle = self.inner.config.publish_retry;
+        let inner = self.inner.clone();
+        #[cfg(feature = "fault-injection")]
+        let stall_after = self.inner.stall_replay_after.swap(0, Ordering::Relaxed);
+        #[cfg(not(feature = "fault-injection"))]
+        let stall_after = 0;
         self.inner.handle.spawn(async move {
-            if let Err(e) = read_stream(&js, n, from, to, idle, &tx).await {
+            if let Err(e) = read_stream(&inner, n, (from, to), stall_after, &tx).await {
                 let _ = tx.send(Err(e));
             }
         });
@@ -1038,57 +1065,125 @@ async fn stream_last(js: &jetstream::Context, n: u32) -> Result<u64, String> {
 
 /// Sends the messages of shard `n`'s stream after `from` up to `to` down `tx`, in order, with
 /// an ordered consumer.
+///
+/// A consumer that hands over nothing for a quarter of `idle` is replaced by a new one that
+/// starts at the next sequence not yet sent. (The ordered consumer mends a stalled pull by
+/// itself only after missing two of its 15-second idle heartbeats, past `idle`: a replay
+/// once failed that way in CI, its stream whole and its server up.) A consumer that cannot be
+/// made (the stream between leaders) is asked for again. The read fails only when no message
+/// at all came for `idle`, through however many consumers.
+///
+/// `stall_after` (fault injection; 0: off): the first consumer hands over nothing after that
+/// many records.
 async fn read_stream(
-    js: &jetstream::Context,
+    inner: &ClusterInner,
     n: u32,
-    from: u64,
-    to: u64,
-    idle: Duration,
+    (from, to): (u64, u64),
+    stall_after: u64,
     tx: &mpsc::SyncSender<Result<Record, String>>,
 ) -> Result<(), String> {
-    let s = js
+    let (mut stall_at, mut sent) = ((stall_after > 0).then_some(stall_after), 0u64);
+    let s = inner
+        .js
         .get_stream_no_info(stream_name(n))
         .await
         .map_err(|e| e.to_string())?;
-    let consumer = s
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let idle = inner.config.publish_retry;
+    let stall = idle / 4;
+    let mut next = from + 1;
+    let mut progress = Instant::now();
+    // Bounded: each round either sends a message (and `next` moves towards `to`) or spends
+    // `stall` of the `idle` that ends the read.
     loop {
-        let next = tokio::time::timeout(idle, messages.next())
-            .await
-            .map_err(|_| format!("no message from stream {} for {idle:?}", stream_name(n)))?;
-        let Some(m) = next else {
-            return Err("the stream's consumer ended".into());
+        let open = async {
+            let consumer = s
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
         };
-        let m = m.map_err(|e| e.to_string())?;
-        let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
-        if seq > to {
-            return Ok(());
-        }
-        let msg_id = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
-        match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
-            Ok(()) => {}
-            // The replaying thread is behind: wait for it without stalling the runtime.
-            Err(mpsc::TrySendError::Full(item)) => {
-                if tokio::task::block_in_place(|| tx.send(item)).is_err() {
-                    return Ok(());
-                }
+        let left = idle.saturating_sub(progress.elapsed());
+        let mut messages = match tokio::time::timeout(left, open).await {
+            Ok(Ok(messages)) => messages,
+            // The stream may be between leaders, say: try again while `idle` lasts.
+            Ok(Err(e)) if progress.elapsed() < idle => {
+                tracing::warn!("stream {}: a consumer at {next}: {e}", stream_name(n));
+                tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                continue;
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
-        }
-        if seq == to {
-            return Ok(());
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(format!(
+                    "no consumer of stream {} for {idle:?}",
+                    stream_name(n)
+                ));
+            }
+        };
+        loop {
+            let left = idle.saturating_sub(progress.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "no message from stream {} for {idle:?}",
+                    stream_name(n)
+                ));
+            }
+            let got = if stall_at == Some(sent) {
+                // The injected stall: this consumer's next message never comes.
+                stall_at = None;
+                tokio::time::sleep(left.min(stall)).await;
+                None
+            } else {
+                tokio::time::timeout(left.min(stall), messages.next())
+                    .await
+                    .ok()
+            };
+            let Some(got) = got else {
+                inner
+                    .replay_consumers_replaced
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "stream {}: no message for {stall:?} at sequence {next} of {to}: \
+                     reading on with a new consumer",
+                    stream_name(n)
+                );
+                break;
+            };
+            let Some(m) = got else {
+                return Err("the stream's consumer ended".into());
+            };
+            let m = m.map_err(|e| e.to_string())?;
+            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+            // Sent already, by this consumer before it recreated itself or by the one before.
+            if seq < next {
+                continue;
+            }
+            if seq > to {
+                return Ok(());
+            }
+            let msg_id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
+                Ok(()) => {}
+                // The replaying thread is behind: wait for it without stalling the runtime.
+                Err(mpsc::TrySendError::Full(item)) => {
+                    if tokio::task::block_in_place(|| tx.send(item)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+            }
+            if seq == to {
+                return Ok(());
+            }
+            (next, progress, sent) = (seq + 1, Instant::now(), sent + 1);
         }
     }
 }

@@ -278,6 +278,45 @@ fn a_stale_owner_is_fenced_out() {
     assert_eq!(on_c, expect);
 }
 
+/// A replay whose stream consumer stops handing over records (as a pull the server dropped
+/// does, which the ordered consumer itself mends only after two missed 15-second heartbeats)
+/// reads on with a new consumer from the next record, and the shard opens whole.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_replay_whose_consumer_stalls_reads_on_with_a_new_one() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node("A");
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard_a = a.open_shard(n).unwrap();
+    shard_a.ensure_accounts(&USERS).unwrap();
+    let sent: BTreeSet<MsgKey> = (0..300)
+        .map(|i| send_text(shard_a.store(), "vinson", "dramon", i, "replayed").msg_key)
+        .collect();
+    shard_a.close().unwrap();
+
+    // B's replay gets 100 records from its first consumer, then nothing: after a quarter of
+    // its 8-second idle limit it takes a second consumer, which starts at record 101.
+    let b = nats.node_with("B", |mut c| {
+        c.publish_retry = Duration::from_secs(8);
+        c
+    });
+    b.stall_next_replay_after(100);
+    let shard_b = b.open_shard(n).unwrap();
+    assert_eq!(b.replay_consumers_replaced(), 1);
+    let on_b: BTreeSet<MsgKey> = history(shard_b.store(), "dramon", "vinson")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(on_b, sent);
+    // And it owns the shard: it writes on.
+    send_text(shard_b.store(), "dramon", "vinson", 1, "after the stall");
+    shard_b.close().unwrap();
+}
+
 #[test]
 fn appends_survive_nats_nodes_killed() {
     let _one = serial();
