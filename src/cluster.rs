@@ -1142,48 +1142,59 @@ async fn read_stream(
                     .await
                     .ok()
             };
-            let Some(got) = got else {
-                inner
-                    .replay_consumers_replaced
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "stream {}: no message for {stall:?} at sequence {next} of {to}: \
-                     reading on with a new consumer",
-                    stream_name(n)
-                );
-                break;
-            };
-            let Some(m) = got else {
-                return Err("the stream's consumer ended".into());
-            };
-            let m = m.map_err(|e| e.to_string())?;
-            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
-            // Sent already, by this consumer before it recreated itself or by the one before.
-            if seq < next {
-                continue;
-            }
-            if seq > to {
-                return Ok(());
-            }
-            let msg_id = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|v| v.as_str().to_owned());
-            match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
-                Ok(()) => {}
-                // The replaying thread is behind: wait for it without stalling the runtime.
-                Err(mpsc::TrySendError::Full(item)) => {
-                    if tokio::task::block_in_place(|| tx.send(item)).is_err() {
+            // No message for `stall`, or the consumer failed (then after a pause, so that a
+            // consumer failing at once is not made again and again): read on with a new one.
+            let why = match got {
+                None => format!("no message for {stall:?}"),
+                Some(None) => {
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    "the consumer ended".to_owned()
+                }
+                Some(Some(Err(e))) => {
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    e.to_string()
+                }
+                Some(Some(Ok(m))) => {
+                    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+                    // Sent already, by this consumer before it recreated itself or by the one
+                    // before.
+                    if seq < next {
+                        continue;
+                    }
+                    if seq > to {
                         return Ok(());
                     }
+                    let msg_id = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                        .map(|v| v.as_str().to_owned());
+                    match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
+                        Ok(()) => {}
+                        // The replaying thread is behind: wait for it without stalling the
+                        // runtime.
+                        Err(mpsc::TrySendError::Full(item)) => {
+                            if tokio::task::block_in_place(|| tx.send(item)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+                    }
+                    if seq == to {
+                        return Ok(());
+                    }
+                    (next, progress, sent) = (seq + 1, Instant::now(), sent + 1);
+                    continue;
                 }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
-            }
-            if seq == to {
-                return Ok(());
-            }
-            (next, progress, sent) = (seq + 1, Instant::now(), sent + 1);
+            };
+            inner
+                .replay_consumers_replaced
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "stream {}: {why} at sequence {next} of {to}: reading on with a new consumer",
+                stream_name(n)
+            );
+            break;
         }
     }
 }
