@@ -64,6 +64,19 @@ fn history(store: &Store, a: &str, b: &str) -> Vec<(MsgKey, bool)> {
     }
 }
 
+/// Node `id`, with the test's accounts imported, owning the shard of vinson and dramon: the
+/// node, the shard's number and the shard.
+fn owner_of_the_pair(nats: &Nats, id: &str) -> (Cluster, u32, imstore::cluster::Shard) {
+    let node = nats.node(id);
+    for u in USERS {
+        node.import_account(u).unwrap();
+    }
+    let n = node.shard_of("vinson", "dramon");
+    let shard = node.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+    (node, n, shard)
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -286,13 +299,7 @@ fn a_stale_owner_is_fenced_out() {
 fn a_replay_whose_consumer_stalls_reads_on_with_a_new_one() {
     let _one = serial();
     let nats = Nats::up();
-    let a = nats.node("A");
-    for u in USERS {
-        a.import_account(u).unwrap();
-    }
-    let n = a.shard_of("vinson", "dramon");
-    let shard_a = a.open_shard(n).unwrap();
-    shard_a.ensure_accounts(&USERS).unwrap();
+    let (_a, n, shard_a) = owner_of_the_pair(&nats, "A");
     let sent: BTreeSet<MsgKey> = (0..300)
         .map(|i| send_text(shard_a.store(), "vinson", "dramon", i, "replayed").msg_key)
         .collect();
@@ -321,13 +328,7 @@ fn a_replay_whose_consumer_stalls_reads_on_with_a_new_one() {
 fn appends_survive_nats_nodes_killed() {
     let _one = serial();
     let nats = Nats::up();
-    let a = nats.node("A");
-    for u in USERS {
-        a.import_account(u).unwrap();
-    }
-    let n = a.shard_of("vinson", "dramon");
-    let shard = a.open_shard(n).unwrap();
-    shard.ensure_accounts(&USERS).unwrap();
+    let (a, n, shard) = owner_of_the_pair(&nats, "A");
 
     let stop = Arc::new(AtomicBool::new(false));
     let pause = Arc::new(AtomicBool::new(false));
