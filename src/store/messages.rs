@@ -317,14 +317,13 @@ impl Store {
     }
 
     /// A request's From_Account (90008) and To_Account (90003), with their cells' numbers for
-    /// `apply` ([`Found`]). Also starts loading their conversation, which `apply` looks up
-    /// again, so its miss overlaps the cells' own instead of following them.
+    /// `apply` ([`Found`]). Also starts loading their conversation's table slot, as a send
+    /// does, so that its miss overlaps the cells' own: `apply` looks the conversation up (once)
+    /// before it takes a lock.
     fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId, Found)> {
         let (nf, from) = self.numbered_as(from, Role::Acting)?;
         let (nt, to) = self.numbered_as(to, Role::Other)?;
-        if let Some(conv) = self.conversation_of(nf, nt) {
-            crate::table::prefetch(conv);
-        }
+        self.prefetch_conversation(nf, nt);
         Ok((from.id.clone(), to.id.clone(), Some((nf, nt))))
     }
 
