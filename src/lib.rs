@@ -134,6 +134,7 @@ mod journal;
 mod key;
 mod message;
 mod op;
+mod pages;
 mod registry;
 mod roaming;
 #[cfg(feature = "server")]

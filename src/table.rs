@@ -22,11 +22,12 @@ use std::cell::UnsafeCell;
 use std::hash::{BuildHasher, Hasher};
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
 
 use parking_lot::Mutex;
 
 use crate::hash::RandomState;
+use crate::pages::Mapping;
 
 /// An account name as a table key: its bytes in four words, zero-padded (a UserID holds no
 /// NUL, so the padding cannot be confused with a name's bytes); `None` for what cannot be a
@@ -56,12 +57,15 @@ struct Slot<const W: usize> {
     key: [AtomicU64; W],
 }
 
-/// A level: `len` slots in a private anonymous mapping of its own. The system hands it out
-/// zero-filled — every slot empty — and `retire` gives its pages back the same way; neither
-/// depends on what allocator the embedder installed.
+/// A level: `len` slots in a private anonymous mapping of its own ([`Mapping`]; huge pages
+/// once it is 2 MiB or more). The system hands it out zero-filled — every slot empty — and
+/// `retire` gives its pages back the same way; neither depends on what allocator the embedder
+/// installed.
 struct Level<const W: usize> {
     ptr: std::ptr::NonNull<Slot<W>>,
     len: usize,
+    /// The memory `ptr` points into, unmapped when the level is dropped.
+    _map: Mapping,
 }
 
 // SAFETY: a level is a slice of atomics in memory it owns, shared as such (`slots`).
@@ -76,31 +80,17 @@ impl<const W: usize> Level<W> {
 
     fn new(log2: u32) -> Self {
         let len = 1usize << log2;
-        // SAFETY: a fresh private anonymous mapping (no address hint, no file); the result
-        // is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::bytes(len),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let layout = std::alloc::Layout::array::<Slot<W>>(len).expect("a level's size");
-            std::alloc::handle_alloc_error(layout);
-        }
+        let map = Mapping::new(Self::bytes(len));
         Level {
-            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap gives a non-null address"),
+            ptr: std::ptr::NonNull::new(map.as_ptr().cast()).expect("a mapping is non-null"),
             len,
+            _map: map,
         }
     }
 
     fn slots(&self) -> &[Slot<W>] {
         // SAFETY: `ptr` maps `len` slots, page-aligned (more than a slot's alignment), for the
-        // level's whole life (unmapped in `drop` only); all-zero bytes are a valid slot (its
+        // level's whole life (`_map`, unmapped when the level is dropped); all-zero bytes are a valid slot (its
         // atomics at 0), which is what the system fills the mapping with.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
@@ -173,15 +163,6 @@ impl<const W: usize> Level<W> {
         }
         slot.head
             .store((hash >> 32) << 32 | u64::from(value + 1), Ordering::Release);
-    }
-}
-
-impl<const W: usize> Drop for Level<W> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `new` made, unmapped once; no reference to it outlives the level.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), Self::bytes(self.len));
-        }
     }
 }
 
@@ -487,7 +468,10 @@ const ARENA_CHUNKS: usize = DOUBLING_CHUNKS + (1 << 12);
 /// A value's place in a chunk: written once by the pusher, before `Arena::len` covers it.
 struct Place<T>(UnsafeCell<MaybeUninit<T>>);
 
-type Chunk<T> = Box<[Place<T>]>;
+/// Full-size chunks mapped together: one mapping for eight, so that a full-size chunk of
+/// a small value (16,384 conversations: 1.6 MB, less than a huge page) still lies in huge
+/// pages with its neighbours.
+const REGION_CHUNKS: usize = 8;
 
 /// (chunk, index in it, the chunk's size) of value `n`.
 fn place(n: usize) -> (usize, usize, usize) {
@@ -512,18 +496,24 @@ fn place(n: usize) -> (usize, usize, usize) {
 /// Values numbered from 0 in the order they were added, stored in place in chunks that never
 /// move: `get` is two indexes and the value's own cache line. Chunks are made as values reach
 /// them, 64 values first and doubling up to 16,384 (so a small store stays small, and at most
-/// one chunk is partly used); the directory, 16 bytes per chunk (~64 KiB), comes with the arena.
+/// one chunk is partly used); the directory, 8 bytes per chunk (~32 KiB), comes with the arena.
+/// Chunks are memory the arena maps itself ([`Mapping`]): the doubling ones a mapping each,
+/// the full-size ones eight to a mapping, which asks for huge pages (a large store's cells and
+/// conversations are read at random, and each read in ordinary pages is a TLB miss too).
 ///
 /// A value is published by `len`, as in a sequence of append-only slots: the pusher writes
 /// value `n` (under `push`, where nobody else writes, and where no reader looks: `n` is not
 /// below `len` yet), then stores `len = n + 1` with Release; a reader loads `len` with Acquire
-/// and reads only values below it, which happen-before that load. So a value costs its own
-/// bytes and nothing beside them (a `OnceLock` per value cost 8 bytes and, to set, the
+/// and reads only values below it, which happen-before that load. A chunk's address is
+/// stored before any value in it is published, so it happens-before too. So a value costs its
+/// own bytes and nothing beside them (a `OnceLock` per value cost 8 bytes and, to set, the
 /// `Once` state machine: ~170 instructions per new conversation).
 pub(crate) struct Arena<T> {
-    chunks: Box<[OnceLock<Chunk<T>>]>,
+    /// Each chunk's first place, null until made.
+    chunks: Box<[AtomicPtr<Place<T>>]>,
     len: AtomicUsize,
-    push: Mutex<()>,
+    /// The pusher's lock, over the mappings the chunks lie in (unmapped with the arena).
+    push: Mutex<Vec<Mapping>>,
 }
 
 // SAFETY: values are written once, before they are published, by the thread holding `push`,
@@ -535,9 +525,11 @@ unsafe impl<T: Send> Send for Arena<T> {}
 impl<T> Default for Arena<T> {
     fn default() -> Self {
         Arena {
-            chunks: (0..ARENA_CHUNKS).map(|_| OnceLock::new()).collect(),
+            chunks: (0..ARENA_CHUNKS)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
             len: AtomicUsize::new(0),
-            push: Mutex::new(()),
+            push: Mutex::new(Vec::new()),
         }
     }
 }
@@ -545,10 +537,10 @@ impl<T> Default for Arena<T> {
 impl<T> Drop for Arena<T> {
     fn drop(&mut self) {
         for n in 0..*self.len.get_mut() {
-            let (k, i, _) = place(n);
-            if let Some(chunk) = self.chunks[k].get_mut() {
-                // SAFETY: every value below `len` was written, and is dropped once, here.
-                unsafe { chunk[i].0.get_mut().assume_init_drop() };
+            if let Some(p) = self.place_of(n as u32) {
+                // SAFETY: every value below `len` was written, and is dropped once, here;
+                // the mappings go after (`push`'s vector, dropped with the arena).
+                unsafe { (*p.0.get()).assume_init_drop() };
             }
         }
     }
@@ -560,20 +552,40 @@ impl<T> Arena<T> {
 
     /// Adds `value`; returns its number, or gives the value back when the arena is full.
     pub fn push(&self, value: T) -> Result<u32, T> {
-        let _writer = self.push.lock();
+        const {
+            assert!(
+                std::mem::size_of::<T>() > 0,
+                "arenas hold values with bytes"
+            )
+        };
+        let mut maps = self.push.lock();
         let n = self.len.load(Ordering::Relaxed);
         if n >= Self::CAPACITY {
             return Err(value);
         }
         let (k, i, size) = place(n);
-        let chunk = self.chunks[k].get_or_init(|| {
-            (0..size)
-                .map(|_| Place(UnsafeCell::new(MaybeUninit::uninit())))
-                .collect()
-        });
+        let mut chunk = self.chunks[k].load(Ordering::Relaxed);
+        if chunk.is_null() {
+            let bytes = size * std::mem::size_of::<Place<T>>();
+            chunk = if k < DOUBLING_CHUNKS {
+                maps.push(Mapping::new(bytes));
+                maps.last().expect("just pushed").as_ptr().cast()
+            } else {
+                let nth = (k - DOUBLING_CHUNKS) % REGION_CHUNKS;
+                if nth == 0 {
+                    maps.push(Mapping::new(bytes * REGION_CHUNKS));
+                }
+                let region = maps.last().expect("a region is mapped at its first chunk");
+                // SAFETY: chunk `nth` of its region lies inside it (the region holds
+                // REGION_CHUNKS of them), aligned as the mapping is (a page, at least).
+                unsafe { region.as_ptr().add(nth * bytes).cast() }
+            };
+            self.chunks[k].store(chunk, Ordering::Release);
+        }
         // SAFETY: place `n` is not below `len`, so no reader reads it, and only the holder of
-        // `push` writes; it was never written (numbers are handed out once).
-        unsafe { (*chunk[i].0.get()).write(value) };
+        // `push` writes; it was never written (numbers are handed out once). It lies inside
+        // chunk `k`, whose `size` places are mapped for the arena's life.
+        unsafe { (*(*chunk.add(i)).0.get()).write(value) };
         self.len.store(n + 1, Ordering::Release);
         Ok(n as u32)
     }
@@ -595,7 +607,11 @@ impl<T> Arena<T> {
     /// Value `n`'s place, written or not, found through the chunk directory alone.
     fn place_of(&self, n: u32) -> Option<&Place<T>> {
         let (k, i, _) = place(n as usize);
-        self.chunks.get(k)?.get()?.get(i)
+        let chunk = self.chunks.get(k)?.load(Ordering::Acquire);
+        // SAFETY: a chunk's address is stored once it is mapped, and its `size` places (`i`
+        // is below it) stay mapped for the arena's life. A place is plain bytes until written;
+        // callers read a value only below `len`.
+        (!chunk.is_null()).then(|| unsafe { &*chunk.add(i) })
     }
 
     /// Starts loading every cache line of value `n`, reading only the chunk directory (a
