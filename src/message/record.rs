@@ -1,11 +1,12 @@
 //! The one record of a message that every layer shares ([`StoredMessage`]), its state under
 //! its own lock, and [`MsgArc`], the reference-counted pointer the layers hold to it.
 //!
-//! Why not `MsgArc`: an `Arc` puts two 8-byte counts (strong and weak) in front of
-//! the record; 72 + 16 = 88 bytes is a 96-byte glibc allocation. Nothing here needs a weak
-//! count, and a 4-byte strong count fits inside the record's 72 bytes (the arrival number is
-//! kept in 48 bits to make room): an 80-byte allocation, 16 bytes less per stored message.
-//! This is the recipe of `std::sync::Arc` (and of servo's `triomphe`) without weak references.
+//! Why not `Arc`: an `Arc` puts two 8-byte counts (strong and weak) in front of the record;
+//! 72 + 16 = 88 bytes, which was a 96-byte glibc allocation. Nothing here needs a weak count,
+//! and a 4-byte strong count fits inside the record's 72 bytes (the arrival number is kept in
+//! 48 bits to make room). This is the recipe of `std::sync::Arc` (and of servo's `triomphe`)
+//! without weak references. A record lives in a 72-byte slot of the records' slab
+//! (`slab.rs`, huge pages), not in an allocation of the embedder's allocator.
 
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use parking_lot::RawMutex;
 use parking_lot::lock_api::RawMutex as _;
 
+use super::slab::RECORDS;
 use super::{Content, MessageView, RecallNotice, SenderCopy};
 use crate::account::UserId;
 use crate::key::MsgKey;
@@ -28,8 +30,8 @@ pub(crate) const ARRIVAL_LIMIT: u64 = 1 << 48;
 /// this is not reached short of a leak.
 const MAX_REFS: u32 = i32::MAX as u32;
 
-/// The one record of a message that every layer shares: 72 bytes with its reference count (an
-/// 80-byte glibc allocation), text of up to 38 bytes included.
+/// The one record of a message that every layer shares: 72 bytes with its reference count (a
+/// slot of the records' slab), text of up to 38 bytes included.
 pub(crate) struct StoredMessage {
     pub from: UserId,
     pub to: UserId,
@@ -271,9 +273,11 @@ unsafe impl Sync for MsgArc {}
 impl MsgArc {
     pub fn new(msg: StoredMessage) -> MsgArc {
         msg.refs.store(1, Ordering::Relaxed);
-        MsgArc {
-            ptr: NonNull::from(Box::leak(Box::new(msg))),
-        }
+        let ptr = RECORDS.alloc().cast::<StoredMessage>();
+        // SAFETY: a fresh slot of the records' slab: sized and aligned for a record, and this
+        // reference's alone.
+        unsafe { ptr.as_ptr().write(msg) };
+        MsgArc { ptr }
     }
 
     /// Whether both point at the same record.
@@ -329,9 +333,13 @@ impl Drop for MsgArc {
             return;
         }
         fence(Ordering::Acquire);
-        // SAFETY: the count reached zero, so this was the last reference; the pointer came
-        // from `Box::leak` in `MsgArc::new` and is freed once.
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        // SAFETY: the count reached zero, so this was the last reference: the record is
+        // dropped once, and its slot (from `RECORDS` in `MsgArc::new`) given back once, with
+        // nothing left pointing at it.
+        unsafe {
+            std::ptr::drop_in_place(self.ptr.as_ptr());
+            RECORDS.free(self.ptr.cast());
+        }
     }
 }
 
@@ -342,8 +350,8 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A 72-byte record (its count included) is an 80-byte glibc allocation; one byte more
-        // and it is 96. The workload benchmark's bytes per message rest on this.
+        // A 72-byte record (its count included) is a 72-byte slab slot; every byte more is a
+        // byte more per stored message. The workload benchmark's bytes per message rest on this.
         assert_eq!(std::mem::size_of::<StoredMessage>(), 72);
         assert_eq!(std::mem::size_of::<MsgArc>(), 8);
         assert_eq!(std::mem::size_of::<Option<MsgArc>>(), 8);

@@ -1,0 +1,265 @@
+//! Where message records live ([`RECORDS`]): slots of one size carved out of 2 MiB chunks the
+//! engine maps itself ([`crate::pages`], huge pages), instead of one allocation per record
+//! from the embedder's allocator.
+//!
+//! Why: records are the largest part of a store (4M messages: ~290 MB) and a recall or a
+//! history page reads them at random. In ordinary 4 KiB pages each such read is a TLB miss
+//! too; in huge pages it is not. glibc gives its heap huge pages only when the process is
+//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a library cannot ask for. And a
+//! 72-byte record is an 80-byte glibc allocation (its size header); here it is 72 bytes.
+//!
+//! How: a chunk belongs to one of [`SHARDS`] shards, each a free list and the unused end of
+//! its newest chunk under a lock of its own; a thread allocates from the shard it was given
+//! on its first allocation (threads are dealt round the shards). A freed slot goes back to the
+//! shard its chunk belongs to — the chunk's first bytes say which, and a chunk is found from a
+//! slot's address by rounding down to 2 MiB — so a thread that only frees (expiry, say) feeds
+//! the shard that allocated, and each shard's memory is bounded by the most records it held at
+//! once. Chunks are not given back to the system: the peak stays mapped, to be reused, as with
+//! glibc's own small allocations.
+//!
+//! Lock order: a shard's lock is a leaf — nothing else is locked or allocated under it
+//! (mapping a chunk is a system call, and the chunk list grows by one push, amortised).
+
+use std::cell::Cell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::record::StoredMessage;
+use crate::pages::{HUGE, Mapping};
+
+/// Shards of a slab: more than the threads that usually send at once on the machines this
+/// runs on, so threads rarely share one; each costs a chunk (2 MiB) once used.
+pub(crate) const SHARDS: usize = 8;
+
+/// Bytes at the start of every chunk before its first slot: the chunk's shard.
+const HEADER: usize = 64;
+
+/// The message records of every store in the process.
+pub(crate) static RECORDS: Slab = Slab::new(
+    std::mem::size_of::<StoredMessage>(),
+    std::mem::align_of::<StoredMessage>(),
+);
+
+/// Slots of `size` bytes (aligned to `align`) in 2 MiB chunks.
+pub(crate) struct Slab {
+    size: usize,
+    shards: [Shard; SHARDS],
+    /// Chunks mapped, in every shard.
+    chunks: AtomicUsize,
+}
+
+/// One shard, on a cache line of its own so that threads on different shards do not share
+/// one.
+#[repr(align(64))]
+struct Shard(Mutex<Free>);
+
+struct Free {
+    /// The first free slot; each free slot's first word holds the next (null at the end).
+    list: *mut u8,
+    /// The newest chunk's slots not yet handed out: `next..end`.
+    next: *mut u8,
+    end: *mut u8,
+    /// Every chunk of this shard (unmapped only when the slab is dropped: a test's slab).
+    chunks: Vec<Mapping>,
+}
+
+// SAFETY: the pointers are into this shard's own chunks, reached only under the shard's lock.
+unsafe impl Send for Free {}
+
+impl Slab {
+    pub const fn new(size: usize, align: usize) -> Slab {
+        assert!(size >= std::mem::size_of::<*mut u8>() && size.is_multiple_of(align));
+        assert!(align.is_power_of_two() && HEADER.is_multiple_of(align));
+        assert!(align >= std::mem::align_of::<*mut u8>());
+        Slab {
+            size,
+            shards: [const {
+                Shard(Mutex::new(Free {
+                    list: std::ptr::null_mut(),
+                    next: std::ptr::null_mut(),
+                    end: std::ptr::null_mut(),
+                    chunks: Vec::new(),
+                }))
+            }; SHARDS],
+            chunks: AtomicUsize::new(0),
+        }
+    }
+
+    /// An uninitialised slot of `size` bytes, this slab's until `free`.
+    pub fn alloc(&self) -> NonNull<u8> {
+        let shard = my_shard();
+        let mut f = self.shards[shard].0.lock();
+        if let Some(p) = NonNull::new(f.list) {
+            // SAFETY: a slot on the free list holds the next one in its first word (`free`
+            // wrote it; slots are aligned for a pointer).
+            f.list = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+            return p;
+        }
+        if f.next == f.end {
+            let chunk = Mapping::new(HUGE);
+            let base = chunk.as_ptr();
+            // SAFETY: the header lies inside the fresh chunk, which is aligned to HUGE.
+            unsafe { base.cast::<usize>().write(shard) };
+            let slots = (HUGE - HEADER) / self.size;
+            // SAFETY: both offsets are within the chunk (or one past its used part).
+            (f.next, f.end) = unsafe { (base.add(HEADER), base.add(HEADER + slots * self.size)) };
+            f.chunks.push(chunk);
+            self.chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        let p = f.next;
+        // SAFETY: `next` is below `end`, and `end` is a whole number of slots past it.
+        f.next = unsafe { p.add(self.size) };
+        NonNull::new(p).expect("a slot in a mapping is non-null")
+    }
+
+    /// Gives `slot` back.
+    ///
+    /// # Safety
+    /// `slot` came from this slab's `alloc`, is given back once, and nothing reads or writes
+    /// it after (whatever it held has been dropped).
+    pub unsafe fn free(&self, slot: NonNull<u8>) {
+        let base = (slot.as_ptr() as usize & !(HUGE - 1)) as *const usize;
+        // SAFETY: the slot lies in a chunk aligned to HUGE, whose first word `alloc` wrote.
+        let shard = unsafe { base.read() };
+        let mut f = self.shards[shard].0.lock();
+        // SAFETY: the slot is this slab's, no longer used, and aligned for a pointer.
+        unsafe { slot.as_ptr().cast::<*mut u8>().write(f.list) };
+        f.list = slot.as_ptr();
+    }
+
+    /// Chunks mapped so far (2 MiB each).
+    #[cfg(test)]
+    pub fn chunks(&self) -> usize {
+        self.chunks.load(Ordering::Relaxed)
+    }
+}
+
+/// The shard this thread allocates from, dealt on its first allocation.
+fn my_shard() -> usize {
+    static DEALT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    // A const-initialised Cell has no destructor, so this never fails, even while the thread's
+    // other thread-locals are being dropped (which may free records); 0 would do if it did.
+    MINE.try_with(|mine| {
+        if mine.get() == usize::MAX {
+            mine.set(DEALT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        mine.get()
+    })
+    .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn slots_per_chunk(size: usize) -> usize {
+        (HUGE - HEADER) / size
+    }
+
+    #[test]
+    fn slots_are_distinct_aligned_and_reused_once_freed() {
+        let slab = Slab::new(72, 8);
+        let n = slots_per_chunk(72) + 10;
+        let slots: Vec<NonNull<u8>> = (0..n).map(|_| slab.alloc()).collect();
+        assert_eq!(slab.chunks(), 2);
+        let addrs: HashSet<usize> = slots.iter().map(|p| p.as_ptr() as usize).collect();
+        assert_eq!(addrs.len(), n);
+        for p in &slots {
+            assert_eq!(p.as_ptr() as usize % 8, 0);
+            let off = p.as_ptr() as usize % HUGE;
+            assert!(
+                off >= HEADER && off + 72 <= HUGE,
+                "a slot inside its chunk, past the header"
+            );
+            // SAFETY: a slot of this slab, 72 bytes, not freed yet.
+            unsafe { p.as_ptr().write_bytes(0xA5, 72) };
+        }
+        for p in &slots {
+            // SAFETY: allocated above, freed once.
+            unsafe { slab.free(*p) };
+        }
+        // The same number again comes from the freed slots: no chunk more.
+        let again: HashSet<usize> = (0..n).map(|_| slab.alloc().as_ptr() as usize).collect();
+        assert_eq!(again, addrs);
+        assert_eq!(slab.chunks(), 2);
+    }
+
+    #[test]
+    fn slots_freed_on_other_threads_go_back_to_the_shard_that_made_them() {
+        let slab = Slab::new(72, 8);
+        let per_chunk = slots_per_chunk(72);
+        std::thread::scope(|s| {
+            // One thread allocates; others free everything it made, round after round. Were
+            // freed slots kept by the freeing threads' shards, the allocating thread would
+            // map a chunk a round.
+            for _ in 0..20 {
+                let made: Vec<usize> = s
+                    .spawn(|| {
+                        (0..per_chunk)
+                            .map(|_| slab.alloc().as_ptr() as usize)
+                            .collect()
+                    })
+                    .join()
+                    .unwrap();
+                let made = std::sync::Mutex::new(made);
+                std::thread::scope(|t| {
+                    for _ in 0..3 {
+                        t.spawn(|| {
+                            loop {
+                                let Some(p) = made.lock().unwrap().pop() else {
+                                    break;
+                                };
+                                // SAFETY: allocated above, popped (so freed) once.
+                                unsafe { slab.free(NonNull::new(p as *mut u8).unwrap()) };
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        // 20 allocating threads are dealt over the shards; each shard maps one chunk and then
+        // reuses it, so at most one chunk a shard.
+        assert!(slab.chunks() <= SHARDS, "{} chunks", slab.chunks());
+    }
+
+    #[test]
+    fn threads_allocating_and_freeing_at_once_never_share_a_slot() {
+        let slab = Slab::new(72, 8);
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let slab = &slab;
+                s.spawn(move || {
+                    let mut held: Vec<NonNull<u8>> = Vec::new();
+                    for i in 0..50_000usize {
+                        let p = slab.alloc();
+                        // SAFETY: a fresh slot of 72 bytes, this thread's until freed.
+                        unsafe { p.as_ptr().write_bytes(t, 72) };
+                        held.push(p);
+                        if i % 3 == 2 {
+                            let q = held.swap_remove(i % held.len());
+                            // SAFETY: every byte is still this thread's mark: nobody else
+                            // was handed the slot while it was held.
+                            let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr(), 72) };
+                            assert!(bytes.iter().all(|b| *b == t));
+                            // SAFETY: allocated above, freed once.
+                            unsafe { slab.free(q) };
+                        }
+                    }
+                    for q in held {
+                        // SAFETY: as above.
+                        let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr(), 72) };
+                        assert!(bytes.iter().all(|b| *b == t));
+                        // SAFETY: allocated above, freed once.
+                        unsafe { slab.free(q) };
+                    }
+                });
+            }
+        });
+    }
+}
