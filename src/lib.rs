@@ -119,8 +119,8 @@
 //!   engine maps itself and asks to be huge pages (`MADV_HUGEPAGE`), so that a large store's
 //!   random reads are not TLB misses too; the embedder's allocator holds the rest. A process
 //!   that wants none calls `prctl(PR_SET_THP_DISABLE, 1)` (or the system sets transparent
-//!   huge pages to `never`). Record slots and arena chunks are reused, never given back to the
-//!   system: after a peak, its records' memory stays mapped for the next ones.
+//!   huge pages to `never`). Record slots are reused, never given back to the system: after a
+//!   peak, its records' memory stays mapped for the next ones.
 
 mod account;
 pub mod api;

@@ -20,6 +20,9 @@ use std::ptr::NonNull;
 /// larger are aligned to it.
 pub(crate) const HUGE: usize = 2 << 20;
 
+/// The base page: mappings are whole pages.
+const PAGE: usize = 4096;
+
 /// A private anonymous mapping of `len` bytes, zero-filled by the system, unmapped on drop.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
@@ -33,21 +36,28 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes (more than 0); a refusal is an allocation failure, handled as the
-    /// standard library handles one.
+    /// Maps `len` bytes (more than 0; the mapping is rounded up to whole 4 KiB pages); a
+    /// refusal is an allocation failure, handled as the standard library handles one.
     pub fn new(len: usize) -> Mapping {
         assert!(len > 0, "an empty mapping");
+        let len = len.next_multiple_of(PAGE);
         #[cfg(miri)]
-        {
+        let ptr = {
             // Miri has no mmap: the same zeroed, aligned memory from its allocator.
             let layout = Self::layout(len);
             // SAFETY: a layout of non-zero size.
             let p = unsafe { std::alloc::alloc_zeroed(layout) };
-            let Some(ptr) = NonNull::new(p) else {
-                std::alloc::handle_alloc_error(layout)
-            };
-            return Mapping { ptr, len };
-        }
+            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        };
+        #[cfg(not(miri))]
+        let ptr = Self::map(len);
+        Mapping { ptr, len }
+    }
+
+    /// A system mapping of `len` bytes (whole pages), aligned to `HUGE` and asking for huge
+    /// pages when it is that large.
+    #[cfg(not(miri))]
+    fn map(len: usize) -> NonNull<u8> {
         let huge = len >= HUGE;
         // A huge mapping is taken a huge page larger, then trimmed to start on a boundary.
         let asked = if huge { len + HUGE } else { len };
@@ -64,15 +74,16 @@ impl Mapping {
             )
         };
         if p == libc::MAP_FAILED {
-            let layout = std::alloc::Layout::from_size_align(len, 4096).expect("a mapping's size");
+            let layout = std::alloc::Layout::from_size_align(len, PAGE).expect("a mapping's size");
             std::alloc::handle_alloc_error(layout);
         }
         let mut start = p.cast::<u8>();
         if huge {
+            // Already aligned: the spare huge page is all tail; else head + tail = HUGE.
             let head = (HUGE - (start as usize & (HUGE - 1))) & (HUGE - 1);
             let tail = HUGE - head;
-            // SAFETY: both ranges lie inside the mapping just made, are page-aligned (mmap
-            // returns page-aligned memory and HUGE is a multiple of the page), and nothing
+            // SAFETY: both ranges lie inside the mapping just made and are whole pages (mmap
+            // returns page-aligned memory; `len` and HUGE are page multiples), and nothing
             // points into them. A failed unmap leaves them mapped and unused: no harm.
             unsafe {
                 if head > 0 {
@@ -90,15 +101,12 @@ impl Mapping {
                 libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
             }
         }
-        Mapping {
-            ptr: NonNull::new(start).expect("mmap gives a non-null address"),
-            len,
-        }
+        NonNull::new(start).expect("mmap gives a non-null address")
     }
 
     #[cfg(miri)]
     fn layout(len: usize) -> std::alloc::Layout {
-        let align = if len >= HUGE { HUGE } else { 4096 };
+        let align = if len >= HUGE { HUGE } else { PAGE };
         std::alloc::Layout::from_size_align(len, align).expect("a mapping's size")
     }
 
@@ -115,11 +123,11 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         #[cfg(miri)]
-        {
-            // SAFETY: allocated by `new` with this layout, freed once.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) };
-            return;
+        // SAFETY: allocated by `new` with this layout, freed once.
+        unsafe {
+            std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len));
         }
+        #[cfg(not(miri))]
         // SAFETY: the range `new` kept, unmapped once; the owner keeps no reference into it
         // past the mapping's life.
         unsafe {
@@ -134,9 +142,14 @@ mod tests {
 
     #[test]
     fn large_mappings_start_on_a_huge_page_and_all_read_as_zeros() {
-        for len in [4096, HUGE, 3 * HUGE + 4096] {
+        for (len, mapped) in [
+            (100, 4096),
+            (HUGE, HUGE),
+            (3 * HUGE + 5000, 3 * HUGE + 8192),
+        ] {
             let m = Mapping::new(len);
-            assert_eq!(m.len(), len);
+            assert_eq!(m.len(), mapped, "whole pages");
+            let len = mapped;
             if len >= HUGE {
                 assert_eq!(m.as_ptr() as usize % HUGE, 0);
             }

@@ -427,9 +427,9 @@ impl<const W: usize> Table<W> {
 
 /// Asks the CPU to start loading every cache line `value` lies on, for work that will need it
 /// after some other work (a hint only: no effect on what the program computes). Every line,
-/// not the first: a value is rarely aligned to a line (glibc aligns to 16 bytes), so a
-/// 192-byte account cell lies on four lines, and the work reads fields on each — a line left
-/// out is a miss taken later, alone, under a lock.
+/// not the first: a value need not start a line (a record is a 72-byte slot; glibc aligns to
+/// 16 bytes), so a 72-byte record lies on two lines, and the work reads fields on each — a
+/// line left out is a miss taken later, alone, under a lock.
 pub(crate) fn prefetch<T: ?Sized>(value: &T) {
     let start = (value as *const T).cast::<u8>();
     for line in lines(start as usize, std::mem::size_of_val(value)) {
@@ -635,8 +635,8 @@ mod tests {
     #[test]
     fn a_prefetch_covers_every_line_a_value_lies_on() {
         let all = |start, len| lines(start, len).collect::<Vec<_>>();
-        // An account cell (192 bytes) where glibc puts it, 16 bytes into a line: four lines,
-        // the last holding its final 16 bytes (its UserId and live flag).
+        // A 192-byte value 16 bytes into a line (where glibc would put it): four lines, the
+        // last holding its final 16 bytes; at a line's start (an arena's cell), three.
         assert_eq!(all(1040, 192), [1024, 1088, 1152, 1216]);
         assert_eq!(all(1024, 192), [1024, 1088, 1152]);
         // A 40-byte name slot across a line's end, and one inside a line.
@@ -896,6 +896,41 @@ mod tests {
         assert_eq!(a.get(30_000), None);
         assert_eq!(a.len(), 30_000);
         assert_eq!(a.iter().count(), 30_000);
+    }
+
+    #[test]
+    fn full_size_chunks_lie_eight_to_a_mapping_and_keep_their_values() {
+        // 24-byte values: a region of eight full-size chunks is 3 MiB, huge pages and all.
+        let a = Arena::<[u64; 3]>::default();
+        let v = |i: u64| [i, !i, i * 3];
+        let n = DOUBLING + (REGION_CHUNKS + 2) * (1 << BIG_BITS) + 5;
+        for i in 0..n {
+            assert_eq!(a.push(v(i as u64)), Ok(i as u32));
+        }
+        for i in 0..n as u32 {
+            assert_eq!(a.get(i), Some(&v(u64::from(i))));
+        }
+        assert_eq!(a.get(n as u32), None);
+        let first = |k: usize| a.chunks[k].load(Ordering::Relaxed) as usize;
+        let bytes = (1 << BIG_BITS) * std::mem::size_of::<[u64; 3]>();
+        // Within a region the chunks follow one another; the ninth starts a new mapping.
+        for k in DOUBLING_CHUNKS..DOUBLING_CHUNKS + REGION_CHUNKS - 1 {
+            assert_eq!(first(k + 1), first(k) + bytes);
+        }
+        let region = first(DOUBLING_CHUNKS);
+        let ninth = first(DOUBLING_CHUNKS + REGION_CHUNKS);
+        assert!(ninth < region || ninth >= region + REGION_CHUNKS * bytes);
+        assert_eq!(first(DOUBLING_CHUNKS + REGION_CHUNKS + 1), ninth + bytes);
+        assert_eq!(
+            region % crate::pages::HUGE,
+            0,
+            "a region starts on a huge page"
+        );
+        assert_eq!(
+            a.push.lock().len(),
+            DOUBLING_CHUNKS + 2,
+            "one mapping a doubling chunk, one a region"
+        );
     }
 
     /// Counts its drops.

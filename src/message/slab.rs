@@ -13,12 +13,16 @@
 //! on its first allocation (threads are dealt round the shards). A freed slot goes back to the
 //! shard its chunk belongs to — the chunk's first bytes say which, and a chunk is found from a
 //! slot's address by rounding down to 2 MiB — so a thread that only frees (expiry, say) feeds
-//! the shard that allocated, and each shard's memory is bounded by the most records it held at
-//! once. Chunks are not given back to the system: the peak stays mapped, to be reused, as with
-//! glibc's own small allocations.
+//! the shard that allocated. A shard out of slots takes another shard's whole free list before
+//! it maps a chunk (a store built and dropped by one thread — a snapshot's scratch store —
+//! leaves its slots for the others), so what is mapped stays near the most records held at
+//! once, plus at most a partly used chunk a shard. Chunks are not given back to the system:
+//! the peak stays mapped, to be reused, as with glibc's own small allocations.
 //!
-//! Lock order: a shard's lock is a leaf — nothing else is locked or allocated under it
-//! (mapping a chunk is a system call, and the chunk list grows by one push, amortised).
+//! Lock order: a shard holding its own lock only tries another's (`try_lock`, never waits), so
+//! two shards taking from each other cannot deadlock; nothing else is locked under a shard's
+//! lock. Mapping a chunk (a system call, and a push on the shard's list of chunks) is done
+//! under it: once per 29,000 records.
 
 use std::cell::Cell;
 use std::ptr::NonNull;
@@ -73,6 +77,7 @@ impl Slab {
         assert!(size >= std::mem::size_of::<*mut u8>() && size.is_multiple_of(align));
         assert!(align.is_power_of_two() && HEADER.is_multiple_of(align));
         assert!(align >= std::mem::align_of::<*mut u8>());
+        assert!(size <= HUGE - HEADER, "a slot fits in a chunk");
         Slab {
             size,
             shards: [const {
@@ -89,8 +94,23 @@ impl Slab {
 
     /// An uninitialised slot of `size` bytes, this slab's until `free`.
     pub fn alloc(&self) -> NonNull<u8> {
-        let shard = my_shard();
+        self.alloc_in(my_shard())
+    }
+
+    fn alloc_in(&self, shard: usize) -> NonNull<u8> {
         let mut f = self.shards[shard].0.lock();
+        if f.list.is_null() && f.next == f.end {
+            // Out of slots: another shard's free slots before a new chunk. Their chunks stay
+            // that shard's, so they go back to it when freed.
+            for other in (1..SHARDS).map(|d| (shard + d) % SHARDS) {
+                if let Some(mut o) = self.shards[other].0.try_lock()
+                    && !o.list.is_null()
+                {
+                    f.list = std::mem::replace(&mut o.list, std::ptr::null_mut());
+                    break;
+                }
+            }
+        }
         if let Some(p) = NonNull::new(f.list) {
             // SAFETY: a slot on the free list holds the next one in its first word (`free`
             // wrote it; slots are aligned for a pointer).
@@ -103,7 +123,7 @@ impl Slab {
             // SAFETY: the header lies inside the fresh chunk, which is aligned to HUGE.
             unsafe { base.cast::<usize>().write(shard) };
             let slots = (HUGE - HEADER) / self.size;
-            // SAFETY: both offsets are within the chunk (or one past its used part).
+            // SAFETY: both offsets are within the chunk (`new` checked a slot fits).
             (f.next, f.end) = unsafe { (base.add(HEADER), base.add(HEADER + slots * self.size)) };
             f.chunks.push(chunk);
             self.chunks.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +140,7 @@ impl Slab {
     /// `slot` came from this slab's `alloc`, is given back once, and nothing reads or writes
     /// it after (whatever it held has been dropped).
     pub unsafe fn free(&self, slot: NonNull<u8>) {
-        let base = (slot.as_ptr() as usize & !(HUGE - 1)) as *const usize;
+        let base = slot.as_ptr().map_addr(|a| a & !(HUGE - 1)).cast::<usize>();
         // SAFETY: the slot lies in a chunk aligned to HUGE, whose first word `alloc` wrote.
         let shard = unsafe { base.read() };
         let mut f = self.shards[shard].0.lock();
@@ -191,41 +211,83 @@ mod tests {
     }
 
     #[test]
-    fn slots_freed_on_other_threads_go_back_to_the_shard_that_made_them() {
+    fn a_freed_slot_goes_back_to_the_shard_of_its_chunk() {
+        let slab = Slab::new(72, 8);
+        let p = slab.alloc_in(3);
+        let q = slab.alloc_in(5);
+        // SAFETY: allocated above, each freed once (from this thread, whatever its shard).
+        unsafe {
+            slab.free(p);
+            slab.free(q);
+        }
+        assert_eq!(slab.shards[3].0.lock().list, p.as_ptr());
+        assert_eq!(slab.shards[5].0.lock().list, q.as_ptr());
+        assert_eq!(slab.alloc_in(3), p);
+        assert_eq!(slab.alloc_in(5), q);
+    }
+
+    #[test]
+    fn a_shard_out_of_slots_takes_another_shards_free_ones_before_mapping() {
         let slab = Slab::new(72, 8);
         let per_chunk = slots_per_chunk(72);
-        std::thread::scope(|s| {
-            // One thread allocates; others free everything it made, round after round. Were
-            // freed slots kept by the freeing threads' shards, the allocating thread would
-            // map a chunk a round.
-            for _ in 0..20 {
-                let made: Vec<usize> = s
-                    .spawn(|| {
-                        (0..per_chunk)
-                            .map(|_| slab.alloc().as_ptr() as usize)
-                            .collect()
-                    })
-                    .join()
-                    .unwrap();
-                let made = std::sync::Mutex::new(made);
-                std::thread::scope(|t| {
-                    for _ in 0..3 {
-                        t.spawn(|| {
-                            loop {
-                                let Some(p) = made.lock().unwrap().pop() else {
-                                    break;
-                                };
-                                // SAFETY: allocated above, popped (so freed) once.
-                                unsafe { slab.free(NonNull::new(p as *mut u8).unwrap()) };
-                            }
-                        });
-                    }
-                });
-            }
-        });
-        // 20 allocating threads are dealt over the shards; each shard maps one chunk and then
-        // reuses it, so at most one chunk a shard.
-        assert!(slab.chunks() <= SHARDS, "{} chunks", slab.chunks());
+        // Shard 0 fills a chunk, and everything is freed: its chunk's slots are on its list.
+        let made: Vec<NonNull<u8>> = (0..per_chunk).map(|_| slab.alloc_in(0)).collect();
+        for p in &made {
+            // SAFETY: allocated above, freed once.
+            unsafe { slab.free(*p) };
+        }
+        assert_eq!(slab.chunks(), 1);
+        // Shard 1, with nothing of its own, takes them rather than map a chunk.
+        let taken: HashSet<usize> = (0..per_chunk)
+            .map(|_| slab.alloc_in(1).as_ptr() as usize)
+            .collect();
+        assert_eq!(
+            slab.chunks(),
+            1,
+            "no chunk mapped while another shard had free slots"
+        );
+        assert_eq!(taken, made.iter().map(|p| p.as_ptr() as usize).collect());
+        // Freed again, they go back to shard 0, whose chunk they are in.
+        for p in &made {
+            // SAFETY: allocated (by shard 1) above, freed once.
+            unsafe { slab.free(*p) };
+        }
+        assert!(slab.shards[1].0.lock().list.is_null());
+        assert!(!slab.shards[0].0.lock().list.is_null());
+        // Only when no shard has a free slot is a chunk mapped.
+        let _all: Vec<NonNull<u8>> = (0..=per_chunk).map(|_| slab.alloc_in(2)).collect();
+        assert_eq!(slab.chunks(), 2);
+    }
+
+    #[test]
+    fn threads_allocating_and_freeing_in_turn_reuse_one_chunk() {
+        let slab = Slab::new(72, 8);
+        let per_chunk = slots_per_chunk(72);
+        // Twenty threads in turn (dealt round the shards) each allocate a chunk's worth; three
+        // other threads free it all. However shards are dealt, no round needs a new chunk.
+        for _ in 0..20 {
+            let made: Vec<usize> = std::thread::scope(|s| {
+                s.spawn(|| {
+                    (0..per_chunk)
+                        .map(|_| slab.alloc().as_ptr() as usize)
+                        .collect()
+                })
+                .join()
+                .unwrap()
+            });
+            let made = std::sync::Mutex::new(made);
+            std::thread::scope(|t| {
+                for _ in 0..3 {
+                    t.spawn(|| {
+                        while let Some(p) = made.lock().unwrap().pop() {
+                            // SAFETY: allocated above, popped (so freed) once.
+                            unsafe { slab.free(NonNull::new(p as *mut u8).unwrap()) };
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(slab.chunks(), 1, "{} chunks", slab.chunks());
     }
 
     #[test]
