@@ -6,6 +6,9 @@ use std::collections::VecDeque;
 
 use crate::message::MsgArc;
 
+mod slots;
+use slots::Slots;
+
 /// What an inbox entry carries. Cloning is a reference-count increment.
 #[derive(Clone)]
 pub(crate) enum Entry {
@@ -165,7 +168,7 @@ const BLOCK: usize = 16;
 /// large, left by a purge, starts a new block).
 struct Block {
     base: u64,
-    slots: Vec<Packed>,
+    slots: Slots,
 }
 
 impl Block {
@@ -243,24 +246,16 @@ impl Inbox {
         } else if self.tail.slots.len() == BLOCK || seq - self.tail.base >= DELTA_LIMIT {
             let next = Block {
                 base: seq,
-                slots: Vec::with_capacity(BLOCK),
+                slots: Slots::block(),
             };
             self.full.push_back(std::mem::replace(&mut self.tail, next));
         }
         let low = (seq - self.tail.base) as u32
             | if online_only { ONLINE_ONLY } else { 0 }
             | kind << KIND_SHIFT;
-        let slots = &mut self.tail.slots;
-        if slots.len() == slots.capacity() && slots.len() < BLOCK {
-            // An account's first block: room for 4 entries (most accounts of a small store
-            // hold few), then for the whole block at once — one move, where doubling made two.
-            slots.reserve_exact(if slots.is_empty() {
-                4
-            } else {
-                BLOCK - slots.len()
-            });
-        }
-        slots.push(Packed {
+        // An account's first block has room for 4 entries, then for the whole block at once
+        // (`Slots::push`).
+        self.tail.slots.push(Packed {
             msg,
             expires_at: secs32(expires_at),
             low,
@@ -340,7 +335,7 @@ impl Inbox {
                 .take_while(|p| u64::from(p.expires_at) <= now && p.expires_at != u32::MAX)
                 .count();
             let whole = expired == block.slots.len();
-            block.slots.drain(..expired);
+            block.slots.remove_front(expired);
             dropped += expired;
             if !whole || self.full.is_empty() {
                 break;
@@ -358,7 +353,7 @@ impl Inbox {
             full: VecDeque::new(),
             tail: Block {
                 base: 0,
-                slots: Vec::new(),
+                slots: Slots::new(),
             },
             modified: Vec::new(),
             next_seq: next_seq.max(1),
@@ -442,7 +437,7 @@ mod tests {
     use crate::key::MsgKey;
     use crate::message::{Content, MsgElement, SenderCopy, StoredMessage};
 
-    fn msg() -> MsgArc {
+    pub(super) fn msg() -> MsgArc {
         let u = UserId::new("inbox-test-a").unwrap();
         let v = UserId::new("inbox-test-b").unwrap();
         let c = Content::new(&[MsgElement::text("x")], None).unwrap();

@@ -145,6 +145,7 @@ mod registry;
 mod roaming;
 #[cfg(feature = "server")]
 pub mod server;
+mod slab;
 mod store;
 mod table;
 pub mod usersig;

@@ -17,7 +17,6 @@ use crate::error::Error;
 use crate::key::MsgKey;
 
 mod record;
-mod slab;
 pub(crate) use record::{ARRIVAL_LIMIT, MsgArc, MsgState, StoredMessage};
 
 /// The largest encoded MsgBody plus CloudCustomData, in bytes (Tencent's 12 KB; error 93000).

@@ -6,7 +6,7 @@
 //! and a 4-byte strong count fits inside the record's 72 bytes (the arrival number is kept in
 //! 48 bits to make room). This is the recipe of `std::sync::Arc` (and of servo's `triomphe`)
 //! without weak references. A record lives in a 72-byte slot of the records' slab
-//! (`slab.rs`, huge pages), not in an allocation of the embedder's allocator.
+//! (`crate::slab`, huge pages), not in an allocation of the embedder's allocator.
 
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use parking_lot::RawMutex;
 use parking_lot::lock_api::RawMutex as _;
 
-use super::slab::RECORDS;
 use super::{Content, MessageView, RecallNotice, SenderCopy};
 use crate::account::UserId;
 use crate::key::MsgKey;
+use crate::slab::Slab;
 
 /// Arrival numbers are kept in 48 bits: a conversation can take this many (2.8 * 10^14; at a
 /// million messages a second in one conversation, nine years). A send past it is refused
@@ -57,6 +57,12 @@ unsafe impl Sync for StoredMessage {}
 unsafe impl Send for StoredMessage {}
 
 const READ_ON_IMPORT: u8 = 1 << 2;
+
+/// The message records of every store in the process.
+static RECORDS: Slab = Slab::new(
+    std::mem::size_of::<StoredMessage>(),
+    std::mem::align_of::<StoredMessage>(),
+);
 
 /// Lock order: a message's state lock is taken after account and conversation locks and is
 /// never held while taking another lock.
@@ -299,7 +305,7 @@ impl MsgArc {
 
     /// How many references the record has now.
     #[cfg(test)]
-    fn count(this: &MsgArc) -> u32 {
+    pub(crate) fn count(this: &MsgArc) -> u32 {
         this.refs.load(Ordering::Acquire)
     }
 }

@@ -1,12 +1,13 @@
-//! Where message records live ([`RECORDS`]): slots of one size carved out of 2 MiB chunks the
-//! engine maps itself ([`crate::pages`], huge pages), instead of one allocation per record
-//! from the embedder's allocator.
+//! Slots of one size carved out of 2 MiB chunks the engine maps itself ([`crate::pages`],
+//! huge pages), instead of one allocation each from the embedder's allocator: message records
+//! (`message/record.rs`, `RECORDS`) and inbox blocks (`inbox.rs`).
 //!
-//! Why: records are the largest part of a store (4M messages: ~290 MB) and a recall or a
-//! history page reads them at random. In ordinary 4 KiB pages each such read is a TLB miss
-//! too; in huge pages it is not. glibc gives its heap huge pages only when the process is
-//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a library cannot ask for. And a
-//! 72-byte record is an 80-byte glibc allocation (its size header); here it is 72 bytes.
+//! Why: records are the largest part of a store (4M messages: ~290 MB), inbox blocks the next
+//! (~130 MB), and a send or recall reads them at random. In ordinary 4 KiB pages each such
+//! read is a TLB miss too; in huge pages it is not. glibc gives its heap huge pages only when
+//! the process is started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which a library cannot
+//! ask for. And a slot has no size header: a 72-byte record is 72 bytes, not an 80-byte glibc
+//! allocation.
 //!
 //! How: a chunk belongs to one of [`SHARDS`] shards, each a free list and the unused end of
 //! its newest chunk under a lock of its own; a thread allocates from the shard it was given
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use super::record::StoredMessage;
 use crate::pages::{HUGE, Mapping};
 
 /// Shards of a slab: more than the threads that usually send at once on the machines this
@@ -39,12 +39,6 @@ pub(crate) const SHARDS: usize = 8;
 
 /// Bytes at the start of every chunk before its first slot: the chunk's shard.
 const HEADER: usize = 64;
-
-/// The message records of every store in the process.
-pub(crate) static RECORDS: Slab = Slab::new(
-    std::mem::size_of::<StoredMessage>(),
-    std::mem::align_of::<StoredMessage>(),
-);
 
 /// Slots of `size` bytes (aligned to `align`) in 2 MiB chunks.
 pub(crate) struct Slab {
