@@ -1,6 +1,6 @@
 //! Memory the engine maps from the system itself rather than asking the embedder's
-//! allocator: table levels (`table.rs`) and the record slabs (`message/slab.rs`). A mapping
-//! is private, anonymous and zero-filled.
+//! allocator: table levels and arena chunks (`table.rs`) and the slabs of records and inbox
+//! blocks (`slab.rs`). A mapping is private, anonymous and zero-filled.
 //!
 //! A mapping of 2 MiB or more starts on a 2 MiB boundary and asks for transparent huge pages
 //! (`MADV_HUGEPAGE`; on Linux, where the system setting is `madvise`, the usual default, only
