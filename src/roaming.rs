@@ -2,12 +2,14 @@
 //! both directions in (MsgTimeStamp, MsgSeq, arrival) order, with a per-side view, read marks,
 //! unread counts, retention and the paging of `admin_getroammsg`.
 
-use std::collections::VecDeque;
 use std::ops::Bound;
 
 use crate::account::UserId;
 use crate::key::MsgKey;
 use crate::message::{ARRIVAL_LIMIT, MessageView, MsgArc, StoredMessage};
+
+mod ring;
+use ring::Ring;
 
 /// A message's place in history order: (MsgTimeStamp, MsgSeq, arrival).
 pub(crate) type Pos = (u32, u32, u64);
@@ -122,13 +124,13 @@ struct Held {
 
 /// A conversation's messages in history order: the one message most conversations of a large
 /// store hold is kept in place (its recall reads no buffer: one cache miss fewer), more in a
-/// deque. 32 bytes in every form — the deque's capacity leaves room for the tag.
+/// ring (`ring.rs`). 32 bytes in every form.
 enum Messages {
     Empty,
     One(Held),
-    /// Two or more. Its buffer doubles from two, not from four as a `VecDeque`'s own growth
-    /// does: a buffer of four is 64 bytes (80 with the allocator's header) where two need 32.
-    Many(VecDeque<Held>),
+    /// Two or more. Its buffer doubles from two (a `VecDeque`'s own growth starts at four:
+    /// 64 bytes where two need 32).
+    Many(Ring),
 }
 
 impl Messages {
@@ -136,7 +138,7 @@ impl Messages {
         match v.len() {
             0 => Messages::Empty,
             1 => Messages::One(v.pop().expect("one")),
-            _ => Messages::Many(v.into()),
+            _ => Messages::Many(Ring::from_vec(v)),
         }
     }
 
@@ -192,15 +194,12 @@ impl Messages {
         match std::mem::replace(self, Messages::Empty) {
             Messages::Empty => *self = Messages::One(held),
             Messages::One(first) => {
-                let mut d = VecDeque::with_capacity(2);
-                d.push_back(first);
+                let mut d = Ring::with_capacity(2);
+                d.insert(0, first);
                 d.insert(at.min(1), held);
                 *self = Messages::Many(d);
             }
             Messages::Many(mut d) => {
-                if d.len() == d.capacity() {
-                    d.reserve_exact(d.len());
-                }
                 d.insert(at.min(d.len()), held);
                 *self = Messages::Many(d);
             }
@@ -216,7 +215,7 @@ impl Messages {
             Messages::Empty => {}
             Messages::One(_) => *self = Messages::Empty,
             Messages::Many(d) => {
-                d.drain(..n.min(d.len()));
+                d.drain_front(n);
                 // One left goes back in place, and its buffer is freed.
                 match d.len() {
                     0 => *self = Messages::Empty,
@@ -605,8 +604,9 @@ fn position(msg: &StoredMessage) -> Pos {
 mod tests {
     use super::*;
     use crate::message::{Content, MsgElement, SenderCopy};
+    use std::collections::VecDeque;
 
-    fn held(seq: u32) -> Held {
+    pub(super) fn held(seq: u32) -> Held {
         let u = UserId::new("roaming-test-a").unwrap();
         let v = UserId::new("roaming-test-b").unwrap();
         let c = Content::new(&[MsgElement::text("x")], None).unwrap();
