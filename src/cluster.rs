@@ -631,8 +631,15 @@ impl Cluster {
                 applied = cut;
                 max_epoch = epoch;
             }
+            // Catch up with the stream first, so that what is left to replay once the marker
+            // has fenced earlier owners out is short; then the marker, at the sequence after
+            // the stream's last. Another record there first (an earlier owner still appending)
+            // means only a new look at the stream's end and another try — not a replay in
+            // between, which would give a busy earlier owner time to append again, round after
+            // round, until `publish_retry` ran out. What came after the catch-up is replayed
+            // once the marker is in: the stream cannot grow before it then.
             let deadline = Instant::now() + cfg.publish_retry;
-            loop {
+            let stream_last = |applied: u64| {
                 let js = self.inner.js.clone();
                 let retry = cfg.publish_retry;
                 let last = self
@@ -643,28 +650,31 @@ impl Cluster {
                         .await
                     })
                     .map_err(open_nats)?;
-                if last > applied {
-                    applied =
-                        self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
-                } else if last < applied {
+                if last < applied {
                     return Err(open_nats(format!(
                         "stream {} ends at {last}, before its snapshot's cut {applied}",
                         stream_name(n)
                     )));
                 }
+                Ok(last)
+            };
+            let mut last = stream_last(applied)?;
+            if last > applied {
+                applied = self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
+            }
+            loop {
                 if let Some(why) = renewer.lost() {
                     return Err(open_nats(format!("lost the lease while opening: {why}")));
                 }
                 let marker = marker(&cfg.node_id, held.epoch);
                 let t = target.clone();
-                let seq = applied + 1;
-                // Another record got there first: replay it and try after it.
+                let seq = last + 1;
                 match self.block(async move { journal::reconcile(&t, seq, seq, &marker).await }) {
                     journal::Outcome::Stored => break,
                     journal::Outcome::Taken(_) | journal::Outcome::Zombie
                         if Instant::now() < deadline =>
                     {
-                        continue;
+                        last = stream_last(applied)?;
                     }
                     journal::Outcome::Taken(_) | journal::Outcome::Zombie => {
                         return Err(OpenError::Config(Error::Internal(
@@ -673,6 +683,9 @@ impl Cluster {
                     }
                     journal::Outcome::Failed(why) => return Err(open_nats(why)),
                 }
+            }
+            if last > applied {
+                applied = self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
             }
             let sh = journal::Shared::new(n, applied + 1);
             shared = Some(sh.clone());
