@@ -115,12 +115,13 @@
 //!   the journal into a scratch store, so they cost memory (a second copy of the state while
 //!   one is built) and CPU, but never hold up writes.
 //! - Replay applies retention with the configuration the store is opened with.
-//! - Message records, inbox blocks, account cells, conversations and lookup tables live in
-//!   memory the engine maps itself and asks to be huge pages (`MADV_HUGEPAGE`), so that a
-//!   large store's random reads are not TLB misses too; the embedder's allocator holds the
-//!   rest. A process that wants none calls `prctl(PR_SET_THP_DISABLE, 1)` (or the system sets
-//!   transparent huge pages to `never`). Record and block slots are reused, never given back
-//!   to the system: after a peak, its memory stays mapped for the next ones.
+//! - Message records, inbox blocks, conversation buffers (up to 32 messages), account cells,
+//!   conversations and lookup tables live in memory the engine maps itself and asks to be huge
+//!   pages (`MADV_HUGEPAGE`), so that a large store's random reads are not TLB misses too; the
+//!   embedder's allocator holds the rest. A process that wants none calls
+//!   `prctl(PR_SET_THP_DISABLE, 1)` (or the system sets transparent huge pages to `never`).
+//!   Slab slots are reused, never given back to the system: after a peak, its memory stays
+//!   mapped for the next ones.
 
 mod account;
 pub mod api;

@@ -1,6 +1,7 @@
 //! Slots of one size carved out of 2 MiB chunks the engine maps itself ([`crate::pages`],
 //! huge pages), instead of one allocation each from the embedder's allocator: message records
-//! (`message/record.rs`, `RECORDS`) and inbox blocks (`inbox.rs`).
+//! (`message/record.rs`, `RECORDS`), inbox blocks (`inbox/slots.rs`) and conversation buffers
+//! (`roaming/ring.rs`).
 //!
 //! Why: records are the largest part of a store (4M messages: ~290 MB), inbox blocks the next
 //! (~130 MB), and a send or recall reads them at random. In ordinary 4 KiB pages each such
