@@ -45,8 +45,6 @@ const HEADER: usize = 64;
 pub(crate) struct Slab {
     size: usize,
     shards: [Shard; SHARDS],
-    /// Chunks mapped, in every shard.
-    chunks: AtomicUsize,
 }
 
 /// One shard, on a cache line of its own so that threads on different shards do not share
@@ -83,7 +81,6 @@ impl Slab {
                     chunks: Vec::new(),
                 }))
             }; SHARDS],
-            chunks: AtomicUsize::new(0),
         }
     }
 
@@ -121,7 +118,6 @@ impl Slab {
             // SAFETY: both offsets are within the chunk (`new` checked a slot fits).
             (f.next, f.end) = unsafe { (base.add(HEADER), base.add(HEADER + slots * self.size)) };
             f.chunks.push(chunk);
-            self.chunks.fetch_add(1, Ordering::Relaxed);
         }
         let p = f.next;
         // SAFETY: `next` is below `end`, and `end` is a whole number of slots past it.
@@ -147,7 +143,7 @@ impl Slab {
     /// Chunks mapped so far (2 MiB each).
     #[cfg(test)]
     pub fn chunks(&self) -> usize {
-        self.chunks.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.0.lock().chunks.len()).sum()
     }
 }
 
