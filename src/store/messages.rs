@@ -127,11 +127,21 @@ impl Store {
     /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
     pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
-        let (nf, from) = self.sender_numbered(req.from.as_deref())?;
-        let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
-        if let Some(nf) = nf {
-            self.prefetch_conversation(nf, nt);
-        }
+        let (nf, from, to) = match req.from.as_deref() {
+            Some(from) => {
+                let ((nf, f), (_, t)) = self.pair(from, &req.to)?;
+                (Some(nf), f.id.clone(), t)
+            }
+            None => {
+                let (nf, from) = self.sender_numbered(None)?;
+                let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
+                if let Some(nf) = nf {
+                    self.prefetch_conversation(nf, nt);
+                }
+                (nf, from, to)
+            }
+        };
+        let nt = to.n;
         let to = to.id.clone();
         let lifetime = check_lifetime(req.lifetime)?;
         let origin_device = req
@@ -321,9 +331,7 @@ impl Store {
     /// does, so that its miss overlaps the cells' own: `apply` looks the conversation up (once)
     /// before it takes a lock.
     fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId, Found)> {
-        let (nf, from) = self.numbered_as(from, Role::Acting)?;
-        let (nt, to) = self.numbered_as(to, Role::Other)?;
-        self.prefetch_conversation(nf, nt);
+        let ((nf, from), (nt, to)) = self.pair(from, to)?;
         Ok((from.id.clone(), to.id.clone(), Some((nf, nt))))
     }
 
@@ -629,5 +637,64 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.code(), 90003, "{err}");
+    }
+
+    /// Both names of a request are looked up together (`Store::pair`); what is missing is
+    /// still said in the request's order: the acting account (90008) before its peer (90003),
+    /// a deleted account as one never imported, a name no account could have as unknown.
+    #[test]
+    fn a_pair_of_names_reports_the_acting_one_first() {
+        let store = Store::in_memory(Config::default()).unwrap();
+        store
+            .import_accounts(&["pair-a", "pair-b", "pair-gone"])
+            .unwrap();
+        store.delete_account("pair-gone").unwrap();
+        let long = "x".repeat(40);
+        let send = |from: &str, to: &str| {
+            store
+                .send(SendRequest::new(from, to, 1, vec![MsgElement::text("m")]))
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        let history = |op: &str, peer: &str| {
+            store
+                .history(&HistoryQuery::new(op, peer, 10))
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        let recall = |from: &str, to: &str| {
+            store
+                .recall("administrator", from, to, "1_1_1700000000")
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        type Call<'a> = &'a dyn Fn(&str, &str) -> Result<(), u32>;
+        let calls: [Call<'_>; 3] = [&send, &history, &recall];
+        for f in calls {
+            assert_eq!(f("pair-none", "pair-none2"), Err(90008));
+            assert_eq!(f("pair-none", "pair-b"), Err(90008));
+            assert_eq!(f("pair-gone", "pair-b"), Err(90008));
+            assert_eq!(f(&long, "pair-none"), Err(90008));
+            assert_eq!(f("pair-a", "pair-none"), Err(90003));
+            assert_eq!(f("pair-a", "pair-gone"), Err(90003));
+            assert_eq!(f("pair-a", &long), Err(90003));
+        }
+        assert_eq!(send("pair-a", "pair-b"), Ok(()));
+        assert_eq!(history("pair-b", "pair-a"), Ok(()));
+        assert_eq!(
+            store
+                .last_message("pair-gone", "pair-a")
+                .unwrap_err()
+                .code(),
+            90008
+        );
+        assert_eq!(
+            store
+                .last_message("pair-b", "pair-gone")
+                .unwrap_err()
+                .code(),
+            90003
+        );
+        assert!(store.last_message("pair-b", "pair-a").unwrap().is_some());
     }
 }
