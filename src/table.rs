@@ -432,14 +432,20 @@ impl<const W: usize> Table<W> {
 /// line left out is a miss taken later, alone, under a lock.
 pub(crate) fn prefetch<T: ?Sized>(value: &T) {
     let start = (value as *const T).cast::<u8>();
-    for line in lines(start as usize, std::mem::size_of_val(value)) {
+    each_line(start as usize, std::mem::size_of_val(value), |line| {
         prefetch_addr(start.wrapping_add(line.wrapping_sub(start as usize)));
-    }
+    });
 }
 
-/// The start of every 64-byte cache line that bytes `start..start + len` lie on.
-fn lines(start: usize, len: usize) -> impl Iterator<Item = usize> {
-    ((start & !63)..start + len).step_by(64)
+/// Calls `f` with the start of every 64-byte cache line that bytes `start..start + len` lie
+/// on. A plain loop: an iterator with `step_by` cost ~50 instructions a call (callgrind), on
+/// every request's hot path.
+fn each_line(start: usize, len: usize, mut f: impl FnMut(usize)) {
+    let (mut line, end) = (start & !63, start + len);
+    while line < end {
+        f(line);
+        line += 64;
+    }
 }
 
 /// [`prefetch`] of an address, which need not be valid (one past the end of a buffer, say):
@@ -634,7 +640,11 @@ mod tests {
 
     #[test]
     fn a_prefetch_covers_every_line_a_value_lies_on() {
-        let all = |start, len| lines(start, len).collect::<Vec<_>>();
+        let all = |start, len| {
+            let mut lines = Vec::new();
+            each_line(start, len, |line| lines.push(line));
+            lines
+        };
         // A 192-byte value 16 bytes into a line (where glibc would put it): four lines, the
         // last holding its final 16 bytes; at a line's start (an arena's cell), three.
         assert_eq!(all(1040, 192), [1024, 1088, 1152, 1216]);
