@@ -1,0 +1,299 @@
+//! The JetStream side of a node: the buckets it uses, a shard's stream, its last sequence,
+//! and reading a stream in order for a replay (consumers replaced when one stalls).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{
+    ClusterConfig, ClusterError, ClusterInner, META_BUCKET, SNAPSHOT_BUCKET, accounts, journal,
+    lease, nats, stream_name, subjects,
+};
+use crate::error::Error;
+use crate::journal::OpenError;
+
+/// A stream message being replayed: sequence, Msg-Id, the framed record.
+pub(super) type Record = (u64, Option<String>, Bytes);
+
+pub(super) fn open_nats(e: impl fmt::Display) -> OpenError {
+    OpenError::Config(Error::Internal(format!("NATS: {e}")))
+}
+
+/// An ownership marker: `node epoch`, framed like any record.
+pub(super) fn marker(node: &str, epoch: u64) -> Bytes {
+    let mut frame = Vec::new();
+    crate::journal::push_frame(&mut frame, journal::KIND_OWNER, |b| {
+        b.extend_from_slice(format!("{node} {epoch}").as_bytes())
+    });
+    Bytes::from(frame)
+}
+
+/// The buckets a node uses, created if missing, and the shard count checked.
+pub(super) async fn setup(
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+) -> Result<(kv::Store, kv::Store, object_store::ObjectStore, kv::Store), ClusterError> {
+    let leases = bucket(js, lease::BUCKET, cfg.replicas).await?;
+    let accounts = bucket(js, accounts::BUCKET, cfg.replicas).await?;
+    let meta = bucket(js, META_BUCKET, cfg.replicas).await?;
+    let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
+        Ok(o) => o,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: SNAPSHOT_BUCKET.to_owned(),
+                num_replicas: cfg.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?,
+    };
+    let shards = cfg.shards.to_string();
+    match meta.create("shards", shards.clone().into()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let have = meta.get("shards").await.map_err(nats)?.unwrap_or_default();
+            if have != shards.as_bytes() {
+                return Err(ClusterError::Config(format!(
+                    "the cluster was created with {} shards, not {shards}",
+                    String::from_utf8_lossy(&have)
+                )));
+            }
+        }
+        Err(e) => return Err(nats(e)),
+    }
+    Ok((leases, accounts, snapshots, meta))
+}
+
+/// Runs `f` until it succeeds, fails for another reason than NATS, or `within` has passed.
+pub(super) async fn with_retry<T, Fut>(
+    within: Duration,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T, ClusterError>
+where
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Err(ClusterError::Nats(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Opens KV bucket `name`, creating its stream if missing. The stream is created here, with the
+/// configuration a KV bucket has (ADR-8), rather than by `create_key_value`, which first asks
+/// for the account's information in a form nats-server 2.9 does not answer.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            max_bytes: -1,
+            max_messages: -1,
+            max_message_size: -1,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        return Err(ClusterError::Nats(format!("creating bucket {name}: {e}")));
+    }
+    js.get_key_value(name)
+        .await
+        .map_err(|e| ClusterError::Nats(format!("opening bucket {name}: {e}")))
+}
+
+pub(super) async fn shard_stream(
+    js: &jetstream::Context,
+    n: u32,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    js.get_or_create_stream(stream::Config {
+        name: stream_name(n),
+        subjects: vec![subjects(n)],
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        deny_delete: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Nats(format!("stream {}: {e}", stream_name(n))))?;
+    Ok(())
+}
+
+pub(super) async fn stream_last(js: &jetstream::Context, n: u32) -> Result<u64, String> {
+    let mut s = js
+        .get_stream(stream_name(n))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(s.info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence)
+}
+
+/// Sends the messages of shard `n`'s stream after `from` up to `to` down `tx`, in order, with
+/// an ordered consumer.
+///
+/// A consumer that hands over nothing for a quarter of `idle` is replaced by a new one that
+/// starts at the next sequence not yet sent. (The ordered consumer mends a stalled pull by
+/// itself only after missing two of its 15-second idle heartbeats, past `idle`: a replay
+/// once failed that way in CI, its stream whole and its server up.) A consumer that cannot be
+/// made (the stream between leaders) is asked for again. The read fails only when no message
+/// at all came for `idle`, through however many consumers.
+///
+/// `stall_after` (fault injection; 0: off): the first consumer hands over nothing after that
+/// many records.
+pub(super) async fn read_stream(
+    inner: &ClusterInner,
+    n: u32,
+    (from, to): (u64, u64),
+    stall_after: u64,
+    tx: &mpsc::SyncSender<Result<Record, String>>,
+) -> Result<(), String> {
+    let (mut stall_at, mut sent) = ((stall_after > 0).then_some(stall_after), 0u64);
+    let s = inner
+        .js
+        .get_stream_no_info(stream_name(n))
+        .await
+        .map_err(|e| e.to_string())?;
+    let idle = inner.config.publish_retry;
+    let stall = idle / 4;
+    let mut next = from + 1;
+    let mut progress = Instant::now();
+    // Bounded: each round either sends a message (and `next` moves towards `to`) or spends
+    // `stall` of the `idle` that ends the read.
+    loop {
+        let open = async {
+            let consumer = s
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let left = idle.saturating_sub(progress.elapsed());
+        let mut messages = match tokio::time::timeout(left, open).await {
+            Ok(Ok(messages)) => messages,
+            // The stream may be between leaders, say: try again while `idle` lasts.
+            Ok(Err(e)) if progress.elapsed() < idle => {
+                tracing::warn!("stream {}: a consumer at {next}: {e}", stream_name(n));
+                tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                continue;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(format!(
+                    "no consumer of stream {} for {idle:?}",
+                    stream_name(n)
+                ));
+            }
+        };
+        loop {
+            let left = idle.saturating_sub(progress.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "no message from stream {} for {idle:?}",
+                    stream_name(n)
+                ));
+            }
+            let got = if stall_at == Some(sent) {
+                // The injected stall: this consumer's next message never comes.
+                stall_at = None;
+                tokio::time::sleep(left.min(stall)).await;
+                None
+            } else {
+                tokio::time::timeout(left.min(stall), messages.next())
+                    .await
+                    .ok()
+            };
+            // No message for `stall`, or the consumer failed (then after a pause, so that a
+            // consumer failing at once is not made again and again): read on with a new one.
+            let why = match got {
+                None => format!("no message for {stall:?}"),
+                Some(None) => {
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    "the consumer ended".to_owned()
+                }
+                Some(Some(Err(e))) => {
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    e.to_string()
+                }
+                Some(Some(Ok(m))) => {
+                    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+                    // Sent already, by this consumer before it recreated itself or by the one
+                    // before.
+                    if seq < next {
+                        continue;
+                    }
+                    if seq > to {
+                        return Ok(());
+                    }
+                    let msg_id = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                        .map(|v| v.as_str().to_owned());
+                    match tx.try_send(Ok((seq, msg_id, m.payload.clone()))) {
+                        Ok(()) => {}
+                        // The replaying thread is behind: wait for it without stalling the
+                        // runtime.
+                        Err(mpsc::TrySendError::Full(item)) => {
+                            if tokio::task::block_in_place(|| tx.send(item)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+                    }
+                    if seq == to {
+                        return Ok(());
+                    }
+                    (next, progress, sent) = (seq + 1, Instant::now(), sent + 1);
+                    continue;
+                }
+            };
+            inner
+                .replay_consumers_replaced
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "stream {}: {why} at sequence {next} of {to}: reading on with a new consumer",
+                stream_name(n)
+            );
+            break;
+        }
+    }
+}

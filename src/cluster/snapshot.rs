@@ -1,0 +1,224 @@
+//! A shard's snapshots: objects in the bucket `imstore_snapshots`, named by their cut and
+//! epoch, the newest named in `imstore_meta`; built from the previous snapshot and the
+//! stream (never from the live store) and taken in the background every `snapshot_every`
+//! records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, object_store};
+
+use super::{Cluster, ClusterError, SNAPSHOT_BUCKET, journal, nats, stream_name};
+use crate::journal::RecoveryReport;
+use crate::store::Store;
+
+/// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>.<epoch>`,
+/// the epoch being the highest owner epoch up to the cut (replay after it skips records of
+/// lower epochs). A new snapshot is a new object, named the newest by compare-and-set (the
+/// previous one is deleted after it), so that a stale owner's late upload of an older
+/// snapshot can never replace a newer one.
+fn snapshot_object(n: u32, cut: u64, epoch: u64) -> String {
+    format!("shard.{n}.{cut:020}.{epoch}")
+}
+
+pub(super) fn snapshot_path(n: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("nats:{SNAPSHOT_BUCKET}/shard.{n}"))
+}
+
+/// The key of `imstore_meta` naming shard `n`'s newest snapshot object. Listing the object
+/// store instead can wait for ever on nats-server 2.9 while another node stores a snapshot
+/// (the listing's pending count never reaches zero), so the newest is found by name only:
+/// nothing here lists the object store.
+fn snapshot_key(n: u32) -> String {
+    format!("snap.{n}")
+}
+
+/// The newest snapshot of shard `n`: its cut, epoch and bytes, found through
+/// [`snapshot_key`].
+pub(super) async fn latest_snapshot(
+    store: &object_store::ObjectStore,
+    meta: &kv::Store,
+    n: u32,
+) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
+    let named = meta
+        .get(snapshot_key(n))
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|v| String::from_utf8(v.to_vec()).ok());
+    let newest =
+        named.and_then(|name| parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name)));
+    let Some((cut, epoch, name)) = newest else {
+        return Ok(None);
+    };
+    let mut object = store.get(&name).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some((cut, epoch, bytes)))
+}
+
+/// (cut, epoch) of a snapshot object's name `shard.<n>.<cut>.<epoch>`.
+fn parse_snapshot_name(n: u32, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(&format!("shard.{n}."))?;
+    let (cut, epoch) = rest.split_once('.')?;
+    Some((cut.parse().ok()?, epoch.parse().ok()?))
+}
+
+impl Cluster {
+    /// Snapshots shard `n` up to the last acknowledged record into the object store, purges the
+    /// stream below that record (which stays: the owner's next append expects it) and deletes
+    /// older snapshots. Built from the previous snapshot and the stream, not from the live
+    /// store, so writes go on meanwhile. Returns the cut.
+    pub(super) fn snapshot_shard(
+        &self,
+        n: u32,
+        shared: &journal::Shared,
+    ) -> Result<u64, ClusterError> {
+        let not_owner =
+            |why: String| ClusterError::Nats(format!("shard {n} is not owned here: {why}"));
+        if let Some(why) = shared.failed() {
+            return Err(not_owner(why));
+        }
+        // One snapshot at a time per node: each holds a whole shard's state in memory while
+        // it is built.
+        let _one = self.inner.snapshotting.lock();
+        let cut = shared.done_seq();
+        let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
+        let within = self.inner.config.publish_retry;
+        let prev = self
+            .block(async move {
+                tokio::time::timeout(within, latest_snapshot(&snaps, &meta, n))
+                    .await
+                    .map_err(|_| {
+                        format!("listing the snapshots of shard {n}: no answer within {within:?}")
+                    })?
+            })
+            .map_err(ClusterError::Nats)?;
+        let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
+        let mut epoch = prev.as_ref().map_or(0, |(_, e, _)| *e);
+        if from >= cut {
+            return Ok(from);
+        }
+        let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
+            if let Some((_, _, b)) = &prev {
+                crate::journal::read_snapshot(b, recover)?;
+            }
+            let mut report = RecoveryReport::default();
+            self.replay(n, from, cut, recover, &mut report, &mut epoch)
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        if let Some(why) = shared.failed() {
+            return Err(not_owner(why));
+        }
+        let (snaps, js, meta) = (
+            self.inner.snapshots.clone(),
+            self.inner.js.clone(),
+            self.inner.meta.clone(),
+        );
+        self.block(async move {
+            let name = snapshot_object(n, cut, epoch);
+            let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
+            tokio::time::timeout(within, snaps.put(name.as_str(), &mut bytes.as_slice()))
+                .await
+                .map_err(|_| late(&format!("storing {name}")))?
+                .map_err(|e| nats(format!("storing {name}: {e}")))?;
+            // Name it the newest — unless a newer one is named already (a stale owner's late
+            // snapshot never replaces a newer owner's): compare and set.
+            let named = async {
+                loop {
+                    let entry = meta.entry(snapshot_key(n)).await.map_err(nats)?;
+                    let current = entry
+                        .as_ref()
+                        .filter(|e| e.operation == kv::Operation::Put)
+                        .and_then(|e| std::str::from_utf8(&e.value).ok())
+                        .and_then(|v| parse_snapshot_name(n, v).map(|p| (p, v.to_owned())));
+                    if let Some(((c, _), named)) = &current
+                        && *c >= cut
+                    {
+                        return Ok::<_, ClusterError>((false, Some(named.clone())));
+                    }
+                    let previous = current.map(|(_, name)| name);
+                    let written = match &entry {
+                        Some(e) => meta
+                            .update(snapshot_key(n), name.clone().into(), e.revision)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        None => meta
+                            .create(snapshot_key(n), name.clone().into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    };
+                    match written {
+                        Ok(()) => return Ok((true, previous)),
+                        // Someone else wrote in between: look again.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            };
+            let (newest, previous) = tokio::time::timeout(within, named)
+                .await
+                .map_err(|_| late(&format!("naming {name} the newest snapshot")))??;
+            if !newest {
+                // Ours is not needed (unless it is the very one named).
+                if previous.as_deref() != Some(name.as_str()) {
+                    let _ = tokio::time::timeout(within, snaps.delete(&name)).await;
+                }
+                return Ok(cut);
+            }
+            let purge = async {
+                js.get_stream_no_info(stream_name(n))
+                    .await
+                    .map_err(nats)?
+                    .purge()
+                    .sequence(cut)
+                    .await
+                    .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))
+            };
+            tokio::time::timeout(within, purge)
+                .await
+                .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
+            if let Some(old) = previous {
+                let _ = tokio::time::timeout(within, snaps.delete(&old)).await;
+            }
+            Ok(cut)
+        })
+    }
+}
+
+/// Takes a shard's snapshots in the background, every `snapshot_every` records: a thread per
+/// shard, checking once a second, ending when the shard is closed or lost.
+pub(super) struct Snapshotter;
+
+impl Snapshotter {
+    pub(super) fn start(
+        cluster: &Cluster,
+        n: u32,
+        shared: Arc<journal::Shared>,
+        last: Arc<parking_lot::Mutex<u64>>,
+    ) {
+        let weak = Arc::downgrade(&cluster.inner);
+        let every = cluster.inner.config.snapshot_every;
+        let _ = std::thread::Builder::new()
+            .name(format!("imstore-snap-{n}"))
+            .spawn(move || {
+                while shared.failed().is_none() {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if shared.done_seq() < *last.lock() + every {
+                        continue;
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    let cluster = Cluster { inner };
+                    let mut last = last.lock();
+                    // A failure (NATS unreachable, say) is tried again at the next check.
+                    if let Ok(cut) = cluster.snapshot_shard(n, &shared) {
+                        *last = cut;
+                    }
+                }
+            });
+    }
+}
