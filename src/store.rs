@@ -7,6 +7,12 @@
 //! the journal (live path only), then mutates. Validation happens before recording, so the
 //! journal holds only operations that succeeded, and mutation after recording cannot fail.
 //!
+//! The parts: `store/messages.rs` (send, recall, modify, the outbox), `store/batch.rs`
+//! (`recall_many`), `store/history.rs` (history pages, unread counts), `store/devices.rs`,
+//! `store/accounts.rs` (the accounts' cells and names), `store/commit.rs` (waiting for
+//! durability, deferred acknowledgement), `store/snapshot.rs` (snapshots and checkpoints),
+//! `store/shard.rs` (a store on a given journal: a cluster shard).
+//!
 //! ## Visible only when durable (R6)
 //!
 //! An operation changes memory when it is applied, before its record is durable. What keeps
@@ -25,7 +31,6 @@
 //! Inbox sequence numbers are never reused: a device is shown only durable entries, so after a
 //! crash every number it saw is still taken, and the next entry gets a higher one.
 
-use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,31 +40,29 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use crate::account::{AccountCell, AccountState, UserId, check_user_id};
-use crate::codec;
 use crate::config::Config;
 use crate::device::{self, DeviceId};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, OpenError, RecoveryReport};
 use crate::key::MsgKey;
-use crate::message::{
-    MAX_LIFETIME_SECS, MessageView, MsgArc, MsgElement, RecallNotice, SendReceipt, SenderCopy,
-};
+use crate::message::{MAX_LIFETIME_SECS, MsgArc, MsgElement, RecallNotice, SenderCopy};
 use crate::op::Op;
-use crate::roaming::{
-    Conversation, HistoryItem, HistoryPage, HistoryQuery, conv_key, conversation_id,
-};
+use crate::roaming::{Conversation, conv_key, conversation_id};
 use crate::table::{Arena, Table};
 
 mod accounts;
 mod apply;
 mod batch;
+mod commit;
 mod devices;
+mod history;
 mod messages;
 #[cfg(feature = "cluster")]
 mod shard;
 mod snapshot;
 
 pub use batch::{RecallItem, WAVE as RECALL_WAVE};
+pub use commit::{CommitTicket, Deferred};
 pub use messages::{ImportRequest, PreparedSend};
 
 /// The most accounts one multi-import may name.
@@ -213,88 +216,6 @@ pub struct CompactReport {
     pub lsn: u64,
     /// What was purged first.
     pub purged: PurgeReport,
-}
-
-/// What must happen once an operation is durable, besides answering: the after-hooks.
-enum After {
-    Sent(MessageView),
-    Recalled(RecallNotice),
-}
-
-/// Inside `Store::deferring`: which store, the highest ticket to commit, the hooks to run then.
-struct Deferring {
-    store: usize,
-    ticket: u64,
-    after: Vec<After>,
-}
-
-thread_local! {
-    static DEFERRING: RefCell<Option<Deferring>> = const { RefCell::new(None) };
-}
-
-/// What [`Store::deferring`] leaves to do: make everything the deferred calls did durable,
-/// then run their after-hooks. Pass it to [`Store::commit`] or [`Store::commit_async`] before
-/// acknowledging any of their results.
-#[must_use = "results are acknowledged only after `commit`"]
-#[derive(Default)]
-pub struct CommitTicket {
-    lsn: u64,
-    after: Vec<After>,
-}
-
-impl std::fmt::Debug for CommitTicket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommitTicket")
-            .field("lsn", &self.lsn)
-            .field("hooks", &self.after.len())
-            .finish()
-    }
-}
-
-/// An operation that has taken effect but is not yet acknowledged: [`wait`](Deferred::wait)
-/// returns its result once the journal holds it as the sync policy demands, and runs the
-/// after-send or after-recall hook. Until then no reader shows it. Dropping it without waiting
-/// leaves the operation applied; it becomes durable (and visible) with the next commit, but
-/// nobody was told it had.
-#[must_use = "an operation is acknowledged only by `wait`"]
-pub struct Deferred<'s, T> {
-    store: &'s Store,
-    ticket: u64,
-    value: T,
-    /// The stored message, for the after-send hook (not for a duplicate or dropped send).
-    sent: Option<MessageView>,
-}
-
-impl<T> std::fmt::Debug for Deferred<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deferred")
-            .field("ticket", &self.ticket)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Deferred<'_, SendReceipt> {
-    /// Waits until the send is durable and acknowledges it.
-    pub fn wait(self) -> Result<SendReceipt> {
-        self.store.durable(self.ticket)?;
-        if let Some(view) = self.sent {
-            self.store.after(After::Sent(view));
-        }
-        Ok(self.value)
-    }
-}
-
-impl Deferred<'_, RecallNotice> {
-    /// Waits until the recall is durable and acknowledges it.
-    pub fn wait(self) -> Result<RecallNotice> {
-        self.store.durable(self.ticket)?;
-        if self.store.in_deferring() {
-            self.store.after(After::Recalled(self.value.clone()));
-        } else {
-            self.store.inner.config.hooks.after_recall(&self.value);
-        }
-        Ok(self.value)
-    }
 }
 
 /// The store: accounts, the three layers, recall. `Send + Sync` and cheap to clone: clones are
@@ -663,165 +584,6 @@ impl Store {
             .expect("a conversation is numbered once stored");
         Ok((n, conv))
     }
-
-    /// Records `op` in the journal before it is applied (live path only); returns its ticket,
-    /// which the operation stores on everything it changes (0: nothing to wait for).
-    fn record(&self, op: &Op, mode: Mode) -> Result<u64> {
-        match (self.journal(), mode) {
-            (Some(journal), Mode::Live) => journal.append(|buf| codec::encode_op(op, buf)),
-            _ => Ok(0),
-        }
-    }
-
-    /// Applies a live operation and returns once it is durable. Even a refusal waits for
-    /// what was appended before it, since it may rest on state not yet on disk (20023 on a
-    /// recall still in flight, say).
-    fn run(&self, op: &Op) -> Result<Applied> {
-        self.run_found(op, None)
-    }
-
-    /// [`run`](Store::run) with the parties' cells as the request found them ([`Found`]).
-    fn run_found(&self, op: &Op, found: Found) -> Result<Applied> {
-        let (applied, ticket) = self.run_deferred(op, found);
-        self.durable(ticket)?;
-        applied
-    }
-
-    /// Applies a live operation and returns the journal position that must be durable before
-    /// it is acknowledged.
-    /// `found`: the parties' cells, if the caller has them ([`Found`]).
-    fn run_deferred(&self, op: &Op, found: Found) -> (Result<Applied>, u64) {
-        let applied = self.apply_found(op, Mode::Live, found);
-        (applied, self.journal().map_or(0, Journal::appended))
-    }
-
-    /// Applies a live operation whose caller waits for durability later. A refusal still waits
-    /// now, for what was appended before it. `found`: the parties' cells, if the caller has
-    /// them ([`Found`]).
-    fn deferred(&self, op: &Op, found: Found) -> Result<Applied> {
-        let (applied, ticket) = self.run_deferred(op, found);
-        if applied.is_err() {
-            self.durable(ticket)?;
-        }
-        applied
-    }
-
-    /// Inside [`Store::deferring`] on this store: notes that `ticket` must be durable before
-    /// the caller answers, and returns `true`.
-    fn defer(&self, ticket: u64) -> bool {
-        let me = Arc::as_ptr(&self.inner) as usize;
-        DEFERRING.with_borrow_mut(|d| match d {
-            Some(d) if d.store == me => {
-                d.ticket = d.ticket.max(ticket);
-                true
-            }
-            _ => false,
-        })
-    }
-
-    /// Waits until the journal is durable up to `ticket` — or, inside [`Store::deferring`],
-    /// notes the ticket for the caller to commit before it answers. Writers call it before
-    /// acknowledging, readers before showing what they read.
-    fn durable(&self, ticket: u64) -> Result<()> {
-        if ticket == 0 || self.defer(ticket) {
-            return Ok(());
-        }
-        match self.journal() {
-            Some(journal) => journal.commit_to(ticket),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether this thread is inside [`Store::deferring`] on this store.
-    fn in_deferring(&self) -> bool {
-        let me = Arc::as_ptr(&self.inner) as usize;
-        DEFERRING.with_borrow(|d| d.as_ref().is_some_and(|d| d.store == me))
-    }
-
-    /// Runs an after-hook now, or inside [`Store::deferring`] leaves it to `commit`.
-    fn after(&self, after: After) {
-        let me = Arc::as_ptr(&self.inner) as usize;
-        let after = DEFERRING.with_borrow_mut(|d| match d {
-            Some(d) if d.store == me => {
-                d.after.push(after);
-                None
-            }
-            _ => Some(after),
-        });
-        if let Some(after) = after {
-            self.run_hook(after);
-        }
-    }
-
-    fn run_hook(&self, after: After) {
-        let hooks = &self.inner.config.hooks;
-        match after {
-            After::Sent(view) => hooks.after_send(&view),
-            After::Recalled(notice) => hooks.after_recall(&notice),
-        }
-    }
-
-    /// Runs `f` with this store's durability waits deferred: the calls `f` makes take effect
-    /// and return without waiting for the journal — reads included, whose results may show
-    /// what is not yet durable — and the ticket returned covers all of them. Answer nobody with
-    /// their results before [`commit`](Store::commit) or [`commit_async`](Store::commit_async)
-    /// of the ticket; that is when the after-hooks run, too. Meant for servers that await
-    /// durability without a thread per request.
-    ///
-    /// ```
-    /// # use imstore::{Config, Store};
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let store = Store::open(dir.path(), Config::default()).unwrap();
-    /// let (imported, ticket) = store.deferring(|| store.import_account("vinson"));
-    /// store.commit(ticket).unwrap(); // now it may be acknowledged
-    /// imported.unwrap();
-    /// ```
-    pub fn deferring<R>(&self, f: impl FnOnce() -> R) -> (R, CommitTicket) {
-        let me = Arc::as_ptr(&self.inner) as usize;
-        let outer = DEFERRING.replace(Some(Deferring {
-            store: me,
-            ticket: 0,
-            after: Vec::new(),
-        }));
-        let result = f();
-        let mine = DEFERRING.replace(outer).expect("set above");
-        (
-            result,
-            CommitTicket {
-                lsn: mine.ticket,
-                after: mine.after,
-            },
-        )
-    }
-
-    /// Waits until everything `ticket` covers is durable (sharing the fsync with concurrent
-    /// committers), then runs the after-hooks of the operations it covers.
-    pub fn commit(&self, ticket: CommitTicket) -> Result<()> {
-        if let Some(journal) = self.journal() {
-            journal.commit_to(ticket.lsn)?;
-        }
-        for after in ticket.after {
-            self.run_hook(after);
-        }
-        Ok(())
-    }
-
-    /// [`commit`](Store::commit) for async callers: the store's committer thread writes, and
-    /// the future completes once the ticket is durable and the after-hooks have run.
-    pub async fn commit_async(&self, ticket: CommitTicket) -> Result<()> {
-        if let Some(journal) = self.journal() {
-            std::future::poll_fn(|cx| journal.poll_durable(ticket.lsn, cx)).await?;
-        }
-        for after in ticket.after {
-            self.run_hook(after);
-        }
-        Ok(())
-    }
-
-    /// Whether `commit(ticket)` would not wait for the disk.
-    pub fn is_durable(&self, ticket: &CommitTicket) -> bool {
-        self.journal().is_none_or(|j| j.is_done(ticket.lsn))
-    }
 }
 
 impl Drop for Inner {
@@ -874,120 +636,6 @@ impl Store {
         check_user_id(user).map_err(|_| Error::AccountNotFound(user.to_owned()))?;
         let user = self.cell_as(user, Role::Plain)?.id.clone();
         self.run(&Op::DeleteAccount { user }).map(|_| ())
-    }
-
-    /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
-    pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
-        let ((n_op, op), (n_peer, _)) = self.pair(&q.operator, &q.peer)?;
-        if q.max_cnt == 0 {
-            return Err(Error::InvalidRequest("MaxCnt must be at least 1".into()));
-        }
-        if q.min_time > q.max_time {
-            return Err(Error::InvalidRequest("MinTime is after MaxTime".into()));
-        }
-        let empty = HistoryPage {
-            messages: Vec::new(),
-            complete: true,
-            last_msg_time: 0,
-            last_msg_key: None,
-        };
-        if n_op == n_peer {
-            return Ok(empty);
-        }
-        let Some(conv) = self.conversation_of(n_op, n_peer) else {
-            return Ok(empty);
-        };
-        let (page, ticket) = {
-            let c = conv.lock();
-            let page = c.page(
-                c.side(&op.id),
-                q,
-                self.inner.config.history_max_bytes,
-                self.retention_cutoff(),
-            );
-            (page, c.ticket)
-        };
-        self.durable(ticket)?;
-        Ok(page)
-    }
-
-    /// The newest message of the conversation in `account`'s view, recalled or not.
-    pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
-        let ((na, a), (np, _)) = self.pair(account, peer)?;
-        let Some(conv) = self.conversation_of(na, np) else {
-            return Ok(None);
-        };
-        let (last, ticket) = {
-            let c = conv.lock();
-            (
-                c.last_message(c.side(&a.id), self.retention_cutoff()),
-                c.ticket,
-            )
-        };
-        self.durable(ticket)?;
-        Ok(last)
-    }
-
-    fn retention_cutoff(&self) -> u64 {
-        self.now().saturating_sub(self.inner.config.retention_secs)
-    }
-
-    /// Marks everything `peer` has sent to `reader` as read (`admin_set_msg_read`).
-    pub fn mark_read(&self, reader: &str, peer: &str) -> Result<()> {
-        let reader = self.cell_as(reader, Role::Acting)?.id.clone();
-        let peer = self.cell_as(peer, Role::Other)?.id.clone();
-        self.run(&Op::SetRead {
-            reader,
-            peer,
-            at: self.now(),
-            origin: self.origin(),
-        })
-        .map(|_| ())
-    }
-
-    /// How many messages from `peer` `account` has not read.
-    pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
-        let cell = self.cell_as(account, Role::Other)?;
-        // What made the account exist (its import) is read too, as before any conversation.
-        let mut ticket = cell.state.lock().ticket;
-        let conv = UserId::find(peer).and_then(|p| self.conversation(&cell.id, &p));
-        let n = conv.map_or(0, |conv| {
-            let c = conv.lock();
-            ticket = ticket.max(c.ticket);
-            c.unread[c.side(&cell.id)]
-        });
-        self.durable(ticket)?;
-        Ok(n)
-    }
-
-    /// Every peer with unread messages for `account`, and how many (`get_c2c_unread_msg_num`).
-    pub fn unread_all(&self, account: &str) -> Result<Vec<(UserId, u32)>> {
-        let cell = self.cell_as(account, Role::Other)?;
-        let (mut all, ticket) = {
-            let state = cell.state.lock();
-            self.unread_peers(&cell.id, &state)
-        };
-        self.durable(ticket)?;
-        all.sort();
-        Ok(all)
-    }
-
-    /// `account`'s peers with unread messages (its state locked), and the newest ticket of
-    /// what was read.
-    fn unread_peers(&self, account: &UserId, state: &AccountState) -> (Vec<(UserId, u32)>, u64) {
-        let mut ticket = state.ticket;
-        let mut all = Vec::new();
-        self.each_conversation(account, state, |c| {
-            let side = c.side(account);
-            // Every change to a count stamps the account's ticket too; the conversations'
-            // are taken as well, listed or not (a count gone to 0 is something read), so the
-            // rule does not rest on that.
-            ticket = ticket.max(c.ticket);
-            if c.unread[side] > 0 {
-                all.push((c.users()[1 - side].clone(), c.unread[side]));
-            }
-        });
-        (all, ticket)
     }
 
     /// Drops roaming messages past retention and inbox entries past their lifetime, and

@@ -1,0 +1,129 @@
+//! What a reader asks of a conversation: a page of its history, its newest message, and the
+//! unread counts (marking read is an operation, applied as every other). Each read keeps the
+//! tickets of what it read and returns only once they are durable (R6).
+
+use super::{Role, Store};
+use crate::account::{AccountState, UserId};
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::roaming::{HistoryItem, HistoryPage, HistoryQuery};
+
+impl Store {
+    /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
+    pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
+        let ((n_op, op), (n_peer, _)) = self.pair(&q.operator, &q.peer)?;
+        if q.max_cnt == 0 {
+            return Err(Error::InvalidRequest("MaxCnt must be at least 1".into()));
+        }
+        if q.min_time > q.max_time {
+            return Err(Error::InvalidRequest("MinTime is after MaxTime".into()));
+        }
+        let empty = HistoryPage {
+            messages: Vec::new(),
+            complete: true,
+            last_msg_time: 0,
+            last_msg_key: None,
+        };
+        if n_op == n_peer {
+            return Ok(empty);
+        }
+        let Some(conv) = self.conversation_of(n_op, n_peer) else {
+            return Ok(empty);
+        };
+        let (page, ticket) = {
+            let c = conv.lock();
+            let page = c.page(
+                c.side(&op.id),
+                q,
+                self.inner.config.history_max_bytes,
+                self.retention_cutoff(),
+            );
+            (page, c.ticket)
+        };
+        self.durable(ticket)?;
+        Ok(page)
+    }
+
+    /// The newest message of the conversation in `account`'s view, recalled or not.
+    pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
+        let ((na, a), (np, _)) = self.pair(account, peer)?;
+        let Some(conv) = self.conversation_of(na, np) else {
+            return Ok(None);
+        };
+        let (last, ticket) = {
+            let c = conv.lock();
+            (
+                c.last_message(c.side(&a.id), self.retention_cutoff()),
+                c.ticket,
+            )
+        };
+        self.durable(ticket)?;
+        Ok(last)
+    }
+
+    pub(super) fn retention_cutoff(&self) -> u64 {
+        self.now().saturating_sub(self.inner.config.retention_secs)
+    }
+
+    /// Marks everything `peer` has sent to `reader` as read (`admin_set_msg_read`).
+    pub fn mark_read(&self, reader: &str, peer: &str) -> Result<()> {
+        let reader = self.cell_as(reader, Role::Acting)?.id.clone();
+        let peer = self.cell_as(peer, Role::Other)?.id.clone();
+        self.run(&Op::SetRead {
+            reader,
+            peer,
+            at: self.now(),
+            origin: self.origin(),
+        })
+        .map(|_| ())
+    }
+
+    /// How many messages from `peer` `account` has not read.
+    pub fn unread(&self, account: &str, peer: &str) -> Result<u32> {
+        let cell = self.cell_as(account, Role::Other)?;
+        // What made the account exist (its import) is read too, as before any conversation.
+        let mut ticket = cell.state.lock().ticket;
+        let conv = UserId::find(peer).and_then(|p| self.conversation(&cell.id, &p));
+        let n = conv.map_or(0, |conv| {
+            let c = conv.lock();
+            ticket = ticket.max(c.ticket);
+            c.unread[c.side(&cell.id)]
+        });
+        self.durable(ticket)?;
+        Ok(n)
+    }
+
+    /// Every peer with unread messages for `account`, and how many (`get_c2c_unread_msg_num`).
+    pub fn unread_all(&self, account: &str) -> Result<Vec<(UserId, u32)>> {
+        let cell = self.cell_as(account, Role::Other)?;
+        let (mut all, ticket) = {
+            let state = cell.state.lock();
+            self.unread_peers(&cell.id, &state)
+        };
+        self.durable(ticket)?;
+        all.sort();
+        Ok(all)
+    }
+
+    /// `account`'s peers with unread messages (its state locked), and the newest ticket of
+    /// what was read.
+    pub(super) fn unread_peers(
+        &self,
+        account: &UserId,
+        state: &AccountState,
+    ) -> (Vec<(UserId, u32)>, u64) {
+        let mut ticket = state.ticket;
+        let mut all = Vec::new();
+        self.each_conversation(account, state, |c| {
+            let side = c.side(account);
+            // Every change to a count stamps the account's ticket too; the conversations'
+            // are taken as well, listed or not (a count gone to 0 is something read), so the
+            // rule does not rest on that.
+            ticket = ticket.max(c.ticket);
+            if c.unread[side] > 0 {
+                all.push((c.users()[1 - side].clone(), c.unread[side]));
+            }
+        });
+        (all, ticket)
+    }
+}
