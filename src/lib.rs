@@ -31,7 +31,7 @@
 //! |---|---|
 //! | `key` | [`MsgKey`]: parse, format |
 //! | `account` | [`UserId`], each account's state and the lock order |
-//! | `registry`, `table` | interned account names; the lock-free append-only table and arena that accounts, names and conversations are found in |
+//! | `registry`, `table` | interned account names; the lock-free append-only table (and `table/arena.rs`, the arena) that accounts, names and conversations are found in |
 //! | `message` | MsgBody elements, [`Content`], views; `message/record.rs` the shared message record and `MsgArc`, its counted reference |
 //! | `roaming` | conversations: history order, per-side views, paging, read marks |
 //! | `inbox` | the per-account sequence-numbered inbox |
@@ -39,8 +39,8 @@
 //! | `cache` | the bounded per-device cache (while connected) |
 //! | `op` | every mutation as a value |
 //! | `callback` | where an operation came from ([`Origin`]); the durable outbox of after-callbacks |
-//! | `store` | the façade: validation, locking, tickets (R6); `store/apply.rs` the one `apply`; `store/devices.rs` connect, ack, the feed; `store/snapshot.rs` snapshots and checkpoints; `store/batch.rs` [`Store::recall_many`] |
-//! | `journal`, `codec` | files, framing, disk reservation, commit protocol, recovery; the bincode payloads |
+//! | `store` | the façade: validation, locking, tickets (R6); `store/apply.rs` the one `apply`; `store/devices.rs` connect, ack, the feed; `store/snapshot.rs` snapshots and checkpoints; `store/batch.rs` [`Store::recall_many`]; `store/commit.rs` waiting for durability, deferred acknowledgement; `store/history.rs` history pages and unread counts |
+//! | `journal`, `codec` | files, framing, disk reservation, commit protocol (`journal/commit.rs`), recovery; the bincode payloads |
 //! | [`api`], [`usersig`] | Tencent's REST API and UserSig, no async dependency |
 //! | `server` (feature `server`) | the accept loop and connection register, REST, WebSocket and SSE, `imstore-server` |
 //!
