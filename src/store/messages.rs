@@ -127,10 +127,10 @@ impl Store {
     /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
     pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
-        let (nf, from, to) = match req.from.as_deref() {
+        let (nf, from, nt, to) = match req.from.as_deref() {
             Some(from) => {
-                let ((nf, f), (_, t)) = self.pair(from, &req.to)?;
-                (Some(nf), f.id.clone(), t)
+                let ((nf, f), (nt, t)) = self.pair(from, &req.to)?;
+                (Some(nf), f.id.clone(), nt, t.id.clone())
             }
             None => {
                 let (nf, from) = self.sender_numbered(None)?;
@@ -138,11 +138,9 @@ impl Store {
                 if let Some(nf) = nf {
                     self.prefetch_conversation(nf, nt);
                 }
-                (nf, from, to)
+                (nf, from, nt, to.id.clone())
             }
         };
-        let nt = to.n;
-        let to = to.id.clone();
         let lifetime = check_lifetime(req.lifetime)?;
         let origin_device = req
             .from_device
