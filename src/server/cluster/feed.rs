@@ -110,33 +110,33 @@ pub struct Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        let (node, account, device, session) = (
-            self.node.clone(),
-            self.req.account.clone(),
-            self.req.device.clone(),
-            self.session,
-        );
-        // Let the owners drop the subscriptions now (they would after a minute anyway).
-        tokio::spawn(async move {
-            let call = Call::Close {
-                account,
-                device,
-                session,
-            };
-            let closes = (0..node.shards()).map(|n| {
-                let (node, call) = (&node, &call);
-                async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        node.client()
-                            .request(rpc::subject(n), rpc::encode(call, &[])),
-                    )
-                    .await;
-                }
-            });
-            futures_util::future::join_all(closes).await;
-        });
+        close_everywhere(self.node.clone(), &self.req, self.session);
     }
+}
+
+/// Lets every shard's owner drop the session's subscription now (they would after
+/// [`SESSION_IDLE`](super::SESSION_IDLE) anyway), in the background, each asked once for at
+/// most 2 s.
+fn close_everywhere(node: Arc<Node>, req: &DeviceRequest, session: u64) {
+    let call = Call::Close {
+        account: req.account.clone(),
+        device: req.device.clone(),
+        session,
+    };
+    tokio::spawn(async move {
+        let closes = (0..node.shards()).map(|n| {
+            let (node, call) = (&node, &call);
+            async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    node.client()
+                        .request(rpc::subject(n), rpc::encode(call, &[])),
+                )
+                .await;
+            }
+        });
+        futures_util::future::join_all(closes).await;
+    });
 }
 
 /// Connects `req`'s device in every shard (resuming after `after` where it names a position),
@@ -159,7 +159,11 @@ pub async fn open(
     // A shard where a newer session claimed the device already answers our first pull with
     // "superseded", and the feed ends then.
     for result in futures_util::future::join_all(connects).await {
-        result?;
+        if let Err(e) = result {
+            // The shards that did connect hold a subscription nobody will pull.
+            close_everywhere(node.clone(), &req, session);
+            return Err(e);
+        }
     }
     let (tx, rx) = mpsc::channel(shards as usize);
     let (stop, stopped) = watch::channel(false);
