@@ -167,6 +167,9 @@ pub(crate) struct AccountCell {
     /// The cell's number in its store (`Accounts`): conversations are keyed by the two cells'
     /// numbers, which a lookup by name or by UserId learns before the cell itself is loaded.
     pub n: u32,
+    /// The hash its name is filed under in its store's table of names; the conversations'
+    /// table files each conversation under a mix of its two accounts' (`Store::conv_key`).
+    pub name_hash: u64,
     pub state: Mutex<AccountState>,
     /// `state.alive`, readable without the lock: lookups skip accounts that are not live.
     /// Changed only under the state lock (`Accounts::set_live`); a reader that finds it set
@@ -176,10 +179,11 @@ pub(crate) struct AccountCell {
 
 impl AccountCell {
     /// A cell for an account that does not exist (yet): not live, nothing in it.
-    pub fn dormant(id: UserId, n: u32) -> Self {
+    pub fn dormant(id: UserId, n: u32, name_hash: u64) -> Self {
         AccountCell {
             id,
             n,
+            name_hash,
             state: Mutex::new(AccountState::empty()),
             live: AtomicBool::new(false),
         }

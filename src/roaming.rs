@@ -266,12 +266,12 @@ pub(crate) fn conversation_id(x: &UserId, y: &UserId) -> (UserId, UserId) {
     }
 }
 
-/// A conversation's key in the store's table: the numbers of its two accounts' cells in the
-/// store (`AccountCell::n`), smaller first. Not the interned numbers: a request learns its
-/// cells' numbers from the first lookup (the name's slot), so the conversation's slot can be
-/// fetched while the cells themselves load.
-pub(crate) fn conv_key(x: u32, y: u32) -> [u64; 1] {
-    [u64::from(x.min(y)) << 32 | u64::from(x.max(y))]
+/// What tells a conversation apart in the store's table: the numbers of its two accounts'
+/// cells in the store (`AccountCell::n`), smaller first. Not the interned numbers: a request
+/// learns its cells' numbers from the first lookup (the name's slot), with the conversation's
+/// slot already loading beside it (`Store::conv_key_of` says where it is filed).
+pub(crate) fn conv_key(x: u32, y: u32) -> u64 {
+    u64::from(x.min(y)) << 32 | u64::from(x.max(y))
 }
 
 impl Conversation {

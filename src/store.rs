@@ -231,9 +231,11 @@ pub(crate) struct Inner {
     config: Config,
     admins: Vec<UserId>,
     accounts: accounts::Accounts,
-    /// Conversations by the pair of account numbers (`conv_key`) → their number in
-    /// `conversation_list`; both read without a lock (`table.rs`), neither ever shrinks.
-    conversations: Table<1>,
+    /// Conversations by the pair of their accounts' cells' numbers (`conv_key`), filed under a
+    /// mix of the accounts' name hashes (`Store::conv_key_of`, `Table::prehashed`) → their
+    /// number in `conversation_list`; both read without a lock (`table.rs`), neither ever
+    /// shrinks.
+    conversations: Table<2>,
     conversation_list: Arena<Mutex<Conversation>>,
     rng: AtomicU64,
     /// Unset for an in-memory store.
@@ -337,7 +339,7 @@ impl Store {
             config,
             admins,
             accounts: accounts::Accounts::default(),
-            conversations: Table::default(),
+            conversations: Table::prehashed(),
             conversation_list: Arena::default(),
             rng: AtomicU64::new(std::hash::RandomState::new().hash_one(std::process::id())),
             journal: OnceLock::new(),
@@ -481,10 +483,17 @@ impl Store {
         for name in [&a, &b].into_iter().flatten() {
             accounts.prefetch_named(name);
         }
+        // The conversation's slot, filed by the names' hashes alone: it loads with theirs.
+        let place = a.zip(b).map(|((_, x), (_, y))| {
+            let place = self.conv_place(x, y);
+            self.inner.conversations.prefetch_hashed(place);
+            place
+        });
         let na = a.and_then(|k| accounts.named_number_prefetch(&k));
         let nb = b.and_then(|k| accounts.named_number_prefetch(&k));
-        if let (Some(x), Some(y)) = (na, nb) {
-            self.prefetch_conversation(x, y);
+        if let (Some(x), Some(y), Some(place)) = (na, nb, place) {
+            // The conversation itself (its slot is in by now): its miss overlaps the cells'.
+            self.prefetch_conversation(&[conv_key(x, y), place]);
         }
         let live = |n: Option<u32>, name: &str, role: Role| {
             n.and_then(|n| Some((n, accounts.cell_numbered(n).filter(|c| c.is_live())?)))
@@ -496,22 +505,40 @@ impl Store {
         ))
     }
 
+    /// Where the conversation of the accounts whose names hash to `x` and `y` is filed: the
+    /// last word of its key in the conversations' table (see `Table::prehashed`), known as
+    /// soon as the names are hashed, before the accounts' numbers are read.
+    fn conv_place(&self, x: u64, y: u64) -> u64 {
+        self.inner.conversations.mix(x.min(y), x.max(y))
+    }
+
+    /// The conversations' table key of the conversation of cells `x` and `y`: their numbers
+    /// (which tell it apart) and where it is filed (`conv_place`).
+    fn conv_key_of(&self, x: &AccountCell, y: &AccountCell) -> [u64; 2] {
+        [
+            conv_key(x.n, y.n),
+            self.conv_place(x.name_hash, y.name_hash),
+        ]
+    }
+
     /// The conversation of `x` and `y`, if they have one.
     fn conversation(&self, x: &UserId, y: &UserId) -> Option<&Mutex<Conversation>> {
         let accounts = &self.inner.accounts;
-        self.conversation_of(accounts.number(x)?, accounts.number(y)?)
+        let cell = |id| accounts.cell_numbered(accounts.number(id)?);
+        self.conversation_of(cell(x)?, cell(y)?)
     }
 
-    /// The conversation of the accounts whose cells are numbered `x` and `y`, if they have one.
-    fn conversation_of(&self, x: u32, y: u32) -> Option<&Mutex<Conversation>> {
-        let n = self.inner.conversations.get(&conv_key(x, y))?;
+    /// The conversation of the accounts of cells `x` and `y`, if they have one.
+    fn conversation_of(&self, x: &AccountCell, y: &AccountCell) -> Option<&Mutex<Conversation>> {
+        let n = self.inner.conversations.get(&self.conv_key_of(x, y))?;
         self.inner.conversation_list.get(n)
     }
 
-    /// Starts loading the table slot of the conversation of cells `x` and `y`: a request calls
-    /// it as soon as it knows both numbers, so the slot's miss overlaps the cells' own.
-    fn prefetch_conversation(&self, x: u32, y: u32) {
-        self.inner.conversations.prefetch(&conv_key(x, y));
+    /// Starts loading the conversation filed under `key`, if there is one (its slot is read).
+    fn prefetch_conversation(&self, key: &[u64; 2]) {
+        if let Some(n) = self.inner.conversations.get(key) {
+            self.inner.conversation_list.prefetch(n);
+        }
     }
 
     /// The conversation of two accounts, made if they have none. The caller holds both
@@ -524,7 +551,7 @@ impl Store {
     ) -> Result<&Mutex<Conversation>> {
         let (a, b) = conversation_id(&x.id, &y.id);
         let mut made = false;
-        let key = conv_key(x.n, y.n);
+        let key = self.conv_key_of(x, y);
         let mut conv = Conversation::new(a, b);
         conv.link(if conv.side(&x.id) == 0 {
             [xs.conversations, ys.conversations]
@@ -563,7 +590,7 @@ impl Store {
     /// itself, stored (and `made` set), if they had none. Returns its number.
     fn add_conversation(
         &self,
-        key: [u64; 1],
+        key: [u64; 2],
         conv: Conversation,
         made: &mut bool,
     ) -> Result<(u32, &Mutex<Conversation>)> {

@@ -196,6 +196,8 @@ struct Writer {
 /// while anything moved looks again.
 pub(crate) struct Table<const W: usize> {
     hasher: RandomState,
+    /// A key's last word is its hash ([`Table::prehashed`]): nothing is hashed here.
+    prehashed: bool,
     levels: [OnceLock<Level<W>>; LEVELS],
     /// The level new keys go to.
     current: AtomicUsize,
@@ -212,6 +214,7 @@ impl<const W: usize> Default for Table<W> {
         levels[0].get_or_init(|| Level::new(FIRST_LEVEL));
         Table {
             hasher: RandomState::default(),
+            prehashed: false,
             levels,
             current: AtomicUsize::new(0),
             old: AtomicUsize::new(0),
@@ -226,9 +229,37 @@ impl<const W: usize> Default for Table<W> {
 }
 
 impl<const W: usize> Table<W> {
+    /// A table whose keys carry their own hash as their last word, which the caller makes
+    /// with [`mix`](Table::mix) from what identifies the key before the key itself is known.
+    /// The conversations' table is one: a conversation is filed under a mix of its two
+    /// accounts' name hashes, so a request can start loading its slot together with the
+    /// names' own, one round trip to memory before the accounts' numbers (the rest of its
+    /// key) are read from them. The key stays exact: two keys with the same last word are
+    /// still told apart by the others.
+    pub fn prehashed() -> Self {
+        Table {
+            prehashed: true,
+            ..Table::default()
+        }
+    }
+
+    /// `a` and `b` mixed by this table's own randomly seeded hasher, for the last word of a
+    /// [`prehashed`](Table::prehashed) table's key: a caller's inputs are themselves hashes,
+    /// but a client chooses what they hash (account names), so they are mixed under a seed
+    /// the client cannot know.
+    pub fn mix(&self, a: u64, b: u64) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u64(a);
+        h.write_u64(b);
+        h.finish()
+    }
+
     /// The key's words fed one by one: no length prefix, no byte loop (`hash_one` of an
     /// array hashes it as a byte slice, several times the instructions).
     fn hash(&self, key: &[u64; W]) -> u64 {
+        if self.prehashed {
+            return key[W - 1];
+        }
         let mut h = self.hasher.build_hasher();
         for w in key {
             h.write_u64(*w);
@@ -302,12 +333,8 @@ impl<const W: usize> Table<W> {
         }
     }
 
-    /// Starts loading the slot where a lookup of `key` begins (a hint: see `prefetch`).
-    pub fn prefetch(&self, key: &[u64; W]) {
-        self.prefetch_hashed(self.hash(key));
-    }
-
-    /// [`prefetch`](Table::prefetch) by the key's [`hash_of`](Table::hash_of).
+    /// Starts loading the slot where a lookup of a key of this hash begins
+    /// ([`hash_of`](Table::hash_of); a hint: see `prefetch`).
     pub fn prefetch_hashed(&self, hash: u64) {
         let level = self.at(self.current.load(Ordering::Acquire));
         prefetch(&level.slots()[hash as usize & level.mask()]);
@@ -540,6 +567,33 @@ mod tests {
         }
         assert_eq!(t.get(&[5, 5]), None);
         assert_eq!(t.get(&[10_000, !10_000]), None);
+    }
+
+    #[test]
+    fn a_prehashed_table_files_keys_by_their_last_word_and_tells_equal_ones_apart() {
+        let t = Table::<2>::prehashed();
+        // Each key's last word is its hash, the table's own mix of two words (as the
+        // conversations' table makes it); every 8th key shares its hash with 7 others, which
+        // only the first word tells apart. Across growths (40,000 keys: ten doublings).
+        let key = |i: u64| [i, t.mix(i / 8, 1)];
+        for i in 0..40_000u64 {
+            assert_eq!(t.hash_of(&key(i)), key(i)[1], "the last word is the hash");
+            assert_eq!(t.get_or_insert_with(&key(i), || i as u32), i as u32);
+        }
+        assert_eq!(t.len(), 40_000);
+        for i in 0..40_000u64 {
+            assert_eq!(t.get(&key(i)), Some(i as u32));
+            assert_eq!(t.get_hashed(&key(i), key(i)[1]), Some(i as u32));
+        }
+        // The same hash with a first word never stored, and a stored first word under
+        // another hash: both absent.
+        assert_eq!(t.get(&[40_000, key(7)[1]]), None);
+        assert_eq!(t.get(&[7, key(8)[1]]), None);
+        // Mixing is seeded per table and depends on both words and their order.
+        let u = Table::<2>::prehashed();
+        assert_ne!(t.mix(1, 2), u.mix(1, 2));
+        assert_ne!(t.mix(1, 2), t.mix(2, 1));
+        assert_ne!(t.mix(1, 2), t.mix(1, 3));
     }
 
     #[cfg(target_os = "linux")]

@@ -47,13 +47,14 @@ impl Accounts {
             return Ok(cell);
         }
         let key = name_key(id).expect("a UserId is a valid name");
+        let name_hash = self.by_name.hash_of(&key);
         let n = self.by_name.get_or_try_insert(&key, || {
             // Cells are pushed only here, under the name table's writer lock: the next number
             // is the arena's length.
             let next = self.cells.len() as u32;
             let n = self
                 .cells
-                .push(AccountCell::dormant(id.clone(), next))
+                .push(AccountCell::dormant(id.clone(), next, name_hash))
                 .map_err(|_| {
                     Error::Internal(format!(
                         "this store holds {} accounts, the most it can",

@@ -302,7 +302,7 @@ impl Store {
         // Found before any lock is taken, by the cells' numbers (not the cells): a lock is a
         // full barrier, and the cache misses of the two accounts and the conversation overlap
         // only if nothing orders them.
-        let found = self.conversation_of(nf, nt);
+        let found = self.conversation_of(fc, tc);
         if let Some(conv) = found {
             crate::table::prefetch(conv);
         }
@@ -431,9 +431,9 @@ impl Store {
         origin: Option<&Origin>,
         mode: Mode,
     ) -> Result<Applied> {
-        let (nr, rc) = self.numbered_as(reader, Role::Acting)?;
-        let (np, _) = self.numbered_as(peer, Role::Other)?;
-        let conv = self.conversation_of(nr, np);
+        let (_, rc) = self.numbered_as(reader, Role::Acting)?;
+        let (_, pc) = self.numbered_as(peer, Role::Other)?;
+        let conv = self.conversation_of(rc, pc);
         let mut state = rc.state.lock();
         if !state.alive {
             return Err(Role::Acting.missing(reader));

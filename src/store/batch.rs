@@ -1,9 +1,9 @@
 //! Recalls in batches ([`Store::recall_many`]): the same recalls, one after another, with
 //! their cache misses overlapped.
 //!
-//! A recall of a random message in a large store is a chain of about five dependent cache
-//! misses (the names' slots, then the cells and the conversation's slot, then the
-//! conversation, its buffer, the message record), each a trip to memory (~180 ns here): one
+//! A recall of a random message in a large store is a chain of about four dependent cache
+//! misses (the names' slots and the conversation's, then the cells and the conversation,
+//! then its buffer, the message record), each a trip to memory (~180-400 ns here): one
 //! at a time, memory latency and not work bounds it. A batch walks a wave of up to
 //! [`WAVE`] recalls through that chain one link at a time — every recall's first link, then
 //! every recall's second — so that a wave's misses of one link are in flight together (the
@@ -112,13 +112,13 @@ impl Store {
         for (it, l) in wave.iter().zip(links.iter_mut()) {
             l.key = MsgKey::parse(it.key).ok();
         }
-        // 4. Where the message is looked for (a one-message conversation holds its pointer),
+        // 3. Where the message is looked for (a one-message conversation holds its pointer),
         //    and where each inbox's next entry goes.
         self.prefetch_in_conversations(links, |c, l| {
             l.loaded = l.key.is_none_or(|key| c.prefetch_find(key));
         });
         self.prefetch_inboxes(links);
-        // 5. The message record, found in a buffer (the conversations of more than one): by
+        // 4. The message record, found in a buffer (the conversations of more than one): by
         //    the buffer alone, never reading a record (see `Conversation::prefetch_found`).
         self.prefetch_in_conversations(links, |c, l| {
             if let (Some(key), false) = (l.key, l.loaded) {
@@ -127,22 +127,30 @@ impl Store {
         });
     }
 
-    /// Links 1 to 3 of a wave: the names' slots; the cells' numbers from them, then the cells
-    /// and the conversation's slot; the conversation. Resets `links` and notes the cells and
-    /// the conversation found.
+    /// Links 1 and 2 of a wave: the names' slots and the conversation's (filed by the names'
+    /// hashes, `Store::conv_place`); then the cells' numbers and the conversation's, and the
+    /// cells and the conversation themselves. Resets `links` and notes the cells and the
+    /// conversation found.
     fn prefetch_parties<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
         let accounts = &self.inner.accounts;
-        // 1. The names' slots. (Each name's key and hash are made once, for two lookups.)
-        let mut names = [(None, None); WAVE];
+        // 1. The names' slots and the conversation's. (Each name's key and hash are made
+        //    once, for two lookups.)
+        let mut names = [(None, None, 0); WAVE];
         for (it, n) in wave.iter().zip(&mut names) {
-            *n = (accounts.name_lookup(it.from), accounts.name_lookup(it.to));
-            for name in [&n.0, &n.1].into_iter().flatten() {
+            let (from, to) = (accounts.name_lookup(it.from), accounts.name_lookup(it.to));
+            for name in [&from, &to].into_iter().flatten() {
                 accounts.prefetch_named(name);
             }
+            if let (Some((_, x)), Some((_, y))) = (&from, &to) {
+                n.2 = self.conv_place(*x, *y);
+                self.inner.conversations.prefetch_hashed(n.2);
+            }
+            (n.0, n.1) = (from, to);
         }
-        // 2. The cells' numbers (from the slots), then the cells and the conversation's slot.
-        let mut convs = [None; WAVE];
-        for ((l, n), c) in links.iter_mut().zip(&names).zip(&mut convs) {
+        // 2. The cells' numbers and the conversation's (from the slots), then the cells and
+        //    the conversation. (`apply` reads the cells by the numbers found here, not by
+        //    UserId again: nothing more to load for it.)
+        for (l, n) in links.iter_mut().zip(&names) {
             // Nothing of a previous wave's request in this place stays.
             *l = Link::default();
             let number = |name: &Option<_>| {
@@ -150,23 +158,13 @@ impl Store {
                     .and_then(|k| accounts.named_number_prefetch(k))
             };
             if let (Some(f), Some(t)) = (number(&n.0), number(&n.1)) {
-                let key = conv_key(f, t);
-                let hash = self.inner.conversations.hash_of(&key);
-                self.inner.conversations.prefetch_hashed(hash);
-                *c = Some((f, t, key, hash));
+                let key = [conv_key(f, t), n.2];
+                l.conv = self.inner.conversations.get_hashed(&key, n.2);
+                if let Some(c) = l.conv {
+                    self.inner.conversation_list.prefetch(c);
+                }
+                (l.from, l.to) = (accounts.cell_numbered(f), accounts.cell_numbered(t));
             }
-        }
-        // 3. The conversation (its number, from its slot). (`apply` reads the cells by the
-        //    numbers found here, not by UserId again: nothing more to load for it.)
-        for (l, c) in links.iter_mut().zip(&convs) {
-            let Some((f, t, key, hash)) = c else {
-                continue;
-            };
-            l.conv = self.inner.conversations.get_hashed(key, *hash);
-            if let Some(c) = l.conv {
-                self.inner.conversation_list.prefetch(c);
-            }
-            (l.from, l.to) = (accounts.cell_numbered(*f), accounts.cell_numbered(*t));
         }
     }
 

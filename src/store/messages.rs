@@ -135,8 +135,8 @@ impl Store {
             None => {
                 let (nf, from) = self.sender_numbered(None)?;
                 let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
-                if let Some(nf) = nf {
-                    self.prefetch_conversation(nf, nt);
+                if let Some(fc) = nf.and_then(|n| self.inner.accounts.cell_numbered(n)) {
+                    self.prefetch_conversation(&self.conv_key_of(fc, to));
                 }
                 (nf, from, nt, to.id.clone())
             }

@@ -26,7 +26,7 @@ use crate::journal::Journal;
 use crate::journal::{Recovered, kind, push_frame};
 use crate::key::MsgKey;
 use crate::message::{ARRIVAL_LIMIT, Content, MsgArc, MsgState, StoredMessage};
-use crate::roaming::{Conversation, conv_key};
+use crate::roaming::Conversation;
 
 /// The store at one cut, holding shared records and copies of their state (a recall after the
 /// cut changes the record, not the copy).
@@ -320,7 +320,7 @@ impl Store {
             )));
         }
         let (ca, cb) = (accounts.cell(&a)?, accounts.cell(&b)?);
-        let key = conv_key(ca.n, cb.n);
+        let key = self.conv_key_of(ca, cb);
         // Each lock alone: nobody else touches a store being restored.
         let heads = [ca.state.lock().conversations, cb.state.lock().conversations];
         conv.link(heads);
