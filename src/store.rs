@@ -78,11 +78,13 @@ pub(crate) enum Mode {
 }
 
 /// The store numbers of the two parties' cells (`AccountCell::n`), (sender, recipient), as the
-/// request found them by name: a hint that spares `apply` looking the cells up again by
-/// UserId. `apply` uses it only for cells that are live and carry the operation's UserIds, so
-/// a stale hint — an account deleted, say — changes nothing but the lookup taken. Replay and
-/// the callers that have no hint pass `None`.
-pub(crate) type Found = Option<(u32, u32)>;
+/// request found them by name, and their conversation's number if it had one then: a hint
+/// that spares `apply` looking the cells and the conversation up again. `apply` uses it only
+/// for cells that are live and carry the operation's UserIds, so a stale hint — an account
+/// deleted, say — changes nothing but the lookup taken; a conversation, once filed under two
+/// cells' numbers, stays theirs (the table only grows), and one made since is looked for
+/// again. Replay and the callers that have no hint pass `None`.
+pub(crate) type Found = Option<(u32, u32, Option<u32>)>;
 
 /// What applying an op produced, for the caller that asked for it.
 pub(crate) enum Applied {
@@ -477,7 +479,7 @@ impl Store {
     /// are loaded at once, then both cells and the slot of their conversation (every caller
     /// goes on to it), so that a request in a large store waits for two misses to memory
     /// where one name after the other would wait for four or five.
-    fn pair(&self, acting: &str, other: &str) -> Result<(Numbered<'_>, Numbered<'_>)> {
+    fn pair(&self, acting: &str, other: &str) -> Result<(Numbered<'_>, Numbered<'_>, Option<u32>)> {
         let accounts = &self.inner.accounts;
         let (a, b) = (accounts.name_lookup(acting), accounts.name_lookup(other));
         for name in [&a, &b].into_iter().flatten() {
@@ -491,9 +493,10 @@ impl Store {
         });
         let na = a.and_then(|k| accounts.named_number_prefetch(&k));
         let nb = b.and_then(|k| accounts.named_number_prefetch(&k));
+        let mut conv = None;
         if let (Some(x), Some(y), Some(place)) = (na, nb, place) {
             // The conversation itself (its slot is in by now): its miss overlaps the cells'.
-            self.prefetch_conversation(&[conv_key(x, y), place]);
+            conv = self.prefetch_conversation(&[conv_key(x, y), place]);
         }
         let live = |n: Option<u32>, name: &str, role: Role| {
             n.and_then(|n| Some((n, accounts.cell_numbered(n).filter(|c| c.is_live())?)))
@@ -502,6 +505,7 @@ impl Store {
         Ok((
             live(na, acting, Role::Acting)?,
             live(nb, other, Role::Other)?,
+            conv,
         ))
     }
 
@@ -534,11 +538,26 @@ impl Store {
         self.inner.conversation_list.get(n)
     }
 
-    /// Starts loading the conversation filed under `key`, if there is one (its slot is read).
-    fn prefetch_conversation(&self, key: &[u64; 2]) {
-        if let Some(n) = self.inner.conversations.get(key) {
-            self.inner.conversation_list.prefetch(n);
+    /// The conversation of cells `x` and `y`: `hint`, the number a lookup of the same two
+    /// cells found (`Found`), else looked up.
+    fn conversation_hinted(
+        &self,
+        x: &AccountCell,
+        y: &AccountCell,
+        hint: Option<u32>,
+    ) -> Option<&Mutex<Conversation>> {
+        match hint {
+            Some(n) => self.inner.conversation_list.get(n),
+            None => self.conversation_of(x, y),
         }
+    }
+
+    /// The number of the conversation filed under `key`, if there is one (its slot is read),
+    /// and starts loading the conversation.
+    fn prefetch_conversation(&self, key: &[u64; 2]) -> Option<u32> {
+        let n = self.inner.conversations.get(key)?;
+        self.inner.conversation_list.prefetch(n);
+        Some(n)
     }
 
     /// The conversation of two accounts, made if they have none. The caller holds both

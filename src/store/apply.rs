@@ -288,21 +288,22 @@ impl Store {
                 .cell_numbered(n)
                 .filter(|c| c.id == *id && c.is_live())
         };
-        let hinted = found.and_then(|(f, t)| Some((cell(f, from)?, cell(t, to)?)));
-        let ((nf, fc), (nt, tc)) = match hinted {
-            Some((fc, tc)) => ((fc.n, fc), (tc.n, tc)),
+        let hinted = found.and_then(|(f, t, c)| Some((cell(f, from)?, cell(t, to)?, c)));
+        let ((nf, fc), (nt, tc), hint) = match hinted {
+            Some((fc, tc, c)) => ((fc.n, fc), (tc.n, tc), c),
             None => (
                 self.numbered_as(from, Role::Acting)?,
                 self.numbered_as(to, Role::Other)?,
+                None,
             ),
         };
         if nf == nt {
             return Err(missing());
         }
-        // Found before any lock is taken, by the cells' numbers (not the cells): a lock is a
-        // full barrier, and the cache misses of the two accounts and the conversation overlap
-        // only if nothing orders them.
-        let found = self.conversation_of(fc, tc);
+        // Found before any lock is taken (the request's lookup found it already, or by the
+        // cells' numbers and name hashes): a lock is a full barrier, and the cache misses of
+        // the two accounts and the conversation overlap only if nothing orders them.
+        let found = self.conversation_hinted(fc, tc, hint);
         if let Some(conv) = found {
             crate::table::prefetch(conv);
         }

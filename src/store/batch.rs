@@ -87,7 +87,7 @@ impl Store {
                             t.id.clone(),
                             key,
                             by.clone(),
-                            Some((f.n, t.n)),
+                            Some((f.n, t.n, l.conv)),
                         ),
                     // Anything else answers the error `recall` answers, in its precedence.
                     _ => self.recall_deferred(operator, it.from, it.to, it.key),

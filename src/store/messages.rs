@@ -127,18 +127,18 @@ impl Store {
     /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
     pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
-        let (nf, from, nt, to) = match req.from.as_deref() {
+        let (nf, from, nt, to, conv) = match req.from.as_deref() {
             Some(from) => {
-                let ((nf, f), (nt, t)) = self.pair(from, &req.to)?;
-                (Some(nf), f.id.clone(), nt, t.id.clone())
+                let ((nf, f), (nt, t), conv) = self.pair(from, &req.to)?;
+                (Some(nf), f.id.clone(), nt, t.id.clone(), conv)
             }
             None => {
                 let (nf, from) = self.sender_numbered(None)?;
                 let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
-                if let Some(fc) = nf.and_then(|n| self.inner.accounts.cell_numbered(n)) {
-                    self.prefetch_conversation(&self.conv_key_of(fc, to));
-                }
-                (nf, from, nt, to.id.clone())
+                let conv = nf
+                    .and_then(|n| self.inner.accounts.cell_numbered(n))
+                    .and_then(|fc| self.prefetch_conversation(&self.conv_key_of(fc, to)));
+                (nf, from, nt, to.id.clone(), conv)
             }
         };
         let lifetime = check_lifetime(req.lifetime)?;
@@ -161,7 +161,7 @@ impl Store {
             sender_copy: req.sender_copy,
             origin_device,
             origin: self.origin(),
-            found: nf.map(|nf| (nf, nt)),
+            found: nf.map(|nf| (nf, nt, conv)),
         })
     }
 
@@ -329,8 +329,8 @@ impl Store {
     /// does, so that its miss overlaps the cells' own: `apply` looks the conversation up (once)
     /// before it takes a lock.
     fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId, Found)> {
-        let ((nf, from), (nt, to)) = self.pair(from, to)?;
-        Ok((from.id.clone(), to.id.clone(), Some((nf, nt))))
+        let ((nf, from), (nt, to), conv) = self.pair(from, to)?;
+        Ok((from.id.clone(), to.id.clone(), Some((nf, nt, conv))))
     }
 
     pub(super) fn sender(&self, from: Option<&str>) -> Result<UserId> {
@@ -547,8 +547,9 @@ mod tests {
     use crate::hooks::BeforeSend;
     use crate::{Config, HistoryQuery, MsgElement, MsgKey, SendRequest, Store, UserId};
 
-    /// The cells' numbers a request hands `apply` are a hint: wrong ones — another pair's,
-    /// a deleted account's, numbers no cell has — change nothing but the lookup taken.
+    /// The cells' and conversation's numbers a request hands `apply` are a hint: wrong ones —
+    /// another pair's, a deleted account's, numbers no cell has — change nothing but the
+    /// lookup taken.
     #[test]
     fn a_wrong_hint_of_cells_changes_nothing() {
         let store = Store::in_memory(Config::default()).unwrap();
@@ -558,6 +559,21 @@ mod tests {
         let number = |name: &str| store.inner.accounts.by_name_numbered(name).unwrap().0;
         let (nc, nd) = (number("hint-c"), number("hint-d"));
         let id = |name: &str| UserId::new(name).unwrap();
+        // c and d have a conversation: its number is in the wrong hints below.
+        store
+            .send(SendRequest::new(
+                "hint-c",
+                "hint-d",
+                7,
+                vec![MsgElement::text("cd")],
+            ))
+            .unwrap();
+        let cell = |name: &str| store.inner.accounts.by_name_numbered(name).unwrap().1;
+        let ncd = store
+            .inner
+            .conversations
+            .get(&store.conv_key_of(cell("hint-c"), cell("hint-d")));
+        assert!(ncd.is_some());
         let history = |x: &str, y: &str| {
             let page = store.history(&HistoryQuery::new(x, y, 10)).unwrap();
             page.messages
@@ -570,7 +586,7 @@ mod tests {
             let mut req = SendRequest::new("hint-a", "hint-b", 7, vec![MsgElement::text("m")]);
             req.msg_seq = Some(seq);
             let mut prepared = store.prepare_send(req).unwrap();
-            prepared.found = Some((nc, nd));
+            prepared.found = Some((nc, nd, ncd));
             store
                 .finish_send(prepared, BeforeSend::Allow)
                 .unwrap()
@@ -578,9 +594,9 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(history("hint-b", "hint-a").len(), 3);
-        assert!(history("hint-c", "hint-d").is_empty());
+        assert_eq!(history("hint-c", "hint-d").len(), 1);
         assert_eq!(store.unread("hint-b", "hint-a").unwrap(), 3);
-        assert_eq!(store.unread("hint-d", "hint-c").unwrap(), 0);
+        assert_eq!(store.unread("hint-d", "hint-c").unwrap(), 1);
         // Recalls with the wrong pair's cells, and with numbers no cell has.
         let admin = id("administrator");
         let sent = |seq: u32| {
@@ -598,8 +614,8 @@ mod tests {
                 .recall_op(id("hint-a"), id("hint-b"), sent(seq), admin.clone(), found)
                 .and_then(|d| d.wait())
         };
-        recall(1, Some((nc, nd))).unwrap();
-        recall(2, Some((u32::MAX, u32::MAX - 1))).unwrap();
+        recall(1, Some((nc, nd, ncd))).unwrap();
+        recall(2, Some((u32::MAX, u32::MAX - 1, Some(u32::MAX)))).unwrap();
         let mut seen = history("hint-b", "hint-a");
         seen.sort();
         assert_eq!(seen, [(1, true), (2, true), (3, false)]);
@@ -613,16 +629,22 @@ mod tests {
             cloud_custom_data: Some("changed".into()),
             at: store.now(),
         }));
-        store.run_found(&op, Some((nc, nd))).unwrap();
+        store.run_found(&op, Some((nc, nd, ncd))).unwrap();
         let page = store
             .history(&HistoryQuery::new("hint-b", "hint-a", 10))
             .unwrap();
         let modified = page.messages.iter().find(|m| m.message.key.seq() == 3);
         let custom = modified.and_then(|m| m.message.content.as_ref()?.cloud_custom_data());
         assert_eq!(custom, Some("changed"));
-        // A hint naming a deleted account's cell answers as the lookup does: 90003.
+        // A hint naming a deleted account's cell answers as the lookup does: 90003 (their
+        // conversation's number in the hint, right as it is, changes nothing).
         let nb = number("hint-b");
         let na = number("hint-a");
+        let nab = store
+            .inner
+            .conversations
+            .get(&store.conv_key_of(cell("hint-a"), cell("hint-b")));
+        assert!(nab.is_some() && nab != ncd);
         let key = sent(3);
         store.delete_account("hint-b").unwrap();
         let err = store
@@ -631,7 +653,7 @@ mod tests {
                 id("hint-b"),
                 key,
                 admin.clone(),
-                Some((na, nb)),
+                Some((na, nb, nab)),
             )
             .unwrap_err();
         assert_eq!(err.code(), 90003, "{err}");
