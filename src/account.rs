@@ -168,7 +168,7 @@ pub(crate) struct AccountCell {
     /// numbers, which a lookup by name or by UserId learns before the cell itself is loaded.
     pub n: u32,
     /// The hash its name is filed under in its store's table of names; the conversations'
-    /// table files each conversation under a mix of its two accounts' (`Store::conv_key`).
+    /// table files each conversation under a mix of its two accounts' (`Store::conv_key_of`).
     pub name_hash: u64,
     pub state: Mutex<AccountState>,
     /// `state.alive`, readable without the lock: lookups skip accounts that are not live.

@@ -475,10 +475,11 @@ impl Store {
     }
 
     /// The two accounts a request names — the acting one (90008 if it is not live) and its
-    /// peer (90003) — with their cells' numbers, looked up together: both names' table slots
-    /// are loaded at once, then both cells and the slot of their conversation (every caller
-    /// goes on to it), so that a request in a large store waits for two misses to memory
-    /// where one name after the other would wait for four or five.
+    /// peer (90003) — with their cells' numbers, looked up together, and the number of their
+    /// conversation if they have one (every caller goes on to it): both names' table slots
+    /// and the conversation's (`conv_place`) are loaded at once, then both cells and the
+    /// conversation, so that a request in a large store waits for two misses to memory where
+    /// one name after the other, then the conversation, would wait for five or six.
     fn pair(&self, acting: &str, other: &str) -> Result<(Numbered<'_>, Numbered<'_>, Option<u32>)> {
         let accounts = &self.inner.accounts;
         let (a, b) = (accounts.name_lookup(acting), accounts.name_lookup(other));

@@ -158,11 +158,7 @@ impl Store {
                     .and_then(|k| accounts.named_number_prefetch(k))
             };
             if let (Some(f), Some(t)) = (number(&n.0), number(&n.1)) {
-                let key = [conv_key(f, t), n.2];
-                l.conv = self.inner.conversations.get_hashed(&key, n.2);
-                if let Some(c) = l.conv {
-                    self.inner.conversation_list.prefetch(c);
-                }
+                l.conv = self.prefetch_conversation(&[conv_key(f, t), n.2]);
                 (l.from, l.to) = (accounts.cell_numbered(f), accounts.cell_numbered(t));
             }
         }
