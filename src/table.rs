@@ -49,6 +49,22 @@ pub(crate) fn name_key(s: &str) -> Option<[u64; 4]> {
     }))
 }
 
+#[cfg(test)]
+thread_local! {
+    static ONE_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests: runs `f` with every [`prehashed`](Table::prehashed) table it makes filing all its
+/// keys in one place — every key's last word the same — so that only the other words tell
+/// keys apart. The table keeps what it was made with, whichever thread uses it later.
+#[cfg(test)]
+pub(crate) fn with_one_place<R>(f: impl FnOnce() -> R) -> R {
+    ONE_PLACE.set(true);
+    let r = f();
+    ONE_PLACE.set(false);
+    r
+}
+
 /// log2 of the first level's slots.
 const FIRST_LEVEL: u32 = 6;
 /// Levels 64, 128, ... 2^38 slots: more than any `u32` count of keys needs.
@@ -200,6 +216,9 @@ pub(crate) struct Table<const W: usize> {
     hasher: RandomState,
     /// A key's last word is its hash ([`Table::prehashed`]): nothing is hashed here.
     prehashed: bool,
+    /// Tests: [`mix`](Table::mix) files every key in one place ([`with_one_place`]).
+    #[cfg(test)]
+    one_place: bool,
     levels: [OnceLock<Level<W>>; LEVELS],
     /// The level new keys go to.
     current: AtomicUsize,
@@ -217,6 +236,8 @@ impl<const W: usize> Default for Table<W> {
         Table {
             hasher: RandomState::default(),
             prehashed: false,
+            #[cfg(test)]
+            one_place: false,
             levels,
             current: AtomicUsize::new(0),
             old: AtomicUsize::new(0),
@@ -241,6 +262,8 @@ impl<const W: usize> Table<W> {
     pub fn prehashed() -> Self {
         Table {
             prehashed: true,
+            #[cfg(test)]
+            one_place: ONE_PLACE.get(),
             ..Table::default()
         }
     }
@@ -250,6 +273,10 @@ impl<const W: usize> Table<W> {
     /// but a client chooses what they hash (account names), so they are mixed under a seed
     /// the client cannot know.
     pub fn mix(&self, a: u64, b: u64) -> u64 {
+        #[cfg(test)]
+        if self.one_place {
+            return 0x9E37_79B9_7F4A_7C15;
+        }
         let mut h = self.hasher.build_hasher();
         h.write_u64(a);
         h.write_u64(b);

@@ -547,6 +547,86 @@ mod tests {
     use crate::hooks::BeforeSend;
     use crate::{Config, HistoryQuery, MsgElement, MsgKey, SendRequest, Store, UserId};
 
+    /// Every conversation filed in one place (the conversations' table's last key word the
+    /// same for all, `table::with_one_place`): only the accounts' numbers tell conversations
+    /// apart. Messages both ways between every pair of eight accounts, some recalled: each
+    /// conversation's history and unread counts are its own — live, after a replay of the
+    /// journal, and after a restore from a snapshot, where a later send finds its
+    /// conversation rather than making another.
+    #[test]
+    fn conversations_filed_in_one_place_are_still_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..8).map(|i| format!("one-place-{i}")).collect();
+        let open =
+            || crate::table::with_one_place(|| Store::open(dir.path(), Config::default()).unwrap());
+        let store = open();
+        store.import_accounts(&names).unwrap();
+        let send = |store: &Store, x: usize, y: usize, seq: u32| {
+            let mut req = SendRequest::new(&names[x], &names[y], 7, vec![MsgElement::text("m")]);
+            req.msg_seq = Some(seq);
+            store.send(req).unwrap().msg_key
+        };
+        // (sender, recipient, MsgSeq, recalled): one to three messages each way of each pair.
+        let mut sent = Vec::new();
+        for x in 0..8 {
+            for y in (0..8).filter(|&y| y != x) {
+                for _ in 0..=(x + 2 * y) % 3 {
+                    let seq = sent.len() as u32 + 1;
+                    let key = send(&store, x, y, seq);
+                    let recalled = seq.is_multiple_of(5);
+                    if recalled {
+                        store
+                            .recall("administrator", &names[x], &names[y], &key.to_string())
+                            .unwrap();
+                    }
+                    sent.push((x, y, seq, recalled));
+                }
+            }
+        }
+        let check = |store: &Store, sent: &[(usize, usize, u32, bool)]| {
+            assert_eq!(store.inner.conversation_list.len(), 28, "one per pair");
+            for x in 0..8 {
+                for y in (0..8).filter(|&y| y != x) {
+                    let page = store
+                        .history(&HistoryQuery::new(&names[x], &names[y], 100))
+                        .unwrap();
+                    let mut got: Vec<(u32, bool)> = page
+                        .messages
+                        .iter()
+                        .map(|m| (m.message.key.seq(), m.message.is_recalled()))
+                        .collect();
+                    got.sort();
+                    let pair = |&&(a, b, ..): &&(usize, usize, u32, bool)| {
+                        (a, b) == (x, y) || (a, b) == (y, x)
+                    };
+                    let want: Vec<(u32, bool)> = sent
+                        .iter()
+                        .filter(pair)
+                        .map(|&(_, _, s, r)| (s, r))
+                        .collect();
+                    assert_eq!(got, want, "{x} and {y}");
+                    let unread = sent
+                        .iter()
+                        .filter(|&&(a, b, _, r)| (a, b) == (y, x) && !r)
+                        .count();
+                    assert_eq!(store.unread(&names[x], &names[y]).unwrap() as usize, unread);
+                }
+            }
+        };
+        check(&store, &sent);
+        store.close().unwrap();
+        let store = open();
+        check(&store, &sent);
+        store.compact().unwrap();
+        store.close().unwrap();
+        let store = open();
+        check(&store, &sent);
+        let seq = sent.len() as u32 + 1;
+        send(&store, 3, 6, seq);
+        sent.push((3, 6, seq, false));
+        check(&store, &sent);
+    }
+
     /// The cells' and conversation's numbers a request hands `apply` are a hint: wrong ones —
     /// another pair's, a deleted account's, numbers no cell has — change nothing but the
     /// lookup taken.
