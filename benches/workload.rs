@@ -8,7 +8,14 @@
 //! cargo bench --bench workload                        # 10k, 1M and 4M messages
 //! IMSTORE_WORKLOAD_SIZES=10000000 cargo bench --bench workload
 //! IMSTORE_WORKLOAD_ACCOUNTS=10000 cargo bench --bench workload
+//! IMSTORE_WORKLOAD_RUNS=5 cargo bench --bench workload  # five rounds, then medians
 //! ```
+//!
+//! On a shared machine one run's rates move by ±20% from run to run. `IMSTORE_WORKLOAD_RUNS=N`
+//! measures every size N times, in rounds (each round every size once, so a round's rows are
+//! close in time), then prints each column's median per size, and the slowdown from the first
+//! size to the last taken within each round (the ratio of two rows of one round, not of two
+//! medians) with its median.
 //!
 //! Each store size runs in a fresh process, so that resident memory per message is not
 //! flattered by pages an earlier, freed store left in the allocator. A store under 20,000
@@ -121,8 +128,7 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-fn rate(n: u64, d: Duration) -> String {
-    let r = n as f64 / d.as_secs_f64();
+fn rate(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.2} M/s", r / 1e6)
     } else {
@@ -140,7 +146,59 @@ fn repeats(messages: u64) -> u32 {
     if messages < 20_000 { 20 } else { 1 }
 }
 
-fn run(w: &Workload, messages: u64) -> String {
+/// What one size measured: operations a second, and bytes per message.
+struct Rates {
+    send: f64,
+    recall: f64,
+    recall_many: f64,
+    history: f64,
+    sync: f64,
+    rss: f64,
+}
+
+impl Rates {
+    const COLUMNS: usize = 6;
+
+    fn values(&self) -> [f64; Self::COLUMNS] {
+        [
+            self.send,
+            self.recall,
+            self.recall_many,
+            self.history,
+            self.sync,
+            self.rss,
+        ]
+    }
+
+    fn from_values(v: [f64; Self::COLUMNS]) -> Rates {
+        let [send, recall, recall_many, history, sync, rss] = v;
+        Rates {
+            send,
+            recall,
+            recall_many,
+            history,
+            sync,
+            rss,
+        }
+    }
+
+    /// The line a child process hands its parent (`IMSTORE_WORKLOAD_RAW`).
+    fn raw(&self) -> String {
+        let v = self.values().map(|x| x.to_string());
+        format!("raw {}", v.join(" "))
+    }
+
+    fn parse_raw(line: &str) -> Option<Rates> {
+        let mut it = line.strip_prefix("raw ")?.split(' ').map(str::parse::<f64>);
+        let mut v = [0.0; Self::COLUMNS];
+        for x in &mut v {
+            *x = it.next()?.ok()?;
+        }
+        Some(Rates::from_values(v))
+    }
+}
+
+fn run(w: &Workload, messages: u64) -> (String, Rates) {
     // Recalls of random, distinct messages.
     let recalls = messages.min(500_000);
     let stride = (2_654_435_761 % messages.max(2)) | 1;
@@ -237,14 +295,34 @@ fn run(w: &Workload, messages: u64) -> String {
     } else {
         String::new()
     };
-    format!(
+    let per_second = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    let rates = Rates {
+        send: per_second(messages * u64::from(reps), send),
+        recall: per_second(done, recall),
+        recall_many: per_second(done_many, recall_many),
+        history: per_second(pages, history),
+        sync: per_second(events, sync),
+        rss: per_msg,
+    };
+    let row = format!(
         "| {messages}{stores} | {} | {} ({done} recalls) | {} ({done_many}) | {} | {} ({events} events) | {per_msg:.0} B |",
-        rate(messages * u64::from(reps), send),
-        rate(done, recall),
-        rate(done_many, recall_many),
-        rate(pages, history),
-        rate(events, sync),
-    )
+        rate(rates.send),
+        rate(rates.recall),
+        rate(rates.recall_many),
+        rate(rates.history),
+        rate(rates.sync),
+    );
+    (row, rates)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Nanoseconds per dependent load from a 128 MiB buffer in random order (a pointer chase
@@ -283,9 +361,15 @@ fn main() {
             .collect(),
     };
     if let Ok(one) = std::env::var("IMSTORE_WORKLOAD_ONE") {
-        println!("{}", run(&w, one.parse().unwrap()));
+        let (row, rates) = run(&w, one.parse().unwrap());
+        println!("{row}");
+        if std::env::var_os("IMSTORE_WORKLOAD_RAW").is_some() {
+            println!("{}", rates.raw());
+        }
         return;
     }
+    let runs: usize = env("IMSTORE_WORKLOAD_RUNS", "1").parse().unwrap();
+    assert!(runs >= 1, "IMSTORE_WORKLOAD_RUNS must be at least 1");
     println!(
         "{accounts} accounts x {peers} peers, 32-character text messages, one thread, system allocator"
     );
@@ -301,13 +385,77 @@ fn main() {
     // allocator's free lists (resident), and a later store reusing it would seem to cost
     // nothing — an earlier version measured 163 B per message at 4M that way, 250 B alone.
     let exe = std::env::current_exe().unwrap();
-    for n in sizes {
-        let out = std::process::Command::new(&exe)
-            .env("IMSTORE_WORKLOAD_ONE", n.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "the run of {n} messages failed");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+    // measured[round][size]
+    let mut measured: Vec<Vec<Rates>> = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut round = Vec::with_capacity(sizes.len());
+        for &n in &sizes {
+            let out = std::process::Command::new(&exe)
+                .env("IMSTORE_WORKLOAD_ONE", n.to_string())
+                .env("IMSTORE_WORKLOAD_RAW", "1")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "the run of {n} messages failed");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let mut lines = stdout.lines();
+            println!("{}", lines.next().expect("a row"));
+            round.push(
+                lines
+                    .find_map(Rates::parse_raw)
+                    .expect("the child's measurements"),
+            );
+        }
+        measured.push(round);
     }
+    if runs > 1 {
+        summarize(&sizes, &measured);
+    }
+}
+
+/// Medians over the rounds, and the slowdown from the first size to the last within each.
+fn summarize(sizes: &[u64], measured: &[Vec<Rates>]) {
+    let runs = measured.len();
+    println!();
+    println!("Median of {runs} runs:");
+    println!();
+    println!(
+        "| messages | send | recall | recall_many | history page | device sync | RSS per message |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (i, n) in sizes.iter().enumerate() {
+        let m = Rates::from_values(std::array::from_fn(|c| {
+            median(measured.iter().map(|round| round[i].values()[c]).collect())
+        }));
+        println!(
+            "| {n} | {} | {} | {} | {} | {} | {:.0} B |",
+            rate(m.send),
+            rate(m.recall),
+            rate(m.recall_many),
+            rate(m.history),
+            rate(m.sync),
+            m.rss
+        );
+    }
+    if sizes.len() < 2 {
+        return;
+    }
+    let (first, last) = (sizes[0], sizes[sizes.len() - 1]);
+    println!();
+    println!("Slowdown from {first} to {last} messages, each round's own two rows:");
+    let slowdown = |name: &str, pick: fn(&Rates) -> f64| {
+        let ratios: Vec<f64> = measured
+            .iter()
+            .map(|round| pick(&round[0]) / pick(&round[round.len() - 1]))
+            .collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "- {name}: {} (median {:.2}x)",
+            each.join(", "),
+            median(ratios)
+        );
+    };
+    slowdown("send", |r| r.send);
+    slowdown("recall one at a time", |r| r.recall);
+    slowdown("recall_many", |r| r.recall_many);
 }
