@@ -83,7 +83,8 @@ pub(crate) enum Mode {
 /// for cells that are live and carry the operation's UserIds, so a stale hint — an account
 /// deleted, say — changes nothing but the lookup taken; a conversation, once filed under two
 /// cells' numbers, stays theirs (the table only grows), and one made since is looked for
-/// again. Replay and the callers that have no hint pass `None`.
+/// again — except by a send (or import) whose request found none: `conversation_or_new` looks
+/// under the table's writers' lock anyway. Replay and the callers that have no hint pass `None`.
 pub(crate) type Found = Option<(u32, u32, Option<u32>)>;
 
 /// What applying an op produced, for the caller that asked for it.

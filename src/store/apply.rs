@@ -289,12 +289,15 @@ impl Store {
                 .filter(|c| c.id == *id && c.is_live())
         };
         let hinted = found.and_then(|(f, t, c)| Some((cell(f, from)?, cell(t, to)?, c)));
-        let ((nf, fc), (nt, tc), hint) = match hinted {
-            Some((fc, tc, c)) => ((fc.n, fc), (tc.n, tc), c),
+        // `searched`: the request looked for these two cells' conversation (`hint` is what it
+        // found, perhaps none).
+        let ((nf, fc), (nt, tc), hint, searched) = match hinted {
+            Some((fc, tc, c)) => ((fc.n, fc), (tc.n, tc), c, true),
             None => (
                 self.numbered_as(from, Role::Acting)?,
                 self.numbered_as(to, Role::Other)?,
                 None,
+                false,
             ),
         };
         if nf == nt {
@@ -303,7 +306,13 @@ impl Store {
         // Found before any lock is taken (the request's lookup found it already, or by the
         // cells' numbers and name hashes): a lock is a full barrier, and the cache misses of
         // the two accounts and the conversation overlap only if nothing orders them.
-        let found = self.conversation_hinted(fc, tc, hint);
+        let found = if searched && hint.is_none() && create {
+            // The request found none: not looked for again, since `conversation_or_new`
+            // looks under the table's writers' lock anyway (one made since is found there).
+            None
+        } else {
+            self.conversation_hinted(fc, tc, hint)
+        };
         if let Some(conv) = found {
             crate::table::prefetch(conv);
         }

@@ -627,6 +627,55 @@ mod tests {
         check(&store, &sent);
     }
 
+    /// A send whose request found no conversation for its two (right) cells is not looked
+    /// up again before `conversation_or_new`: when the pair has one all the same (made since
+    /// the request looked), the send goes into it — no second conversation, one history.
+    #[test]
+    fn a_send_told_there_is_no_conversation_finds_the_one_there_is() {
+        let store = Store::in_memory(Config::default()).unwrap();
+        store.import_accounts(&["none-a", "none-b"]).unwrap();
+        let number = |name: &str| store.inner.accounts.by_name_numbered(name).unwrap().0;
+        let (na, nb) = (number("none-a"), number("none-b"));
+        let time = store.now() as u32;
+        for seq in 1..=3 {
+            let mut req = SendRequest::new("none-a", "none-b", 7, vec![MsgElement::text("m")]);
+            req.msg_seq = Some(seq);
+            req.msg_time = Some(time);
+            let mut prepared = store.prepare_send(req).unwrap();
+            // What a request that looked before the first send made the conversation saw.
+            prepared.found = Some((na, nb, None));
+            store
+                .finish_send(prepared, BeforeSend::Allow)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        assert_eq!(store.inner.conversation_list.len(), 1);
+        let page = store
+            .history(&HistoryQuery::new("none-b", "none-a", 10))
+            .unwrap();
+        let mut seqs: Vec<u32> = page.messages.iter().map(|m| m.message.key.seq()).collect();
+        seqs.sort();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(store.unread("none-b", "none-a").unwrap(), 3);
+        // A duplicate (same MsgKey) told the same is still found a duplicate in it.
+        let mut req = SendRequest::new("none-a", "none-b", 7, vec![MsgElement::text("m")]);
+        req.msg_seq = Some(2);
+        req.msg_time = Some(time);
+        let mut prepared = store.prepare_send(req).unwrap();
+        prepared.found = Some((na, nb, None));
+        store
+            .finish_send(prepared, BeforeSend::Allow)
+            .unwrap()
+            .wait()
+            .unwrap();
+        let page = store
+            .history(&HistoryQuery::new("none-b", "none-a", 10))
+            .unwrap();
+        assert_eq!(page.messages.len(), 3, "a duplicate adds nothing");
+        assert_eq!(store.unread("none-b", "none-a").unwrap(), 3);
+    }
+
     /// The cells' and conversation's numbers a request hands `apply` are a hint: wrong ones —
     /// another pair's, a deleted account's, numbers no cell has — change nothing but the
     /// lookup taken.
