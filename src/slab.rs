@@ -24,7 +24,8 @@
 //! Lock order: a shard holding its own lock only tries another's (`try_lock`, never waits), so
 //! two shards taking from each other cannot deadlock; nothing else is locked under a shard's
 //! lock. Mapping a chunk (a system call, and a push on the shard's list of chunks) is done
-//! under it: once per 29,000 records.
+//! under it: once per 29,000 records; so is mapping the next one ahead, once a shard has two
+//! (`SPARE_FROM`), and starting the thread that faults it in (`pages::populate_soon`).
 
 use std::cell::Cell;
 use std::ptr::NonNull;
@@ -60,7 +61,16 @@ struct Free {
     end: *mut u8,
     /// Every chunk of this shard (unmapped only when the slab is dropped: a test's slab).
     chunks: Vec<Mapping>,
+    /// The next chunk, mapped ahead and faulted in by another thread (`pages::populate_soon`)
+    /// once this shard holds [`SPARE_FROM`] chunks.
+    spare: Option<Mapping>,
 }
+
+/// A shard that has mapped this many chunks maps its next one ahead: a growing store's new
+/// chunks are then faulted in — a huge page zeroed, most of what growing costs — off the
+/// thread that sends, for one chunk (2 MiB) more resident a shard that grows, while a store
+/// that fits in one chunk maps no more than before.
+const SPARE_FROM: usize = 2;
 
 // SAFETY: the pointers are into this shard's own chunks, reached only under the shard's lock.
 unsafe impl Send for Free {}
@@ -79,6 +89,7 @@ impl Slab {
                     next: std::ptr::null_mut(),
                     end: std::ptr::null_mut(),
                     chunks: Vec::new(),
+                    spare: None,
                 }))
             }; SHARDS],
         }
@@ -110,7 +121,7 @@ impl Slab {
             return p;
         }
         if f.next == f.end {
-            let chunk = Mapping::new(HUGE);
+            let chunk = f.spare.take().unwrap_or_else(|| Mapping::new(HUGE));
             let base = chunk.as_ptr();
             // SAFETY: the header lies inside the fresh chunk, which is aligned to HUGE.
             unsafe { base.cast::<usize>().write(shard) };
@@ -118,6 +129,11 @@ impl Slab {
             // SAFETY: both offsets are within the chunk (`new` checked a slot fits).
             (f.next, f.end) = unsafe { (base.add(HEADER), base.add(HEADER + slots * self.size)) };
             f.chunks.push(chunk);
+            if f.chunks.len() >= SPARE_FROM {
+                let spare = Mapping::new(HUGE);
+                crate::pages::populate_soon(&spare);
+                f.spare = Some(spare);
+            }
         }
         let p = f.next;
         // SAFETY: `next` is below `end`, and `end` is a whole number of slots past it.

@@ -132,6 +132,12 @@ impl<const W: usize> Level<W> {
     fn new(log2: u32) -> Self {
         let len = 1usize << log2;
         let map = Mapping::new(Self::bytes(len));
+        if Self::bytes(len) >= crate::pages::HUGE {
+            // The copy and the inserts after a growth write slots all over the new level, so
+            // every page of it is written soon: faulted in by another thread meanwhile, the
+            // zeroing of its huge pages is not done by the writers that first touch them.
+            crate::pages::populate_soon(&map);
+        }
         Level {
             ptr: std::ptr::NonNull::new(map.as_ptr().cast()).expect("a mapping is non-null"),
             len,

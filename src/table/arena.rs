@@ -131,6 +131,9 @@ impl<T> Arena<T> {
                     maps.push(Mapping::new(bytes * REGION_CHUNKS));
                 }
                 let region = maps.last().expect("a region is mapped at its first chunk");
+                // The region's next chunk, faulted in by another thread while this one fills
+                // (`pages::populate_soon`): its huge pages are not zeroed by a pusher.
+                crate::pages::populate_range_soon(region, (nth + 1) * bytes, bytes);
                 // SAFETY: chunk `nth` of its region lies inside it (the region holds
                 // REGION_CHUNKS of them), aligned as the mapping is (a page, at least).
                 unsafe { region.as_ptr().add(nth * bytes).cast() }
