@@ -122,6 +122,11 @@
 //!   `prctl(PR_SET_THP_DISABLE, 1)` (or the system sets transparent huge pages to `never`).
 //!   Slab slots are reused, never given back to the system: after a peak, its memory stays
 //!   mapped for the next ones.
+//! - As a store grows, the memory it is about to fill (a slab's next chunk, an arena's next
+//!   chunk, a table's new level) is faulted in ahead by short-lived threads of the engine's
+//!   (`MADV_POPULATE_WRITE`, at most four at once), so that the kernel's zeroing of fresh
+//!   pages is not done on the writing thread: the same CPU time on another core, and up to
+//!   one chunk (2 MiB) a growing slab shard resident before it is used.
 
 mod account;
 pub mod api;
