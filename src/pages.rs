@@ -145,21 +145,23 @@ pub(crate) fn populate_soon(map: &Mapping) {
     populate_range_soon(map, 0, map.len);
 }
 
+/// The thread [`populate_range_soon`] started, if it started one (dropped, it runs detached).
+type Populating = Option<std::thread::JoinHandle<()>>;
+
 /// [`populate_soon`] of bytes `offset..offset + len` of `map` (cut to the mapping's end; the
 /// kernel takes the whole pages they lie on).
-pub(crate) fn populate_range_soon(map: &Mapping, offset: usize, len: usize) {
+pub(crate) fn populate_range_soon(map: &Mapping, offset: usize, len: usize) -> Populating {
     #[cfg(all(target_os = "linux", not(miri)))]
     {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static POPULATING: AtomicUsize = AtomicUsize::new(0);
-        if POPULATING.fetch_add(1, Ordering::Relaxed) >= MAX_POPULATING {
-            POPULATING.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
         let end = offset.saturating_add(len).min(map.len);
         if offset >= end {
+            return None;
+        }
+        if POPULATING.fetch_add(1, Ordering::Relaxed) >= MAX_POPULATING {
             POPULATING.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         // Whole pages: the advice takes a page-aligned start.
         let first = offset & !(PAGE - 1);
@@ -194,9 +196,13 @@ pub(crate) fn populate_range_soon(map: &Mapping, offset: usize, len: usize) {
         if spawned.is_err() {
             POPULATING.fetch_sub(1, Ordering::Relaxed);
         }
+        spawned.ok()
     }
     #[cfg(not(all(target_os = "linux", not(miri))))]
-    let _ = (map, offset, len);
+    {
+        let _ = (map, offset, len);
+        None
+    }
 }
 
 impl Drop for Mapping {
@@ -242,31 +248,32 @@ mod tests {
             !resident(m.as_ptr(), 3 * HUGE)[2 * HUGE / PAGE],
             "untouched yet"
         );
-        // Bounded: 10 s for 4 MiB. Asked again every 100 ms: a request is dropped while
-        // MAX_POPULATING others run (other tests' stores, in one test process).
+        // Refused only while MAX_POPULATING others run (other tests' stores, when tests share
+        // a process): asked again until one of those ends, for 10 s at most.
         let start = std::time::Instant::now();
-        let mut tries = 0u32;
-        let last = loop {
-            if tries.is_multiple_of(20) {
-                populate_range_soon(&m, HUGE + 100, HUGE + 200);
+        let thread = loop {
+            if let Some(t) = populate_range_soon(&m, HUGE + 100, HUGE + 200) {
+                break t;
             }
-            tries += 1;
-            let r = resident(m.as_ptr(), 3 * HUGE);
-            let second = r[HUGE / PAGE..2 * HUGE / PAGE].iter().all(|&x| x);
-            if second && r[2 * HUGE / PAGE] || start.elapsed().as_secs() >= 10 {
-                break r;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "no populating thread started"
+            );
+            std::thread::yield_now();
         };
-        assert!(last[HUGE / PAGE..2 * HUGE / PAGE].iter().all(|&x| x));
-        assert!(last[2 * HUGE / PAGE], "the pages the range ends on");
-        assert!(!last[0], "the first huge page was not asked for");
+        thread.join().unwrap();
+        let r = resident(m.as_ptr(), 3 * HUGE);
+        assert!(r[HUGE / PAGE..2 * HUGE / PAGE].iter().all(|&x| x));
+        assert!(r[2 * HUGE / PAGE], "the pages the range ends on");
+        assert!(!r[0], "the first huge page was not asked for");
         assert_eq!(bytes[HUGE + 5], 42);
         let zeros = bytes
             .iter()
             .enumerate()
             .filter(|&(i, b)| i != HUGE + 5 && *b != 0);
         assert_eq!(zeros.count(), 0);
+        // Nothing to populate: no thread.
+        assert!(populate_range_soon(&m, 3 * HUGE, HUGE).is_none());
     }
 
     #[test]

@@ -136,6 +136,10 @@ impl<const W: usize> Level<W> {
             // The copy and the inserts after a growth write slots all over the new level, so
             // every page of it is written soon: faulted in by another thread meanwhile, the
             // zeroing of its huge pages is not done by the writers that first touch them.
+            // (This level is retired only once the next growth's copy ends, after the inserts
+            // that double its keys: its population has long ended by then. Were the thread
+            // held up that long, it would make the retired pages resident again, wasting
+            // memory, never changing a slot.)
             crate::pages::populate_soon(&map);
         }
         Level {

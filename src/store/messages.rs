@@ -627,6 +627,27 @@ mod tests {
         check(&store, &sent);
     }
 
+    /// Sends a text from `from` to `to` with MsgSeq `seq` (and MsgTimeStamp `time`, if given)
+    /// as a request that found `found` would: the hint `apply` is handed.
+    fn send_hinted(
+        store: &Store,
+        (from, to): (&str, &str),
+        seq: u32,
+        time: Option<u32>,
+        found: crate::store::Found,
+    ) {
+        let mut req = SendRequest::new(from, to, 7, vec![MsgElement::text("m")]);
+        req.msg_seq = Some(seq);
+        req.msg_time = time;
+        let mut prepared = store.prepare_send(req).unwrap();
+        prepared.found = found;
+        store
+            .finish_send(prepared, BeforeSend::Allow)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+
     /// A send whose request found no conversation for its two (right) cells is not looked
     /// up again before `conversation_or_new`: when the pair has one all the same (made since
     /// the request looked), the send goes into it — no second conversation, one history.
@@ -636,19 +657,11 @@ mod tests {
         store.import_accounts(&["none-a", "none-b"]).unwrap();
         let number = |name: &str| store.inner.accounts.by_name_numbered(name).unwrap().0;
         let (na, nb) = (number("none-a"), number("none-b"));
-        let time = store.now() as u32;
+        let time = Some(store.now() as u32);
+        // What a request that looked before the first send made the conversation saw.
+        let none = Some((na, nb, None));
         for seq in 1..=3 {
-            let mut req = SendRequest::new("none-a", "none-b", 7, vec![MsgElement::text("m")]);
-            req.msg_seq = Some(seq);
-            req.msg_time = Some(time);
-            let mut prepared = store.prepare_send(req).unwrap();
-            // What a request that looked before the first send made the conversation saw.
-            prepared.found = Some((na, nb, None));
-            store
-                .finish_send(prepared, BeforeSend::Allow)
-                .unwrap()
-                .wait()
-                .unwrap();
+            send_hinted(&store, ("none-a", "none-b"), seq, time, none);
         }
         assert_eq!(store.inner.conversation_list.len(), 1);
         let page = store
@@ -659,16 +672,7 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(store.unread("none-b", "none-a").unwrap(), 3);
         // A duplicate (same MsgKey) told the same is still found a duplicate in it.
-        let mut req = SendRequest::new("none-a", "none-b", 7, vec![MsgElement::text("m")]);
-        req.msg_seq = Some(2);
-        req.msg_time = Some(time);
-        let mut prepared = store.prepare_send(req).unwrap();
-        prepared.found = Some((na, nb, None));
-        store
-            .finish_send(prepared, BeforeSend::Allow)
-            .unwrap()
-            .wait()
-            .unwrap();
+        send_hinted(&store, ("none-a", "none-b"), 2, time, none);
         let page = store
             .history(&HistoryQuery::new("none-b", "none-a", 10))
             .unwrap();
@@ -712,15 +716,7 @@ mod tests {
         };
         // A send whose request found c and d: it is a's to b all the same.
         for seq in 1..=3 {
-            let mut req = SendRequest::new("hint-a", "hint-b", 7, vec![MsgElement::text("m")]);
-            req.msg_seq = Some(seq);
-            let mut prepared = store.prepare_send(req).unwrap();
-            prepared.found = Some((nc, nd, ncd));
-            store
-                .finish_send(prepared, BeforeSend::Allow)
-                .unwrap()
-                .wait()
-                .unwrap();
+            send_hinted(&store, ("hint-a", "hint-b"), seq, None, Some((nc, nd, ncd)));
         }
         assert_eq!(history("hint-b", "hint-a").len(), 3);
         assert_eq!(history("hint-c", "hint-d").len(), 1);
