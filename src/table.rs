@@ -50,8 +50,8 @@ pub(crate) fn name_key(s: &str) -> Option<[u64; 4]> {
 
 /// Whether the first `len` bytes of `words` (a name, zero-padded) hold a zero byte: a mask of
 /// the zero bytes of all 32, of which the padding's are dropped. On x86-64 two vector compares
-/// and byte masks (SSE2, always there) of the words as they are in registers: ~10 instructions
-/// a name, where `contains` is a byte loop of ~47 for a 9-byte name, a word-at-a-time test 115
+/// and byte masks (SSE2, always there) of the words as they are in registers: ~19 instructions
+/// a name (callgrind), where `contains` is a byte loop of ~47 for a 9-byte name, a word-at-a-time test 115
 /// (the masks a name's last word needs), and a plain loop building the mask ~56 (the compiler
 /// does not see the byte mask in it). The words are not reloaded from the buffer they were
 /// just copied into: a 16-byte load of bytes written by narrower stores waits for them.
