@@ -325,25 +325,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Nanoseconds per dependent load from a 128 MiB buffer in random order (a pointer chase
-/// over one cycle through every slot): what one cache miss to memory costs on this machine,
-/// TLB miss included. A recall of a random message in a large store is a chain of such misses.
-fn memory_latency_ns() -> f64 {
+/// Nanoseconds per load from a 128 MiB buffer in random order (a pointer chase over one cycle
+/// through every slot), with `chains` chases through it interleaved: one chain is what one
+/// cache miss to memory costs on this machine, TLB miss included (a recall of a random
+/// message in a large store is a chain of such misses); 16 say how many misses the core keeps
+/// in flight at once — what overlapping the misses of several operations (`recall_many`'s
+/// waves) can win at best.
+fn memory_latency_ns(next: &[u64], chains: usize) -> f64 {
+    let n = next.len() as u64;
+    let loads = 4_000_000;
+    let mut at: Vec<u64> = (0..chains as u64).map(|c| mix(c ^ 0xC4A1) % n).collect();
+    let t = Instant::now();
+    for _ in 0..loads / chains {
+        for a in at.iter_mut() {
+            *a = next[*a as usize];
+        }
+    }
+    black_box(&at);
+    t.elapsed().as_nanos() as f64 / loads as f64
+}
+
+/// The buffer `memory_latency_ns` chases through: 16 Mi slots, one cycle (Sattolo's shuffle).
+fn one_cycle() -> Vec<u64> {
     let n: usize = 16 << 20;
-    // Sattolo's shuffle: one cycle through all n slots.
     let mut next: Vec<u64> = (0..n as u64).collect();
     for i in (1..n).rev() {
         let j = (mix(i as u64) % i as u64) as usize;
         next.swap(i, j);
     }
-    let steps = 4_000_000;
-    let mut at = 0u64;
-    let t = Instant::now();
-    for _ in 0..steps {
-        at = next[at as usize];
-    }
-    black_box(at);
-    t.elapsed().as_nanos() as f64 / steps as f64
+    next
 }
 
 fn main() {
@@ -373,10 +383,13 @@ fn main() {
     println!(
         "{accounts} accounts x {peers} peers, 32-character text messages, one thread, system allocator"
     );
+    let cycle = one_cycle();
     println!(
-        "memory latency here: {:.0} ns per dependent load (128 MiB, random order)",
-        memory_latency_ns()
+        "memory latency here: {:.0} ns per dependent load (128 MiB, random order); {:.0} ns a load with 16 chains interleaved",
+        memory_latency_ns(&cycle, 1),
+        memory_latency_ns(&cycle, 16)
     );
+    drop(cycle);
     println!(
         "| messages | send | recall (random keys) | recall_many ({BATCH} a call) | history page | device sync | RSS per message |"
     );
