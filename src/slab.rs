@@ -19,7 +19,9 @@
 //! it maps a chunk (a store built and dropped by one thread — a snapshot's scratch store —
 //! leaves its slots for the others), so what is mapped stays near the most records held at
 //! once, plus at most a partly used chunk a shard. Chunks are not given back to the system:
-//! the peak stays mapped, to be reused, as with glibc's own small allocations.
+//! the peak stays mapped, to be reused, as with glibc's own small allocations. Each
+//! allocation starts loading the slot the next one will hand out (`LOADED_AHEAD`), so that an
+//! operation's first write to its new slot does not wait for memory.
 //!
 //! Lock order: a shard holding its own lock only tries another's (`try_lock`, never waits), so
 //! two shards taking from each other cannot deadlock; nothing else is locked under a shard's
@@ -38,6 +40,16 @@ use crate::pages::{HUGE, Mapping};
 /// Shards of a slab: more than the threads that usually send at once on the machines this
 /// runs on, so threads rarely share one; each costs a chunk (2 MiB) once used.
 pub(crate) const SHARDS: usize = 8;
+
+/// How much of the slot the next allocation will hand out each allocation starts loading:
+/// a send writes its record into memory no core has touched lately (or that the populating
+/// thread zeroed, in its own core's cache), and the first locked instruction after that
+/// write — a lock, a reference count — waits until the line is here. Loaded one operation
+/// ahead, it is there (sends 2–5% faster at 1M, in eight runs of eight: blocks of 64 sends
+/// with it and without, alternated in one process). A record whole (72 bytes), the first
+/// two lines of a larger slot (an inbox block, a conversation's buffer: written from the
+/// start). On the free list's path, the next free slot.
+const LOADED_AHEAD: usize = 128;
 
 /// Bytes at the start of every chunk before its first slot: the chunk's shard.
 const HEADER: usize = 64;
@@ -118,6 +130,9 @@ impl Slab {
             // SAFETY: a slot on the free list holds the next one in its first word (`free`
             // wrote it; slots are aligned for a pointer).
             f.list = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+            if !f.list.is_null() {
+                crate::table::prefetch_range(f.list, self.size.min(LOADED_AHEAD));
+            }
             return p;
         }
         if f.next == f.end {
@@ -138,6 +153,8 @@ impl Slab {
         let p = f.next;
         // SAFETY: `next` is below `end`, and `end` is a whole number of slots past it.
         f.next = unsafe { p.add(self.size) };
+        // The slot the next allocation hands out, loaded now (`LOADED_AHEAD`).
+        crate::table::prefetch_range(f.next, self.size.min(LOADED_AHEAD));
         NonNull::new(p).expect("a slot in a mapping is non-null")
     }
 

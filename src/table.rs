@@ -537,10 +537,10 @@ impl<const W: usize> Table<W> {
 /// 16 bytes), so a 72-byte record lies on two lines, and the work reads fields on each — a
 /// line left out is a miss taken later, alone, under a lock.
 pub(crate) fn prefetch<T: ?Sized>(value: &T) {
-    let start = (value as *const T).cast::<u8>();
-    each_line(start as usize, std::mem::size_of_val(value), |line| {
-        prefetch_addr(start.wrapping_add(line.wrapping_sub(start as usize)));
-    });
+    prefetch_range(
+        (value as *const T).cast::<u8>(),
+        std::mem::size_of_val(value),
+    );
 }
 
 /// Calls `f` with the start of every 64-byte cache line that bytes `start..start + len` lie
@@ -552,6 +552,14 @@ fn each_line(start: usize, len: usize, mut f: impl FnMut(usize)) {
         f(line);
         line += 64;
     }
+}
+
+/// Starts loading the `len` bytes at `start` (every line they lie on), which need not be
+/// valid memory (the next slot a slab or an arena will hand out, say: see `Slab::alloc`).
+pub(crate) fn prefetch_range(start: *const u8, len: usize) {
+    each_line(start as usize, len, |line| {
+        prefetch_addr(start.wrapping_add(line.wrapping_sub(start as usize)));
+    });
 }
 
 /// [`prefetch`] of an address, which need not be valid (one past the end of a buffer, say):

@@ -145,6 +145,14 @@ impl<T> Arena<T> {
         // chunk `k`, whose `size` places are mapped for the arena's life.
         unsafe { (*(*chunk.add(i)).0.get()).write(value) };
         self.len.store(n + 1, Ordering::Release);
+        // The next place, loaded for the next push (as `Slab::alloc` loads its next slot: a
+        // new conversation is written into it).
+        if i + 1 < size {
+            crate::table::prefetch_range(
+                chunk.wrapping_add(i + 1).cast(),
+                std::mem::size_of::<T>(),
+            );
+        }
         Ok(n as u32)
     }
 
