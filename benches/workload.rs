@@ -91,20 +91,7 @@ impl Workload {
     }
 }
 
-/// Message `i`'s text, "message " and `i` in 24 digits (32 characters): what
-/// `format!("message {i:024}")` makes, written out by hand — a server's request parser hands
-/// the store a fresh `String` of the text, one allocation and a copy, not a trip through the
-/// formatting machinery, which cost ~7% of a send's samples here (perf, 1M).
-fn text(i: u64) -> String {
-    let mut bytes = *b"message 000000000000000000000000";
-    let (mut n, mut d) = (i, bytes.len());
-    while n > 0 {
-        d -= 1;
-        bytes[d] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    std::str::from_utf8(&bytes).expect("ASCII").to_owned()
-}
+include!("shared/text.rs");
 
 /// `user<n>` (what `names[n]` holds), written into a buffer on the stack.
 struct Name {
@@ -372,9 +359,7 @@ fn one_cycle() -> Vec<u64> {
 }
 
 fn main() {
-    for i in [0, 7, 1_000_000, 123_456_789_012, u64::MAX] {
-        assert_eq!(text(i), format!("message {i:024}"));
-    }
+    check_text();
     let accounts: usize = env("IMSTORE_WORKLOAD_ACCOUNTS", "100000").parse().unwrap();
     let peers: usize = env("IMSTORE_WORKLOAD_PEERS", "20").parse().unwrap();
     let sizes: Vec<u64> = env("IMSTORE_WORKLOAD_SIZES", "10000,1000000,4000000")

@@ -149,19 +149,7 @@ fn key(i: u64) -> MsgKey {
     MsgKey::new(i as u32, RANDOM, TIME)
 }
 
-/// Message `i`'s text (32 characters): `format!("message {i:024}")`, written out by hand as
-/// `benches/workload.rs` does (a server's parser hands over a fresh `String`, not a trip
-/// through the formatting machinery); both engines are handed the same.
-fn text(i: u64) -> String {
-    let mut bytes = *b"message 000000000000000000000000";
-    let (mut n, mut d) = (i, bytes.len());
-    while n > 0 {
-        d -= 1;
-        bytes[d] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    std::str::from_utf8(&bytes).expect("ASCII").to_owned()
-}
+include!("../../shared/text.rs");
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -799,9 +787,7 @@ fn compare(w: &Workload, c: &Comparison, dir: &Path, rowid: bool) -> String {
 }
 
 fn main() {
-    for i in [0, 7, 1_000_000, 123_456_789_012, u64::MAX] {
-        assert_eq!(text(i), format!("message {i:024}"));
-    }
+    check_text();
     let accounts = env_u64("IMSTORE_PEERS_ACCOUNTS", 100_000) as usize;
     assert!(accounts >= 2, "IMSTORE_PEERS_ACCOUNTS: at least 2");
     let messages = env_u64("IMSTORE_PEERS_MESSAGES", 200_000);
