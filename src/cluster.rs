@@ -31,7 +31,6 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use futures_util::StreamExt;
 
 use crate::config::Config;
-use crate::error::Error;
 use crate::journal::{Journal, OpenError, Recovered, RecoveryReport, kind, parse_record};
 use crate::store::Store;
 
@@ -109,8 +108,6 @@ pub enum ClusterError {
     },
     /// The shard's stream could not be replayed into a store.
     Open(OpenError),
-    /// Another node appended to the shard while it was being opened, again and again.
-    Contended(u32),
 }
 
 impl fmt::Display for ClusterError {
@@ -127,9 +124,6 @@ impl fmt::Display for ClusterError {
                 "shard {shard} is owned by node {node} (lease expires within {expires_in:?})"
             ),
             ClusterError::Open(e) => write!(f, "opening a shard: {e}"),
-            ClusterError::Contended(n) => {
-                write!(f, "shard {n}: another owner kept appending while opening")
-            }
         }
     }
 }
@@ -587,13 +581,12 @@ impl Cluster {
                 max_epoch = epoch;
             }
             // Catch up with the stream first, so that what is left to replay once the marker
-            // has fenced earlier owners out is short; then the marker, at the sequence after
-            // the stream's last. Another record there first (an earlier owner still appending)
-            // means only a new look at the stream's end and another try — not a replay in
-            // between, which would give a busy earlier owner time to append again, round after
-            // round, until `publish_retry` ran out. What came after the catch-up is replayed
-            // once the marker is in: the stream cannot grow before it then.
-            let deadline = Instant::now() + cfg.publish_retry;
+            // has fenced earlier owners out is short; then the marker, appended wherever the
+            // stream ends by then (no expected sequence: an earlier owner still appending
+            // cannot make it lose a race, round after round); then what came before it. The
+            // stream before the marker cannot change any more: an earlier owner's next
+            // append expects a sequence the marker took and is refused (or lands after the
+            // marker as a zombie, which every replay skips and its owner never acknowledges).
             let stream_last = |applied: u64| {
                 let js = self.inner.js.clone();
                 let retry = cfg.publish_retry;
@@ -613,36 +606,34 @@ impl Cluster {
                 }
                 Ok(last)
             };
-            let mut last = stream_last(applied)?;
+            let last = stream_last(applied)?;
             if last > applied {
                 applied = self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
             }
-            loop {
-                if let Some(why) = renewer.lost() {
-                    return Err(open_nats(format!("lost the lease while opening: {why}")));
-                }
-                let marker = marker(&cfg.node_id, held.epoch);
-                let t = target.clone();
-                let seq = last + 1;
-                match self.block(async move { journal::reconcile(&t, seq, seq, &marker).await }) {
-                    journal::Outcome::Stored => break,
-                    journal::Outcome::Taken(_) | journal::Outcome::Zombie
-                        if Instant::now() < deadline =>
-                    {
-                        last = stream_last(applied)?;
-                    }
-                    journal::Outcome::Taken(_) | journal::Outcome::Zombie => {
-                        return Err(OpenError::Config(Error::Internal(
-                            ClusterError::Contended(n).to_string(),
-                        )));
-                    }
-                    journal::Outcome::Failed(why) => return Err(open_nats(why)),
-                }
+            if let Some(why) = renewer.lost() {
+                return Err(open_nats(format!("lost the lease while opening: {why}")));
             }
-            if last > applied {
-                applied = self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
+            let (t, marker) = (target.clone(), marker(&cfg.node_id, held.epoch));
+            let at = self
+                .block(async move { journal::append_anywhere(&t, &t.marker_id(), &marker).await })
+                .map_err(open_nats)?;
+            if at <= applied {
+                return Err(open_nats(format!(
+                    "the ownership marker got sequence {at}, within what was replayed (to {applied})"
+                )));
             }
-            let sh = journal::Shared::new(n, applied + 1);
+            if at - 1 > applied {
+                self.replay(n, applied, at - 1, recover, &mut report, &mut max_epoch)?;
+            }
+            // The lease makes epochs exclusive: a later owner's record before the marker
+            // means this node lost the shard while opening.
+            if max_epoch > held.epoch {
+                return Err(open_nats(format!(
+                    "an owner of epoch {max_epoch} appended before this node's marker (epoch {})",
+                    held.epoch
+                )));
+            }
+            let sh = journal::Shared::new(n, at);
             shared = Some(sh.clone());
             self.inner
                 .handle

@@ -309,6 +309,44 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The Msg-Id of this owner's ownership marker: `node.epoch.owner` (no record's position).
+    pub fn marker_id(&self) -> String {
+        format!("{}owner", self.msg_id_prefix)
+    }
+}
+
+/// Appends `frame` wherever the stream ends — no expected sequence — as Msg-Id `id`, until
+/// JetStream acknowledges it, or `retry_for` has passed; returns the sequence it got. A retry
+/// of an append that was stored but whose acknowledgement was lost is answered as a duplicate
+/// of the first (the stream's duplicate window, 2 min, outlasts `retry_for`), with the first
+/// one's sequence: the record is in the stream once, wherever it first landed.
+pub(crate) async fn append_anywhere(t: &Target, id: &str, frame: &Bytes) -> Result<u64, String> {
+    let deadline = Instant::now() + t.retry_for;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let message = PublishMessage::build()
+            .payload(frame.clone())
+            .message_id(id);
+        let sent = match t.js.send_publish(t.subject.clone(), message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let error = match sent {
+            Ok(ack) => return Ok(ack.sequence),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no acknowledgement for {id} within {:?}: {error}",
+                t.retry_for
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
 /// What became of a record that [`reconcile`] saw through.
 pub(crate) enum Outcome {
     /// The stream holds it at its sequence.
