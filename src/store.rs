@@ -57,6 +57,7 @@ mod commit;
 mod devices;
 mod history;
 mod messages;
+mod outbox;
 #[cfg(feature = "cluster")]
 mod shard;
 mod snapshot;

@@ -1,6 +1,6 @@
 //! Message operations from the caller's side: send (in two halves around the before-send
-//! decision), batch send, import, recall by an administrator or by the sender's client,
-//! modify, and the outbox of after-callbacks.
+//! decision), batch send, import, recall by an administrator or by the sender's client, and
+//! modify. (The outbox of after-callbacks they queue: `outbox.rs`.)
 //!
 //! The before-send decision point is one: [`Store::prepare_send`] validates and keys a
 //! message, something decides a [`BeforeSend`] — the store's own `Hooks` (in [`Store::send`])
@@ -13,15 +13,15 @@ use std::sync::Arc;
 
 use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
 use crate::account::UserId;
-use crate::callback::{Origin, OutboxEntry};
-use crate::device::{self, DeviceId, check_device_id};
+use crate::callback::Origin;
+use crate::device::{DeviceId, check_device_id};
 use crate::error::{Error, Result};
 use crate::hooks::{BeforeSend, OutgoingMessage};
 use crate::journal::Journal;
 use crate::key::MsgKey;
 use crate::message::{Content, MsgElement, RecallNotice, SendReceipt, SendRequest, SenderCopy};
 use crate::op::{ModifyOp, Op, SendKind, SendOp};
-use crate::store::{BatchReceipt, BatchSendRequest, Mode};
+use crate::store::{BatchReceipt, BatchSendRequest};
 
 thread_local! {
     /// Inside `Store::with_origin`: (the store, where its operations come from).
@@ -489,56 +489,6 @@ impl Store {
             at: self.now(),
         }));
         self.run_found(&op, found).map(|_| ())
-    }
-
-    // ----- the outbox -----
-
-    /// The after-callbacks after `after` (at most `max`), in operation order, once their
-    /// operations are durable (R6; inside [`Store::deferring`] the ticket says when).
-    pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<OutboxEntry>> {
-        let (entries, ticket) = {
-            let outbox = self.inner.outbox.lock();
-            let start = outbox.entries.partition_point(|(id, _, _)| *id <= after);
-            let entries: Vec<_> = outbox
-                .entries
-                .range(start..)
-                .take(max)
-                .map(|(id, origin, queued)| OutboxEntry {
-                    id: *id,
-                    origin: origin.clone(),
-                    event: queued.event(),
-                })
-                .collect();
-            (entries, outbox.ticket)
-        };
-        self.durable(ticket)?;
-        Ok(entries)
-    }
-
-    /// Completes once there are after-callbacks after `after` (or at once if there are).
-    pub async fn outbox_wait(&self, after: u64) {
-        loop {
-            let signal = {
-                let outbox = self.inner.outbox.lock();
-                if outbox.next_id > after + 1 {
-                    return;
-                }
-                outbox.signal.clone()
-            };
-            device::wait_signal(&signal).await;
-        }
-    }
-
-    /// The callbacks up to `upto` were delivered: they leave the outbox. Journaled without
-    /// waiting: one not on disk at a crash is delivered again (at least once).
-    pub fn outbox_ack(&self, upto: u64) -> Result<()> {
-        self.apply(&Op::OutboxAck { upto }, Mode::Live).map(|_| ())
-    }
-
-    /// Callbacks in the outbox now, and callbacks dropped because it was full.
-    pub fn outbox_len(&self) -> (usize, u64) {
-        let outbox = self.inner.outbox.lock();
-        (outbox.entries.len(), outbox.dropped)
     }
 }
 
