@@ -158,8 +158,9 @@ pub(crate) struct AccountState {
 ///
 /// Lock order (the whole crate): a subscription's buffer → account locks, two at once in
 /// ascending interned-number order (`UserId::num`, as `lock_pair` does — not the names'
-/// order, which `UserId`'s `Ord` follows) → the conversation lock → a message's state lock →
-/// a device signal → the journal. The lookup tables' writer locks (`table.rs`) are leaves:
+/// order, which `UserId`'s `Ord` follows) → the conversation lock → the outbox (taken before
+/// the journal by an operation that queues a callback: `Store::record_queueing`) → a
+/// message's state lock → a device signal → the journal. The lookup tables' writer locks (`table.rs`) are leaves:
 /// a conversation is made while its accounts are locked.
 /// No lock is held while a hook runs or while waiting for the disk.
 pub(crate) struct AccountCell {

@@ -214,7 +214,8 @@ impl Outbox {
 
     /// Queues a callback (or counts it dropped when the outbox is full).
     pub fn push(&mut self, origin: &Origin, queued: Queued, ticket: u64) {
-        self.ticket = ticket;
+        // Pushed in journal order (`Store::record_queueing`): never moves back.
+        self.ticket = self.ticket.max(ticket);
         if self.entries.len() >= self.max {
             self.dropped += 1;
             return;
@@ -227,7 +228,7 @@ impl Outbox {
 
     /// Removes the entries up to `upto`.
     pub fn ack(&mut self, upto: u64, ticket: u64) -> usize {
-        self.ticket = ticket;
+        self.ticket = self.ticket.max(ticket);
         let before = self.entries.len();
         while self.entries.front().is_some_and(|(id, _, _)| *id <= upto) {
             self.entries.pop_front();

@@ -152,6 +152,59 @@ fn the_outbox_survives_reopen_and_snapshots_with_its_numbers() {
     );
 }
 
+/// Operations of different accounts at once, each queueing a callback: the outbox numbers
+/// them in journal order — the order a replay numbers them in — so that a journaled
+/// acknowledgement names the same callbacks live and after a crash. (Numbered as their
+/// threads happened to reach the outbox, a replay swapped some: an acknowledgement would then
+/// remove a callback never delivered.)
+#[test]
+fn callbacks_of_concurrent_operations_are_numbered_as_a_replay_numbers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::open(
+            dir.path(),
+            Config::default().with_sync(imstore::SyncPolicy::None),
+        )
+        .unwrap()
+    };
+    let keyed = |store: &Store| -> Vec<(u64, String)> {
+        store
+            .outbox_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.event {
+                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
+                other => panic!("only sends here: {other:?}"),
+            })
+            .collect()
+    };
+    let store = open();
+    const THREADS: u32 = 4;
+    const SENDS: u32 = 3_000;
+    let names: Vec<String> = (0..2 * THREADS).map(|i| format!("u{i}")).collect();
+    store.import_accounts(&names).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (store, names) = (&store, &names);
+            s.spawn(move || {
+                let (from, to) = (&names[2 * t as usize], &names[2 * t as usize + 1]);
+                store.with_origin(Some(ios()), || {
+                    for i in 0..SENDS {
+                        send_text(store, from, to, t * SENDS + i, "m");
+                    }
+                });
+            });
+        }
+    });
+    let live = keyed(&store);
+    assert_eq!(live.len(), (THREADS * SENDS) as usize);
+    assert!(live.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    drop(store);
+    let replayed = keyed(&open());
+    let swapped = live.iter().zip(&replayed).filter(|(a, b)| a != b).count();
+    assert_eq!(swapped, 0, "callbacks numbered otherwise by the replay");
+}
+
 fn import(
     from: &str,
     to: &str,

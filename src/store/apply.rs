@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use parking_lot::MutexGuard;
+
 use super::{Applied, Found, Mode, Role, Store, no_device};
 use crate::account::{AccountState, UserId, lock_pair};
-use crate::callback::{Origin, Queued};
+use crate::callback::{Origin, Outbox, Queued};
 use crate::device::{DeviceId, DeviceSlot, Live, Signal};
 use crate::error::{Error, Result};
 use crate::inbox::{Entry, Inbox, ONLINE_GRACE_SECS};
@@ -47,9 +49,11 @@ impl Store {
                 origin,
             } => self.apply_set_read(op, reader, peer, *at, origin.as_ref(), mode),
             Op::OutboxAck { upto } => {
-                // Taken alone: the outbox is the last lock in the crate's order.
+                // Journaled under the outbox's lock, as every operation that changes it is
+                // (`record_queueing`).
+                let mut outbox = self.inner.outbox.lock();
                 let ticket = self.record(op, mode)?;
-                Ok(Applied::Purged(self.inner.outbox.lock().ack(*upto, ticket)))
+                Ok(Applied::Purged(outbox.ack(*upto, ticket)))
             }
             Op::Connect {
                 account,
@@ -201,7 +205,7 @@ impl Store {
                         s.from, s.to
                     )));
                 }
-                let ticket = self.record(op, mode)?;
+                let (ticket, mut outbox) = self.record_queueing(op, mode, s.origin.as_ref())?;
                 (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
                 let msg = MsgArc::new(StoredMessage::new(
                     s.from.clone(),
@@ -223,7 +227,7 @@ impl Store {
                         online_only: s.lifetime == 0,
                         unread: total_unread(ts),
                     };
-                    self.inner.outbox.lock().push(origin, queued, ticket);
+                    queue(&mut outbox, origin, queued, ticket);
                 }
                 Ok(Applied::Sent {
                     msg,
@@ -234,6 +238,26 @@ impl Store {
     }
 
     /// The inbox, unread and cache side of a send.
+    /// Journals `op` ([`record`](Store::record)); for an operation that queues an
+    /// after-callback (it has an `origin`), with the outbox's lock taken first and handed back
+    /// held, for [`queue`] to use. So callbacks are numbered, and the outbox's ticket moves, in
+    /// journal order: the order a replay numbers them in, so that a journaled `OutboxAck`
+    /// names the same callbacks live and after a crash; and the ticket only grows, so the
+    /// outbox never shows a callback before its operation is durable (R6). Taken by two
+    /// threads in turn, numbers and tickets could cross (a test saw half of 12,000 callbacks
+    /// of four threads numbered otherwise by the replay). Lock order: the outbox comes after
+    /// the operation's accounts and conversation, the journal's own lock after it.
+    fn record_queueing(
+        &self,
+        op: &Op,
+        mode: Mode,
+        origin: Option<&Origin>,
+    ) -> Result<(u64, Option<MutexGuard<'_, Outbox>>)> {
+        let outbox = origin.map(|_| self.inner.outbox.lock());
+        let ticket = self.record(op, mode)?;
+        Ok((ticket, outbox))
+    }
+
     fn deliver_sent(
         &self,
         fs: &mut AccountState,
@@ -383,7 +407,7 @@ impl Store {
         found: Found,
     ) -> Result<Applied> {
         self.with_live_message(from, to, found, key, at, |fs, ts, c, msg| {
-            let ticket = self.record(op, mode)?;
+            let (ticket, mut outbox) = self.record_queueing(op, mode, origin)?;
             (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
             // The one instant every layer changes: they all share this record.
             msg.recall(by.clone(), at);
@@ -406,8 +430,9 @@ impl Store {
                     unread: total_unread(ts),
                     at,
                 };
-                self.inner.outbox.lock().push(origin, queued, ticket);
+                queue(&mut outbox, origin, queued, ticket);
             }
+            drop(outbox);
             let expires_at = at + self.inner.config.notice_lifetime_secs;
             fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
             // The last holder of this reference: moved, not counted again (each count is a
@@ -449,7 +474,7 @@ impl Store {
             return Err(Role::Acting.missing(reader));
         }
         let mut c = conv.as_ref().map(|c| c.lock());
-        let ticket = self.record(op, mode)?;
+        let (ticket, mut outbox) = self.record_queueing(op, mode, origin)?;
         state.ticket = ticket;
         if let Some(c) = &mut c {
             c.ticket = ticket;
@@ -465,7 +490,7 @@ impl Store {
                 at,
                 unread: total_unread(&state),
             };
-            self.inner.outbox.lock().push(origin, queued, ticket);
+            queue(&mut outbox, origin, queued, ticket);
         }
         Ok(Applied::Done)
     }
@@ -526,6 +551,19 @@ impl Store {
             start: resume.unwrap_or(slot.cursor),
         })
     }
+}
+
+/// Queues an after-callback in the outbox `record_queueing` took with the operation's record.
+fn queue(
+    outbox: &mut Option<MutexGuard<'_, Outbox>>,
+    origin: &Origin,
+    queued: Queued,
+    ticket: u64,
+) {
+    outbox
+        .as_mut()
+        .expect("taken for an operation with an origin")
+        .push(origin, queued, ticket);
 }
 
 /// An account's unread messages over all its conversations (a callback's UnreadMsgNum).
