@@ -10,8 +10,31 @@ use std::sync::atomic::{AtomicU16, Ordering};
 /// One NATS cluster at a time: the machine is small, and leases and elections are timed.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Held while a test runs its NATS cluster: the lock of this process's tests, and a lock on a
+/// file shared by every process, since a runner that starts each test in a process of its own
+/// (`cargo nextest`) would otherwise run two clusters at once — timed leases then lapse under
+/// the load, and two port ranges picked at once can meet (one such run failed a takeover).
+pub struct Serial {
+    _file: std::fs::File,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn serial() -> Serial {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join("imstore-nats-cluster-tests.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // Released when the file closes, also when the process dies.
+    file.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    Serial {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 pub fn script() -> PathBuf {
