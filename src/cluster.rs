@@ -12,11 +12,9 @@
 //!
 //! Opening a shard ([`Cluster::open_shard`]): take its lease (a new epoch), replay the whole
 //! stream (or the newest snapshot and what follows it) through `apply`, skipping stale
-//! owners' zombies, then append an ownership marker expecting the last sequence read —
-//! from then on no earlier owner's append is acknowledged or applied by anyone (its pipelined
-//! records may still land, as zombies) — and start renewing the lease. The
-//! marker is retried (after replaying what else arrived) if an earlier owner was still
-//! appending.
+//! owners' zombies, then append an ownership marker wherever the stream ends — from then on
+//! no earlier owner's append is acknowledged or applied by anyone (its pipelined records may
+//! still land, as zombies) — replay what came before the marker, and renew the lease.
 //!
 //! `imstore-server --cluster` (`server/cluster.rs`) builds on this: nodes that balance the
 //! shards between them, forward calls to owners, and merge devices' streams across shards.
@@ -557,7 +555,7 @@ impl Cluster {
         };
         let renewer = Renewer::start(self, n, held.clone());
 
-        // Replay, then the marker; again if an earlier owner appended in between.
+        // Replay, then the marker, then what came before it.
         let mut shared = None;
         let store = Store::open_with_journal(cfg.store.clone(), |recover| {
             let mut report = RecoveryReport::default();
@@ -614,8 +612,13 @@ impl Cluster {
                 return Err(open_nats(format!("lost the lease while opening: {why}")));
             }
             let (t, marker) = (target.clone(), marker(&cfg.node_id, held.epoch));
+            // A third of the lease's life to spare: renewed every `renew_every`, it keeps
+            // more unless renewals are failing.
+            let current = renewer.current(cfg.lease_ttl / 3);
             let at = self
-                .block(async move { journal::append_anywhere(&t, &t.marker_id(), &marker).await })
+                .block(async move {
+                    journal::append_anywhere(&t, &t.marker_id(), &marker, current).await
+                })
                 .map_err(open_nats)?;
             if at <= applied {
                 return Err(open_nats(format!(

@@ -321,10 +321,22 @@ impl Target {
 /// of an append that was stored but whose acknowledgement was lost is answered as a duplicate
 /// of the first (the stream's duplicate window, 2 min, outlasts `retry_for`), with the first
 /// one's sequence: the record is in the stream once, wherever it first landed.
-pub(crate) async fn append_anywhere(t: &Target, id: &str, frame: &Bytes) -> Result<u64, String> {
+///
+/// `current` is asked before each attempt, and an `Err` from it ends the tries: a record that
+/// lands anywhere must not land once a later owner may be writing (a marker of an earlier
+/// epoch amid a later owner's pipelined records would cost that owner its journal). Only an
+/// attempt already sent when the lease ran out — held up past the margin `current` keeps —
+/// could still land late.
+pub(crate) async fn append_anywhere(
+    t: &Target,
+    id: &str,
+    frame: &Bytes,
+    current: impl Fn() -> Result<(), String>,
+) -> Result<u64, String> {
     let deadline = Instant::now() + t.retry_for;
     let mut backoff = Duration::from_millis(20);
     loop {
+        current()?;
         let message = PublishMessage::build()
             .payload(frame.clone())
             .message_id(id);

@@ -8,8 +8,8 @@
 //! the bucket's `max_age`: the key (and with it the epoch) never disappears, so epochs only
 //! grow, and a lease's holder, deadline and epoch are one atomic value. Clocks decide only
 //! liveness — when a taker may try. Safety does not rest on them: a new owner first appends
-//! an ownership marker with `Nats-Expected-Last-Sequence`, after which no append of an earlier
-//! owner can succeed, whatever its clock says (see `journal.rs`).
+//! an ownership marker, after which no append of an earlier owner (each carries
+//! `Nats-Expected-Last-Sequence`) is acknowledged, whatever its clock says (see `journal.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

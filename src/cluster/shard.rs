@@ -90,6 +90,27 @@ impl Renewer {
         self.state.lost.lock().clone()
     }
 
+    /// `Err` with why once the lease is lost, or will run out by this node's clock within
+    /// `margin`: for work that must not land once another node may hold the lease (a new
+    /// owner's marker). Callable from any thread or task.
+    pub(super) fn current(
+        &self,
+        margin: std::time::Duration,
+    ) -> impl Fn() -> Result<(), String> + Send + 'static {
+        let state = self.state.clone();
+        move || {
+            if let Some(why) = state.lost.lock().clone() {
+                return Err(format!("lost the lease: {why}"));
+            }
+            let expires_ms = state.held.lock().expires_ms;
+            let margin_ms = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX);
+            if lease::now_ms().saturating_add(margin_ms) >= expires_ms {
+                return Err(format!("the lease runs out within {margin:?}"));
+            }
+            Ok(())
+        }
+    }
+
     pub(super) fn stop(&self) {
         self.state.stopped.store(true, Ordering::Release);
         self.state.stop.notify_one();
