@@ -304,6 +304,17 @@ fn a_failed_before_send_refuses_with_80003_when_fail_closed() {
         ..ok()
     });
     assert_eq!(rest_send(&s, 2, "timed out", json!({}))["ErrorCode"], 80003);
+    // An answer that would allow, but longer than 64 KiB, is not read: a failed call.
+    receiver.answer_with(|c: &Call| {
+        if c.command() == "C2C.CallbackBeforeSendMsg" {
+            Answer::ok(json!({
+                "ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "x".repeat(70_000)
+            }))
+        } else {
+            ok()
+        }
+    });
+    assert_eq!(rest_send(&s, 5, "too long", json!({}))["ErrorCode"], 80003);
     assert!(history_texts(&s).is_empty());
     // And ForbidAfterSendMsgCallback sends no after-send.
     receiver.answer_with(|_: &Call| ok());

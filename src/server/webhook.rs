@@ -43,6 +43,9 @@ pub struct WebhookConfig {
 const BATCH: usize = 64;
 /// The longest wait between two tries of one after-callback.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The largest answer read from the app (Tencent's answers are a few fields of JSON); a
+/// longer one is a failed call, read no further.
+const MAX_ANSWER: usize = 64 << 10;
 
 /// The webhook client of one server.
 pub struct Webhooks {
@@ -86,7 +89,7 @@ impl Webhooks {
             '?'
         };
         let url = format!("{}{sep}{query}", self.config.url);
-        let resp = self
+        let mut resp = self
             .http
             .post(url)
             .header("Content-Type", "application/json")
@@ -95,8 +98,14 @@ impl Webhooks {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-        Ok((status, bytes.to_vec()))
+        let mut answer = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Err(format!("an answer longer than {MAX_ANSWER} bytes"));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok((status, answer))
     }
 
     /// The before-send decision for a pending send: the app's answer, or — when the call fails
