@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// How often a WebSocket client is pinged; one silent for three intervals is dropped
     /// (default 30 s, so 90 s).
     pub ws_ping: Duration,
+    /// How long data sent to a client may go unread — unacknowledged, or held behind its
+    /// zero window — before the kernel ends its connection (`TCP_USER_TIMEOUT`, Linux; default
+    /// 90 s, as long as a WebSocket client may be silent). Bounds what a client that stops
+    /// reading holds, above all over SSE, which has no ping.
+    pub unread_timeout: Duration,
     /// Tencent's C2C webhooks, when a callback URL is given.
     pub webhooks: Option<WebhookConfig>,
     /// How long a client may recall its own message (`Config::client_recall_window_secs`).
@@ -118,6 +123,7 @@ impl ServerConfig {
             purge_interval: Duration::from_secs(60),
             journal_prealloc: crate::journal::DEFAULT_PREALLOC,
             ws_ping: Duration::from_secs(30),
+            unread_timeout: conn::UNREAD_TIMEOUT,
             webhooks: None,
             client_recall_window_secs: 120,
             drain: Duration::from_millis(500),
@@ -266,6 +272,7 @@ impl Starting {
             register.clone(),
             stopped,
             tasks,
+            conn::UNREAD_TIMEOUT,
         ));
         Ok((listener, addr, register, Starting { stop, task }))
     }
@@ -468,6 +475,7 @@ pub async fn run_until(
         register,
         stop_rx,
         tasks,
+        config.unread_timeout,
     ));
     shutdown.await;
     let drain = config.drain.min(Duration::from_secs(2));

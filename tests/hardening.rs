@@ -207,6 +207,73 @@ fn sigterm_exits_while_a_client_reads_nothing() {
     eprintln!("SIGTERM to exit with stuck clients: {took:?}");
 }
 
+/// The server's count of devices connected over SSE (`/metrics`).
+fn sse_devices(s: &Server) -> f64 {
+    let text = ureq::get(format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("imstore_devices_connected{transport=\"sse\"} "))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// An SSE device that stops reading — it has no ping to fail — holds its connection, device
+/// slot and session only until what the server sent it has gone unread for the unread timeout
+/// (`--unread-timeout-secs`, here 2 s; default 90): then the kernel ends the connection and
+/// the server lets the device go. A device that reads is not touched.
+#[test]
+fn an_sse_device_that_stops_reading_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &["--unread-timeout-secs", "2"]);
+    import(&s);
+    // Asks for the stream and never reads a byte of it.
+    let mut stalled = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        stalled,
+        "GET /v4/imstore/events?{}&device=stalled HTTP/1.1\r\nHost: {}\r\n\r\n",
+        s.query("dramon"),
+        s.addr
+    )
+    .unwrap();
+    let reading = s.events("dramon", "reading", None);
+    let deadline = Instant::now() + WAIT;
+    while sse_devices(&s) < 2.0 {
+        assert!(Instant::now() < deadline, "two SSE devices connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ~8 MB of messages: more than the stalled connection's socket buffers hold.
+    let big = "x".repeat(10_000);
+    for i in 0..800 {
+        let r = s.post("openim/sendmsg", text("vinson", "dramon", i, &big));
+        assert_eq!(r["ErrorCode"], 0, "{r}");
+        assert!(
+            reading.recv_timeout(WAIT).is_ok(),
+            "the reading device gets {i}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sse_devices(&s) > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled device still connected a minute later"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The reading one is still served.
+    let r = s.post(
+        "openim/sendmsg",
+        text("vinson", "dramon", 800, "still here"),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let (_, _, data) = reading.recv_timeout(WAIT).unwrap();
+    assert_eq!(data["MsgBody"][0]["MsgContent"]["Text"], "still here");
+    assert_eq!(sse_devices(&s), 1.0);
+    drop(stalled);
+}
+
 /// A full disk refuses an operation before it takes effect (91000, nothing shown anywhere);
 /// once space is back, writes resume without a restart.
 #[test]

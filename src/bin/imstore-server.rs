@@ -82,6 +82,10 @@ struct Args {
     /// How often WebSocket clients are pinged, in seconds (one silent for three is dropped).
     #[arg(long, default_value_t = 30, hide = true)]
     ws_ping_secs: u64,
+    /// How long data sent to a client may go unread before its connection is dropped, in
+    /// seconds.
+    #[arg(long, default_value_t = 90, hide = true)]
+    unread_timeout_secs: u64,
     /// Disk space the journal reserves ahead of its writes, in bytes.
     #[arg(long, default_value_t = 4 << 20, hide = true)]
     journal_prealloc: u64,
@@ -132,6 +136,7 @@ fn main() -> std::process::ExitCode {
         purge_interval: std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
         journal_prealloc: args.journal_prealloc,
         ws_ping: std::time::Duration::from_secs(args.ws_ping_secs.max(1)),
+        unread_timeout: std::time::Duration::from_secs(args.unread_timeout_secs.max(1)),
         webhooks: args.callback_url.map(|url| imstore::server::WebhookConfig {
             url,
             token: args.callback_token,

@@ -527,6 +527,7 @@ pub(super) async fn run_until(
         register,
         stop_rx,
         tasks,
+        config.unread_timeout,
     ));
     shutdown.await;
     let drain = config.drain.min(Duration::from_secs(2));

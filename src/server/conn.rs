@@ -29,6 +29,11 @@ use tower::ServiceExt;
 /// How long a request's headers (and, in `rest`, its body) may take to arrive.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long data sent to a client may go unread before its connection is dropped, unless
+/// configured otherwise (`ServerConfig::unread_timeout`): as long as a WebSocket client may be
+/// silent (three pings, 90 s).
+pub const UNREAD_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Descriptors kept out of the connection budget: the journal's files, the listener, the
 /// spare, the runtime's own.
 const RESERVED_FDS: usize = 48;
@@ -168,6 +173,7 @@ pub async fn accept_loop(
     register: Arc<Register>,
     mut shutdown: watch::Receiver<bool>,
     tasks: tokio::sync::mpsc::Sender<()>,
+    unread_timeout: Duration,
 ) {
     // A descriptor held in reserve: when the table is full, releasing it lets one pending
     // connection be accepted and told so, instead of waiting in the backlog.
@@ -182,7 +188,7 @@ pub async fn accept_loop(
                 let guard = register.admit();
                 let (router, shutdown, done) = (router.clone(), shutdown.clone(), tasks.clone());
                 tokio::spawn(async move {
-                    serve(socket, peer, router, guard, shutdown).await;
+                    serve(socket, peer, router, guard, shutdown, unread_timeout).await;
                     drop(done);
                 });
             }
@@ -229,8 +235,10 @@ async fn serve(
     router: Router,
     guard: ConnGuard,
     mut shutdown: watch::Receiver<bool>,
+    unread_timeout: Duration,
 ) {
     let _ = socket.set_nodelay(true);
+    set_unread_timeout(&socket, unread_timeout);
     let flags = guard.flags.clone();
     let guard = Arc::new(guard);
     let service = {
@@ -261,6 +269,38 @@ async fn serve(
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
+}
+
+/// Has the kernel end `socket`'s connection once data sent on it has gone unread for
+/// `timeout` — unacknowledged, or held behind the client's zero window (`TCP_USER_TIMEOUT`,
+/// Linux). Why: a client that stops reading (an SSE client above all, which has no ping to
+/// answer) leaves the server's writes pending, and a body hyper cannot write is never polled
+/// again: without this its connection, device slot and session stayed for good. The write
+/// then fails and the connection ends like any other. A client that reads, or a connection
+/// with nothing in flight, is never affected. Elsewhere the option does not exist; WebSocket
+/// writes keep their own deadline (`devices::WRITE_TIMEOUT`).
+fn set_unread_timeout(socket: &TcpStream, timeout: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: a socket this process owns, and an option value of the size the kernel
+        // reads for TCP_USER_TIMEOUT (an unsigned int).
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&raw const ms).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (socket, timeout);
 }
 
 /// The connection a request arrived on, for handlers that take it over (devices).
