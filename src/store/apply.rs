@@ -237,7 +237,6 @@ impl Store {
         )
     }
 
-    /// The inbox, unread and cache side of a send.
     /// Journals `op` ([`record`](Store::record)); for an operation that queues an
     /// after-callback (it has an `origin`), with the outbox's lock taken first and handed back
     /// held, for [`queue`] to use. So callbacks are numbered, and the outbox's ticket moves, in
@@ -258,6 +257,7 @@ impl Store {
         Ok((ticket, outbox))
     }
 
+    /// The inbox, unread and cache side of a send.
     fn deliver_sent(
         &self,
         fs: &mut AccountState,
