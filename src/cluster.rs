@@ -561,7 +561,7 @@ impl Cluster {
             let mut report = RecoveryReport::default();
             // The newest snapshot, then the stream after its cut.
             let mut applied = 0u64;
-            let mut max_epoch = 0u64;
+            let mut owners = journal::Owners::default();
             let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
             if let Some((_, epoch, bytes)) = self
                 .block(async move { latest_snapshot(&snaps, &meta, n).await })
@@ -576,7 +576,7 @@ impl Cluster {
                 })?;
                 report.snapshot_lsn = Some(cut);
                 applied = cut;
-                max_epoch = epoch;
+                owners = journal::Owners::after(epoch);
             }
             // Catch up with the stream first, so that what is left to replay once the marker
             // has fenced earlier owners out is short; then the marker, appended wherever the
@@ -606,7 +606,7 @@ impl Cluster {
             };
             let last = stream_last(applied)?;
             if last > applied {
-                applied = self.replay(n, applied, last, recover, &mut report, &mut max_epoch)?;
+                applied = self.replay(n, applied, last, recover, &mut report, &mut owners)?;
             }
             if let Some(why) = renewer.lost() {
                 return Err(open_nats(format!("lost the lease while opening: {why}")));
@@ -626,14 +626,14 @@ impl Cluster {
                 )));
             }
             if at - 1 > applied {
-                self.replay(n, applied, at - 1, recover, &mut report, &mut max_epoch)?;
+                self.replay(n, applied, at - 1, recover, &mut report, &mut owners)?;
             }
             // The lease makes epochs exclusive: a later owner's record before the marker
             // means this node lost the shard while opening.
-            if max_epoch > held.epoch {
+            if owners.epoch > held.epoch {
                 return Err(open_nats(format!(
-                    "an owner of epoch {max_epoch} appended before this node's marker (epoch {})",
-                    held.epoch
+                    "an owner of epoch {} appended before this node's marker (epoch {})",
+                    owners.epoch, held.epoch
                 )));
             }
             let sh = journal::Shared::new(n, at);
@@ -697,8 +697,11 @@ impl Cluster {
         }
     }
 
-    /// Feeds `recover` the records of shard `n`'s stream after sequence `from` up to `to`
-    /// (inclusive), in order; returns `to`.
+    /// Feeds `recover` the operations of shard `n`'s stream after sequence `from` up to `to`
+    /// (inclusive), in order, but those `owners` says no owner acknowledged (see
+    /// [`journal::Owners`]); returns `to`. Right after a snapshot, where `owners` does not yet
+    /// know the position of its epoch's next record, the record at `from` (the snapshot's
+    /// last, which the purge keeps) is read too, to tell it.
     fn replay(
         &self,
         n: u32,
@@ -706,16 +709,18 @@ impl Cluster {
         to: u64,
         recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
         report: &mut RecoveryReport,
-        max_epoch: &mut u64,
+        owners: &mut journal::Owners,
     ) -> Result<u64, OpenError> {
+        let mut seed = from > 0 && !owners.knows_next();
         let (tx, rx) = mpsc::sync_channel::<Result<Record, String>>(1024);
         let inner = self.inner.clone();
         #[cfg(feature = "fault-injection")]
         let stall_after = self.inner.stall_replay_after.swap(0, Ordering::Relaxed);
         #[cfg(not(feature = "fault-injection"))]
         let stall_after = 0;
+        let start = if seed { from - 1 } else { from };
         self.inner.handle.spawn(async move {
-            if let Err(e) = read_stream(&inner, n, (from, to), stall_after, &tx).await {
+            if let Err(e) = read_stream(&inner, n, (start, to), stall_after, &tx).await {
                 let _ = tx.send(Err(e));
             }
         });
@@ -731,6 +736,15 @@ impl Cluster {
                 offset: seq,
                 reason,
             };
+            // The record at the cut: read only to learn where its epoch is (it was applied, or
+            // is the snapshot's last). A stream without it reads on without.
+            if seed && seq == from {
+                let id = msg_id.unwrap_or_default();
+                let marker = parse_record(&payload).is_ok_and(|(k, _)| k == journal::KIND_OWNER);
+                owners.admit(seq, marker, &id).map_err(replay_err)?;
+                seed = false;
+                continue;
+            }
             // The ordered consumer may hand a message over again (when it recreates its
             // consumer): those were applied already. A gap is an error.
             if seq < expect {
@@ -744,20 +758,15 @@ impl Cluster {
                 offset: seq,
                 reason: r.to_owned(),
             })?;
-            let epoch = msg_id
-                .as_deref()
-                .and_then(journal::epoch_of)
-                .ok_or_else(|| replay_err(format!("no owner's Msg-Id: {msg_id:?}")))?;
-            match k {
-                // A stale owner's zombie (see `cluster/journal.rs`): never acknowledged.
-                kind::OP if epoch < *max_epoch => {}
-                kind::OP => {
-                    recover(Recovered::Op(body)).map_err(replay_err)?;
-                    report.records_replayed += 1;
-                    *max_epoch = epoch;
-                }
-                journal::KIND_OWNER => *max_epoch = (*max_epoch).max(epoch),
+            let marker = match k {
+                kind::OP => false,
+                journal::KIND_OWNER => true,
                 other => return Err(replay_err(format!("unexpected record kind {other}"))),
+            };
+            let msg_id = msg_id.unwrap_or_default();
+            if owners.admit(seq, marker, &msg_id).map_err(replay_err)? {
+                recover(Recovered::Op(body)).map_err(replay_err)?;
+                report.records_replayed += 1;
             }
             expect += 1;
         }

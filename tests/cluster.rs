@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use imstore::cluster::{Cluster, ClusterConfig, ClusterError};
+use imstore::cluster::{Cluster, ClusterConfig, ClusterError, owner_subject, stream_name};
 use imstore::{Config, HistoryQuery, ManualClock, MsgKey, Store};
 
 use common::nats::{Nats, serial};
@@ -289,6 +289,108 @@ fn a_stale_owner_is_fenced_out() {
         .collect();
     expect.extend(from_b);
     assert_eq!(on_c, expect);
+}
+
+/// A stale owner's zombie can take the place of an owner's record k while k+1, pipelined with
+/// the sequence k's place had as its expected last, lands right after it. That owner's
+/// journal then fails at k: neither k nor anything after it was ever acknowledged, and no
+/// replay may apply them. The stream is written here as it would be left: node C took another
+/// shard twice (markers of epochs 1 and 2), and epoch 2's records are A's operations on the
+/// pair (copied from the pair's shard), but for a zombie of epoch 1 where epoch 2's record of
+/// the second message should be — the third lands after it.
+#[test]
+fn nothing_of_an_owner_after_a_gap_in_its_records_is_replayed() {
+    let _one = serial();
+    let nats = Nats::up();
+    let (a, n, shard_a) = owner_of_the_pair(&nats, "A");
+    let keys: Vec<MsgKey> = ["one", "two", "three"]
+        .iter()
+        .zip(1u32..)
+        .map(|(text, i)| send_text(shard_a.store(), "vinson", "dramon", i, text).msg_key)
+        .collect();
+    shard_a.close().unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    let js = async_nats::jetstream::new(a.client());
+    // A's stream: its marker, then its operations, the last three the sends.
+    let records = rt.block_on(async {
+        let stream = js.get_stream(stream_name(n)).await.unwrap();
+        let last = stream.cached_info().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap();
+            out.push((id.as_str().to_owned(), m.payload));
+        }
+        out
+    });
+    assert!(records[0].0.ends_with(".owner"), "{:?}", records[0].0);
+    let ops = &records[1..];
+    assert!(ops.len() >= 3);
+
+    let m = (n + 1) % 4;
+    let c = nats.node("C");
+    for _ in 0..2 {
+        c.open_shard(m).unwrap().close().unwrap();
+    }
+    // Epoch 2's marker is the stream's last record so far; epoch 1's next one would have
+    // followed epoch 1's last.
+    let written = c.writers(m).unwrap();
+    let (marker, _, epoch) = written.last().cloned().unwrap();
+    assert_eq!(epoch, 2, "{written:?}");
+    let stale = written
+        .iter()
+        .filter(|w| w.2 == 1)
+        .map(|w| w.0)
+        .max()
+        .unwrap()
+        + 1;
+    rt.block_on(async {
+        for (i, (_, payload)) in ops.iter().enumerate() {
+            let seq = marker + 1 + i as u64;
+            let (subject, id) = if i == ops.len() - 2 {
+                (owner_subject(m, "C", 1), format!("C.1.{stale}"))
+            } else {
+                (owner_subject(m, "C", 2), format!("C.2.{seq}"))
+            };
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id)
+                .expected_last_sequence(seq - 1);
+            let ack = js.send_publish(subject, message).await.unwrap();
+            assert_eq!(ack.await.unwrap().sequence, seq);
+        }
+    });
+
+    // B replays the shard: epoch 2 up to its gap; the second message was a zombie's place,
+    // and the third, after the gap, was never acknowledged.
+    let b = nats.node("B");
+    let shard_b = b.open_shard(m).unwrap();
+    assert_eq!(shard_b.epoch(), 3);
+    // C's own (what its opens wrote but the two markers), and A's up to the gap.
+    assert_eq!(
+        shard_b.store().recovery_report().records_replayed,
+        (written.len() - 2 + ops.len() - 2) as u64
+    );
+    assert_eq!(
+        history(shard_b.store(), "dramon", "vinson"),
+        [(keys[0], false)]
+    );
+    let four = send_text(shard_b.store(), "dramon", "vinson", 4, "four").msg_key;
+    shard_b.close().unwrap();
+
+    // And so does the owner after B.
+    let shard_d = nats.node("D").open_shard(m).unwrap();
+    let on_d: BTreeSet<MsgKey> = history(shard_d.store(), "dramon", "vinson")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(on_d, BTreeSet::from([keys[0], four]));
+    shard_d.close().unwrap();
 }
 
 /// A replay whose stream consumer stops handing over records (as a pull the server dropped

@@ -12,10 +12,12 @@
 //! against what is applied, newer servers answer 503 while a proposal for the subject is in
 //! flight.) Zombies are made harmless instead: every Msg-Id carries its owner's epoch, which
 //! only grows; replay skips an operation whose epoch is below the highest epoch seen before
-//! it (markers included), the stale owner never acknowledges a zombie (acknowledgements are
-//! taken in order, and the refused record before it fails its journal first), and the new
-//! owner, finding a lower epoch's record where its own should be, steps over it: its records
-//! move one sequence on (tickets are journal positions, `offset` maps them to sequences).
+//! it (markers included), and anything of an epoch after a gap in its records' positions
+//! ([`Owners`]: a zombie took the owner's place k while k+1 landed after it); the stale owner
+//! never acknowledges a zombie (acknowledgements are taken in order, and the refused record
+//! before it fails its journal first); and the new owner, finding a lower epoch's record
+//! where its own should be, steps over it: its records move one sequence on (tickets are
+//! journal positions, `offset` maps them to sequences).
 //!
 //! Appends never wait: they queue the record (under the operation's store locks, as the file
 //! journal's do). One publisher task per shard keeps up to [`WINDOW`] records in flight and
@@ -377,6 +379,94 @@ pub(crate) fn epoch_of(msg_id: &str) -> Option<u64> {
     msg_id.split('.').nth(1)?.parse().ok()
 }
 
+/// The position in a Msg-Id `node.epoch.lsn` (`None` for a marker's `node.epoch.owner`).
+fn lsn_of(msg_id: &str) -> Option<u64> {
+    msg_id.rsplit('.').next()?.parse().ok()
+}
+
+/// What a replay has learned of the stream's owners so far, to tell which records to apply.
+///
+/// - A record of an epoch below the highest seen before it (markers included) is a zombie: a
+///   stale owner's pipelined append, never acknowledged.
+/// - An owner's records carry consecutive positions (`lsn` in their Msg-Ids), the first one
+///   its marker's sequence + 1; zombies stepped over move its records' sequences, never their
+///   positions. A zombie can take the place of the owner's record k while k+1, pipelined with
+///   the sequence k's place had as its expected last, lands right after it. The owner then
+///   fails its journal (k is found neither where it went nor one sequence on), so neither k
+///   nor anything after it was ever acknowledged. A replay therefore takes nothing of an
+///   epoch after a gap in its positions: k+1 applied without k would show what no owner
+///   acknowledged, and apply an operation to a state it was not made for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Owners {
+    /// The highest owner epoch seen.
+    pub epoch: u64,
+    /// The position the next record of that epoch must have, once known.
+    next: Option<u64>,
+    /// A record of that epoch was missing: nothing of it after the gap is applied.
+    broken: bool,
+}
+
+impl Owners {
+    /// After a snapshot whose highest epoch is `epoch` (0: none): the next record's position
+    /// is not known until the record at the cut is read ([`Owners::knows_next`]).
+    pub fn after(epoch: u64) -> Owners {
+        Owners {
+            epoch,
+            next: None,
+            broken: false,
+        }
+    }
+
+    /// Whether the position the current epoch's next record must have is known.
+    pub fn knows_next(&self) -> bool {
+        self.next.is_some() || self.epoch == 0
+    }
+
+    /// Takes the record at `seq` (an ownership marker, or an operation) with Msg-Id `msg_id`;
+    /// says whether it is an operation to apply.
+    pub fn admit(&mut self, seq: u64, marker: bool, msg_id: &str) -> Result<bool, String> {
+        let epoch = epoch_of(msg_id).ok_or_else(|| format!("no owner's Msg-Id: {msg_id:?}"))?;
+        if marker {
+            // Its own epoch's marker, too, when a replay after a snapshot cut there starts
+            // with it (an epoch has one marker: its Msg-Id is deduplicated).
+            if epoch > self.epoch || (epoch == self.epoch && self.next.is_none()) {
+                *self = Owners {
+                    epoch,
+                    next: Some(seq + 1),
+                    broken: false,
+                };
+            }
+            return Ok(false);
+        }
+        let lsn = lsn_of(msg_id).ok_or_else(|| format!("no record position: {msg_id:?}"))?;
+        if epoch < self.epoch {
+            return Ok(false);
+        }
+        if epoch > self.epoch {
+            // An owner's marker comes before its records; but a snapshot's purge can take it.
+            *self = Owners {
+                epoch,
+                next: Some(lsn + 1),
+                broken: false,
+            };
+            return Ok(true);
+        }
+        if self.broken {
+            return Ok(false);
+        }
+        match self.next {
+            Some(next) if next != lsn => {
+                self.broken = true;
+                Ok(false)
+            }
+            _ => {
+                self.next = Some(lsn + 1);
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Publishes record `lsn` at sequence `seq` until the stream holds it there (acknowledged, or
 /// found there with its Msg-Id), or holds another owner's record there (`Taken`) or a stale
 /// owner's (`Zombie`), or `retry_for` has passed.
@@ -546,5 +636,97 @@ pub(crate) async fn publisher(shared: Arc<Shared>, target: Target) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Owners;
+
+    /// (sequence, marker?, Msg-Id) in stream order → the sequences applied.
+    fn applied(from: Owners, records: &[(u64, bool, &str)]) -> Vec<u64> {
+        let mut o = from;
+        records
+            .iter()
+            .filter_map(|&(seq, marker, id)| o.admit(seq, marker, id).unwrap().then_some(seq))
+            .collect()
+    }
+
+    #[test]
+    fn an_owners_records_are_applied_in_order_and_zombies_skipped() {
+        let records = [
+            (1, true, "a.1.owner"),
+            (2, false, "a.1.2"),
+            (3, false, "a.1.3"),
+            (4, true, "b.2.owner"),
+            // a's pipelined append after b's marker: a zombie, which b steps over.
+            (5, false, "a.1.4"),
+            (6, false, "b.2.5"),
+            (7, false, "b.2.6"),
+        ];
+        assert_eq!(applied(Owners::default(), &records), [2, 3, 6, 7]);
+    }
+
+    #[test]
+    fn nothing_of_an_epoch_is_applied_after_a_gap_in_its_positions() {
+        // b's record 6 lost its place to a's zombie, and b's record 7 landed after it: b's
+        // journal failed at 6, so neither 6 nor 7 nor 8 was ever acknowledged.
+        let records = [
+            (1, true, "a.1.owner"),
+            (2, false, "a.1.2"),
+            (3, true, "b.2.owner"),
+            (4, false, "b.2.4"),
+            (5, false, "b.2.5"),
+            (6, false, "a.1.3"),
+            (7, false, "b.2.7"),
+            (8, false, "b.2.8"),
+            // The next owner starts afresh.
+            (9, true, "c.3.owner"),
+            (10, false, "c.3.10"),
+        ];
+        assert_eq!(applied(Owners::default(), &records), [2, 4, 5, 10]);
+    }
+
+    #[test]
+    fn after_a_snapshot_the_record_at_the_cut_says_where_the_epoch_is() {
+        // A snapshot cut at 5 (epoch 2); replay reads the record at the cut first.
+        let mut o = Owners::after(2);
+        assert!(!o.knows_next());
+        o.admit(5, false, "b.2.5").unwrap();
+        assert!(o.knows_next());
+        let rest = [
+            (6, false, "a.1.3"),
+            (7, false, "b.2.7"),
+            (8, false, "b.2.8"),
+        ];
+        assert_eq!(applied(o, &rest), Vec::<u64>::new());
+        let rest = [
+            (6, false, "b.2.6"),
+            (7, false, "a.1.3"),
+            (8, false, "b.2.7"),
+        ];
+        assert_eq!(applied(o, &rest), [6, 8]);
+        // A cut at the owner's marker.
+        let mut o = Owners::after(2);
+        o.admit(3, true, "b.2.owner").unwrap();
+        assert!(o.knows_next());
+        let rest = [(4, false, "a.1.9"), (5, false, "b.2.5")];
+        assert_eq!(applied(o, &rest), Vec::<u64>::new());
+        // Without the record at the cut (a stream that lost it), the first one says.
+        assert_eq!(applied(Owners::after(2), &rest), [5]);
+    }
+
+    #[test]
+    fn a_late_marker_of_an_earlier_epoch_changes_nothing() {
+        let records = [
+            (1, true, "b.2.owner"),
+            (2, false, "b.2.2"),
+            (3, true, "a.1.owner"),
+            (4, false, "b.2.4"),
+        ];
+        // The late marker took record 3's place: b's records after it are not applied.
+        assert_eq!(applied(Owners::default(), &records), [2]);
+        assert!(Owners::default().admit(1, false, "no-id").is_err());
+        assert!(Owners::default().admit(1, false, "a.1.x").is_err());
     }
 }

@@ -14,7 +14,8 @@ use crate::store::Store;
 
 /// The object holding shard `n`'s snapshot at `cut`: `shard.<n>.<cut, 20 digits>.<epoch>`,
 /// the epoch being the highest owner epoch up to the cut (replay after it skips records of
-/// lower epochs). A new snapshot is a new object, named the newest by compare-and-set (the
+/// lower epochs, and learns where that epoch's records are from the record at the cut, which
+/// the purge keeps). A new snapshot is a new object, named the newest by compare-and-set (the
 /// previous one is deleted after it), so that a stale owner's late upload of an older
 /// snapshot can never replace a newer one.
 fn snapshot_object(n: u32, cut: u64, epoch: u64) -> String {
@@ -96,7 +97,7 @@ impl Cluster {
             })
             .map_err(ClusterError::Nats)?;
         let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
-        let mut epoch = prev.as_ref().map_or(0, |(_, e, _)| *e);
+        let mut owners = super::journal::Owners::after(prev.as_ref().map_or(0, |(_, e, _)| *e));
         if from >= cut {
             return Ok(from);
         }
@@ -105,7 +106,7 @@ impl Cluster {
                 crate::journal::read_snapshot(b, recover)?;
             }
             let mut report = RecoveryReport::default();
-            self.replay(n, from, cut, recover, &mut report, &mut epoch)
+            self.replay(n, from, cut, recover, &mut report, &mut owners)
                 .map_err(|e| e.to_string())?;
             Ok(())
         })
@@ -119,7 +120,7 @@ impl Cluster {
             self.inner.meta.clone(),
         );
         self.block(async move {
-            let name = snapshot_object(n, cut, epoch);
+            let name = snapshot_object(n, cut, owners.epoch);
             let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
             tokio::time::timeout(within, snaps.put(name.as_str(), &mut bytes.as_slice()))
                 .await
