@@ -787,6 +787,17 @@ fn set_msg_read_and_unread_counts() {
         v["ErrorList"],
         json!([{"Peer_Account": "ghost", "ErrorCode": 70107}])
     );
+    // At most ten peers a request (Tencent's limit).
+    let ten: Vec<&str> = ["b"; 10].to_vec();
+    let v = h.call(UNREAD, json!({"To_Account": "a", "Peer_Account": ten}));
+    assert_eq!(v["C2CUnreadMsgNumList"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        h.code(
+            UNREAD,
+            json!({"To_Account": "a", "Peer_Account": vec!["b"; 11]})
+        ),
+        90001
+    );
     assert_eq!(
         h.code(READ, json!({"Report_Account": "a", "Peer_Account": "b"})),
         0

@@ -208,6 +208,23 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
         json!([{"Peer_Account": "dave", "C2CUnreadMsgNum": 1}])
     );
     assert_eq!(picked["ErrorList"][0]["ErrorCode"], 70107);
+    // Ten peers at most, as Tencent documents; their lookups run at once.
+    let ten: Vec<String> = (0..10).map(|i| format!("nobody{i}")).collect();
+    let many = a.post(
+        "openim/get_c2c_unread_msg_num",
+        json!({"To_Account": "bob", "Peer_Account": ten}),
+    );
+    assert_eq!(
+        ok(&many)["ErrorList"].as_array().unwrap().len(),
+        10,
+        "{many}"
+    );
+    let eleven: Vec<String> = (0..11).map(|i| format!("nobody{i}")).collect();
+    let too_many = a.post(
+        "openim/get_c2c_unread_msg_num",
+        json!({"To_Account": "bob", "Peer_Account": eleven}),
+    );
+    assert_eq!(too_many["ErrorCode"], 90001, "{too_many}");
 
     // A batch send spans shards under one MsgKey.
     let batch = a.post(

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::fields::{Fields, account_items, bad, user_list};
 use super::wire::WireMessage;
-use super::{Api, CallContext, Outcome};
+use super::{Api, CallContext, MAX_UNREAD_PEERS, Outcome};
 use crate::error::Error;
 use crate::hooks::BeforeSend;
 use crate::key::MsgKey;
@@ -303,6 +303,16 @@ impl Api {
             ),
             Some(_) => {
                 let peers = user_list(f.array("Peer_Account", 90001)?, 90001, "Peer_Account")?;
+                if peers.len() > MAX_UNREAD_PEERS {
+                    return Err(bad(
+                        90001,
+                        "Peer_Account",
+                        &format!(
+                            "at most {MAX_UNREAD_PEERS} accounts a request, not {}",
+                            peers.len()
+                        ),
+                    ));
+                }
                 let mut list = Vec::new();
                 let mut errors = Vec::new();
                 for p in peers {

@@ -288,6 +288,13 @@ async fn unread(
         }
         Some(_) => return forward(node, 0, path, query, ip, Vec::new(), body).await,
     };
+    // Too many: a shard says so, as a single node would.
+    if peers
+        .as_ref()
+        .is_some_and(|p| p.len() > crate::api::MAX_UNREAD_PEERS)
+    {
+        return forward(node, 0, path, query, ip, Vec::new(), body).await;
+    }
     let asked = serde_json::to_vec(&json!({ "To_Account": account })).expect("serializable");
     let calls = (0..node.shards()).map(|n| {
         let (body, accounts) = (&asked, vec![account.clone()]);
@@ -329,11 +336,13 @@ async fn unread(
         Some(peers) => {
             let mut list = Vec::new();
             let mut errors = Vec::new();
-            for p in peers {
-                let exists = {
-                    let (cluster, p) = (node.cluster().clone(), p.clone());
-                    tokio::task::spawn_blocking(move || cluster.account_exists(&p)).await
-                };
+            // At most MAX_UNREAD_PEERS (checked above), looked up at once.
+            let lookups = peers.iter().map(|p| {
+                let (cluster, p) = (node.cluster().clone(), p.clone());
+                tokio::task::spawn_blocking(move || cluster.account_exists(&p))
+            });
+            let found = futures_util::future::join_all(lookups).await;
+            for (p, exists) in peers.into_iter().zip(found) {
                 match exists {
                     Ok(Ok(true)) => list.push(json!({"Peer_Account": p, "C2CUnreadMsgNum": counts.get(&p).copied().unwrap_or(0)})),
                     Ok(Ok(false)) => errors.push(json!({"Peer_Account": p, "ErrorCode": 70107})),

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
@@ -91,6 +92,37 @@ pub(super) struct Remote {
     /// them): sent again if its answer was lost. At most one batch.
     unconfirmed: tokio::sync::Mutex<VecDeque<Event>>,
     last_pull: Mutex<Instant>,
+    pulls: Pulls,
+}
+
+/// The pulls of one session in a shard. Its node sends a pull again when it cannot know the
+/// one before got through (it reconnected to NATS, its request timed out), and gives up on
+/// that one: a pull still waiting here for events then answers at once, empty, instead of
+/// keeping `unconfirmed` locked for the rest of its wait (up to 30 s) with the newer one
+/// queued behind it.
+#[derive(Default)]
+struct Pulls {
+    started: AtomicU64,
+    newer: tokio::sync::Notify,
+}
+
+impl Pulls {
+    /// A pull starts; returns its number. A pull waiting meanwhile is superseded.
+    fn start(&self) -> u64 {
+        let this = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        self.newer.notify_waiters();
+        this
+    }
+
+    /// Resolves once a pull after pull `this` has started (at once if one has).
+    async fn superseded(&self, this: u64) {
+        // Made before the count is read: a pull that starts after the read wakes it.
+        let newer = self.newer.notified();
+        if self.started.load(Ordering::Acquire) != this {
+            return;
+        }
+        newer.await
+    }
 }
 
 impl Owned {
@@ -376,6 +408,7 @@ pub(super) async fn handle(
                 sub,
                 unconfirmed: tokio::sync::Mutex::new(VecDeque::new()),
                 last_pull: Mutex::new(Instant::now()),
+                pulls: Pulls::default(),
             });
             let mut devices = owned.devices.lock();
             if devices.claimed_by(&key) != Some(session) {
@@ -413,6 +446,7 @@ pub(super) async fn handle(
                 };
             };
             *remote.last_pull.lock() = Instant::now();
+            let this = remote.pulls.start();
             let mut unconfirmed = remote.unconfirmed.lock().await;
             while unconfirmed.front().is_some_and(|e| e.seq <= after) {
                 unconfirmed.pop_front();
@@ -421,6 +455,8 @@ pub(super) async fn handle(
                 let wait = Duration::from_millis(wait_ms.min(30_000));
                 tokio::select! {
                     _ = stop.changed() => return retry("the shard was released"),
+                    // Its node gave up on this pull: answer it (empty) and let the newer one in.
+                    _ = remote.pulls.superseded(this) => {}
                     batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
                         Ok(Ok(events)) => unconfirmed.extend(events),
                         Ok(Err(_)) => {
@@ -514,5 +550,63 @@ pub(super) async fn forget_idle(owned: Arc<Owned>, mut stop: watch::Receiver<boo
         };
         // Dropped outside the lock: a subscription's drop journals the disconnect.
         drop(idle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Pulls;
+
+    /// A pull that waits for events while holding the session's lock, as `Call::Pull` does,
+    /// and a newer pull of the same session: the newer one gets the lock once it starts, not
+    /// when the older one's wait ends (never, here).
+    #[test]
+    fn a_newer_pull_supersedes_the_one_waiting() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pulls = Arc::new(Pulls::default());
+            let lock = Arc::new(tokio::sync::Mutex::new(()));
+            let pull = |pulls: Arc<Pulls>, lock: Arc<tokio::sync::Mutex<()>>| async move {
+                let this = pulls.start();
+                let _held = lock.lock().await;
+                tokio::select! {
+                    _ = pulls.superseded(this) => this,
+                    _ = std::future::pending::<()>() => unreachable!(),
+                }
+            };
+            let first = tokio::spawn(pull(pulls.clone(), lock.clone()));
+            // The first one is waiting, holding the lock.
+            while lock.try_lock().is_ok() {
+                tokio::task::yield_now().await;
+            }
+            let second = tokio::spawn(pull(pulls.clone(), lock.clone()));
+            let within = Duration::from_secs(10);
+            assert_eq!(
+                tokio::time::timeout(within, first).await.unwrap().unwrap(),
+                1
+            );
+            // The second now waits in turn; a third supersedes it.
+            while lock.try_lock().is_ok() {
+                tokio::task::yield_now().await;
+            }
+            let third = tokio::spawn(pull(pulls.clone(), lock.clone()));
+            assert_eq!(
+                tokio::time::timeout(within, second).await.unwrap().unwrap(),
+                2
+            );
+            // A pull superseded before it waits does not wait at all.
+            let stale = pulls.start();
+            pulls.start();
+            tokio::time::timeout(within, pulls.superseded(stale))
+                .await
+                .unwrap();
+            third.abort();
+        });
     }
 }
