@@ -61,7 +61,8 @@ pub struct ClusterConfig {
     /// How often an owner renews its leases (default 1 s).
     pub renew_every: Duration,
     /// How long a record may go unacknowledged by JetStream — a stream leader election takes
-    /// 5-8 s — before the shard's journal fails (default 30 s).
+    /// 5-8 s — before the shard's journal fails (default 30 s; less than 120 s, the streams'
+    /// duplicate window, or `Cluster::connect` refuses it).
     pub publish_retry: Duration,
     /// Request timeout towards JetStream (default 2 s).
     pub request_timeout: Duration,
@@ -171,6 +172,10 @@ pub fn owner_subject(n: u32, node: &str, epoch: u64) -> String {
     format!("imstore.shard.{n}.{node}.{epoch}")
 }
 
+/// How long a shard's stream remembers a Msg-Id to refuse it again: every retry of an append
+/// ends within `ClusterConfig::publish_retry`, which must be shorter.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 const META_BUCKET: &str = "imstore_meta";
 const SNAPSHOT_BUCKET: &str = "imstore_snapshots";
 
@@ -248,6 +253,14 @@ impl Cluster {
             return Err(ClusterError::Config(format!(
                 "node id {:?}: use letters, digits, '-' and '_'",
                 config.node_id
+            )));
+        }
+        // A retried append is deduplicated by its Msg-Id only within the stream's duplicate
+        // window: retries must end before it does (`journal::append_anywhere`).
+        if config.publish_retry >= DUPLICATE_WINDOW {
+            return Err(ClusterError::Config(format!(
+                "publish_retry {:?} must be shorter than the streams' duplicate window {DUPLICATE_WINDOW:?}",
+                config.publish_retry
             )));
         }
         if config.shards == 0 || config.replicas == 0 {

@@ -678,3 +678,23 @@ fn a_new_owner_starts_from_the_snapshot() {
     assert_eq!(shard_a.store().recovery_report().snapshot_lsn, Some(auto));
     assert_eq!(observe(shard_a.store(), &USERS), before);
 }
+
+/// Settings the cluster cannot honour are refused before anything connects: retries of an
+/// append that outlast the streams' duplicate window (120 s) could store it twice.
+#[test]
+fn impossible_settings_are_refused() {
+    let refused = |tweak: fn(&mut ClusterConfig)| {
+        let mut cfg = ClusterConfig::new("nats://127.0.0.1:1", "A");
+        tweak(&mut cfg);
+        match Cluster::connect(cfg) {
+            Err(ClusterError::Config(why)) => why,
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        }
+    };
+    let why = refused(|c| c.publish_retry = Duration::from_secs(120));
+    assert!(why.contains("duplicate window"), "{why}");
+    let why = refused(|c| c.node_id = "a.b".into());
+    assert!(why.contains("node id"), "{why}");
+    let why = refused(|c| c.shards = 0);
+    assert!(why.contains("at least 1"), "{why}");
+}

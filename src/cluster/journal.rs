@@ -404,6 +404,8 @@ pub(crate) struct Owners {
     next: Option<u64>,
     /// A record of that epoch was missing: nothing of it after the gap is applied.
     broken: bool,
+    /// A record of that epoch was taken since its marker.
+    began: bool,
 }
 
 impl Owners {
@@ -414,6 +416,7 @@ impl Owners {
             epoch,
             next: None,
             broken: false,
+            began: true,
         }
     }
 
@@ -427,13 +430,16 @@ impl Owners {
     pub fn admit(&mut self, seq: u64, marker: bool, msg_id: &str) -> Result<bool, String> {
         let epoch = epoch_of(msg_id).ok_or_else(|| format!("no owner's Msg-Id: {msg_id:?}"))?;
         if marker {
-            // Its own epoch's marker, too, when a replay after a snapshot cut there starts
-            // with it (an epoch has one marker: its Msg-Id is deduplicated).
-            if epoch > self.epoch || (epoch == self.epoch && self.next.is_none()) {
+            // Its own epoch's marker, too: when a replay after a snapshot cut there starts with
+            // it; or again before any record of the epoch — a marker's retry deduplicated by
+            // its Msg-Id lands once, but were the stream to hold it twice, its owner numbered
+            // its records from the one it was answered, the later.
+            if epoch > self.epoch || (epoch == self.epoch && (self.next.is_none() || !self.began)) {
                 *self = Owners {
                     epoch,
                     next: Some(seq + 1),
                     broken: false,
+                    began: false,
                 };
             }
             return Ok(false);
@@ -448,6 +454,7 @@ impl Owners {
                 epoch,
                 next: Some(lsn + 1),
                 broken: false,
+                began: true,
             };
             return Ok(true);
         }
@@ -461,6 +468,7 @@ impl Owners {
             }
             _ => {
                 self.next = Some(lsn + 1);
+                self.began = true;
                 Ok(true)
             }
         }
@@ -714,6 +722,28 @@ mod tests {
         assert_eq!(applied(o, &rest), Vec::<u64>::new());
         // Without the record at the cut (a stream that lost it), the first one says.
         assert_eq!(applied(Owners::after(2), &rest), [5]);
+    }
+
+    #[test]
+    fn an_epochs_marker_held_twice_numbers_its_records_from_the_second() {
+        let records = [
+            (1, true, "a.1.owner"),
+            (2, false, "a.1.2"),
+            (3, true, "b.2.owner"),
+            (4, false, "a.1.3"),
+            (5, true, "b.2.owner"),
+            (6, false, "b.2.6"),
+            (7, false, "b.2.7"),
+        ];
+        assert_eq!(applied(Owners::default(), &records), [2, 6, 7]);
+        // Once the epoch has records, its marker again changes nothing.
+        let records = [
+            (1, true, "b.2.owner"),
+            (2, false, "b.2.2"),
+            (3, true, "b.2.owner"),
+            (4, false, "b.2.3"),
+        ];
+        assert_eq!(applied(Owners::default(), &records), [2, 4]);
     }
 
     #[test]

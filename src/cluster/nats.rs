@@ -116,7 +116,7 @@ async fn bucket(
             max_bytes: -1,
             max_messages: -1,
             max_message_size: -1,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: super::DUPLICATE_WINDOW,
             ..Default::default()
         })
         .await;
