@@ -18,8 +18,8 @@
 //! slab's next chunk, an arena region's next chunk, a table's new level. The first write to a
 //! fresh huge page has the kernel zero 2 MiB — measured at 13-18% of a growing store's send
 //! time on the development host (a virtual machine, where that zeroing is slow) — and this
-//! moves it to a short-lived thread of its own, at most four at once, while the writer fills
-//! the memory before. The CPU time is the same, spent on another core; what it costs in
+//! moves it to the process's two populating threads, while the writer fills the memory
+//! before. The CPU time is the same, spent on another core; what it costs in
 //! memory is one slab chunk (2 MiB) a growing slab shard and one arena chunk ahead, resident
 //! before it is used. Where the system cannot (kernels before 5.14, other systems), nothing
 //! changes.
@@ -130,78 +130,109 @@ impl Mapping {
     }
 }
 
-/// At most this many [`populate_soon`] threads run at once; a request past it is dropped.
-const MAX_POPULATING: usize = 4;
+/// How many populate requests may wait for the populating threads; past it a request is
+/// dropped.
+const QUEUE: usize = 16;
+
+/// The threads that populate: started together at the process's first request, they live as
+/// long as the process, asleep while there is nothing to do.
+const WORKERS: usize = 2;
+
+/// Whole pages `start..start + len` to fault in, and whom to tell when done (tests).
+struct Request {
+    start: usize,
+    len: usize,
+    _done: Option<crossbeam_channel::Sender<()>>,
+}
 
 /// Asks the system to fault in every page of `map` writable (`MADV_POPULATE_WRITE`, Linux
-/// 5.14 on: each page as if written, its contents untouched), from a short-lived thread of its
-/// own, so that the zeroing of the fresh pages is done there, not on the thread that will
-/// first write them. A hint, which nothing waits for: a request past [`MAX_POPULATING`]
-/// running ones, a thread that cannot be started, a kernel without the advice or another
-/// system: the pages are faulted in on first use, as without it. If `map` is unmapped
-/// meanwhile the advice fails on the range, or populates whatever was mapped there since,
-/// leaving its contents as they were: either is harmless.
+/// 5.14 on: each page as if written, its contents untouched), on one of the process's
+/// populating threads ([`WORKERS`]), so that the zeroing of the fresh pages is done there, not
+/// on the thread that will first write them. The caller only queues the request (no thread is
+/// started on its path, which runs under a slab's or table's lock: starting one took 14-36 µs
+/// here, 256 µs at worst). A hint, which nothing waits for: a request past [`QUEUE`] waiting
+/// ones, threads that could not be started, a kernel without the advice or another system:
+/// the pages are faulted in on first use, as without it. If `map` is unmapped meanwhile the
+/// advice fails on the range, or populates whatever was mapped there since, leaving its
+/// contents as they were: either is harmless.
 pub(crate) fn populate_soon(map: &Mapping) {
     populate_range_soon(map, 0, map.len);
 }
 
-/// The thread [`populate_range_soon`] started, if it started one (dropped, it runs detached).
-type Populating = Option<std::thread::JoinHandle<()>>;
-
 /// [`populate_soon`] of bytes `offset..offset + len` of `map` (cut to the mapping's end; the
-/// kernel takes the whole pages they lie on).
-pub(crate) fn populate_range_soon(map: &Mapping, offset: usize, len: usize) -> Populating {
+/// kernel takes the whole pages they lie on). Whether the request was queued.
+pub(crate) fn populate_range_soon(map: &Mapping, offset: usize, len: usize) -> bool {
+    request(map, offset, len, None)
+}
+
+fn request(
+    map: &Mapping,
+    offset: usize,
+    len: usize,
+    done: Option<crossbeam_channel::Sender<()>>,
+) -> bool {
+    let end = offset.saturating_add(len).min(map.len);
+    if offset >= end {
+        return false;
+    }
+    // Whole pages: the advice takes a page-aligned start.
+    let first = offset & !(PAGE - 1);
+    let r = Request {
+        start: map.as_ptr() as usize + first,
+        len: end - first,
+        _done: done,
+    };
+    workers().is_some_and(|q| q.try_send(r).is_ok())
+}
+
+/// The populating threads' queue, once they run; `None` where nothing can be populated.
+fn workers() -> Option<&'static crossbeam_channel::Sender<Request>> {
     #[cfg(all(target_os = "linux", not(miri)))]
     {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static POPULATING: AtomicUsize = AtomicUsize::new(0);
-        let end = offset.saturating_add(len).min(map.len);
-        if offset >= end {
-            return None;
-        }
-        if POPULATING.fetch_add(1, Ordering::Relaxed) >= MAX_POPULATING {
-            POPULATING.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        // Whole pages: the advice takes a page-aligned start.
-        let first = offset & !(PAGE - 1);
-        let (start, len) = (map.as_ptr() as usize + first, end - first);
-        let populate = move || {
-            // A huge page at a time: the advice holds the process's memory map lock (shared)
-            // while it works, and a thread mapping memory meanwhile (a slab's next chunk,
-            // say) waits for it — so for one huge page's zeroing at most, not a whole level's.
-            let mut at = 0;
-            while at < len {
-                let step = (len - at).min(HUGE);
-                // SAFETY: advice on whole pages of a range that was mapped; it changes no
-                // contents (see `populate_soon`).
-                let r = unsafe {
-                    libc::madvise(
-                        (start + at) as *mut libc::c_void,
-                        step,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
-                if r != 0 {
-                    // Not supported here, or the range is gone: nothing more to do.
-                    break;
-                }
-                at += step;
-            }
-            POPULATING.fetch_sub(1, Ordering::Relaxed);
-        };
-        let spawned = std::thread::Builder::new()
-            .name("imstore-populate".into())
-            .spawn(populate);
-        if spawned.is_err() {
-            POPULATING.fetch_sub(1, Ordering::Relaxed);
-        }
-        spawned.ok()
+        static QUEUED: std::sync::OnceLock<Option<crossbeam_channel::Sender<Request>>> =
+            std::sync::OnceLock::new();
+        QUEUED
+            .get_or_init(|| {
+                let (tx, rx) = crossbeam_channel::bounded::<Request>(QUEUE);
+                let started = (0..WORKERS)
+                    .filter(|_| {
+                        let rx = rx.clone();
+                        std::thread::Builder::new()
+                            .name("imstore-populate".into())
+                            .spawn(move || rx.iter().for_each(|r| populate(&r)))
+                            .is_ok()
+                    })
+                    .count();
+                (started > 0).then_some(tx)
+            })
+            .as_ref()
     }
     #[cfg(not(all(target_os = "linux", not(miri))))]
-    {
-        let _ = (map, offset, len);
-        None
+    None
+}
+
+/// Faults in the request's pages, a huge page at a time: the advice holds the process's
+/// memory map lock (shared) while it works, and a thread mapping memory meanwhile (a slab's
+/// next chunk, say) waits for it — so for one huge page's zeroing at most, not a whole level's.
+#[cfg(all(target_os = "linux", not(miri)))]
+fn populate(r: &Request) {
+    let mut at = 0;
+    while at < r.len {
+        let step = (r.len - at).min(HUGE);
+        // SAFETY: advice on whole pages of a range that was mapped; it changes no contents
+        // (see `populate_soon`).
+        let e = unsafe {
+            libc::madvise(
+                (r.start + at) as *mut libc::c_void,
+                step,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if e != 0 {
+            // Not supported here, or the range is gone: nothing more to do.
+            break;
+        }
+        at += step;
     }
 }
 
@@ -248,20 +279,19 @@ mod tests {
             !resident(m.as_ptr(), 3 * HUGE)[2 * HUGE / PAGE],
             "untouched yet"
         );
-        // Refused only while MAX_POPULATING others run (other tests' stores, when tests share
-        // a process): asked again until one of those ends, for 10 s at most.
+        // Refused only while QUEUE others wait (other tests' stores, when tests share a
+        // process): asked again until there is room, for 10 s at most.
         let start = std::time::Instant::now();
-        let thread = loop {
-            if let Some(t) = populate_range_soon(&m, HUGE + 100, HUGE + 200) {
-                break t;
+        let done = loop {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if request(&m, HUGE + 100, HUGE + 200, Some(tx)) {
+                break rx;
             }
-            assert!(
-                start.elapsed().as_secs() < 10,
-                "no populating thread started"
-            );
+            assert!(start.elapsed().as_secs() < 10, "no room to queue a request");
             std::thread::yield_now();
         };
-        thread.join().unwrap();
+        // Told when the request is dropped, done.
+        let _ = done.recv_timeout(std::time::Duration::from_secs(30));
         let r = resident(m.as_ptr(), 3 * HUGE);
         assert!(r[HUGE / PAGE..2 * HUGE / PAGE].iter().all(|&x| x));
         assert!(r[2 * HUGE / PAGE], "the pages the range ends on");
@@ -272,8 +302,8 @@ mod tests {
             .enumerate()
             .filter(|&(i, b)| i != HUGE + 5 && *b != 0);
         assert_eq!(zeros.count(), 0);
-        // Nothing to populate: no thread.
-        assert!(populate_range_soon(&m, 3 * HUGE, HUGE).is_none());
+        // Nothing to populate: nothing queued.
+        assert!(!populate_range_soon(&m, 3 * HUGE, HUGE));
     }
 
     #[test]

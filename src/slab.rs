@@ -27,7 +27,8 @@
 //! two shards taking from each other cannot deadlock; nothing else is locked under a shard's
 //! lock. Mapping a chunk (a system call, and a push on the shard's list of chunks) is done
 //! under it: once per 29,000 records; so is mapping the next one ahead, once a shard has two
-//! (`SPARE_FROM`), and starting the thread that faults it in (`pages::populate_soon`).
+//! (`SPARE_FROM`), and queueing it for the threads that fault it in (`pages::populate_soon`:
+//! a bounded queue's `try_send`, no thread started here).
 
 use std::cell::Cell;
 use std::ptr::NonNull;
