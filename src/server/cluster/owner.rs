@@ -154,6 +154,29 @@ impl Owned {
     }
 }
 
+/// How many calls other than pulls an owner runs at once for one shard; past it a call is
+/// answered "ask again" at once (its node retries for up to 20 s, then answers 91000), so
+/// that a flood of calls holds a bounded number of tasks. Pulls are not counted: a session
+/// has one at a time (a newer one ends the one before), so the devices bound them.
+const MAX_CALLS: usize = 8192;
+
+/// Whether `call` may run: pulls always; other calls while a permit is free (held until
+/// answered).
+fn admit(
+    call: &Call,
+    permits: &Arc<tokio::sync::Semaphore>,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, (Answer, Vec<u8>)> {
+    if matches!(call, Call::Pull { .. }) {
+        return Ok(None);
+    }
+    match permits.clone().try_acquire_owned() {
+        Ok(p) => Ok(Some(p)),
+        Err(_) => Err(retry(&format!(
+            "the owner is busy: {MAX_CALLS} calls in flight for this shard"
+        ))),
+    }
+}
+
 /// Answers shard `n`'s calls until the shard is released.
 pub(super) async fn serve(
     node: Arc<Node>,
@@ -161,6 +184,7 @@ pub(super) async fn serve(
     mut calls: Subscriber,
     mut stop: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS));
     loop {
         let msg = tokio::select! {
             _ = stop.changed() => break,
@@ -170,9 +194,13 @@ pub(super) async fn serve(
             continue;
         };
         let (node, owned, stop) = (node.clone(), owned.clone(), stop.clone());
+        let permits = permits.clone();
         tokio::spawn(async move {
             let (answer, bytes) = match rpc::decode::<Call>(&msg.payload) {
-                Ok((call, bytes)) => handle(&node, &owned, call, bytes, stop).await,
+                Ok((call, bytes)) => match admit(&call, &permits) {
+                    Ok(_permit) => handle(&node, &owned, call, bytes, stop).await,
+                    Err(busy) => busy,
+                },
                 Err(e) => (
                     Answer {
                         code: 90001,
@@ -558,7 +586,31 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::Pulls;
+    use super::{Call, MAX_CALLS, Pulls, admit};
+
+    /// Calls past MAX_CALLS in flight are answered "ask again"; pulls are never refused; a
+    /// call's permit returns when it is answered.
+    #[test]
+    fn calls_past_the_cap_are_asked_again_and_pulls_pass() {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS));
+        let call = Call::DeleteAccount { user: "u".into() };
+        let pull = Call::Pull {
+            account: "u".into(),
+            device: "d".into(),
+            session: 1,
+            after: 0,
+            wait_ms: 0,
+        };
+        let held: Vec<_> = (0..MAX_CALLS)
+            .map(|_| admit(&call, &permits).ok().flatten().expect("a permit"))
+            .collect();
+        let (answer, _) = admit(&call, &permits).unwrap_err();
+        assert!(answer.retry, "{answer:?}");
+        assert!(answer.info.contains("busy"), "{answer:?}");
+        assert!(admit(&pull, &permits).unwrap().is_none());
+        drop(held);
+        assert!(admit(&call, &permits).unwrap().is_some());
+    }
 
     /// A pull that waits for events while holding the session's lock, as `Call::Pull` does,
     /// and a newer pull of the same session: the newer one gets the lock once it starts, not
