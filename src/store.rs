@@ -461,7 +461,19 @@ impl Store {
     }
 
     fn cell_as(&self, user: &(impl AccountName + ?Sized), role: Role) -> Result<&AccountCell> {
-        self.cell(user).ok_or_else(|| role.missing(user.name()))
+        self.cell(user)
+            .ok_or_else(|| self.absent(role, user.name()))
+    }
+
+    /// The error of a lookup that found no live account `name` — once every import and delete
+    /// so far is durable: a delete not yet durable could be undone by a crash, after someone
+    /// was told the account is gone (R6). (The membership ticket is raised before the live
+    /// flag changes.) Only the error path waits.
+    fn absent(&self, role: Role, name: &str) -> Error {
+        match self.durable(self.inner.membership.load(Ordering::Acquire)) {
+            Ok(()) => role.missing(name),
+            Err(e) => e,
+        }
     }
 
     /// [`cell_as`](Store::cell_as) with the cell's number, which the lookup learns before the
@@ -473,7 +485,7 @@ impl Store {
         role: Role,
     ) -> Result<(u32, &AccountCell)> {
         user.find(&self.inner.accounts)
-            .ok_or_else(|| role.missing(user.name()))
+            .ok_or_else(|| self.absent(role, user.name()))
     }
 
     /// The two accounts a request names — the acting one (90008 if it is not live) and its
@@ -503,7 +515,7 @@ impl Store {
         }
         let live = |n: Option<u32>, name: &str, role: Role| {
             n.and_then(|n| Some((n, accounts.cell_numbered(n).filter(|c| c.is_live())?)))
-                .ok_or_else(|| role.missing(name))
+                .ok_or_else(|| self.absent(role, name))
         };
         Ok((
             live(na, acting, Role::Acting)?,

@@ -486,3 +486,88 @@ fn writes_go_on_while_a_snapshot_is_being_built() {
     assert!(store.recovery_report().snapshot_lsn.is_some());
     assert_eq!(observe(&store, &["a", "b"]), before);
 }
+
+/// A delete held before its fsync: no reader is told the account is gone until it is durable
+/// (a crash could bring it back). Inside `deferring` each refusal's ticket covers the delete;
+/// outside, a reader's refusal returns only once the gate opens.
+#[test]
+fn a_held_delete_is_not_reported_before_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default().with_sync(SyncPolicy::Group)).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    send_text(&store, "vinson", "dramon", 1, "before");
+    let g = &store.faults().unwrap().hold_fsync;
+    g.close();
+    let opened = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(g);
+        let deleter = s.spawn(|| {
+            let r = store.delete_account("dramon");
+            (r.is_ok(), opened.load(Ordering::SeqCst))
+        });
+        assert!(g.wait_for_held(1, HELD), "the delete is held at the gate");
+        type Refusal<'a> = Box<dyn Fn() -> Result<(), imstore::Error> + Send + Sync + 'a>;
+        let refusals: Vec<(&str, Refusal<'_>)> = vec![
+            (
+                "history",
+                Box::new(|| {
+                    store
+                        .history(&HistoryQuery::new("dramon", "vinson", 10))
+                        .map(drop)
+                }),
+            ),
+            (
+                "history of its peer",
+                Box::new(|| {
+                    store
+                        .history(&HistoryQuery::new("vinson", "dramon", 10))
+                        .map(drop)
+                }),
+            ),
+            (
+                "unread",
+                Box::new(|| store.unread("dramon", "vinson").map(drop)),
+            ),
+            (
+                "a send to it",
+                Box::new(|| store.send(text_req("vinson", "dramon", 2, "x")).map(drop)),
+            ),
+            (
+                "account check",
+                Box::new(|| match store.account_exists("dramon")? {
+                    true => Ok(()),
+                    false => Err(imstore::Error::AccountNotFound("dramon".into())),
+                }),
+            ),
+        ];
+        for (name, refuse) in &refusals {
+            let (r, ticket) = store.deferring(refuse);
+            assert!(r.is_err(), "{name}: memory has the delete");
+            assert!(
+                !store.is_durable(&ticket),
+                "{name}: a refusal that may not be shown yet"
+            );
+        }
+        let results: Vec<_> = refusals
+            .into_iter()
+            .map(|(name, refuse)| {
+                let opened = &opened;
+                (
+                    name,
+                    s.spawn(move || (refuse().is_err(), opened.load(Ordering::SeqCst))),
+                )
+            })
+            .collect();
+        opened.store(true, Ordering::SeqCst);
+        g.open();
+        assert_eq!(deleter.join().unwrap(), (true, true));
+        for (name, handle) in results {
+            let (refused, after_open) = handle.join().unwrap();
+            assert!(refused, "{name}");
+            assert!(
+                after_open,
+                "{name} said the account was gone before it was durable"
+            );
+        }
+    });
+}

@@ -140,8 +140,10 @@ impl Store {
         if let Some(next) = self.inner.retired.lock().remove(user) {
             state.inbox = Inbox::starting_at(next);
         }
-        self.inner.accounts.set_live(cell, true);
+        // The membership ticket before the live flag: a reader that finds the account (or
+        // does not, after a delete) then waits for at least this ticket (R6).
         self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+        self.inner.accounts.set_live(cell, true);
         Ok(Applied::Done)
     }
 
@@ -166,10 +168,12 @@ impl Store {
         // The cell stays (lookups hand out plain references), empty and not live.
         state.reset();
         state.ticket = ticket;
-        self.inner.accounts.set_live(cell, false);
-        drop(state);
+        // Where its inbox goes on, under the state lock: an import of the account, which
+        // takes it under the same lock, must find it (or a re-import would number its inbox
+        // from 1 again while a replay goes on from `next`).
         self.inner.retired.lock().insert(user.clone(), next);
         self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
+        self.inner.accounts.set_live(cell, false);
         Ok(Applied::Done)
     }
 
