@@ -53,7 +53,7 @@ use format::{
     FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, file_header, list, segment_name,
     snapshot_name,
 };
-pub(crate) use format::{kind, push_frame, sync_dir};
+pub(crate) use format::{FRAME_HEADER_LEN, kind, push_frame, sync_dir};
 use recovery::ReadMode;
 
 /// When an acknowledged operation is on disk, and so when anyone may see it.

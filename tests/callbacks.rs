@@ -152,6 +152,42 @@ fn the_outbox_survives_reopen_and_snapshots_with_its_numbers() {
     );
 }
 
+/// An outbox larger than one snapshot frame holds (they are written 256 entries a frame, so
+/// that a full outbox never passes the frame limit every reader applies) comes back whole and
+/// in order from the snapshot.
+#[test]
+fn an_outbox_of_many_frames_comes_back_from_a_snapshot_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(dir.path(), Config::default()).unwrap();
+    let store = open();
+    store.import_accounts(&["a", "b"]).unwrap();
+    store.with_origin(Some(ios()), || {
+        for i in 0..600 {
+            send_text(&store, "a", "b", i, &format!("m{i}"));
+        }
+    });
+    let before = |store: &Store| -> Vec<(u64, String)> {
+        store
+            .outbox_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.event {
+                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
+                other => panic!("only sends here: {other:?}"),
+            })
+            .collect()
+    };
+    let live = before(&store);
+    assert_eq!(live.len(), 600);
+    store.outbox_ack(live[99].0).unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let store = open();
+    assert!(store.recovery_report().snapshot_lsn.is_some());
+    assert_eq!(store.recovery_report().records_replayed, 0);
+    assert_eq!(before(&store), live[100..]);
+}
+
 /// Operations of different accounts at once, each queueing a callback: the outbox numbers
 /// them in journal order — the order a replay numbers them in — so that a journaled
 /// acknowledgement names the same callbacks live and after a crash. (Numbered as their

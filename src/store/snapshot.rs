@@ -385,10 +385,11 @@ impl Store {
             };
             entries.push_back((e.id, origin, queued));
         }
+        // One frame of the outbox after another (`OUTBOX_CHUNK`), each with the same numbers.
         let mut outbox = self.inner.outbox.lock();
         outbox.next_id = img.next_id;
         outbox.dropped = img.dropped;
-        outbox.entries = entries;
+        outbox.entries.extend(entries);
         Ok(())
     }
 
@@ -457,9 +458,9 @@ impl Capture {
                 read_mark: c.read_mark,
                 messages: c.messages.iter().map(|(m, s)| msg_image(m, s)).collect(),
             };
-            push_frame(&mut buf, kind::SNAP_CONVERSATION, |b| {
+            snap_frame(&mut buf, kind::SNAP_CONVERSATION, |b| {
                 codec::encode(&img, b)
-            });
+            })?;
             roaming.extend(c.messages.iter().map(|(m, _)| MsgArc::as_ptr(m)));
             flush_if_large(&mut buf, w)?;
         }
@@ -500,55 +501,62 @@ impl Capture {
                 devices: a.devices.iter().map(|(d, c, s)| (&**d, *c, *s)).collect(),
                 unread: a.unread.iter().map(|(p, n)| (&**p, *n)).collect(),
             };
-            push_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b));
+            snap_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b))?;
             flush_if_large(&mut buf, w)?;
         }
+        // The outbox in frames of OUTBOX_CHUNK entries (restored one after another): whole,
+        // a full outbox (a million entries by default) would pass the frame limit.
         let o = &self.outbox;
-        let img = OutboxImage {
-            next_id: o.next_id,
-            dropped: o.dropped,
-            entries: o
-                .entries
-                .iter()
-                .map(|(id, origin, q, state)| {
-                    let msg_ref = |m| outbox_ref(m, state.as_ref(), &roaming);
-                    let (kind, msg, report, peer, at, unread, online_only) = match q {
-                        Queued::AfterSend {
+        let mut chunks = o.entries.chunks(OUTBOX_CHUNK).peekable();
+        let empty: &[_] = &[];
+        let first = chunks.peek().is_none().then_some(empty);
+        for chunk in first.into_iter().chain(chunks) {
+            let img = OutboxImage {
+                next_id: o.next_id,
+                dropped: o.dropped,
+                entries: chunk
+                    .iter()
+                    .map(|(id, origin, q, state)| {
+                        let msg_ref = |m| outbox_ref(m, state.as_ref(), &roaming);
+                        let (kind, msg, report, peer, at, unread, online_only) = match q {
+                            Queued::AfterSend {
+                                msg,
+                                online_only,
+                                unread,
+                            } => (0, Some(msg_ref(msg)), "", "", 0, *unread, *online_only),
+                            Queued::AfterRecall { msg, unread, at } => {
+                                (1, Some(msg_ref(msg)), "", "", *at, *unread, false)
+                            }
+                            Queued::AfterRead {
+                                report,
+                                peer,
+                                at,
+                                unread,
+                            } => (2, None, &**report, &**peer, *at, *unread, false),
+                        };
+                        OutboxEntryImage {
+                            id: *id,
+                            platform: origin.platform.code(),
+                            client_ip: &origin.client_ip,
+                            kind,
                             msg,
-                            online_only,
-                            unread,
-                        } => (0, Some(msg_ref(msg)), "", "", 0, *unread, *online_only),
-                        Queued::AfterRecall { msg, unread, at } => {
-                            (1, Some(msg_ref(msg)), "", "", *at, *unread, false)
-                        }
-                        Queued::AfterRead {
                             report,
                             peer,
                             at,
                             unread,
-                        } => (2, None, &**report, &**peer, *at, *unread, false),
-                    };
-                    OutboxEntryImage {
-                        id: *id,
-                        platform: origin.platform.code(),
-                        client_ip: &origin.client_ip,
-                        kind,
-                        msg,
-                        report,
-                        peer,
-                        at,
-                        unread,
-                        online_only,
-                    }
-                })
-                .collect(),
-        };
-        push_frame(&mut buf, kind::SNAP_OUTBOX, |b| codec::encode(&img, b));
+                            online_only,
+                        }
+                    })
+                    .collect(),
+            };
+            snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| codec::encode(&img, b))?;
+            flush_if_large(&mut buf, w)?;
+        }
         if !self.retired.is_empty() {
             let img = RetiredImage {
                 accounts: self.retired.iter().map(|(u, n)| (&**u, *n)).collect(),
             };
-            push_frame(&mut buf, kind::SNAP_RETIRED, |b| codec::encode(&img, b));
+            snap_frame(&mut buf, kind::SNAP_RETIRED, |b| codec::encode(&img, b))?;
         }
         let end = SnapshotEnd {
             accounts: self.accounts.len() as u64,
@@ -557,6 +565,28 @@ impl Capture {
         push_frame(&mut buf, kind::SNAP_END, |b| codec::encode(&end, b));
         w(&buf)
     }
+}
+
+/// Outbox entries a snapshot frame holds at most: an entry carries at most one message (its
+/// body at most 12 KiB, its custom data bounded too), so a frame stays far under the limit.
+const OUTBOX_CHUNK: usize = 256;
+
+/// [`push_frame`] of one snapshot record, refused if its payload passes the limit every
+/// reader applies (`codec::MAX_PAYLOAD`): a snapshot that could not be read back must not
+/// replace the journal it stands for. (The checkpoint fails; the journal is kept, and the
+/// checkpoint is tried again later.)
+fn snap_frame(buf: &mut Vec<u8>, kind: u8, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+    let start = buf.len();
+    push_frame(buf, kind, encode);
+    let len = buf.len() - start - crate::journal::FRAME_HEADER_LEN;
+    if len > codec::MAX_PAYLOAD {
+        buf.truncate(start);
+        return Err(io::Error::other(format!(
+            "a snapshot record of kind {kind:#x} would be {len} bytes, past the {} limit",
+            codec::MAX_PAYLOAD
+        )));
+    }
+    Ok(())
 }
 
 fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
@@ -610,6 +640,24 @@ fn check_arrivals(next: u64, read_mark: [u64; 2], newest: u64) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot record past the frame limit is refused, not written: it could not be read
+    /// back. What came before it in the buffer stays.
+    #[test]
+    fn a_snapshot_record_past_the_frame_limit_is_refused() {
+        let mut buf = Vec::new();
+        snap_frame(&mut buf, kind::SNAP_END, |b| b.extend_from_slice(b"small")).unwrap();
+        let kept = buf.len();
+        let big = snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| {
+            b.resize(b.len() + codec::MAX_PAYLOAD + 1, 7)
+        });
+        assert!(big.unwrap_err().to_string().contains("limit"));
+        assert_eq!(buf.len(), kept);
+        snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| {
+            b.resize(b.len() + codec::MAX_PAYLOAD, 7)
+        })
+        .unwrap();
+    }
 
     #[test]
     fn damaged_arrival_numbers_are_refused_on_restore() {
