@@ -571,3 +571,48 @@ fn a_held_delete_is_not_reported_before_durable() {
         }
     });
 }
+
+/// A send's after-callback waits in the outbox; a modify of that message is held before its
+/// fsync. The callback's view shows the message as it is now — modified — so the dispatcher
+/// must not be handed it until the modify is durable (a crash could undo the modify after
+/// the app was told of it).
+#[test]
+fn a_callback_does_not_show_a_held_modify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default().with_sync(SyncPolicy::Group)).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    let origin = imstore::Origin {
+        platform: imstore::Platform::Ios,
+        client_ip: "10.1.2.3".into(),
+    };
+    let sent = store.with_origin(Some(origin), || {
+        send_text(&store, "vinson", "dramon", 1, "before")
+    });
+    let (entries, ticket) = store.deferring(|| store.outbox_after(0, 10));
+    assert_eq!(entries.unwrap().len(), 1);
+    assert!(store.is_durable(&ticket), "the send is durable");
+    let g = &store.faults().unwrap().hold_fsync;
+    g.close();
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(g);
+        let modifier = s.spawn(|| {
+            store.modify(
+                "vinson",
+                "dramon",
+                &sent.msg_key.to_string(),
+                Some(vec![imstore::MsgElement::text("after")]),
+                None,
+            )
+        });
+        assert!(g.wait_for_held(1, HELD), "the modify is held at the gate");
+        let (entries, ticket) = store.deferring(|| store.outbox_after(0, 10));
+        let shown = format!("{:?}", entries.unwrap());
+        assert!(shown.contains("after"), "memory has it: {shown}");
+        assert!(
+            !store.is_durable(&ticket),
+            "the callback shows the modify: not to be handed out yet"
+        );
+        g.open();
+        modifier.join().unwrap().unwrap();
+    });
+}

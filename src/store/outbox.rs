@@ -11,7 +11,8 @@ use crate::op::Op;
 
 impl Store {
     /// The after-callbacks after `after` (at most `max`), in operation order, once their
-    /// operations are durable (R6; inside [`Store::deferring`] the ticket says when).
+    /// operations — and any that changed their messages since — are durable (R6; inside
+    /// [`Store::deferring`] the ticket says when).
     pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<OutboxEntry>> {
         let (entries, ticket) = {
             let outbox = self.inner.outbox.lock();
@@ -26,7 +27,12 @@ impl Store {
                     event: queued.event(),
                 })
                 .collect();
-            (entries, outbox.ticket)
+            // The views show their messages as they are now: modified, or recalled, by
+            // operations that queued nothing here and may not be durable yet. Their records
+            // were appended before they changed the message, so everything appended by now
+            // covers them (R6).
+            let appended = self.journal().map_or(0, |j| j.appended());
+            (entries, outbox.ticket.max(appended))
         };
         self.durable(ticket)?;
         Ok(entries)
