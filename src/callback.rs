@@ -186,7 +186,8 @@ impl Queued {
     }
 }
 
-/// The outbox: callbacks in operation order, numbered contiguously.
+/// The outbox: callbacks in operation order, numbered in that order (a dropped callback's
+/// number is skipped).
 pub(crate) struct Outbox {
     /// The id the next entry gets.
     pub next_id: u64,
@@ -216,13 +217,16 @@ impl Outbox {
     pub fn push(&mut self, origin: &Origin, queued: Queued, ticket: u64) {
         // Pushed in journal order (`Store::record_queueing`): never moves back.
         self.ticket = self.ticket.max(ticket);
+        // A number even when dropped: the numbers of the callbacks kept do not depend on
+        // `outbox_max`, so a journaled `OutboxAck{upto}` names the same callbacks on a replay
+        // under another limit (an operator changed it) as it did live.
+        let id = self.next_id;
+        self.next_id += 1;
         if self.entries.len() >= self.max {
             self.dropped += 1;
             return;
         }
-        self.entries
-            .push_back((self.next_id, origin.clone(), queued));
-        self.next_id += 1;
+        self.entries.push_back((id, origin.clone(), queued));
         self.signal.notify();
     }
 

@@ -152,6 +152,53 @@ fn the_outbox_survives_reopen_and_snapshots_with_its_numbers() {
     );
 }
 
+/// The outbox's numbers do not depend on its limit: an operator who lowers `outbox_max` and
+/// restarts gets, from the replay, the same numbers for the callbacks kept — so a journaled
+/// acknowledgement removes what it removed live, and no undelivered callback with it.
+#[test]
+fn a_lower_outbox_limit_on_replay_keeps_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |max: usize| {
+        let mut config = Config::default();
+        config.outbox_max = max;
+        Store::open(dir.path(), config).unwrap()
+    };
+    let store = open(10);
+    store.import_accounts(&["a", "b"]).unwrap();
+    let send = |store: &Store, i: u32| {
+        store.with_origin(Some(ios()), || {
+            send_text(store, "a", "b", i, &format!("m{i}"))
+        })
+    };
+    for i in 1..=3 {
+        send(&store, i);
+    }
+    store.outbox_ack(2).unwrap();
+    let keys: Vec<String> = (4..=5)
+        .map(|i| send(&store, i).msg_key.to_string())
+        .collect();
+    // Delivered: m3 and m4. Left: m5, number 5.
+    store.outbox_ack(4).unwrap();
+    let left = |store: &Store| -> Vec<(u64, String)> {
+        store
+            .outbox_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.event {
+                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
+                other => panic!("only sends here: {other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(left(&store), [(5, keys[1].clone())]);
+    drop(store);
+    // Replayed under a limit of 2: m3 is dropped on the way (the outbox held m1 and m2 then),
+    // yet m4 and m5 keep their numbers; the acknowledgement of 4 leaves m5.
+    let store = open(2);
+    assert_eq!(left(&store), [(5, keys[1].clone())]);
+    assert_eq!(store.outbox_len(), (1, 1));
+}
+
 /// An outbox larger than one snapshot frame holds (they are written 256 entries a frame, so
 /// that a full outbox never passes the frame limit every reader applies) comes back whole and
 /// in order from the snapshot.

@@ -224,6 +224,29 @@ fn a_new_device_beyond_the_limit_is_refused_with_90001() {
     drop(store.connect("a", "d2").unwrap());
 }
 
+/// An operator lowers the limit and restarts: the store opens (the journal's connects were
+/// accepted under the limit of then), the devices it has keep connecting, a new one is refused.
+#[test]
+fn a_store_opens_under_a_lower_device_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |max: usize| {
+        imstore::Store::open(
+            dir.path(),
+            imstore::Config::default().with_max_devices_per_account(max),
+        )
+    };
+    let store = open(3).unwrap();
+    store.import_account("a").unwrap();
+    for d in ["d1", "d2", "d3"] {
+        drop(store.connect("a", d).unwrap());
+    }
+    drop(store);
+    let store = open(2).expect("opens under the lower limit");
+    assert_eq!(store.devices("a").unwrap().len(), 3);
+    drop(store.connect("a", "d3").unwrap());
+    assert_eq!(store.connect("a", "d4").unwrap_err().code(), 90001);
+}
+
 #[test]
 fn idle_devices_are_forgotten_and_start_again_from_the_oldest_entry() {
     let (store, clock) = store_with_config(&["a", "b"], |c| {

@@ -43,7 +43,8 @@ impl Store {
         loop {
             let signal = {
                 let outbox = self.inner.outbox.lock();
-                if outbox.next_id > after + 1 {
+                // The newest queued (numbers of dropped callbacks are never queued).
+                if outbox.entries.back().is_some_and(|(id, _, _)| *id > after) {
                     return;
                 }
                 outbox.signal.clone()
