@@ -159,8 +159,10 @@ fn the_outbox_survives_reopen_and_snapshots_with_its_numbers() {
 fn a_lower_outbox_limit_on_replay_keeps_the_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let open = |max: usize| {
-        let mut config = Config::default();
-        config.outbox_max = max;
+        let config = Config {
+            outbox_max: max,
+            ..Config::default()
+        };
         Store::open(dir.path(), config).unwrap()
     };
     let store = open(10);
