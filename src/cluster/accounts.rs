@@ -61,7 +61,9 @@ pub(crate) async fn list(kv: &kv::Store) -> Result<Vec<String>> {
             users.push(name);
         }
     }
+    // A key written again while the listing reads the bucket can be listed twice.
     users.sort();
+    users.dedup();
     Ok(users)
 }
 
