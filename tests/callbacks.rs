@@ -109,6 +109,19 @@ fn a_message_recalled_before_its_callback_went_out_is_reported_without_its_body(
     assert!(!body.to_string().contains("secret"));
 }
 
+/// The outbox's callbacks, all after-sends here: (number, MsgKey), in order.
+fn queued_sends(store: &Store) -> Vec<(u64, String)> {
+    store
+        .outbox_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.event {
+            CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
+            other => panic!("only sends here: {other:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn the_outbox_survives_reopen_and_snapshots_with_its_numbers() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,23 +194,12 @@ fn a_lower_outbox_limit_on_replay_keeps_the_numbers() {
         .collect();
     // Delivered: m3 and m4. Left: m5, number 5.
     store.outbox_ack(4).unwrap();
-    let left = |store: &Store| -> Vec<(u64, String)> {
-        store
-            .outbox_after(0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| match e.event {
-                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
-                other => panic!("only sends here: {other:?}"),
-            })
-            .collect()
-    };
-    assert_eq!(left(&store), [(5, keys[1].clone())]);
+    assert_eq!(queued_sends(&store), [(5, keys[1].clone())]);
     drop(store);
     // Replayed under a limit of 2: m3 is dropped on the way (the outbox held m1 and m2 then),
     // yet m4 and m5 keep their numbers; the acknowledgement of 4 leaves m5.
     let store = open(2);
-    assert_eq!(left(&store), [(5, keys[1].clone())]);
+    assert_eq!(queued_sends(&store), [(5, keys[1].clone())]);
     assert_eq!(store.outbox_len(), (1, 1));
 }
 
@@ -215,18 +217,7 @@ fn an_outbox_of_many_frames_comes_back_from_a_snapshot_whole() {
             send_text(&store, "a", "b", i, &format!("m{i}"));
         }
     });
-    let before = |store: &Store| -> Vec<(u64, String)> {
-        store
-            .outbox_after(0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| match e.event {
-                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
-                other => panic!("only sends here: {other:?}"),
-            })
-            .collect()
-    };
-    let live = before(&store);
+    let live = queued_sends(&store);
     assert_eq!(live.len(), 600);
     store.outbox_ack(live[99].0).unwrap();
     store.compact().unwrap();
@@ -234,7 +225,7 @@ fn an_outbox_of_many_frames_comes_back_from_a_snapshot_whole() {
     let store = open();
     assert!(store.recovery_report().snapshot_lsn.is_some());
     assert_eq!(store.recovery_report().records_replayed, 0);
-    assert_eq!(before(&store), live[100..]);
+    assert_eq!(queued_sends(&store), live[100..]);
 }
 
 /// Operations of different accounts at once, each queueing a callback: the outbox numbers
@@ -251,17 +242,6 @@ fn callbacks_of_concurrent_operations_are_numbered_as_a_replay_numbers_them() {
             Config::default().with_sync(imstore::SyncPolicy::None),
         )
         .unwrap()
-    };
-    let keyed = |store: &Store| -> Vec<(u64, String)> {
-        store
-            .outbox_after(0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| match e.event {
-                CallbackEvent::AfterSend { message, .. } => (e.id, message.key.to_string()),
-                other => panic!("only sends here: {other:?}"),
-            })
-            .collect()
     };
     let store = open();
     const THREADS: u32 = 4;
@@ -281,11 +261,11 @@ fn callbacks_of_concurrent_operations_are_numbered_as_a_replay_numbers_them() {
             });
         }
     });
-    let live = keyed(&store);
+    let live = queued_sends(&store);
     assert_eq!(live.len(), (THREADS * SENDS) as usize);
     assert!(live.windows(2).all(|w| w[1].0 == w[0].0 + 1));
     drop(store);
-    let replayed = keyed(&open());
+    let replayed = queued_sends(&open());
     let swapped = live.iter().zip(&replayed).filter(|(a, b)| a != b).count();
     assert_eq!(swapped, 0, "callbacks numbered otherwise by the replay");
 }
