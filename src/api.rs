@@ -95,11 +95,11 @@ pub struct DeviceRequest {
     pub after: Option<u64>,
 }
 
-/// Tencent's OptPlatform values a device may name (`macOS` is accepted for `Mac`).
 /// How many `Peer_Account`s one `get_c2c_unread_msg_num` may ask about (Tencent's limit;
 /// more answer 90001).
 pub const MAX_UNREAD_PEERS: usize = 10;
 
+/// Tencent's OptPlatform values a device may name (`macOS` is accepted for `Mac`).
 const PLATFORMS: [&str; 7] = ["Web", "Android", "iOS", "Windows", "Mac", "iPad", "Unknown"];
 
 /// A handler: from the caller and the body's fields to the answer's fields.

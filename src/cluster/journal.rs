@@ -449,14 +449,9 @@ impl Owners {
             return Ok(false);
         }
         if epoch > self.epoch {
-            // An owner's marker comes before its records; but a snapshot's purge can take it.
-            *self = Owners {
-                epoch,
-                next: Some(lsn + 1),
-                broken: false,
-                began: true,
-            };
-            return Ok(true);
+            // An owner's marker comes before its records; but a snapshot's purge can take it:
+            // the epoch's first record seen says where it is.
+            *self = Owners::after(epoch);
         }
         if self.broken {
             return Ok(false);
