@@ -19,7 +19,11 @@ use crate::journal::SyncPolicy;
 pub struct Config {
     /// How long roaming history keeps a message, counted from its MsgTimeStamp (default 7 days).
     pub retention_secs: u64,
-    /// How long a Recalled or Modified notice stays in an inbox (default 7 days).
+    /// How long a Recalled or Modified notice stays in an inbox (default 30 days), and never
+    /// less than `device_idle_secs`: a device that comes back within `device_idle_secs` of a
+    /// notice — any device last seen before it and not yet forgotten — gets it (R3). A Modified notice still leaves with
+    /// its message at the end of roaming retention (it carries the message's content); a
+    /// Recalled one carries no content and stays its whole lifetime.
     pub notice_lifetime_secs: u64,
     /// How many messages each device cache holds (default 1000).
     pub cache_capacity: usize,
@@ -64,7 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             retention_secs: 604_800,
-            notice_lifetime_secs: 604_800,
+            notice_lifetime_secs: 30 * 86_400,
             cache_capacity: 1000,
             history_max_bytes: 13 * 1024,
             admins: vec!["administrator".to_owned()],
@@ -84,6 +88,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How long a notice appended now stays in an inbox: `notice_lifetime_secs`, raised to
+    /// `device_idle_secs` if lower, so that a notice outlives every device that has yet to
+    /// read it and is still remembered.
+    pub(crate) fn notice_lifetime(&self) -> u64 {
+        self.notice_lifetime_secs.max(self.device_idle_secs)
+    }
+
     /// Uses `clock` for "now".
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

@@ -273,6 +273,36 @@ fn idle_devices_are_forgotten_and_start_again_from_the_oldest_entry() {
     assert_eq!(texts(&drain(&back)), vec!["msg:one"]);
 }
 
+/// R3 for every device the store still remembers: a device away longer than the notice
+/// lifetime it was configured with, but not long enough to be forgotten, still gets the
+/// notice of a message it holds that was recalled while it was away.
+#[test]
+fn a_device_away_for_weeks_but_not_forgotten_still_gets_the_recall_notice() {
+    let (store, clock) = store_with_config(&["a", "b"], |c| {
+        let mut c = c.with_device_idle_secs(30 * 86_400);
+        c.notice_lifetime_secs = 86_400; // shorter than devices are remembered
+        c
+    });
+    let phone = store.connect("b", "phone").unwrap();
+    let sent = send_text(&store, "a", "b", 1, "soon regretted");
+    assert_eq!(texts(&drain(&phone)), vec!["msg:soon regretted"]);
+    phone.ack(1).unwrap();
+    store.disconnect(phone).unwrap();
+    clock.advance(3600);
+    let key = sent.msg_key.to_string();
+    store.recall(ADMIN, "a", "b", &key).unwrap();
+    clock.advance(20 * 86_400); // away 20 days: past a day's notices, not yet forgotten
+    let purged = store.purge_expired().unwrap();
+    assert_eq!(purged.devices, 0, "still remembered");
+    let phone = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&phone)), vec![format!("recall:{key}")]);
+    // Once the device would be forgotten anyway, the notice may go.
+    drop(phone);
+    clock.advance(31 * 86_400);
+    store.purge_expired().unwrap();
+    assert!(store.inbox("b", 0).unwrap().is_empty());
+}
+
 #[test]
 fn a_connected_device_is_never_forgotten() {
     let (store, clock) = store_with_config(&["a"], |c| c.with_device_idle_secs(10));
