@@ -326,6 +326,11 @@ impl Subscription {
         self.feed.upgrade().ok_or(Disconnected)
     }
 
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> &SubscriptionId {
+        &self.id
+    }
+
     /// The device's name.
     pub fn device(&self) -> &str {
         &self.id.device

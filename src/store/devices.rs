@@ -14,6 +14,9 @@ use crate::inbox::Entry;
 use crate::message::{MessageView, MsgArc};
 use crate::op::Op;
 
+/// The most inbox entries one collection looks at.
+const SCAN: usize = 4096;
+
 impl Store {
     /// Connects a device of `account`: it first receives every retained inbox entry after its
     /// cursor — the last entry its client confirmed; a new device starts at the oldest — then
@@ -150,7 +153,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Collects what a session may be handed after `after`, under the account lock.
+    /// Collects what a session may be handed after `after`, under the account lock: at most
+    /// `max` events, looking at no more than [`SCAN`] entries, so the lock is held a bounded
+    /// time even where thousands of entries in a row are not for this device (its own sends,
+    /// expired or online-only entries, recalled messages). The subscription collects again
+    /// from `upto`, releasing the lock in between.
     fn collect(
         &self,
         sub: &SubscriptionId,
@@ -179,7 +186,7 @@ impl Store {
         for slot in state.inbox.after(after).take(max) {
             slot.prefetch_message();
         }
-        for slot in state.inbox.after(after) {
+        for slot in state.inbox.after(after).take(SCAN) {
             if c.events.len() >= max {
                 break;
             }
@@ -308,5 +315,43 @@ impl Feed for Inner {
         let cell = self.accounts.get(&sub.account)?;
         let state = cell.state.lock();
         state.devices.get(&*sub.device).map(|s| s.cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SCAN;
+    use crate::device::EventKind;
+    use crate::{Config, MsgElement, SendRequest, SenderCopy, Store};
+
+    #[test]
+    fn a_collection_looks_at_a_bounded_number_of_entries_and_the_feed_goes_on() {
+        let store = Store::in_memory(Config::default()).unwrap();
+        store.import_accounts(&["scan-a", "scan-b"]).unwrap();
+        let phone = store.connect("scan-a", "phone").unwrap();
+        // Entries in scan-a's inbox that its phone is never sent: its own sends.
+        let own = SCAN * 2 + 10;
+        for i in 0..own {
+            let mut req =
+                SendRequest::new("scan-a", "scan-b", i as u32, vec![MsgElement::text("mine")]);
+            req.from_device = Some("phone".into());
+            req.sender_copy = SenderCopy::RoamingAndDevices;
+            store.send(req).unwrap();
+        }
+        store
+            .send(SendRequest::new(
+                "scan-b",
+                "scan-a",
+                1,
+                vec![MsgElement::text("for you")],
+            ))
+            .unwrap();
+        let c = store.collect(phone.id(), 0, 64).unwrap();
+        assert!(c.events.is_empty());
+        assert_eq!(c.upto, SCAN as u64, "stopped after SCAN entries");
+        let events = phone.drain().unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].seq, own as u64 + 1);
+        assert!(matches!(events[0].kind, EventKind::Message(_)));
     }
 }
