@@ -377,6 +377,24 @@ impl Inbox {
         inbox
     }
 
+    /// Adds the entries of a snapshot's continuation record (an inbox too large for one record
+    /// is written in several), in sequence order after every entry held and below
+    /// `next_seq`; else `Err` names the first that is not.
+    pub fn extend_restored(&mut self, slots: Vec<Slot>) -> Result<(), u64> {
+        let mut last = (self.tail.last_seq())
+            .or_else(|| self.full.back().and_then(Block::last_seq))
+            .unwrap_or(0);
+        for s in slots {
+            if s.seq <= last || s.seq >= self.next_seq {
+                return Err(s.seq);
+            }
+            last = s.seq;
+            self.push(s.seq, s.entry, s.expires_at, s.online_only);
+        }
+        self.front_changed();
+        Ok(())
+    }
+
     /// What a snapshot records: the next sequence number and the retained entries.
     pub fn export(&self) -> (u64, Vec<Slot>) {
         (self.next_seq, self.iter().map(SlotRef::to_owned).collect())

@@ -45,7 +45,9 @@ mod recovery;
 mod backend;
 pub(crate) use backend::Journal;
 #[cfg(feature = "cluster")]
-pub(crate) use backend::{parse_record, read_snapshot, snapshot_bytes};
+pub(crate) use backend::parse_record;
+#[cfg(any(feature = "cluster", test))]
+pub(crate) use backend::{read_snapshot, snapshot_bytes};
 
 #[cfg(feature = "fault-injection")]
 pub use faults::{Faults, Gate};

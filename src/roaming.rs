@@ -322,6 +322,21 @@ impl Conversation {
         c
     }
 
+    /// The arrival number the next message gets.
+    pub fn next_arrival(&self) -> u64 {
+        self.next_arrival
+    }
+
+    /// Adds the messages of a snapshot's continuation record (a conversation too large for one
+    /// record is written in several). Rebuilds the buffer: a restore-time cost, paid only by
+    /// conversations of hundreds of thousands of messages.
+    pub fn extend_restored(&mut self, more: Vec<MsgArc>) {
+        let mut all: Vec<MsgArc> = self.messages.iter().map(|h| h.msg.clone()).collect();
+        all.extend(more);
+        all.sort_by_key(|m| position(m));
+        self.messages = Messages::from_vec(all.into_iter().map(Held::new).collect());
+    }
+
     /// What a snapshot records: (users in name order, next arrival, their read marks, messages
     /// in history order). Numbers are not kept on disk, so sides are written in name order.
     pub fn export(&self) -> ([UserId; 2], u64, [u64; 2], Vec<MsgArc>) {

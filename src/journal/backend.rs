@@ -194,7 +194,7 @@ pub(crate) fn parse_record(bytes: &[u8]) -> Result<(u8, &[u8]), &'static str> {
 
 /// A snapshot as the file journal writes one (header with `cut`, then the frames `write`
 /// produces), in memory: a cluster shard keeps its snapshots in the object store.
-#[cfg(feature = "cluster")]
+#[cfg(any(feature = "cluster", test))]
 pub(crate) fn snapshot_bytes(
     cut: u64,
     write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
@@ -209,7 +209,7 @@ pub(crate) fn snapshot_bytes(
 
 /// Feeds `recover` the records of a snapshot made by [`snapshot_bytes`], validated whole
 /// first; returns its cut.
-#[cfg(feature = "cluster")]
+#[cfg(any(feature = "cluster", test))]
 pub(crate) fn read_snapshot(
     bytes: &[u8],
     recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,

@@ -28,6 +28,11 @@ pub(crate) mod kind {
     pub const SNAP_RETIRED: u8 = 6;
     /// The outbox of after-callbacks.
     pub const SNAP_OUTBOX: u8 = 7;
+    /// More messages of the conversation the records before it began: a conversation too
+    /// large for one record (`codec::MAX_PAYLOAD`) is written in several.
+    pub const SNAP_CONVERSATION_MORE: u8 = 8;
+    /// More inbox entries and unread counts of the account the records before it began.
+    pub const SNAP_ACCOUNT_MORE: u8 = 9;
 }
 
 // ----- framing -----

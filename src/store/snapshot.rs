@@ -153,13 +153,15 @@ impl Store {
                 }
             })
             .collect();
-        let retired = self
+        // In name order, so that the same store always gives the same snapshot.
+        let mut retired: Vec<_> = self
             .inner
             .retired
             .lock()
             .iter()
             .map(|(u, n)| (u.clone(), *n))
             .collect();
+        retired.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         let outbox = {
             let o = self.inner.outbox.lock();
             OutboxCapture {
@@ -218,6 +220,21 @@ impl Store {
                 let img: AccountImageV1<'_> = codec::decode(payload).map_err(|e| e.0)?;
                 self.restore_account(img.upgrade(self.now()))
                     .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_CONVERSATION_MORE,
+                payload,
+            } => {
+                let img: ConvImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_conversation_more(img)
+                    .map_err(|e| e.to_string())
+            }
+            Recovered::Snapshot {
+                kind: kind::SNAP_ACCOUNT_MORE,
+                payload,
+            } => {
+                let img: AccountImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
+                self.restore_account_more(img).map_err(|e| e.to_string())
             }
             Recovered::Snapshot {
                 kind: kind::SNAP_OUTBOX,
@@ -393,10 +410,71 @@ impl Store {
         Ok(())
     }
 
-    fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
+    /// More messages of a conversation a record before this one restored
+    /// (`SNAP_CONVERSATION_MORE`), with the same arrival numbers.
+    fn restore_conversation_more(&self, img: ConvImage<'_>) -> Result<(), Error> {
+        let (a, b) = (UserId::new(img.a)?, UserId::new(img.b)?);
+        let conv = self.conversation(&a, &b).ok_or_else(|| {
+            Error::Internal(format!(
+                "the snapshot continues a conversation of {a} and {b} it did not begin"
+            ))
+        })?;
+        let messages = img
+            .messages
+            .iter()
+            .map(|m| self.restore_message(m).map(MsgArc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let newest = messages.iter().map(|m| m.arrival()).max().unwrap_or(0);
+        let mut c = conv.lock();
+        check_arrivals(c.next_arrival(), img.read_mark, newest)
+            .and_then(|()| {
+                (img.next_arrival == c.next_arrival())
+                    .then_some(())
+                    .ok_or_else(|| format!("next arrival {} changed", img.next_arrival))
+            })
+            .map_err(|why| {
+                Error::Internal(format!(
+                    "the snapshot's conversation of {a} and {b} is damaged: {why}"
+                ))
+            })?;
+        c.extend_restored(messages);
+        Ok(())
+    }
+
+    /// More inbox entries and unread counts of an account a record before this one restored
+    /// (`SNAP_ACCOUNT_MORE`).
+    fn restore_account_more(&self, img: AccountImage<'_>) -> Result<(), Error> {
         let cell = self.inner.accounts.cell(&UserId::new(img.user)?)?;
-        let mut slots = Vec::with_capacity(img.entries.len());
-        for e in &img.entries {
+        let damaged = |why: String| {
+            Error::Internal(format!(
+                "the snapshot's account {} is damaged: {why}",
+                cell.id
+            ))
+        };
+        if !cell.state.lock().alive {
+            return Err(damaged("continued before it began".into()));
+        }
+        if !img.devices.is_empty() {
+            return Err(damaged("devices in a continuation record".into()));
+        }
+        let slots = self.restore_slots(&img.entries)?;
+        let unread = self.restore_unread(cell, &img.unread)?;
+        let mut state = cell.state.lock();
+        if state.inbox.next_seq() != img.next_seq {
+            return Err(damaged(format!(
+                "next sequence number {} changed",
+                img.next_seq
+            )));
+        }
+        (state.inbox.extend_restored(slots))
+            .map_err(|seq| damaged(format!("inbox entry {seq} out of order")))?;
+        state.unread_total = state.unread_total.saturating_add(unread);
+        Ok(())
+    }
+
+    fn restore_slots(&self, entries: &[EntryImage<'_>]) -> Result<Vec<Slot>, Error> {
+        let mut slots = Vec::with_capacity(entries.len());
+        for e in entries {
             let msg = self.restore_ref(&e.msg)?;
             let entry = match e.kind {
                 0 | 3 => Entry::Message(msg),
@@ -406,8 +484,17 @@ impl Store {
             };
             slots.push(Slot::new(e.seq, entry, e.expires_at, e.kind == 3));
         }
+        Ok(slots)
+    }
+
+    /// Sets `cell`'s unread counts per peer; returns their sum.
+    fn restore_unread(
+        &self,
+        cell: &crate::account::AccountCell,
+        unread: &[(&str, u32)],
+    ) -> Result<u32, Error> {
         let mut total = 0u32;
-        for (peer, n) in &img.unread {
+        for (peer, n) in unread {
             let peer = self.intern(peer)?;
             if peer == cell.id {
                 return Err(Error::Internal(format!(
@@ -428,6 +515,13 @@ impl Store {
             c.unread[side] = *n;
             total = total.saturating_add(*n);
         }
+        Ok(total)
+    }
+
+    fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
+        let cell = self.inner.accounts.cell(&UserId::new(img.user)?)?;
+        let slots = self.restore_slots(&img.entries)?;
+        let total = self.restore_unread(cell, &img.unread)?;
         {
             let mut state = cell.state.lock();
             state.alive = true;
@@ -448,61 +542,58 @@ impl Capture {
     /// Encodes the capture as snapshot records: conversations first (inbox entries refer to
     /// them), then accounts, then the end record.
     pub(super) fn write(&self, w: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        self.write_limited(w, codec::MAX_PAYLOAD)
+    }
+
+    /// [`write`](Capture::write) with records of at most `limit` bytes: a conversation or an
+    /// account too large for one is split (tests use a small limit).
+    fn write_limited(
+        &self,
+        w: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+        limit: usize,
+    ) -> io::Result<()> {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut roaming: HashSet<*const StoredMessage> = HashSet::new();
         for c in &self.conversations {
-            let img = ConvImage {
-                a: &c.users[0],
-                b: &c.users[1],
-                next_arrival: c.next_arrival,
-                read_mark: c.read_mark,
-                messages: c.messages.iter().map(|(m, s)| msg_image(m, s)).collect(),
-            };
-            snap_frame(&mut buf, kind::SNAP_CONVERSATION, |b| {
+            let kinds = (kind::SNAP_CONVERSATION, kind::SNAP_CONVERSATION_MORE);
+            split_record(&mut buf, w, limit, kinds, c.messages.len(), |range, b| {
+                let img = ConvImage {
+                    a: &c.users[0],
+                    b: &c.users[1],
+                    next_arrival: c.next_arrival,
+                    read_mark: c.read_mark,
+                    messages: c.messages[range]
+                        .iter()
+                        .map(|(m, s)| msg_image(m, s))
+                        .collect(),
+                };
                 codec::encode(&img, b)
             })?;
             roaming.extend(c.messages.iter().map(|(m, _)| MsgArc::as_ptr(m)));
-            flush_if_large(&mut buf, w)?;
         }
         for a in &self.accounts {
-            let entries = a
-                .slots
-                .iter()
-                .map(|(slot, state)| {
-                    let m = slot.message();
-                    let (kind, modified_at) = match slot.entry() {
-                        Entry::Message(_) if slot.online_only() => (3, 0),
-                        Entry::Message(_) => (0, 0),
-                        Entry::Recalled(_) => (1, 0),
-                        Entry::Modified(_, at) => (2, at),
-                    };
-                    let msg = if roaming.contains(&MsgArc::as_ptr(m)) {
-                        MsgRef::Roaming {
-                            from: &m.from,
-                            to: &m.to,
-                            key: key_tuple(m.key),
-                        }
-                    } else {
-                        MsgRef::Orphan(msg_image(m, state))
-                    };
-                    EntryImage {
-                        seq: slot.seq(),
-                        expires_at: slot.expires_at(),
-                        kind,
-                        modified_at,
-                        msg,
-                    }
-                })
-                .collect();
-            let img = AccountImage {
-                user: &a.user,
-                next_seq: a.next_seq,
-                entries,
-                devices: a.devices.iter().map(|(d, c, s)| (&**d, *c, *s)).collect(),
-                unread: a.unread.iter().map(|(p, n)| (&**p, *n)).collect(),
-            };
-            snap_frame(&mut buf, kind::SNAP_ACCOUNT2, |b| codec::encode(&img, b))?;
-            flush_if_large(&mut buf, w)?;
+            // Continuation records carry the next entries and unread counts, no devices.
+            let items = a.slots.len().max(a.unread.len());
+            let kinds = (kind::SNAP_ACCOUNT2, kind::SNAP_ACCOUNT_MORE);
+            split_record(&mut buf, w, limit, kinds, items, |range, b| {
+                let first = range.start == 0;
+                let part = |len: usize| range.start.min(len)..range.end.min(len);
+                let img = AccountImage {
+                    user: &a.user,
+                    next_seq: a.next_seq,
+                    entries: (a.slots[part(a.slots.len())].iter())
+                        .map(|(slot, state)| entry_image(slot, state, &roaming))
+                        .collect(),
+                    devices: (a.devices.iter())
+                        .filter(|_| first)
+                        .map(|(d, c, s)| (&**d, *c, *s))
+                        .collect(),
+                    unread: (a.unread[part(a.unread.len())].iter())
+                        .map(|(p, n)| (&**p, *n))
+                        .collect(),
+                };
+                codec::encode(&img, b)
+            })?;
         }
         // The outbox in frames of OUTBOX_CHUNK entries (restored one after another): whole,
         // a full outbox (a million entries by default) would pass the frame limit.
@@ -517,7 +608,7 @@ impl Capture {
                 entries: chunk
                     .iter()
                     .map(|(id, origin, q, state)| {
-                        let msg_ref = |m| outbox_ref(m, state.as_ref(), &roaming);
+                        let msg_ref = |m| message_ref(m, state.as_ref(), &roaming);
                         let (kind, msg, report, peer, at, unread, online_only) = match q {
                             Queued::AfterSend {
                                 msg,
@@ -549,14 +640,23 @@ impl Capture {
                     })
                     .collect(),
             };
-            snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| codec::encode(&img, b))?;
+            snap_frame(&mut buf, kind::SNAP_OUTBOX, limit, |b| {
+                codec::encode(&img, b)
+            })?;
             flush_if_large(&mut buf, w)?;
         }
         if !self.retired.is_empty() {
-            let img = RetiredImage {
-                accounts: self.retired.iter().map(|(u, n)| (&**u, *n)).collect(),
-            };
-            snap_frame(&mut buf, kind::SNAP_RETIRED, |b| codec::encode(&img, b))?;
+            // Each record of deleted accounts is restored on its own: any split reads back.
+            let kinds = (kind::SNAP_RETIRED, kind::SNAP_RETIRED);
+            split_record(&mut buf, w, limit, kinds, self.retired.len(), |range, b| {
+                let img = RetiredImage {
+                    accounts: self.retired[range]
+                        .iter()
+                        .map(|(u, n)| (&**u, *n))
+                        .collect(),
+                };
+                codec::encode(&img, b)
+            })?;
         }
         let end = SnapshotEnd {
             accounts: self.accounts.len() as u64,
@@ -575,18 +675,53 @@ const OUTBOX_CHUNK: usize = 256;
 /// reader applies (`codec::MAX_PAYLOAD`): a snapshot that could not be read back must not
 /// replace the journal it stands for. (The checkpoint fails; the journal is kept, and the
 /// checkpoint is tried again later.)
-fn snap_frame(buf: &mut Vec<u8>, kind: u8, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+fn snap_frame(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    limit: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> io::Result<()> {
     let start = buf.len();
     push_frame(buf, kind, encode);
     let len = buf.len() - start - crate::journal::FRAME_HEADER_LEN;
-    if len > codec::MAX_PAYLOAD {
+    if len > limit {
         buf.truncate(start);
         return Err(io::Error::other(format!(
-            "a snapshot record of kind {kind:#x} would be {len} bytes, past the {} limit",
-            codec::MAX_PAYLOAD
+            "a snapshot record of kind {kind:#x} would be {len} bytes, past the {limit} limit"
         )));
     }
     Ok(())
+}
+
+/// Writes a record of `items` things (a conversation's messages; an account's inbox entries
+/// and unread counts): one record of kind `kinds.0` when it fits in `limit`, else that record
+/// with the first items and then records of kind `kinds.1` with the rest, as many in each as
+/// fit — halving the count until one does. `encode` writes the record of a range of items.
+/// Only a single item too large for a record (which the request limits rule out) fails.
+fn split_record(
+    buf: &mut Vec<u8>,
+    w: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    limit: usize,
+    kinds: (u8, u8),
+    items: usize,
+    mut encode: impl FnMut(std::ops::Range<usize>, &mut Vec<u8>),
+) -> io::Result<()> {
+    let (mut at, mut take) = (0, items.max(1));
+    loop {
+        let end = (at + take).min(items);
+        let kind = if at == 0 { kinds.0 } else { kinds.1 };
+        match snap_frame(buf, kind, limit, |b| encode(at..end, b)) {
+            Ok(()) => {
+                flush_if_large(buf, w)?;
+                if end >= items {
+                    return Ok(());
+                }
+                at = end;
+            }
+            Err(e) if end - at <= 1 => return Err(e),
+            Err(_) => take = (end - at) / 2,
+        }
+    }
 }
 
 fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
@@ -597,8 +732,29 @@ fn flush_if_large(buf: &mut Vec<u8>, w: &mut dyn FnMut(&[u8]) -> io::Result<()>)
     Ok(())
 }
 
-/// How an outbox entry names its message: by its place in roaming, or carrying it.
-fn outbox_ref<'a>(
+/// An inbox entry as a snapshot records it.
+fn entry_image<'a>(
+    slot: &'a Slot,
+    state: &'a MsgState,
+    roaming: &HashSet<*const StoredMessage>,
+) -> EntryImage<'a> {
+    let (kind, modified_at) = match slot.entry() {
+        Entry::Message(_) if slot.online_only() => (3, 0),
+        Entry::Message(_) => (0, 0),
+        Entry::Recalled(_) => (1, 0),
+        Entry::Modified(_, at) => (2, at),
+    };
+    EntryImage {
+        seq: slot.seq(),
+        expires_at: slot.expires_at(),
+        kind,
+        modified_at,
+        msg: message_ref(slot.message(), Some(state), roaming),
+    }
+}
+
+/// How an inbox or outbox entry names its message: by its place in roaming, or carrying it.
+fn message_ref<'a>(
     m: &'a MsgArc,
     state: Option<&'a MsgState>,
     roaming: &HashSet<*const StoredMessage>,
@@ -640,20 +796,127 @@ fn check_arrivals(next: u64, read_mark: [u64; 2], newest: u64) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ManualClock, MsgElement, SendRequest};
+
+    fn snapshot_of(store: &Store, limit: usize) -> Vec<u8> {
+        let capture = store.capture();
+        crate::journal::snapshot_bytes(7, |w| capture.write_limited(w, limit)).unwrap()
+    }
+
+    fn restored(bytes: &[u8], config: &Config) -> Store {
+        let store = Store::empty(config.clone()).unwrap();
+        crate::journal::read_snapshot(bytes, &mut |rec| store.recover(rec)).unwrap();
+        store
+    }
+
+    fn kinds(bytes: &[u8]) -> Vec<u8> {
+        let mut kinds = Vec::new();
+        let store = Store::empty(Config::default()).unwrap();
+        crate::journal::read_snapshot(bytes, &mut |rec| {
+            if let Recovered::Snapshot { kind, .. } = rec {
+                kinds.push(kind);
+            }
+            store.recover(rec)
+        })
+        .unwrap();
+        kinds
+    }
+
+    /// A conversation, an inbox, unread counts and deleted accounts too large for one record
+    /// are written in several and read back the same as when written whole.
+    #[test]
+    fn records_past_the_limit_are_split_and_read_back_whole() {
+        let clock = ManualClock::new(1_700_000_000);
+        let config = Config::default().with_clock(clock);
+        let src = Store::in_memory(config.clone()).unwrap();
+        let peers: Vec<String> = (0..60).map(|i| format!("peer-{i}")).collect();
+        let gone: Vec<String> = (0..200).map(|i| format!("gone-{i}")).collect();
+        src.import_accounts(&["big-a", "big-b"]).unwrap();
+        src.import_accounts(&peers).unwrap();
+        for chunk in gone.chunks(100) {
+            src.import_accounts(chunk).unwrap();
+        }
+        let mut keys = Vec::new();
+        for i in 0..400u32 {
+            let text = format!("message number {i} of a long conversation");
+            let mut req = SendRequest::new("big-a", "big-b", i, vec![MsgElement::text(&text)]);
+            req.sender_copy = crate::SenderCopy::RoamingAndDevices;
+            keys.push(src.send(req).unwrap().msg_key.to_string());
+        }
+        for key in keys.iter().step_by(7) {
+            src.recall("administrator", "big-a", "big-b", key).unwrap();
+        }
+        for (i, p) in peers.iter().enumerate() {
+            let req = SendRequest::new(p, "big-b", i as u32, vec![MsgElement::text("hi")]);
+            src.send(req).unwrap();
+        }
+        for g in &gone {
+            src.delete_account(g).unwrap();
+        }
+        drop(src.connect("big-b", "phone").unwrap());
+        src.ack("big-b", "phone", 3).unwrap();
+
+        let whole = snapshot_of(&src, codec::MAX_PAYLOAD);
+        let split = snapshot_of(&src, 1024);
+        let (k_whole, k_split) = (kinds(&whole), kinds(&split));
+        assert!(!k_whole.contains(&kind::SNAP_CONVERSATION_MORE));
+        let count = |k: &[u8], kind: u8| k.iter().filter(|&&x| x == kind).count();
+        assert!(
+            count(&k_split, kind::SNAP_CONVERSATION_MORE) > 5,
+            "{k_split:?}"
+        );
+        assert!(count(&k_split, kind::SNAP_ACCOUNT_MORE) > 5, "{k_split:?}");
+        assert!(count(&k_split, kind::SNAP_RETIRED) > 1, "{k_split:?}");
+
+        // Both read back to the same store: captured again whole, the same bytes.
+        let (a, b) = (restored(&whole, &config), restored(&split, &config));
+        let again = snapshot_of(&a, codec::MAX_PAYLOAD);
+        assert_eq!(again.len(), whole.len());
+        assert!(again == snapshot_of(&b, codec::MAX_PAYLOAD));
+        let history = |s: &Store| {
+            let q = crate::HistoryQuery::new("big-a", "big-b", 20);
+            s.history(&q).unwrap().messages.len()
+        };
+        assert_eq!(history(&b), 20);
+        assert_eq!(b.inbox("big-b", 0).unwrap(), src.inbox("big-b", 0).unwrap());
+        let unread = |s: &Store| {
+            let mut all = s.unread_all("big-b").unwrap();
+            all.sort();
+            all.iter()
+                .map(|(p, n)| format!("{p}:{n}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(unread(&b).len(), 61);
+        assert_eq!(unread(&b), unread(&src));
+    }
 
     /// A snapshot record past the frame limit is refused, not written: it could not be read
     /// back. What came before it in the buffer stays.
     #[test]
     fn a_snapshot_record_past_the_frame_limit_is_refused() {
         let mut buf = Vec::new();
-        snap_frame(&mut buf, kind::SNAP_END, |b| b.extend_from_slice(b"small")).unwrap();
+        snap_frame(&mut buf, kind::SNAP_END, codec::MAX_PAYLOAD, |b| {
+            b.extend_from_slice(b"small")
+        })
+        .unwrap();
         let kept = buf.len();
-        let big = snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| {
+        let big = snap_frame(&mut buf, kind::SNAP_OUTBOX, codec::MAX_PAYLOAD, |b| {
             b.resize(b.len() + codec::MAX_PAYLOAD + 1, 7)
         });
         assert!(big.unwrap_err().to_string().contains("limit"));
+        // One item too large for a record on its own: the split cannot help.
+        let mut w = |_: &[u8]| -> io::Result<()> { Ok(()) };
+        let one = split_record(
+            &mut buf,
+            &mut w,
+            100,
+            (kind::SNAP_CONVERSATION, 8),
+            3,
+            |r, b| b.resize(b.len() + 160 * r.len(), 1),
+        );
+        assert!(one.unwrap_err().to_string().contains("limit"));
         assert_eq!(buf.len(), kept);
-        snap_frame(&mut buf, kind::SNAP_OUTBOX, |b| {
+        snap_frame(&mut buf, kind::SNAP_OUTBOX, codec::MAX_PAYLOAD, |b| {
             b.resize(b.len() + codec::MAX_PAYLOAD, 7)
         })
         .unwrap();
