@@ -20,10 +20,12 @@ pub struct Config {
     /// How long roaming history keeps a message, counted from its MsgTimeStamp (default 7 days).
     pub retention_secs: u64,
     /// How long a Recalled or Modified notice stays in an inbox (default 30 days), and never
-    /// less than `device_idle_secs`: a device that comes back within `device_idle_secs` of a
-    /// notice — any device last seen before it and not yet forgotten — gets it (R3). A Modified notice still leaves with
-    /// its message at the end of roaming retention (it carries the message's content); a
-    /// Recalled one carries no content and stays its whole lifetime.
+    /// less than `device_idle_secs` plus a day: a device last seen before the notice (or
+    /// within a day after it, a connection that ended before reading it) and not forgotten
+    /// since gets it when it comes back (R3). A Modified notice still leaves with its message
+    /// at the end of roaming retention (it carries the message's content); a Recalled one
+    /// carries no content and stays its whole lifetime. (An inbox drops expired entries from
+    /// its front as it grows; ones behind a longer-lived notice wait for `purge_expired`.)
     pub notice_lifetime_secs: u64,
     /// How many messages each device cache holds (default 1000).
     pub cache_capacity: usize,
@@ -64,6 +66,11 @@ pub struct Config {
     pub journal_observer: Option<Arc<dyn crate::journal::JournalObserver>>,
 }
 
+/// How much longer than `device_idle_secs` a notice lives at least: a device still connected
+/// when the notice came, whose connection ended (its last seen) before it read it, is
+/// remembered until a day after that.
+const NOTICE_MARGIN_SECS: u64 = 86_400;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -89,10 +96,10 @@ impl Default for Config {
 
 impl Config {
     /// How long a notice appended now stays in an inbox: `notice_lifetime_secs`, raised to
-    /// `device_idle_secs` if lower, so that a notice outlives every device that has yet to
-    /// read it and is still remembered.
+    /// `device_idle_secs` plus a day if lower, so that a notice outlives every device that has
+    /// yet to read it and is still remembered.
     pub(crate) fn notice_lifetime(&self) -> u64 {
-        self.notice_lifetime_secs.max(self.device_idle_secs)
+        (self.notice_lifetime_secs).max(self.device_idle_secs.saturating_add(NOTICE_MARGIN_SECS))
     }
 
     /// Uses `clock` for "now".

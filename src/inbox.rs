@@ -208,7 +208,8 @@ impl Default for Inbox {
 
 impl Inbox {
     /// Appends an entry and returns its sequence number. Entries at the front that have expired
-    /// by `now` are dropped first, so an inbox holds at most one lifetime of traffic.
+    /// by `now` are dropped first; expired entries behind one that has not (a recall notice
+    /// lives longer than messages) stay until `purge`.
     pub fn append(&mut self, entry: Entry, expires_at: u64, now: u64, online_only: bool) -> u64 {
         if self.front_expiry <= now {
             self.trim(now);

@@ -303,6 +303,36 @@ fn a_device_away_for_weeks_but_not_forgotten_still_gets_the_recall_notice() {
     assert!(store.inbox("b", 0).unwrap().is_empty());
 }
 
+/// A device connected when the recall came, whose connection ended an hour later before it
+/// read the notice, is remembered 30 days from then: the notice is still there for it.
+#[test]
+fn a_device_that_left_without_reading_the_notice_gets_it_while_remembered() {
+    let (store, clock) = store_with_config(&["a", "b"], |c| c.with_device_idle_secs(30 * 86_400));
+    let sent = send_text(&store, "a", "b", 1, "hello");
+    let key = sent.msg_key.to_string();
+    let phone = store.connect("b", "phone").unwrap();
+    store.recall(ADMIN, "a", "b", &key).unwrap();
+    clock.advance(3600);
+    store.disconnect(phone).unwrap(); // read nothing
+    clock.advance(30 * 86_400 - 60); // 30 days after the recall; 59 minutes short of idle
+    assert_eq!(store.purge_expired().unwrap().devices, 0);
+    let phone = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&phone)), vec![format!("recall:{key}")]);
+}
+
+/// Devices never forgotten: notices never expire (their expiry saturates, not wraps).
+#[test]
+fn with_devices_never_forgotten_a_recall_notice_never_expires() {
+    let (store, clock) = store_with_config(&["a", "b"], |c| c.with_device_idle_secs(u64::MAX));
+    let sent = send_text(&store, "a", "b", 1, "hello");
+    let key = sent.msg_key.to_string();
+    store.recall(ADMIN, "a", "b", &key).unwrap();
+    clock.advance(400 * 86_400);
+    store.purge_expired().unwrap();
+    let phone = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&phone)), vec![format!("recall:{key}")]);
+}
+
 #[test]
 fn a_connected_device_is_never_forgotten() {
     let (store, clock) = store_with_config(&["a"], |c| c.with_device_idle_secs(10));

@@ -437,7 +437,7 @@ impl Store {
                 queue(&mut outbox, origin, queued, ticket);
             }
             drop(outbox);
-            let expires_at = at + self.inner.config.notice_lifetime();
+            let expires_at = at.saturating_add(self.inner.config.notice_lifetime());
             fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
             // The last holder of this reference: moved, not counted again (each count is a
             // locked instruction, a full barrier).
@@ -454,7 +454,7 @@ impl Store {
             let ticket = self.record(op, mode)?;
             (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
             msg.replace(content);
-            let expires_at = m.at + self.inner.config.notice_lifetime();
+            let expires_at = m.at.saturating_add(self.inner.config.notice_lifetime());
             fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
             ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at, false);
             Ok(Applied::Done)

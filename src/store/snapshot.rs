@@ -681,23 +681,39 @@ fn snap_frame(
     limit: usize,
     encode: impl FnOnce(&mut Vec<u8>),
 ) -> io::Result<()> {
+    try_frame(buf, kind, limit, encode).map_err(|len| oversized(kind, len, limit))
+}
+
+/// [`snap_frame`] answering, for a record past `limit`, its payload's length.
+fn try_frame(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    limit: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), usize> {
     let start = buf.len();
     push_frame(buf, kind, encode);
     let len = buf.len() - start - crate::journal::FRAME_HEADER_LEN;
     if len > limit {
         buf.truncate(start);
-        return Err(io::Error::other(format!(
-            "a snapshot record of kind {kind:#x} would be {len} bytes, past the {limit} limit"
-        )));
+        return Err(len);
     }
     Ok(())
 }
 
+fn oversized(kind: u8, len: usize, limit: usize) -> io::Error {
+    io::Error::other(format!(
+        "a snapshot record of kind {kind:#x} would be {len} bytes, past the {limit} limit"
+    ))
+}
+
 /// Writes a record of `items` things (a conversation's messages; an account's inbox entries
 /// and unread counts): one record of kind `kinds.0` when it fits in `limit`, else that record
-/// with the first items and then records of kind `kinds.1` with the rest, as many in each as
-/// fit — halving the count until one does. `encode` writes the record of a range of items.
-/// Only a single item too large for a record (which the request limits rule out) fails.
+/// with the first items and then records of kind `kinds.1` with the rest. A record too large
+/// is encoded again with as many items as should fill half the limit at the sizes it found
+/// (at most half as many), so a huge conversation costs a few encodings, not one per halving.
+/// `encode` writes the record of a range of items. Only a single item too large for a record
+/// (which the request limits rule out) fails.
 fn split_record(
     buf: &mut Vec<u8>,
     w: &mut dyn FnMut(&[u8]) -> io::Result<()>,
@@ -710,7 +726,7 @@ fn split_record(
     loop {
         let end = (at + take).min(items);
         let kind = if at == 0 { kinds.0 } else { kinds.1 };
-        match snap_frame(buf, kind, limit, |b| encode(at..end, b)) {
+        match try_frame(buf, kind, limit, |b| encode(at..end, b)) {
             Ok(()) => {
                 flush_if_large(buf, w)?;
                 if end >= items {
@@ -718,8 +734,12 @@ fn split_record(
                 }
                 at = end;
             }
-            Err(e) if end - at <= 1 => return Err(e),
-            Err(_) => take = (end - at) / 2,
+            Err(len) if end - at <= 1 => return Err(oversized(kind, len, limit)),
+            Err(len) => {
+                let n = end - at;
+                let fit = (n as u128 * (limit / 2) as u128 / len.max(1) as u128) as usize;
+                take = fit.clamp(1, n / 2);
+            }
         }
     }
 }
