@@ -74,6 +74,11 @@
 //! - Messages with MsgLifeTime 0 reach only devices that are connected and caught up when they
 //!   are sent. A message past retention leaves the inboxes when they are purged.
 //! - Unread counts are not lowered when roaming retention drops a message.
+//! - Expiry is the embedder's to run: `Store::purge_expired` (the server calls it every 60
+//!   seconds; `compact` calls it first). Until it runs, a conversation nobody sends to keeps
+//!   messages past retention (history never shows them), an inbox keeps expired entries that
+//!   sit behind a longer-lived recall notice (devices are never sent them), and idle devices
+//!   stay remembered: memory grows with traffic, not with what is visible.
 //! - A device's cursor moves only when its client confirms (`Subscription::ack`, a resume
 //!   position, `Store::ack`); a confirmation beyond the newest entry stops at it, and a lower one
 //!   changes nothing. A resume position below the cursor replays from there (the client asked)
