@@ -226,18 +226,54 @@ impl fmt::Debug for Cluster {
     }
 }
 
+/// The longest a blocking call into NATS may take. Each request has its own timeout, but
+/// async-nats hands a request to its connection through a queue that stays full while it
+/// reconnects, and the wait for room there has none; the longest legitimate call retries for
+/// `publish_retry` (under 120 s, `Cluster::connect` checks).
+const BLOCK_LIMIT: Duration = Duration::from_secs(150);
+
+/// What a call into NATS answers when it took longer than [`BLOCK_LIMIT`].
+trait TimedOut {
+    fn timed_out() -> Self;
+}
+
+fn timed_out_why() -> String {
+    format!("no answer from NATS within {BLOCK_LIMIT:?}")
+}
+
+impl<T> TimedOut for Result<T, ClusterError> {
+    fn timed_out() -> Self {
+        Err(ClusterError::Nats(timed_out_why()))
+    }
+}
+
+impl<T> TimedOut for crate::Result<T> {
+    fn timed_out() -> Self {
+        Err(crate::Error::Internal(timed_out_why()))
+    }
+}
+
+impl<T> TimedOut for Result<T, String> {
+    fn timed_out() -> Self {
+        Err(timed_out_why())
+    }
+}
+
 /// Runs `f` on `handle` and waits for it from this thread (any thread, also an async worker,
-/// which it blocks meanwhile).
+/// which it blocks meanwhile), at most [`BLOCK_LIMIT`].
 fn block_on<F>(handle: &tokio::runtime::Handle, f: F) -> F::Output
 where
     F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F::Output: TimedOut + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(1);
     handle.spawn(async move {
-        let _ = tx.send(f.await);
+        let _ = tx.send(tokio::time::timeout(BLOCK_LIMIT, f).await);
     });
-    rx.recv().expect("the cluster runtime ended")
+    match rx.recv().expect("the cluster runtime ended") {
+        Ok(out) => out,
+        Err(_) => F::Output::timed_out(),
+    }
 }
 
 impl Cluster {
@@ -333,7 +369,7 @@ impl Cluster {
     fn block<F>(&self, f: F) -> F::Output
     where
         F: Future + Send + 'static,
-        F::Output: Send + 'static,
+        F::Output: TimedOut + Send + 'static,
     {
         block_on(&self.inner.handle, f)
     }
@@ -672,7 +708,11 @@ impl Cluster {
             let kv = self.inner.leases.clone();
             let node = cfg.node_id.clone();
             let mut held = renewer.held();
-            let _ = self.block(async move { lease::release(&kv, n, &node, &mut held).await });
+            let _ = self.block(async move {
+                lease::release(&kv, n, &node, &mut held)
+                    .await
+                    .map_err(|_| String::from("the lease was not released"))
+            });
             ClusterError::Open(e)
         })?;
         let shared = shared.expect("set by a successful open");

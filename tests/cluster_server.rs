@@ -1002,3 +1002,41 @@ fn webhooks_and_the_rate_limit_work_across_nodes() {
     );
     assert!(admitted < 30, "the limit applies");
 }
+
+/// A node purges the shards it owns as a single server purges its store: an inbox entry past
+/// its MsgLifeTime is removed (and so are idle devices and history past retention).
+#[test]
+fn a_node_purges_the_shards_it_owns() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let dir = tempfile::tempdir().unwrap();
+    let shards = SHARDS.to_string();
+    let args = [
+        "--cluster",
+        &nats.urls,
+        "--node-id",
+        "a",
+        "--shards",
+        &shards,
+        "--purge-interval-secs",
+        "1",
+    ];
+    let a = common::server::start_with(
+        dir.path(),
+        common::server::Launch {
+            extra: args.to_vec(),
+            log: "imstore=debug",
+            ..Default::default()
+        },
+    );
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob"]}),
+    ));
+    let mut msg = text("alice", "bob", 1, "gone in a second");
+    msg["MsgLifeTime"] = json!(1);
+    ok(&a.post("openim/sendmsg", msg));
+    // Its shard's next purge after the second has passed drops bob's inbox entry.
+    assert!(a.wait_for_log("inbox_entries=1"), "{}", a.stderr());
+}

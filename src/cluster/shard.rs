@@ -244,9 +244,11 @@ impl Shard {
         // A renewal in flight must not land after the release (it would renew the lease).
         if let Some(task) = self.renewer.state.done.lock().take() {
             let within = self.cluster.config().publish_retry;
-            let _ = self
-                .cluster
-                .block(async move { tokio::time::timeout(within, task).await });
+            let _ = self.cluster.block(async move {
+                tokio::time::timeout(within, task)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
         }
         if self.renewer.lost().is_none() {
             let kv = self.cluster.inner.leases.clone();

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::metrics::Metrics;
 use super::webhook::Webhooks;
@@ -85,6 +86,9 @@ pub(super) struct Node {
     resend: watch::Sender<u64>,
     /// The first administrator: the sender of a send without From_Account.
     pub(super) first_admin: String,
+    /// How often each owned shard's expired history, inbox entries and idle devices are
+    /// purged (`--purge-interval-secs`), as a single node purges its store.
+    purge_interval: Duration,
 }
 
 impl Node {
@@ -97,6 +101,7 @@ impl Node {
         webhooks: Option<Arc<Webhooks>>,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
+        purge_interval: Duration,
     ) -> Result<Arc<Node>, ClusterError> {
         let mut cfg = ClusterConfig::new(config.urls.clone(), config.node_id.clone());
         cfg.shards = config.shards;
@@ -138,6 +143,7 @@ impl Node {
             ),
             first_admin,
             resend: watch::channel(0).0,
+            purge_interval,
         }))
     }
 
@@ -164,7 +170,8 @@ impl Node {
                         return;
                     }
                     tracing::info!("reconnected to NATS; calls in flight are sent again");
-                    let _ = self.client.publish(RESEND, self.cluster.node_id().to_owned().into()).await;
+                    let resend = self.client.publish(RESEND, self.cluster.node_id().to_owned().into());
+                    let _ = tokio::time::timeout(rpc::PUBLISH_TIMEOUT, resend).await;
                     self.resend.send_modify(|n| *n += 1);
                 }
                 heard = theirs.next() => {
@@ -353,9 +360,11 @@ impl Node {
         let shard = self.cluster.open_shard(n)?;
         let store = shard.store().clone();
         let api = Arc::new(Api::new(store.clone(), self.api_config.clone()));
+        let subscribing = self.client.subscribe(rpc::subject(n));
         let subscriber = self
             .runtime
-            .block_on(self.client.subscribe(rpc::subject(n)))
+            .block_on(tokio::time::timeout(rpc::PUBLISH_TIMEOUT, subscribing))
+            .map_err(|_| ClusterError::Nats(format!("subscribing to shard {n}'s calls: no room")))?
             .map_err(|e| ClusterError::Nats(format!("subscribing to shard {n}'s calls: {e}")))?;
         let (stop, stopped) = watch::channel(false);
         let owned = Arc::new(Owned {
@@ -375,16 +384,19 @@ impl Node {
         ));
         self.runtime
             .spawn(forget_idle(owned.clone(), stopped.clone()));
+        let purge = super::purge_loop(store.clone(), self.purge_interval, stopped.clone());
+        self.runtime
+            .spawn(purge.instrument(tracing::debug_span!("shard", n)));
         if let Some(w) = &self.webhooks {
             let (w, metrics) = (w.clone(), self.metrics.clone());
             self.runtime
                 .spawn(async move { w.dispatch(store, stopped, metrics).await });
         }
         // Pulls waiting on the shard's previous owner (dead, or gone) are sent again now.
-        let _ = self.runtime.block_on(
-            self.client
-                .publish(RESEND, self.cluster.node_id().to_owned().into()),
-        );
+        let resend = self
+            .client
+            .publish(RESEND, self.cluster.node_id().to_owned().into());
+        let _ = (self.runtime).block_on(tokio::time::timeout(rpc::PUBLISH_TIMEOUT, resend));
         Ok(())
     }
 
@@ -488,7 +500,16 @@ pub(super) async fn run_until(
         let (cc, webhooks, metrics) = (cluster_config.clone(), webhooks.clone(), metrics.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            Node::connect(&cc, store_config, api_config, webhooks, metrics, runtime)
+            let purge = config.purge_interval;
+            Node::connect(
+                &cc,
+                store_config,
+                api_config,
+                webhooks,
+                metrics,
+                runtime,
+                purge,
+            )
         })
     };
     let mut shutdown = std::pin::pin!(shutdown);

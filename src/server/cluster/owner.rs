@@ -210,10 +210,9 @@ pub(super) async fn serve(
                     Vec::new(),
                 ),
             };
-            let _ = node
-                .client
-                .publish(reply_to, rpc::encode(&answer, &bytes))
-                .await;
+            // Bounded: an answer that cannot be handed over in time is asked for again.
+            let reply = node.client.publish(reply_to, rpc::encode(&answer, &bytes));
+            let _ = tokio::time::timeout(rpc::PUBLISH_TIMEOUT, reply).await;
         });
     }
     let _ = calls.unsubscribe().await;

@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
 /// How long one request waits for its answer at least.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much longer than its answer's timeout a request may take as a whole: the time to hand
+/// it to the client.
+const QUEUE_SLACK: Duration = Duration::from_secs(1);
+/// How long a reply or a notice to other nodes may wait for room in the client's queue before
+/// it is given up (its caller asks again, or learns it some other way).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a REST call or client request waits for its owner's answer: longer than JetStream
 /// may take to acknowledge an append while it elects a stream leader, so that a call is not
 /// sent again while its first attempt is still in progress.
@@ -175,10 +181,25 @@ pub async fn call(
     let mut pause = Duration::from_millis(50);
     let mut doubt = false;
     loop {
+        let wait = timeout.max(REQUEST_TIMEOUT);
         let request = async_nats::Request::new()
             .payload(payload.clone())
-            .timeout(Some(timeout.max(REQUEST_TIMEOUT)));
-        let why = match client.send_request(subject(n), request).await {
+            .timeout(Some(wait));
+        // The request's own timeout covers the wait for the answer, not for room in the
+        // client's command queue, which stays full while the client reconnects: the whole
+        // call is bounded too.
+        let sent =
+            tokio::time::timeout(wait + QUEUE_SLACK, client.send_request(subject(n), request));
+        let Ok(sent) = sent.await else {
+            doubt = true;
+            if Instant::now() >= deadline {
+                return Err(CallError::Unreachable(format!(
+                    "shard {n}: the NATS client took no request for {wait:?}"
+                )));
+            }
+            continue;
+        };
+        let why = match sent {
             Ok(msg) => match decode::<Answer>(&msg.payload) {
                 Ok((answer, _)) if answer.retry => answer.info,
                 Ok((mut answer, rest)) => {
