@@ -96,6 +96,15 @@ impl ConnGuard {
         }
         true
     }
+
+    /// Undoes [`become_device`](ConnGuard::become_device): the device's connect failed, and
+    /// the connection goes on as any other (it may be evicted, and takes no device's place).
+    pub fn not_a_device(&self) {
+        let mut inner = self.register.inner.lock();
+        if self.flags.device.swap(false, Ordering::AcqRel) {
+            inner.devices -= 1;
+        }
+    }
 }
 
 impl Register {
@@ -197,7 +206,10 @@ pub async fn accept_loop(
                 if register.evict(16) == 0 {
                     // Nothing to close: answer one waiting client with a refusal.
                     spare.take();
-                    if let Ok((socket, _)) = listener.accept().await {
+                    // Bounded: the client that was waiting may have gone, and shutdown waits
+                    // for this loop.
+                    let waiting = tokio::time::timeout(Duration::from_secs(1), listener.accept());
+                    if let Ok(Ok((socket, _))) = waiting.await {
                         refuse(socket).await;
                     }
                     spare = std::fs::File::open("/dev/null").ok();
@@ -306,3 +318,44 @@ fn set_unread_timeout(socket: &TcpStream, timeout: Duration) {
 /// The connection a request arrived on, for handlers that take it over (devices).
 #[derive(Clone)]
 pub struct ConnHandle(pub Arc<ConnGuard>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose device failed to connect is an ordinary connection again: it takes
+    /// no device's place, may be evicted, and closing it counts right.
+    #[test]
+    fn a_failed_device_connect_gives_its_place_back() {
+        let register = Register::new(REST_RESERVE * 2);
+        let places = register.device_limit();
+        let devices: Vec<ConnGuard> = (0..places)
+            .map(|_| {
+                let g = register.admit();
+                assert!(g.become_device());
+                g
+            })
+            .collect();
+        let extra = register.admit();
+        assert!(!extra.become_device(), "every device place is taken");
+        assert_eq!(
+            register.evict(places + 1),
+            1,
+            "only the extra may be evicted"
+        );
+        devices[0].not_a_device();
+        assert!(
+            extra.become_device(),
+            "the failed device's place is given back"
+        );
+        assert_eq!(
+            register.evict(places + 1),
+            1,
+            "and it may be evicted like any other"
+        );
+        drop(devices);
+        drop(extra);
+        assert_eq!(register.inner.lock().devices, 0);
+        assert_eq!(register.open(), 0);
+    }
+}

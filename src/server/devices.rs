@@ -139,7 +139,10 @@ pub async fn ws(
     }
     let sub = match connect(&app, &req).await {
         Ok(s) => s,
-        Err(e) => return envelope(auth_status(&e), &e),
+        Err(e) => {
+            conn.0.not_a_device();
+            return envelope(auth_status(&e), &e);
+        }
     };
     tracing::debug!(account = %req.account, device = %req.device, platform = req.platform, %peer, "device connected (ws)");
     let shutdown = app.shutdown.clone();
@@ -200,13 +203,15 @@ impl Session {
                 frame = rx.next() => {
                     let Some(Ok(frame)) = frame else { break };
                     last_heard = Instant::now();
+                    // Every frame counts against the budget, pings too: a ping flood is slowed like
+                    // any other (tungstenite answers pings itself, one pending pong at most).
+                    budget.take().await;
                     let text = match frame {
                         Message::Text(t) => t,
                         Message::Binary(_) => "binary frame".into(),
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    budget.take().await;
                     if let Some(reply) = self.client_frame(text.as_str()).await
                         && send(&mut tx, reply).await.is_err()
                     {
@@ -307,7 +312,10 @@ pub async fn events(
     }
     let sub = match connect(&app, &req).await {
         Ok(s) => s,
-        Err(e) => return json_response(error_reply(&e)),
+        Err(e) => {
+            conn.0.not_a_device();
+            return json_response(error_reply(&e));
+        }
     };
     tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
     let state = (sub, app.shutdown.clone(), (conn, app.metrics.device("sse")));

@@ -79,7 +79,10 @@ pub async fn ws(
     }
     let feed = match feed::open(&node, req, after).await {
         Ok(f) => f,
-        Err(e) => return envelope(auth_status(&e), &e),
+        Err(e) => {
+            conn.0.not_a_device();
+            return envelope(auth_status(&e), &e);
+        }
     };
     let counted = app.metrics.device("ws");
     upgrade
@@ -111,13 +114,15 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
             frame = rx.next() => {
                 let Some(Ok(frame)) = frame else { break };
                 last_heard = Instant::now();
+                // Every frame counts against the budget, pings too: a ping flood is slowed like
+                // any other (tungstenite answers pings itself, one pending pong at most).
+                budget.take().await;
                 let text = match frame {
                     Message::Text(t) => t,
                     Message::Binary(_) => "binary frame".into(),
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                budget.take().await;
                 if let Some(reply) = client_frame(&node, &feed, peer, text.as_str()).await
                     && send(&mut tx, reply).await.is_err()
                 {
@@ -227,7 +232,10 @@ pub async fn events(
     }
     let feed = match feed::open(&node, req, after).await {
         Ok(f) => f,
-        Err(e) => return json_response(error_reply(&e)),
+        Err(e) => {
+            conn.0.not_a_device();
+            return json_response(error_reply(&e));
+        }
     };
     let state = (
         feed,
