@@ -351,6 +351,13 @@ impl Api {
     /// exists (60010), the caller is an administrator (90009), the rate limit (60007) — and
     /// the caller and the route's index in `ROUTES`.
     fn admit_index(&self, path: &str, query: &str) -> Result<(String, usize), Error> {
+        let (caller, index) = self.identify(path, query)?;
+        self.take_token(ROUTES[index].0)?;
+        Ok((caller, index))
+    }
+
+    /// The caller (UserSig, 700xx; an administrator, 90009) and the route's index (60010).
+    fn identify(&self, path: &str, query: &str) -> Result<(String, usize), Error> {
         let params = parse_query(query);
         let caller = self.authenticate(&params)?;
         let route = path
@@ -364,8 +371,13 @@ impl Api {
         if !self.store.is_admin(&caller) {
             return Err(Error::NotAdmin(caller));
         }
-        self.take_token(ROUTES[index].0)?;
         Ok((caller, index))
+    }
+
+    /// The checks of [`admit`](Api::admit) but the rate limit, which takes nothing: a server
+    /// runs them before it reads a body, so that no one it would refuse makes it hold one.
+    pub fn identify_caller(&self, path: &str, query: &str) -> Result<(), Error> {
+        self.identify(path, query).map(|_| ())
     }
 
     /// Runs the checks a REST call passes before its body is read (UserSig, the API exists,

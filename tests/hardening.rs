@@ -384,6 +384,37 @@ fn an_idle_server_writes_nothing() {
     assert_eq!(dir_state(dir.path()), before, "the idle server wrote");
 }
 
+/// A caller the server would refuse is refused before its body is read: a client with no
+/// valid UserSig, or no administrator, cannot make the server hold bodies. (Read before, the
+/// body below never arrives, and the answer would be the read timeout's 408.)
+#[test]
+fn a_refused_caller_is_answered_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    let bad_sig =
+        "sdkappid=1400000000&identifier=administrator&usersig=bad&random=1&contenttype=json";
+    for (query, code) in [(bad_sig.to_owned(), "70003"), (s.query("vinson"), "90009")] {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /v4/openim/sendmsg?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{{"
+        )
+        .unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&all).contains("ErrorCode") {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(&format!("\"ErrorCode\":{code}")), "{text}");
+    }
+}
+
 /// A body that never finishes arriving is cut off after the 10 s read timeout: the server
 /// answers 408 with the envelope and closes the connection.
 #[test]

@@ -72,6 +72,17 @@ pub async fn rest(
 ) -> Response {
     let started = Instant::now();
     let path = format!("/v4/{service}/{command}");
+    // Who calls, before the body is read: a caller that would be refused holds no body (up to
+    // `body_limit` per connection) meanwhile.
+    if let Err(e) = app
+        .api
+        .identify_caller(&path, query.as_deref().unwrap_or(""))
+    {
+        let reply = error_reply(&e);
+        app.metrics.call(&path, reply.code, started.elapsed());
+        tracing::debug!(api = %path, code = reply.code, "call refused before its body");
+        return json_response(reply);
+    }
     let bytes = match read_body(body, app.body_limit).await {
         Ok(b) => b,
         Err(response) => {
