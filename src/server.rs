@@ -185,7 +185,7 @@ async fn finish_step(
             let webhooks = webhooks.expect("only with webhooks");
             let decision = webhooks.before_send(&pending).await;
             let (reply, ticket) = store.deferring(|| api.resume(pending, decision));
-            match store.commit_async(ticket).await {
+            match crate::server::durable(store, ticket).await {
                 Ok(()) => reply,
                 Err(e) => error_reply(&e),
             }
@@ -499,6 +499,39 @@ pub async fn run_until(
     Ok(())
 }
 
+/// How long an answer waits for what its call did or read to become durable. Past that (a
+/// stalled disk) it answers 91000 rather than hold its connection without bound; the
+/// operation may still take effect once the journal is written (a send retried with the same
+/// MsgSeq and MsgTimeStamp then finds it).
+pub(crate) const DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// [`Store::commit_async`] for at most [`DURABLE_WAIT`].
+pub(crate) async fn durable(store: &Store, ticket: crate::CommitTicket) -> crate::Result<()> {
+    durable_within(store, ticket, DURABLE_WAIT).await
+}
+
+async fn durable_within(
+    store: &Store,
+    ticket: crate::CommitTicket,
+    limit: Duration,
+) -> crate::Result<()> {
+    let store = store.clone();
+    let mut wait = Box::pin(async move { store.commit_async(ticket).await });
+    match tokio::time::timeout(limit, wait.as_mut()).await {
+        Ok(done) => done,
+        Err(_) => {
+            // The wait goes on without the caller: what runs once the call is durable (the
+            // store's after-hooks) still runs.
+            tokio::spawn(wait);
+            Err(crate::Error::Internal(format!(
+                "what the call did is not yet on disk after {} s (the disk is stalled); it may \
+                 still take effect",
+                limit.as_secs_f32()
+            )))
+        }
+    }
+}
+
 /// Purges expired history and inbox entries and forgets idle devices, every `interval`. It
 /// journals only what it removes: an idle server writes nothing.
 async fn purge_loop(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
@@ -536,5 +569,34 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+    }
+}
+
+#[cfg(all(test, feature = "fault-injection"))]
+mod tests {
+    use super::*;
+    use crate::{MsgElement, SendRequest};
+
+    /// A stalled disk: an answer waits a bounded time, then says 91000 — and the operation,
+    /// applied in memory, takes effect once the journal is written after all.
+    #[tokio::test]
+    async fn an_answer_waits_a_bounded_time_for_a_stalled_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        let gate = &store.faults().unwrap().hold_fsync;
+        gate.close();
+        let req = SendRequest::new("a", "b", 1, vec![MsgElement::text("stalled")]);
+        let (sent, ticket) = store.deferring(|| store.send(req));
+        let sent = sent.unwrap();
+        let waited = durable_within(&store, ticket, Duration::from_millis(200)).await;
+        assert_eq!(waited.unwrap_err().code(), 91000);
+        gate.open();
+        let q = crate::HistoryQuery::new("a", "b", 10);
+        let (page, ticket) = store.deferring(|| store.history(&q));
+        durable(&store, ticket).await.unwrap();
+        let page = page.unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].message.key, sent.msg_key);
     }
 }

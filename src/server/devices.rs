@@ -103,7 +103,7 @@ async fn connect(app: &App, req: &DeviceRequest) -> Result<Subscription, Error> 
         Some(after) => store.connect_after(&req.account, &req.device, after),
         None => store.connect(&req.account, &req.device),
     });
-    store.commit_async(ticket).await?;
+    crate::server::durable(store, ticket).await?;
     sub
 }
 
@@ -275,7 +275,7 @@ impl Session {
             self.app
                 .with_origin(origin, || self.app.api.client_step(&self.req, &frame, &ctx))
         });
-        let reply: Reply = match store.commit_async(ticket).await {
+        let reply: Reply = match crate::server::durable(store, ticket).await {
             Ok(()) => self.app.finish(step).await,
             Err(e) => error_reply(&e),
         };
@@ -356,7 +356,7 @@ pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) 
     let api = app.api.clone();
     let store = api.store().clone();
     let (reply, ticket) = store.deferring(|| api.device_ack(&query, &bytes));
-    json_response(match store.commit_async(ticket).await {
+    json_response(match crate::server::durable(&store, ticket).await {
         Ok(()) => reply,
         Err(e) => error_reply(&e),
     })

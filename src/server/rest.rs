@@ -135,7 +135,7 @@ impl App {
                 api.step(&path, &query, &body, &ctx)
             })
         });
-        if let Err(e) = store.commit_async(ticket).await {
+        if let Err(e) = crate::server::durable(store, ticket).await {
             return error_reply(&e);
         }
         self.finish(step).await

@@ -293,7 +293,7 @@ async fn step_durably(
     let store = &owned.store;
     let (step, ticket) =
         store.deferring(|| store.with_origin(webhooks.is_some().then_some(origin), step));
-    if let Err(e) = store.commit_async(ticket).await {
+    if let Err(e) = crate::server::durable(store, ticket).await {
         return failed(&e);
     }
     // Boxed: a webhook call's future is large, and every pull waiting here would carry its size.
@@ -422,7 +422,7 @@ pub(super) async fn handle(
                 Some(after) => store.connect_after(account, device, after),
                 None => store.connect(account, device),
             });
-            let sub = match store.commit_async(ticket).await.and(sub) {
+            let sub = match crate::server::durable(store, ticket).await.and(sub) {
                 Ok(sub) => sub,
                 Err(e) => {
                     let released = owned.devices.lock().release(&key, session);
@@ -524,7 +524,7 @@ pub(super) async fn handle(
             seq,
         } => {
             let (acked, ticket) = store.deferring(|| store.ack(&account, &device, seq));
-            match store.commit_async(ticket).await.and(acked) {
+            match crate::server::durable(store, ticket).await.and(acked) {
                 Ok(()) => (Answer::default(), Vec::new()),
                 Err(e) => failed(&e),
             }
@@ -543,7 +543,7 @@ pub(super) async fn handle(
         Call::DeleteAccount { user } => {
             let (deleted, ticket) = store.deferring(|| store.delete_account(&user));
             // 0: it was here and is gone; 70107: it was not here.
-            match store.commit_async(ticket).await.and(deleted) {
+            match crate::server::durable(store, ticket).await.and(deleted) {
                 Ok(()) => (Answer::default(), Vec::new()),
                 Err(e) => failed(&e),
             }
