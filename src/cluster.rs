@@ -226,53 +226,56 @@ impl fmt::Debug for Cluster {
     }
 }
 
-/// The longest a blocking call into NATS may take. Each request has its own timeout, but
-/// async-nats hands a request to its connection through a queue that stays full while it
-/// reconnects, and the wait for room there has none; the longest legitimate call retries for
-/// `publish_retry` (under 120 s, `Cluster::connect` checks).
-const BLOCK_LIMIT: Duration = Duration::from_secs(150);
-
-/// What a call into NATS answers when it took longer than [`BLOCK_LIMIT`].
-trait TimedOut {
-    fn timed_out() -> Self;
+/// The longest a blocking call into NATS may take: five times the publish retry, plus half a
+/// minute. Each request has its own timeout, but async-nats hands a request to its connection
+/// through a queue that stays full while it reconnects, and the wait for room there has none.
+/// The longest legitimate call, a snapshot, takes four steps in a row, each retried for
+/// `publish_retry` at most.
+fn block_limit(config: &ClusterConfig) -> Duration {
+    config.publish_retry * 5 + Duration::from_secs(30)
 }
 
-fn timed_out_why() -> String {
-    format!("no answer from NATS within {BLOCK_LIMIT:?}")
+/// What a call into NATS answers when it took longer than its limit.
+trait TimedOut {
+    fn timed_out(limit: Duration) -> Self;
+}
+
+fn timed_out_why(limit: Duration) -> String {
+    format!("no answer from NATS within {limit:?}")
 }
 
 impl<T> TimedOut for Result<T, ClusterError> {
-    fn timed_out() -> Self {
-        Err(ClusterError::Nats(timed_out_why()))
+    fn timed_out(limit: Duration) -> Self {
+        Err(ClusterError::Nats(timed_out_why(limit)))
     }
 }
 
 impl<T> TimedOut for crate::Result<T> {
-    fn timed_out() -> Self {
-        Err(crate::Error::Internal(timed_out_why()))
+    fn timed_out(limit: Duration) -> Self {
+        Err(crate::Error::Internal(timed_out_why(limit)))
     }
 }
 
 impl<T> TimedOut for Result<T, String> {
-    fn timed_out() -> Self {
-        Err(timed_out_why())
+    fn timed_out(limit: Duration) -> Self {
+        Err(timed_out_why(limit))
     }
 }
 
 /// Runs `f` on `handle` and waits for it from this thread (any thread, also an async worker,
-/// which it blocks meanwhile), at most [`BLOCK_LIMIT`].
-fn block_on<F>(handle: &tokio::runtime::Handle, f: F) -> F::Output
+/// which it blocks meanwhile), at most `limit`.
+fn block_on<F>(handle: &tokio::runtime::Handle, limit: Duration, f: F) -> F::Output
 where
     F: Future + Send + 'static,
     F::Output: TimedOut + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(1);
     handle.spawn(async move {
-        let _ = tx.send(tokio::time::timeout(BLOCK_LIMIT, f).await);
+        let _ = tx.send(tokio::time::timeout(limit, f).await);
     });
     match rx.recv().expect("the cluster runtime ended") {
         Ok(out) => out,
-        Err(_) => F::Output::timed_out(),
+        Err(_) => F::Output::timed_out(limit),
     }
 }
 
@@ -319,7 +322,8 @@ impl Cluster {
         let handle = runtime.handle().clone();
         let cfg = config.clone();
         let (connections, connections_rx) = tokio::sync::watch::channel(0u64);
-        let (js, (leases, accounts, snapshots, meta)) = block_on(&handle, async move {
+        let limit = block_limit(&config);
+        let (js, (leases, accounts, snapshots, meta)) = block_on(&handle, limit, async move {
             let connections = Arc::new(connections);
             let first = Arc::new(AtomicBool::new(true));
             let client = async_nats::ConnectOptions::new()
@@ -371,7 +375,7 @@ impl Cluster {
         F: Future + Send + 'static,
         F::Output: TimedOut + Send + 'static,
     {
-        block_on(&self.inner.handle, f)
+        block_on(&self.inner.handle, block_limit(&self.inner.config), f)
     }
 
     pub fn config(&self) -> &ClusterConfig {
