@@ -185,6 +185,11 @@ pub struct CallContext {
     /// A send's before-send decision comes from outside the store (the server's webhook):
     /// stop at [`Step::BeforeSend`] instead of asking the store's `Hooks`.
     pub before_send_elsewhere: bool,
+    /// A client's send is given this MsgTimeStamp instead of the store's clock: a cluster
+    /// node fixes a client send's MsgKey (MsgSeq and MsgTimeStamp) before forwarding it, so a
+    /// retry of the forwarded call finds the message rather than storing it twice. Clients
+    /// themselves cannot set it.
+    pub client_msg_time: Option<u32>,
 }
 
 /// Where a call stands.

@@ -154,6 +154,7 @@ impl App {
     fn call_context(&self) -> crate::api::CallContext {
         crate::api::CallContext {
             before_send_elsewhere: self.webhooks.is_some(),
+            client_msg_time: None,
         }
     }
 
@@ -515,14 +516,20 @@ async fn durable_within(
     ticket: crate::CommitTicket,
     limit: Duration,
 ) -> crate::Result<()> {
-    let store = store.clone();
-    let mut wait = Box::pin(async move { store.commit_async(ticket).await });
+    let mut wait = {
+        let store = store.clone();
+        Box::pin(async move { store.commit_async(ticket).await })
+    };
     match tokio::time::timeout(limit, wait.as_mut()).await {
         Ok(done) => done,
         Err(_) => {
-            // The wait goes on without the caller: what runs once the call is durable (the
-            // store's after-hooks) still runs.
-            tokio::spawn(wait);
+            // The wait goes on without the caller — what runs once the call is durable (the
+            // store's after-hooks) still runs — and until it ends the store takes no new call.
+            let stalled = Stalled::begin(store);
+            tokio::spawn(async move {
+                let _ = wait.await;
+                drop(stalled);
+            });
             Err(crate::Error::Internal(format!(
                 "what the call did is not yet on disk after {} s (the disk is stalled); it may \
                  still take effect",
@@ -530,6 +537,53 @@ async fn durable_within(
             )))
         }
     }
+}
+
+/// Stores with an answer that waited out [`DURABLE_WAIT`] and is still not durable, and how
+/// many such answers each has; `STALLED_ANY` counts them all, so that the common case — none —
+/// costs one atomic load.
+static STALLED: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashMap<usize, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+static STALLED_ANY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One answer of a store that waited out [`DURABLE_WAIT`], while its wait goes on.
+struct Stalled(usize);
+
+impl Stalled {
+    fn begin(store: &Store) -> Stalled {
+        use std::sync::atomic::Ordering;
+        *STALLED.lock().entry(store.id()).or_insert(0) += 1;
+        STALLED_ANY.fetch_add(1, Ordering::AcqRel);
+        Stalled(store.id())
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut stalled = STALLED.lock();
+        if let Some(n) = stalled.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                stalled.remove(&self.0);
+            }
+        }
+        STALLED_ANY.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a call (91000, nothing applied) while an answer of `store` has waited out
+/// [`DURABLE_WAIT`] and is still not durable: a stalled disk is not given more and more
+/// operations to hold in memory by clients that retry.
+pub(crate) fn refuse_if_stalled(store: &Store) -> crate::Result<()> {
+    use std::sync::atomic::Ordering;
+    if STALLED_ANY.load(Ordering::Acquire) == 0 || !STALLED.lock().contains_key(&store.id()) {
+        return Ok(());
+    }
+    Err(crate::Error::Internal(format!(
+        "the disk has not written what it was given for {} s; nothing was done",
+        DURABLE_WAIT.as_secs()
+    )))
 }
 
 /// Purges expired history and inbox entries and forgets idle devices, every `interval`. It
@@ -577,8 +631,9 @@ mod tests {
     use super::*;
     use crate::{MsgElement, SendRequest};
 
-    /// A stalled disk: an answer waits a bounded time, then says 91000 — and the operation,
-    /// applied in memory, takes effect once the journal is written after all.
+    /// A stalled disk: an answer waits a bounded time, then says 91000, and the store takes no
+    /// new call until the disk moves again — and the operation, applied in memory, takes
+    /// effect once the journal is written after all.
     #[tokio::test]
     async fn an_answer_waits_a_bounded_time_for_a_stalled_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -591,7 +646,18 @@ mod tests {
         let sent = sent.unwrap();
         let waited = durable_within(&store, ticket, Duration::from_millis(200)).await;
         assert_eq!(waited.unwrap_err().code(), 91000);
+        // Until that wait ends, the store takes no new call; another store does.
+        assert_eq!(refuse_if_stalled(&store).unwrap_err().code(), 91000);
+        let other = Store::in_memory(Config::default()).unwrap();
+        refuse_if_stalled(&other).unwrap();
         gate.open();
+        for _ in 0..1000 {
+            if refuse_if_stalled(&store).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        refuse_if_stalled(&store).unwrap();
         let q = crate::HistoryQuery::new("a", "b", 10);
         let (page, ticket) = store.deferring(|| store.history(&q));
         durable(&store, ticket).await.unwrap();

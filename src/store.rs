@@ -445,6 +445,12 @@ impl Store {
         self.inner.config.clock.now()
     }
 
+    /// Names this store (and its clones) while it lives: for a server's per-store bookkeeping.
+    #[cfg(feature = "server")]
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     fn random_u32(&self) -> u32 {
         // splitmix64 over a shared counter: cheap, lock-free, well spread.
         let mut z = self

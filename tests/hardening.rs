@@ -393,11 +393,16 @@ fn a_refused_caller_is_answered_before_its_body_is_read() {
     let s = start(dir.path(), &[]);
     let bad_sig =
         "sdkappid=1400000000&identifier=administrator&usersig=bad&random=1&contenttype=json";
-    for (query, code) in [(bad_sig.to_owned(), "70003"), (s.query("vinson"), "90009")] {
+    let ack_bad_sig = format!("{bad_sig}&device=phone");
+    for (path, query, code) in [
+        ("openim/sendmsg", bad_sig.to_owned(), "70003"),
+        ("openim/sendmsg", s.query("vinson"), "90009"),
+        ("imstore/ack", ack_bad_sig, "70003"),
+    ] {
         let mut c = TcpStream::connect(&s.addr).unwrap();
         write!(
             c,
-            "POST /v4/openim/sendmsg?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{{"
+            "POST /v4/{path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{{"
         )
         .unwrap();
         c.set_read_timeout(Some(WAIT)).unwrap();

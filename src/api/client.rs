@@ -44,7 +44,7 @@ impl Api {
                     to: to.to_owned(),
                     msg_random: f.u32("MsgRandom", 90005)?,
                     msg_seq: f.opt_u32("MsgSeq", 90001)?,
-                    msg_time: None,
+                    msg_time: ctx.client_msg_time,
                     body: f
                         .msg_body()?
                         .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?,
@@ -78,5 +78,60 @@ impl Api {
             ))),
             None => Err(Error::InvalidRequest("the frame has no Op".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::ApiConfig;
+    use crate::{Config, HistoryQuery, ManualClock, Store};
+
+    fn answer(step: Step) -> Value {
+        match step {
+            Step::Done(reply) => serde_json::from_str(&reply.json).unwrap(),
+            Step::BeforeSend(_) => panic!("no before-send decision is asked for here"),
+        }
+    }
+
+    /// A send whose MsgKey a cluster node fixed (`CallContext::client_msg_time`, and a MsgSeq),
+    /// sent again — the node's retry — finds the message: one message, one MsgKey. A client's
+    /// own MsgTimeStamp counts for nothing.
+    #[test]
+    fn a_client_send_with_a_fixed_key_is_stored_once() {
+        let clock = ManualClock::new(1_700_000_100);
+        let store = Store::in_memory(Config::default().with_clock(clock)).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        let api = Api::new(store.clone(), ApiConfig::new(1_400_000_000, "k"));
+        let device = DeviceRequest {
+            account: "a".into(),
+            device: "phone".into(),
+            platform: "iOS",
+            after: None,
+        };
+        let frame = json!({
+            "Op": "sendmsg", "To_Account": "b", "MsgRandom": 5, "MsgSeq": 77,
+            "MsgTimeStamp": 1_600_000_000u32,
+            "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "once"}}],
+        });
+        let Value::Object(frame) = frame else {
+            unreachable!()
+        };
+        let fixed = CallContext {
+            client_msg_time: Some(1_700_000_050),
+            ..CallContext::default()
+        };
+        let first = answer(api.client_step(&device, &frame, &fixed));
+        let again = answer(api.client_step(&device, &frame, &fixed));
+        assert_eq!(first["ErrorCode"], 0, "{first}");
+        assert_eq!(first["MsgKey"], "77_5_1700000050");
+        assert_eq!(again["MsgKey"], first["MsgKey"], "{again}");
+        // Without a fixed time the store's clock dates it; the frame's MsgTimeStamp is ignored.
+        let plain = answer(api.client_step(&device, &frame, &CallContext::default()));
+        assert_eq!(plain["MsgKey"], "77_5_1700000100", "{plain}");
+        let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
+        assert_eq!(page.messages.len(), 2);
     }
 }

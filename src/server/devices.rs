@@ -99,6 +99,7 @@ pub(super) fn at_capacity() -> Response {
 /// Connects the device, once its connection record is durable.
 async fn connect(app: &App, req: &DeviceRequest) -> Result<Subscription, Error> {
     let store = app.api.store();
+    crate::server::refuse_if_stalled(store)?;
     let (sub, ticket) = store.deferring(|| match req.after {
         Some(after) => store.connect_after(&req.account, &req.device, after),
         None => store.connect(&req.account, &req.device),
@@ -269,6 +270,9 @@ impl Session {
             };
         }
         let store = self.app.api.store();
+        if let Err(e) = crate::server::refuse_if_stalled(store) {
+            return Some(ws_reply(&req_id, &error_reply(&e)));
+        }
         let ctx = self.app.call_context();
         let origin = super::webhook::device_origin(self.req.platform, self.peer.ip());
         let (step, ticket) = store.deferring(|| {
@@ -342,19 +346,38 @@ pub async fn events(
         .into_response()
 }
 
+/// The largest body `POST /v4/imstore/ack` reads: `{"Seq":...}` with a cluster's position
+/// token (about 16 bytes a shard).
+const ACK_BODY_LIMIT: usize = 64 << 10;
+
 /// `POST /v4/imstore/ack`: a device confirms receipt (for SSE clients).
 pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) -> Response {
-    let bytes = match read_body(body, app.body_limit).await {
+    let query = query.unwrap_or_default();
+    // The device is identified before its body is read, and the body is small: a caller that
+    // would be refused makes the server hold nothing.
+    #[cfg(feature = "cluster")]
+    let identified = match &app.node {
+        Some(node) => super::cluster::channels::authorize(node, &query).map(|_| ()),
+        None => app.api.authorize_device(&query).map(|_| ()),
+    };
+    #[cfg(not(feature = "cluster"))]
+    let identified = app.api.authorize_device(&query).map(|_| ());
+    if let Err(e) = identified {
+        return json_response(error_reply(&e));
+    }
+    let bytes = match read_body(body, app.body_limit.min(ACK_BODY_LIMIT)).await {
         Ok(b) => b,
         Err(response) => return response,
     };
-    let query = query.unwrap_or_default();
     #[cfg(feature = "cluster")]
     if let Some(node) = app.node.clone() {
         return super::cluster::channels::ack(node, query, &bytes).await;
     }
     let api = app.api.clone();
     let store = api.store().clone();
+    if let Err(e) = crate::server::refuse_if_stalled(&store) {
+        return json_response(error_reply(&e));
+    }
     let (reply, ticket) = store.deferring(|| api.device_ack(&query, &bytes));
     json_response(match crate::server::durable(&store, ticket).await {
         Ok(()) => reply,

@@ -129,6 +129,9 @@ impl App {
                 .unwrap_or_else(|e| error_reply(&Error::Internal(format!("handler failed: {e}"))));
         }
         let store = api.store();
+        if let Err(e) = super::refuse_if_stalled(store) {
+            return error_reply(&e);
+        }
         let ctx = self.call_context();
         let (step, ticket) = store.deferring(|| {
             self.with_origin(Origin::rest(ip.to_string()), || {

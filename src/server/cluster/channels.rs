@@ -46,7 +46,10 @@ fn split_after(query: &str) -> (String, Option<String>) {
 }
 
 /// Authenticates a device on this node; its resume token if it gave one.
-fn authorize(node: &Node, query: &str) -> Result<(DeviceRequest, Option<Token>), Error> {
+pub(in crate::server) fn authorize(
+    node: &Node,
+    query: &str,
+) -> Result<(DeviceRequest, Option<Token>), Error> {
     let (query, after) = split_after(query);
     let req = node.front.authorize_device(&query)?;
     let after = after.map(|a| Token::parse(&a, node.shards())).transpose()?;
@@ -159,7 +162,7 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
 
 /// One client frame: an ack confirms a token here; a request goes to its conversation's shard.
 async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) -> Option<String> {
-    let frame = match serde_json::from_str(text) {
+    let mut frame = match serde_json::from_str(text) {
         Ok(Value::Object(map)) => map,
         _ => {
             let e = Error::InvalidRequest(
@@ -179,6 +182,18 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         };
         return result.err().map(|e| ws_reply(&req_id, &error_reply(&e)));
     }
+    // A send's MsgKey is fixed here, the time always by the node (a client does not choose
+    // it), so that a retry of the forwarded call — to a shard's new owner, say — finds the
+    // message instead of storing it again.
+    let fixed;
+    let bytes = if frame.get("Op").and_then(Value::as_str) == Some("sendmsg") {
+        frame.remove("MsgTimeStamp");
+        super::front::fix_key(node, &mut frame);
+        fixed = serde_json::to_vec(&frame).unwrap_or_default();
+        fixed.as_slice()
+    } else {
+        text.as_bytes()
+    };
     let req = feed.request();
     let peer_account = ["To_Account", "Peer_Account"]
         .iter()
@@ -197,10 +212,7 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         ip: peer.ip().to_string(),
         peer: peer_account,
     };
-    let reply = match node
-        .call(n, &call, text.as_bytes(), rpc::REST_TIMEOUT)
-        .await
-    {
+    let reply = match node.call(n, &call, bytes, rpc::REST_TIMEOUT).await {
         Ok((answer, bytes)) => Reply {
             json: String::from_utf8_lossy(&bytes).into_owned(),
             code: answer.code,

@@ -107,7 +107,7 @@ pub(in crate::server) async fn rest(
 
 /// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey; whether it added
 /// either.
-fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
+pub(super) fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
     let fixed = !map.contains_key("MsgSeq") || !map.contains_key("MsgTimeStamp");
     if !map.contains_key("MsgSeq") {
         map.insert("MsgSeq".into(), json!(random_u32()));

@@ -312,9 +312,13 @@ pub(super) async fn handle(
         return retry("this node's lease on the shard is not current");
     }
     let store = &owned.store;
+    if let Err(e) = crate::server::refuse_if_stalled(store) {
+        return failed(&e);
+    }
     let webhooks = node.webhooks.as_deref();
     let ctx = CallContext {
         before_send_elsewhere: webhooks.is_some(),
+        client_msg_time: None,
     };
     match call {
         Call::Rest {
@@ -382,6 +386,14 @@ pub(super) async fn handle(
             };
             let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let origin = webhook::device_origin(req.platform, ip);
+            // The node fixed a send's MsgTimeStamp (`channels::client_frame`): a retry of this
+            // call stores nothing twice.
+            let ctx = CallContext {
+                client_msg_time: (frame.get("MsgTimeStamp"))
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|t| u32::try_from(t).ok()),
+                ..ctx
+            };
             step_durably(owned, webhooks, origin, || {
                 owned.api.client_step(&req, &frame, &ctx)
             })
