@@ -546,15 +546,16 @@ static STALLED: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashMap
     std::sync::LazyLock::new(Default::default);
 static STALLED_ANY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// One answer of a store that waited out [`DURABLE_WAIT`], while its wait goes on.
-struct Stalled(usize);
+/// One answer of a store that waited out [`DURABLE_WAIT`], while its wait goes on. It holds
+/// the store, so that no other store takes its address (its id) meanwhile.
+struct Stalled(Store);
 
 impl Stalled {
     fn begin(store: &Store) -> Stalled {
         use std::sync::atomic::Ordering;
         *STALLED.lock().entry(store.id()).or_insert(0) += 1;
         STALLED_ANY.fetch_add(1, Ordering::AcqRel);
-        Stalled(store.id())
+        Stalled(store.clone())
     }
 }
 
@@ -562,10 +563,10 @@ impl Drop for Stalled {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
         let mut stalled = STALLED.lock();
-        if let Some(n) = stalled.get_mut(&self.0) {
+        if let Some(n) = stalled.get_mut(&self.0.id()) {
             *n -= 1;
             if *n == 0 {
-                stalled.remove(&self.0);
+                stalled.remove(&self.0.id());
             }
         }
         STALLED_ANY.fetch_sub(1, Ordering::AcqRel);

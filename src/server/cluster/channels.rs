@@ -185,15 +185,12 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
     // A send's MsgKey is fixed here, the time always by the node (a client does not choose
     // it), so that a retry of the forwarded call — to a shard's new owner, say — finds the
     // message instead of storing it again.
-    let fixed;
-    let bytes = if frame.get("Op").and_then(Value::as_str) == Some("sendmsg") {
-        frame.remove("MsgTimeStamp");
-        super::front::fix_key(node, &mut frame);
-        fixed = serde_json::to_vec(&frame).unwrap_or_default();
-        fixed.as_slice()
-    } else {
-        text.as_bytes()
-    };
+    let mut msg_time = None;
+    let fixed = (frame.get("Op").and_then(Value::as_str) == Some("sendmsg")).then(|| {
+        msg_time = Some(super::front::fix_client_send(node, &mut frame));
+        serde_json::to_vec(&frame).unwrap_or_default()
+    });
+    let bytes = fixed.as_deref().unwrap_or(text.as_bytes());
     let req = feed.request();
     let peer_account = ["To_Account", "Peer_Account"]
         .iter()
@@ -211,6 +208,7 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         platform: req.platform.to_owned(),
         ip: peer.ip().to_string(),
         peer: peer_account,
+        msg_time,
     };
     let reply = match node.call(n, &call, bytes, rpc::REST_TIMEOUT).await {
         Ok((answer, bytes)) => Reply {

@@ -108,18 +108,32 @@ pub(in crate::server) async fn rest(
 /// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey; whether it added
 /// either.
 pub(super) fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
-    let fixed = !map.contains_key("MsgSeq") || !map.contains_key("MsgTimeStamp");
-    if !map.contains_key("MsgSeq") {
+    let fixed = absent(map, "MsgSeq") || absent(map, "MsgTimeStamp");
+    if absent(map, "MsgSeq") {
         map.insert("MsgSeq".into(), json!(random_u32()));
     }
-    if !map.contains_key("MsgTimeStamp") {
-        let now = node.front.store().config().clock.now();
-        map.insert(
-            "MsgTimeStamp".into(),
-            json!(u32::try_from(now).unwrap_or(u32::MAX)),
-        );
+    if absent(map, "MsgTimeStamp") {
+        map.insert("MsgTimeStamp".into(), json!(node_time(node)));
     }
     fixed
+}
+
+/// Whether a field is missing, as the API reads it (null counts as missing).
+fn absent(map: &Map<String, Value>, field: &str) -> bool {
+    map.get(field).is_none_or(Value::is_null)
+}
+
+fn node_time(node: &Node) -> u32 {
+    u32::try_from(node.front.store().config().clock.now()).unwrap_or(u32::MAX)
+}
+
+/// Fixes a client's `sendmsg` frame's MsgKey: a MsgSeq if it has none, and the time, which
+/// the node gives (a client does not date its messages) in the call's header.
+pub(super) fn fix_client_send(node: &Node, frame: &mut Map<String, Value>) -> u32 {
+    if absent(frame, "MsgSeq") {
+        frame.insert("MsgSeq".into(), json!(random_u32()));
+    }
+    node_time(node)
 }
 
 fn random_u32() -> u32 {

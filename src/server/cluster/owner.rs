@@ -312,7 +312,11 @@ pub(super) async fn handle(
         return retry("this node's lease on the shard is not current");
     }
     let store = &owned.store;
-    if let Err(e) = crate::server::refuse_if_stalled(store) {
+    // Calls that bring operations are refused while the shard's stream is stalled; pulls,
+    // connections and closes, which a device's session repeats, are not.
+    if matches!(call, Call::Rest { .. } | Call::Client { .. })
+        && let Err(e) = crate::server::refuse_if_stalled(store)
+    {
         return failed(&e);
     }
     let webhooks = node.webhooks.as_deref();
@@ -366,6 +370,7 @@ pub(super) async fn handle(
             platform,
             ip,
             peer,
+            msg_time,
         } => {
             if let Err(e) = owned.ensure_accounts(&[account.clone(), peer]).await {
                 return failed(&e);
@@ -386,12 +391,10 @@ pub(super) async fn handle(
             };
             let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let origin = webhook::device_origin(req.platform, ip);
-            // The node fixed a send's MsgTimeStamp (`channels::client_frame`): a retry of this
-            // call stores nothing twice.
+            // The node dated a send (`channels::client_frame`): a retry of this call stores
+            // nothing twice. Never from the frame, which the client wrote.
             let ctx = CallContext {
-                client_msg_time: (frame.get("MsgTimeStamp"))
-                    .and_then(serde_json::Value::as_u64)
-                    .and_then(|t| u32::try_from(t).ok()),
+                client_msg_time: msg_time,
                 ..ctx
             };
             step_durably(owned, webhooks, origin, || {

@@ -56,6 +56,11 @@ pub enum Call {
         platform: String,
         ip: String,
         peer: String,
+        /// A `sendmsg`'s MsgTimeStamp, given by the node (a client does not date its
+        /// messages), so that a retry of the call finds the message instead of storing it
+        /// again; `None` from a node of an earlier version (the owner's clock then).
+        #[serde(default)]
+        msg_time: Option<u32>,
     },
     /// Connects a device in this shard for a node's session (`after`: resume point, which
     /// confirms receipt up to it). `again`: the session connects again after "no session";
