@@ -115,6 +115,24 @@ pub(crate) struct Conversation {
     next: [u32; 2],
 }
 
+/// The addresses a [`Conversation::hint`] can name: 56 bits (x86-64 and arm64 user space).
+const HINT_ADDRESS: u64 = (1 << 56) - 1;
+
+/// How much of a buffer a hint names: its first 15 messages (a binary search of a longer
+/// one reads a few of its lines, which no hint can name), four cache lines at most.
+const HINT_BYTES: usize = 255;
+
+/// Starts loading what a [`Conversation::hint`] names. It may be stale — memory freed or
+/// reused since: a prefetch reads nothing the program sees and never faults.
+pub(crate) fn prefetch_hint(hint: u64) {
+    if hint != 0 {
+        crate::table::prefetch_range(
+            (hint & HINT_ADDRESS) as usize as *const u8,
+            (hint >> 56) as usize,
+        );
+    }
+}
+
 /// A message in a conversation, with its (MsgTimeStamp, MsgSeq) beside it.
 struct Held {
     /// MsgTimeStamp << 32 | MsgSeq.
@@ -374,6 +392,26 @@ impl Conversation {
         self.same_time_seq_held(key)
             .map(|h| &h.msg)
             .filter(move |m| m.key == key)
+    }
+
+    /// Where this conversation's messages are, for a request to start loading them together
+    /// with the conversation ([`prefetch_hint`]; the store keeps it in the conversation's
+    /// table slot): the record of its one message, or the first [`HINT_BYTES`] of its
+    /// buffer — the address in the low 56 bits, how many bytes above. 0 when it has none (or
+    /// its address does not fit).
+    pub fn hint(&self) -> u64 {
+        let (addr, len) = match &self.messages {
+            Messages::Empty => return 0,
+            Messages::One(h) => (
+                &*h.msg as *const StoredMessage as u64,
+                std::mem::size_of::<StoredMessage>(),
+            ),
+            Messages::Many(r) => r.buffer(),
+        };
+        if addr > HINT_ADDRESS {
+            return 0;
+        }
+        addr | (len.min(HINT_BYTES) as u64) << 56
     }
 
     /// Starts loading where `find(_, key)` will look: the message itself when the conversation

@@ -548,9 +548,34 @@ impl Store {
 
     /// The conversation of `x` and `y`, if they have one.
     fn conversation(&self, x: &UserId, y: &UserId) -> Option<&Mutex<Conversation>> {
+        self.conversation_keyed(x, y).map(|(_, conv)| conv)
+    }
+
+    /// [`conversation`](Store::conversation) with its key in the conversations' table.
+    fn conversation_keyed(
+        &self,
+        x: &UserId,
+        y: &UserId,
+    ) -> Option<([u64; 2], &Mutex<Conversation>)> {
         let accounts = &self.inner.accounts;
         let cell = |id| accounts.cell_numbered(accounts.number(id)?);
-        self.conversation_of(cell(x)?, cell(y)?)
+        let key = self.conv_key_of(cell(x)?, cell(y)?);
+        let n = self.inner.conversations.get(&key)?;
+        Some((key, self.inner.conversation_list.get(n)?))
+    }
+
+    /// Keeps where the messages of `c` (filed under `key`) are in its table slot, if that
+    /// moved from `before` (`Conversation::hint`, taken before `c` changed): a request that
+    /// finds the conversation's slot starts loading them together with the conversation
+    /// (`prefetch_conversation`). Called with the conversation locked, by every change that
+    /// can move them — a message in or out, a snapshot's restore. A hint the table does not
+    /// take (`Table::set_hint`) or one left stale costs a cache miss, never a wrong answer:
+    /// it is only ever prefetched.
+    fn rehint(&self, key: &[u64; 2], c: &Conversation, before: u64) {
+        let hint = c.hint();
+        if hint != before {
+            self.inner.conversations.set_hint(key, hint);
+        }
     }
 
     /// The conversation of the accounts of cells `x` and `y`, if they have one.
@@ -574,10 +599,13 @@ impl Store {
     }
 
     /// The number of the conversation filed under `key`, if there is one (its slot is read),
-    /// and starts loading the conversation.
+    /// and starts loading the conversation and, by the hint its slot keeps (`rehint`), its
+    /// message or buffer: a request's search of the conversation then waits for no miss of
+    /// its own, and the record of a one-message conversation is in when it is read.
     fn prefetch_conversation(&self, key: &[u64; 2]) -> Option<u32> {
-        let n = self.inner.conversations.get(key)?;
+        let (n, hint) = self.inner.conversations.get_hinted(key)?;
         self.inner.conversation_list.prefetch(n);
+        crate::roaming::prefetch_hint(hint);
         Some(n)
     }
 

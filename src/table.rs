@@ -1,6 +1,7 @@
 //! Two append-only containers read on every operation without a lock, a reference count or
-//! any other atomic read-modify-write: `Table`, a hash table from a fixed-size key to a `u32`,
-//! and `Arena` (`table/arena.rs`), values numbered 0, 1, 2, ... that never move.
+//! any other atomic read-modify-write: `Table`, a hash table from a fixed-size key to a `u32`
+//! (and, in a prehashed table, a hint word beside it: `Table::set_hint`), and `Arena`
+//! (`table/arena.rs`), values numbered 0, 1, 2, ... that never move.
 //!
 //! Why: a recall looks up two account names, two accounts and a conversation. Behind a
 //! `DashMap` and `Arc`s each lookup took a shard lock and a reference count — about twenty
@@ -57,7 +58,10 @@ const FIRST_LEVEL: u32 = 6;
 const LEVELS: usize = 33;
 
 /// One slot: `head` is 0 while empty, else (the key's hash tag << 32) | (value + 1); the key
-/// words are written before `head` is published (Release) and read after it (Acquire).
+/// words are written before `head` is published (Release) and read after it (Acquire). In a
+/// [`prehashed`](Table::prehashed) table the tag is the hash's low 32 bits — enough to file
+/// the key again when the table grows, since its last word, the hash, is not kept: that word
+/// holds the key's hint instead ([`Table::set_hint`]).
 struct Slot<const W: usize> {
     head: AtomicU64,
     key: [AtomicU64; W],
@@ -145,9 +149,17 @@ impl<const W: usize> Level<W> {
         }
     }
 
-    /// The value of `key`, or the index of the empty slot that ends its probe.
-    fn probe(&self, key: &[u64; W], hash: u64) -> Result<u32, usize> {
-        let tag = hash >> 32;
+    /// The value of `key`, or the index of the empty slot that ends its probe (`form`: how
+    /// the table files and compares its keys).
+    fn probe(&self, key: &[u64; W], hash: u64, form: Form) -> Result<u32, usize> {
+        self.find(key, hash, form)
+            .map(|i| (self.slots()[i].head.load(Ordering::Relaxed) as u32).wrapping_sub(1))
+    }
+
+    /// The index of `key`'s slot, or of the empty slot that ends its probe.
+    fn find(&self, key: &[u64; W], hash: u64, form: Form) -> Result<usize, usize> {
+        let tag = form.tag(hash);
+        let words = form.words::<W>();
         let mask = self.mask();
         let mut i = hash as usize & mask;
         // Bounded by the level's size; at load ¾ or less an empty slot comes long before.
@@ -158,27 +170,55 @@ impl<const W: usize> Level<W> {
                 return Err(i);
             }
             if head >> 32 == tag
-                && slot
-                    .key
+                && slot.key[..words]
                     .iter()
                     .zip(key)
                     .all(|(a, b)| a.load(Ordering::Relaxed) == *b)
             {
-                return Ok((head as u32).wrapping_sub(1));
+                return Ok(i);
             }
             i = (i + 1) & mask;
         }
         unreachable!("a table level is never full")
     }
 
-    /// Writes `key` → `value` into the empty slot `i` (writers hold the table's lock).
-    fn publish(&self, i: usize, key: &[u64; W], hash: u64, value: u32) {
+    /// Writes `words` → `value` into the empty slot `i`, filed under `tag` (writers hold the
+    /// table's lock): the key's words as the slot keeps them (a prehashed key's hint last).
+    fn publish(&self, i: usize, words: &[u64; W], tag: u64, value: u32) {
         let slot = &self.slots()[i];
-        for (a, b) in slot.key.iter().zip(key) {
+        for (a, b) in slot.key.iter().zip(words) {
             a.store(*b, Ordering::Relaxed);
         }
         slot.head
-            .store((hash >> 32) << 32 | u64::from(value + 1), Ordering::Release);
+            .store(tag << 32 | u64::from(value + 1), Ordering::Release);
+    }
+}
+
+/// How a table files and tells apart its keys.
+#[derive(Clone, Copy)]
+enum Form {
+    /// Hashed by the table; every word is the key; the tag is the hash's high half.
+    Hashed,
+    /// [`Table::prehashed`]: the last word is the hash, and only the others tell keys apart
+    /// (the slot keeps a hint in its place); the tag is the hash's low half, from which a
+    /// growth files the key again (`Table::copy`).
+    Prehashed,
+}
+
+impl Form {
+    fn tag(self, hash: u64) -> u64 {
+        match self {
+            Form::Hashed => hash >> 32,
+            Form::Prehashed => hash & u64::from(u32::MAX),
+        }
+    }
+
+    /// How many of a key's `W` words are compared.
+    fn words<const W: usize>(self) -> usize {
+        match self {
+            Form::Hashed => W,
+            Form::Prehashed => W - 1,
+        }
     }
 }
 
@@ -253,8 +293,12 @@ impl<const W: usize> Table<W> {
     /// The conversations' table is one: a conversation is filed under a mix of its two
     /// accounts' name hashes, so a request can start loading its slot together with the
     /// names' own, one round trip to memory before the accounts' numbers (the rest of its
-    /// key) are read from them. The key stays exact: two keys with the same last word are
-    /// still told apart by the others.
+    /// key) are read from them. Two keys with the same last word are still told apart by the
+    /// others — and only by them: the last word says where a key is filed, not what it is, so
+    /// a caller must give one key one last word (a conversation's two numbers name its two
+    /// accounts, whose names' hashes make its last word). The slot keeps, in that word's
+    /// place, a hint ([`set_hint`](Table::set_hint)); its tag, the hash's low 32 bits, is
+    /// all a growth needs to file the key again.
     pub fn prehashed() -> Self {
         Table {
             prehashed: true,
@@ -292,6 +336,14 @@ impl<const W: usize> Table<W> {
         h.finish()
     }
 
+    fn form(&self) -> Form {
+        if self.prehashed {
+            Form::Prehashed
+        } else {
+            Form::Hashed
+        }
+    }
+
     fn at(&self, level: usize) -> &Level<W> {
         self.levels[level]
             .get()
@@ -307,6 +359,39 @@ impl<const W: usize> Table<W> {
     pub fn get_hashed(&self, key: &[u64; W], hash: u64) -> Option<u32> {
         let epoch = self.epoch.load(Ordering::Acquire);
         self.get_as_of(key, hash, epoch, self.current.load(Ordering::Acquire))
+            .map(|(v, _)| v)
+    }
+
+    /// [`get`](Table::get) of a [`prehashed`](Table::prehashed) table's key, with the hint
+    /// last set for it ([`set_hint`](Table::set_hint); 0 if none): read from the same slot,
+    /// so it comes with the value, one round trip to memory before whatever the value leads
+    /// to. A hint may be stale.
+    pub fn get_hinted(&self, key: &[u64; W]) -> Option<(u32, u64)> {
+        debug_assert!(self.prehashed, "only a prehashed table keeps hints");
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.get_as_of(key, key[W - 1], epoch, self.current.load(Ordering::Acquire))
+    }
+
+    /// Keeps `hint` in the slot of `key`, a stored key of a [`prehashed`](Table::prehashed)
+    /// table, for [`get_hinted`](Table::get_hinted): one word the caller wants to have as soon
+    /// as the key is found (an address to start loading, say). Taken only if the writers'
+    /// lock is free at once — the hint is then written where the key is, in either level, and
+    /// no copy moves it meanwhile — else left as it was: a writer never waits for a hint, and
+    /// one never lands in a retired level (`Level::retire`), whose pages it would make
+    /// resident again.
+    pub fn set_hint(&self, key: &[u64; W], hint: u64) {
+        debug_assert!(self.prehashed, "only a prehashed table keeps hints");
+        let Some(_writer) = self.writer.try_lock() else {
+            return;
+        };
+        let old = self.old.load(Ordering::Relaxed).checked_sub(1);
+        let levels = std::iter::once(self.current.load(Ordering::Relaxed)).chain(old);
+        for level in levels.map(|l| self.at(l)) {
+            if let Ok(i) = level.find(key, key[W - 1], Form::Prehashed) {
+                level.slots()[i].key[W - 1].store(hint, Ordering::Relaxed);
+                return;
+            }
+        }
     }
 
     /// The hash this table files `key` under (for `get_hashed` and `prefetch_hashed`, when a
@@ -322,7 +407,7 @@ impl<const W: usize> Table<W> {
         hash: u64,
         mut epoch: usize,
         mut current: usize,
-    ) -> Option<u32> {
+    ) -> Option<(u32, u64)> {
         // Bounded: each retry follows a growth or a retirement, one each per doubling.
         loop {
             let found = self.lookup(key, hash, current);
@@ -347,15 +432,23 @@ impl<const W: usize> Table<W> {
         }
     }
 
-    /// Probes level `current`, then the level being copied into it, if any.
-    fn lookup(&self, key: &[u64; W], hash: u64, current: usize) -> Option<u32> {
-        if let Ok(v) = self.at(current).probe(key, hash) {
-            return Some(v);
-        }
-        match self.old.load(Ordering::Acquire) {
+    /// Probes level `current`, then the level being copied into it, if any: the value and,
+    /// in a prehashed table, the hint.
+    fn lookup(&self, key: &[u64; W], hash: u64, current: usize) -> Option<(u32, u64)> {
+        let form = self.form();
+        let found = |level: &Level<W>| {
+            let slot = &level.slots()[level.find(key, hash, form).ok()?];
+            let value = (slot.head.load(Ordering::Relaxed) as u32).wrapping_sub(1);
+            let hint = match form {
+                Form::Hashed => 0,
+                Form::Prehashed => slot.key[W - 1].load(Ordering::Relaxed),
+            };
+            Some((value, hint))
+        };
+        found(self.at(current)).or_else(|| match self.old.load(Ordering::Acquire) {
             0 => None,
-            old => self.at(old - 1).probe(key, hash).ok(),
-        }
+            old => found(self.at(old - 1)),
+        })
     }
 
     /// Starts loading the slot where a lookup of a key of this hash begins
@@ -398,19 +491,25 @@ impl<const W: usize> Table<W> {
         {
             self.grow(&mut w);
         }
+        let form = self.form();
         if let Some(old) = self.old.load(Ordering::Relaxed).checked_sub(1)
-            && let Ok(v) = self.at(old).probe(key, hash)
+            && let Ok(v) = self.at(old).probe(key, hash, form)
         {
             return Ok(v);
         }
         let level = self.at(self.current.load(Ordering::Relaxed));
-        let slot = match level.probe(key, hash) {
+        let slot = match level.probe(key, hash, form) {
             Ok(v) => return Ok(v),
             Err(slot) => slot,
         };
         let value = make()?;
         assert!(value < u32::MAX, "table values stay below u32::MAX");
-        level.publish(slot, key, hash, value);
+        let mut words = *key;
+        if let Form::Prehashed = form {
+            // The hash is not kept (the tag holds what a growth needs): no hint yet.
+            words[W - 1] = 0;
+        }
+        level.publish(slot, &words, form.tag(hash), value);
         w.len += 1;
         w.in_current += 1;
         Ok(value)
@@ -433,13 +532,19 @@ impl<const W: usize> Table<W> {
             if head == 0 {
                 continue;
             }
-            let key: [u64; W] = std::array::from_fn(|i| slot.key[i].load(Ordering::Relaxed));
-            let hash = self.hash(&key);
+            // As the slot keeps them: a prehashed key's hint is copied with it.
+            let words: [u64; W] = std::array::from_fn(|i| slot.key[i].load(Ordering::Relaxed));
+            let form = self.form();
+            let hash = match form {
+                Form::Hashed => self.hash(&words),
+                // The tag is the hash's low half: all a level of up to 2^32 slots files by.
+                Form::Prehashed => head >> 32,
+            };
             // Never there already: an insert looks in both levels first.
             let i = to
-                .probe(&key, hash)
+                .find(&words, hash, form)
                 .expect_err("not yet in the current level");
-            to.publish(i, &key, hash, (head as u32) - 1);
+            to.publish(i, &words, form.tag(hash), (head as u32) - 1);
             w.in_current += 1;
         }
         w.copied = end;
@@ -459,6 +564,11 @@ impl<const W: usize> Table<W> {
         self.copy(w, usize::MAX);
         let current = self.current.load(Ordering::Relaxed);
         let log2 = self.at(current).slots().len().trailing_zeros() + 1;
+        // A prehashed key is filed again by its tag, the hash's low 32 bits.
+        assert!(
+            !self.prehashed || log2 <= 32,
+            "a prehashed table holds at most 3 × 2^30 keys"
+        );
         self.levels[current + 1].get_or_init(|| Level::new(log2));
         (w.copied, w.in_current) = (0, 0);
         // The old level is published before the new one becomes current: a reader that sees
@@ -533,6 +643,52 @@ mod tests {
         assert_ne!(t.mix(1, 2), t.mix(1, 3));
     }
 
+    /// A prehashed table keeps a hint in each slot, in the word of the key's hash: set, read
+    /// with the value, carried by every growth's copy; not taken while a writer holds the
+    /// table; no part of the key (keys are told apart by their other words).
+    #[test]
+    fn a_prehashed_tables_hints_follow_their_keys_across_growths() {
+        let t = Table::<2>::prehashed();
+        let key = |i: u64| [i, t.mix(i / 8, 1)];
+        for i in 0..40_000u64 {
+            t.get_or_insert_with(&key(i), || i as u32);
+            assert_eq!(t.get_hinted(&key(i)), Some((i as u32, 0)), "no hint yet");
+            if i % 3 != 0 {
+                t.set_hint(&key(i), i << 8 | 0xAB);
+            }
+        }
+        // A hint set while the key is in the level being copied: kept by the copy.
+        let copying = (0..10_000u64).find(|_| {
+            let n = t.len() as u64;
+            t.get_or_insert_with(&key(n), || n as u32);
+            t.old.load(Ordering::Relaxed) != 0
+        });
+        assert!(copying.is_some(), "a growth began");
+        t.set_hint(&key(5), 0x55);
+        while t.old.load(Ordering::Relaxed) != 0 {
+            let n = t.len() as u64;
+            t.get_or_insert_with(&key(n), || n as u32);
+        }
+        for i in 0..40_000u64 {
+            let hint = match i {
+                5 => 0x55,
+                _ if i % 3 == 0 => 0,
+                _ => i << 8 | 0xAB,
+            };
+            assert_eq!(t.get_hinted(&key(i)), Some((i as u32, hint)), "key {i}");
+            assert_eq!(t.get(&key(i)), Some(i as u32));
+        }
+        // With the writers' lock held elsewhere, a hint is not taken (never waited for).
+        {
+            let _writer = t.writer.lock();
+            t.set_hint(&key(7), 0x77);
+        }
+        assert_eq!(t.get_hinted(&key(7)), Some((7, 7 << 8 | 0xAB)));
+        // A hint set on a key never stored: nothing.
+        t.set_hint(&[u64::MAX, 3], 1);
+        assert_eq!(t.get_hinted(&[u64::MAX, 3]), None);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn old_levels_are_given_back_and_every_key_is_still_found() {
@@ -563,7 +719,7 @@ mod tests {
             for i in (0..100_000u64).step_by(7) {
                 assert_eq!(
                     t.get_as_of(&[i], t.hash(&[i]), 0, old),
-                    Some(i as u32),
+                    Some((i as u32, 0)),
                     "key {i}, level {old}"
                 );
             }

@@ -95,6 +95,14 @@ impl Ring {
         self.len as usize
     }
 
+    /// Where the buffer is, and its size in bytes.
+    pub fn buffer(&self) -> (u64, usize) {
+        (
+            self.ptr.as_ptr() as u64,
+            self.cap as usize * std::mem::size_of::<Held>(),
+        )
+    }
+
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.cap as usize

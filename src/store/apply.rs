@@ -105,12 +105,15 @@ impl Store {
                 Ok(Applied::Purged(forgotten))
             }
             Op::PurgeConversation { a, b, cutoff } => {
-                let Some(conv) = self.conversation(a, b) else {
+                let Some((key, conv)) = self.conversation_keyed(a, b) else {
                     return Ok(Applied::Purged(0));
                 };
                 let mut c = conv.lock();
                 c.ticket = self.record(op, mode)?;
-                Ok(Applied::Purged(c.trim(*cutoff)))
+                let before = c.hint();
+                let purged = c.trim(*cutoff);
+                self.rehint(&key, &c, before);
+                Ok(Applied::Purged(purged))
             }
             Op::PurgeInbox { account, at } => {
                 let cell = self.cell_as(account, Role::Plain)?;
@@ -359,7 +362,16 @@ impl Store {
             None if create => self.conversation_or_new((fc, &mut fs), (tc, &mut ts))?,
             None => return Err(missing()),
         };
-        f(&mut fs, &mut ts, &mut conv.lock())
+        let mut c = conv.lock();
+        if !create {
+            // A recall, a client's recall or a modify: no message comes or goes, so they
+            // stay where the conversation's slot says (`rehint`).
+            return f(&mut fs, &mut ts, &mut c);
+        }
+        let before = c.hint();
+        let r = f(&mut fs, &mut ts, &mut c);
+        self.rehint(&self.conv_key_of(fc, tc), &c, before);
+        r
     }
 
     /// [`with_parties`](Store::with_parties) for the live, unexpired message `key` from `from`
@@ -581,6 +593,55 @@ fn total_unread(state: &AccountState) -> u32 {
 mod tests {
     use crate::message::ARRIVAL_LIMIT;
     use crate::{Config, HistoryQuery, ManualClock, MsgElement, SendRequest, Store, UserId};
+
+    /// Every change that moves a conversation's messages — its first, its buffer made and
+    /// grown, a purge down to one and to none — leaves where they now are in its table slot
+    /// (`Store::rehint`), for requests to start loading them with the conversation.
+    #[test]
+    fn the_conversations_slot_says_where_its_messages_are() {
+        let clock = ManualClock::new(1_700_000_000);
+        let store = Store::in_memory(Config::default().with_clock(clock.clone())).unwrap();
+        store.import_accounts(&["where-a", "where-b"]).unwrap();
+        let (a, b) = (
+            UserId::new("where-a").unwrap(),
+            UserId::new("where-b").unwrap(),
+        );
+        let hints = || {
+            let (key, conv) = store.conversation_keyed(&a, &b).unwrap();
+            let slot = store.inner.conversations.get_hinted(&key).unwrap().1;
+            (slot, conv.lock().hint())
+        };
+        let send = |seq: u32, time: u32| {
+            let mut req = SendRequest::new("where-a", "where-b", 1, vec![MsgElement::text("x")]);
+            (req.msg_seq, req.msg_time) = (Some(seq), Some(time));
+            store.send(req).unwrap();
+        };
+        let mut seen = Vec::new();
+        // One message (its record), then buffers of 2, 4 and 8 (each a new one).
+        for seq in 1..=5 {
+            send(seq, 1_700_000_000 - 100 + seq);
+            let (slot, now) = hints();
+            assert_ne!(now, 0);
+            assert_eq!(slot, now, "after message {seq}");
+            seen.push(now);
+        }
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            4,
+            "the record, then buffers of 2, 4 and 8: {seen:x?}"
+        );
+        // Purged down to the newest message, kept in place; then to none.
+        // Retention: the default 7 days.
+        clock.set(1_700_000_000 + 604_800 - 96 + 1);
+        store.purge_expired().unwrap();
+        let (slot, now) = hints();
+        assert!(now != 0 && !seen.contains(&now), "{now:x}");
+        assert_eq!(slot, now);
+        clock.advance(100);
+        store.purge_expired().unwrap();
+        assert_eq!(hints(), (0, 0));
+    }
 
     #[test]
     fn a_conversation_out_of_arrival_numbers_refuses_sends_with_91000_and_loses_nothing() {

@@ -341,7 +341,8 @@ impl Store {
         // Each lock alone: nobody else touches a store being restored.
         let heads = [ca.state.lock().conversations, cb.state.lock().conversations];
         conv.link(heads);
-        let (n, _) = self.add_conversation(key, conv, &mut false)?;
+        let (n, conv) = self.add_conversation(key, conv, &mut false)?;
+        self.rehint(&key, &conv.lock(), 0);
         ca.state.lock().conversations = n;
         cb.state.lock().conversations = n;
         Ok(())
@@ -414,7 +415,7 @@ impl Store {
     /// (`SNAP_CONVERSATION_MORE`), with the same arrival numbers.
     fn restore_conversation_more(&self, img: ConvImage<'_>) -> Result<(), Error> {
         let (a, b) = (UserId::new(img.a)?, UserId::new(img.b)?);
-        let conv = self.conversation(&a, &b).ok_or_else(|| {
+        let (key, conv) = self.conversation_keyed(&a, &b).ok_or_else(|| {
             Error::Internal(format!(
                 "the snapshot continues a conversation of {a} and {b} it did not begin"
             ))
@@ -437,7 +438,9 @@ impl Store {
                     "the snapshot's conversation of {a} and {b} is damaged: {why}"
                 ))
             })?;
+        let before = c.hint();
         c.extend_restored(messages);
+        self.rehint(&key, &c, before);
         Ok(())
     }
 
@@ -908,6 +911,17 @@ mod tests {
         };
         assert_eq!(unread(&b).len(), 61);
         assert_eq!(unread(&b), unread(&src));
+        // Each restored conversation's slot says where its messages are (`Store::rehint`),
+        // the long one's continued in records of their own too.
+        for s in [&a, &b] {
+            for (x, y) in [("big-a", "big-b"), ("peer-3", "big-b")] {
+                let (x, y) = (UserId::new(x).unwrap(), UserId::new(y).unwrap());
+                let (key, conv) = s.conversation_keyed(&x, &y).unwrap();
+                let hint = conv.lock().hint();
+                assert_ne!(hint, 0);
+                assert_eq!(s.inner.conversations.get_hinted(&key).unwrap().1, hint);
+            }
+        }
     }
 
     /// A snapshot record past the frame limit is refused, not written: it could not be read
