@@ -264,12 +264,6 @@ impl Inbox {
     }
 
     /// Starts loading the memory the next `append` writes (a hint: see `table::prefetch`).
-    /// Where the next `append` writes, unless the last block is full (then into a new
-    /// block, whose slot its slab has started loading already): one past the last entry.
-    pub fn next_place(&self) -> u64 {
-        self.tail.slots.as_ptr_range().end as u64
-    }
-
     pub fn prefetch_tail(&self) {
         // One past the last entry: where the next goes unless the block is full (then a new
         // block is allocated, memory the allocator most likely touched lately).

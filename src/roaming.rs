@@ -414,6 +414,29 @@ impl Conversation {
         addr | (len.min(HINT_BYTES) as u64) << 56
     }
 
+    /// Starts loading where `find(_, key)` will look: the message itself when the conversation
+    /// holds one (then `true`: nothing more to load), else the start of its buffer (a hint).
+    pub fn prefetch_find(&self, key: MsgKey) -> bool {
+        match &self.messages {
+            Messages::Empty => true,
+            Messages::One(h) => {
+                if h.ts == time_seq(key) {
+                    MsgArc::prefetch(&h.msg);
+                }
+                true
+            }
+            Messages::Many(d) => {
+                // The buffer the search reads: all of it, up to four lines a part (a binary
+                // search of a longer one reads a few of its lines, which no hint can name).
+                let (a, b) = d.as_slices();
+                for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                    crate::table::prefetch(&part[..part.len().min(16)]);
+                }
+                false
+            }
+        }
+    }
+
     /// Starts loading the messages `find(_, key)` will read: those with `key`'s MsgTimeStamp
     /// and MsgSeq (one, nearly always). A hint for a `find` soon after; this one reads the
     /// buffer only, never a message record: a record not yet loaded would be a miss taken

@@ -239,7 +239,7 @@ pub(crate) struct Inner {
     /// mix of the accounts' name hashes (`Store::conv_key_of`, `Table::prehashed`) → their
     /// number in `conversation_list`; both read without a lock (`table.rs`), neither ever
     /// shrinks.
-    conversations: Table<2>,
+    conversations: Table<2, true>,
     conversation_list: Arena<Mutex<Conversation>>,
     rng: AtomicU64,
     /// Unset for an in-memory store.
@@ -500,16 +500,7 @@ impl Store {
     /// and the conversation's (`conv_place`) are loaded at once, then both cells and the
     /// conversation, so that a request in a large store waits for two misses to memory where
     /// one name after the other, then the conversation, would wait for five or six.
-    ///
-    /// `append`: the request appends to both accounts' inboxes (a send, a recall), whose next
-    /// places are loaded with the cells (`Accounts::named_number_prefetch`); a read (a history
-    /// page) does not load them — two loads a page for nothing measured 10-18% slower.
-    fn pair(
-        &self,
-        acting: &str,
-        other: &str,
-        append: bool,
-    ) -> Result<(Numbered<'_>, Numbered<'_>, Option<u32>)> {
+    fn pair(&self, acting: &str, other: &str) -> Result<(Numbered<'_>, Numbered<'_>, Option<u32>)> {
         let accounts = &self.inner.accounts;
         let (a, b) = (accounts.name_lookup(acting), accounts.name_lookup(other));
         for name in [&a, &b].into_iter().flatten() {
@@ -521,12 +512,12 @@ impl Store {
             self.inner.conversations.prefetch_hashed(place);
             place
         });
-        let na = a.and_then(|k| accounts.named_number_prefetch(&k, append));
-        let nb = b.and_then(|k| accounts.named_number_prefetch(&k, append));
+        let na = a.and_then(|k| accounts.named_number_prefetch(&k));
+        let nb = b.and_then(|k| accounts.named_number_prefetch(&k));
         let mut conv = None;
         if let (Some(x), Some(y), Some(place)) = (na, nb, place) {
             // The conversation itself (its slot is in by now): its miss overlaps the cells'.
-            conv = self.prefetch_conversation(&[conv_key(x, y), place]);
+            conv = self.prefetch_conversation(&[conv_key(x, y), place], true);
         }
         let live = |n: Option<u32>, name: &str, role: Role| {
             n.and_then(|n| Some((n, accounts.cell_numbered(n).filter(|c| c.is_live())?)))
@@ -608,13 +599,16 @@ impl Store {
     }
 
     /// The number of the conversation filed under `key`, if there is one (its slot is read),
-    /// and starts loading the conversation and, by the hint its slot keeps (`rehint`), its
-    /// message or buffer: a request's search of the conversation then waits for no miss of
-    /// its own, and the record of a one-message conversation is in when it is read.
-    fn prefetch_conversation(&self, key: &[u64; 2]) -> Option<u32> {
+    /// and starts loading the conversation and, with `messages`, by the hint its slot keeps
+    /// (`rehint`), its message or buffer: a request's search of the conversation then waits
+    /// for no miss of its own, and the record of a one-message conversation is in when it is
+    /// read. (`recall_many`'s waves load them a link later.)
+    fn prefetch_conversation(&self, key: &[u64; 2], messages: bool) -> Option<u32> {
         let (n, hint) = self.inner.conversations.get_hinted(key)?;
         self.inner.conversation_list.prefetch(n);
-        crate::roaming::prefetch_hint(hint);
+        if messages {
+            crate::roaming::prefetch_hint(hint);
+        }
         Some(n)
     }
 

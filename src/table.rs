@@ -248,10 +248,11 @@ struct Writer {
 /// never stored twice in a level; a copied key is in both until the old one goes). When the copy
 /// ends, the old level is retired (`Level::retire`) and `epoch` moves: a lookup that missed
 /// while anything moved looks again.
-pub(crate) struct Table<const W: usize> {
+///
+/// `PRE`: the table is [`prehashed`](Table::prehashed) — a compile-time choice, so that the
+/// probes of the tables that are not (the names') are the code they were before hints.
+pub(crate) struct Table<const W: usize, const PRE: bool = false> {
     hasher: RandomState,
-    /// A key's last word is its hash ([`Table::prehashed`]): nothing is hashed here.
-    prehashed: bool,
     /// Tests: [`mix`](Table::mix) files every key in one place ([`with_one_place`]).
     #[cfg(test)]
     one_place: bool,
@@ -265,15 +266,14 @@ pub(crate) struct Table<const W: usize> {
     writer: Mutex<Writer>,
 }
 
-impl<const W: usize> Default for Table<W> {
+impl<const W: usize, const PRE: bool> Default for Table<W, PRE> {
     fn default() -> Self {
         let levels: [OnceLock<Level<W>>; LEVELS] = std::array::from_fn(|_| OnceLock::new());
         levels[0].get_or_init(|| Level::new(FIRST_LEVEL));
         Table {
             hasher: RandomState::default(),
-            prehashed: false,
             #[cfg(test)]
-            one_place: false,
+            one_place: PRE && ONE_PLACE.get(),
             levels,
             current: AtomicUsize::new(0),
             old: AtomicUsize::new(0),
@@ -287,7 +287,7 @@ impl<const W: usize> Default for Table<W> {
     }
 }
 
-impl<const W: usize> Table<W> {
+impl<const W: usize> Table<W, true> {
     /// A table whose keys carry their own hash as their last word, which the caller makes
     /// with [`mix`](Table::mix) from what identifies the key before the key itself is known.
     /// The conversations' table is one: a conversation is filed under a mix of its two
@@ -300,12 +300,7 @@ impl<const W: usize> Table<W> {
     /// place, a hint ([`set_hint`](Table::set_hint)); its tag, the hash's low 32 bits, is
     /// all a growth needs to file the key again.
     pub fn prehashed() -> Self {
-        Table {
-            prehashed: true,
-            #[cfg(test)]
-            one_place: ONE_PLACE.get(),
-            ..Table::default()
-        }
+        Table::default()
     }
 
     /// `a` and `b` mixed by this table's own randomly seeded hasher, for the last word of a
@@ -322,11 +317,13 @@ impl<const W: usize> Table<W> {
         h.write_u64(b);
         h.finish()
     }
+}
 
+impl<const W: usize, const PRE: bool> Table<W, PRE> {
     /// The key's words fed one by one: no length prefix, no byte loop (`hash_one` of an
     /// array hashes it as a byte slice, several times the instructions).
     fn hash(&self, key: &[u64; W]) -> u64 {
-        if self.prehashed {
+        if PRE {
             return key[W - 1];
         }
         let mut h = self.hasher.build_hasher();
@@ -337,11 +334,7 @@ impl<const W: usize> Table<W> {
     }
 
     fn form(&self) -> Form {
-        if self.prehashed {
-            Form::Prehashed
-        } else {
-            Form::Hashed
-        }
+        if PRE { Form::Prehashed } else { Form::Hashed }
     }
 
     fn at(&self, level: usize) -> &Level<W> {
@@ -367,7 +360,7 @@ impl<const W: usize> Table<W> {
     /// so it comes with the value, one round trip to memory before whatever the value leads
     /// to. A hint may be stale.
     pub fn get_hinted(&self, key: &[u64; W]) -> Option<(u32, u64)> {
-        debug_assert!(self.prehashed, "only a prehashed table keeps hints");
+        const { assert!(PRE, "only a prehashed table keeps hints") };
         let epoch = self.epoch.load(Ordering::Acquire);
         self.get_as_of(key, key[W - 1], epoch, self.current.load(Ordering::Acquire))
     }
@@ -380,7 +373,7 @@ impl<const W: usize> Table<W> {
     /// one never lands in a retired level (`Level::retire`), whose pages it would make
     /// resident again.
     pub fn set_hint(&self, key: &[u64; W], hint: u64) {
-        debug_assert!(self.prehashed, "only a prehashed table keeps hints");
+        const { assert!(PRE, "only a prehashed table keeps hints") };
         let Some(_writer) = self.writer.try_lock() else {
             return;
         };
@@ -566,7 +559,7 @@ impl<const W: usize> Table<W> {
         let log2 = self.at(current).slots().len().trailing_zeros() + 1;
         // A prehashed key is filed again by its tag, the hash's low 32 bits.
         assert!(
-            !self.prehashed || log2 <= 32,
+            !PRE || log2 <= 32,
             "a prehashed table holds at most 3 × 2^30 keys"
         );
         self.levels[current + 1].get_or_init(|| Level::new(log2));
@@ -618,7 +611,7 @@ mod tests {
 
     #[test]
     fn a_prehashed_table_files_keys_by_their_last_word_and_tells_equal_ones_apart() {
-        let t = Table::<2>::prehashed();
+        let t = Table::<2, true>::prehashed();
         // Each key's last word is its hash, the table's own mix of two words (as the
         // conversations' table makes it); every 8th key shares its hash with 7 others, which
         // only the first word tells apart. Across growths (40,000 keys: ten doublings).
@@ -637,7 +630,7 @@ mod tests {
         assert_eq!(t.get(&[40_000, key(7)[1]]), None);
         assert_eq!(t.get(&[7, key(8)[1]]), None);
         // Mixing is seeded per table and depends on both words and their order.
-        let u = Table::<2>::prehashed();
+        let u = Table::<2, true>::prehashed();
         assert_ne!(t.mix(1, 2), u.mix(1, 2));
         assert_ne!(t.mix(1, 2), t.mix(2, 1));
         assert_ne!(t.mix(1, 2), t.mix(1, 3));
@@ -648,7 +641,7 @@ mod tests {
     /// table; no part of the key (keys are told apart by their other words).
     #[test]
     fn a_prehashed_tables_hints_follow_their_keys_across_growths() {
-        let t = Table::<2>::prehashed();
+        let t = Table::<2, true>::prehashed();
         let key = |i: u64| [i, t.mix(i / 8, 1)];
         for i in 0..40_000u64 {
             t.get_or_insert_with(&key(i), || i as u32);

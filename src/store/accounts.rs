@@ -13,9 +13,9 @@
 //! account.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::account::{AccountCell, AccountState, UserId};
+use crate::account::{AccountCell, UserId};
 use crate::error::{Error, Result};
 use crate::registry::{CHUNKS, FIRST, locate};
 use crate::table::{Arena, Table, name_key};
@@ -26,15 +26,6 @@ pub(crate) struct Accounts {
     /// Interned number → cell number + 1 (0: none), in chunks that never move.
     by_num: [OnceLock<Box<[AtomicU32]>>; CHUNKS],
     cells: Arena<AccountCell>,
-    /// By cell number: where that account's inbox writes its next entry
-    /// (`Inbox::next_place`; 0 until known), kept after each operation that appends to it
-    /// (`keep_next_places`). A send or recall reads it as soon as the name's slot gives the
-    /// number, and starts loading that line together with the cell: before, it was loaded
-    /// only once the cell was in and locked, a miss of its own in a send's chain. 8 bytes an
-    /// account, in an arena of its own so that it is not in the cell it is meant to
-    /// overtake. A stale one costs a useless load, never a wrong answer: it is only ever
-    /// prefetched.
-    next_places: Arena<AtomicU64>,
     len: AtomicUsize,
 }
 
@@ -44,7 +35,6 @@ impl Default for Accounts {
             by_name: Table::default(),
             by_num: std::array::from_fn(|_| OnceLock::new()),
             cells: Arena::default(),
-            next_places: Arena::default(),
             len: AtomicUsize::new(0),
         }
     }
@@ -79,9 +69,6 @@ impl Accounts {
             });
             chunk[i].store(n + 1, Ordering::Release);
             debug_assert_eq!(n, next);
-            // The same number: pushed only here, under the same lock.
-            let place = self.next_places.push(AtomicU64::new(0));
-            debug_assert_eq!(place.ok(), Some(n));
             Ok::<_, Error>(n)
         })?;
         Ok(self.cells.get(n).expect("a cell is numbered once stored"))
@@ -135,43 +122,11 @@ impl Accounts {
     }
 
     /// The number of the cell of a name, read from the name's slot only (the cell, live or
-    /// not, is not read), and starts loading the whole cell (a hint for a lookup soon after)
-    /// — and, for a request that will `append` to the account's inbox, where it will.
-    pub fn named_number_prefetch(
-        &self,
-        (key, hash): &([u64; 4], u64),
-        append: bool,
-    ) -> Option<u32> {
+    /// not, is not read), and starts loading the whole cell (a hint for a lookup soon after).
+    pub fn named_number_prefetch(&self, (key, hash): &([u64; 4], u64)) -> Option<u32> {
         let n = self.by_name.get_hashed(key, *hash)?;
         self.cells.prefetch(n);
-        if append {
-            let place = self
-                .next_places
-                .get(n)
-                .map_or(0, |p| p.load(Ordering::Relaxed));
-            if place != 0 {
-                crate::table::prefetch_addr(place as *const u8);
-            }
-        }
         Some(n)
-    }
-
-    /// Where the inbox of cell `n` writes next, as last kept (0: not yet).
-    #[cfg(test)]
-    pub fn next_place(&self, n: u32) -> u64 {
-        self.next_places
-            .get(n)
-            .map_or(0, |p| p.load(Ordering::Relaxed))
-    }
-
-    /// Keeps where the inboxes of cells `x` and `y` (`xs`, `ys`: their states, locked) write
-    /// next, after an operation on both ([`named_number_prefetch`]).
-    pub fn keep_next_places(&self, (x, xs): (u32, &AccountState), (y, ys): (u32, &AccountState)) {
-        for (n, state) in [(x, xs), (y, ys)] {
-            if let Some(place) = self.next_places.get(n) {
-                place.store(state.inbox.next_place(), Ordering::Relaxed);
-            }
-        }
     }
 
     /// The cell numbered `n`, live or not.

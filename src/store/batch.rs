@@ -1,10 +1,10 @@
 //! Recalls in batches ([`Store::recall_many`]): the same recalls, one after another, with
 //! their cache misses overlapped.
 //!
-//! A recall of a random message in a large store is a chain of about three dependent cache
-//! misses (the names' slots and the conversation's; then the cells, the conversation and its
-//! buffer, by the hint in the conversation's slot; then the message record), each a trip to
-//! memory (~180-400 ns here): one at a time, memory latency and not work bounds it. A batch walks a wave of up to
+//! A recall of a random message in a large store is a chain of about four dependent cache
+//! misses (the names' slots and the conversation's, then the cells and the conversation,
+//! then its buffer, the message record), each a trip to memory (~180-400 ns here): one
+//! at a time, memory latency and not work bounds it. A batch walks a wave of up to
 //! [`WAVE`] recalls through that chain one link at a time — every recall's first link, then
 //! every recall's second — so that a wave's misses of one link are in flight together (the
 //! technique of RocksDB's `MultiGet` and of group prefetching in hash joins). Each link
@@ -54,6 +54,9 @@ struct Link<'s> {
     to: Option<&'s AccountCell>,
     conv: Option<u32>,
     key: Option<MsgKey>,
+    /// The message (if the conversation has it) is loading already: a one-message
+    /// conversation holds its pointer in place.
+    loaded: bool,
 }
 
 impl Store {
@@ -109,14 +112,16 @@ impl Store {
         for (it, l) in wave.iter().zip(links.iter_mut()) {
             l.key = MsgKey::parse(it.key).ok();
         }
-        // 3. The message record, found in the conversation's buffer (link 2 loaded it, or
-        //    the record of a one-message conversation, by the hint in its slot): by the
-        //    buffer alone, never reading a record (see `Conversation::prefetch_found`).
-        //    (Each inbox's next place was loaded by link 2 too. Links of their own for those
-        //    and for the buffers, each under its lock, measured 1-6% slower once link 2
-        //    loaded them, alternated call by call in one process.)
+        // 3. Where the message is looked for (a one-message conversation holds its pointer),
+        //    and where each inbox's next entry goes.
         self.prefetch_in_conversations(links, |c, l| {
-            if let Some(key) = l.key {
+            l.loaded = l.key.is_none_or(|key| c.prefetch_find(key));
+        });
+        self.prefetch_inboxes(links);
+        // 4. The message record, found in a buffer (the conversations of more than one): by
+        //    the buffer alone, never reading a record (see `Conversation::prefetch_found`).
+        self.prefetch_in_conversations(links, |c, l| {
+            if let (Some(key), false) = (l.key, l.loaded) {
                 c.prefetch_found(key);
             }
         });
@@ -124,7 +129,7 @@ impl Store {
 
     /// Links 1 and 2 of a wave: the names' slots and the conversation's (filed by the names'
     /// hashes, `Store::conv_place`); then the cells' numbers and the conversation's, and the
-    /// cells, the conversation and its messages themselves. Resets `links` and notes the cells and the
+    /// cells and the conversation themselves. Resets `links` and notes the cells and the
     /// conversation found.
     fn prefetch_parties<'s>(&'s self, wave: &[RecallItem<'_>], links: &mut [Link<'s>]) {
         let accounts = &self.inner.accounts;
@@ -142,19 +147,22 @@ impl Store {
             }
             (n.0, n.1) = (from, to);
         }
-        // 2. The cells' numbers and the conversation's (from the slots), then the cells, the
-        //    inboxes' next places, the conversation and, by the hint its slot keeps, its
-        //    buffer or its one message's record. (`apply` reads the cells by the numbers found here, not by
+        // 2. The cells' numbers and the conversation's (from the slots), then the cells and
+        //    the conversation. (`apply` reads the cells by the numbers found here, not by
         //    UserId again: nothing more to load for it.)
         for (l, n) in links.iter_mut().zip(&names) {
             // Nothing of a previous wave's request in this place stays.
             *l = Link::default();
             let number = |name: &Option<_>| {
                 name.as_ref()
-                    .and_then(|k| accounts.named_number_prefetch(k, true))
+                    .and_then(|k| accounts.named_number_prefetch(k))
             };
             if let (Some(f), Some(t)) = (number(&n.0), number(&n.1)) {
-                l.conv = self.prefetch_conversation(&[conv_key(f, t), n.2]);
+                // Not its messages by the slot's hint, as a recall alone does: link 3 loads
+                // them for the whole wave, whose link 2 already has its cells and
+                // conversations in flight (with the hint too, whole runs of 1M measured
+                // `recall_many` slower: medians 1.03 M/s → 683 k/s of six alternated).
+                l.conv = self.prefetch_conversation(&[conv_key(f, t), n.2], false);
                 (l.from, l.to) = (accounts.cell_numbered(f), accounts.cell_numbered(t));
             }
         }
@@ -170,6 +178,15 @@ impl Store {
         for l in links.iter_mut() {
             if let Some(conv) = l.conv.and_then(|c| self.inner.conversation_list.get(c)) {
                 at(&conv.lock(), l);
+            }
+        }
+    }
+
+    /// Where each inbox's next entry goes (under each account's lock, taken alone).
+    fn prefetch_inboxes(&self, links: &[Link<'_>]) {
+        for l in links {
+            for cell in [l.from, l.to].into_iter().flatten() {
+                cell.state.lock().inbox.prefetch_tail();
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::roaming::{HistoryItem, HistoryPage, HistoryQuery};
 impl Store {
     /// One page of a conversation's history from `operator`'s side (`admin_getroammsg`).
     pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
-        let ((n_op, op), (n_peer, peer), conv) = self.pair(&q.operator, &q.peer, false)?;
+        let ((n_op, op), (n_peer, peer), conv) = self.pair(&q.operator, &q.peer)?;
         if q.max_cnt == 0 {
             return Err(Error::InvalidRequest("MaxCnt must be at least 1".into()));
         }
@@ -46,7 +46,7 @@ impl Store {
 
     /// The newest message of the conversation in `account`'s view, recalled or not.
     pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
-        let ((_, a), (_, p), conv) = self.pair(account, peer, false)?;
+        let ((_, a), (_, p), conv) = self.pair(account, peer)?;
         let Some(conv) = self.conversation_hinted(a, p, conv) else {
             return Ok(None);
         };

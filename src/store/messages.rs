@@ -129,7 +129,7 @@ impl Store {
     pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
         let (nf, from, nt, to, conv) = match req.from.as_deref() {
             Some(from) => {
-                let ((nf, f), (nt, t), conv) = self.pair(from, &req.to, true)?;
+                let ((nf, f), (nt, t), conv) = self.pair(from, &req.to)?;
                 (Some(nf), f.id.clone(), nt, t.id.clone(), conv)
             }
             None => {
@@ -137,7 +137,7 @@ impl Store {
                 let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
                 let conv = nf
                     .and_then(|n| self.inner.accounts.cell_numbered(n))
-                    .and_then(|fc| self.prefetch_conversation(&self.conv_key_of(fc, to)));
+                    .and_then(|fc| self.prefetch_conversation(&self.conv_key_of(fc, to), true));
                 (nf, from, nt, to.id.clone(), conv)
             }
         };
@@ -329,7 +329,7 @@ impl Store {
     /// does, so that its miss overlaps the cells' own: `apply` looks the conversation up (once)
     /// before it takes a lock.
     fn parties(&self, from: &str, to: &str) -> Result<(UserId, UserId, Found)> {
-        let ((nf, from), (nt, to), conv) = self.pair(from, to, true)?;
+        let ((nf, from), (nt, to), conv) = self.pair(from, to)?;
         Ok((from.id.clone(), to.id.clone(), Some((nf, nt, conv))))
     }
 
