@@ -118,8 +118,10 @@ pub(crate) struct Conversation {
 /// The addresses a [`Conversation::hint`] can name: 56 bits (x86-64 and arm64 user space).
 const HINT_ADDRESS: u64 = (1 << 56) - 1;
 
-/// How much of a buffer a hint names: its first 15 messages (a binary search of a longer
-/// one reads a few of its lines, which no hint can name), four cache lines at most.
+/// How much of a buffer a hint names: its first 255 bytes — 15 places and most of a 16th,
+/// from the buffer's start, not the ring's head (a binary search of a longer one reads a few
+/// of its lines, which no hint can name): four cache lines, five when the buffer (one from
+/// the allocator, of 64 places or more) does not start a line.
 const HINT_BYTES: usize = 255;
 
 /// Starts loading what a [`Conversation::hint`] names. It may be stale — memory freed or

@@ -569,8 +569,9 @@ impl Store {
     /// finds the conversation's slot starts loading them together with the conversation
     /// (`prefetch_conversation`). Called with the conversation locked, by every change that
     /// can move them — a message in or out, a snapshot's restore. A hint the table does not
-    /// take (`Table::set_hint`) or one left stale costs a cache miss, never a wrong answer:
-    /// it is only ever prefetched.
+    /// take (`Table::set_hint`: its writers' lock was busy) stays stale until the messages
+    /// next move; a stale hint costs a cache miss, never a wrong answer: it is only ever
+    /// prefetched.
     fn rehint(&self, key: &[u64; 2], c: &Conversation, before: u64) {
         let hint = c.hint();
         if hint != before {

@@ -60,8 +60,10 @@ const LEVELS: usize = 33;
 /// One slot: `head` is 0 while empty, else (the key's hash tag << 32) | (value + 1); the key
 /// words are written before `head` is published (Release) and read after it (Acquire). In a
 /// [`prehashed`](Table::prehashed) table the tag is the hash's low 32 bits — enough to file
-/// the key again when the table grows, since its last word, the hash, is not kept: that word
-/// holds the key's hint instead ([`Table::set_hint`]).
+/// the key again when the table grows (levels of up to 2^32 slots), since its last word, the
+/// hash, is not kept: that word holds the key's hint instead, which
+/// [`Table::set_hint`] rewrites later (Relaxed: a hint read torn or stale is only ever
+/// prefetched).
 struct Slot<const W: usize> {
     head: AtomicU64,
     key: [AtomicU64; W],
@@ -153,11 +155,13 @@ impl<const W: usize> Level<W> {
     /// the table files and compares its keys).
     fn probe(&self, key: &[u64; W], hash: u64, form: Form) -> Result<u32, usize> {
         self.find(key, hash, form)
-            .map(|i| (self.slots()[i].head.load(Ordering::Relaxed) as u32).wrapping_sub(1))
+            .map(|(_, head)| (head as u32).wrapping_sub(1))
     }
 
-    /// The index of `key`'s slot, or of the empty slot that ends its probe.
-    fn find(&self, key: &[u64; W], hash: u64, form: Form) -> Result<usize, usize> {
+    /// The index of `key`'s slot and the head read there (the value is read from that one
+    /// load, which the key's words were checked after), or the index of the empty slot that
+    /// ends its probe.
+    fn find(&self, key: &[u64; W], hash: u64, form: Form) -> Result<(usize, u64), usize> {
         let tag = form.tag(hash);
         let words = form.words::<W>();
         let mask = self.mask();
@@ -175,7 +179,7 @@ impl<const W: usize> Level<W> {
                     .zip(key)
                     .all(|(a, b)| a.load(Ordering::Relaxed) == *b)
             {
-                return Ok(i);
+                return Ok((i, head));
             }
             i = (i + 1) & mask;
         }
@@ -259,11 +263,27 @@ pub(crate) struct Table<const W: usize, const PRE: bool = false> {
     levels: [OnceLock<Level<W>>; LEVELS],
     /// The level new keys go to.
     current: AtomicUsize,
-    /// The level being copied into the current one, + 1 (0: none). Nobody writes to it.
+    /// The level being copied into the current one, + 1 (0: none). No key is written to
+    /// it; a prehashed table's hints are (`set_hint`, under the writers' lock).
     old: AtomicUsize,
     /// Moves (Release) each time a level stops being consulted, before its pages go.
     epoch: AtomicUsize,
-    writer: Mutex<Writer>,
+    /// On a cache line of its own: every lookup reads `current`, `old` and `epoch`, and a
+    /// writer taking the lock (an insert; in a prehashed table, a hint) would otherwise take
+    /// their line from every other core's cache.
+    writer: Padded<Mutex<Writer>>,
+}
+
+/// A value on cache lines of its own (128 bytes: x86-64 prefetches lines in pairs).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl<const W: usize, const PRE: bool> Default for Table<W, PRE> {
@@ -278,11 +298,11 @@ impl<const W: usize, const PRE: bool> Default for Table<W, PRE> {
             current: AtomicUsize::new(0),
             old: AtomicUsize::new(0),
             epoch: AtomicUsize::new(0),
-            writer: Mutex::new(Writer {
+            writer: Padded(Mutex::new(Writer {
                 len: 0,
                 in_current: 0,
                 copied: 0,
-            }),
+            })),
         }
     }
 }
@@ -380,7 +400,7 @@ impl<const W: usize, const PRE: bool> Table<W, PRE> {
         let old = self.old.load(Ordering::Relaxed).checked_sub(1);
         let levels = std::iter::once(self.current.load(Ordering::Relaxed)).chain(old);
         for level in levels.map(|l| self.at(l)) {
-            if let Ok(i) = level.find(key, key[W - 1], Form::Prehashed) {
+            if let Ok((i, _)) = level.find(key, key[W - 1], Form::Prehashed) {
                 level.slots()[i].key[W - 1].store(hint, Ordering::Relaxed);
                 return;
             }
@@ -430,11 +450,11 @@ impl<const W: usize, const PRE: bool> Table<W, PRE> {
     fn lookup(&self, key: &[u64; W], hash: u64, current: usize) -> Option<(u32, u64)> {
         let form = self.form();
         let found = |level: &Level<W>| {
-            let slot = &level.slots()[level.find(key, hash, form).ok()?];
-            let value = (slot.head.load(Ordering::Relaxed) as u32).wrapping_sub(1);
+            let (i, head) = level.find(key, hash, form).ok()?;
+            let value = (head as u32).wrapping_sub(1);
             let hint = match form {
                 Form::Hashed => 0,
-                Form::Prehashed => slot.key[W - 1].load(Ordering::Relaxed),
+                Form::Prehashed => level.slots()[i].key[W - 1].load(Ordering::Relaxed),
             };
             Some((value, hint))
         };

@@ -1,10 +1,12 @@
 //! Recalls in batches ([`Store::recall_many`]): the same recalls, one after another, with
 //! their cache misses overlapped.
 //!
-//! A recall of a random message in a large store is a chain of about four dependent cache
-//! misses (the names' slots and the conversation's, then the cells and the conversation,
-//! then its buffer, the message record), each a trip to memory (~180-400 ns here): one
-//! at a time, memory latency and not work bounds it. A batch walks a wave of up to
+//! A recall of a random message in a large store is a chain of dependent cache misses (the
+//! names' slots and the conversation's, then the cells and the conversation, then its
+//! buffer, the message record — one at a time, the conversation's slot hint loads the buffer,
+//! or a one-message conversation's record, with the conversation: three misses, or two),
+//! each a trip to memory (~180-400 ns here): one at a time, memory latency and not work
+//! bounds it. A batch walks a wave of up to
 //! [`WAVE`] recalls through that chain one link at a time — every recall's first link, then
 //! every recall's second — so that a wave's misses of one link are in flight together (the
 //! technique of RocksDB's `MultiGet` and of group prefetching in hash joins). Each link
@@ -160,8 +162,9 @@ impl Store {
             if let (Some(f), Some(t)) = (number(&n.0), number(&n.1)) {
                 // Not its messages by the slot's hint, as a recall alone does: link 3 loads
                 // them for the whole wave, whose link 2 already has its cells and
-                // conversations in flight (with the hint too, whole runs of 1M measured
-                // `recall_many` slower: medians 1.03 M/s → 683 k/s of six alternated).
+                // conversations in flight (with the hint in link 2 too, whole runs of 1M
+                // rotated six times measured `recall_many` at a median of 862 k/s, without
+                // it 994 k/s).
                 l.conv = self.prefetch_conversation(&[conv_key(f, t), n.2], false);
                 (l.from, l.to) = (accounts.cell_numbered(f), accounts.cell_numbered(t));
             }
