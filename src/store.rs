@@ -560,8 +560,13 @@ impl Store {
         let accounts = &self.inner.accounts;
         let cell = |id| accounts.cell_numbered(accounts.number(id)?);
         let key = self.conv_key_of(cell(x)?, cell(y)?);
-        let n = self.inner.conversations.get(&key)?;
-        Some((key, self.inner.conversation_list.get(n)?))
+        Some((key, self.conversation_at(&key)?))
+    }
+
+    /// The conversation filed under `key` ([`conv_key_of`](Store::conv_key_of)), if any.
+    fn conversation_at(&self, key: &[u64; 2]) -> Option<&Mutex<Conversation>> {
+        let n = self.inner.conversations.get(key)?;
+        self.inner.conversation_list.get(n)
     }
 
     /// Keeps where the messages of `c` (filed under `key`) are in its table slot, if that
@@ -581,8 +586,7 @@ impl Store {
 
     /// The conversation of the accounts of cells `x` and `y`, if they have one.
     fn conversation_of(&self, x: &AccountCell, y: &AccountCell) -> Option<&Mutex<Conversation>> {
-        let n = self.inner.conversations.get(&self.conv_key_of(x, y))?;
-        self.inner.conversation_list.get(n)
+        self.conversation_at(&self.conv_key_of(x, y))
     }
 
     /// The conversation of cells `x` and `y`: `hint`, the number a lookup of the same two
