@@ -25,9 +25,10 @@ fn open(dir: &Path, sync: SyncPolicy) -> Store {
 
 fn send(store: &Store, seq: u32) -> String {
     let p = seq % PAIRS;
+    let (from, to) = (format!("s{p}"), format!("r{p}"));
     let mut req = SendRequest::new(
-        &format!("s{p}"),
-        &format!("r{p}"),
+        &from,
+        &to,
         seq,
         vec![MsgElement::text("a message of ordinary length")],
     );

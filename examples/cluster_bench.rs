@@ -59,9 +59,10 @@ fn prepare(store: &Store, n: u32) -> Vec<MsgKey> {
             .iter()
             .map(|i| {
                 let p = i % PAIRS;
+                let (from, to) = (format!("s{p}"), format!("r{p}"));
                 let req = SendRequest::new(
-                    &format!("s{p}"),
-                    &format!("r{p}"),
+                    &from,
+                    &to,
                     *i,
                     vec![MsgElement::text("a message to recall")],
                 );

@@ -18,9 +18,10 @@ const PAIRS: u32 = 1000;
 
 fn send(store: &Store, seq: u32) {
     let p = seq % PAIRS;
+    let (from, to) = (format!("s{p}"), format!("r{p}"));
     let mut req = SendRequest::new(
-        &format!("s{p}"),
-        &format!("r{p}"),
+        &from,
+        &to,
         seq,
         vec![MsgElement::text("a message of ordinary length, 32b")],
     );

@@ -204,7 +204,7 @@ pub enum Step {
 /// A send waiting for its before-send decision.
 #[derive(Debug)]
 pub struct PendingSend {
-    prepared: PreparedSend,
+    prepared: PreparedSend<'static>,
 }
 
 impl PendingSend {
@@ -312,7 +312,7 @@ impl Api {
     /// Stores a prepared send under `decision`; the answer's MsgTime and MsgKey.
     fn finish_send(
         &self,
-        prepared: PreparedSend,
+        prepared: PreparedSend<'_>,
         decision: BeforeSend,
     ) -> Result<Map<String, Value>, Error> {
         let r = self.store.finish_send(prepared, decision)?.wait()?;
@@ -324,7 +324,7 @@ impl Api {
 
     /// A send prepared by a REST call or a client: decided here by the store's hooks, or left
     /// to the caller when the decision comes from elsewhere.
-    fn decide(&self, prepared: PreparedSend, ctx: &CallContext) -> Result<Outcome, Error> {
+    fn decide(&self, prepared: PreparedSend<'static>, ctx: &CallContext) -> Result<Outcome, Error> {
         if ctx.before_send_elsewhere {
             return Ok(Outcome::BeforeSend(PendingSend { prepared }));
         }

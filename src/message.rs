@@ -553,6 +553,12 @@ impl SenderCopy {
 
 /// A send, as `sendmsg` takes it. Build with [`SendRequest::new`] and adjust the public fields.
 ///
+/// The names are borrowed when the caller has them at hand (a request just parsed, a name on
+/// the stack), so a send allocates nothing for them and frees nothing; give them owned
+/// (`String::into`) where the request must outlive them, as a send waiting for an app's
+/// before-send decision does. The body is taken as it is: its elements are copied into the
+/// store's own record of the message.
+///
 /// ```
 /// use imstore::{MsgElement, SendRequest};
 /// let mut req = SendRequest::new("vinson", "dramon", 833502, vec![MsgElement::text("hi")]);
@@ -560,11 +566,11 @@ impl SenderCopy {
 /// req.msg_time = Some(1572869830);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
-pub struct SendRequest {
+pub struct SendRequest<'a> {
     /// From_Account; `None` sends as the first configured administrator.
-    pub from: Option<String>,
+    pub from: Option<Cow<'a, str>>,
     /// To_Account.
-    pub to: String,
+    pub to: Cow<'a, str>,
     /// MsgRandom (required by Tencent).
     pub msg_random: u32,
     /// MsgSeq; a random u32 when `None`.
@@ -584,12 +590,12 @@ pub struct SendRequest {
     pub from_device: Option<String>,
 }
 
-impl SendRequest {
-    /// A send with every optional field at its default.
-    pub fn new(from: &str, to: &str, msg_random: u32, body: Vec<MsgElement>) -> Self {
+impl<'a> SendRequest<'a> {
+    /// A send with every optional field at its default, the names borrowed.
+    pub fn new(from: &'a str, to: &'a str, msg_random: u32, body: Vec<MsgElement>) -> Self {
         SendRequest {
-            from: Some(from.to_owned()),
-            to: to.to_owned(),
+            from: Some(Cow::Borrowed(from)),
+            to: Cow::Borrowed(to),
             msg_random,
             msg_seq: None,
             msg_time: None,

@@ -73,7 +73,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             let p = seq as usize % PAIRS;
-            let mut req = SendRequest::new(&format!("s{p}"), &format!("r{p}"), seq, vec![MsgElement::text("hello")]);
+            let (from, to) = (format!("s{p}"), format!("r{p}"));
+            let mut req = SendRequest::new(&from, &to, seq, vec![MsgElement::text("hello")]);
             req.msg_seq = Some(seq.wrapping_add(1 << 31));
             black_box(sender.store.send(req).unwrap())
         })

@@ -40,8 +40,9 @@ impl Api {
             Some("sendmsg") => {
                 let to = f.string(&["To_Account"], 90003)?;
                 let req = SendRequest {
-                    from: Some(account.to_owned()),
-                    to: to.to_owned(),
+                    // Owned: the send may wait for an app's before-send decision.
+                    from: Some(account.to_owned().into()),
+                    to: to.to_owned().into(),
                     msg_random: f.u32("MsgRandom", 90005)?,
                     msg_seq: f.opt_u32("MsgSeq", 90001)?,
                     msg_time: ctx.client_msg_time,

@@ -83,8 +83,9 @@ impl Api {
         let m = f.message()?;
         let (forbid_before, forbid_after) = forbid_callbacks(f)?;
         let req = SendRequest {
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
+            // Owned: the send may wait for an app's before-send decision past this call.
+            from: from.map(|s| s.to_owned().into()),
+            to: to.to_owned().into(),
             msg_random: m.random,
             msg_seq: m.seq,
             msg_time: m.time,

@@ -8,6 +8,7 @@
 //! applies that decision. Every way a decision can end (allow, refuse, drop, replace, refuse
 //! with the app's code, unavailable) is handled there and only there.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -31,12 +32,12 @@ thread_local! {
 /// A send validated and keyed, waiting for its before-send decision
 /// ([`Store::prepare_send`], [`Store::finish_send`]).
 #[derive(Debug)]
-pub struct PreparedSend {
+pub struct PreparedSend<'a> {
     from: UserId,
     to: UserId,
     /// The names as the request gave them (`None`: the administrator sends): the decision
     /// is asked about these without looking the interned names up again.
-    names: (Option<String>, String),
+    names: (Option<Cow<'a, str>>, Cow<'a, str>),
     key: MsgKey,
     lifetime: u64,
     body: Vec<MsgElement>,
@@ -50,7 +51,7 @@ pub struct PreparedSend {
     found: Found,
 }
 
-impl PreparedSend {
+impl PreparedSend<'_> {
     /// What the before-send decision is asked about.
     pub fn outgoing(&self) -> OutgoingMessage<'_> {
         OutgoingMessage {
@@ -111,14 +112,14 @@ impl Store {
 
     /// Sends a one-to-one message (`sendmsg`), running the before- and after-send hooks.
     /// Sending the same (From, To, MsgKey) again returns the same receipt and stores nothing.
-    pub fn send(&self, req: SendRequest) -> Result<SendReceipt> {
+    pub fn send(&self, req: SendRequest<'_>) -> Result<SendReceipt> {
         self.send_deferred(req)?.wait()
     }
 
     /// [`send`](Store::send) without waiting for the journal: the message is stored (and shown
     /// to nobody yet), and [`Deferred::wait`] acknowledges it once it is durable. A thread can
     /// keep many sends in flight and they share fsyncs.
-    pub fn send_deferred(&self, req: SendRequest) -> Result<Deferred<'_, SendReceipt>> {
+    pub fn send_deferred(&self, req: SendRequest<'_>) -> Result<Deferred<'_, SendReceipt>> {
         let prepared = self.prepare_send(req)?;
         let decision = self.inner.config.hooks.before_send(&prepared.outgoing());
         self.finish_send(prepared, decision)
@@ -126,7 +127,7 @@ impl Store {
 
     /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
-    pub fn prepare_send(&self, req: SendRequest) -> Result<PreparedSend> {
+    pub fn prepare_send<'a>(&self, req: SendRequest<'a>) -> Result<PreparedSend<'a>> {
         let (nf, from, nt, to, conv) = match req.from.as_deref() {
             Some(from) => {
                 let ((nf, f), (nt, t), conv) = self.pair(from, &req.to)?;
@@ -134,7 +135,7 @@ impl Store {
             }
             None => {
                 let (nf, from) = self.sender_numbered(None)?;
-                let (nt, to) = self.numbered_as(&req.to, Role::Other)?;
+                let (nt, to) = self.numbered_as(&*req.to, Role::Other)?;
                 let conv = nf
                     .and_then(|n| self.inner.accounts.cell_numbered(n))
                     .and_then(|fc| self.prefetch_conversation(&self.conv_key_of(fc, to), true));
@@ -170,7 +171,7 @@ impl Store {
     /// or refuse it because the decision could not be had (80003).
     pub fn finish_send(
         &self,
-        p: PreparedSend,
+        p: PreparedSend<'_>,
         decision: BeforeSend,
     ) -> Result<Deferred<'_, SendReceipt>> {
         let mut content = p.content;

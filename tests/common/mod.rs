@@ -35,7 +35,7 @@ pub fn store_with_config(
     (store, clock)
 }
 
-pub fn text_req(from: &str, to: &str, random: u32, text: &str) -> SendRequest {
+pub fn text_req<'a>(from: &'a str, to: &'a str, random: u32, text: &str) -> SendRequest<'a> {
     SendRequest::new(from, to, random, vec![MsgElement::text(text)])
 }
 
