@@ -93,35 +93,7 @@ impl Workload {
 
 include!("shared/text.rs");
 
-/// `user<n>` (what `names[n]` holds), written into a buffer on the stack.
-struct Name {
-    buf: [u8; 24],
-    len: usize,
-}
-
-impl Name {
-    fn of(n: usize) -> Name {
-        let mut digits = [0u8; 20];
-        let (mut n, mut d) = (n, digits.len());
-        loop {
-            d -= 1;
-            digits[d] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let mut buf = [0u8; 24];
-        buf[..4].copy_from_slice(b"user");
-        let len = 4 + digits.len() - d;
-        buf[4..len].copy_from_slice(&digits[d..]);
-        Name { buf, len }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII")
-    }
-}
+include!("shared/name.rs");
 
 /// Resident memory of this process, bytes.
 fn rss() -> u64 {
@@ -369,10 +341,9 @@ fn main() {
     let w = Workload {
         accounts,
         peers,
-        names: (0..accounts)
-            .map(|i| Name::of(i).as_str().to_owned())
-            .collect(),
+        names: (0..accounts).map(|i| format!("user{i}")).collect(),
     };
+    check_names(&w.names);
     if let Ok(one) = std::env::var("IMSTORE_WORKLOAD_ONE") {
         let (row, rates) = run(&w, one.parse().unwrap());
         println!("{row}");
