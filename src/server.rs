@@ -22,8 +22,9 @@
 //! sender whose closing says they all have. Before that, for `drain` (default 500 ms),
 //! `/healthz` answers 503 while everything else is still served, so that a load balancer
 //! stops sending new clients first. The server then waits for its connections at most
-//! 4 seconds less the drain, flushes the journal and returns, whatever its clients do — so it
-//! exits within 5 seconds.
+//! 4 seconds less the drain, flushes the journal (for what is left of 5 seconds, at least
+//! 0.5 s: `SHUTDOWN`) and returns, whatever its clients do and whatever its disk does — so it
+//! exits within 5 seconds (5.5 at worst, the connections and the disk stalled both).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -479,6 +480,7 @@ pub async fn run_until(
         config.unread_timeout,
     ));
     shutdown.await;
+    let stopping = tokio::time::Instant::now();
     let drain = config.drain.min(Duration::from_secs(2));
     tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down");
     metrics.set_stopping();
@@ -495,9 +497,55 @@ pub async fn run_until(
     if let Some(d) = dispatcher {
         let _ = tokio::time::timeout(Duration::from_millis(500), d).await;
     }
-    tokio::task::spawn_blocking(move || store.flush()).await??;
+    let left = (stopping + SHUTDOWN).saturating_duration_since(tokio::time::Instant::now());
+    final_flush(store, left.max(FINAL_FLUSH_AT_LEAST)).await?;
     tracing::info!("journal flushed");
     Ok(())
+}
+
+/// How long shutdown takes at most, from the signal: the drain and the connections have 4 s
+/// of it, the webhook dispatcher 0.5 s, the journal's final flush what is left (at least
+/// [`FINAL_FLUSH_AT_LEAST`], so 5.5 s in all at worst).
+const SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// The least the journal's final flush is given at shutdown. Everything acknowledged is on
+/// disk already (each answer waited for it); the flush writes what nobody waits for —
+/// cursors and last-seen times the devices confirmed since the last commit — and fsyncs, which
+/// takes milliseconds on a working disk. Losing those on a stalled disk means repeats, never
+/// loss (R7), so shutdown does not wait for it without bound.
+const FINAL_FLUSH_AT_LEAST: Duration = Duration::from_millis(500);
+
+/// [`Store::flush`] for at most `limit`, on a thread of its own: past that, an error says the
+/// flush was left behind (the thread keeps its handle on the store, so no other handle's drop
+/// flushes again; the process's exit ends it). A plain thread, not `spawn_blocking`: dropping
+/// the runtime would wait for a blocking task without bound.
+async fn final_flush(
+    store: Store,
+    limit: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("imstore-final-flush".into())
+        .spawn(move || {
+            let _ = tx.send(store.flush());
+        })?;
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(flushed)) => Ok(flushed?),
+        Ok(Err(_)) => Err("the journal's final flush panicked".into()),
+        Err(_) => {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "the journal's final flush did not finish in time (a stalled disk?); \
+                 leaving it: what was acknowledged is on disk, cursors confirmed since may repeat"
+            );
+            Err(format!(
+                "the journal's final flush did not finish within {} s (a stalled disk?); \
+                 everything acknowledged is on disk, cursors confirmed since may be delivered again",
+                limit.as_secs_f32()
+            )
+            .into())
+        }
+    }
 }
 
 /// How long an answer waits for what its call did or read to become durable. Past that (a
@@ -663,6 +711,49 @@ mod tests {
         let (page, ticket) = store.deferring(|| store.history(&q));
         durable(&store, ticket).await.unwrap();
         let page = page.unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].message.key, sent.msg_key);
+    }
+
+    /// Shutdown's final flush on a stalled disk: given up after its limit with an error that
+    /// says so, not waited for; once the disk moves the flush completes on its own.
+    #[tokio::test]
+    async fn the_final_flush_waits_a_bounded_time_for_a_stalled_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default().with_sync(SyncPolicy::Group);
+        let store = Store::open(dir.path(), config.clone()).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        let gate = &store.faults().unwrap().hold_fsync;
+        gate.close();
+        // Applied in memory, not yet durable: what the final flush has to write.
+        let req = SendRequest::new("a", "b", 1, vec![MsgElement::text("pending")]);
+        let (sent, _ticket) = store.deferring(|| store.send(req));
+        let sent = sent.unwrap();
+        let err = final_flush(store.clone(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        // The left-behind flush finishes once the disk moves, and the send is on disk.
+        gate.open();
+        final_flush(store.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        drop(store);
+        // The first flush's thread lets go of its handle when it ends.
+        let mut reopened = None;
+        for _ in 0..1000 {
+            match Store::open(dir.path(), config.clone()) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let reopened = reopened.expect("the store reopens once the left-behind flush ended");
+        let page = reopened
+            .history(&crate::HistoryQuery::new("a", "b", 10))
+            .unwrap();
         assert_eq!(page.messages.len(), 1);
         assert_eq!(page.messages[0].message.key, sent.msg_key);
     }
