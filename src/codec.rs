@@ -170,6 +170,20 @@ enum OpRecord<'a> {
     OutboxAck {
         upto: u64,
     },
+    // Added with the settings a purge ran under, so that replay under another config removes
+    // what the live purge removed. `ForgetDevices` and `PurgeInbox` above still decode (their
+    // settings then come from the config at replay).
+    ForgetDevicesIdle {
+        account: &'a str,
+        devices: Vec<&'a str>,
+        at: u64,
+        idle: u64,
+    },
+    PurgeInboxRetention {
+        account: &'a str,
+        at: u64,
+        retention: u64,
+    },
 }
 
 /// An operation's origin: (OptPlatform code, ClientIP).
@@ -311,17 +325,42 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             account,
             devices,
             at,
+            idle: None,
         } => OpRecord::ForgetDevices {
             account,
             devices: devices.iter().map(|d| &**d).collect(),
             at: *at,
+        },
+        Op::ForgetDevices {
+            account,
+            devices,
+            at,
+            idle: Some(idle),
+        } => OpRecord::ForgetDevicesIdle {
+            account,
+            devices: devices.iter().map(|d| &**d).collect(),
+            at: *at,
+            idle: *idle,
         },
         Op::PurgeConversation { a, b, cutoff } => OpRecord::PurgeConversation {
             a,
             b,
             cutoff: *cutoff,
         },
-        Op::PurgeInbox { account, at } => OpRecord::PurgeInbox { account, at: *at },
+        Op::PurgeInbox {
+            account,
+            at,
+            retention: None,
+        } => OpRecord::PurgeInbox { account, at: *at },
+        Op::PurgeInbox {
+            account,
+            at,
+            retention: Some(retention),
+        } => OpRecord::PurgeInboxRetention {
+            account,
+            at: *at,
+            retention: *retention,
+        },
     };
     bincode::encode_into_std_write(rec, out, cfg()).expect("writing to a Vec cannot fail");
 }
@@ -496,6 +535,18 @@ pub(crate) fn decode_op(
             account: name(account)?,
             devices: devices.into_iter().map(Into::into).collect(),
             at,
+            idle: None,
+        },
+        OpRecord::ForgetDevicesIdle {
+            account,
+            devices,
+            at,
+            idle,
+        } => Op::ForgetDevices {
+            account: name(account)?,
+            devices: devices.into_iter().map(Into::into).collect(),
+            at,
+            idle: Some(idle),
         },
         OpRecord::PurgeConversation { a, b, cutoff } => Op::PurgeConversation {
             a: name(a)?,
@@ -505,6 +556,16 @@ pub(crate) fn decode_op(
         OpRecord::PurgeInbox { account, at } => Op::PurgeInbox {
             account: name(account)?,
             at,
+            retention: None,
+        },
+        OpRecord::PurgeInboxRetention {
+            account,
+            at,
+            retention,
+        } => Op::PurgeInbox {
+            account: name(account)?,
+            at,
+            retention: Some(retention),
         },
     })
 }
@@ -716,6 +777,29 @@ mod tests {
                 origin: None,
             },
             Op::OutboxAck { upto: 7 },
+            Op::ForgetDevices {
+                account: u("b"),
+                devices: vec!["phone".into(), "pad".into()],
+                at: 102,
+                idle: Some(3600),
+            },
+            Op::PurgeInbox {
+                account: u("b"),
+                at: 103,
+                retention: Some(604_800),
+            },
+            // As records from before the settings were kept decode.
+            Op::ForgetDevices {
+                account: u("b"),
+                devices: vec!["phone".into()],
+                at: 104,
+                idle: None,
+            },
+            Op::PurgeInbox {
+                account: u("b"),
+                at: 105,
+                retention: None,
+            },
         ];
         for op in ops {
             let mut buf = Vec::new();

@@ -55,11 +55,15 @@ pub(crate) enum Op {
         cursor: u64,
         at: u64,
     },
-    /// Devices not connected for `Config::device_idle_secs` before `at` are forgotten.
+    /// Devices not connected for `idle` seconds before `at` are forgotten.
     ForgetDevices {
         account: UserId,
         devices: Vec<DeviceId>,
         at: u64,
+        /// `Config::device_idle_secs` when the purge chose them, so that a replay under another
+        /// config forgets what the live store forgot. `None` only in a record written before it
+        /// was kept: the config at replay then stands in.
+        idle: Option<u64>,
     },
     /// Roaming retention: drop the conversation's messages older than `cutoff`.
     PurgeConversation {
@@ -67,10 +71,14 @@ pub(crate) enum Op {
         b: UserId,
         cutoff: u64,
     },
-    /// Inbox lifetimes: drop the account's inbox entries expired at `at`.
+    /// Inbox lifetimes: drop the account's inbox entries expired at `at`, and those of messages
+    /// past `retention` seconds of roaming retention there.
     PurgeInbox {
         account: UserId,
         at: u64,
+        /// `Config::retention_secs` when the purge ran (see `ForgetDevices::idle`; `None` only
+        /// in a record written before it was kept).
+        retention: Option<u64>,
     },
 }
 

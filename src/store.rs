@@ -780,6 +780,7 @@ impl Store {
                 match self.run(&Op::PurgeInbox {
                     account: account.clone(),
                     at: now,
+                    retention: Some(self.inner.config.retention_secs),
                 }) {
                     Ok(Applied::Purged(n)) => report.inbox_entries += n,
                     Ok(_) | Err(Error::AccountNotFound(_)) => {}
@@ -791,6 +792,7 @@ impl Store {
                     account,
                     devices: idle_devices,
                     at: now,
+                    idle: Some(idle),
                 }) {
                     Ok(Applied::Purged(n)) => report.devices += n,
                     Ok(_) | Err(Error::AccountNotFound(_)) => {}

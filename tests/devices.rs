@@ -360,3 +360,43 @@ fn a_sending_device_is_not_sent_its_message_but_a_namesake_of_another_account_is
     assert_eq!(texts(&drain(&a_laptop)), vec!["msg:from a's phone"]);
     assert_eq!(texts(&drain(&b_phone)), vec!["msg:from a's phone"]);
 }
+
+/// A purge's settings travel with its journal record: reopened under another config, the
+/// store has forgotten the devices and dropped the inbox entries the live purge did — no
+/// more, no fewer — rather than what its own settings would have chosen.
+#[test]
+fn replay_purges_what_the_live_purge_did_under_another_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = |idle: u64, retention: u64| {
+        imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_device_idle_secs(idle)
+            .with_retention_secs(retention)
+    };
+    let store = imstore::Store::open(dir.path(), config(3600, 7 * 86_400)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    drop(store.connect("b", "old").unwrap()); // idle from now
+    let mut short = text_req("a", "b", 1, "short");
+    short.lifetime = Some(60); // leaves the inbox after a minute
+    store.send(short).unwrap();
+    send_text(&store, "a", "b", 2, "kept");
+    clock.advance(7200);
+    let purged = store.purge_expired().unwrap();
+    assert_eq!((purged.devices, purged.inbox_entries), (1, 1));
+    assert!(store.devices("b").unwrap().is_empty());
+    assert_eq!(texts(&store.inbox("b", 0).unwrap()), vec!["msg:kept"]);
+    drop(store);
+    // Devices remembered 30 days and messages kept an hour: under these settings the purge
+    // would have kept the device and dropped "kept" too.
+    let store = imstore::Store::open(dir.path(), config(30 * 86_400, 3600)).unwrap();
+    assert!(
+        store.devices("b").unwrap().is_empty(),
+        "the device comes back"
+    );
+    assert_eq!(
+        texts(&store.inbox("b", 0).unwrap()),
+        vec!["msg:kept"],
+        "replay dropped what a reader had seen"
+    );
+}

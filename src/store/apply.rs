@@ -86,11 +86,13 @@ impl Store {
                 account,
                 devices,
                 at,
+                idle,
             } => {
                 let cell = self.cell_as(account, Role::Plain)?;
                 let mut state = cell.state.lock();
                 state.ticket = self.record(op, mode)?;
-                let idle = self.inner.config.device_idle_secs;
+                // The live purge's setting, not this process's: replay forgets what it forgot.
+                let idle = idle.unwrap_or(self.inner.config.device_idle_secs);
                 let mut forgotten = 0;
                 for d in devices {
                     // Connected (or seen) since the purge chose it: it stays. The same test
@@ -115,14 +117,19 @@ impl Store {
                 self.rehint(&key, &c, before);
                 Ok(Applied::Purged(purged))
             }
-            Op::PurgeInbox { account, at } => {
+            Op::PurgeInbox {
+                account,
+                at,
+                retention,
+            } => {
                 let cell = self.cell_as(account, Role::Plain)?;
                 let mut state = cell.state.lock();
                 state.ticket = self.record(op, mode)?;
-                Ok(Applied::Purged(state.inbox.purge(
-                    *at,
-                    at.saturating_sub(self.inner.config.retention_secs),
-                )))
+                // The live purge's retention, not this process's (see `ForgetDevices`).
+                let retention = retention.unwrap_or(self.inner.config.retention_secs);
+                Ok(Applied::Purged(
+                    state.inbox.purge(*at, at.saturating_sub(retention)),
+                ))
             }
         }
     }
