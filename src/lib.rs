@@ -119,7 +119,10 @@
 //!   unawaited records within a second) and a snapshot writer. Snapshots are built by replaying
 //!   the journal into a scratch store, so they cost memory (a second copy of the state while
 //!   one is built) and CPU, but never hold up writes.
-//! - Replay applies retention with the configuration the store is opened with.
+//! - Replay applies the retention of sends, recalls and modifications with the configuration
+//!   the store is opened with; purges (`purge_expired`: inbox entries past their lifetime or
+//!   retention, forgotten devices) carry the settings they ran under and remove on replay
+//!   what they removed live.
 //! - Message records, inbox blocks, conversation buffers (up to 32 messages), account cells,
 //!   conversations and lookup tables live in memory the engine maps itself and asks to be huge
 //!   pages (`MADV_HUGEPAGE`), so that a large store's random reads are not TLB misses too; the

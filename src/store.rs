@@ -382,6 +382,23 @@ impl Store {
         self.flush()
     }
 
+    /// What dropping the last handle does, done now through this one, whatever other handles
+    /// remain: flushes, stops the journal's committer (appends still work, each then written on
+    /// its caller's thread) and waits for the snapshot writer to end — after a checkpoint that
+    /// was already due, which a clean close still runs. The last handle's drop then finds
+    /// only what came after to flush. The server's shutdown runs this within a bound.
+    pub(crate) fn close_in_place(&self) -> Result<()> {
+        let flushed = self.flush();
+        if let Some(journal) = self.journal() {
+            journal.shutdown();
+        }
+        let writer = self.inner.checkpointer.lock().take();
+        if let Some(t) = writer {
+            let _ = t.join();
+        }
+        flushed
+    }
+
     /// The fault injection points of a durable store's journal (cargo feature
     /// `fault-injection`, for tests).
     #[cfg(feature = "fault-injection")]
