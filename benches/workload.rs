@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use imstore::{Config, HistoryQuery, MsgElement, MsgKey, RecallItem, SendRequest, Store};
 
 const TIME: u32 = 1_700_000_000;
-const RANDOM: u32 = 7;
 /// Recalls per `recall_many` call: what a server would have queued (the store walks them in
 /// waves of `imstore::RECALL_WAVE`).
 const BATCH: usize = 64;
@@ -70,7 +69,7 @@ impl Workload {
     }
 
     fn key(i: u64) -> MsgKey {
-        MsgKey::new(i as u32, RANDOM, TIME)
+        MsgKey::new(i as u32, msg_random(i), TIME)
     }
 
     fn send(&self, store: &Store, i: u64) {
@@ -82,7 +81,7 @@ impl Workload {
         let mut req = SendRequest::new(
             from.as_str(),
             to.as_str(),
-            RANDOM,
+            msg_random(i),
             vec![MsgElement::text(text(i))],
         );
         req.msg_seq = Some(i as u32);
@@ -94,6 +93,7 @@ impl Workload {
 include!("shared/text.rs");
 
 include!("shared/name.rs");
+include!("shared/random.rs");
 
 /// Resident memory of this process, bytes.
 fn rss() -> u64 {

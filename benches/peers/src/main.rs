@@ -92,7 +92,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 /// Every message's MsgTimeStamp.
 const TIME: u32 = 1_700_000_000;
-const RANDOM: u32 = 7;
 const PEERS: usize = 20;
 /// Both engines' clock: just after TIME, so that retention keeps every message.
 const NOW: i64 = TIME as i64 + 60;
@@ -146,11 +145,12 @@ impl Workload {
 
 /// Message `i`'s MsgKey.
 fn key(i: u64) -> MsgKey {
-    MsgKey::new(i as u32, RANDOM, TIME)
+    MsgKey::new(i as u32, msg_random(i), TIME)
 }
 
 include!("../../shared/text.rs");
 include!("../../shared/name.rs");
+include!("../../shared/random.rs");
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -219,7 +219,7 @@ fn imstore_run(
         let mut req = SendRequest::new(
             from.as_str(),
             to.as_str(),
-            RANDOM,
+            msg_random(i),
             vec![MsgElement::text(text(i))],
         );
         req.msg_seq = Some(i as u32);
