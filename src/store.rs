@@ -387,6 +387,7 @@ impl Store {
     /// its caller's thread) and waits for the snapshot writer to end — after a checkpoint that
     /// was already due, which a clean close still runs. The last handle's drop then finds
     /// only what came after to flush. The server's shutdown runs this within a bound.
+    #[cfg(feature = "server")]
     pub(crate) fn close_in_place(&self) -> Result<()> {
         let flushed = self.flush();
         if let Some(journal) = self.journal() {
