@@ -325,23 +325,23 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             account,
             devices,
             at,
-            idle: None,
-        } => OpRecord::ForgetDevices {
-            account,
-            devices: devices.iter().map(|d| &**d).collect(),
-            at: *at,
-        },
-        Op::ForgetDevices {
-            account,
-            devices,
-            at,
-            idle: Some(idle),
-        } => OpRecord::ForgetDevicesIdle {
-            account,
-            devices: devices.iter().map(|d| &**d).collect(),
-            at: *at,
-            idle: *idle,
-        },
+            idle,
+        } => {
+            let (devices, at) = (devices.iter().map(|d| &**d).collect(), *at);
+            match *idle {
+                Some(idle) => OpRecord::ForgetDevicesIdle {
+                    account,
+                    devices,
+                    at,
+                    idle,
+                },
+                None => OpRecord::ForgetDevices {
+                    account,
+                    devices,
+                    at,
+                },
+            }
+        }
         Op::PurgeConversation { a, b, cutoff } => OpRecord::PurgeConversation {
             a,
             b,
@@ -350,16 +350,14 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
         Op::PurgeInbox {
             account,
             at,
-            retention: None,
-        } => OpRecord::PurgeInbox { account, at: *at },
-        Op::PurgeInbox {
-            account,
-            at,
-            retention: Some(retention),
-        } => OpRecord::PurgeInboxRetention {
-            account,
-            at: *at,
-            retention: *retention,
+            retention,
+        } => match *retention {
+            Some(retention) => OpRecord::PurgeInboxRetention {
+                account,
+                at: *at,
+                retention,
+            },
+            None => OpRecord::PurgeInbox { account, at: *at },
         },
     };
     bincode::encode_into_std_write(rec, out, cfg()).expect("writing to a Vec cannot fail");
@@ -531,23 +529,13 @@ pub(crate) fn decode_op(
             account,
             devices,
             at,
-        } => Op::ForgetDevices {
-            account: name(account)?,
-            devices: devices.into_iter().map(Into::into).collect(),
-            at,
-            idle: None,
-        },
+        } => forget_devices(name(account)?, devices, at, None),
         OpRecord::ForgetDevicesIdle {
             account,
             devices,
             at,
             idle,
-        } => Op::ForgetDevices {
-            account: name(account)?,
-            devices: devices.into_iter().map(Into::into).collect(),
-            at,
-            idle: Some(idle),
-        },
+        } => forget_devices(name(account)?, devices, at, Some(idle)),
         OpRecord::PurgeConversation { a, b, cutoff } => Op::PurgeConversation {
             a: name(a)?,
             b: name(b)?,
@@ -568,6 +556,17 @@ pub(crate) fn decode_op(
             retention: Some(retention),
         },
     })
+}
+
+/// `Op::ForgetDevices` from either of its records (`idle`: `None` from the one written before
+/// the setting was kept).
+fn forget_devices(account: UserId, devices: Vec<&str>, at: u64, idle: Option<u64>) -> Op {
+    Op::ForgetDevices {
+        account,
+        devices: devices.into_iter().map(Into::into).collect(),
+        at,
+        idle,
+    }
 }
 
 // ----- snapshot images -----

@@ -526,15 +526,36 @@ async fn final_flush(
     store: Store,
     limit: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Dropping the thread's handle detaches it.
+    let (_thread, closed) = close_on_thread(store)?;
+    closed_within(closed, limit).await
+}
+
+/// Runs [`Store::close_in_place`] on a thread of its own, which drops its handle on the store
+/// when done; the receiver gets the close's result.
+fn close_on_thread(
+    store: Store,
+) -> std::io::Result<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<crate::Result<()>>,
+)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("imstore-final-flush".into())
         .spawn(move || {
             let closed = store.close_in_place();
             let _ = tx.send(closed);
             drop(store);
         })?;
-    match tokio::time::timeout(limit, rx).await {
+    Ok((thread, rx))
+}
+
+/// The close's result if it comes within `limit`; else an error saying it was left behind.
+async fn closed_within(
+    closed: tokio::sync::oneshot::Receiver<crate::Result<()>>,
+    limit: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match tokio::time::timeout(limit, closed).await {
         Ok(Ok(closed)) => Ok(closed?),
         Ok(Err(_)) => Err("the journal's final flush panicked".into()),
         Err(_) => {
@@ -734,7 +755,8 @@ mod tests {
         let req = SendRequest::new("a", "b", 1, vec![MsgElement::text("pending")]);
         let (sent, _ticket) = store.deferring(|| store.send(req));
         let sent = sent.unwrap();
-        let err = final_flush(store.clone(), Duration::from_millis(300))
+        let (thread, closed) = close_on_thread(store.clone()).unwrap();
+        let err = closed_within(closed, Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("did not finish within"), "{err}");
@@ -744,19 +766,10 @@ mod tests {
         );
         gate.open();
         drop(store);
-        // The abandoned flush's thread ends, with its handle, once the disk moves: the store
-        // then reopens, with the send.
-        let mut reopened = None;
-        for _ in 0..1000 {
-            match Store::open(dir.path(), config.clone()) {
-                Ok(s) => {
-                    reopened = Some(s);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-        let reopened = reopened.expect("the store reopens once the left-behind flush ended");
+        // The abandoned close finishes by itself once the disk moves, and its thread lets go
+        // of the last handle: the store reopens, with the send.
+        thread.join().unwrap();
+        let reopened = Store::open(dir.path(), config).unwrap();
         let page = reopened
             .history(&crate::HistoryQuery::new("a", "b", 10))
             .unwrap();

@@ -389,15 +389,7 @@ impl Store {
     /// only what came after to flush. The server's shutdown runs this within a bound.
     #[cfg(feature = "server")]
     pub(crate) fn close_in_place(&self) -> Result<()> {
-        let flushed = self.flush();
-        if let Some(journal) = self.journal() {
-            journal.shutdown();
-        }
-        let writer = self.inner.checkpointer.lock().take();
-        if let Some(t) = writer {
-            let _ = t.join();
-        }
-        flushed
+        self.inner.close()
     }
 
     /// The fault injection points of a durable store's journal (cargo feature
@@ -707,16 +699,29 @@ impl Store {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(journal) = self.journal.get() {
-            // Best effort: `close` is the way to see this fail.
-            let _ = journal.flush();
-            journal.shutdown();
-        }
-        if let Some(t) = self.checkpointer.get_mut().take() {
+impl Inner {
+    /// A clean close: the journal flushed, its committer stopped (appends still work, each then
+    /// written on its caller's thread), the snapshot writer ended — after a checkpoint already
+    /// due, which it still runs. What the last handle's drop does, and what
+    /// `Store::close_in_place` does earlier; a second close only flushes.
+    fn close(&self) -> Result<()> {
+        let Some(journal) = self.journal.get() else {
+            return Ok(()); // in memory: no journal, no snapshot writer
+        };
+        let flushed = journal.flush();
+        journal.shutdown();
+        let writer = self.checkpointer.lock().take();
+        if let Some(t) = writer {
             let _ = t.join();
         }
+        flushed
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: `Store::close` is the way to see a flush fail.
+        let _ = self.close();
     }
 }
 
