@@ -698,3 +698,76 @@ fn impossible_settings_are_refused() {
     let why = refused(|c| c.shards = 0);
     assert!(why.contains("at least 1"), "{why}");
 }
+
+/// Reads of the cluster's buckets follow every acknowledged write, whichever node reads: an
+/// account one node imports exists at once for the others, a lease released on one node is
+/// free at once on another. A bucket an older version made with direct reads (answered by any
+/// replica, which may lag) is switched to leader reads when a node connects.
+#[test]
+fn bucket_reads_follow_writes_on_every_node() {
+    let _one = serial();
+    let nats = Nats::up();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    let url = nats.urls.split(',').next().unwrap().to_owned();
+    let client = rt.block_on(async_nats::connect(url)).unwrap();
+    let js = async_nats::jetstream::new(client);
+    // The accounts bucket as a version with direct reads made it.
+    rt.block_on(async {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "KV_imstore_accounts".into(),
+            subjects: vec!["$KV.imstore_accounts.>".into()],
+            max_messages_per_subject: 1,
+            num_replicas: 3,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+
+    let a = nats.node("A");
+    let b = nats.node("B");
+    let c = nats.node("C");
+    let direct = |bucket: &str| {
+        rt.block_on(async {
+            let mut s = js.get_stream(format!("KV_{bucket}")).await.unwrap();
+            s.info().await.unwrap().config.allow_direct
+        })
+    };
+    for bucket in ["imstore_accounts", "imstore_leases", "imstore_meta"] {
+        assert!(
+            !direct(bucket),
+            "{bucket} still answers reads from any replica"
+        );
+    }
+    for i in 0..200 {
+        let user = format!("u{i}");
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &c) };
+        writer.import_account(&user).unwrap();
+        assert!(reader.account_exists(&user).unwrap(), "{user} after import");
+        if i % 10 == 0 {
+            reader.delete_account(&user).unwrap();
+            assert!(
+                !writer.account_exists(&user).unwrap(),
+                "{user} after delete"
+            );
+        }
+    }
+    assert_eq!(c.accounts().unwrap().len(), 180);
+    for n in 0..4 {
+        a.open_shard(n).unwrap().close().unwrap();
+        let (_, _, left) = b.lease_holder(n).unwrap().unwrap();
+        assert_eq!(
+            left,
+            Duration::ZERO,
+            "shard {n}'s lease after a clean close"
+        );
+        b.open_shard(n).unwrap().close().unwrap();
+    }
+}

@@ -93,13 +93,33 @@ where
 /// Opens KV bucket `name`, creating its stream if missing. The stream is created here, with the
 /// configuration a KV bucket has (ADR-8), rather than by `create_key_value`, which first asks
 /// for the account's information in a form nats-server 2.9 does not answer.
+///
+/// **Reads follow writes.** A bucket's stream has `allow_direct` off, so every read is answered
+/// by the stream's leader, which has applied every acknowledged write. With it on (the ADR-8
+/// default), any replica answers a read, and one that lags does not yet have an account another
+/// node has just imported, or still shows a released lease as held. A bucket created by an older
+/// version with it on is switched off here.
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
     if let Ok(kv) = js.get_key_value(name).await {
-        return Ok(kv);
+        let config = &kv.stream.cached_info().config;
+        if !config.allow_direct {
+            return Ok(kv);
+        }
+        let config = stream::Config {
+            allow_direct: false,
+            ..config.clone()
+        };
+        js.update_stream(&config)
+            .await
+            .map_err(|e| ClusterError::Nats(format!("updating bucket {name}: {e}")))?;
+        return js
+            .get_key_value(name)
+            .await
+            .map_err(|e| ClusterError::Nats(format!("opening bucket {name}: {e}")));
     }
     let created = js
         .get_or_create_stream(stream::Config {
@@ -112,7 +132,7 @@ async fn bucket(
             discard: stream::DiscardPolicy::New,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            allow_direct: false,
             max_bytes: -1,
             max_messages: -1,
             max_message_size: -1,
