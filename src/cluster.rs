@@ -26,7 +26,6 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv, object_store, stream};
-use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::journal::{Journal, OpenError, Recovered, RecoveryReport, kind, parse_record};
@@ -415,27 +414,18 @@ impl Cluster {
             kv.put(format!("node.{me}"), deadline.to_string().into())
                 .await
                 .map_err(nats)?;
-            let mut keys = kv.keys().await.map_err(nats)?;
-            let mut alive = Vec::new();
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(nats)?;
-                let Some(node) = key.strip_prefix("node.") else {
-                    continue;
-                };
-                let deadline = kv
-                    .get(&key)
-                    .await
-                    .map_err(nats)?
-                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
-                if deadline.is_some_and(|d| d > now) {
-                    alive.push(node.to_owned());
-                }
-            }
-            // The listing reads the bucket's stream while the other nodes keep writing their
-            // keys: a key put again during it can be listed twice (two "alive" nodes for one
-            // counted a rate-limit share too small once, in a test).
-            alive.sort();
-            alive.dedup();
+            // Every node's key as of this heartbeat (`current_entries`: after every write
+            // acknowledged before it, whichever replica the listing reads).
+            let alive = nats::current_entries(&kv)
+                .await
+                .map_err(nats)?
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    let node = key.strip_prefix("node.")?;
+                    let deadline = std::str::from_utf8(&value).ok()?.parse::<u64>().ok()?;
+                    (deadline > now).then(|| node.to_owned())
+                })
+                .collect::<Vec<_>>();
             Ok(alive)
         })
     }
@@ -620,9 +610,22 @@ impl Cluster {
             let mut applied = 0u64;
             let mut owners = journal::Owners::default();
             let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
-            if let Some((_, epoch, bytes)) = self
-                .block(async move { latest_snapshot(&snaps, &meta, n).await })
-                .map_err(open_nats)?
+            // Read again on a failure: the object's chunks come from a consumer on any replica,
+            // and one that lags ends the read early (its digest then fails, never a short
+            // snapshot taken for whole).
+            let retry = cfg.publish_retry;
+            let newest = self.block(async move {
+                with_retry(retry, || {
+                    let (snaps, meta) = (snaps.clone(), meta.clone());
+                    async move {
+                        latest_snapshot(&snaps, &meta, n)
+                            .await
+                            .map_err(ClusterError::Nats)
+                    }
+                })
+                .await
+            });
+            if let Some((_, epoch, bytes)) = newest.map_err(open_nats)?
             {
                 let cut = crate::journal::read_snapshot(&bytes, recover).map_err(|reason| {
                     OpenError::Replay {
@@ -708,7 +711,7 @@ impl Cluster {
             if let Some(sh) = &shared {
                 sh.fail("the shard could not be opened".into());
             }
-            renewer.stop();
+            renewer.stop_and_join(self);
             let kv = self.inner.leases.clone();
             let node = cfg.node_id.clone();
             let mut held = renewer.held();

@@ -415,7 +415,8 @@ fn a_replay_whose_consumer_stalls_reads_on_with_a_new_one() {
     });
     b.stall_next_replay_after(100);
     let shard_b = b.open_shard(n).unwrap();
-    assert_eq!(b.replay_consumers_replaced(), 1);
+    // At least one: a replica that lags a moment may see another stall replaced too.
+    assert!(b.replay_consumers_replaced() >= 1);
     let on_b: BTreeSet<MsgKey> = history(shard_b.store(), "dramon", "vinson")
         .into_iter()
         .map(|(k, _)| k)
@@ -700,8 +701,8 @@ fn impossible_settings_are_refused() {
 }
 
 /// Reads of the cluster's buckets follow every acknowledged write, whichever node reads: an
-/// account one node imports exists at once for the others, a lease released on one node is
-/// free at once on another. A bucket an older version made with direct reads (answered by any
+/// account one node imports exists, and is listed, at once for the others; a lease released
+/// on one node is free at once on another. A bucket an older version made with direct reads (answered by any
 /// replica, which may lag) is switched to leader reads when a node connects.
 #[test]
 fn bucket_reads_follow_writes_on_every_node() {
@@ -734,16 +735,23 @@ fn bucket_reads_follow_writes_on_every_node() {
     let a = nats.node("A");
     let b = nats.node("B");
     let c = nats.node("C");
-    let direct = |bucket: &str| {
+    let direct = |stream: &str| {
         rt.block_on(async {
-            let mut s = js.get_stream(format!("KV_{bucket}")).await.unwrap();
+            let mut s = js.get_stream(stream).await.unwrap();
             s.info().await.unwrap().config.allow_direct
         })
     };
-    for bucket in ["imstore_accounts", "imstore_leases", "imstore_meta"] {
+    // The key-value buckets, and the snapshots' object store (which the client makes with
+    // direct reads).
+    for stream in [
+        "KV_imstore_accounts",
+        "KV_imstore_leases",
+        "KV_imstore_meta",
+        "OBJ_imstore_snapshots",
+    ] {
         assert!(
-            !direct(bucket),
-            "{bucket} still answers reads from any replica"
+            !direct(stream),
+            "{stream} still answers reads from any replica"
         );
     }
     for i in 0..200 {
@@ -751,12 +759,18 @@ fn bucket_reads_follow_writes_on_every_node() {
         let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &c) };
         writer.import_account(&user).unwrap();
         assert!(reader.account_exists(&user).unwrap(), "{user} after import");
+        if i % 5 == 0 {
+            let listed = reader.accounts().unwrap();
+            assert!(listed.contains(&user), "{user} not listed after import");
+        }
         if i % 10 == 0 {
             reader.delete_account(&user).unwrap();
             assert!(
                 !writer.account_exists(&user).unwrap(),
                 "{user} after delete"
             );
+            let listed = writer.accounts().unwrap();
+            assert!(!listed.contains(&user), "{user} listed after delete");
         }
     }
     assert_eq!(c.accounts().unwrap().len(), 180);

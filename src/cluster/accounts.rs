@@ -10,7 +10,6 @@
 use std::fmt::Write;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 
 use crate::account::check_user_id;
 use crate::error::{Error, Result};
@@ -53,17 +52,14 @@ pub(crate) async fn delete(kv: &kv::Store, user: &str) -> Result<()> {
 }
 
 pub(crate) async fn list(kv: &kv::Store) -> Result<Vec<String>> {
-    let mut keys = kv.keys().await.map_err(nats)?;
-    let mut users = Vec::new();
-    while let Some(k) = keys.next().await {
-        let k = k.map_err(nats)?;
-        if let Some(name) = k.strip_prefix("u.").and_then(unhex) {
-            users.push(name);
-        }
-    }
-    // A key written again while the listing reads the bucket can be listed twice.
+    // Every account as of this call, also one imported through another node a moment ago.
+    let mut users: Vec<String> = super::nats::current_entries(kv)
+        .await
+        .map_err(nats)?
+        .into_keys()
+        .filter_map(|k| k.strip_prefix("u.").and_then(unhex))
+        .collect();
     users.sort();
-    users.dedup();
     Ok(users)
 }
 

@@ -42,18 +42,29 @@ pub(super) async fn setup(
     let leases = bucket(js, lease::BUCKET, cfg.replicas).await?;
     let accounts = bucket(js, accounts::BUCKET, cfg.replicas).await?;
     let meta = bucket(js, META_BUCKET, cfg.replicas).await?;
-    let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
-        Ok(o) => o,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: SNAPSHOT_BUCKET.to_owned(),
-                num_replicas: cfg.replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?,
-    };
+    if js.get_object_store(SNAPSHOT_BUCKET).await.is_err() {
+        js.create_object_store(object_store::Config {
+            bucket: SNAPSHOT_BUCKET.to_owned(),
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(format!("creating bucket {SNAPSHOT_BUCKET}: {e}")))?;
+    }
+    // An object's description is read by a direct get where the stream allows it (the
+    // client makes the bucket so): answered by a replica that may not have the snapshot
+    // another node just stored. Leader reads, as for the key-value buckets.
+    let mut objects = js
+        .get_stream(format!("OBJ_{SNAPSHOT_BUCKET}"))
+        .await
+        .map_err(|e| nats(format!("opening bucket {SNAPSHOT_BUCKET}: {e}")))?;
+    let info = objects.info().await.map_err(nats)?;
+    leader_reads(js, info).await?;
+    let snapshots = js
+        .get_object_store(SNAPSHOT_BUCKET)
+        .await
+        .map_err(|e| nats(format!("opening bucket {SNAPSHOT_BUCKET}: {e}")))?;
     let shards = cfg.shards.to_string();
     match meta.create("shards", shards.clone().into()).await {
         Ok(_) => {}
@@ -105,17 +116,9 @@ async fn bucket(
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
     if let Ok(kv) = js.get_key_value(name).await {
-        let config = &kv.stream.cached_info().config;
-        if !config.allow_direct {
+        if !leader_reads(js, kv.stream.cached_info()).await? {
             return Ok(kv);
         }
-        let config = stream::Config {
-            allow_direct: false,
-            ..config.clone()
-        };
-        js.update_stream(&config)
-            .await
-            .map_err(|e| ClusterError::Nats(format!("updating bucket {name}: {e}")))?;
         return js
             .get_key_value(name)
             .await
@@ -146,6 +149,62 @@ async fn bucket(
     js.get_key_value(name)
         .await
         .map_err(|e| ClusterError::Nats(format!("opening bucket {name}: {e}")))
+}
+
+/// Every live key of a bucket with its value, as of at least the moment of the call — after
+/// any write acknowledged before it, made on any node. The stream's leader says how far the
+/// bucket goes (its last sequence); the keys are then read from a consumer, which nats-server
+/// places on any replica (an ephemeral consumer of a limits stream is R1 on a random peer),
+/// so the reading goes on until it has passed that sequence, however far behind the replica
+/// started. (`kv::Store::keys` stops when its replica has nothing pending: a lagging replica
+/// answers a stale list.) Bounded by the caller's `block` limit.
+pub(super) async fn current_entries(
+    kv: &kv::Store,
+) -> Result<std::collections::BTreeMap<String, Bytes>, String> {
+    let mut stream = kv.stream.clone();
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let mut entries = std::collections::BTreeMap::new();
+    if last == 0 {
+        return Ok(entries);
+    }
+    // The last value of every key, in stream order, then every later write as it lands.
+    let mut watch = kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|e| e.to_string())?;
+        match entry.operation {
+            kv::Operation::Put => entries.insert(entry.key, entry.value),
+            kv::Operation::Delete | kv::Operation::Purge => entries.remove(&entry.key),
+        };
+        if entry.revision >= last {
+            return Ok(entries);
+        }
+    }
+    Err(format!("the listing of {} ended early", kv.name))
+}
+
+/// Switches the stream of a bucket made with direct reads (`info`) to reads answered by its
+/// leader (see [`bucket`]); whether it did, so that the caller opens the bucket again (a
+/// bucket's handle decides how to read from the configuration it was opened with).
+async fn leader_reads(js: &jetstream::Context, info: &stream::Info) -> Result<bool, ClusterError> {
+    if !info.config.allow_direct {
+        return Ok(false);
+    }
+    let config = stream::Config {
+        allow_direct: false,
+        ..info.config.clone()
+    };
+    js.update_stream(&config)
+        .await
+        .map_err(|e| ClusterError::Nats(format!("updating stream {}: {e}", config.name)))?;
+    Ok(true)
 }
 
 pub(super) async fn shard_stream(

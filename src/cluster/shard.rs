@@ -115,6 +115,21 @@ impl Renewer {
         self.state.stopped.store(true, Ordering::Release);
         self.state.stop.notify_one();
     }
+
+    /// [`stop`](Renewer::stop), and waits (up to `publish_retry`) for a renewal in flight:
+    /// one that landed after the lease's release would renew it, and it would look held for
+    /// another `lease_ttl`.
+    pub(super) fn stop_and_join(&self, cluster: &Cluster) {
+        self.stop();
+        if let Some(task) = self.state.done.lock().take() {
+            let within = cluster.config().publish_retry;
+            let _ = cluster.block(async move {
+                tokio::time::timeout(within, task)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+    }
 }
 
 impl RenewState {
@@ -239,17 +254,8 @@ impl Shard {
             return Ok(());
         }
         let flushed = self.store.flush();
-        self.renewer.stop();
         self.shared.fail("the shard was closed".into());
-        // A renewal in flight must not land after the release (it would renew the lease).
-        if let Some(task) = self.renewer.state.done.lock().take() {
-            let within = self.cluster.config().publish_retry;
-            let _ = self.cluster.block(async move {
-                tokio::time::timeout(within, task)
-                    .await
-                    .map_err(|e| e.to_string())
-            });
-        }
+        self.renewer.stop_and_join(&self.cluster);
         if self.renewer.lost().is_none() {
             let kv = self.cluster.inner.leases.clone();
             let (node, n) = (self.cluster.node_id().to_owned(), self.n);

@@ -219,6 +219,10 @@ pub(super) async fn serve(
     tracing::debug!(shard = owned.n, "stopped serving the shard");
 }
 
+/// How long a node whose lease is not current waits before it answers "ask again" (see
+/// `handle`).
+const STALE_ANSWER_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn retry(why: &str) -> (Answer, Vec<u8>) {
     (
         Answer {
@@ -309,6 +313,11 @@ pub(super) async fn handle(
     mut stop: watch::Receiver<bool>,
 ) -> (Answer, Vec<u8>) {
     if !owned.lease_valid() {
+        // Answered late: while a shard changes hands both nodes may hear the call, and the
+        // first answer is the one taken — the new owner's, not this "ask again", which would
+        // otherwise win every retry for as long as this node cannot renew (a lease bucket
+        // electing a leader) and run the caller's retries out.
+        tokio::time::sleep(STALE_ANSWER_DELAY).await;
         return retry("this node's lease on the shard is not current");
     }
     let store = &owned.store;
