@@ -192,9 +192,24 @@ fn sigterm_during_recovery_stops_the_server() {
 
 #[test]
 fn healthz_answers_503_during_the_drain_while_calls_are_still_served() {
+    // The drain lasts 2 s (the most the server allows); a machine that stalls for that long
+    // leaves the call below after it. Such a run says nothing either way: it is run again.
+    for attempt in 1..=3 {
+        match drain_once() {
+            Ok(()) => return,
+            Err(late) if attempt < 3 => eprintln!("attempt {attempt}: {late}; once more"),
+            Err(late) => panic!("{late}"),
+        }
+    }
+}
+
+/// One server through SIGTERM: `Err` only when the call made during the drain was not
+/// answered and came after the drain's 2 s (a stalled machine); any other failure panics.
+fn drain_once() -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &["--drain-ms", "2000"]);
     assert_eq!(get(&format!("{}/healthz", s.base)).0, 200);
+    let killed = Instant::now();
     assert!(
         Command::new("kill")
             .args(["-TERM", &s.pid().to_string()])
@@ -210,18 +225,33 @@ fn healthz_answers_503_during_the_drain_while_calls_are_still_served() {
         .0 == 503),
         "/healthz did not turn 503 after SIGTERM"
     );
-    assert_eq!(
-        get(&format!("{}/healthz", s.base)).1,
-        r#"{"status":"stopping"}"#
-    );
+    let (status, body) = get(&format!("{}/healthz", s.base));
+    if status != 503 && killed.elapsed() >= Duration::from_millis(1900) {
+        return Err(format!(
+            "/healthz read {:?} after the drain",
+            killed.elapsed()
+        ));
+    }
+    assert_eq!(body, r#"{"status":"stopping"}"#);
     // Still serving during the drain.
-    let r = s.post(
+    let r = s.post_within(
         "im_open_login_svc/account_import",
         json!({"UserID": "late"}),
+        WAIT,
     );
-    assert_eq!(r["ErrorCode"], 0, "{r}");
+    match r {
+        Some(r) => assert_eq!(r["ErrorCode"], 0, "{r}"),
+        None if killed.elapsed() >= Duration::from_millis(1900) => {
+            return Err(format!(
+                "the call ended {:?} after SIGTERM",
+                killed.elapsed()
+            ));
+        }
+        None => panic!("a call during the drain was refused"),
+    }
     let status = s.stop();
     assert!(status.success(), "{status:?}");
+    Ok(())
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn the_seed_flow_end_to_end() {
 fn before_send_answers_decide_what_happens() {
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
-    let s = start_with_callbacks(dir.path(), &receiver, &["--callback-timeout-ms", "400"]);
+    let s = start_with_callbacks(dir.path(), &receiver, &["--callback-timeout-ms", "3000"]);
     let mut phone = s.ws("dramon", "phone", "");
     let answer = |v: Value| {
         move |c: &Call| {
@@ -207,7 +207,7 @@ fn before_send_answers_decide_what_happens() {
     // Timeout, fail open: delivered.
     receiver.answer_with(|c: &Call| Answer {
         delay: if c.command() == "C2C.CallbackBeforeSendMsg" {
-            Duration::from_secs(2)
+            Duration::from_secs(10)
         } else {
             Duration::ZERO
         },
@@ -238,6 +238,16 @@ fn before_send_answers_decide_what_happens() {
         assert_eq!(phone.expect()["Data"]["MsgBody"], text(t));
     }
     assert_eq!(phone.next(QUICK), None);
+    // After-callbacks go out in operation order, retried while the app answered "not json":
+    // once the last stored message's is accepted, every earlier one's has been.
+    loop {
+        let call = receiver
+            .next_of("C2C.CallbackAfterSendMsg", WAIT)
+            .expect("the after-send of the last message arrives");
+        if call.body["MsgBody"][0]["MsgContent"]["Text"] == "garbled app" {
+            break;
+        }
+    }
     // After-send callbacks only for what was stored, with the stored (replaced) body.
     let log = receiver.log.lock().unwrap().clone();
     let after: Vec<String> = log
@@ -292,12 +302,12 @@ fn a_failed_before_send_refuses_with_80003_when_fail_closed() {
     let s = start_with_callbacks(
         dir.path(),
         &receiver,
-        &["--callback-fail-closed", "--callback-timeout-ms", "300"],
+        &["--callback-fail-closed", "--callback-timeout-ms", "3000"],
     );
     assert_eq!(rest_send(&s, 1, "refused", json!({}))["ErrorCode"], 80003);
     receiver.answer_with(|c: &Call| Answer {
         delay: if c.command() == "C2C.CallbackBeforeSendMsg" {
-            Duration::from_secs(2)
+            Duration::from_secs(10)
         } else {
             Duration::ZERO
         },

@@ -199,10 +199,12 @@ fn a_client_that_answers_no_ping_is_dropped_after_three_intervals() {
     // A client that answers (tungstenite does, as it reads) stays.
     let mut live = s.ws("dramon", "live", "");
     assert_eq!(live.next(Duration::from_secs(4)), None);
-    s.post(
+    // Sent from another thread: this one keeps reading, and so answering pings, meanwhile.
+    let sent = s.post_in_background(
         "openim/sendmsg",
         json!({"From_Account": "administrator", "To_Account": "dramon", "MsgRandom": 1,
         "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "still here"}}]}),
     );
     assert_eq!(live.expect()["Event"], "message");
+    assert_eq!(sent.join().unwrap()["ErrorCode"], 0);
 }

@@ -171,6 +171,21 @@ impl Server {
         self.post_as("administrator", api, &body.to_string())
     }
 
+    /// [`post`](Server::post) from another thread, so that this one can go on reading (a
+    /// WebSocket client that stops reading stops answering pings).
+    pub fn post_in_background(&self, api: &str, body: Value) -> std::thread::JoinHandle<Value> {
+        let url = format!("{}/v4/{api}?{}", self.base, self.query("administrator"));
+        std::thread::spawn(move || {
+            let mut resp = agent()
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.to_string())
+                .unwrap();
+            assert_eq!(resp.status(), 200, "always HTTP 200");
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+        })
+    }
+
     /// A REST call that may not be answered within `timeout`: `None` if it was not.
     pub fn post_within(&self, api: &str, body: Value, timeout: Duration) -> Option<Value> {
         let url = format!("{}/v4/{api}?{}", self.base, self.query("administrator"));
@@ -270,6 +285,12 @@ impl Server {
             }
         }
         false
+    }
+
+    /// Forgets the log lines read so far: a later [`wait_for_log`](Server::wait_for_log)
+    /// waits for a line logged from now on.
+    pub fn drain_log(&self) {
+        while self.stderr_lines.try_recv().is_ok() {}
     }
 
     pub fn stderr(&self) -> String {
