@@ -206,6 +206,10 @@ struct ClusterInner {
     /// off), as from a stalled pull.
     #[cfg(feature = "fault-injection")]
     stall_replay_after: std::sync::atomic::AtomicU64,
+    /// Fault injection: run by the next `Shard::ensure_accounts` between finding an account in
+    /// the bucket and importing it into the shard.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) before_import: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Drop for ClusterInner {
@@ -365,6 +369,8 @@ impl Cluster {
                 replay_consumers_replaced: Default::default(),
                 #[cfg(feature = "fault-injection")]
                 stall_replay_after: Default::default(),
+                #[cfg(feature = "fault-injection")]
+                before_import: parking_lot::Mutex::new(None),
             }),
         })
     }
@@ -494,6 +500,14 @@ impl Cluster {
         self.inner
             .stall_replay_after
             .store(records, Ordering::Relaxed);
+    }
+
+    /// Fault injection: `f` runs in the next [`Shard::ensure_accounts`] of this node after an
+    /// account was found in the bucket and before it is imported into the shard (where a
+    /// concurrent `account_delete` can fall).
+    #[cfg(feature = "fault-injection")]
+    pub fn before_next_shard_import(&self, f: impl FnOnce() + Send + 'static) {
+        *self.inner.before_import.lock() = Some(Box::new(f));
     }
 
     /// The NATS server leading shard `n`'s stream (its Raft leader), if there is one now.

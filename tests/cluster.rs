@@ -785,3 +785,34 @@ fn bucket_reads_follow_writes_on_every_node() {
         b.open_shard(n).unwrap().close().unwrap();
     }
 }
+
+/// An `account_delete` that falls between a shard's look at the accounts bucket and its
+/// import of the account (it clears the bucket, then finds nothing to clear in the shard)
+/// does not leave the account alive in that shard.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn an_account_deleted_while_a_shard_imports_it_stays_deleted() {
+    let _one = serial();
+    let nats = Nats::up();
+    let (a, _, shard) = owner_of_the_pair(&nats, "A");
+    a.import_account("carol").unwrap();
+    let b = nats.node("B");
+    let store = shard.store().clone();
+    // The delete as imstore-server makes it, through another node: the bucket, then the
+    // shard, which does not have carol yet.
+    a.before_next_shard_import(move || {
+        b.delete_account("carol").unwrap();
+        let in_shard = store.delete_account("carol");
+        assert_eq!(in_shard.unwrap_err().code(), 70107);
+    });
+    shard.ensure_accounts(&["carol"]).unwrap();
+    assert!(!a.account_exists("carol").unwrap());
+    assert!(
+        !shard.store().account_exists("carol").unwrap(),
+        "the deleted account came back in the shard"
+    );
+    // An account that stays in the bucket is imported as before.
+    a.import_account("carol").unwrap();
+    shard.ensure_accounts(&["carol"]).unwrap();
+    assert!(shard.store().account_exists("carol").unwrap());
+}

@@ -213,10 +213,30 @@ impl Shard {
     /// Imports into this shard's store each of `users` that the cluster's accounts bucket has
     /// and the shard does not yet: call it before an operation that names them. An account
     /// that is in neither stays absent, so the operation answers its usual error code.
+    ///
+    /// An `account_delete` clears the bucket, then every shard. One that falls between this
+    /// look at the bucket and the import finds nothing to clear here, and the import would
+    /// bring the account back in this shard alone; so the bucket is looked at again after
+    /// the import, and an account gone from it by then is deleted here too. (The delete's
+    /// clearing of the bucket comes before or after that second look: before, this undoes
+    /// the import; after, the delete's own clearing of the shard follows the import.)
     pub fn ensure_accounts(&self, users: &[&str]) -> crate::Result<()> {
         for user in users {
             if !self.store.account_exists(user)? && self.cluster.account_exists(user)? {
+                #[cfg(feature = "fault-injection")]
+                {
+                    let hook = self.cluster.inner.before_import.lock().take();
+                    if let Some(f) = hook {
+                        f();
+                    }
+                }
                 self.store.import_account(user)?;
+                if !self.cluster.account_exists(user)? {
+                    match self.store.delete_account(user) {
+                        Ok(()) | Err(crate::Error::AccountNotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
         Ok(())
