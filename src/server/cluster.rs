@@ -324,7 +324,17 @@ impl Node {
         } else if owned < share {
             // Start at a place of this node's own, so that nodes do not all race for shard 0.
             let start = me.min(live - 1) * shards / live;
+            // Opening shards one after another can outlast a heartbeat's lifetime (a replay
+            // takes seconds): say this node is alive again between them, or the others count
+            // it gone meanwhile and their shares and rate limits grow.
+            let mut beat = Instant::now();
             for i in 0..shards {
+                if beat.elapsed() >= ROUND {
+                    if let Err(e) = self.cluster.heartbeat(HEARTBEAT_TTL) {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                    beat = Instant::now();
+                }
                 if self.owned.lock().len() >= share {
                     break;
                 }
