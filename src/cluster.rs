@@ -234,6 +234,17 @@ impl fmt::Debug for Cluster {
 /// through a queue that stays full while it reconnects, and the wait for room there has none.
 /// The longest legitimate call, a snapshot, takes four steps in a row, each retried for
 /// `publish_retry` at most.
+/// Writes this node's heartbeat key (`node.<id>` of `imstore_meta`: the deadline, in Unix
+/// milliseconds, until which it counts as alive); returns now, as those milliseconds.
+async fn say_alive(kv: &kv::Store, me: &str, ttl: Duration) -> Result<u64, ClusterError> {
+    let now = lease::now_ms();
+    let deadline = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    kv.put(format!("node.{me}"), deadline.to_string().into())
+        .await
+        .map_err(nats)?;
+    Ok(now)
+}
+
 fn block_limit(config: &ClusterConfig) -> Duration {
     config.publish_retry * 5 + Duration::from_secs(30)
 }
@@ -415,11 +426,7 @@ impl Cluster {
     pub fn heartbeat(&self, ttl: Duration) -> Result<Vec<String>, ClusterError> {
         let (kv, me) = (self.inner.meta.clone(), self.node_id().to_owned());
         self.block(async move {
-            let now = lease::now_ms();
-            let deadline = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            kv.put(format!("node.{me}"), deadline.to_string().into())
-                .await
-                .map_err(nats)?;
+            let now = say_alive(&kv, &me, ttl).await?;
             // Every node's key as of this heartbeat (`current_entries`: after every write
             // acknowledged before it, whichever replica the listing reads).
             let alive = nats::current_entries(&kv)
@@ -434,6 +441,13 @@ impl Cluster {
                 .collect::<Vec<_>>();
             Ok(alive)
         })
+    }
+
+    /// Says this node is alive for `ttl` more, as [`heartbeat`](Cluster::heartbeat) does,
+    /// without listing the others: for while a long task holds up the next heartbeat.
+    pub fn keep_alive(&self, ttl: Duration) -> Result<(), ClusterError> {
+        let (kv, me) = (self.inner.meta.clone(), self.node_id().to_owned());
+        self.block(async move { say_alive(&kv, &me, ttl).await.map(|_| ()) })
     }
 
     /// Says this node has left (a graceful stop): the others stop counting it at once.
@@ -460,7 +474,8 @@ impl Cluster {
     }
 
     /// Deletes `user` from the accounts bucket (70107 when absent). Shards that imported it
-    /// keep their records of it: `imstore-server` deletes it in every shard first.
+    /// keep their records of it: `imstore-server` deletes it from the bucket first, then in
+    /// every shard (and `Shard::ensure_accounts` undoes an import the delete crossed).
     pub fn delete_account(&self, user: &str) -> crate::Result<()> {
         let (kv, user) = (self.inner.accounts.clone(), user.to_owned());
         self.block(async move { accounts::delete(&kv, &user).await })
@@ -624,20 +639,21 @@ impl Cluster {
             let mut applied = 0u64;
             let mut owners = journal::Owners::default();
             let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
-            // Read again on a failure: the object's chunks come from a consumer on any replica,
-            // and one that lags ends the read early (its digest then fails, never a short
-            // snapshot taken for whole).
-            let retry = cfg.publish_retry;
+            // Read again on a failure, three times at most, each read bounded: the object's
+            // chunks come from a consumer on any replica, and one that lags ends the read
+            // early (its digest then fails, never a short snapshot taken for whole).
+            let within = cfg.publish_retry;
             let newest = self.block(async move {
-                with_retry(retry, || {
-                    let (snaps, meta) = (snaps.clone(), meta.clone());
-                    async move {
-                        latest_snapshot(&snaps, &meta, n)
-                            .await
-                            .map_err(ClusterError::Nats)
+                let mut failed = String::new();
+                for _ in 0..3 {
+                    match tokio::time::timeout(within, latest_snapshot(&snaps, &meta, n)).await {
+                        Ok(Ok(newest)) => return Ok(newest),
+                        Ok(Err(e)) => failed = e,
+                        Err(_) => failed = format!("no answer within {within:?}"),
                     }
-                })
-                .await
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(format!("reading shard {n}'s snapshot: {failed}"))
             });
             if let Some((_, epoch, bytes)) = newest.map_err(open_nats)?
             {

@@ -774,6 +774,26 @@ fn bucket_reads_follow_writes_on_every_node() {
         }
     }
     assert_eq!(c.accounts().unwrap().len(), 180);
+    // Keys written again while a listing reads: each rewrite drops the key's earlier message,
+    // and the listing must still find its new one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewriter = {
+        let (stop, a) = (stop.clone(), a.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                a.import_account(&format!("u{}", 1 + 2 * (n % 10))).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..40 {
+        let listed = c.accounts().unwrap();
+        assert_eq!(listed.len(), 180, "a listing while keys are rewritten");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(rewriter.join().unwrap() > 0);
     for n in 0..4 {
         a.open_shard(n).unwrap().close().unwrap();
         let (_, _, left) = b.lease_holder(n).unwrap().unwrap();

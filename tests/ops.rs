@@ -204,7 +204,8 @@ fn healthz_answers_503_during_the_drain_while_calls_are_still_served() {
 }
 
 /// One server through SIGTERM: `Err` only when the call made during the drain was not
-/// answered and came after the drain's 2 s (a stalled machine); any other failure panics.
+/// answered and was made late in the drain's 2 s (a stalled machine); any other failure
+/// panics.
 fn drain_once() -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &["--drain-ms", "2000"]);
@@ -233,7 +234,9 @@ fn drain_once() -> Result<(), String> {
         ));
     }
     assert_eq!(body, r#"{"status":"stopping"}"#);
-    // Still serving during the drain.
+    // Still serving during the drain. Whether the call came late is judged by when it was
+    // made, not by when it failed.
+    let made = killed.elapsed();
     let r = s.post_within(
         "im_open_login_svc/account_import",
         json!({"UserID": "late"}),
@@ -241,13 +244,10 @@ fn drain_once() -> Result<(), String> {
     );
     match r {
         Some(r) => assert_eq!(r["ErrorCode"], 0, "{r}"),
-        None if killed.elapsed() >= Duration::from_millis(1900) => {
-            return Err(format!(
-                "the call ended {:?} after SIGTERM",
-                killed.elapsed()
-            ));
+        None if made >= Duration::from_millis(1500) => {
+            return Err(format!("the call was made {made:?} after SIGTERM"));
         }
-        None => panic!("a call during the drain was refused"),
+        None => panic!("a call made {made:?} into the 2 s drain was refused"),
     }
     let status = s.stop();
     assert!(status.success(), "{status:?}");

@@ -239,7 +239,7 @@ fn before_send_answers_decide_what_happens() {
     }
     assert_eq!(phone.next(QUICK), None);
     // After-callbacks go out in operation order, retried while the app answered "not json":
-    // once the last stored message's is accepted, every earlier one's has been.
+    // once the last stored message's has arrived, every earlier one's has too.
     loop {
         let call = receiver
             .next_of("C2C.CallbackAfterSendMsg", WAIT)

@@ -55,12 +55,11 @@ pub(super) async fn setup(
     // An object's description is read by a direct get where the stream allows it (the
     // client makes the bucket so): answered by a replica that may not have the snapshot
     // another node just stored. Leader reads, as for the key-value buckets.
-    let mut objects = js
+    let objects = js
         .get_stream(format!("OBJ_{SNAPSHOT_BUCKET}"))
         .await
         .map_err(|e| nats(format!("opening bucket {SNAPSHOT_BUCKET}: {e}")))?;
-    let info = objects.info().await.map_err(nats)?;
-    leader_reads(js, info).await?;
+    leader_reads(js, objects.cached_info()).await?;
     let snapshots = js
         .get_object_store(SNAPSHOT_BUCKET)
         .await
@@ -151,16 +150,43 @@ async fn bucket(
         .map_err(|e| ClusterError::Nats(format!("opening bucket {name}: {e}")))
 }
 
-/// Every live key of a bucket with its value, as of at least the moment of the call — after
-/// any write acknowledged before it, made on any node. The stream's leader says how far the
-/// bucket goes (its last sequence); the keys are then read from a consumer, which nats-server
-/// places on any replica (an ephemeral consumer of a limits stream is R1 on a random peer),
-/// so the reading goes on until it has passed that sequence, however far behind the replica
-/// started. (`kv::Store::keys` stops when its replica has nothing pending: a lagging replica
-/// answers a stale list.) Bounded by the caller's `block` limit.
+/// Every live key of a bucket with its value, each as of a moment during the call — so after
+/// any write acknowledged before it, made on any node.
+///
+/// A listing reads the bucket from a consumer, which nats-server places on any replica (an
+/// ephemeral consumer of a limits stream is R1 on a random peer); `kv::Store::keys` stops
+/// once that replica has nothing pending, so a lagging replica answers a stale list. Here:
+/// 1. the stream's leader says how far the bucket goes (its last sequence), and the consumer
+///    is read until it has passed that sequence, however far behind its replica started;
+/// 2. a key written again while it was read lost its earlier message (a bucket keeps one a
+///    key) and may have gone unseen: the leader's list of the keys it holds names them, and
+///    each is read from the leader.
+///
+/// (Reading on until the replica has nothing pending is no answer: under steady writes it
+/// may never happen, and nats-server 2.9 counts a last-per-subject consumer's pending short,
+/// so the listing missed keys being rewritten in a test.) A reading that fails or takes
+/// longer than [`LISTING_TRY`] is begun again, [`LISTING_TRIES`] times at most.
 pub(super) async fn current_entries(
     kv: &kv::Store,
 ) -> Result<std::collections::BTreeMap<String, Bytes>, String> {
+    let mut failed = String::new();
+    for _ in 0..LISTING_TRIES {
+        match tokio::time::timeout(LISTING_TRY, read_entries(kv)).await {
+            Ok(Ok(entries)) => return Ok(entries),
+            Ok(Err(e)) => failed = e,
+            Err(_) => failed = format!("no end within {LISTING_TRY:?}"),
+        }
+        tracing::debug!(bucket = %kv.name, error = %failed, "listing again");
+    }
+    Err(format!("listing {}: {failed}", kv.name))
+}
+
+/// How long one reading of [`current_entries`] may take.
+const LISTING_TRY: Duration = Duration::from_secs(30);
+/// How many readings [`current_entries`] makes at most.
+const LISTING_TRIES: usize = 3;
+
+async fn read_entries(kv: &kv::Store) -> Result<std::collections::BTreeMap<String, Bytes>, String> {
     let mut stream = kv.stream.clone();
     let last = stream
         .info()
@@ -172,22 +198,51 @@ pub(super) async fn current_entries(
     if last == 0 {
         return Ok(entries);
     }
-    // The last value of every key, in stream order, then every later write as it lands.
+    // 1. The last value of every key, in stream order, then every later write as it lands.
+    let mut seen = std::collections::HashSet::new();
     let mut watch = kv
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
-    while let Some(entry) = watch.next().await {
+    loop {
+        let Some(entry) = watch.next().await else {
+            return Err("the consumer ended".into());
+        };
         let entry = entry.map_err(|e| e.to_string())?;
+        let seq = entry.revision;
+        seen.insert(entry.key.clone());
         match entry.operation {
             kv::Operation::Put => entries.insert(entry.key, entry.value),
             kv::Operation::Delete | kv::Operation::Purge => entries.remove(&entry.key),
         };
-        if entry.revision >= last {
-            return Ok(entries);
+        if seq >= last {
+            break;
         }
     }
-    Err(format!("the listing of {} ended early", kv.name))
+    drop(watch);
+    // 2. Keys the leader holds that the reading did not see: written again meanwhile.
+    let prefix = format!("$KV.{}.", kv.name);
+    let mut subjects = stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut unseen = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| e.to_string())?;
+        if let Some(key) = subject.strip_prefix(&prefix)
+            && !seen.contains(key)
+        {
+            unseen.push(key.to_owned());
+        }
+    }
+    for key in unseen {
+        if let Some(e) = kv.entry(&key).await.map_err(|e| e.to_string())?
+            && e.operation == kv::Operation::Put
+        {
+            entries.insert(key, e.value);
+        }
+    }
+    Ok(entries)
 }
 
 /// Switches the stream of a bucket made with direct reads (`info`) to reads answered by its

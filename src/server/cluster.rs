@@ -251,8 +251,28 @@ impl Node {
         while !*stop.borrow() {
             let node = self.clone();
             let started = Instant::now();
-            if let Err(e) = tokio::task::spawn_blocking(move || node.balance()).await {
-                tracing::warn!(error = %e, "balancing failed");
+            let mut round = tokio::task::spawn_blocking(move || node.balance());
+            // A round that opens shards (each a replay of seconds) can outlast a heartbeat's
+            // lifetime: this node says it is alive meanwhile, or the others count it gone and
+            // their shares and rate limits grow.
+            loop {
+                tokio::select! {
+                    done = &mut round => {
+                        if let Err(e) = done {
+                            tracing::warn!(error = %e, "balancing failed");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep(ROUND) => {
+                        let node = self.clone();
+                        let beat = tokio::task::spawn_blocking(move || {
+                            node.cluster.keep_alive(HEARTBEAT_TTL)
+                        });
+                        if let Ok(Err(e)) = beat.await {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                        }
+                    }
+                }
             }
             tokio::select! {
                 _ = stop.changed() => break,
@@ -324,17 +344,7 @@ impl Node {
         } else if owned < share {
             // Start at a place of this node's own, so that nodes do not all race for shard 0.
             let start = me.min(live - 1) * shards / live;
-            // Opening shards one after another can outlast a heartbeat's lifetime (a replay
-            // takes seconds): say this node is alive again between them, or the others count
-            // it gone meanwhile and their shares and rate limits grow.
-            let mut beat = Instant::now();
             for i in 0..shards {
-                if beat.elapsed() >= ROUND {
-                    if let Err(e) = self.cluster.heartbeat(HEARTBEAT_TTL) {
-                        tracing::warn!(error = %e, "heartbeat failed");
-                    }
-                    beat = Instant::now();
-                }
                 if self.owned.lock().len() >= share {
                     break;
                 }
@@ -424,8 +434,9 @@ impl Node {
     }
 }
 
-/// The node's [`crate::api::Directory`]: the accounts bucket, and — to delete — every shard
-/// first (so that no shard keeps an account the bucket no longer has), then the bucket.
+/// The node's [`crate::api::Directory`]: the accounts bucket, and — to delete — the bucket
+/// first (from then on no shard imports the account again; one that had looked just before
+/// undoes its import, see `Shard::ensure_accounts`), then every shard.
 pub(super) struct NodeDirectory<'a>(pub &'a Node);
 
 impl crate::api::Directory for NodeDirectory<'_> {

@@ -146,6 +146,17 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// A REST call's JSON answer (always HTTP 200).
+fn post_url(url: &str, body: &str) -> Value {
+    let mut resp = agent()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    assert_eq!(resp.status(), 200, "always HTTP 200");
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
@@ -157,14 +168,10 @@ impl Server {
     }
 
     pub fn post_as(&self, identifier: &str, api: &str, body: &str) -> Value {
-        let url = format!("{}/v4/{api}?{}", self.base, self.query(identifier));
-        let mut resp = agent()
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        assert_eq!(resp.status(), 200, "always HTTP 200");
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+        post_url(
+            &format!("{}/v4/{api}?{}", self.base, self.query(identifier)),
+            body,
+        )
     }
 
     pub fn post(&self, api: &str, body: Value) -> Value {
@@ -175,15 +182,7 @@ impl Server {
     /// WebSocket client that stops reading stops answering pings).
     pub fn post_in_background(&self, api: &str, body: Value) -> std::thread::JoinHandle<Value> {
         let url = format!("{}/v4/{api}?{}", self.base, self.query("administrator"));
-        std::thread::spawn(move || {
-            let mut resp = agent()
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send(body.to_string())
-                .unwrap();
-            assert_eq!(resp.status(), 200, "always HTTP 200");
-            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
-        })
+        std::thread::spawn(move || post_url(&url, &body.to_string()))
     }
 
     /// A REST call that may not be answered within `timeout`: `None` if it was not.
@@ -287,8 +286,9 @@ impl Server {
         false
     }
 
-    /// Forgets the log lines read so far: a later [`wait_for_log`](Server::wait_for_log)
-    /// waits for a line logged from now on.
+    /// Forgets the log lines received so far: a later [`wait_for_log`](Server::wait_for_log)
+    /// waits for a line not yet received (one already written but still in the pipe may
+    /// count).
     pub fn drain_log(&self) {
         while self.stderr_lines.try_recv().is_ok() {}
     }

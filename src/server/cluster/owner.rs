@@ -314,9 +314,11 @@ pub(super) async fn handle(
 ) -> (Answer, Vec<u8>) {
     if !owned.lease_valid() {
         // Answered late: while a shard changes hands both nodes may hear the call, and the
-        // first answer is the one taken — the new owner's, not this "ask again", which would
-        // otherwise win every retry for as long as this node cannot renew (a lease bucket
-        // electing a leader) and run the caller's retries out.
+        // first answer is the one taken — so the new owner's, when it answers within the
+        // delay, rather than this "ask again", which would otherwise win every retry for as
+        // long as this node cannot renew (a lease bucket electing a leader) and could run the
+        // caller's retries out. (The caller counts an "ask again" as doubt: the new owner may
+        // have run the call, and a retried recall's 20023 is then its OK.)
         tokio::time::sleep(STALE_ANSWER_DELAY).await;
         return retry("this node's lease on the shard is not current");
     }

@@ -206,7 +206,12 @@ pub async fn call(
         };
         let why = match sent {
             Ok(msg) => match decode::<Answer>(&msg.payload) {
-                Ok((answer, _)) if answer.retry => answer.info,
+                // Another node may have heard the same request: a former owner answers "ask
+                // again" while the new one runs it (see `owner::handle`).
+                Ok((answer, _)) if answer.retry => {
+                    doubt = true;
+                    answer.info
+                }
                 Ok((mut answer, rest)) => {
                     let rest = msg.payload.slice_ref(rest);
                     answer.after_doubt = doubt;
@@ -271,7 +276,8 @@ mod tests {
 
     /// An owner that never answers the first attempt of a call (it took effect, say, and the
     /// owner died before answering) and answers the second: the caller learns that the answer
-    /// comes after doubt — and not when the first attempt found nobody at all.
+    /// comes after doubt — as after an "ask again", and not when the first attempt found
+    /// nobody at all.
     #[test]
     fn a_retry_after_an_unanswered_attempt_is_marked() {
         let server = nats_server();
@@ -298,8 +304,11 @@ mod tests {
                     if n == 1 {
                         continue; // the first attempt gets no answer
                     }
+                    // The third is answered "ask again", as a former owner answers while the
+                    // new one (which may have run it) answers too.
                     let answer = Answer {
                         code: 20023,
+                        retry: n == 3,
                         ..Answer::default()
                     };
                     owner
@@ -315,6 +324,12 @@ mod tests {
                 .unwrap();
             assert_eq!(answer.code, 20023);
             assert!(answer.after_doubt, "the first attempt may have landed");
+            // "Ask again", then answered: doubt too.
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+                .await
+                .unwrap();
+            assert_eq!(answer.code, 20023);
+            assert!(answer.after_doubt, "another node may have run it");
             // Answered at once: no doubt.
             let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
                 .await
