@@ -229,11 +229,6 @@ impl fmt::Debug for Cluster {
     }
 }
 
-/// The longest a blocking call into NATS may take: five times the publish retry, plus half a
-/// minute. Each request has its own timeout, but async-nats hands a request to its connection
-/// through a queue that stays full while it reconnects, and the wait for room there has none.
-/// The longest legitimate call, a snapshot, takes four steps in a row, each retried for
-/// `publish_retry` at most.
 /// Writes this node's heartbeat key (`node.<id>` of `imstore_meta`: the deadline, in Unix
 /// milliseconds, until which it counts as alive); returns now, as those milliseconds.
 async fn say_alive(kv: &kv::Store, me: &str, ttl: Duration) -> Result<u64, ClusterError> {
@@ -245,6 +240,11 @@ async fn say_alive(kv: &kv::Store, me: &str, ttl: Duration) -> Result<u64, Clust
     Ok(now)
 }
 
+/// The longest a blocking call into NATS may take: five times the publish retry, plus half a
+/// minute. Each request has its own timeout, but async-nats hands a request to its connection
+/// through a queue that stays full while it reconnects, and the wait for room there has none.
+/// The longest legitimate call, a snapshot, takes four steps in a row, each retried for
+/// `publish_retry` at most.
 fn block_limit(config: &ClusterConfig) -> Duration {
     config.publish_retry * 5 + Duration::from_secs(30)
 }
@@ -644,16 +644,9 @@ impl Cluster {
             // early (its digest then fails, never a short snapshot taken for whole).
             let within = cfg.publish_retry;
             let newest = self.block(async move {
-                let mut failed = String::new();
-                for _ in 0..3 {
-                    match tokio::time::timeout(within, latest_snapshot(&snaps, &meta, n)).await {
-                        Ok(Ok(newest)) => return Ok(newest),
-                        Ok(Err(e)) => failed = e,
-                        Err(_) => failed = format!("no answer within {within:?}"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(format!("reading shard {n}'s snapshot: {failed}"))
+                nats::tries(3, within, || latest_snapshot(&snaps, &meta, n))
+                    .await
+                    .map_err(|e| format!("reading shard {n}'s snapshot: {e}"))
             });
             if let Some((_, epoch, bytes)) = newest.map_err(open_nats)?
             {

@@ -169,16 +169,35 @@ async fn bucket(
 pub(super) async fn current_entries(
     kv: &kv::Store,
 ) -> Result<std::collections::BTreeMap<String, Bytes>, String> {
-    let mut failed = String::new();
-    for _ in 0..LISTING_TRIES {
-        match tokio::time::timeout(LISTING_TRY, read_entries(kv)).await {
-            Ok(Ok(entries)) => return Ok(entries),
-            Ok(Err(e)) => failed = e,
-            Err(_) => failed = format!("no end within {LISTING_TRY:?}"),
+    tries(LISTING_TRIES, LISTING_TRY, || read_entries(kv))
+        .await
+        .map_err(|e| format!("listing {}: {e}", kv.name))
+}
+
+/// Runs `f` up to `n` times, each bounded by `within`, until it succeeds (a quarter second
+/// between tries): for reads that a lagging replica can fail, which a new try may not meet.
+/// The last failure when none succeeds.
+pub(super) async fn tries<T, Fut>(
+    n: usize,
+    within: Duration,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T, String>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut failed = String::from("not tried");
+    for i in 0..n {
+        if i > 0 {
+            tracing::debug!(error = %failed, "reading again");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tracing::debug!(bucket = %kv.name, error = %failed, "listing again");
+        match tokio::time::timeout(within, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => failed = e,
+            Err(_) => failed = format!("no end within {within:?}"),
+        }
     }
-    Err(format!("listing {}: {failed}", kv.name))
+    Err(failed)
 }
 
 /// How long one reading of [`current_entries`] may take.

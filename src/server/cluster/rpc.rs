@@ -8,7 +8,8 @@
 //! balancer round + opening) — and then answered 91000. A retried write is safe: REST sends
 //! carry a MsgKey fixed by the first node that saw them (see `front.rs`), and the owner answers
 //! a send whose MsgKey it already has with that message's answer; a recall retried after an
-//! attempt that may have landed, and answered 20023 (already recalled), is answered as the
+//! attempt that may have landed (no answer in time, or an "ask again" from a former owner
+//! while the new one ran it), and answered 20023 (already recalled), is answered as the
 //! first attempt would have been: OK ([`Answer::after_doubt`]).
 
 use std::time::{Duration, Instant};
