@@ -210,6 +210,10 @@ struct ClusterInner {
     /// the bucket and importing it into the shard.
     #[cfg(feature = "fault-injection")]
     pub(crate) before_import: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Fault injection: run by the next `open_shard` between reading the newest snapshot
+    /// and replaying the stream after it (where a stale owner's snapshot can fall).
+    #[cfg(feature = "fault-injection")]
+    before_replay: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Drop for ClusterInner {
@@ -382,6 +386,8 @@ impl Cluster {
                 stall_replay_after: Default::default(),
                 #[cfg(feature = "fault-injection")]
                 before_import: parking_lot::Mutex::new(None),
+                #[cfg(feature = "fault-injection")]
+                before_replay: parking_lot::Mutex::new(None),
             }),
         })
     }
@@ -523,6 +529,13 @@ impl Cluster {
     #[cfg(feature = "fault-injection")]
     pub fn before_next_shard_import(&self, f: impl FnOnce() + Send + 'static) {
         *self.inner.before_import.lock() = Some(Box::new(f));
+    }
+
+    /// Fault injection: `f` runs once, in the next [`open_shard`](Cluster::open_shard) on this
+    /// node, after the newest snapshot is read and before the stream after it is replayed.
+    #[cfg(feature = "fault-injection")]
+    pub fn before_next_replay(&self, f: impl FnOnce() + Send + 'static) {
+        *self.inner.before_replay.lock() = Some(Box::new(f));
     }
 
     /// The NATS server leading shard `n`'s stream (its Raft leader), if there is one now.
@@ -687,6 +700,13 @@ impl Cluster {
                 }
                 Ok(last)
             };
+            #[cfg(feature = "fault-injection")]
+            {
+                let hook = self.inner.before_replay.lock().take();
+                if let Some(f) = hook {
+                    f();
+                }
+            }
             let last = stream_last(applied)?;
             if last > applied {
                 applied = self.replay(n, applied, last, recover, &mut report, &mut owners)?;
@@ -750,7 +770,7 @@ impl Cluster {
             store.recovery_report().snapshot_lsn.unwrap_or(0),
         ));
         if cfg.snapshot_every > 0 {
-            Snapshotter::start(self, n, shared.clone(), snapshots.clone());
+            Snapshotter::start(self, n, held.epoch, shared.clone(), snapshots.clone());
         }
         renewer.attach(shared.clone());
         Ok(Shard {

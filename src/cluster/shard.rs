@@ -247,7 +247,9 @@ impl Shard {
     /// Returns the snapshot's cut, its stream sequence.
     pub fn snapshot(&self) -> Result<u64, ClusterError> {
         let mut last = self.snapshots.lock();
-        let cut = self.cluster.snapshot_shard(self.n, &self.shared)?;
+        let cut = self
+            .cluster
+            .snapshot_shard(self.n, self.epoch, &self.shared)?;
         *last = cut;
         Ok(cut)
     }

@@ -71,9 +71,19 @@ impl Cluster {
     /// stream below that record (which stays: the owner's next append expects it) and deletes
     /// older snapshots. Built from the previous snapshot and the stream, not from the live
     /// store, so writes go on meanwhile. Returns the cut.
+    ///
+    /// `epoch` is this node's lease epoch of the shard. The purge and the deletion wait for a
+    /// look at the lease, after the new snapshot is named the newest: a new owner takes the
+    /// lease before it reads which snapshot is the newest, and then replays the stream from
+    /// that snapshot's cut. If the lease is still this node's at the look, any new owner
+    /// takes it after, and so reads the name written before the look: it replays from the
+    /// new cut, which the purge keeps. If the lease has moved, a new owner may be replaying
+    /// from the previous snapshot's cut right now: the stream and that snapshot are left for
+    /// the owner's own snapshots to clean, and the call fails as not owned here.
     pub(super) fn snapshot_shard(
         &self,
         n: u32,
+        epoch: u64,
         shared: &journal::Shared,
     ) -> Result<u64, ClusterError> {
         let not_owner =
@@ -114,11 +124,13 @@ impl Cluster {
         if let Some(why) = shared.failed() {
             return Err(not_owner(why));
         }
-        let (snaps, js, meta) = (
+        let (snaps, js, meta, leases) = (
             self.inner.snapshots.clone(),
             self.inner.js.clone(),
             self.inner.meta.clone(),
+            self.inner.leases.clone(),
         );
+        let node = self.inner.config.node_id.clone();
         self.block(async move {
             let name = snapshot_object(n, cut, owners.epoch);
             let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
@@ -171,6 +183,23 @@ impl Cluster {
                 }
                 return Ok(cut);
             }
+            // Still this node's lease? (See the doc above: after the naming, before the purge.)
+            let lease = tokio::time::timeout(within, super::lease::read(&leases, n))
+                .await
+                .map_err(|_| late(&format!("reading shard {n}'s lease")))?
+                .map_err(nats)?;
+            match lease {
+                Some((v, _)) if v.node == node && v.epoch == epoch => {}
+                other => {
+                    let holder = other.map_or("nobody".into(), |(v, _)| {
+                        format!("node {} at epoch {}", v.node, v.epoch)
+                    });
+                    return Err(nats(format!(
+                        "shard {n} is not owned here: its lease is {holder}'s (epoch {epoch} \
+                         here); snapshot {name} is named the newest, the stream is not purged"
+                    )));
+                }
+            }
             let purge = async {
                 js.get_stream_no_info(stream_name(n))
                     .await
@@ -199,6 +228,7 @@ impl Snapshotter {
     pub(super) fn start(
         cluster: &Cluster,
         n: u32,
+        epoch: u64,
         shared: Arc<journal::Shared>,
         last: Arc<parking_lot::Mutex<u64>>,
     ) {
@@ -216,7 +246,7 @@ impl Snapshotter {
                     let cluster = Cluster { inner };
                     let mut last = last.lock();
                     // A failure (NATS unreachable, say) is tried again at the next check.
-                    if let Ok(cut) = cluster.snapshot_shard(n, &shared) {
+                    if let Ok(cut) = cluster.snapshot_shard(n, epoch, &shared) {
                         *last = cut;
                     }
                 }
