@@ -258,9 +258,8 @@ fn drain_once() -> Result<(), String> {
 fn metrics_count_calls_by_code_devices_the_journal_and_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     // A callback URL where nothing listens: after-callbacks stay in the outbox, failing.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/callback", closed.local_addr().unwrap());
-    drop(closed);
+    let closed = common::webhook::HeldPort::new();
+    let url = format!("http://{}/callback", closed.addr);
     let s = start(dir.path(), &["--callback-url", &url]);
     let r = s.post(
         "im_open_login_svc/multiaccount_import",

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::server::*;
-use common::webhook::{Answer, Call, Receiver, ok};
+use common::webhook::{Answer, Call, HeldPort, Receiver, ok};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "callback-token-7f";
@@ -419,11 +419,9 @@ fn after_callbacks_wait_out_an_outage_and_arrive_in_order() {
 
 #[test]
 fn after_callbacks_pending_at_a_sigkill_arrive_after_the_restart() {
-    // The receiver is not even listening: its port is reserved, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = port.local_addr().unwrap();
-    drop(port);
-    let url = format!("http://{addr}/im-callback");
+    // The receiver is not even listening: its port is held, connections to it refused.
+    let port = HeldPort::new();
+    let url = format!("http://{}/im-callback", port.addr);
     let dir = tempfile::tempdir().unwrap();
     let s = start(
         dir.path(),
@@ -443,7 +441,7 @@ fn after_callbacks_pending_at_a_sigkill_arrive_after_the_restart() {
     let want = outage_operations(&s);
     s.kill();
     // The app comes up on its address; the server restarts and delivers what was pending.
-    let receiver = Receiver::start_on(std::net::TcpListener::bind(addr).unwrap());
+    let receiver = Receiver::start_on(port.listen());
     let s = start(
         dir.path(),
         &["--callback-url", &url, "--callback-token", TOKEN],

@@ -125,6 +125,31 @@ pub fn ok() -> Answer {
     Answer::ok(json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}))
 }
 
+/// A port of 127.0.0.1 bound for the test but not listening: a connection to it is refused,
+/// and no other socket can take it meanwhile (as one could a port found free and released),
+/// until [`listen`](HeldPort::listen) makes it a listener.
+pub struct HeldPort {
+    socket: socket2::Socket,
+    pub addr: std::net::SocketAddr,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        HeldPort { socket, addr }
+    }
+
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(128).unwrap();
+        self.socket.into()
+    }
+}
+
 impl Receiver {
     /// A receiver on a free port of 127.0.0.1.
     pub fn start() -> Receiver {

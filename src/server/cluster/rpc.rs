@@ -249,7 +249,7 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    /// A plain nats-server (no JetStream) on a free loopback port, killed on drop.
+    /// A plain nats-server (no JetStream) on a loopback port it picks itself, killed on drop.
     struct Server(std::process::Child, u16);
 
     impl Drop for Server {
@@ -259,20 +259,49 @@ mod tests {
         }
     }
 
+    /// The server picks its port (`-p -1`) and writes it to a ports file, read back here: a
+    /// port found free and released first could be taken by another process meanwhile.
     fn nats_server() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let dir = tempfile::tempdir().unwrap();
         let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let child = std::process::Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("this test needs `nats-server` ({bin}): {e}"));
-        Server(child, port)
+        let mut server = Server(child, 0);
+        // `<executable>_<pid>.ports`: {"nats":["nats://127.0.0.1:<port>"], ...}, written
+        // whole or not yet (retried while it does not parse).
+        let ports = dir.path().join(format!(
+            "{}_{}.ports",
+            std::path::Path::new(&bin)
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
+            server.0.id()
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.1 == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server wrote no ports file {} within 10 s",
+                ports.display()
+            );
+            let port = std::fs::read(&ports)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| {
+                    let url = v["nats"][0].as_str()?.to_owned();
+                    url.rsplit(':').next()?.parse::<u16>().ok()
+                });
+            match port {
+                Some(p) => server.1 = p,
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        server
     }
 
     /// An owner that never answers the first attempt of a call (it took effect, say, and the
