@@ -1060,3 +1060,148 @@ fn a_node_purges_the_shards_it_owns() {
     // Its shard's next purge after the second has passed drops bob's inbox entry.
     assert!(a.wait_for_log("inbox_entries=1"), "{}", a.stderr());
 }
+
+/// A REST call to `url` answered within `timeout`, or `None`.
+fn post_url_within(url: &str, body: &Value, timeout: Duration) -> Option<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut resp = agent.post(url).send(body.to_string()).ok()?;
+    serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
+}
+
+/// Every NATS node is SIGKILLed while 16 callers send through both imstore nodes, and started
+/// again seconds later. Every call is answered within a bound (nothing waits for ever on a
+/// client whose command queue fills while it has no server), the nodes share the shards
+/// again, every send answered OK is in the history, and sends work as before.
+#[test]
+fn the_whole_nats_cluster_restarts_under_sends() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    let (b, _db) = node(&nats, "b");
+    wait_balanced(&[&a, &b]);
+    let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": users }),
+    ));
+    let urls: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| format!("{}/v4/openim/sendmsg?{}", s.base, s.query("administrator")))
+        .collect();
+    // (from, to, MsgKey) of every send answered OK.
+    let sent: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let unanswered = Arc::new(Mutex::new(Vec::new()));
+    let codes: Arc<Mutex<BTreeMap<i64, u32>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A call unanswered this long is a wait without a bound (a forwarded call's is its
+    // answer's timeout plus a second; a local send's, the journal's publish retry, 30 s).
+    let bound = Duration::from_secs(120);
+    let callers: Vec<_> = (0..16u32)
+        .map(|t| {
+            let (urls, users) = (urls.clone(), users.clone());
+            let (sent, unanswered, codes, stop) = (
+                sent.clone(),
+                unanswered.clone(),
+                codes.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0..400u32 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (from, to) = (&users[(t % 8) as usize], &users[((t + 1 + i) % 8) as usize]);
+                    if from == to {
+                        continue;
+                    }
+                    let random = t * 10_000 + i;
+                    let body = text(from, to, random, &format!("t{t} i{i}"));
+                    match post_url_within(&urls[(i % 2) as usize], &body, bound) {
+                        None => unanswered.lock().unwrap().push(random),
+                        Some(r) => {
+                            let code = r["ErrorCode"].as_i64().unwrap_or(-1);
+                            *codes.lock().unwrap().entry(code).or_default() += 1;
+                            if code == 0 {
+                                let key = r["MsgKey"].as_str().unwrap().to_owned();
+                                sent.lock().unwrap().push((from.clone(), to.clone(), key));
+                            } else {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let wait_sent = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} sends answered OK"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_sent(100);
+    for n in 1..=3 {
+        nats.kill(n);
+    }
+    let at_outage = sent.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(6));
+    for n in 1..=3 {
+        nats.run(&["start", &n.to_string()]);
+    }
+    // The nodes carry on: sends are answered OK again, and the shards are shared.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sent.lock().unwrap().len() < at_outage + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "sends did not succeed again after NATS came back: {:?}\n{}\n----\n{}",
+            codes.lock().unwrap(),
+            a.stderr(),
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.join().unwrap();
+    }
+    assert!(
+        unanswered.lock().unwrap().is_empty(),
+        "calls unanswered within {bound:?}: {:?}",
+        unanswered.lock().unwrap()
+    );
+    wait_balanced(&[&a, &b]);
+
+    // Every send answered OK is kept, read from either node.
+    let sent = sent.lock().unwrap().clone();
+    let mut want: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for (from, to, key) in &sent {
+        want.entry((from.clone(), to.clone()))
+            .or_default()
+            .insert(key.clone());
+    }
+    for (i, ((from, to), keys)) in want.iter().enumerate() {
+        let reader = if i % 2 == 0 { &a } else { &b };
+        let have: BTreeSet<String> = history(reader, from, to)
+            .iter()
+            .filter(|m| m["From_Account"] == from.as_str())
+            .map(|m| m["MsgKey"].as_str().unwrap().to_owned())
+            .collect();
+        let lost: Vec<_> = keys.difference(&have).collect();
+        assert!(
+            lost.is_empty(),
+            "{from} → {to}: sends answered OK are gone: {lost:?} (codes {:?})",
+            codes.lock().unwrap()
+        );
+    }
+    ok(&b.post("openim/sendmsg", text("u1", "u2", 999_999, "after")));
+    eprintln!("answers by code: {:?}", codes.lock().unwrap());
+}
