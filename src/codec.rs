@@ -184,6 +184,42 @@ enum OpRecord<'a> {
         at: u64,
         retention: u64,
     },
+    // Added with the settings a send, recall or modification ran under: the retention a send
+    // trimmed its conversation to, the lifetime of a recall's or modification's notices. The
+    // V2 send and recall and the first modify above still decode (the config at replay then
+    // stands in).
+    SendV3 {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        body_json: &'a str,
+        custom: Option<&'a str>,
+        sender_copy: u8,
+        lifetime: u64,
+        origin_device: Option<&'a str>,
+        at: u64,
+        kind: u8,
+        origin: Option<OriginRec<'a>>,
+        retention: u64,
+    },
+    RecallV3 {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        by: &'a str,
+        at: u64,
+        origin: Option<OriginRec<'a>>,
+        notice: u64,
+    },
+    ModifyV2 {
+        from: &'a str,
+        to: &'a str,
+        key: KeyRec,
+        body_json: Option<&'a str>,
+        custom: Option<&'a str>,
+        at: u64,
+        notice: u64,
+    },
 }
 
 /// An operation's origin: (OptPlatform code, ClientIP).
@@ -251,19 +287,43 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
     let rec = match op {
         Op::ImportAccount { user } => OpRecord::ImportAccount { user },
         Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
-        Op::Send(s) => OpRecord::SendV2 {
-            from: &s.from,
-            to: &s.to,
-            key: s.key.into(),
-            body_json: body.as_deref().expect("a send's body"),
-            custom: s.content.cloud_custom_data(),
-            sender_copy: copy_code(s.sender_copy),
-            lifetime: s.lifetime,
-            origin_device: s.origin_device.as_deref(),
-            at: s.at,
-            kind: kind_code(s.kind),
-            origin: origin_rec(&s.origin),
-        },
+        Op::Send(s) => {
+            let (from, to, key) = (&*s.from, &*s.to, s.key.into());
+            let body_json = body.as_deref().expect("a send's body");
+            let custom = s.content.cloud_custom_data();
+            let (sender_copy, lifetime) = (copy_code(s.sender_copy), s.lifetime);
+            let origin_device = s.origin_device.as_deref();
+            let (at, kind, origin) = (s.at, kind_code(s.kind), origin_rec(&s.origin));
+            match s.retention {
+                Some(retention) => OpRecord::SendV3 {
+                    from,
+                    to,
+                    key,
+                    body_json,
+                    custom,
+                    sender_copy,
+                    lifetime,
+                    origin_device,
+                    at,
+                    kind,
+                    origin,
+                    retention,
+                },
+                None => OpRecord::SendV2 {
+                    from,
+                    to,
+                    key,
+                    body_json,
+                    custom,
+                    sender_copy,
+                    lifetime,
+                    origin_device,
+                    at,
+                    kind,
+                    origin,
+                },
+            }
+        }
         Op::Recall {
             from,
             to,
@@ -271,21 +331,44 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             by,
             at,
             origin,
-        } => OpRecord::RecallV2 {
-            from,
-            to,
-            key: (*key).into(),
-            by,
-            at: *at,
-            origin: origin_rec(origin),
+            notice,
+        } => match *notice {
+            Some(notice) => OpRecord::RecallV3 {
+                from,
+                to,
+                key: (*key).into(),
+                by,
+                at: *at,
+                origin: origin_rec(origin),
+                notice,
+            },
+            None => OpRecord::RecallV2 {
+                from,
+                to,
+                key: (*key).into(),
+                by,
+                at: *at,
+                origin: origin_rec(origin),
+            },
         },
-        Op::Modify(m) => OpRecord::Modify {
-            from: &m.from,
-            to: &m.to,
-            key: m.key.into(),
-            body_json: body.as_deref(),
-            custom: m.cloud_custom_data.as_deref(),
-            at: m.at,
+        Op::Modify(m) => match m.notice {
+            Some(notice) => OpRecord::ModifyV2 {
+                from: &m.from,
+                to: &m.to,
+                key: m.key.into(),
+                body_json: body.as_deref(),
+                custom: m.cloud_custom_data.as_deref(),
+                at: m.at,
+                notice,
+            },
+            None => OpRecord::Modify {
+                from: &m.from,
+                to: &m.to,
+                key: m.key.into(),
+                body_json: body.as_deref(),
+                custom: m.cloud_custom_data.as_deref(),
+                at: m.at,
+            },
         },
         Op::SetRead {
             reader,
@@ -399,6 +482,7 @@ pub(crate) fn decode_op(
             at,
             kind: SendKind::Send,
             origin: None,
+            retention: None,
         }),
         OpRecord::SendV2 {
             from,
@@ -423,6 +507,7 @@ pub(crate) fn decode_op(
             at,
             kind: kind_from(kind)?,
             origin: origin_from(origin)?,
+            retention: None,
         }),
         OpRecord::Recall {
             from,
@@ -437,6 +522,7 @@ pub(crate) fn decode_op(
             by: name(by)?,
             at,
             origin: None,
+            notice: None,
         },
         OpRecord::RecallV2 {
             from,
@@ -452,6 +538,7 @@ pub(crate) fn decode_op(
             by: name(by)?,
             at,
             origin: origin_from(origin)?,
+            notice: None,
         },
         OpRecord::Modify {
             from,
@@ -467,6 +554,7 @@ pub(crate) fn decode_op(
             body: body_json.map(|b| Content::from_trusted_json(b, None)),
             cloud_custom_data: custom.map(str::to_owned),
             at,
+            notice: None,
         })),
         OpRecord::SetRead { reader, peer, at } => Op::SetRead {
             reader: name(reader)?,
@@ -555,6 +643,66 @@ pub(crate) fn decode_op(
             at,
             retention: Some(retention),
         },
+        OpRecord::SendV3 {
+            from,
+            to,
+            key,
+            body_json,
+            custom,
+            sender_copy,
+            lifetime,
+            origin_device,
+            at,
+            kind,
+            origin,
+            retention,
+        } => Op::Send(SendOp {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            content: Content::from_trusted_json(body_json, custom),
+            sender_copy: copy_from_code(sender_copy)?,
+            lifetime,
+            origin_device: origin_device.map(Into::into),
+            at,
+            kind: kind_from(kind)?,
+            origin: origin_from(origin)?,
+            retention: Some(retention),
+        }),
+        OpRecord::RecallV3 {
+            from,
+            to,
+            key,
+            by,
+            at,
+            origin,
+            notice,
+        } => Op::Recall {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            by: name(by)?,
+            at,
+            origin: origin_from(origin)?,
+            notice: Some(notice),
+        },
+        OpRecord::ModifyV2 {
+            from,
+            to,
+            key,
+            body_json,
+            custom,
+            at,
+            notice,
+        } => Op::Modify(Box::new(ModifyOp {
+            from: name(from)?,
+            to: name(to)?,
+            key: key.into(),
+            body: body_json.map(|b| Content::from_trusted_json(b, None)),
+            cloud_custom_data: custom.map(str::to_owned),
+            at,
+            notice: Some(notice),
+        })),
     })
 }
 
@@ -760,6 +908,7 @@ mod tests {
                     platform: Platform::Ios,
                     client_ip: "10.0.0.7".into(),
                 }),
+                retention: Some(3600),
             }),
             Op::Recall {
                 from: u("a"),
@@ -768,7 +917,50 @@ mod tests {
                 by: u("admin"),
                 at: 100,
                 origin: Some(Origin::rest("127.0.0.1")),
+                notice: Some(86_400),
             },
+            Op::Modify(Box::new(ModifyOp {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(1, 2, 3),
+                body: Some(Content::new(&[crate::MsgElement::text("new")], None).unwrap()),
+                cloud_custom_data: Some("cd".into()),
+                at: 100,
+                notice: Some(7200),
+            })),
+            // As records from before a send's retention and a notice's lifetime were kept
+            // decode.
+            Op::Send(SendOp {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(4, 5, 6),
+                content: Content::new(&[crate::MsgElement::text("old")], None).unwrap(),
+                sender_copy: SenderCopy::Roaming,
+                lifetime: 60,
+                origin_device: None,
+                at: 99,
+                kind: SendKind::Send,
+                origin: None,
+                retention: None,
+            }),
+            Op::Recall {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(4, 5, 6),
+                by: u("admin"),
+                at: 100,
+                origin: None,
+                notice: None,
+            },
+            Op::Modify(Box::new(ModifyOp {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(4, 5, 6),
+                body: None,
+                cloud_custom_data: Some("cd".into()),
+                at: 100,
+                notice: None,
+            })),
             Op::SetRead {
                 reader: u("b"),
                 peer: u("a"),

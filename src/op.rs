@@ -26,6 +26,10 @@ pub(crate) enum Op {
         at: u64,
         /// Where it came from, when it fires an after-callback.
         origin: Option<Origin>,
+        /// How long its notices stay in the inboxes (`Config::notice_lifetime` when it was
+        /// accepted), so that a replay under another config dates them as the live store did.
+        /// `None` only in a record written before it was kept: the config at replay stands in.
+        notice: Option<u64>,
     },
     Modify(Box<ModifyOp>),
     SetRead {
@@ -97,6 +101,11 @@ pub(crate) struct SendOp {
     pub kind: SendKind,
     /// Where it came from, when it fires an after-callback.
     pub origin: Option<Origin>,
+    /// `Config::retention_secs` when it was accepted: the conversation is trimmed to it, live
+    /// and on replay (under another config a replay would otherwise keep or drop other
+    /// messages, and a later send of the same key be a repeat in one and new in the other).
+    /// `None` only in a record written before it was kept: the config at replay stands in.
+    pub retention: Option<u64>,
 }
 
 /// How a message enters the store.
@@ -119,4 +128,6 @@ pub(crate) struct ModifyOp {
     pub body: Option<Content>,
     pub cloud_custom_data: Option<String>,
     pub at: u64,
+    /// How long its notices stay in the inboxes (see `Op::Recall::notice`).
+    pub notice: Option<u64>,
 }

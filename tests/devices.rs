@@ -400,3 +400,131 @@ fn replay_purges_what_the_live_purge_did_under_another_config() {
         "replay dropped what a reader had seen"
     );
 }
+
+/// A recall accepted within retention replays under a shorter one: the store opens (a replay
+/// that checked the retention at hand answered 20022 and refused to open), with the recall
+/// in place.
+#[test]
+fn a_recall_replays_under_a_shorter_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = |retention: u64| {
+        imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_retention_secs(retention)
+    };
+    let store = imstore::Store::open(dir.path(), config(7 * 86_400)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let sent = send_text(&store, "a", "b", 1, "five days");
+    clock.advance(5 * 86_400);
+    store
+        .recall(ADMIN, "a", "b", &sent.msg_key.to_string())
+        .unwrap();
+    let before = texts(&store.inbox("b", 0).unwrap());
+    assert_eq!(before, vec![format!("recall:{}", sent.msg_key)]);
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config(3 * 86_400))
+        .expect("a recall accepted live must replay under a shorter retention");
+    assert_eq!(texts(&store.inbox("b", 0).unwrap()), before);
+}
+
+/// A send trims its conversation to the retention it ran under, on replay too: reopened with
+/// a longer retention, the replay must not keep a message the live send trimmed — or the
+/// same MsgKey sent again afterwards (new, since it was gone) would replay as a repeat,
+/// taking its inbox entry and unread count away.
+#[test]
+fn a_send_trims_on_replay_to_the_retention_it_ran_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = |retention: u64| {
+        imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_retention_secs(retention)
+    };
+    let again = |seq: u32, time: u32| {
+        let mut r = text_req("a", "b", 1, "once more");
+        (r.msg_seq, r.msg_time) = (Some(seq), Some(time));
+        r
+    };
+    let store = imstore::Store::open(dir.path(), config(3600)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let first = send_text(&store, "a", "b", 1, "first");
+    clock.advance(7200);
+    send_text(&store, "a", "b", 2, "trims the first");
+    drop(store);
+    // A week of retention: the first message's key is within it again, and it is gone.
+    let store = imstore::Store::open(dir.path(), config(7 * 86_400)).unwrap();
+    let key = first.msg_key;
+    store.send(again(key.seq(), key.time())).unwrap();
+    let inbox = texts(&store.inbox("b", 0).unwrap());
+    assert_eq!(inbox.last().map(String::as_str), Some("msg:once more"));
+    let (seen, unread) = (
+        observe(&store, &["a", "b"]),
+        store.unread("b", "a").unwrap(),
+    );
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config(7 * 86_400)).unwrap();
+    assert_eq!(texts(&store.inbox("b", 0).unwrap()), inbox);
+    assert_eq!(store.unread("b", "a").unwrap(), unread);
+    assert_eq!(observe(&store, &["a", "b"]), seen);
+}
+
+/// A recall's notices stay in the inboxes as long as the store said when it accepted the
+/// recall, after a replay under settings that would give them less: a device yet to read
+/// them still gets them.
+#[test]
+fn a_recall_notice_keeps_its_lifetime_through_a_replay_under_another_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = |idle: u64, notices: u64| {
+        let mut c = imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_device_idle_secs(idle);
+        c.notice_lifetime_secs = notices;
+        c
+    };
+    let store = imstore::Store::open(dir.path(), config(30 * 86_400, 30 * 86_400)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let sent = send_text(&store, "a", "b", 1, "recalled");
+    store
+        .recall(ADMIN, "a", "b", &sent.msg_key.to_string())
+        .unwrap();
+    drop(store);
+    // Notices kept a day and an hour under these settings; two days on, the purge would drop
+    // one dated by them.
+    let store = imstore::Store::open(dir.path(), config(3600, 3600)).unwrap();
+    clock.advance(2 * 86_400);
+    store.purge_expired().unwrap();
+    assert_eq!(
+        texts(&store.inbox("b", 0).unwrap()),
+        vec![format!("recall:{}", sent.msg_key)],
+        "the recall notice left before its time"
+    );
+}
+
+/// A message whose MsgTimeStamp is already past roaming retention is refused (90006): it
+/// would be trimmed as it is stored — delivered, yet in no history and beyond recall, and
+/// stored anew by every retry.
+#[test]
+fn a_send_already_past_retention_is_refused() {
+    let clock = imstore::ManualClock::new(T0);
+    let store = imstore::Store::in_memory(
+        imstore::Config::default()
+            .with_clock(clock.clone())
+            .with_retention_secs(3600),
+    )
+    .unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let mut old = text_req("a", "b", 1, "yesterday");
+    old.msg_time = Some((T0 - 86_400) as u32);
+    let e = store.send(old).unwrap_err();
+    assert_eq!(e.code(), 90006, "{e}");
+    assert!(e.to_string().contains("retention"), "{e}");
+    assert!(store.inbox("b", 0).unwrap().is_empty());
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+    // Within retention it is stored.
+    let mut recent = text_req("a", "b", 2, "a minute ago");
+    recent.msg_time = Some((T0 - 60) as u32);
+    store.send(recent).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
+}

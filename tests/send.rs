@@ -10,10 +10,11 @@ fn send_returns_msg_time_and_key_from_the_request() {
     let (store, _) = store_with(&["vinson", "dramon"]);
     let mut req = text_req("vinson", "dramon", 833502, "hi");
     req.msg_seq = Some(31906);
-    req.msg_time = Some(1572869830);
+    // An hour before the store's clock (T0): within roaming retention.
+    req.msg_time = Some(1_699_996_400);
     let r = store.send(req).unwrap();
-    assert_eq!(r.msg_key.to_string(), "31906_833502_1572869830");
-    assert_eq!(r.msg_time, 1572869830);
+    assert_eq!(r.msg_key.to_string(), "31906_833502_1699996400");
+    assert_eq!(r.msg_time, 1_699_996_400);
 }
 
 #[test]

@@ -40,7 +40,12 @@ impl Store {
                 by,
                 at,
                 origin,
-            } => self.apply_recall(op, from, to, *key, by, *at, origin.as_ref(), mode, found),
+                notice,
+            } => {
+                let notice = notice.unwrap_or_else(|| self.inner.config.notice_lifetime());
+                let origin = origin.as_ref();
+                self.apply_recall(op, from, to, *key, by, *at, origin, notice, mode, found)
+            }
             Op::Modify(m) => self.apply_modify(op, m, mode, found),
             Op::SetRead {
                 reader,
@@ -194,6 +199,22 @@ impl Store {
                 s.to
             )));
         }
+        let retention = s.retention.unwrap_or(self.inner.config.retention_secs);
+        // Live only (a replayed send was accepted live): a message already past retention
+        // would be trimmed as it is stored — in no history, beyond recall, yet delivered, and
+        // stored again by every retry, whose repeat is never found. Refused instead.
+        let time = u64::from(s.key.time());
+        if mode == Mode::Live && time < s.at.saturating_sub(retention) {
+            return Err(Error::InvalidField {
+                field: "MsgTimeStamp",
+                code: 90006,
+                why: format!(
+                    "{time} is past the roaming retention of {retention} s (now {}): the \
+                     message would be gone as it is stored",
+                    s.at
+                ),
+            });
+        }
         self.with_parties(
             &s.from,
             &s.to,
@@ -231,7 +252,7 @@ impl Store {
                     s.content.with_origin_device(s.origin_device.as_deref()),
                 ));
                 c.insert(msg.clone());
-                c.trim(s.at.saturating_sub(self.inner.config.retention_secs));
+                c.trim(s.at.saturating_sub(retention));
                 if s.kind != SendKind::ImportHistory {
                     self.deliver_sent(fs, ts, c, s, &msg);
                 }
@@ -383,6 +404,12 @@ impl Store {
 
     /// [`with_parties`](Store::with_parties) for the live, unexpired message `key` from `from`
     /// to `to`, with recall's precedence: 90008, 90003, 20022, 20023.
+    ///
+    /// Past retention counts as not found live only: a replayed recall or modification was
+    /// accepted live, when its message was within the retention of then, and the message is
+    /// still there on replay (sends trim to the retention they ran under, purges to theirs);
+    /// the retention at replay may be shorter.
+    #[allow(clippy::too_many_arguments)]
     fn with_live_message<R>(
         &self,
         from: &UserId,
@@ -390,6 +417,7 @@ impl Store {
         found: Found,
         key: MsgKey,
         at: u64,
+        mode: Mode,
         f: impl FnOnce(&mut AccountState, &mut AccountState, &mut Conversation, MsgArc) -> Result<R>,
     ) -> Result<R> {
         let not_found = || Error::MessageNotFound {
@@ -398,8 +426,8 @@ impl Store {
             key,
         };
         self.with_parties(from, to, found, false, not_found, |fs, ts, c| {
-            let expired =
-                u64::from(key.time()) < at.saturating_sub(self.inner.config.retention_secs);
+            let expired = mode == Mode::Live
+                && u64::from(key.time()) < at.saturating_sub(self.inner.config.retention_secs);
             let msg = c
                 .find(from, key)
                 .filter(|_| !expired)
@@ -426,10 +454,11 @@ impl Store {
         by: &UserId,
         at: u64,
         origin: Option<&Origin>,
+        notice_lifetime: u64,
         mode: Mode,
         found: Found,
     ) -> Result<Applied> {
-        self.with_live_message(from, to, found, key, at, |fs, ts, c, msg| {
+        self.with_live_message(from, to, found, key, at, mode, |fs, ts, c, msg| {
             let (ticket, mut outbox) = self.record_queueing(op, mode, origin)?;
             (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
             // The one instant every layer changes: they all share this record.
@@ -456,7 +485,7 @@ impl Store {
                 queue(&mut outbox, origin, queued, ticket);
             }
             drop(outbox);
-            let expires_at = at.saturating_add(self.inner.config.notice_lifetime());
+            let expires_at = at.saturating_add(notice_lifetime);
             fs.deliver(Entry::Recalled(msg.clone()), expires_at, at, false);
             // The last holder of this reference: moved, not counted again (each count is a
             // locked instruction, a full barrier).
@@ -466,18 +495,29 @@ impl Store {
     }
 
     fn apply_modify(&self, op: &Op, m: &ModifyOp, mode: Mode, found: Found) -> Result<Applied> {
-        self.with_live_message(&m.from, &m.to, found, m.key, m.at, |fs, ts, c, msg| {
-            let old = msg.content().expect("a live message has content");
-            let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
-            let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
-            let ticket = self.record(op, mode)?;
-            (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
-            msg.replace(content);
-            let expires_at = m.at.saturating_add(self.inner.config.notice_lifetime());
-            fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
-            ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at, false);
-            Ok(Applied::Done)
-        })
+        self.with_live_message(
+            &m.from,
+            &m.to,
+            found,
+            m.key,
+            m.at,
+            mode,
+            |fs, ts, c, msg| {
+                let old = msg.content().expect("a live message has content");
+                let custom = m.cloud_custom_data.as_deref().or(old.cloud_custom_data());
+                let content = m.body.as_ref().unwrap_or(&old).with_custom_data(custom)?;
+                let ticket = self.record(op, mode)?;
+                (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
+                msg.replace(content);
+                let notice_lifetime = m
+                    .notice
+                    .unwrap_or_else(|| self.inner.config.notice_lifetime());
+                let expires_at = m.at.saturating_add(notice_lifetime);
+                fs.deliver(Entry::Modified(msg.clone(), m.at), expires_at, m.at, false);
+                ts.deliver(Entry::Modified(msg, m.at), expires_at, m.at, false);
+                Ok(Applied::Done)
+            },
+        )
     }
 
     fn apply_set_read(

@@ -227,6 +227,7 @@ impl Store {
             at: self.now(),
             kind: SendKind::Send,
             origin: p.origin,
+            retention: Some(self.inner.config.retention_secs),
         });
         let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
             unreachable!("send applies as Sent")
@@ -275,6 +276,7 @@ impl Store {
                 at: self.now(),
                 kind: SendKind::Send,
                 origin: None,
+                retention: Some(self.inner.config.retention_secs),
             });
             match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
@@ -315,6 +317,7 @@ impl Store {
                 SendKind::ImportHistory
             },
             origin: None,
+            retention: Some(self.inner.config.retention_secs),
         });
         let Applied::Sent { msg, .. } = self.run_found(&op, found)? else {
             unreachable!("an import applies as Sent")
@@ -450,6 +453,7 @@ impl Store {
             by,
             at: self.now(),
             origin: self.origin(),
+            notice: Some(self.inner.config.notice_lifetime()),
         };
         let Applied::Recalled(notice) = self.deferred(&op, found)? else {
             unreachable!("recall applies as Recalled")
@@ -488,6 +492,7 @@ impl Store {
             body,
             cloud_custom_data,
             at: self.now(),
+            notice: Some(self.inner.config.notice_lifetime()),
         }));
         self.run_found(&op, found).map(|_| ())
     }
@@ -704,6 +709,7 @@ mod tests {
             body: None,
             cloud_custom_data: Some("changed".into()),
             at: store.now(),
+            notice: None,
         }));
         store.run_found(&op, Some((nc, nd, ncd))).unwrap();
         let page = store
