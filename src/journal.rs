@@ -687,6 +687,9 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Creates the segment whose first record is `lsn`. On failure (a full disk, say) the file is
+/// removed again, as far as that works: the journal goes on in the segment before, and a file
+/// left behind starts inside its records (which recovery recognises and removes).
 fn create_segment(dir: &Path, lsn: u64) -> io::Result<(File, PathBuf)> {
     let path = dir.join(segment_name(lsn));
     let mut file = OpenOptions::new()
@@ -695,8 +698,16 @@ fn create_segment(dir: &Path, lsn: u64) -> io::Result<(File, PathBuf)> {
         .create(true)
         .truncate(true)
         .open(&path)?;
-    file.write_all(&file_header(SEGMENT_MAGIC, lsn))?;
-    file.sync_all()?;
-    sync_dir(dir)?;
+    let made = file
+        .write_all(&file_header(SEGMENT_MAGIC, lsn))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = made {
+        drop(file);
+        if fs::remove_file(&path).is_ok() {
+            let _ = sync_dir(dir);
+        }
+        return Err(e);
+    }
     Ok((file, path))
 }

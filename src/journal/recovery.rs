@@ -98,14 +98,27 @@ pub(super) fn read(
             offset: offset as u64,
             reason: reason.to_owned(),
         };
+        // A segment that starts inside the records already read (of the segment before) and
+        // holds none: left by a switch of segments that failed after creating the file (a
+        // full disk, say), after which the journal went on in the segment before. Nothing was
+        // ever appended to it. Opening removes it; a checkpoint passes over it.
+        let leftover = |header_written: bool| {
+            i > 0
+                && *seg_lsn <= next_lsn
+                && (!header_written || *seg_lsn < next_lsn)
+                && (bytes.len() <= FILE_HEADER_LEN || zero_tail(&bytes, FILE_HEADER_LEN))
+        };
+        let unwritten = bytes.len() < FILE_HEADER_LEN || zero_tail(&bytes, 0);
         let header_lsn = match parse_file_header(&bytes, SEGMENT_MAGIC) {
             Ok(l) => l,
+            Err(_) if unwritten && leftover(false) => {
+                if let ReadMode::Open { .. } = mode {
+                    fs::remove_file(path).map_err(io_err(path))?;
+                }
+                continue;
+            }
             // Created but its header never reached the disk: nothing was appended to it.
-            Err(_)
-                if last
-                    && matches!(mode, ReadMode::Open { .. })
-                    && (bytes.len() < FILE_HEADER_LEN || zero_tail(&bytes, 0)) =>
-            {
+            Err(_) if last && matches!(mode, ReadMode::Open { .. }) && unwritten => {
                 fs::remove_file(path).map_err(io_err(path))?;
                 break;
             }
@@ -116,6 +129,18 @@ pub(super) fn read(
         }
         if *seg_lsn > next_lsn {
             return Err(corrupt(0, "records are missing before this segment"));
+        }
+        if leftover(true) {
+            if let ReadMode::Open { .. } = mode {
+                fs::remove_file(path).map_err(io_err(path))?;
+            }
+            continue;
+        }
+        if i > 0 && *seg_lsn < next_lsn {
+            return Err(corrupt(
+                0,
+                "the segment starts inside the records of the segment before it",
+            ));
         }
         let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
         let mut valid_len = bytes.len();
