@@ -272,7 +272,23 @@ impl FileJournal {
         observer: Option<Arc<dyn JournalObserver>>,
         mut recover: impl FnMut(Recovered<'_>) -> Result<(), String>,
     ) -> Result<(FileJournal, RecoveryReport), OpenError> {
+        // The directories this open creates, deepest first: each is made durable in its
+        // parent, or a power loss soon after could take the directory with every
+        // acknowledged record in it.
+        let mut created = Vec::new();
+        let mut at = Some(dir);
+        while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            created.push(d);
+            at = d.parent();
+        }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        for d in created {
+            let parent = d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            sync_dir(parent).map_err(io_err(parent))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -293,6 +309,11 @@ impl FileJournal {
             &mut report,
             &mut recover,
         )?;
+        // Files recovery removed (a leftover or unwritten segment, those after a repair) stay
+        // removed after a power loss.
+        if list(dir)?.segments.len() != listing.segments.len() {
+            sync_dir(dir).map_err(io_err(dir))?;
+        }
 
         let (file, segment_path, len) = match end.current {
             Some((path, valid_len)) => {

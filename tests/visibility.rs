@@ -616,3 +616,59 @@ fn a_callback_does_not_show_a_held_modify() {
         modifier.join().unwrap().unwrap();
     });
 }
+
+/// An import and a device's acknowledgement held at the writer: a history page or last
+/// message of the new account's conversation (which has none: the answer would say the
+/// account exists) and the device's cursor wait until they are durable.
+#[test]
+fn an_import_and_an_ack_in_flight_are_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    store.import_accounts(&["a", "c"]).unwrap();
+    let phone = store.connect("c", "phone").unwrap();
+    send_text(&store, "a", "c", 1, "to confirm");
+    let got = drain(&phone);
+    let seq = got.last().unwrap().seq;
+    assert_eq!(phone.cursor(), 0);
+    let g = &store.faults().unwrap().hold_write;
+    g.close();
+    let opened = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(g);
+        let importer = s.spawn(|| store.import_account("b").unwrap());
+        assert!(g.wait_for_held(1, HELD), "the writer is held at the gate");
+        phone.ack(seq).unwrap();
+        type Reader<'a> = Box<dyn Fn() -> bool + Send + Sync + 'a>;
+        let readers: Vec<(&str, Reader<'_>)> = vec![
+            (
+                "history",
+                Box::new(|| store.history(&HistoryQuery::new("a", "b", 10)).is_ok()),
+            ),
+            (
+                "last message",
+                Box::new(|| store.last_message("a", "b").is_ok()),
+            ),
+            ("the device's cursor", Box::new(|| phone.cursor() == seq)),
+        ];
+        let results: Vec<_> = readers
+            .into_iter()
+            .map(|(name, read)| {
+                let opened = &opened;
+                (
+                    name,
+                    s.spawn(move || (read(), opened.load(Ordering::SeqCst))),
+                )
+            })
+            .collect();
+        // Give the readers time to answer early, if they would.
+        std::thread::sleep(Duration::from_millis(300));
+        opened.store(true, Ordering::SeqCst);
+        g.open();
+        importer.join().unwrap();
+        for (name, handle) in results {
+            let (saw, after_open) = handle.join().unwrap();
+            assert!(saw, "{name} never showed it");
+            assert!(after_open, "{name} showed it before it was durable");
+        }
+    });
+}

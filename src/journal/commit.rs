@@ -1,7 +1,8 @@
 //! The commit protocol, on the file journal's shared state: group commit (one thread writes
-//! and fsyncs for everyone waiting, as the sync policy demands), the committer thread of the
-//! `group` and `interval` policies, reserving disk space ahead of writes, and failing the
-//! journal after an I/O error. The durability rules it keeps are in `journal.rs`.
+//! and fsyncs for everyone waiting, as the sync policy demands), the committer thread (for
+//! async waiters, and within a second for records nobody waits for), reserving disk space
+//! ahead of writes, and failing the journal after an I/O error. The durability rules it
+//! keeps are in `journal.rs`.
 
 use std::fs::File;
 use std::io;

@@ -178,7 +178,9 @@ impl Store {
         self.each_conversation(user, &state, |c| {
             let side = c.side(user);
             c.unread[side] = 0;
-            c.ticket = ticket;
+            // Recorded before this conversation's lock was taken: an operation on it in
+            // between (a purge, a read mark) may hold a later ticket, which must stay.
+            c.ticket = c.ticket.max(ticket);
         });
         // The cell stays (lookups hand out plain references), empty and not live.
         state.reset();

@@ -311,10 +311,16 @@ impl Feed for Inner {
         }
     }
 
+    /// The device's confirmed cursor once durable (R6: as `device_cursor`, a cursor a crash
+    /// could take back is not shown; an ack is journaled without waiting).
     fn cursor(&self, sub: &SubscriptionId) -> Option<u64> {
         let cell = self.accounts.get(&sub.account)?;
-        let state = cell.state.lock();
-        state.devices.get(&*sub.device).map(|s| s.cursor)
+        let (cursor, ticket) = {
+            let state = cell.state.lock();
+            (state.devices.get(&*sub.device)?.cursor, state.ticket)
+        };
+        self.durable(ticket).ok()?;
+        Some(cursor)
     }
 }
 

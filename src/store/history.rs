@@ -25,10 +25,10 @@ impl Store {
             last_msg_key: None,
         };
         if n_op == n_peer {
-            return Ok(empty);
+            return self.found_nothing().map(|()| empty);
         }
         let Some(conv) = self.conversation_hinted(op, peer, conv) else {
-            return Ok(empty);
+            return self.found_nothing().map(|()| empty);
         };
         let (page, ticket) = {
             let c = conv.lock();
@@ -48,7 +48,7 @@ impl Store {
     pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
         let ((_, a), (_, p), conv) = self.pair(account, peer)?;
         let Some(conv) = self.conversation_hinted(a, p, conv) else {
-            return Ok(None);
+            return self.found_nothing().map(|()| None);
         };
         let (last, ticket) = {
             let c = conv.lock();
@@ -59,6 +59,18 @@ impl Store {
         };
         self.durable(ticket)?;
         Ok(last)
+    }
+
+    /// Before a read answers that two live accounts have no conversation: every import so
+    /// far is durable (R6; an import not yet durable could be undone by a crash, and the
+    /// answer was "no such account"). A conversation's own ticket covers the imports before
+    /// it; this covers the reads that find none.
+    fn found_nothing(&self) -> Result<()> {
+        self.durable(
+            self.inner
+                .membership
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     pub(super) fn retention_cutoff(&self) -> u64 {
