@@ -471,3 +471,46 @@ fn a_trickled_body_is_cut_off() {
     assert!(text.contains("\"ErrorCode\":90001"), "{text}");
     assert!(closed, "the connection stayed open");
 }
+
+/// An SSE stream that ends (here: superseded by the same device connecting again) leaves an
+/// HTTP connection that may serve more requests; it gives its device place back. Before, the
+/// connection kept it — and stayed beyond eviction — so one account's UserSig, reconnecting
+/// one device on fresh connections it kept open, took every device place of the server.
+#[test]
+fn an_sse_stream_that_ends_gives_its_device_place_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        dir.path(),
+        Launch {
+            // Room for fewer than 150 device connections.
+            nofile: Some(256),
+            ..Launch::default()
+        },
+    );
+    import(&s);
+    let request = format!(
+        "GET /v4/imstore/events?{}&device=phone HTTP/1.1\r\nHost: x\r\n\r\n",
+        s.query("dramon")
+    );
+    let mut kept = Vec::new();
+    for i in 0..200 {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(
+            &head,
+            b"HTTP/1.1 200",
+            "connect {i}: {}",
+            String::from_utf8_lossy(&head)
+        );
+        kept.push(c); // its stream ends when the next connect supersedes it
+    }
+    // Another account's device still finds a place.
+    let mut other = s.ws("vinson", "laptop", "");
+    let r = s.post("openim/sendmsg", text("dramon", "vinson", 1, "still room"));
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    assert!(other.next(WAIT).is_some(), "the other device got nothing");
+    drop(kept);
+}

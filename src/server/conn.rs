@@ -319,6 +319,26 @@ fn set_unread_timeout(socket: &TcpStream, timeout: Duration) {
 #[derive(Clone)]
 pub struct ConnHandle(pub Arc<ConnGuard>);
 
+impl ConnHandle {
+    /// Takes a device's place for this connection while the returned value lives: `None`
+    /// when device connections are at their cap. Held by a device's stream, so that the
+    /// place is given back when the stream ends — an SSE stream ends (superseded, its session
+    /// gone) and leaves an HTTP connection that may serve other requests, and must then be
+    /// an ordinary one again: evictable, and taking no device's place.
+    pub fn device_place(&self) -> Option<DevicePlace> {
+        self.0.become_device().then(|| DevicePlace(self.clone()))
+    }
+}
+
+/// A device's place on a connection ([`ConnHandle::device_place`]); given back on drop.
+pub struct DevicePlace(ConnHandle);
+
+impl Drop for DevicePlace {
+    fn drop(&mut self) {
+        (self.0).0.not_a_device();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

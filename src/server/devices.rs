@@ -135,15 +135,12 @@ pub async fn ws(
             );
         }
     };
-    if !conn.0.become_device() {
+    let Some(place) = conn.device_place() else {
         return at_capacity();
-    }
+    };
     let sub = match connect(&app, &req).await {
         Ok(s) => s,
-        Err(e) => {
-            conn.0.not_a_device();
-            return envelope(auth_status(&e), &e);
-        }
+        Err(e) => return envelope(auth_status(&e), &e),
     };
     tracing::debug!(account = %req.account, device = %req.device, platform = req.platform, %peer, "device connected (ws)");
     let shutdown = app.shutdown.clone();
@@ -164,7 +161,7 @@ pub async fn ws(
             .run(socket)
             .await;
             drop(counted);
-            drop(conn);
+            drop(place);
         })
 }
 
@@ -311,18 +308,20 @@ pub async fn events(
     {
         req.after = Some(last);
     }
-    if !conn.0.become_device() {
+    let Some(place) = conn.device_place() else {
         return at_capacity();
-    }
+    };
     let sub = match connect(&app, &req).await {
         Ok(s) => s,
-        Err(e) => {
-            conn.0.not_a_device();
-            return json_response(error_reply(&e));
-        }
+        Err(e) => return json_response(error_reply(&e)),
     };
     tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
-    let state = (sub, app.shutdown.clone(), (conn, app.metrics.device("sse")));
+    // The device's place goes with the stream: given back when it ends.
+    let state = (
+        sub,
+        app.shutdown.clone(),
+        (place, app.metrics.device("sse")),
+    );
     let batches = futures_util::stream::unfold(state, |(sub, mut shutdown, conn)| async move {
         let events = tokio::select! {
             _ = shutdown.changed() => return None,

@@ -77,15 +77,12 @@ pub async fn ws(
             );
         }
     };
-    if !conn.0.become_device() {
+    let Some(place) = conn.device_place() else {
         return at_capacity();
-    }
+    };
     let feed = match feed::open(&node, req, after).await {
         Ok(f) => f,
-        Err(e) => {
-            conn.0.not_a_device();
-            return envelope(auth_status(&e), &e);
-        }
+        Err(e) => return envelope(auth_status(&e), &e),
     };
     let counted = app.metrics.device("ws");
     upgrade
@@ -96,7 +93,7 @@ pub async fn ws(
         .on_upgrade(move |socket| async move {
             session(app, node, feed, peer, socket).await;
             drop(counted);
-            drop(conn);
+            drop(place);
         })
 }
 
@@ -237,20 +234,18 @@ pub async fn events(
             Err(e) => return json_response(error_reply(&e)),
         }
     }
-    if !conn.0.become_device() {
+    let Some(place) = conn.device_place() else {
         return at_capacity();
-    }
+    };
     let feed = match feed::open(&node, req, after).await {
         Ok(f) => f,
-        Err(e) => {
-            conn.0.not_a_device();
-            return json_response(error_reply(&e));
-        }
+        Err(e) => return json_response(error_reply(&e)),
     };
+    // The device's place goes with the stream: given back when it ends.
     let state = (
         feed,
         app.shutdown.clone(),
-        (conn, app.metrics.device("sse")),
+        (place, app.metrics.device("sse")),
     );
     let batches =
         futures_util::stream::unfold(state, |(mut feed, mut shutdown, conn)| async move {
