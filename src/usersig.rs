@@ -23,6 +23,11 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// The most a UserSig may inflate to; a real one is a few hundred bytes.
 const MAX_DOC_BYTES: u64 = 4096;
 
+/// The longest UserSig read: the largest document, compressed (zlib adds a few bytes to what
+/// does not compress), in base64. A longer one is refused (70003) before it is decoded or
+/// cached, so that the cache's bound on entries is a bound on bytes too.
+const MAX_SIG_CHARS: usize = 6144;
+
 /// What a valid UserSig says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -111,6 +116,9 @@ pub fn verify(
     now: u64,
 ) -> Result<Verified, Error> {
     let malformed = |why: &str| Error::SigMalformed(why.to_owned());
+    if usersig.len() > MAX_SIG_CHARS {
+        return Err(malformed("too long"));
+    }
     let b64 = usersig
         .replace('*', "+")
         .replace('-', "/")
@@ -119,12 +127,18 @@ pub fn verify(
         .decode(b64.as_bytes())
         .map_err(|_| malformed("not base64"))?;
     let mut doc = Vec::new();
-    flate2::read::ZlibDecoder::new(&compressed[..])
+    let mut inflate = flate2::read::ZlibDecoder::new(&compressed[..]);
+    (&mut inflate)
         .take(MAX_DOC_BYTES + 1)
         .read_to_end(&mut doc)
         .map_err(|_| malformed("not zlib data"))?;
     if doc.len() as u64 > MAX_DOC_BYTES {
         return Err(malformed("too large"));
+    }
+    // Bytes after the zlib stream are not signed: accepted, any UserSig could be padded into
+    // as many different strings as one likes, each verified and cached on its own.
+    if inflate.total_in() != compressed.len() as u64 {
+        return Err(malformed("data after the zlib stream"));
     }
     let doc: Value = serde_json::from_slice(&doc).map_err(|_| malformed("not JSON"))?;
     let field = |name: &str| {
@@ -382,6 +396,29 @@ mod tests {
             .replace('+', "*")
             .replace('/', "-")
             .replace('=', "_")
+    }
+
+    /// A genuine UserSig with bytes after its zlib stream, or grown past any real one's
+    /// length, is refused (70003) and not cached: unsigned padding would let one UserSig
+    /// become any number of distinct, large cache entries.
+    #[test]
+    fn a_padded_usersig_is_refused_and_not_cached() {
+        let cache = VerifyCache::new(APP, KEY, 4096);
+        let sig = generate(APP, KEY, "vinson", 86400, T0);
+        let b64 = sig.replace('*', "+").replace('-', "/").replace('_', "=");
+        let mut compressed = STANDARD.decode(b64.as_bytes()).unwrap();
+        for pad in [vec![0u8; 3], vec![7u8; 30_000]] {
+            compressed.extend_from_slice(&pad);
+            let padded = STANDARD
+                .encode(&compressed)
+                .replace('+', "*")
+                .replace('/', "-")
+                .replace('=', "_");
+            let e = cache.verify("vinson", &padded, T0 + 1).unwrap_err();
+            assert_eq!(e.code(), 70003, "{e}");
+        }
+        assert_eq!(cache.len(), 0);
+        assert!(cache.verify("vinson", &sig, T0 + 1).is_ok());
     }
 
     #[test]

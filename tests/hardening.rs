@@ -514,3 +514,48 @@ fn an_sse_stream_that_ends_gives_its_device_place_back() {
     assert!(other.next(WAIT).is_some(), "the other device got nothing");
     drop(kept);
 }
+
+/// Sends `head` and `body` on a fresh connection; returns the status code and the JSON body.
+fn raw_call(s: &Server, head: &str, body: &[u8]) -> (u16, Value) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(body);
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// A body over the limit answers 93000; one that cannot be read whole (a malformed chunked
+/// encoding) answers 90001 — not "larger than the limit" — and closes the connection.
+#[test]
+fn a_body_too_large_and_a_body_broken_off_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    let path = format!("/v4/openim/sendmsg?{}", s.query("administrator"));
+    // One byte over the limit (65,536): read with the frame that carries it, nothing is left
+    // unread on the socket to make the close a reset.
+    let big = vec![b' '; 65_537];
+    let (status, v) = raw_call(
+        &s,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            big.len()
+        ),
+        &big,
+    );
+    assert_eq!((status, v["ErrorCode"].as_i64()), (200, Some(93000)), "{v}");
+    let (status, v) = raw_call(
+        &s,
+        &format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        b"zz\r\n",
+    );
+    assert_eq!((status, v["ErrorCode"].as_i64()), (400, Some(90001)), "{v}");
+    assert!(
+        !v["ErrorInfo"].as_str().unwrap_or("").contains("larger"),
+        "{v}"
+    );
+}

@@ -35,7 +35,7 @@ pub fn json_response(reply: Reply) -> Response {
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => {
+        Ok(Err(e)) if is_over_limit(&e) => {
             let e = Error::InvalidField {
                 field: "body",
                 code: 93000,
@@ -43,21 +43,18 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
             };
             Err(json_response(error_reply(&e)))
         }
+        Ok(Err(e)) => {
+            // Cut short, or a malformed chunked encoding: the body is not whole.
+            let e = Error::InvalidRequest(format!("the request body could not be read: {e}"));
+            Err(closing(StatusCode::BAD_REQUEST, &e))
+        }
         Err(_) => {
             // The transport failed: the body did not arrive. Say so and close.
             let e = Error::InvalidRequest(format!(
                 "the request body did not arrive within {} s",
                 READ_TIMEOUT.as_secs()
             ));
-            Err((
-                StatusCode::REQUEST_TIMEOUT,
-                [
-                    (header::CONTENT_TYPE, "application/json"),
-                    (header::CONNECTION, "close"),
-                ],
-                error_reply(&e).json,
-            )
-                .into_response())
+            Err(closing(StatusCode::REQUEST_TIMEOUT, &e))
         }
     }
 }
@@ -104,13 +101,39 @@ pub async fn rest(
     json_response(reply)
 }
 
+/// Whether reading a body failed on its size limit (rather than on the transport).
+fn is_over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error answer after which the connection closes: what is left of the body on it cannot
+/// be told from the next request.
+fn closing(status: StatusCode, e: &Error) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONNECTION, "close"),
+        ],
+        error_reply(e).json,
+    )
+        .into_response()
+}
+
 /// The ErrorCode of a refused body, for the metrics: 93000 (too large) or, when it did not
-/// arrive in time, 90001 (an invalid request).
+/// arrive whole or in time, 90001 (an invalid request).
 fn body_refusal_code(response: &Response) -> u32 {
-    if response.status() == StatusCode::REQUEST_TIMEOUT {
-        90001
-    } else {
+    if response.status() == StatusCode::OK {
         93000
+    } else {
+        90001
     }
 }
 
