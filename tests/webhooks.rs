@@ -570,3 +570,148 @@ fn a_get_with_a_json_body_is_served_like_the_post_it_stands_for() {
     assert_eq!(answer["ResultItem"][0]["AccountStatus"], "Imported");
     assert_eq!(answer["ResultItem"][1]["AccountStatus"], "NotImported");
 }
+
+/// A message recalled while its after-send callback is being retried (the app is down) goes
+/// out without its body when the app comes back: each attempt is rendered anew, and no copy
+/// of the body outlives the recall in the dispatcher.
+#[test]
+fn a_message_recalled_while_its_callback_is_retried_goes_out_without_its_body() {
+    let receiver = Receiver::start();
+    receiver.answer_with(|_: &Call| Answer {
+        status: 503,
+        body: "down".into(),
+        delay: Duration::ZERO,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &[]);
+    let sent = rest_send(&s, 1, "the secret", json!({}));
+    assert_eq!(sent["ErrorCode"], 0, "{sent}");
+    let key = sent["MsgKey"].as_str().unwrap().to_owned();
+    // Refused attempts are only logged (the channel has the accepted calls).
+    let deadline = std::time::Instant::now() + WAIT;
+    let first = loop {
+        let log = receiver.log.lock().unwrap().clone();
+        if let Some(c) = log
+            .into_iter()
+            .find(|c| c.command() == "C2C.CallbackAfterSendMsg")
+        {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no after-send attempt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        first.body.to_string().contains("the secret"),
+        "the first attempt carries the body"
+    );
+    let r = s.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgKey": key}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    receiver.answer_with(|_: &Call| ok());
+    let accepted = receiver
+        .next_of("C2C.CallbackAfterSendMsg", Duration::from_secs(60))
+        .expect("the after-send is accepted once the app is back");
+    assert_eq!(accepted.body["MsgKey"], key.as_str());
+    assert!(
+        !accepted.body.to_string().contains("the secret"),
+        "the recalled body went out: {}",
+        accepted.body
+    );
+    assert_eq!(accepted.body["MsgBody"], json!([]), "{}", accepted.body);
+}
+
+/// An app that answers after-callbacks more slowly than `--callback-timeout-ms` (which bounds
+/// before-send, holding up a send) still has them acknowledged: before, each attempt timed out,
+/// the first callback was sent again for ever, and nothing after it ever went out.
+#[test]
+fn after_callbacks_slower_than_the_before_send_timeout_are_acknowledged() {
+    let receiver = Receiver::start();
+    receiver.answer_with(|call: &Call| {
+        let mut a = ok();
+        if call.command() != "C2C.CallbackBeforeSendMsg" {
+            a.delay = Duration::from_millis(1500);
+        }
+        a
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &["--callback-timeout-ms", "500"]);
+    let keys: Vec<String> = (1..=2)
+        .map(|i| {
+            let r = rest_send(&s, i, &format!("slow app {i}"), json!({}));
+            assert_eq!(r["ErrorCode"], 0, "{r}");
+            r["MsgKey"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while !seen.contains(&keys[1]) {
+        let call = receiver
+            .next_of("C2C.CallbackAfterSendMsg", Duration::from_secs(30))
+            .expect("the second after-send arrives");
+        seen.push(call.body["MsgKey"].as_str().unwrap().to_owned());
+    }
+    // The first went out and was acknowledged, not repeated without end.
+    assert_eq!(seen.first(), Some(&keys[0]));
+    assert!(
+        seen.len() <= 3,
+        "the first after-send was repeated: {seen:?}"
+    );
+}
+
+/// A REST call made from `source` (a loopback address other than 127.0.0.1).
+fn post_from(s: &Server, source: [u8; 4], api: &str, body: &Value) -> Value {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .unwrap();
+    let addr: std::net::SocketAddr = s.addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut c: std::net::TcpStream = socket.into();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let body = body.to_string();
+    write!(
+        c,
+        "POST /v4/{api}?{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        s.query("administrator"),
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let json = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(json).unwrap()
+}
+
+/// A send with `ForbidAfterSendMsgCallback` still tells its before-send who called: the
+/// caller's address (before, the default 127.0.0.1, since the send was prepared as one that
+/// fires no callbacks).
+#[test]
+fn before_send_reports_the_caller_when_the_after_send_is_forbidden() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &[]);
+    let r = post_from(
+        &s,
+        [127, 0, 0, 2],
+        "openim/sendmsg",
+        &json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 7, "MsgSeq": 1,
+            "MsgBody": text("quiet"),
+            "ForbidCallbackControl": ["ForbidAfterSendMsgCallback"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let before = receiver
+        .next_of("C2C.CallbackBeforeSendMsg", WAIT)
+        .expect("the before-send was asked");
+    assert_eq!(before.query["ClientIP"], "127.0.0.2");
+    // And no after-send went out for it: the next one is a later, ordinary send's.
+    assert_eq!(rest_send(&s, 2, "loud", json!({}))["ErrorCode"], 0);
+    let after = receiver.next_of("C2C.CallbackAfterSendMsg", WAIT).unwrap();
+    assert_eq!(after.body["MsgSeq"], 2);
+}

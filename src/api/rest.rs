@@ -95,11 +95,11 @@ impl Api {
             lifetime: m.lifetime,
             from_device: None,
         };
+        let prepared = self.store.prepare_send(req)?;
         let prepared = if forbid_after {
-            self.store
-                .with_origin(None, || self.store.prepare_send(req))?
+            prepared.without_after_callback()
         } else {
-            self.store.prepare_send(req)?
+            prepared
         };
         if forbid_before {
             return self

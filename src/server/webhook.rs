@@ -39,10 +39,14 @@ pub struct WebhookConfig {
     pub fail_closed: bool,
 }
 
-/// How many outbox entries the dispatcher reads at a time.
-const BATCH: usize = 64;
+/// The first wait before an after-callback is tried again; it doubles on each failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two tries of one after-callback.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long an after-callback waits for the app's answer (at least; `--callback-timeout-ms`
+/// if longer). Before-send waits `--callback-timeout-ms` only: it holds up a send.
+const AFTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read from the app (Tencent's answers are a few fields of JSON); a
 /// longer one is a failed call, read no further.
 const MAX_ANSWER: usize = 64 << 10;
@@ -62,8 +66,11 @@ fn unix_now() -> u64 {
 
 impl Webhooks {
     pub fn new(config: WebhookConfig, sdkappid: u64) -> Result<Self, reqwest::Error> {
+        // Each call's bound: an after-callback's (the before-send's own, shorter one wraps
+        // its call). An app that takes longer than before-send's timeout to answer an
+        // after-callback still has it acknowledged, rather than sent again for ever.
         let http = reqwest::Client::builder()
-            .timeout(config.timeout)
+            .timeout(config.timeout.max(AFTER_CALL_TIMEOUT))
             .pool_max_idle_per_host(4)
             .build()?;
         Ok(Webhooks {
@@ -137,6 +144,10 @@ impl Webhooks {
     }
 
     /// Delivers the outbox's after-callbacks, in order, until `stop` turns true.
+    ///
+    /// One entry at a time, read anew for each attempt: an entry's view shows its message as
+    /// it is when read, so a message recalled while its callback waits for the app goes out
+    /// without its body — and no copy of the body is kept here across a retry.
     pub async fn dispatch(
         &self,
         store: Store,
@@ -144,14 +155,24 @@ impl Webhooks {
         metrics: std::sync::Arc<super::metrics::Metrics>,
     ) {
         let mut after = 0u64;
+        let mut backoff = FIRST_BACKOFF;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = store.outbox_wait(after) => {}
             }
-            let (entries, ticket) = store.deferring(|| store.outbox_after(after, BATCH));
-            let entries = match entries {
-                Ok(e) => e,
+            let (entries, ticket) = store.deferring(|| store.outbox_after(after, 1));
+            let entry = match entries {
+                Ok(mut e) => match e.pop() {
+                    Some(entry) => entry,
+                    // Announced but gone (not expected): look again shortly.
+                    None => {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            _ = tokio::time::sleep(FIRST_BACKOFF) => continue,
+                        }
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox unreadable");
                     return;
@@ -162,36 +183,37 @@ impl Webhooks {
                 tracing::warn!(error = %e, "outbox not durable");
                 return;
             }
-            for entry in entries {
-                let (command, body) = callback_body(&entry);
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    let outcome = tokio::select! {
-                        _ = stop.changed() => return,
-                        r = self.call(command, &entry.origin, body.clone()) => r,
-                    };
-                    let accepted = matches!(&outcome, Ok((status, answer)) if callback_accepted(*status, answer));
-                    metrics.delivered(accepted);
-                    match outcome {
-                        Ok(_) if accepted => break,
-                        Ok((status, _)) => {
-                            tracing::debug!(command, status, "after-callback refused; retrying")
-                        }
-                        Err(e) => {
-                            tracing::debug!(command, error = %e, "after-callback failed; retrying")
-                        }
+            let (command, body) = callback_body(&entry);
+            let id = entry.id;
+            let outcome = tokio::select! {
+                _ = stop.changed() => return,
+                r = self.call(command, &entry.origin, body) => r,
+            };
+            drop(entry);
+            let accepted =
+                matches!(&outcome, Ok((status, answer)) if callback_accepted(*status, answer));
+            metrics.delivered(accepted);
+            match outcome {
+                Ok(_) if accepted => {
+                    after = id;
+                    backoff = FIRST_BACKOFF;
+                    if let Err(e) = store.outbox_ack(after) {
+                        tracing::warn!(error = %e, "outbox acknowledgement not recorded");
                     }
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
-                after = entry.id;
-                if let Err(e) = store.outbox_ack(after) {
-                    tracing::warn!(error = %e, "outbox acknowledgement not recorded");
+                Ok((status, _)) => {
+                    tracing::debug!(command, status, "after-callback refused; retrying")
+                }
+                Err(e) => {
+                    tracing::debug!(command, error = %e, "after-callback failed; retrying")
                 }
             }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

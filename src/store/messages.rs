@@ -46,6 +46,9 @@ pub struct PreparedSend<'a> {
     sender_copy: SenderCopy,
     origin_device: Option<DeviceId>,
     origin: Option<Origin>,
+    /// Whether its after-send callback is queued (REST `ForbidAfterSendMsgCallback` says no;
+    /// its before-send still reports `origin`).
+    after_callback: bool,
     /// The parties' cells as the lookups found them ([`Found`]; `None` when the sender is an
     /// administrator without an account).
     found: Found,
@@ -68,9 +71,15 @@ impl PreparedSend<'_> {
         }
     }
 
-    /// Where the send came from (its after-callback reports it), if it fires callbacks.
+    /// Where the send came from (its callbacks report it), if it fires callbacks.
     pub fn origin(&self) -> Option<&Origin> {
         self.origin.as_ref()
+    }
+
+    /// The same send without its after-send callback (REST `ForbidAfterSendMsgCallback`).
+    pub fn without_after_callback(mut self) -> Self {
+        self.after_callback = false;
+        self
     }
 }
 
@@ -162,6 +171,7 @@ impl Store {
             sender_copy: req.sender_copy,
             origin_device,
             origin: self.origin(),
+            after_callback: true,
             found: nf.map(|nf| (nf, nt, conv)),
         })
     }
@@ -226,7 +236,7 @@ impl Store {
             origin_device: p.origin_device,
             at: self.now(),
             kind: SendKind::Send,
-            origin: p.origin,
+            origin: p.origin.filter(|_| p.after_callback),
             retention: Some(self.inner.config.retention_secs),
         });
         let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
