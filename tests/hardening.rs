@@ -559,3 +559,56 @@ fn a_body_too_large_and_a_body_broken_off_are_told_apart() {
         "{v}"
     );
 }
+
+/// Device acknowledgements whose bodies trickle in, on more connections than the process has
+/// descriptors: a connection reading a body is evicted like an idle one, so the REST API still
+/// answers. Before, a request reading its body made its connection busy, beyond eviction, and
+/// any device's UserSig could hold the whole table that way (each body bounded only by the
+/// 10 s read timeout, and sent again).
+#[test]
+fn connections_trickling_request_bodies_are_evicted_under_a_full_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        dir.path(),
+        Launch {
+            nofile: Some(1024),
+            ..Launch::default()
+        },
+    );
+    import(&s);
+    let head = format!(
+        "POST /v4/imstore/ack?{}&device=phone HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{",
+        s.query("dramon")
+    );
+    let mut slow = Vec::new();
+    for _ in 0..1100 {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        slow.push(c);
+    }
+    let t = Instant::now();
+    let answer = s.post_within(
+        "im_open_login_svc/account_import",
+        json!({"UserID": "still-served"}),
+        WAIT,
+    );
+    assert_eq!(
+        answer.map(|a| a["ErrorCode"].clone()),
+        Some(json!(0)),
+        "the REST API answered while 1100 connections trickled their bodies"
+    );
+    eprintln!(
+        "answered after {:?} behind 1100 trickling bodies",
+        t.elapsed()
+    );
+    // Some were closed to make room, without an answer (not by their bodies' read timeout,
+    // which answers 408).
+    let evicted = slow
+        .iter_mut()
+        .filter_map(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            matches!(c.read(&mut [0u8; 64]), Ok(0)).then_some(())
+        })
+        .count();
+    assert!(evicted > 0, "no connection reading a body was evicted");
+}

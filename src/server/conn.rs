@@ -45,6 +45,10 @@ const REST_RESERVE: usize = 64;
 pub struct ConnFlags {
     /// Requests being answered on it now.
     busy: AtomicUsize,
+    /// Of those, how many are still reading their bodies: a connection whose requests all are
+    /// may be evicted, or a client trickling bodies (bounded only by the read timeout, and
+    /// sent again and again) would make its connection one that is never closed.
+    reading: AtomicUsize,
     /// It carries a device (SSE or WebSocket): never evicted.
     device: AtomicBool,
     /// Told to close.
@@ -166,7 +170,9 @@ impl Register {
             if told == n {
                 break;
             }
-            if flags.busy.load(Ordering::Acquire) == 0 && !flags.device.load(Ordering::Acquire) {
+            let busy = flags.busy.load(Ordering::Acquire);
+            let reading = flags.reading.load(Ordering::Acquire);
+            if busy <= reading && !flags.device.load(Ordering::Acquire) {
                 flags.evict.notify_one();
                 told += 1;
             }
@@ -320,6 +326,17 @@ fn set_unread_timeout(socket: &TcpStream, timeout: Duration) {
 pub struct ConnHandle(pub Arc<ConnGuard>);
 
 impl ConnHandle {
+    /// Runs `read` (a request body's reading) with the connection evictable meanwhile, as an
+    /// idle one: under a full descriptor table, a client sending its body slowly is closed
+    /// rather than let it hold its connection beyond eviction.
+    pub async fn reading_body<T>(&self, read: impl Future<Output = T>) -> T {
+        let flags = &self.0.flags;
+        flags.reading.fetch_add(1, Ordering::AcqRel);
+        let out = read.await;
+        flags.reading.fetch_sub(1, Ordering::AcqRel);
+        out
+    }
+
     /// Takes a device's place for this connection while the returned value lives: `None`
     /// when device connections are at their cap. Held by a device's stream, so that the
     /// place is given back when the stream ends — an SSE stream ends (superseded, its session

@@ -350,7 +350,12 @@ pub async fn events(
 const ACK_BODY_LIMIT: usize = 64 << 10;
 
 /// `POST /v4/imstore/ack`: a device confirms receipt (for SSE clients).
-pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) -> Response {
+pub async fn ack(
+    State(app): State<App>,
+    Extension(conn): Extension<ConnHandle>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
     let query = query.unwrap_or_default();
     // The device is identified before its body is read, and the body is small: a caller that
     // would be refused makes the server hold nothing.
@@ -364,7 +369,8 @@ pub async fn ack(State(app): State<App>, RawQuery(query): RawQuery, body: Body) 
     if let Err(e) = identified {
         return json_response(error_reply(&e));
     }
-    let bytes = match read_body(body, app.body_limit.min(ACK_BODY_LIMIT)).await {
+    let limit = app.body_limit.min(ACK_BODY_LIMIT);
+    let bytes = match conn.reading_body(read_body(body, limit)).await {
         Ok(b) => b,
         Err(response) => return response,
     };

@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, Path as UrlPath, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -63,6 +63,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
 pub async fn rest(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(conn): Extension<super::conn::ConnHandle>,
     UrlPath((service, command)): UrlPath<(String, String)>,
     RawQuery(query): RawQuery,
     body: Body,
@@ -80,7 +81,7 @@ pub async fn rest(
         tracing::debug!(api = %path, code = reply.code, "call refused before its body");
         return json_response(reply);
     }
-    let bytes = match read_body(body, app.body_limit).await {
+    let bytes = match conn.reading_body(read_body(body, app.body_limit)).await {
         Ok(b) => b,
         Err(response) => {
             tracing::info!(api = %path, "request body refused");
