@@ -715,3 +715,92 @@ fn before_send_reports_the_caller_when_the_after_send_is_forbidden() {
     let after = receiver.next_of("C2C.CallbackAfterSendMsg", WAIT).unwrap();
     assert_eq!(after.body["MsgSeq"], 2);
 }
+
+/// Many sends at once, an app slow to answer: the server keeps at most 32 before-send calls
+/// (and 8 after-callbacks) in flight, so its sockets to the app stay within the descriptors it
+/// reserves for them. Before, every send opened its own connection.
+#[test]
+fn before_send_calls_in_flight_are_bounded() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/im-callback", listener.local_addr().unwrap());
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    {
+        let (open, most) = (open.clone(), most.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (open, most) = (open.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                                break;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                        let answer = r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if out.write_all(reply.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &["--callback-url", &url, "--callback-timeout-ms", "20000"],
+    );
+    let r = s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["vinson", "dramon"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0);
+    let url = format!("{}/v4/openim/sendmsg?{}", s.base, s.query("administrator"));
+    let senders: Vec<_> = (0..60u32)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({"From_Account": "vinson", "To_Account": "dramon",
+                    "MsgRandom": i, "MsgSeq": i, "MsgBody": text("many at once")});
+                let mut resp = ureq::post(&url).send(body.to_string()).unwrap();
+                let v: Value =
+                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                v["ErrorCode"].as_i64()
+            })
+        })
+        .collect();
+    for sender in senders {
+        assert_eq!(sender.join().unwrap(), Some(0));
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most > 1, "the calls did not overlap at all: {most}");
+    assert!(most <= 32 + 8, "{most} connections to the app at once");
+}

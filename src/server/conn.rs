@@ -35,8 +35,12 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const UNREAD_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Descriptors kept out of the connection budget: the journal's files, the listener, the
-/// spare, the runtime's own.
-const RESERVED_FDS: usize = 48;
+/// spare, the runtime's own (48), and the webhooks' sockets to the app — the before-send and
+/// after-callback calls in flight, the idle ones kept for reuse.
+const RESERVED_FDS: usize = 48
+    + super::webhook::MAX_BEFORE_SEND_CALLS
+    + super::webhook::MAX_AFTER_CALLS
+    + super::webhook::IDLE_CALLBACK_CONNECTIONS;
 /// Of the connection budget, how many only REST calls may use (device connections may not).
 const REST_RESERVE: usize = 64;
 

@@ -56,7 +56,24 @@ pub struct Webhooks {
     config: WebhookConfig,
     sdkappid: u64,
     http: reqwest::Client,
+    /// Before-send calls in flight at once: each holds a socket, counted in the server's
+    /// descriptor reserve (`conn::RESERVED_FDS`), so that the app's callbacks never compete
+    /// with clients for the descriptors (a call that found none would fail open).
+    before_send_calls: tokio::sync::Semaphore,
+    /// After-callback calls in flight at once, over every outbox this node delivers (a
+    /// cluster node delivers one per shard it owns): counted in the reserve as well.
+    after_calls: tokio::sync::Semaphore,
 }
+
+/// How many before-send calls may be in flight at once; a send beyond them waits for one
+/// (within its `--callback-timeout-ms`).
+pub const MAX_BEFORE_SEND_CALLS: usize = 32;
+
+/// How many after-callback calls may be in flight at once (each outbox sends one at a time).
+pub const MAX_AFTER_CALLS: usize = 8;
+
+/// Idle connections to the app kept for reuse.
+pub const IDLE_CALLBACK_CONNECTIONS: usize = 4;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -71,12 +88,14 @@ impl Webhooks {
         // after-callback still has it acknowledged, rather than sent again for ever.
         let http = reqwest::Client::builder()
             .timeout(config.timeout.max(AFTER_CALL_TIMEOUT))
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(IDLE_CALLBACK_CONNECTIONS)
             .build()?;
         Ok(Webhooks {
             config,
             sdkappid,
             http,
+            before_send_calls: tokio::sync::Semaphore::new(MAX_BEFORE_SEND_CALLS),
+            after_calls: tokio::sync::Semaphore::new(MAX_AFTER_CALLS),
         })
     }
 
@@ -121,10 +140,10 @@ impl Webhooks {
         let rest = Origin::rest("127.0.0.1");
         let origin = pending.origin().unwrap_or(&rest);
         let body = before_send_body(&pending.outgoing());
-        let answer = tokio::time::timeout(
-            self.config.timeout,
-            self.call("C2C.CallbackBeforeSendMsg", origin, body),
-        )
+        let answer = tokio::time::timeout(self.config.timeout, async {
+            let _call = self.before_send_calls.acquire().await;
+            self.call("C2C.CallbackBeforeSendMsg", origin, body).await
+        })
         .await;
         let failure = match answer {
             Ok(Ok((200, body))) => match before_send_decision(&body) {
@@ -187,7 +206,10 @@ impl Webhooks {
             let id = entry.id;
             let outcome = tokio::select! {
                 _ = stop.changed() => return,
-                r = self.call(command, &entry.origin, body) => r,
+                r = async {
+                    let _call = self.after_calls.acquire().await;
+                    self.call(command, &entry.origin, body).await
+                } => r,
             };
             drop(entry);
             let accepted =
