@@ -527,4 +527,18 @@ fn a_send_already_past_retention_is_refused() {
     recent.msg_time = Some((T0 - 60) as u32);
     store.send(recent).unwrap();
     assert_eq!(store.unread("b", "a").unwrap(), 1);
+    // A history import from an older system is not refused: it delivers nothing, and what is
+    // past retention is only dropped from history, as a migration expects.
+    let old_history = imstore::ImportRequest {
+        from: "a".into(),
+        to: "b".into(),
+        msg_seq: 3,
+        msg_random: 3,
+        msg_time: (T0 - 86_400) as u32,
+        body: vec![imstore::MsgElement::text("last year")],
+        cloud_custom_data: None,
+        realtime: false,
+    };
+    store.import(old_history).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
 }

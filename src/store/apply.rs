@@ -202,20 +202,10 @@ impl Store {
             )));
         }
         let retention = s.retention.unwrap_or(self.inner.config.retention_secs);
-        // Live only (a replayed send was accepted live): a message already past retention
-        // would be trimmed as it is stored — in no history, beyond recall, yet delivered, and
-        // stored again by every retry, whose repeat is never found. Refused instead.
-        let time = u64::from(s.key.time());
-        if mode == Mode::Live && time < s.at.saturating_sub(retention) {
-            return Err(Error::InvalidField {
-                field: "MsgTimeStamp",
-                code: 90006,
-                why: format!(
-                    "{time} is past the roaming retention of {retention} s (now {}): the \
-                     message would be gone as it is stored",
-                    s.at
-                ),
-            });
+        // Live only (a replayed send was accepted live), and not for history imports (which
+        // deliver nothing: one past retention is only trimmed, as a migration expects).
+        if mode == Mode::Live && s.kind != SendKind::ImportHistory {
+            check_within_retention(s.key, s.at, retention)?;
         }
         self.with_parties(
             &s.from,
@@ -636,6 +626,25 @@ fn queue(
 /// An account's unread messages over all its conversations (a callback's UnreadMsgNum).
 fn total_unread(state: &AccountState) -> u32 {
     state.unread_total
+}
+
+/// A message already past roaming retention would be trimmed as it is stored — in no
+/// history, beyond recall, yet delivered, and stored again by every retry, whose repeat is
+/// never found: refused (90006) instead. Checked before a send's before-send callback
+/// (`prepare_send`) and again where it is applied.
+pub(super) fn check_within_retention(key: MsgKey, now: u64, retention: u64) -> Result<()> {
+    let time = u64::from(key.time());
+    if time < now.saturating_sub(retention) {
+        return Err(Error::InvalidField {
+            field: "MsgTimeStamp",
+            code: 90006,
+            why: format!(
+                "{time} is past the roaming retention of {retention} s (now {now}): the \
+                 message would be gone as it is stored"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

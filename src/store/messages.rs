@@ -159,6 +159,8 @@ impl Store {
             .transpose()?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        // Before the app is asked about it.
+        super::apply::check_within_retention(key, self.now(), self.inner.config.retention_secs)?;
         Ok(PreparedSend {
             from,
             to,
@@ -269,6 +271,7 @@ impl Store {
         let lifetime = check_lifetime(req.lifetime)?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = self.resolve_key(req.msg_seq, req.msg_random, req.msg_time);
+        super::apply::check_within_retention(key, self.now(), self.inner.config.retention_secs)?;
         let mut errors = Vec::new();
         for to in &req.to {
             let Some(cell) = self.cell(to) else {
