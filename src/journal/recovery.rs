@@ -136,12 +136,9 @@ pub(super) fn read(
             }
             continue;
         }
-        if i > 0 && *seg_lsn < next_lsn {
-            return Err(corrupt(
-                0,
-                "the segment starts inside the records of the segment before it",
-            ));
-        }
+        // One that starts inside them and does hold records was such a leftover too, written
+        // to by a version that made it the current segment at its next open: its records came
+        // after the segment before's, and are replayed after them, as that version did.
         let (frames, bad) = scan(&bytes, FILE_HEADER_LEN);
         let mut valid_len = bytes.len();
         let mut stop_here = false;
