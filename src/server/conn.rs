@@ -249,6 +249,15 @@ async fn refuse(mut socket: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(reply.as_bytes())).await;
 }
 
+/// A request being answered on a connection, until its answer is written or dropped.
+struct Answering(Arc<ConnFlags>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves one connection until it closes, is evicted, or the server shuts down (then it
 /// finishes the request in progress, for at most a few seconds).
 async fn serve(
@@ -272,9 +281,21 @@ async fn serve(
             req.extensions_mut().insert(ConnHandle(guard));
             async move {
                 flags.busy.fetch_add(1, Ordering::AcqRel);
+                let answering = Answering(flags);
                 let response = router.oneshot(req.map(axum::body::Body::new)).await;
-                flags.busy.fetch_sub(1, Ordering::AcqRel);
-                response
+                // Busy until the answer is written, not only made: a connection evicted
+                // between the two would lose an answer to an operation that took effect.
+                // The guard goes with the body, dropped once hyper has sent it (or with the
+                // connection).
+                response.map(|r| {
+                    r.map(|body| {
+                        use http_body_util::BodyExt;
+                        axum::body::Body::new(body.map_frame(move |frame| {
+                            let _ = &answering;
+                            frame
+                        }))
+                    })
+                })
             }
         })
     };
@@ -334,11 +355,17 @@ impl ConnHandle {
     /// idle one: under a full descriptor table, a client sending its body slowly is closed
     /// rather than let it hold its connection beyond eviction.
     pub async fn reading_body<T>(&self, read: impl Future<Output = T>) -> T {
-        let flags = &self.0.flags;
+        /// Counts the read until it ends, also when its future is dropped half way.
+        struct Reading<'a>(&'a ConnFlags);
+        impl Drop for Reading<'_> {
+            fn drop(&mut self) {
+                self.0.reading.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let flags = &*self.0.flags;
         flags.reading.fetch_add(1, Ordering::AcqRel);
-        let out = read.await;
-        flags.reading.fetch_sub(1, Ordering::AcqRel);
-        out
+        let _reading = Reading(flags);
+        read.await
     }
 
     /// Takes a device's place for this connection while the returned value lives: `None`
