@@ -77,9 +77,10 @@ impl Cluster {
     /// lease before it reads which snapshot is the newest, and then replays the stream from
     /// that snapshot's cut. If the lease is still this node's at the look, any new owner
     /// takes it after, and so reads the name written before the look: it replays from the
-    /// new cut, which the purge keeps. If the lease has moved, a new owner may be replaying
-    /// from the previous snapshot's cut right now: the stream and that snapshot are left for
-    /// the owner's own snapshots to clean, and the call fails as not owned here.
+    /// new cut, which the purge keeps. If the lease has moved (or cannot be read), a new owner
+    /// may be replaying from the previous snapshot's cut right now: the stream is left whole,
+    /// the previous snapshot is named the newest again and ours deleted (a new owner that read
+    /// ours fails its open and tries again), and the call fails as not owned here.
     pub(super) fn snapshot_shard(
         &self,
         n: u32,
@@ -151,54 +152,76 @@ impl Cluster {
                     if let Some(((c, _), named)) = &current
                         && *c >= cut
                     {
-                        return Ok::<_, ClusterError>((false, Some(named.clone())));
+                        return Ok::<_, ClusterError>((None, Some(named.clone())));
                     }
                     let previous = current.map(|(_, name)| name);
                     let written = match &entry {
                         Some(e) => meta
                             .update(snapshot_key(n), name.clone().into(), e.revision)
                             .await
-                            .map(|_| ())
                             .map_err(|e| e.to_string()),
                         None => meta
                             .create(snapshot_key(n), name.clone().into())
                             .await
-                            .map(|_| ())
                             .map_err(|e| e.to_string()),
                     };
                     match written {
-                        Ok(()) => return Ok((true, previous)),
+                        Ok(revision) => return Ok((Some(revision), previous)),
                         // Someone else wrote in between: look again.
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
                 }
             };
-            let (newest, previous) = tokio::time::timeout(within, named)
+            let (named_at, previous) = tokio::time::timeout(within, named)
                 .await
                 .map_err(|_| late(&format!("naming {name} the newest snapshot")))??;
-            if !newest {
+            let Some(named_at) = named_at else {
                 // Ours is not needed (unless it is the very one named).
                 if previous.as_deref() != Some(name.as_str()) {
                     let _ = tokio::time::timeout(within, snaps.delete(&name)).await;
                 }
                 return Ok(cut);
-            }
+            };
             // Still this node's lease? (See the doc above: after the naming, before the purge.)
-            let lease = tokio::time::timeout(within, super::lease::read(&leases, n))
-                .await
-                .map_err(|_| late(&format!("reading shard {n}'s lease")))?
-                .map_err(nats)?;
-            match lease {
-                Some((v, _)) if v.node == node && v.epoch == epoch => {}
-                other => {
-                    let holder = other.map_or("nobody".into(), |(v, _)| {
-                        format!("node {} at epoch {}", v.node, v.epoch)
-                    });
-                    return Err(nats(format!(
-                        "shard {n} is not owned here: its lease is {holder}'s (epoch {epoch} \
-                         here); snapshot {name} is named the newest, the stream is not purged"
-                    )));
-                }
+            let lease = tokio::time::timeout(within, super::lease::read(&leases, n)).await;
+            let moved = match lease {
+                Ok(Ok(Some((v, _)))) if v.node == node && v.epoch == epoch => None,
+                Ok(Ok(Some((v, _)))) => Some(format!(
+                    "its lease is node {}'s at epoch {} (epoch {epoch} here)",
+                    v.node, v.epoch
+                )),
+                Ok(Ok(None)) => Some("its lease is nobody's".to_owned()),
+                Ok(Err(e)) => Some(format!("its lease could not be read: {e}")),
+                Err(_) => Some(format!("its lease was not read within {within:?}")),
+            };
+            if let Some(why) = moved {
+                // Name the previous snapshot again (the stream it needs is whole), so that
+                // neither it nor ours is left behind unnamed; ours goes. Should a newer one be
+                // named meanwhile, the naming stays as it is.
+                let restored = match &previous {
+                    Some(p) => meta
+                        .update(snapshot_key(n), p.clone().into(), named_at)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => meta
+                        .delete_expect_revision(snapshot_key(n), Some(named_at))
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                let outcome = match restored {
+                    Ok(()) => {
+                        let _ = tokio::time::timeout(within, snaps.delete(&name)).await;
+                        format!("{name} is withdrawn")
+                    }
+                    Err(e) => format!(
+                        "{name} stays named ({e}); the previous snapshot {previous:?} may be left \
+                         in the object store"
+                    ),
+                };
+                return Err(nats(format!(
+                    "shard {n} is not owned here: {why}; {outcome}, the stream is not purged"
+                )));
             }
             let purge = async {
                 js.get_stream_no_info(stream_name(n))
