@@ -1110,15 +1110,18 @@ fn the_whole_nats_cluster_restarts_under_sends() {
                 stop.clone(),
             );
             std::thread::spawn(move || {
-                for i in 0..400u32 {
-                    if stop.load(Ordering::Relaxed) {
+                // Until told to stop (bounded in count and time): calls answered at once
+                // with 91000 must not use up a fixed count before NATS is back.
+                let deadline = Instant::now() + Duration::from_secs(300);
+                for i in 0..100_000u32 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                         return;
                     }
                     let (from, to) = (&users[(t % 8) as usize], &users[((t + 1 + i) % 8) as usize]);
                     if from == to {
                         continue;
                     }
-                    let random = t * 10_000 + i;
+                    let random = t * 1_000_000 + i;
                     let body = text(from, to, random, &format!("t{t} i{i}"));
                     match post_url_within(&urls[(i % 2) as usize], &body, bound) {
                         None => unanswered.lock().unwrap().push(random),
