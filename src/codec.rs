@@ -88,14 +88,7 @@ enum OpRecord<'a> {
         by: &'a str,
         at: u64,
     },
-    Modify {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        body_json: Option<&'a str>,
-        custom: Option<&'a str>,
-        at: u64,
-    },
+    Modify(ModifyRec<'a>),
     SetRead {
         reader: &'a str,
         peer: &'a str,
@@ -139,28 +132,8 @@ enum OpRecord<'a> {
     },
     // Added with the webhooks: the origin of an operation that fires an after-callback, and
     // imports. The variants above still decode (no origin, a plain send).
-    SendV2 {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        body_json: &'a str,
-        custom: Option<&'a str>,
-        sender_copy: u8,
-        lifetime: u64,
-        origin_device: Option<&'a str>,
-        at: u64,
-        /// 0 send, 2 import as history, 5 import in real time (SyncFromOldSystem).
-        kind: u8,
-        origin: Option<OriginRec<'a>>,
-    },
-    RecallV2 {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        by: &'a str,
-        at: u64,
-        origin: Option<OriginRec<'a>>,
-    },
+    SendV2(SendRec<'a>),
+    RecallV2(RecallRec<'a>),
     SetReadV2 {
         reader: &'a str,
         peer: &'a str,
@@ -188,38 +161,49 @@ enum OpRecord<'a> {
     // trimmed its conversation to, the lifetime of a recall's or modification's notices. The
     // V2 send and recall and the first modify above still decode (the config at replay then
     // stands in).
-    SendV3 {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        body_json: &'a str,
-        custom: Option<&'a str>,
-        sender_copy: u8,
-        lifetime: u64,
-        origin_device: Option<&'a str>,
-        at: u64,
-        kind: u8,
-        origin: Option<OriginRec<'a>>,
-        retention: u64,
-    },
-    RecallV3 {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        by: &'a str,
-        at: u64,
-        origin: Option<OriginRec<'a>>,
-        notice: u64,
-    },
-    ModifyV2 {
-        from: &'a str,
-        to: &'a str,
-        key: KeyRec,
-        body_json: Option<&'a str>,
-        custom: Option<&'a str>,
-        at: u64,
-        notice: u64,
-    },
+    SendV3(SendRec<'a>, u64),
+    RecallV3(RecallRec<'a>, u64),
+    ModifyV2(ModifyRec<'a>, u64),
+}
+
+/// A send as journaled (`SendV2`; `SendV3` adds the retention it trimmed to). A struct's
+/// fields encode as a struct variant's would: the records keep their bytes.
+#[derive(Encode, BorrowDecode)]
+struct SendRec<'a> {
+    from: &'a str,
+    to: &'a str,
+    key: KeyRec,
+    body_json: &'a str,
+    custom: Option<&'a str>,
+    sender_copy: u8,
+    lifetime: u64,
+    origin_device: Option<&'a str>,
+    at: u64,
+    /// 0 send, 2 import as history, 5 import in real time (SyncFromOldSystem).
+    kind: u8,
+    origin: Option<OriginRec<'a>>,
+}
+
+/// A recall as journaled (`RecallV2`; `RecallV3` adds its notices' lifetime).
+#[derive(Encode, BorrowDecode)]
+struct RecallRec<'a> {
+    from: &'a str,
+    to: &'a str,
+    key: KeyRec,
+    by: &'a str,
+    at: u64,
+    origin: Option<OriginRec<'a>>,
+}
+
+/// A modification as journaled (`Modify`; `ModifyV2` adds its notices' lifetime).
+#[derive(Encode, BorrowDecode)]
+struct ModifyRec<'a> {
+    from: &'a str,
+    to: &'a str,
+    key: KeyRec,
+    body_json: Option<&'a str>,
+    custom: Option<&'a str>,
+    at: u64,
 }
 
 /// An operation's origin: (OptPlatform code, ClientIP).
@@ -288,40 +272,22 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
         Op::ImportAccount { user } => OpRecord::ImportAccount { user },
         Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
         Op::Send(s) => {
-            let (from, to, key) = (&*s.from, &*s.to, s.key.into());
-            let body_json = body.as_deref().expect("a send's body");
-            let custom = s.content.cloud_custom_data();
-            let (sender_copy, lifetime) = (copy_code(s.sender_copy), s.lifetime);
-            let origin_device = s.origin_device.as_deref();
-            let (at, kind, origin) = (s.at, kind_code(s.kind), origin_rec(&s.origin));
+            let rec = SendRec {
+                from: &s.from,
+                to: &s.to,
+                key: s.key.into(),
+                body_json: body.as_deref().expect("a send's body"),
+                custom: s.content.cloud_custom_data(),
+                sender_copy: copy_code(s.sender_copy),
+                lifetime: s.lifetime,
+                origin_device: s.origin_device.as_deref(),
+                at: s.at,
+                kind: kind_code(s.kind),
+                origin: origin_rec(&s.origin),
+            };
             match s.retention {
-                Some(retention) => OpRecord::SendV3 {
-                    from,
-                    to,
-                    key,
-                    body_json,
-                    custom,
-                    sender_copy,
-                    lifetime,
-                    origin_device,
-                    at,
-                    kind,
-                    origin,
-                    retention,
-                },
-                None => OpRecord::SendV2 {
-                    from,
-                    to,
-                    key,
-                    body_json,
-                    custom,
-                    sender_copy,
-                    lifetime,
-                    origin_device,
-                    at,
-                    kind,
-                    origin,
-                },
+                Some(retention) => OpRecord::SendV3(rec, retention),
+                None => OpRecord::SendV2(rec),
             }
         }
         Op::Recall {
@@ -332,44 +298,34 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             at,
             origin,
             notice,
-        } => match *notice {
-            Some(notice) => OpRecord::RecallV3 {
+        } => {
+            let rec = RecallRec {
                 from,
                 to,
                 key: (*key).into(),
                 by,
                 at: *at,
                 origin: origin_rec(origin),
-                notice,
-            },
-            None => OpRecord::RecallV2 {
-                from,
-                to,
-                key: (*key).into(),
-                by,
-                at: *at,
-                origin: origin_rec(origin),
-            },
-        },
-        Op::Modify(m) => match m.notice {
-            Some(notice) => OpRecord::ModifyV2 {
+            };
+            match *notice {
+                Some(notice) => OpRecord::RecallV3(rec, notice),
+                None => OpRecord::RecallV2(rec),
+            }
+        }
+        Op::Modify(m) => {
+            let rec = ModifyRec {
                 from: &m.from,
                 to: &m.to,
                 key: m.key.into(),
                 body_json: body.as_deref(),
                 custom: m.cloud_custom_data.as_deref(),
                 at: m.at,
-                notice,
-            },
-            None => OpRecord::Modify {
-                from: &m.from,
-                to: &m.to,
-                key: m.key.into(),
-                body_json: body.as_deref(),
-                custom: m.cloud_custom_data.as_deref(),
-                at: m.at,
-            },
-        },
+            };
+            match m.notice {
+                Some(notice) => OpRecord::ModifyV2(rec, notice),
+                None => OpRecord::Modify(rec),
+            }
+        }
         Op::SetRead {
             reader,
             peer,
@@ -484,31 +440,7 @@ pub(crate) fn decode_op(
             origin: None,
             retention: None,
         }),
-        OpRecord::SendV2 {
-            from,
-            to,
-            key,
-            body_json,
-            custom,
-            sender_copy,
-            lifetime,
-            origin_device,
-            at,
-            kind,
-            origin,
-        } => Op::Send(SendOp {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            content: Content::from_trusted_json(body_json, custom),
-            sender_copy: copy_from_code(sender_copy)?,
-            lifetime,
-            origin_device: origin_device.map(Into::into),
-            at,
-            kind: kind_from(kind)?,
-            origin: origin_from(origin)?,
-            retention: None,
-        }),
+        OpRecord::SendV2(rec) => send_op(rec, None, &mut name)?,
         OpRecord::Recall {
             from,
             to,
@@ -524,38 +456,8 @@ pub(crate) fn decode_op(
             origin: None,
             notice: None,
         },
-        OpRecord::RecallV2 {
-            from,
-            to,
-            key,
-            by,
-            at,
-            origin,
-        } => Op::Recall {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            by: name(by)?,
-            at,
-            origin: origin_from(origin)?,
-            notice: None,
-        },
-        OpRecord::Modify {
-            from,
-            to,
-            key,
-            body_json,
-            custom,
-            at,
-        } => Op::Modify(Box::new(ModifyOp {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            body: body_json.map(|b| Content::from_trusted_json(b, None)),
-            cloud_custom_data: custom.map(str::to_owned),
-            at,
-            notice: None,
-        })),
+        OpRecord::RecallV2(rec) => recall_op(rec, None, &mut name)?,
+        OpRecord::Modify(rec) => modify_op(rec, None, &mut name)?,
         OpRecord::SetRead { reader, peer, at } => Op::SetRead {
             reader: name(reader)?,
             peer: name(peer)?,
@@ -643,67 +545,67 @@ pub(crate) fn decode_op(
             at,
             retention: Some(retention),
         },
-        OpRecord::SendV3 {
-            from,
-            to,
-            key,
-            body_json,
-            custom,
-            sender_copy,
-            lifetime,
-            origin_device,
-            at,
-            kind,
-            origin,
-            retention,
-        } => Op::Send(SendOp {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            content: Content::from_trusted_json(body_json, custom),
-            sender_copy: copy_from_code(sender_copy)?,
-            lifetime,
-            origin_device: origin_device.map(Into::into),
-            at,
-            kind: kind_from(kind)?,
-            origin: origin_from(origin)?,
-            retention: Some(retention),
-        }),
-        OpRecord::RecallV3 {
-            from,
-            to,
-            key,
-            by,
-            at,
-            origin,
-            notice,
-        } => Op::Recall {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            by: name(by)?,
-            at,
-            origin: origin_from(origin)?,
-            notice: Some(notice),
-        },
-        OpRecord::ModifyV2 {
-            from,
-            to,
-            key,
-            body_json,
-            custom,
-            at,
-            notice,
-        } => Op::Modify(Box::new(ModifyOp {
-            from: name(from)?,
-            to: name(to)?,
-            key: key.into(),
-            body: body_json.map(|b| Content::from_trusted_json(b, None)),
-            cloud_custom_data: custom.map(str::to_owned),
-            at,
-            notice: Some(notice),
-        })),
+        OpRecord::SendV3(rec, retention) => send_op(rec, Some(retention), &mut name)?,
+        OpRecord::RecallV3(rec, notice) => recall_op(rec, Some(notice), &mut name)?,
+        OpRecord::ModifyV2(rec, notice) => modify_op(rec, Some(notice), &mut name)?,
     })
+}
+
+/// A journaled send, with the retention it trimmed to (`None`: a record from before it was
+/// kept).
+fn send_op(
+    r: SendRec<'_>,
+    retention: Option<u64>,
+    name: &mut impl FnMut(&str) -> Result<UserId, Error>,
+) -> Result<Op, DecodeError> {
+    Ok(Op::Send(SendOp {
+        from: name(r.from)?,
+        to: name(r.to)?,
+        key: r.key.into(),
+        content: Content::from_trusted_json(r.body_json, r.custom),
+        sender_copy: copy_from_code(r.sender_copy)?,
+        lifetime: r.lifetime,
+        origin_device: r.origin_device.map(Into::into),
+        at: r.at,
+        kind: kind_from(r.kind)?,
+        origin: origin_from(r.origin)?,
+        retention,
+    }))
+}
+
+/// A journaled recall, with its notices' lifetime (`None`: a record from before it was kept).
+fn recall_op(
+    r: RecallRec<'_>,
+    notice: Option<u64>,
+    name: &mut impl FnMut(&str) -> Result<UserId, Error>,
+) -> Result<Op, DecodeError> {
+    Ok(Op::Recall {
+        from: name(r.from)?,
+        to: name(r.to)?,
+        key: r.key.into(),
+        by: name(r.by)?,
+        at: r.at,
+        origin: origin_from(r.origin)?,
+        notice,
+    })
+}
+
+/// A journaled modification, with its notices' lifetime (`None`: a record from before it was
+/// kept).
+fn modify_op(
+    r: ModifyRec<'_>,
+    notice: Option<u64>,
+    name: &mut impl FnMut(&str) -> Result<UserId, Error>,
+) -> Result<Op, DecodeError> {
+    Ok(Op::Modify(Box::new(ModifyOp {
+        from: name(r.from)?,
+        to: name(r.to)?,
+        key: r.key.into(),
+        body: r.body_json.map(|b| Content::from_trusted_json(b, None)),
+        cloud_custom_data: r.custom.map(str::to_owned),
+        at: r.at,
+        notice,
+    })))
 }
 
 /// `Op::ForgetDevices` from either of its records (`idle`: `None` from the one written before
@@ -992,9 +894,29 @@ mod tests {
                 retention: None,
             },
         ];
-        for op in ops {
+        // Each record's bytes, as journals and streams hold them: a change to the record types
+        // that changes them breaks every journal written before.
+        let bytes = [
+            "000161",
+            "1301610162010203365b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a226869227d7d5d01026364013c010570686f6e65630501030831302e302e302e37fb100e",
+            "14016101620102030561646d696e640100093132372e302e302e31fc80510100",
+            "150161016201020301375b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a226e6577227d7d5d0102636464fb201c",
+            "0d01610162040506375b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a226f6c64227d7d5d00003c00630000",
+            "0e016101620405060561646d696e6400",
+            "0401610162040506000102636464",
+            "0f016201616500",
+            "1007",
+            "110162020570686f6e650370616466fb100e",
+            "12016267fc803a0900",
+            "0c0162010570686f6e6568",
+            "09016269",
+        ];
+        assert_eq!(ops.len(), bytes.len());
+        for (op, want) in ops.into_iter().zip(bytes) {
             let mut buf = Vec::new();
             encode_op(&op, &mut buf);
+            let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, want, "{op:?}");
             assert_eq!(decode_op(&buf, UserId::new).unwrap(), op);
         }
     }

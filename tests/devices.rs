@@ -401,6 +401,13 @@ fn replay_purges_what_the_live_purge_did_under_another_config() {
     );
 }
 
+/// A store's config on `clock`, with `retention` seconds of roaming retention.
+fn with_retention(clock: &Arc<imstore::ManualClock>, retention: u64) -> imstore::Config {
+    imstore::Config::default()
+        .with_clock(clock.clone())
+        .with_retention_secs(retention)
+}
+
 /// A recall accepted within retention replays under a shorter one: the store opens (a replay
 /// that checked the retention at hand answered 20022 and refused to open), with the recall
 /// in place.
@@ -408,11 +415,7 @@ fn replay_purges_what_the_live_purge_did_under_another_config() {
 fn a_recall_replays_under_a_shorter_retention() {
     let dir = tempfile::tempdir().unwrap();
     let clock = imstore::ManualClock::new(T0);
-    let config = |retention: u64| {
-        imstore::Config::default()
-            .with_clock(clock.clone())
-            .with_retention_secs(retention)
-    };
+    let config = |retention: u64| with_retention(&clock, retention);
     let store = imstore::Store::open(dir.path(), config(7 * 86_400)).unwrap();
     store.import_accounts(&["a", "b"]).unwrap();
     let sent = send_text(&store, "a", "b", 1, "five days");
@@ -436,11 +439,7 @@ fn a_recall_replays_under_a_shorter_retention() {
 fn a_send_trims_on_replay_to_the_retention_it_ran_under() {
     let dir = tempfile::tempdir().unwrap();
     let clock = imstore::ManualClock::new(T0);
-    let config = |retention: u64| {
-        imstore::Config::default()
-            .with_clock(clock.clone())
-            .with_retention_secs(retention)
-    };
+    let config = |retention: u64| with_retention(&clock, retention);
     let again = |seq: u32, time: u32| {
         let mut r = text_req("a", "b", 1, "once more");
         (r.msg_seq, r.msg_time) = (Some(seq), Some(time));
