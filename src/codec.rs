@@ -22,11 +22,30 @@ pub(crate) const PAYLOAD_VERSION: u8 = 1;
 /// one account or one conversation).
 pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
 
+/// What decoding one snapshot record may claim. bincode's limit counts the memory a decode
+/// builds — a container's length times its items' in-memory size, every integer at its full
+/// width — not the bytes it reads, and an image is several times larger in memory than on
+/// disk (an inbox entry ~45 bytes encoded, ~150 in memory). A record's payload is at most
+/// `MAX_PAYLOAD` bytes, and the writer keeps the items of each record under half of
+/// `MAX_PAYLOAD` in memory (`store::snapshot::split_record`), so a record it writes claims
+/// under 1.5 × `MAX_PAYLOAD`; this bound also reads back the records of snapshots written
+/// before it did that (one inbox of 500,000 entries claimed ~72 MiB in 23 MiB of bytes, and
+/// could not be read).
+pub(crate) const MAX_IMAGE_CLAIM: usize = 8 * MAX_PAYLOAD;
+
 fn cfg() -> impl Config {
     config::standard()
         .with_little_endian()
         .with_variable_int_encoding()
         .with_limit::<MAX_PAYLOAD>()
+}
+
+/// [`cfg`] for snapshot records, with their own limit ([`MAX_IMAGE_CLAIM`]).
+fn image_cfg() -> impl Config {
+    config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+        .with_limit::<MAX_IMAGE_CLAIM>()
 }
 
 /// A malformed payload: the frame's checksum was right, so this is a bug or a codec mismatch.
@@ -757,8 +776,9 @@ pub(crate) fn encode<T: Encode>(value: &T, out: &mut Vec<u8>) {
     bincode::encode_into_std_write(value, out, cfg()).expect("writing to a Vec cannot fail");
 }
 
+/// Decodes a snapshot record (at most [`MAX_IMAGE_CLAIM`] of memory).
 pub(crate) fn decode<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::borrow_decode_from_slice(bytes, cfg())?;
+    let (value, used) = bincode::borrow_decode_from_slice(bytes, image_cfg())?;
     if used != bytes.len() {
         return Err(DecodeError(format!(
             "{} trailing bytes in a snapshot record",
@@ -779,6 +799,41 @@ pub(crate) fn sender_copy_from_code(c: u8) -> Result<SenderCopy, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An inbox of 500,000 entries is one record of ~23 MB, under the frame limit, and
+    /// decodes although it claims ~3 times that in memory (`MAX_IMAGE_CLAIM`): a snapshot
+    /// holding one could not be read back, and the store could not open.
+    #[test]
+    fn an_image_larger_in_memory_than_the_payload_limit_is_read_back() {
+        let entries: Vec<EntryImage<'_>> = (0..500_000u64)
+            .map(|i| EntryImage {
+                seq: 100_000 + i,
+                expires_at: 1_700_604_800,
+                kind: 0,
+                modified_at: 0,
+                msg: MsgRef::Roaming {
+                    from: "sender01",
+                    to: "receiver",
+                    key: (i as u32, 3_000_000_000, 1_700_000_000),
+                },
+            })
+            .collect();
+        let claim = entries.len() * std::mem::size_of::<EntryImage<'_>>();
+        assert!(claim > MAX_PAYLOAD, "{claim}: the case this test is about");
+        let img = AccountImage {
+            user: "receiver",
+            next_seq: 700_000,
+            entries,
+            devices: vec![],
+            unread: vec![],
+        };
+        let mut bytes = Vec::new();
+        encode(&img, &mut bytes);
+        assert!(bytes.len() < MAX_PAYLOAD, "{}", bytes.len());
+        let back: AccountImage<'_> = decode(&bytes).unwrap();
+        assert_eq!(back.entries.len(), 500_000);
+        assert_eq!(back.entries[499_999].seq, 599_999);
+    }
 
     #[test]
     fn a_hostile_length_prefix_is_refused_without_allocating() {

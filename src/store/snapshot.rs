@@ -559,7 +559,8 @@ impl Capture {
         let mut roaming: HashSet<*const StoredMessage> = HashSet::new();
         for c in &self.conversations {
             let kinds = (kind::SNAP_CONVERSATION, kind::SNAP_CONVERSATION_MORE);
-            split_record(&mut buf, w, limit, kinds, c.messages.len(), |range, b| {
+            let sized = (kinds, std::mem::size_of::<codec::MsgImage<'_>>());
+            split_record(&mut buf, w, limit, sized, c.messages.len(), |range, b| {
                 let img = ConvImage {
                     a: &c.users[0],
                     b: &c.users[1],
@@ -578,7 +579,9 @@ impl Capture {
             // Continuation records carry the next entries and unread counts, no devices.
             let items = a.slots.len().max(a.unread.len());
             let kinds = (kind::SNAP_ACCOUNT2, kind::SNAP_ACCOUNT_MORE);
-            split_record(&mut buf, w, limit, kinds, items, |range, b| {
+            // An entry's image is larger in memory than an unread count's.
+            let sized = (kinds, std::mem::size_of::<codec::EntryImage<'_>>());
+            split_record(&mut buf, w, limit, sized, items, |range, b| {
                 let first = range.start == 0;
                 let part = |len: usize| range.start.min(len)..range.end.min(len);
                 let img = AccountImage {
@@ -651,7 +654,8 @@ impl Capture {
         if !self.retired.is_empty() {
             // Each record of deleted accounts is restored on its own: any split reads back.
             let kinds = (kind::SNAP_RETIRED, kind::SNAP_RETIRED);
-            split_record(&mut buf, w, limit, kinds, self.retired.len(), |range, b| {
+            let sized = (kinds, std::mem::size_of::<(&str, u64)>());
+            split_record(&mut buf, w, limit, sized, self.retired.len(), |range, b| {
                 let img = RetiredImage {
                     accounts: self.retired[range]
                         .iter()
@@ -717,15 +721,20 @@ fn oversized(kind: u8, len: usize, limit: usize) -> io::Error {
 /// (at most half as many), so a huge conversation costs a few encodings, not one per halving.
 /// `encode` writes the record of a range of items. Only a single item too large for a record
 /// (which the request limits rule out) fails.
+///
+/// A record also holds at most as many items as take half of `limit` in memory at
+/// `item_size` bytes each (the size of the item's image): decoding claims memory, not bytes
+/// (`codec::MAX_IMAGE_CLAIM`), and an image is several times larger in memory than encoded.
 fn split_record(
     buf: &mut Vec<u8>,
     w: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     limit: usize,
-    kinds: (u8, u8),
+    (kinds, item_size): ((u8, u8), usize),
     items: usize,
     mut encode: impl FnMut(std::ops::Range<usize>, &mut Vec<u8>),
 ) -> io::Result<()> {
-    let (mut at, mut take) = (0, items.max(1));
+    let most = (limit / 2 / item_size.max(1)).max(1);
+    let (mut at, mut take) = (0, items.clamp(1, most));
     loop {
         let end = (at + take).min(items);
         let kind = if at == 0 { kinds.0 } else { kinds.1 };
@@ -890,6 +899,22 @@ mod tests {
         );
         assert!(count(&k_split, kind::SNAP_ACCOUNT_MORE) > 5, "{k_split:?}");
         assert!(count(&k_split, kind::SNAP_RETIRED) > 1, "{k_split:?}");
+        // Each record of an inbox holds at most as many entries as take half the limit in
+        // memory: its decode claims memory, not bytes (`codec::MAX_IMAGE_CLAIM`).
+        let most = 1024 / 2 / std::mem::size_of::<codec::EntryImage<'_>>();
+        let mut records = 0;
+        crate::journal::read_snapshot(&split, &mut |rec| {
+            if let Recovered::Snapshot { kind, payload } = rec
+                && (kind == kind::SNAP_ACCOUNT2 || kind == kind::SNAP_ACCOUNT_MORE)
+            {
+                let img: AccountImage<'_> = codec::decode(payload).unwrap();
+                assert!(img.entries.len() <= most, "{} > {most}", img.entries.len());
+                records += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(records > 5, "{records}");
 
         // Both read back to the same store: captured again whole, the same bytes.
         let (a, b) = (restored(&whole, &config), restored(&split, &config));
@@ -944,7 +969,7 @@ mod tests {
             &mut buf,
             &mut w,
             100,
-            (kind::SNAP_CONVERSATION, 8),
+            ((kind::SNAP_CONVERSATION, 8), 1),
             3,
             |r, b| b.resize(b.len() + 160 * r.len(), 1),
         );
