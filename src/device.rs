@@ -242,7 +242,8 @@ fn live_view(msg: &StoredMessage) -> Option<MessageView> {
 /// before any of it is shown.
 pub(crate) struct Collected {
     pub events: Vec<Event>,
-    pub messages: Vec<MsgArc>,
+    /// The messages among the events, with their sequence numbers.
+    pub messages: Vec<(u64, MsgArc)>,
     pub upto: u64,
     pub ticket: u64,
 }
@@ -300,6 +301,9 @@ pub struct Subscription {
 struct Buffer {
     /// The last sequence number handed to the application (or skipped for it).
     sent: u64,
+    /// The highest `sent` has been: entries up to it that are collected again after a
+    /// [`rewind`](Subscription::rewind) are already in the client cache.
+    handed: u64,
     /// Events handed out by the blocking API one at a time.
     ready: VecDeque<Event>,
 }
@@ -317,6 +321,7 @@ impl Subscription {
             signal,
             buf: Mutex::new(Buffer {
                 sent: start,
+                handed: start,
                 ready: VecDeque::new(),
             }),
         }
@@ -352,6 +357,19 @@ impl Subscription {
     /// The last sequence number handed out in this session.
     pub fn sent(&self) -> u64 {
         self.buf.lock().sent
+    }
+
+    /// Hands out again what comes after `after` (at most what was handed out): for a
+    /// session whose client may not have received the last events. They are collected again
+    /// from the inbox, as a reconnect would — a message recalled since is not sent, a modified
+    /// one goes with its content now — rather than sent again as they were. The client cache
+    /// does not take them twice.
+    pub fn rewind(&self, after: u64) {
+        let mut buf = self.buf.lock();
+        // Events collected for the blocking API and not yet taken are collected again too.
+        let untaken = buf.ready.front().map_or(u64::MAX, |e| e.seq - 1);
+        buf.sent = buf.sent.min(after).min(untaken);
+        buf.ready.clear();
     }
 
     /// Confirms receipt of every entry up to `seq`: the device's cursor moves there, and a
@@ -416,7 +434,7 @@ impl Subscription {
             }
             feed.durable(c.ticket)?;
             buf.sent = c.upto;
-            feed.handed_out(&self.id, c.messages);
+            feed.handed_out(&self.id, buf.fresh(c.messages));
             if !c.events.is_empty() {
                 buf.ready.extend(c.events);
                 return Ok(());
@@ -440,18 +458,33 @@ impl Subscription {
                 continue;
             }
             DurableWait(&*feed, c.ticket).await?;
-            {
+            let fresh = {
                 let mut buf = self.buf.lock();
                 if buf.sent != sent {
                     continue; // another reader of this subscription moved on meanwhile
                 }
                 buf.sent = c.upto;
-            }
-            feed.handed_out(&self.id, c.messages);
+                buf.fresh(c.messages)
+            };
+            feed.handed_out(&self.id, fresh);
             if !c.events.is_empty() {
                 return Ok(c.events);
             }
         }
+    }
+}
+
+impl Buffer {
+    /// Of `messages` just collected (up to `sent`), those not handed out before in this
+    /// session; `handed` moves up to `sent`.
+    fn fresh(&mut self, messages: Vec<(u64, MsgArc)>) -> Vec<MsgArc> {
+        let handed = self.handed;
+        self.handed = handed.max(self.sent);
+        messages
+            .into_iter()
+            .filter(|(seq, _)| *seq > handed)
+            .map(|(_, m)| m)
+            .collect()
     }
 }
 

@@ -541,3 +541,46 @@ fn a_send_already_past_retention_is_refused() {
     store.import(old_history).unwrap();
     assert_eq!(store.unread("b", "a").unwrap(), 1);
 }
+
+/// A session handed out a message, then the message was recalled and another modified:
+/// handing out again after a lost answer (`Subscription::rewind`, what a cluster owner does
+/// for a node that pulls again from before its last answer) collects from the inbox anew —
+/// the recalled message is not sent again with its body, the modified one goes with its new
+/// content — and the client cache does not take them twice.
+#[test]
+fn events_handed_out_again_are_collected_anew_not_resent_as_they_were() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    let k1 = send_text(&store, "a", "b", 1, "secret").msg_key.to_string();
+    let k2 = send_text(&store, "a", "b", 2, "typo").msg_key.to_string();
+    assert_eq!(texts(&drain(&sub)), vec!["msg:secret", "msg:typo"]);
+    store.recall("administrator", "a", "b", &k1).unwrap();
+    let fixed = vec![imstore::MsgElement::text("fixed")];
+    store.modify("a", "b", &k2, Some(fixed), None).unwrap();
+    sub.rewind(0);
+    let again = drain(&sub);
+    let shown = texts(&again);
+    assert!(
+        !shown.iter().any(|t| t.contains("secret")),
+        "the recalled body went out again: {shown:?}"
+    );
+    assert_eq!(again.first().map(|e| e.seq), Some(2), "{shown:?}");
+    assert_eq!(shown[0], "msg:fixed");
+    assert_eq!(
+        again.len(),
+        3,
+        "message 2, then the recall and the modify: {shown:?}"
+    );
+    let cache = store.device_cache("b", "phone").unwrap();
+    assert_eq!(cache.len(), 2, "each message once in the cache: {cache:?}");
+    assert!(cache[0].is_recalled());
+    assert_eq!(body_text(&cache[1]), "fixed");
+    // Rewinding never moves past what was handed out, nor drops what was not yet taken.
+    sub.rewind(99);
+    assert!(drain(&sub).is_empty());
+    assert_eq!(
+        store.device_cursor("b", "phone").unwrap(),
+        0,
+        "acks alone move it"
+    );
+}

@@ -200,7 +200,7 @@ impl Store {
             let entry = slot.entry();
             if let Some(event) = device::event(slot.seq(), &entry) {
                 if let Entry::Message(m) = entry {
-                    c.messages.push(m);
+                    c.messages.push((slot.seq(), m));
                 }
                 c.events.push(event);
             }

@@ -3,7 +3,7 @@
 //! what a call did or read is durable; and the subscriptions it holds for devices connected
 //! to any node. See `server/cluster.rs` for when a node owns a shard.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -88,9 +88,10 @@ impl Devices {
 pub(super) struct Remote {
     session: u64,
     sub: Subscription,
-    /// Events handed to the node that it has not yet confirmed receiving (by pulling after
-    /// them): sent again if its answer was lost. At most one batch.
-    unconfirmed: tokio::sync::Mutex<VecDeque<Event>>,
+    /// The last sequence number handed to the node: a pull from before it means the node
+    /// did not get the answer, and what follows is handed out again. Locked for a pull's
+    /// whole turn: one pull at a time.
+    handed: tokio::sync::Mutex<u64>,
     last_pull: Mutex<Instant>,
     pulls: Pulls,
 }
@@ -98,7 +99,7 @@ pub(super) struct Remote {
 /// The pulls of one session in a shard. Its node sends a pull again when it cannot know the
 /// one before got through (it reconnected to NATS, its request timed out), and gives up on
 /// that one: a pull still waiting here for events then answers at once, empty, instead of
-/// keeping `unconfirmed` locked for the rest of its wait (up to 30 s) with the newer one
+/// keeping `handed` locked for the rest of its wait (up to 30 s) with the newer one
 /// queued behind it.
 #[derive(Default)]
 struct Pulls {
@@ -459,7 +460,7 @@ pub(super) async fn handle(
             let remote = Arc::new(Remote {
                 session,
                 sub,
-                unconfirmed: tokio::sync::Mutex::new(VecDeque::new()),
+                handed: tokio::sync::Mutex::new(0),
                 last_pull: Mutex::new(Instant::now()),
                 pulls: Pulls::default(),
             });
@@ -500,45 +501,53 @@ pub(super) async fn handle(
             };
             *remote.last_pull.lock() = Instant::now();
             let this = remote.pulls.start();
-            let mut unconfirmed = remote.unconfirmed.lock().await;
-            while unconfirmed.front().is_some_and(|e| e.seq <= after) {
-                unconfirmed.pop_front();
+            let mut handed = remote.handed.lock().await;
+            if *handed > after {
+                // Pulled again from before what this owner handed out: the node did not get
+                // it (its answer was lost). It is collected again from the inbox, not sent as
+                // it was: a message recalled or modified since must not reach the device with
+                // the body it had (that would undo, on the device, a recall already
+                // acknowledged).
+                remote.sub.rewind(after);
             }
-            if unconfirmed.is_empty() {
-                let wait = Duration::from_millis(wait_ms.min(30_000));
-                tokio::select! {
-                    _ = stop.changed() => return retry("the shard was released"),
-                    // Its node gave up on this pull: answer it (empty) and let the newer one in.
-                    _ = remote.pulls.superseded(this) => {}
-                    batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
-                        Ok(Ok(events)) => unconfirmed.extend(events),
-                        Ok(Err(_)) => {
-                            // Ended here. Another session claimed the device: this one is
-                            // superseded. Otherwise (forgotten, say) the node connects again.
-                            let mut devices = owned.devices.lock();
-                            if devices.claimed_by(&key).is_some_and(|s| s != session) {
-                                return superseded();
-                            }
-                            // Only the subscription goes: the session keeps (and renews) its
-                            // claim, so no older session takes the device before this one
-                            // connects again.
-                            if let Some(claim) = devices.claims.get_mut(&key) {
-                                claim.1 = Instant::now();
-                            }
-                            let ours = devices.remotes.get(&key).is_some_and(|r| r.session == session);
-                            let ended = if ours { devices.remotes.remove(&key) } else { None };
-                            drop(devices);
-                            drop(ended);
-                            return no_session();
+            *handed = after;
+            let mut events = Vec::new();
+            let wait = Duration::from_millis(wait_ms.min(30_000));
+            tokio::select! {
+                _ = stop.changed() => return retry("the shard was released"),
+                // Its node gave up on this pull: answer it (empty) and let the newer one in.
+                _ = remote.pulls.superseded(this) => {}
+                batch = tokio::time::timeout(wait, remote.sub.next_batch()) => match batch {
+                    Ok(Ok(batch)) => events = batch,
+                    Ok(Err(_)) => {
+                        // Ended here. Another session claimed the device: this one is
+                        // superseded. Otherwise (forgotten, say) the node connects again.
+                        let mut devices = owned.devices.lock();
+                        if devices.claimed_by(&key).is_some_and(|s| s != session) {
+                            return superseded();
                         }
-                        Err(_) => {}
-                    },
-                }
+                        // Only the subscription goes: the session keeps (and renews) its
+                        // claim, so no older session takes the device before this one
+                        // connects again.
+                        if let Some(claim) = devices.claims.get_mut(&key) {
+                            claim.1 = Instant::now();
+                        }
+                        let ours = devices.remotes.get(&key).is_some_and(|r| r.session == session);
+                        let ended = if ours { devices.remotes.remove(&key) } else { None };
+                        drop(devices);
+                        drop(ended);
+                        return no_session();
+                    }
+                    Err(_) => {}
+                },
+            }
+            if let Some(last) = events.last() {
+                *handed = last.seq;
             }
             *remote.last_pull.lock() = Instant::now();
             (
                 Answer {
-                    events: unconfirmed.iter().map(wire).collect(),
+                    events: events.iter().map(wire).collect(),
                     ..Answer::default()
                 },
                 Vec::new(),
