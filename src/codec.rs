@@ -183,6 +183,15 @@ enum OpRecord<'a> {
     SendV3(SendRec<'a>, u64),
     RecallV3(RecallRec<'a>, u64),
     ModifyV2(ModifyRec<'a>, u64),
+    // Added with MsgReadTime: a read mark up to a time. A mark of everything is still
+    // `SetReadV2`.
+    SetReadUntil {
+        reader: &'a str,
+        peer: &'a str,
+        at: u64,
+        origin: Option<OriginRec<'a>>,
+        until: u32,
+    },
 }
 
 /// A send as journaled (`SendV2`; `SendV3` adds the retention it trimmed to). A struct's
@@ -350,11 +359,25 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             peer,
             at,
             origin,
+            until: None,
         } => OpRecord::SetReadV2 {
             reader,
             peer,
             at: *at,
             origin: origin_rec(origin),
+        },
+        Op::SetRead {
+            reader,
+            peer,
+            at,
+            origin,
+            until: Some(until),
+        } => OpRecord::SetReadUntil {
+            reader,
+            peer,
+            at: *at,
+            origin: origin_rec(origin),
+            until: *until,
         },
         Op::OutboxAck { upto } => OpRecord::OutboxAck { upto: *upto },
         Op::Connect {
@@ -482,6 +505,7 @@ pub(crate) fn decode_op(
             peer: name(peer)?,
             at,
             origin: None,
+            until: None,
         },
         OpRecord::SetReadV2 {
             reader,
@@ -493,6 +517,20 @@ pub(crate) fn decode_op(
             peer: name(peer)?,
             at,
             origin: origin_from(origin)?,
+            until: None,
+        },
+        OpRecord::SetReadUntil {
+            reader,
+            peer,
+            at,
+            origin,
+            until,
+        } => Op::SetRead {
+            reader: name(reader)?,
+            peer: name(peer)?,
+            at,
+            origin: origin_from(origin)?,
+            until: Some(until),
         },
         OpRecord::OutboxAck { upto } => Op::OutboxAck { upto },
         // Format 1: a device added, or a cursor recorded at disconnect, with no time.
@@ -923,6 +961,7 @@ mod tests {
                 peer: u("a"),
                 at: 101,
                 origin: None,
+                until: None,
             },
             Op::OutboxAck { upto: 7 },
             Op::ForgetDevices {
@@ -948,6 +987,13 @@ mod tests {
                 at: 105,
                 retention: None,
             },
+            Op::SetRead {
+                reader: u("b"),
+                peer: u("a"),
+                at: 106,
+                origin: None,
+                until: Some(1_700_000_000),
+            },
         ];
         // Each record's bytes, as journals and streams hold them: a change to the record types
         // that changes them breaks every journal written before.
@@ -965,6 +1011,7 @@ mod tests {
             "12016267fc803a0900",
             "0c0162010570686f6e6568",
             "09016269",
+            "16016201616a00fc00f15365",
         ];
         assert_eq!(ops.len(), bytes.len());
         for (op, want) in ops.into_iter().zip(bytes) {

@@ -184,8 +184,8 @@ pub use message::{
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{
     BatchReceipt, BatchSendRequest, CommitTicket, CompactReport, Deferred, ImportRequest,
-    MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, PreparedSend, PurgeReport, RECALL_WAVE, RecallItem,
-    Store,
+    MAX_BATCH_RECIPIENTS, MAX_IMPORT_BATCH, MAX_MSG_TIME_AHEAD_SECS, PreparedSend, PurgeReport,
+    RECALL_WAVE, RecallItem, Store,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

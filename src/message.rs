@@ -460,10 +460,24 @@ impl Content {
         }
     }
 
-    /// Bytes the content occupies on the wire, for the history response size cap.
+    /// Bytes the content occupies on the wire, for the history response size cap: the body
+    /// is JSON already; CloudCustomData goes out as a JSON string, escaped.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.body_json_len() + self.cloud_custom_data().map_or(0, str::len)
+        self.body_json_len() + self.cloud_custom_data().map_or(0, json_escaped_len)
     }
+}
+
+/// The length of `s` written as the contents of a JSON string (as serde_json escapes it: `"`,
+/// `\\` and the short control escapes in two bytes, other control characters in six).
+pub(crate) fn json_escaped_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 impl PartialEq for Content {

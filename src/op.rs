@@ -38,6 +38,8 @@ pub(crate) enum Op {
         at: u64,
         /// Where it came from, when it fires an after-callback.
         origin: Option<Origin>,
+        /// MsgReadTime: what was sent at or before it is read; `None`: everything so far.
+        until: Option<u32>,
     },
     /// The after-callbacks up to `upto` were delivered: they leave the outbox.
     OutboxAck {

@@ -6,7 +6,7 @@ use std::ops::Bound;
 
 use crate::account::UserId;
 use crate::key::MsgKey;
-use crate::message::{ARRIVAL_LIMIT, MessageView, MsgArc, StoredMessage};
+use crate::message::{ARRIVAL_LIMIT, MessageView, MsgArc, StoredMessage, json_escaped_len};
 
 mod ring;
 use ring::Ring;
@@ -501,6 +501,32 @@ impl Conversation {
         self.read_mark[side] = self.next_arrival - 1;
     }
 
+    /// Marks read what `reader` was sent at or before `time` (MsgReadTime), and returns its
+    /// unread count, counted again. A read mark is a place in arrival order, so it moves to
+    /// just before the first message to `reader` sent after `time`: a message sent at or
+    /// before `time` that arrived after a later one stays unread (a message sent after `time`
+    /// is never marked read). It never moves back. The count is of `reader`'s messages here
+    /// after the mark, neither recalled nor imported as read (what a send counts and a recall
+    /// takes back): one trimmed past retention while unread no longer counts. Reads every
+    /// message of the conversation once.
+    pub fn mark_read_until(&mut self, reader: &UserId, time: u32) -> u32 {
+        let side = self.side(reader);
+        let mine = |m: &&MsgArc| m.to == *reader;
+        let first_after = (self.messages.iter().map(|h| &h.msg))
+            .filter(mine)
+            .filter(|m| m.key.time() > time)
+            .map(|m| m.arrival())
+            .min()
+            .unwrap_or(self.next_arrival);
+        let mark = (first_after - 1).max(self.read_mark[side]);
+        self.read_mark[side] = mark;
+        let unread = (self.messages.iter().map(|h| &h.msg))
+            .filter(mine)
+            .filter(|m| m.arrival() > mark && !m.read_on_import() && !m.is_recalled())
+            .count();
+        u32::try_from(unread).unwrap_or(u32::MAX)
+    }
+
     /// Whether `trim(cutoff)` would remove anything.
     pub fn has_expired(&self, cutoff: u64) -> bool {
         self.messages.front().is_some_and(|h| h.time() < cutoff)
@@ -557,9 +583,12 @@ impl Conversation {
         let mut upper = Bound::Included((q.max_time, u32::MAX, u64::MAX));
         if let Some(key) = q.last_msg_key {
             // The previous page ended at this message: continue strictly before it. When the key
-            // is gone (expired), its (time, seq) still bounds the page.
+            // is gone (expired), its (time, seq) still bounds the page. Only messages in this
+            // side's view count: the page ended at one of them, and a hidden twin older than it
+            // would cut off the messages between the two.
             let pos = self
                 .same_time_seq(key)
+                .filter(|m| self.visible(m, side))
                 .map(|m| position(m))
                 .min()
                 .unwrap_or((key.time(), key.seq(), 0));
@@ -582,7 +611,10 @@ impl Conversation {
         let mut bytes = 0;
         let mut complete = true;
         while let Some(&msg) = candidates.peek() {
-            let size = ITEM_OVERHEAD_BYTES + msg.from.len() + msg.to.len() + msg.encoded_len();
+            let size = ITEM_OVERHEAD_BYTES
+                + json_escaped_len(&msg.from)
+                + json_escaped_len(&msg.to)
+                + msg.encoded_len();
             let full = picked.len() >= q.max_cnt as usize || bytes + size > max_bytes;
             // A page always makes progress, whatever the byte cap.
             if full && !picked.is_empty() {

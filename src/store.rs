@@ -72,6 +72,9 @@ pub use messages::{ImportRequest, PreparedSend};
 pub const MAX_IMPORT_BATCH: usize = 100;
 /// The most recipients one batch send may name.
 pub const MAX_BATCH_RECIPIENTS: usize = 500;
+/// How far ahead of the store's clock a caller's MsgTimeStamp may be (a day): further is
+/// refused with 90006 (`store/apply.rs`, `check_not_ahead`).
+pub const MAX_MSG_TIME_AHEAD_SECS: u64 = 86_400;
 
 /// Whether `apply` is serving a caller (and must journal) or replaying the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -486,15 +486,51 @@ fn sendmsg_field_errors_carry_tencents_codes() {
             90002,
         ),
         (with(send_body(), "MsgLifeTime", json!(604801)), 90026),
-        (with(send_body(), "SyncOtherMachine", json!(3)), 90001),
+        (with(send_body(), "MsgLifeTime", json!("60")), 90044),
+        (with(send_body(), "SyncOtherMachine", json!(3)), 90031),
+        (with(send_body(), "SyncOtherMachine", json!("1")), 90031),
+        (with(send_body(), "MsgSeq", json!("x")), 90004),
+        (with(send_body(), "MsgSeq", json!(-1)), 90004),
+        // A day ahead of the clock and more: a clock gone wrong (`MAX_MSG_TIME_AHEAD_SECS`).
+        (
+            with(send_body(), "MsgTimeStamp", json!(4_000_000_000u32)),
+            90006,
+        ),
+        (
+            with(send_body(), "MsgTimeStamp", json!(1_584_669_000 + 86_401)),
+            90006,
+        ),
         (
             with(send_body(), "MsgBody", text(&"x".repeat(13 * 1024))),
             93000,
+        ),
+        // From_Account that names no account is said before a missing To_Account.
+        (
+            without(
+                with(send_body(), "From_Account", json!("ghost")),
+                "To_Account",
+            ),
+            90008,
         ),
     ];
     for (body, code) in cases {
         assert_eq!(h.code(SEND, body.clone()), code, "{body}");
     }
+    // Fields a client serializes unset: 0 and "" are taken as absent.
+    for (field, zero) in [
+        ("SyncOtherMachine", json!(0)),
+        ("MsgTimeStamp", json!(0)),
+        ("From_Account", json!("")),
+    ] {
+        let body = with(with(send_body(), "MsgRandom", json!(777)), field, zero);
+        let answer = h.call(SEND, body.clone());
+        assert_eq!(answer["ErrorCode"], 0, "{body}: {answer}");
+        if field == "MsgTimeStamp" {
+            assert_eq!(answer["MsgTime"], 1_584_669_000, "now, not 0: {answer}");
+        }
+    }
+    let a_day_ahead = with(send_body(), "MsgTimeStamp", json!(1_584_669_000 + 86_400));
+    assert_eq!(h.code(SEND, a_day_ahead), 0);
     assert_eq!(h.code(SEND, send_body()), 0);
     assert_eq!(
         h.code(SEND, without(send_body(), "From_Account")),
@@ -504,10 +540,12 @@ fn sendmsg_field_errors_carry_tencents_codes() {
 }
 
 const IMPORT: &str = "/v4/openim/importmsg";
+/// The harness's clock (`harness_with`).
+const NOW: u64 = 1_584_669_000;
 
 fn import_body() -> Value {
     json!({"SyncFromOldSystem": 2, "From_Account": "a", "To_Account": "b", "MsgSeq": 48374,
-        "MsgRandom": 2837546, "MsgTimeStamp": T0 - 100, "MsgBody": text("from the old system")})
+        "MsgRandom": 2837546, "MsgTimeStamp": NOW - 100, "MsgBody": text("from the old system")})
 }
 
 #[test]
@@ -544,7 +582,7 @@ fn importmsg_both_modes_and_duplicates() {
     h.import(&["a", "b"]);
     let first = h.call(IMPORT, import_body());
     assert_eq!(first["ErrorCode"], 0, "{first}");
-    assert_eq!(first["MsgKey"], format!("48374_2837546_{}", T0 - 100));
+    assert_eq!(first["MsgKey"], format!("48374_2837546_{}", NOW - 100));
     // The same key again, even from the other side: the same message, nothing new.
     let swapped = with(
         with(import_body(), "From_Account", json!("b")),
@@ -722,6 +760,12 @@ fn msgwithdraw_errors_follow_tencents_precedence() {
             90008,
         ),
         (json!({"From_Account": "vinson", "MsgKey": k}), 90003),
+        // To_Account missing: a From_Account naming no account is said first.
+        (json!({"From_Account": "ghost", "MsgKey": "1_2_3"}), 90008),
+        (
+            json!({"From_Account": "ghost", "To_Account": 5, "MsgKey": k}),
+            90008,
+        ),
         (
             json!({"From_Account": "vinson", "To_Account": "ghost", "MsgKey": "x"}),
             90003,
@@ -814,6 +858,38 @@ fn set_msg_read_and_unread_counts() {
             .iter()
             .all(|m| m["IsPeerRead"] == 1)
     );
+}
+
+/// `MsgReadTime` (Unix seconds, a string as documented, or a number): only what was sent at
+/// or before it is read; a bad one is 90001 and marks nothing.
+#[test]
+fn set_msg_read_honours_msg_read_time() {
+    let h = harness();
+    h.import(&["a", "b"]);
+    let now = 1_584_669_000u32;
+    for (i, time) in [now - 100, now - 10].into_iter().enumerate() {
+        let body = json!({"From_Account": "b", "To_Account": "a", "MsgRandom": i,
+            "MsgTimeStamp": time, "MsgBody": text("x")});
+        assert_eq!(h.code(SEND, body), 0);
+    }
+    let unread = || h.call(UNREAD, json!({"To_Account": "a"}))["AllC2CUnreadMsgNum"].clone();
+    let read = |time: Value| {
+        h.code(
+            READ,
+            json!({"Report_Account": "a", "Peer_Account": "b", "MsgReadTime": time}),
+        )
+    };
+    assert_eq!(read(json!("soon")), 90001);
+    assert_eq!(read(json!(-5)), 90001);
+    assert_eq!(unread(), 2, "a refused mark marks nothing");
+    assert_eq!(read(json!((now - 50).to_string())), 0);
+    assert_eq!(
+        unread(),
+        1,
+        "the message sent after MsgReadTime stays unread"
+    );
+    assert_eq!(read(json!(now - 10)), 0);
+    assert_eq!(unread(), 0);
 }
 
 #[test]

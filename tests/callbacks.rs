@@ -472,6 +472,9 @@ fn webhook_bodies_have_tencents_fields() {
             )
             .unwrap();
         store.mark_read("jonh", "jared").unwrap();
+        store
+            .mark_read_until("jonh", "jared", T0 as u32 - 30)
+            .unwrap();
     });
     let entries = store.outbox_after(0, 10).unwrap();
     let bodies: Vec<Value> = entries
@@ -504,6 +507,9 @@ fn webhook_bodies_have_tencents_fields() {
         (Some("jonh"), Some("jared"))
     );
     assert_eq!(read["LastReadTime"], T0);
+    // With MsgReadTime, LastReadTime is that time.
+    assert_eq!(bodies[3]["CallbackCommand"], "C2C.CallbackAfterMsgReport");
+    assert_eq!(bodies[3]["LastReadTime"], T0 - 30);
     let q = callback_query(
         1400000000,
         "C2C.CallbackAfterMsgReport",

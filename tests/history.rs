@@ -147,6 +147,32 @@ fn the_response_size_cap_splits_pages() {
     );
 }
 
+/// The cap counts CloudCustomData as it goes out, escaped: 6,000 quotes are 12,000 bytes
+/// on the wire, so two such messages do not fit in 13 KB (counted raw, they did).
+#[test]
+fn the_response_size_cap_counts_custom_data_escaped() {
+    let (store, _) = store_with(&["a", "b"]);
+    for i in 0..3 {
+        let mut req = text_req("a", "b", i, "q");
+        (req.msg_seq, req.msg_time) = (Some(i), Some(1_700_000_000 + i));
+        req.cloud_custom_data = Some("\"".repeat(6000));
+        store.send(req).unwrap();
+    }
+    let page = store.history(&HistoryQuery::new("a", "b", 100)).unwrap();
+    assert_eq!(
+        page.messages.len(),
+        1,
+        "one escaped 12 KB item fits, two do not"
+    );
+    assert!(!page.complete);
+    assert_eq!(
+        all_pages(&store, HistoryQuery::new("a", "b", 100))
+            .concat()
+            .len(),
+        3
+    );
+}
+
 #[test]
 fn sync_other_machine_2_is_missing_from_the_senders_view_only() {
     let (store, _) = store_with(&["a", "b"]);
@@ -262,4 +288,25 @@ fn paging_never_splits_two_directions_sharing_one_msgkey() {
         let pages = all_pages(&store, HistoryQuery::new("a", "b", max_cnt));
         assert_eq!(pages.concat().len(), 3, "MaxCnt {max_cnt}: {pages:?}");
     }
+}
+
+#[test]
+fn paging_continues_past_a_twin_the_operator_cannot_see() {
+    // a → b with SyncOtherMachine 2 (not in a's view), then a → b "between", then b → a
+    // with the first one's MsgKey: a's pages must not end at the hidden twin and skip
+    // "between".
+    let (store, _) = store_with(&["a", "b"]);
+    let mut req = text_req("a", "b", 1, "hidden");
+    (req.msg_seq, req.msg_time) = (Some(3), Some(1_700_000_000));
+    req.sender_copy = SenderCopy::Nothing;
+    let k = store.send(req).unwrap().msg_key;
+    send_rand(&store, "a", "b", 3, 9, 1_700_000_000, "between");
+    assert_eq!(send_rand(&store, "b", "a", 3, 1, 1_700_000_000, "ba"), k);
+    for max_cnt in [1, 2] {
+        let pages = all_pages(&store, HistoryQuery::new("a", "b", max_cnt));
+        assert_eq!(pages.concat().len(), 2, "MaxCnt {max_cnt}: {pages:?}");
+    }
+    // b sees all three.
+    let pages = all_pages(&store, HistoryQuery::new("b", "a", 1));
+    assert_eq!(pages.concat().len(), 3, "{pages:?}");
 }

@@ -141,6 +141,64 @@ fn unread_counts_per_peer_and_read_marks() {
     );
 }
 
+/// MsgReadTime: what was sent at or before it is read, what was sent after it is not. The
+/// mark is a place in arrival order: a message sent earlier that arrived after a later one
+/// stays unread until the mark passes the later one. Never moves back; the counts, the
+/// history's IsPeerRead and a replay of the journal agree.
+#[test]
+fn a_read_mark_up_to_a_time_reads_what_was_sent_by_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = imstore::Config::default().with_clock(clock.clone());
+    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let t = T0 as u32;
+    let send_at = |random: u32, time: u32, text: &str| {
+        let mut req = text_req("a", "b", random, text);
+        req.msg_time = Some(time);
+        store.send(req).unwrap().msg_key
+    };
+    send_at(1, t - 100, "first");
+    send_at(2, t - 10, "third, sent last");
+    send_at(3, t - 50, "second, arrives last");
+    send_text(&store, "b", "a", 4, "b's own");
+    assert_eq!(store.unread("b", "a").unwrap(), 3);
+
+    store.mark_read_until("b", "a", t - 60).unwrap();
+    assert_eq!(
+        store.unread("b", "a").unwrap(),
+        2,
+        "only the first was sent by then"
+    );
+    let read = |store: &imstore::Store| -> Vec<bool> {
+        let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
+        page.messages.iter().map(|i| i.is_peer_read).collect()
+    };
+    // Oldest first: first (read), second (t-50), third (t-10), b's own.
+    assert_eq!(read(&store)[..3], [true, false, false]);
+    // Up to t-20: the second was sent by then but arrived after the third, which was not.
+    store.mark_read_until("b", "a", t - 20).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 2);
+    store.mark_read_until("b", "a", t).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+    assert_eq!(read(&store)[..3], [true, true, true]);
+    // An earlier time later does not take it back.
+    store.mark_read_until("b", "a", t - 1000).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+    send_at(5, t - 5, "new");
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
+    assert_eq!(store.unread_all("b").unwrap().len(), 1);
+    assert_eq!(
+        store.unread("a", "b").unwrap(),
+        1,
+        "a's own count is untouched"
+    );
+    let before = observe(&store, &["a", "b"]);
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config).unwrap();
+    assert_eq!(observe(&store, &["a", "b"]), before, "replayed the same");
+}
+
 #[test]
 fn mark_read_errors_carry_their_codes() {
     let (store, _) = store_with(&["a"]);

@@ -98,6 +98,8 @@ fn the_server_end_to_end() {
 
     // Unknown paths and methods, and a body over the limit, still answer an envelope.
     assert_eq!(s.post("openim/nothing", json!({}))["ErrorCode"], 60010);
+    // A name that does not percent-decode to UTF-8 is an unknown API too, in the envelope.
+    assert_eq!(s.post("openim/%FF%FE", json!({}))["ErrorCode"], 60010);
     let big = json!({"UserID": "x".repeat(70_000)}).to_string();
     assert_eq!(
         s.post_as("administrator", "im_open_login_svc/account_import", &big)["ErrorCode"],

@@ -131,26 +131,39 @@ impl<'a> Fields<'a> {
     }
 
     /// The message fields of sendmsg and batchsendmsg, in Tencent's order after the accounts.
+    /// A MsgTimeStamp of 0 is taken as absent (now), as is a SyncOtherMachine of 0: clients
+    /// that serialize every field of their request type send 0 for the ones left unset.
     pub(super) fn message(&self) -> Result<MessageFields, Error> {
         Ok(MessageFields {
             random: self.u32("MsgRandom", 90005)?,
-            time: self.opt_u32("MsgTimeStamp", 90006)?,
+            time: self.opt_u32("MsgTimeStamp", 90006)?.filter(|&t| t != 0),
             body: self
                 .msg_body()?
                 .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?,
-            lifetime: self.opt_u64("MsgLifeTime", 90026)?,
+            lifetime: self.opt_u64("MsgLifeTime", 90044)?,
             sender_copy: self.sender_copy()?,
-            seq: self.opt_u32("MsgSeq", 90001)?,
+            seq: self.opt_u32("MsgSeq", 90004)?,
             custom: self
                 .opt_string(&["CloudCustomData"], 90001)?
                 .map(str::to_owned),
         })
     }
 
+    /// SyncOtherMachine: 90031 unless 1, 2, absent or 0 (taken as absent).
     pub(super) fn sender_copy(&self) -> Result<SenderCopy, Error> {
-        let v = self.opt_u64("SyncOtherMachine", 90001)?;
+        let v = self.opt_u64("SyncOtherMachine", 90031)?.filter(|&v| v != 0);
         SenderCopy::from_sync_other_machine(v)
-            .ok_or_else(|| bad(90001, "SyncOtherMachine", "must be 1 or 2"))
+            .ok_or_else(|| bad(90031, "SyncOtherMachine", "must be 1 or 2"))
+    }
+
+    /// An optional account field (From_Account of a send): the empty string is taken as
+    /// absent, as clients that serialize every field send it.
+    pub(super) fn opt_account(
+        &self,
+        names: &[&'static str],
+        code: u32,
+    ) -> Result<Option<&'a str>, Error> {
+        Ok(self.opt_string(names, code)?.filter(|s| !s.is_empty()))
     }
 }
 

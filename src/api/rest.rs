@@ -15,6 +15,23 @@ use crate::store::BatchSendRequest;
 use crate::store::ImportRequest;
 
 impl Api {
+    /// The other party's field (To_Account, Peer_Account: 90003 when missing or not a
+    /// string). When it is, an acting account that does not exist is said first: Tencent's
+    /// precedence puts 90008 (no such From_Account) before 90003 (SPEC §4).
+    fn other_party<'a>(
+        &self,
+        f: &Fields<'a>,
+        acting: Option<&str>,
+        names: &[&'static str],
+    ) -> Result<&'a str, Error> {
+        f.string(names, 90003).map_err(|e| match acting {
+            Some(a) if matches!(self.store.account_exists(a), Ok(false)) => {
+                Error::FromAccountNotFound(a.to_owned())
+            }
+            _ => e,
+        })
+    }
+
     // ----- accounts -----
 
     pub(super) fn account_import(
@@ -78,8 +95,8 @@ impl Api {
     /// `sendmsg`: `ForbidCallbackControl` may hold `ForbidBeforeSendMsgCallback` (the message
     /// is stored without asking) and `ForbidAfterSendMsgCallback` (no after-send callback).
     pub(super) fn sendmsg(&self, f: &Fields<'_>, ctx: &CallContext) -> Result<Outcome, Error> {
-        let from = f.opt_string(&["From_Account"], 90008)?;
-        let to = f.string(&["To_Account"], 90003)?;
+        let from = f.opt_account(&["From_Account"], 90008)?;
+        let to = self.other_party(f, from, &["To_Account"])?;
         let m = f.message()?;
         let (forbid_before, forbid_after) = forbid_callbacks(f)?;
         let req = SendRequest {
@@ -149,7 +166,7 @@ impl Api {
         _: &str,
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
-        let from = f.opt_string(&["From_Account"], 90008)?;
+        let from = f.opt_account(&["From_Account"], 90008)?;
         let to = f.array("To_Account", 90003)?;
         if to.len() > crate::store::MAX_BATCH_RECIPIENTS {
             return Err(Error::TooManyRecipients(to.len()));
@@ -220,7 +237,7 @@ impl Api {
         operator: &str,
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
-        let peer = f.string(&["Peer_Account", "To_Account"], 90003)?;
+        let peer = self.other_party(f, Some(operator), &["Peer_Account", "To_Account"])?;
         let max_cnt = f.u32("MaxCnt", 90001)?;
         let min_time = f.u32("MinTime", 90001)?;
         let max_time = f.u32("MaxTime", 90001)?;
@@ -268,7 +285,7 @@ impl Api {
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
         let from = f.string(&["From_Account"], 90008)?;
-        let to = f.string(&["To_Account"], 90003)?;
+        let to = self.other_party(f, Some(from), &["To_Account"])?;
         let key = f.get("MsgKey").and_then(Value::as_str).unwrap_or("");
         // Missing or mistyped MsgKey parses as the empty string: 90054, after the accounts.
         self.store.recall(caller, from, to, key)?;
@@ -281,8 +298,26 @@ impl Api {
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
         let reader = f.string(&["Report_Account"], 90008)?;
-        let peer = f.string(&["Peer_Account"], 90003)?;
-        self.store.mark_read(reader, peer)?;
+        let peer = self.other_party(f, Some(reader), &["Peer_Account"])?;
+        // MsgReadTime: Unix seconds, documented as a string; a number is taken too. Absent
+        // (or "" / 0, as clients that serialize every field send it): now — everything.
+        let until = match f.get("MsgReadTime") {
+            None => None,
+            Some(Value::String(t)) if t.is_empty() => None,
+            Some(Value::String(t)) => Some(t.parse::<u32>().map_err(|_| {
+                bad(
+                    90001,
+                    "MsgReadTime",
+                    "must be Unix seconds (a u32, as a string)",
+                )
+            })?),
+            Some(_) => f.opt_u32("MsgReadTime", 90001)?,
+        }
+        .filter(|&t| t != 0);
+        match until {
+            Some(time) => self.store.mark_read_until(reader, peer, time)?,
+            None => self.store.mark_read(reader, peer)?,
+        }
         Ok(Map::new())
     }
 
@@ -339,7 +374,7 @@ impl Api {
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
         let from = f.string(&["From_Account"], 90008)?;
-        let to = f.string(&["To_Account"], 90003)?;
+        let to = self.other_party(f, Some(from), &["To_Account"])?;
         let key = f.get("MsgKey").and_then(Value::as_str).unwrap_or("");
         let body = f.msg_body()?;
         let custom = f.opt_string(&["CloudCustomData"], 90001)?;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Extension, Path as UrlPath, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -64,12 +64,15 @@ pub async fn rest(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Extension(conn): Extension<super::conn::ConnHandle>,
-    UrlPath((service, command)): UrlPath<(String, String)>,
+    uri: axum::http::Uri,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let path = format!("/v4/{service}/{command}");
+    // The path as sent (`/v4/{service}/{command}`, which routed here), not percent-decoded:
+    // no API's name needs decoding, and a name that does not decode (not UTF-8) must get the
+    // envelope's 60010 like any unknown API, not a plain-text 400 from an extractor.
+    let path = uri.path().to_owned();
     // Who calls, before the body is read: a caller that would be refused holds no body (up to
     // `body_limit` per connection) meanwhile.
     if let Err(e) = app

@@ -52,7 +52,8 @@ impl Store {
                 peer,
                 at,
                 origin,
-            } => self.apply_set_read(op, reader, peer, *at, origin.as_ref(), mode),
+                until,
+            } => self.apply_set_read(op, (reader, peer), *at, *until, origin.as_ref(), mode),
             Op::OutboxAck { upto } => {
                 // Journaled under the outbox's lock, as every operation that changes it is
                 // (`record_queueing`).
@@ -204,8 +205,12 @@ impl Store {
         let retention = s.retention.unwrap_or(self.inner.config.retention_secs);
         // Live only (a replayed send was accepted live), and not for history imports (which
         // deliver nothing: one past retention is only trimmed, as a migration expects).
-        if mode == Mode::Live && s.kind != SendKind::ImportHistory {
-            check_within_retention(s.key, s.at, retention)?;
+        if mode == Mode::Live {
+            if s.kind == SendKind::ImportHistory {
+                check_not_ahead(s.key, s.at)?;
+            } else {
+                check_within_retention(s.key, s.at, retention)?;
+            }
         }
         self.with_parties(
             &s.from,
@@ -512,12 +517,14 @@ impl Store {
         )
     }
 
+    /// A read mark: everything so far, or (`until`, MsgReadTime) what was sent at or before
+    /// it (`Conversation::mark_read_until`).
     fn apply_set_read(
         &self,
         op: &Op,
-        reader: &UserId,
-        peer: &UserId,
+        (reader, peer): (&UserId, &UserId),
         at: u64,
+        until: Option<u32>,
         origin: Option<&Origin>,
         mode: Mode,
     ) -> Result<Applied> {
@@ -533,16 +540,26 @@ impl Store {
         state.ticket = ticket;
         if let Some(c) = &mut c {
             c.ticket = ticket;
-            c.mark_read(reader);
             let side = c.side(reader);
-            state.unread_total = state.unread_total.saturating_sub(c.unread[side]);
-            c.unread[side] = 0;
+            let unread = match until {
+                None => {
+                    c.mark_read(reader);
+                    0
+                }
+                Some(time) => c.mark_read_until(reader, time),
+            };
+            state.unread_total = state
+                .unread_total
+                .saturating_sub(c.unread[side])
+                .saturating_add(unread);
+            c.unread[side] = unread;
         }
         if let Some(origin) = origin {
             let queued = Queued::AfterRead {
                 report: reader.clone(),
                 peer: peer.clone(),
-                at,
+                // LastReadTime: the MsgReadTime given, else now.
+                at: until.map_or(at, u64::from),
                 unread: total_unread(&state),
             };
             queue(&mut outbox, origin, queued, ticket);
@@ -623,6 +640,25 @@ fn queue(
         .push(origin, queued, ticket);
 }
 
+/// A MsgTimeStamp more than [`MAX_MSG_TIME_AHEAD_SECS`](crate::MAX_MSG_TIME_AHEAD_SECS)
+/// ahead of the clock is refused (90006): such a message would sort as the newest for good,
+/// outlive every retention trim and stay within the client recall window — a clock gone
+/// wrong, not a message to keep. History imports too.
+pub(super) fn check_not_ahead(key: MsgKey, now: u64) -> Result<()> {
+    let time = u64::from(key.time());
+    if time > now.saturating_add(crate::MAX_MSG_TIME_AHEAD_SECS) {
+        return Err(Error::InvalidField {
+            field: "MsgTimeStamp",
+            code: 90006,
+            why: format!(
+                "{time} is more than {} s ahead of the server's clock (now {now})",
+                crate::MAX_MSG_TIME_AHEAD_SECS
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// An account's unread messages over all its conversations (a callback's UnreadMsgNum).
 fn total_unread(state: &AccountState) -> u32 {
     state.unread_total
@@ -630,9 +666,11 @@ fn total_unread(state: &AccountState) -> u32 {
 
 /// A message already past roaming retention would be trimmed as it is stored — in no
 /// history, beyond recall, yet delivered, and stored again by every retry, whose repeat is
-/// never found: refused (90006) instead. Checked before a send's before-send callback
-/// (`prepare_send`) and again where it is applied.
+/// never found: refused (90006) instead, as is one too far ahead ([`check_not_ahead`]).
+/// Checked before a send's before-send callback (`prepare_send`) and again where it is
+/// applied.
 pub(super) fn check_within_retention(key: MsgKey, now: u64, retention: u64) -> Result<()> {
+    check_not_ahead(key, now)?;
     let time = u64::from(key.time());
     if time < now.saturating_sub(retention) {
         return Err(Error::InvalidField {

@@ -79,6 +79,19 @@ impl Store {
 
     /// Marks everything `peer` has sent to `reader` as read (`admin_set_msg_read`).
     pub fn mark_read(&self, reader: &str, peer: &str) -> Result<()> {
+        self.set_read(reader, peer, None)
+    }
+
+    /// Marks what `peer` sent to `reader` at or before `time` as read (`admin_set_msg_read`
+    /// with MsgReadTime). The read mark is a place in arrival order: it stops before the
+    /// first message sent after `time`, so a message sent at or before `time` that arrived
+    /// after such a one stays unread. `reader`'s unread count with `peer` is counted again
+    /// from the messages in roaming.
+    pub fn mark_read_until(&self, reader: &str, peer: &str, time: u32) -> Result<()> {
+        self.set_read(reader, peer, Some(time))
+    }
+
+    fn set_read(&self, reader: &str, peer: &str, until: Option<u32>) -> Result<()> {
         let reader = self.cell_as(reader, Role::Acting)?.id.clone();
         let peer = self.cell_as(peer, Role::Other)?.id.clone();
         self.run(&Op::SetRead {
@@ -86,6 +99,7 @@ impl Store {
             peer,
             at: self.now(),
             origin: self.origin(),
+            until,
         })
         .map(|_| ())
     }
