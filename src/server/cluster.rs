@@ -218,7 +218,7 @@ impl Node {
                 return Ok((answer, out.into()));
             }
         }
-        rpc::call(&self.client, n, call, bytes, timeout).await
+        rpc::call(&self.client, n, call, bytes, timeout, self.resends()).await
     }
 
     /// A new id for a device session on this node.

@@ -175,17 +175,25 @@ impl CallError {
 }
 
 /// Sends `call` to shard `n`'s owner, retrying as the module says; the answer and its bytes.
+///
+/// `resends` changes when a node took a shard over (or reconnected to NATS): an attempt
+/// still waiting then is sent again at once, in doubt. The owner it went to may be the one
+/// replaced — stopped, cut off, or releasing the shard with requests still queued — which
+/// would never answer, and the caller would wait out the whole timeout (35 s for REST) and
+/// then be told 91000, with a new owner serving for most of that time.
 pub async fn call(
     client: &Client,
     n: u32,
     call: &Call,
     bytes: &[u8],
     timeout: Duration,
+    mut resends: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(Answer, Bytes), CallError> {
     let payload = encode(call, bytes);
     let deadline = Instant::now() + RETRY_FOR;
     let mut pause = Duration::from_millis(50);
     let mut doubt = false;
+    let mut resends_open = true;
     loop {
         let wait = timeout.max(REQUEST_TIMEOUT);
         let request = async_nats::Request::new()
@@ -196,7 +204,32 @@ pub async fn call(
         // call is bounded too.
         let sent =
             tokio::time::timeout(wait + QUEUE_SLACK, client.send_request(subject(n), request));
-        let Ok(sent) = sent.await else {
+        resends.borrow_and_update();
+        let resent = async {
+            if !resends_open || resends.changed().await.is_err() {
+                // Nobody announces takeovers any more: wait out the attempt.
+                std::future::pending::<()>().await;
+            }
+        };
+        let sent = tokio::select! {
+            sent = sent => sent,
+            () = resent => {
+                // A node took a shard over while this attempt waited: send it again (it may
+                // have landed: in doubt), once NATS has its subscription.
+                doubt = true;
+                if Instant::now() >= deadline {
+                    return Err(CallError::Unreachable(format!(
+                        "shard {n}: a takeover while the call waited"
+                    )));
+                }
+                tracing::debug!(shard = n, "a takeover: the call is sent again");
+                continue;
+            }
+        };
+        if resends.has_changed().is_err() {
+            resends_open = false;
+        }
+        let Ok(sent) = sent else {
             doubt = true;
             if Instant::now() >= deadline {
                 return Err(CallError::Unreachable(format!(
@@ -304,6 +337,59 @@ mod tests {
         server
     }
 
+    /// No takeover announced while a call waits.
+    fn quiet() -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+
+    async fn connect(server: &Server) -> async_nats::Client {
+        let url = format!("nats://127.0.0.1:{}", server.1);
+        for _ in 0..100 {
+            if let Ok(c) = async_nats::connect(&url).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start");
+    }
+
+    /// An owner that takes a call and never answers (stopped, cut off, or releasing the
+    /// shard with the request queued), then a takeover is announced: the call is sent again
+    /// at once, and the new owner's answer comes back marked in doubt — not, after the
+    /// whole 30 s wait, a 91000.
+    #[test]
+    fn a_call_waiting_on_a_replaced_owner_is_sent_again_on_a_takeover() {
+        let server = nats_server();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = connect(&server).await;
+            let owner = client.clone();
+            let mut calls = owner.subscribe(subject(9)).await.unwrap();
+            owner.flush().await.unwrap();
+            let (takeover, resends) = tokio::sync::watch::channel(0u64);
+            let answering = tokio::spawn(async move {
+                let first = calls.next().await.unwrap();
+                // The old owner holds the first attempt; a new owner announces itself.
+                drop(first);
+                takeover.send_modify(|n| *n += 1);
+                let again = calls.next().await.unwrap();
+                let answer = Answer::default();
+                owner
+                    .publish(again.reply.unwrap(), encode(&answer, b"{}"))
+                    .await
+                    .unwrap();
+                owner.flush().await.unwrap();
+                takeover
+            });
+            let call_ = Call::DeleteAccount { user: "u".into() };
+            let answered = call(&client, 9, &call_, &[], Duration::from_secs(30), resends).await;
+            let (answer, _) = answered.expect("answered by the new owner");
+            assert_eq!(answer.code, 0);
+            assert!(answer.after_doubt, "the first attempt may have landed");
+            drop(answering.await.unwrap());
+        });
+    }
+
     /// An owner that never answers the first attempt of a call (it took effect, say, and the
     /// owner died before answering) and answers the second: the caller learns that the answer
     /// comes after doubt — as after an "ask again", and not when the first attempt found
@@ -349,19 +435,19 @@ mod tests {
                 }
             });
             let call_ = Call::DeleteAccount { user: "u".into() };
-            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1), quiet())
                 .await
                 .unwrap();
             assert_eq!(answer.code, 20023);
             assert!(answer.after_doubt, "the first attempt may have landed");
             // "Ask again", then answered: doubt too.
-            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1), quiet())
                 .await
                 .unwrap();
             assert_eq!(answer.code, 20023);
             assert!(answer.after_doubt, "another node may have run it");
             // Answered at once: no doubt.
-            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1))
+            let (answer, _) = call(&client, 7, &call_, &[], Duration::from_millis(1), quiet())
                 .await
                 .unwrap();
             assert!(!answer.after_doubt);
