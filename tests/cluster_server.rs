@@ -1208,3 +1208,34 @@ fn the_whole_nats_cluster_restarts_under_sends() {
     ok(&b.post("openim/sendmsg", text("u1", "u2", 999_999, "after")));
     eprintln!("answers by code: {:?}", codes.lock().unwrap());
 }
+
+/// A device of an account deleted while it is connected is disconnected, as on a single
+/// node — not left open while its node asks every shard to connect it again, for good.
+#[test]
+fn a_device_of_a_deleted_account_is_disconnected() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["carol", "dave"]}),
+    ));
+    let mut ws = a.ws("carol", "phone", "");
+    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
+    let got = drain_past(
+        &mut ws,
+        |f| f["Event"] == "message",
+        Duration::from_millis(300),
+    );
+    assert!(got.iter().any(|f| f["Event"] == "message"), "{got:?}");
+    ok(&a.post(
+        "im_open_login_svc/account_delete",
+        json!({"DeleteItem": [{"UserID": "carol"}]}),
+    ));
+    assert!(
+        ws.closed_within(common::server::WAIT),
+        "carol's device stayed connected\n{}",
+        a.stderr()
+    );
+}

@@ -92,6 +92,14 @@ pub enum Delivery {
     Events(u32, Vec<WireEvent>),
     /// The same device connected again (through any node): this session ends.
     Superseded,
+    /// The account is gone (an owner refuses to connect it, 70107): this session ends, as
+    /// on a single node, rather than ask every shard again for good.
+    AccountGone,
+}
+
+/// An owner's refusal that asking again will not change: the account was deleted.
+fn lasting(code: u32) -> bool {
+    code == 70107
 }
 
 /// A device's merged stream. Dropping it ends the session everywhere.
@@ -285,8 +293,12 @@ async fn pull(
                 return;
             }
             Ok(a) if a.no_session => connected = false,
+            Ok(a) if lasting(a.code) => {
+                let _ = tx.send(Delivery::AccountGone).await;
+                return;
+            }
             Ok(a) if a.code != 0 => {
-                // The owner refused (the account was deleted, say): connect again, slowly.
+                // The owner refused: connect again, slowly.
                 tracing::debug!(shard = n, code = a.code, info = %a.info, "pull failed");
                 connected = false;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -301,6 +313,11 @@ async fn pull(
                         sent = tx.send(Delivery::Events(n, events)) => if sent.is_err() { return },
                     }
                 }
+            }
+            Err(e) if lasting(e.code()) => {
+                tracing::debug!(shard = n, error = %e, "the account is gone; the session ends");
+                let _ = tx.send(Delivery::AccountGone).await;
+                return;
             }
             Err(e) => {
                 tracing::debug!(shard = n, error = %e, "pull failed; connecting again");
@@ -320,10 +337,10 @@ impl Feed {
     }
 
     /// The next shard's events, each with the token of the position after it; `None` when
-    /// the session ended (superseded).
+    /// the session ended (superseded, or its account is gone).
     pub async fn next(&mut self) -> Option<Vec<(String, WireEvent)>> {
         match self.rx.recv().await? {
-            Delivery::Superseded => None,
+            Delivery::Superseded | Delivery::AccountGone => None,
             Delivery::Events(n, events) => Some(
                 events
                     .into_iter()
