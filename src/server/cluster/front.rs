@@ -108,11 +108,13 @@ pub(in crate::server) async fn rest(
 /// Gives a send without them a MsgSeq and MsgTimeStamp, fixing its MsgKey; whether it added
 /// either.
 pub(super) fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
-    let fixed = absent(map, "MsgSeq") || absent(map, "MsgTimeStamp");
+    // A MsgTimeStamp of 0 is absent too, as the API reads it (`Fields::message`).
+    let no_time = absent(map, "MsgTimeStamp") || map.get("MsgTimeStamp") == Some(&json!(0));
+    let fixed = absent(map, "MsgSeq") || no_time;
     if absent(map, "MsgSeq") {
         map.insert("MsgSeq".into(), json!(random_u32()));
     }
-    if absent(map, "MsgTimeStamp") {
+    if no_time {
         map.insert("MsgTimeStamp".into(), json!(node_time(node)));
     }
     fixed
@@ -213,6 +215,7 @@ async fn batch(
     let from = map
         .get("From_Account")
         .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
         .map_or_else(|| node.first_admin.clone(), str::to_owned);
     let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for t in &to {
@@ -224,15 +227,36 @@ async fn batch(
     let calls = by_shard.into_iter().map(|(n, recipients)| {
         let mut part = map.clone();
         part.insert("To_Account".into(), json!(recipients));
-        let mut accounts = recipients;
+        let mut accounts = recipients.clone();
         accounts.push(from.clone());
         let body = serde_json::to_vec(&part).expect("serializable");
-        async move { forward(node, n, path, query, ip, accounts, &body).await }
+        async move {
+            let reply = forward(node, n, path, query, ip, accounts, &body).await;
+            (recipients, reply)
+        }
     });
     let replies = futures_util::future::join_all(calls).await;
-    let mut key = Value::Null;
+    merge_batch(&replies, to.len(), batch_key(&map))
+}
+
+/// The batch's MsgKey, as `fix_key` fixed it: every shard's messages carry it.
+fn batch_key(map: &Map<String, Value>) -> Value {
+    let part = |f: &str| map.get(f).and_then(Value::as_u64);
+    match (part("MsgSeq"), part("MsgRandom"), part("MsgTimeStamp")) {
+        (Some(seq), Some(random), Some(time)) => json!(format!("{seq}_{random}_{time}")),
+        _ => Value::Null,
+    }
+}
+
+/// One `batchsendmsg` answer from its shards' (recipients, reply): their ErrorLists
+/// together. A shard that failed as a whole with 91000 (its owner out of reach, its journal
+/// failing) failed for its recipients only — the others have their message, so the answer
+/// is SomeError with the MsgKey, and that shard's recipients are in the ErrorList. Any other
+/// whole failure (the sender, the body) is every shard's: that answer, as the single node's.
+fn merge_batch(replies: &[(Vec<String>, Reply)], recipients: usize, key: Value) -> Reply {
+    let mut key = key;
     let mut errors = Vec::new();
-    for reply in &replies {
+    for (to, reply) in replies {
         let f = fields(reply);
         match f.get("ErrorList") {
             Some(Value::Array(list)) => {
@@ -241,14 +265,17 @@ async fn batch(
                     key = k.clone();
                 }
             }
-            // A failure of the whole request (the sender, the body): the single node's answer.
+            _ if reply.code == 91000 => errors.extend(
+                to.iter()
+                    .map(|t| json!({"To_Account": t, "ErrorCode": 91000})),
+            ),
             _ => return reply.clone(),
         }
     }
     let mut out = Map::new();
     out.insert("MsgKey".into(), key);
     if let Some(first) = errors.first() {
-        let all = errors.len() == to.len();
+        let all = errors.len() == recipients;
         let code = first.get("ErrorCode").cloned().unwrap_or(json!(91000));
         out.insert(
             "ActionStatus".into(),
@@ -260,7 +287,7 @@ async fn batch(
             json!(format!(
                 "{} of {} recipients failed; see ErrorList",
                 errors.len(),
-                to.len()
+                recipients
             )),
         );
     }
@@ -390,4 +417,73 @@ async fn compact(node: &Node, path: &str, query: &str, ip: &str) -> Reply {
     let mut out = Map::new();
     out.insert("Shards".into(), Value::Array(shards));
     ok_reply(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(v: Value) -> Reply {
+        Reply {
+            code: v["ErrorCode"].as_u64().unwrap_or(0) as u32,
+            json: v.to_string(),
+        }
+    }
+
+    fn to(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// One shard's owner out of reach: its recipients fail, the others' messages stand.
+    #[test]
+    fn a_shard_out_of_reach_fails_its_recipients_only() {
+        let replies = vec![
+            (
+                to(&["b", "c"]),
+                reply(
+                    json!({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
+                    "MsgKey": "7_8_9", "ErrorList": [{"To_Account": "c", "ErrorCode": 70107}]}),
+                ),
+            ),
+            (
+                to(&["d", "e"]),
+                reply(json!({"ActionStatus": "FAIL", "ErrorCode": 91000,
+                    "ErrorInfo": "the shard's owner could not be reached; retry"})),
+            ),
+        ];
+        let merged: Value =
+            serde_json::from_str(&merge_batch(&replies, 4, json!("7_8_9")).json).unwrap();
+        assert_eq!(merged["ActionStatus"], "SomeError", "{merged}");
+        assert_eq!(merged["ErrorCode"], 0);
+        assert_eq!(merged["MsgKey"], "7_8_9");
+        assert_eq!(
+            merged["ErrorList"],
+            json!([{"To_Account": "c", "ErrorCode": 70107},
+                {"To_Account": "d", "ErrorCode": 91000}, {"To_Account": "e", "ErrorCode": 91000}])
+        );
+        // Every shard out of reach: FAIL with 91000, and the MsgKey a retry reuses.
+        let down = vec![replies[1].clone()];
+        let merged: Value =
+            serde_json::from_str(&merge_batch(&down, 2, json!("7_8_9")).json).unwrap();
+        assert_eq!(merged["ActionStatus"], "FAIL", "{merged}");
+        assert_eq!(merged["ErrorCode"], 91000);
+        assert_eq!(merged["MsgKey"], "7_8_9");
+    }
+
+    /// A failure of the request itself (the sender) is every shard's: answered as it is.
+    #[test]
+    fn a_whole_request_failure_is_answered_as_is() {
+        let bad = reply(json!({"ActionStatus": "FAIL", "ErrorCode": 90008,
+            "ErrorInfo": "From_Account ghost does not exist"}));
+        let replies = vec![(to(&["b"]), bad.clone()), (to(&["d"]), bad.clone())];
+        assert_eq!(merge_batch(&replies, 2, Value::Null), bad);
+    }
+
+    #[test]
+    fn the_batch_key_is_made_of_the_fixed_fields() {
+        let map = json!({"MsgSeq": 7, "MsgRandom": 8, "MsgTimeStamp": 9});
+        assert_eq!(batch_key(map.as_object().unwrap()), json!("7_8_9"));
+        let map = json!({"MsgSeq": 7, "MsgRandom": "x", "MsgTimeStamp": 9});
+        assert_eq!(batch_key(map.as_object().unwrap()), Value::Null);
+    }
 }
