@@ -180,6 +180,11 @@ pub(crate) struct DeviceSlot {
     pub last_seen: u64,
     /// The live session, while connected.
     pub live: Option<Box<Live>>,
+    /// The `since` of its last session (`u64::MAX`: none since the store opened): a device
+    /// that connects again within `ONLINE_GRACE_SECS` of its last sight keeps it, so the
+    /// online-only entries it was there for and did not confirm are sent again (R7). Not
+    /// journaled: after a restart every device starts from the inbox's end.
+    pub online_since: u64,
 }
 
 /// A connected device's session.
@@ -199,6 +204,7 @@ impl DeviceSlot {
             cursor,
             last_seen,
             live: None,
+            online_since: u64::MAX,
         }
     }
 

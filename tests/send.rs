@@ -215,6 +215,34 @@ fn lifetime_0_reaches_only_connected_devices() {
     );
 }
 
+/// A device that was there when an online-only message arrived, received it and did not
+/// confirm it, and came back within the grace online-only entries are kept for, is sent it
+/// again (R7: everything not confirmed). One back later is not, nor is a new device.
+#[test]
+fn an_online_only_message_not_confirmed_is_sent_again_to_a_device_back_soon() {
+    let (store, clock) = store_with(&["a", "b"]);
+    let online = store.connect("b", "phone").unwrap();
+    let away = store.connect("b", "tablet").unwrap();
+    let mut req = text_req("a", "b", 1, "ring");
+    req.lifetime = Some(0);
+    store.send(req).unwrap();
+    assert_eq!(texts(&drain(&online)), vec!["msg:ring"]);
+    assert_eq!(texts(&drain(&away)), vec!["msg:ring"]);
+    drop(online); // the network flapped before the client confirmed it
+    drop(away);
+    clock.advance(2);
+    let back = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&back)), vec!["msg:ring"], "sent again");
+    back.ack(1).unwrap();
+    drop(back);
+    let back = store.connect("b", "phone").unwrap();
+    assert!(drain(&back).is_empty(), "confirmed: not again");
+    clock.advance(120);
+    let later = store.connect("b", "tablet").unwrap();
+    assert!(drain(&later).is_empty(), "past the grace: gone");
+    assert!(drain(&store.connect("b", "new").unwrap()).is_empty());
+}
+
 #[test]
 fn inbox_entries_expire_after_their_lifetime() {
     let (store, clock) = store_with(&["a", "b"]);

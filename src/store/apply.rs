@@ -604,6 +604,10 @@ impl Store {
         if let Some(r) = resume {
             slot.cursor = slot.cursor.max(r);
         }
+        // Connected, or seen, within the grace online-only entries are kept for: it counts
+        // as there all along (a flaky network), and keeps its last session's `since`.
+        let back_soon =
+            slot.live.is_some() || at.saturating_sub(slot.last_seen) <= ONLINE_GRACE_SECS;
         if at != 0 {
             slot.last_seen = at;
         }
@@ -611,12 +615,18 @@ impl Store {
             return Ok(Applied::Done);
         }
         slot.end_session();
+        let since = if back_soon && slot.online_since != u64::MAX {
+            slot.online_since
+        } else {
+            last_seq
+        };
+        slot.online_since = since;
         let generation = self.inner.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let signal = Arc::new(Signal::default());
         slot.live = Some(Box::new(Live {
             generation,
             signal: signal.clone(),
-            since: last_seq,
+            since,
             cache: crate::cache::DeviceCache::new(self.inner.config.cache_capacity),
         }));
         Ok(Applied::Connected {
