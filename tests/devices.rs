@@ -584,3 +584,35 @@ fn events_handed_out_again_are_collected_anew_not_resent_as_they_were() {
         "acks alone move it"
     );
 }
+
+/// An ack that moves no cursor, from a device seen moments ago, writes no journal record
+/// (a client re-acking in a loop wrote one each time); one that moves it, or that comes
+/// after a while, does, and both replay.
+#[test]
+fn a_repeated_ack_is_not_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = imstore::Config::default().with_clock(clock.clone());
+    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let sub = store.connect("b", "phone").unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    send_text(&store, "a", "b", 2, "two");
+    drain(&sub);
+    sub.ack(1).unwrap();
+    for _ in 0..100 {
+        sub.ack(1).unwrap();
+        store.ack("b", "phone", 0).unwrap();
+    }
+    clock.advance(30);
+    sub.ack(1).unwrap(); // seen again after a while: recorded
+    sub.ack(2).unwrap();
+    std::mem::forget(sub); // no disconnect record either
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config).unwrap();
+    // The admin's and the accounts' imports, the connect, two sends, three acks (9 when
+    // written): not the 200 repeats.
+    let replayed = store.recovery_report().records_replayed;
+    assert!(replayed < 20, "{replayed} records");
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 2);
+}

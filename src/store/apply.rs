@@ -81,6 +81,14 @@ impl Store {
                     .devices
                     .get_mut(device)
                     .ok_or_else(|| no_device(device))?;
+                // An ack that moves nothing (a repeat), from a device seen moments ago, is not
+                // journaled: a client re-acking in a loop would otherwise write a record each
+                // time and make every commit of its account wait for them.
+                let moves = (*cursor).min(last_seq) > slot.cursor;
+                let seen_lately = at.saturating_sub(slot.last_seen) < LAST_SEEN_GRAIN_SECS;
+                if mode == Mode::Live && !moves && seen_lately {
+                    return Ok(Applied::Done);
+                }
                 state.ticket = self.record(op, mode)?;
                 slot.cursor = slot.cursor.max((*cursor).min(last_seq));
                 if *at != 0 {
@@ -636,6 +644,11 @@ impl Store {
         })
     }
 }
+
+/// How stale a device's last sight may be left by an ack that moves no cursor (which is then
+/// not journaled): idle devices are forgotten after days, and a device back within the
+/// online-only grace (`ONLINE_GRACE_SECS`, a minute) is told apart at this grain.
+const LAST_SEEN_GRAIN_SECS: u64 = 10;
 
 /// Queues an after-callback in the outbox `record_queueing` took with the operation's record.
 fn queue(
