@@ -13,7 +13,7 @@ use crate::account::UserId;
 use crate::callback::{Origin, Platform};
 use crate::error::Error;
 use crate::key::MsgKey;
-use crate::message::{Content, SenderCopy};
+use crate::message::{Content, SendControl, SenderCopy};
 use crate::op::{ModifyOp, Op, SendKind, SendOp};
 
 /// Version of the payload encoding, stored in every record frame.
@@ -192,6 +192,9 @@ enum OpRecord<'a> {
         origin: Option<OriginRec<'a>>,
         until: u32,
     },
+    // Added with SendMsgControl: a send with its control bits (`SendControl::bits`) besides
+    // the retention. A plain send is still `SendV3`.
+    SendV4(SendRec<'a>, Option<u64>, u8),
 }
 
 /// A send as journaled (`SendV2`; `SendV3` adds the retention it trimmed to). A struct's
@@ -313,9 +316,10 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
                 kind: kind_code(s.kind),
                 origin: origin_rec(&s.origin),
             };
-            match s.retention {
-                Some(retention) => OpRecord::SendV3(rec, retention),
-                None => OpRecord::SendV2(rec),
+            match (s.retention, s.control.bits()) {
+                (Some(retention), 0) => OpRecord::SendV3(rec, retention),
+                (None, 0) => OpRecord::SendV2(rec),
+                (retention, control) => OpRecord::SendV4(rec, retention, control),
             }
         }
         Op::Recall {
@@ -481,8 +485,9 @@ pub(crate) fn decode_op(
             kind: SendKind::Send,
             origin: None,
             retention: None,
+            control: SendControl::default(),
         }),
-        OpRecord::SendV2(rec) => send_op(rec, None, &mut name)?,
+        OpRecord::SendV2(rec) => send_op(rec, None, 0, &mut name)?,
         OpRecord::Recall {
             from,
             to,
@@ -602,7 +607,8 @@ pub(crate) fn decode_op(
             at,
             retention: Some(retention),
         },
-        OpRecord::SendV3(rec, retention) => send_op(rec, Some(retention), &mut name)?,
+        OpRecord::SendV3(rec, retention) => send_op(rec, Some(retention), 0, &mut name)?,
+        OpRecord::SendV4(rec, retention, control) => send_op(rec, retention, control, &mut name)?,
         OpRecord::RecallV3(rec, notice) => recall_op(rec, Some(notice), &mut name)?,
         OpRecord::ModifyV2(rec, notice) => modify_op(rec, Some(notice), &mut name)?,
     })
@@ -613,8 +619,11 @@ pub(crate) fn decode_op(
 fn send_op(
     r: SendRec<'_>,
     retention: Option<u64>,
+    control: u8,
     name: &mut impl FnMut(&str) -> Result<UserId, Error>,
 ) -> Result<Op, DecodeError> {
+    let control = SendControl::from_bits(control)
+        .ok_or_else(|| DecodeError(format!("unknown SendMsgControl bits {control:#x}")))?;
     Ok(Op::Send(SendOp {
         from: name(r.from)?,
         to: name(r.to)?,
@@ -627,6 +636,7 @@ fn send_op(
         kind: kind_from(r.kind)?,
         origin: origin_from(r.origin)?,
         retention,
+        control,
     }))
 }
 
@@ -904,6 +914,7 @@ mod tests {
                     client_ip: "10.0.0.7".into(),
                 }),
                 retention: Some(3600),
+                control: SendControl::default(),
             }),
             Op::Recall {
                 from: u("a"),
@@ -937,6 +948,7 @@ mod tests {
                 kind: SendKind::Send,
                 origin: None,
                 retention: None,
+                control: SendControl::default(),
             }),
             Op::Recall {
                 from: u("a"),
@@ -994,6 +1006,23 @@ mod tests {
                 origin: None,
                 until: Some(1_700_000_000),
             },
+            Op::Send(SendOp {
+                from: u("a"),
+                to: u("b"),
+                key: MsgKey::new(7, 8, 9),
+                content: Content::new(&[crate::MsgElement::text("quiet")], None).unwrap(),
+                sender_copy: SenderCopy::Roaming,
+                lifetime: 60,
+                origin_device: None,
+                at: 107,
+                kind: SendKind::Send,
+                origin: None,
+                retention: Some(3600),
+                control: SendControl {
+                    no_unread: true,
+                    no_last_msg: true,
+                },
+            }),
         ];
         // Each record's bytes, as journals and streams hold them: a change to the record types
         // that changes them breaks every journal written before.
@@ -1012,6 +1041,7 @@ mod tests {
             "0c0162010570686f6e6568",
             "09016269",
             "16016201616a00fc00f15365",
+            "1701610162070809395b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a227175696574227d7d5d00003c006b000001fb100e03",
         ];
         assert_eq!(ops.len(), bytes.len());
         for (op, want) in ops.into_iter().zip(bytes) {

@@ -178,8 +178,8 @@ pub use journal::{JournalObserver, OpenError, RecoveryReport, SyncPolicy};
 pub use key::{MAX_MSG_KEY_LEN, MsgKey, ParseMsgKeyError};
 pub use message::{
     Content, CustomElem, FLAG_RECALLED, FaceElem, FileElem, ImageElem, ImageInfo, LocationElem,
-    MAX_BODY_BYTES, MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendReceipt,
-    SendRequest, SenderCopy, SoundElem, TextElem, VideoFileElem,
+    MAX_BODY_BYTES, MAX_LIFETIME_SECS, MessageView, MsgElement, RecallNotice, SendControl,
+    SendReceipt, SendRequest, SenderCopy, SoundElem, TextElem, VideoFileElem,
 };
 pub use roaming::{HistoryItem, HistoryPage, HistoryQuery};
 pub use store::{

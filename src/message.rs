@@ -565,6 +565,31 @@ impl SenderCopy {
     }
 }
 
+/// SendMsgControl: how a message counts for its recipient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SendControl {
+    /// `"NoUnread"`: not counted in the recipient's unread counts (nor in a callback's
+    /// UnreadMsgNum). History still shows whether the recipient has read it (IsPeerRead).
+    pub no_unread: bool,
+    /// `"NoLastMsg"`: does not become its conversation's last message
+    /// ([`Store::last_message`](crate::Store::last_message)).
+    pub no_last_msg: bool,
+}
+
+impl SendControl {
+    /// As one byte: bit 0 `no_unread`, bit 1 `no_last_msg` (the journal's and snapshots').
+    pub(crate) fn bits(self) -> u8 {
+        u8::from(self.no_unread) | u8::from(self.no_last_msg) << 1
+    }
+
+    pub(crate) fn from_bits(b: u8) -> Option<SendControl> {
+        (b < 4).then_some(SendControl {
+            no_unread: b & 1 != 0,
+            no_last_msg: b & 2 != 0,
+        })
+    }
+}
+
 /// A send, as `sendmsg` takes it. Build with [`SendRequest::new`] and adjust the public fields.
 ///
 /// The names are borrowed when the caller has them at hand (a request just parsed, a name on
@@ -602,6 +627,8 @@ pub struct SendRequest<'a> {
     /// The sender's device the message was sent from, if any: it keeps the message in its
     /// cache and is not sent its own message back.
     pub from_device: Option<String>,
+    /// SendMsgControl.
+    pub control: SendControl,
 }
 
 impl<'a> SendRequest<'a> {
@@ -618,6 +645,7 @@ impl<'a> SendRequest<'a> {
             sender_copy: SenderCopy::Roaming,
             lifetime: None,
             from_device: None,
+            control: SendControl::default(),
         }
     }
 }

@@ -108,6 +108,8 @@ pub(crate) struct SendOp {
     /// messages, and a later send of the same key be a repeat in one and new in the other).
     /// `None` only in a record written before it was kept: the config at replay stands in.
     pub retention: Option<u64>,
+    /// SendMsgControl (journaled only when not plain).
+    pub control: crate::message::SendControl,
 }
 
 /// How a message enters the store.

@@ -6,13 +6,19 @@ use std::ops::Bound;
 
 use crate::account::UserId;
 use crate::key::MsgKey;
-use crate::message::{ARRIVAL_LIMIT, MessageView, MsgArc, StoredMessage, json_escaped_len};
+use crate::message::{
+    ARRIVAL_LIMIT, Content, MessageView, MsgArc, StoredMessage, json_escaped_len,
+};
 
 mod ring;
 use ring::Ring;
 
 /// A message's place in history order: (MsgTimeStamp, MsgSeq, arrival).
 pub(crate) type Pos = (u32, u32, u64);
+
+/// How long a send repeated with a later MsgTimeStamp is still taken for a retry
+/// ([`Conversation::find_retry`]): Tencent's deduplication window.
+pub const RETRY_WINDOW_SECS: u64 = 120;
 
 /// Fixed bytes a history item costs on the wire besides its accounts and content: field names,
 /// numbers and punctuation of one `MsgList` entry.
@@ -456,6 +462,29 @@ impl Conversation {
         self.same_time_seq(key).find(|m| m.from == *from)
     }
 
+    /// The message a send with MsgKey `key` and `content` repeats, sent again later (a
+    /// retry whose MsgTimeStamp the server gave anew): from `from`, with the same MsgSeq and
+    /// MsgRandom and the same content, dated at most [`RETRY_WINDOW_SECS`] before `key` —
+    /// Tencent's deduplication (sender, MsgSeq, MsgRandom and the content's CRC, for 120 s).
+    /// A recalled one matches whatever its content was: a retry must not bring it back.
+    /// Reads the (time, seq) of the messages of that window, and a record only on a match.
+    pub fn find_retry(&self, from: &UserId, key: MsgKey, content: &Content) -> Option<&MsgArc> {
+        let (time, seq) = (u64::from(key.time()), key.seq());
+        let low = time.saturating_sub(RETRY_WINDOW_SECS);
+        let end = self.messages.partition_point(|h| h.time() <= time);
+        self.messages
+            .range(0, end)
+            .rev()
+            .take_while(|h| h.time() >= low)
+            .filter(|h| h.ts as u32 == seq)
+            .map(|h| &h.msg)
+            .find(|m| {
+                m.from == *from
+                    && m.key.random() == key.random()
+                    && (m.is_recalled() || m.content().as_ref() == Some(content))
+            })
+    }
+
     /// Whether another message can be taken in: arrival numbers are kept in 48 bits
     /// ([`ARRIVAL_LIMIT`]) and are never reused, so a conversation that has used them all
     /// refuses further sends (checked before the send is journaled).
@@ -490,7 +519,8 @@ impl Conversation {
         self.messages.insert(at, held);
     }
 
-    /// Whether the recipient has not yet marked `msg` read.
+    /// Whether the recipient has not yet marked `msg` read (IsPeerRead: a message sent with
+    /// `NoUnread` too, which its unread count leaves out).
     pub fn is_unread(&self, msg: &StoredMessage) -> bool {
         !msg.read_on_import() && msg.arrival() > self.read_mark[self.side(&msg.to)]
     }
@@ -522,7 +552,7 @@ impl Conversation {
         self.read_mark[side] = mark;
         let unread = (self.messages.iter().map(|h| &h.msg))
             .filter(mine)
-            .filter(|m| m.arrival() > mark && !m.read_on_import() && !m.is_recalled())
+            .filter(|m| m.arrival() > mark && m.counts_unread() && !m.is_recalled())
             .count();
         u32::try_from(unread).unwrap_or(u32::MAX)
     }
@@ -673,9 +703,12 @@ impl Conversation {
         .then_some(twin)
     }
 
-    /// The newest message in `side`'s view (the conversation's "last message").
+    /// The newest message in `side`'s view (the conversation's "last message"), passing
+    /// over those sent with SendMsgControl `NoLastMsg`.
     pub fn last_message(&self, side: Side, cutoff: u64) -> Option<HistoryItem> {
-        let msg = self.newest_first(side, Bound::Unbounded, cutoff).next()?;
+        let msg = self
+            .newest_first(side, Bound::Unbounded, cutoff)
+            .find(|m| !m.control().no_last_msg)?;
         Some(HistoryItem {
             is_peer_read: !self.is_unread(msg),
             message: msg.view(),

@@ -192,6 +192,8 @@ pub struct BatchSendRequest {
     pub sender_copy: SenderCopy,
     /// MsgLifeTime in seconds.
     pub lifetime: Option<u64>,
+    /// SendMsgControl.
+    pub control: crate::message::SendControl,
 }
 
 /// What a batch send answers: the shared MsgKey and the recipients it failed for.
@@ -407,7 +409,8 @@ impl Store {
 
     /// Purges expired entries, takes a snapshot and deletes the journal it replaces. Afterwards
     /// no file in the data directory holds the body of a recalled message or of a message
-    /// past retention. Runs on its own, in the background, after
+    /// past retention — except the message of an after-send callback still waiting in the
+    /// outbox, which must carry its body (docs/FORMAT.md). Runs on its own, in the background, after
     /// `Config::snapshot_after_bytes` of journal (or the last snapshot's size, if larger).
     ///
     /// The snapshot is built from the journal itself (the previous snapshot and the finished

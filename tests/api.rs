@@ -892,6 +892,35 @@ fn set_msg_read_honours_msg_read_time() {
     assert_eq!(unread(), 0);
 }
 
+/// SendMsgControl over REST: `NoUnread` is not counted; flags imstore does not keep, or does
+/// not know, change nothing; anything but an array of strings is 90001.
+#[test]
+fn sendmsg_honours_send_msg_control() {
+    let h = harness();
+    h.import(&["a", "b"]);
+    let unread = || h.call(UNREAD, json!({"To_Account": "b"}))["AllC2CUnreadMsgNum"].clone();
+    let control = |random: u32, v: Value| {
+        h.code(
+            SEND,
+            with(
+                with(send_body(), "MsgRandom", json!(random)),
+                "SendMsgControl",
+                v,
+            ),
+        )
+    };
+    assert_eq!(control(1, json!(["NoUnread"])), 0);
+    assert_eq!(unread(), 0);
+    assert_eq!(
+        control(2, json!(["WithMuteNotifications", "SomethingNewer"])),
+        0
+    );
+    assert_eq!(unread(), 1);
+    assert_eq!(control(3, json!("NoUnread")), 90001);
+    assert_eq!(control(4, json!([1])), 90001);
+    assert_eq!(unread(), 1, "a refused send stores nothing");
+}
+
 #[test]
 fn set_msg_read_and_unread_errors_carry_their_codes() {
     let h = harness();

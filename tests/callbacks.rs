@@ -87,6 +87,7 @@ fn batch_sends_and_imports_queue_no_callbacks() {
                 cloud_custom_data: None,
                 sender_copy: SenderCopy::Roaming,
                 lifetime: None,
+                control: Default::default(),
             })
             .unwrap();
         store.import(import("a", "b", 9, &clock, false)).unwrap();

@@ -136,6 +136,7 @@ fn batch_send_runs_no_hooks() {
             cloud_custom_data: None,
             sender_copy: SenderCopy::Roaming,
             lifetime: None,
+            control: Default::default(),
         })
         .unwrap();
     assert!(r.errors.is_empty());

@@ -165,6 +165,7 @@ impl Harness {
                     cloud_custom_data: None,
                     sender_copy: SenderCopy::Roaming,
                     lifetime: None,
+                    control: Default::default(),
                 };
                 let got = self.store.batch_send(req);
                 if !self.model.imported[from] {

@@ -221,3 +221,64 @@ fn purge_drops_expired_inbox_entries() {
     let sub = store.connect("b", "phone").unwrap();
     assert_eq!(texts(&drain(&sub)), vec!["msg:keeps"]);
 }
+
+/// SendMsgControl: a `NoUnread` message counts in no unread count (a recall or a read mark
+/// takes nothing back for it), a `NoLastMsg` one does not become the conversation's last
+/// message; both stay so through a replay of the journal and a snapshot.
+#[test]
+fn send_msg_control_no_unread_and_no_last_msg() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = imstore::Config::default().with_clock(clock.clone());
+    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let send = |random: u32, text: &str, no_unread: bool, no_last_msg: bool| {
+        let mut req = text_req("a", "b", random, text);
+        req.control = imstore::SendControl {
+            no_unread,
+            no_last_msg,
+        };
+        store.send(req).unwrap().msg_key
+    };
+    send(1, "counted", false, false);
+    let quiet = send(2, "quiet", true, false);
+    assert_eq!(
+        store.unread("b", "a").unwrap(),
+        1,
+        "NoUnread is not counted"
+    );
+    send(3, "typing...", false, true);
+    assert_eq!(store.unread("b", "a").unwrap(), 2);
+    let last = |store: &imstore::Store| {
+        let item = store.last_message("b", "a").unwrap().unwrap();
+        body_text(&item.message)
+    };
+    assert_eq!(last(&store), "quiet", "NoLastMsg passes over itself");
+    store.recall(ADMIN, "a", "b", &quiet.to_string()).unwrap();
+    assert_eq!(
+        store.unread("b", "a").unwrap(),
+        2,
+        "its recall takes nothing back"
+    );
+    assert_eq!(last(&store), "<recalled>");
+    let before = (observe(&store, &["a", "b"]), last(&store));
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(
+        (observe(&store, &["a", "b"]), last(&store)),
+        before,
+        "replayed"
+    );
+    store.compact().unwrap();
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config).unwrap();
+    assert_eq!(
+        (observe(&store, &["a", "b"]), last(&store)),
+        before,
+        "restored"
+    );
+    store.mark_read_until("b", "a", T0 as u32).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 0);
+    send_text(&store, "a", "b", 4, "more");
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
+}

@@ -131,6 +131,68 @@ fn repeated_send_is_idempotent() {
     assert_eq!(drain(&sub).len(), 1);
 }
 
+/// A send repeated seconds later without a MsgTimeStamp (the server dates each attempt, so
+/// the MsgKey differs): within 120 s, from the same sender with the same MsgSeq, MsgRandom
+/// and content, it is a retry and answered as the first — Tencent's deduplication. Other
+/// content, another sender, or past the window: a new message. A recalled one stays
+/// recalled. The journal replays to the same.
+#[test]
+fn a_send_retried_under_a_later_time_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = imstore::ManualClock::new(T0);
+    let config = imstore::Config::default().with_clock(clock.clone());
+    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let send = |store: &imstore::Store, from: &str, to: &str, text: &str| {
+        let mut req = text_req(from, to, 5, text);
+        req.msg_seq = Some(9);
+        store.send(req).unwrap()
+    };
+    let first = send(&store, "a", "b", "once");
+    clock.advance(30);
+    assert_eq!(send(&store, "a", "b", "once"), first, "a retry 30 s later");
+    let other = send(&store, "a", "b", "something else");
+    assert_ne!(other.msg_key, first.msg_key, "other content: a new message");
+    let reply = send(&store, "b", "a", "once");
+    assert_ne!(
+        reply.msg_key, first.msg_key,
+        "another sender: a new message"
+    );
+    store
+        .recall(ADMIN, "a", "b", &first.msg_key.to_string())
+        .unwrap();
+    clock.advance(60);
+    assert_eq!(
+        send(&store, "a", "b", "once"),
+        first,
+        "recalled, and stays so"
+    );
+    let history = |store: &imstore::Store| {
+        store
+            .history(&HistoryQuery::new("b", "a", 10))
+            .unwrap()
+            .messages
+    };
+    assert_eq!(history(&store).len(), 3);
+    assert!(history(&store)[0].message.is_recalled());
+    assert_eq!(
+        store.unread("b", "a").unwrap(),
+        1,
+        "only \"something else\""
+    );
+    clock.advance(31); // 121 s after the first
+    let later = send(&store, "a", "b", "once");
+    assert_ne!(
+        later.msg_key, first.msg_key,
+        "past the window: a new message"
+    );
+    assert_eq!(history(&store).len(), 4);
+    let before = observe(&store, &["a", "b"]);
+    drop(store);
+    let store = imstore::Store::open(dir.path(), config).unwrap();
+    assert_eq!(observe(&store, &["a", "b"]), before);
+}
+
 #[test]
 fn same_key_in_the_other_direction_is_a_different_message() {
     let (store, _) = store_with(&["a", "b"]);
@@ -273,6 +335,7 @@ fn batch(from: &str, to: Vec<String>) -> BatchSendRequest {
         cloud_custom_data: None,
         sender_copy: SenderCopy::Roaming,
         lifetime: None,
+        control: Default::default(),
     }
 }
 

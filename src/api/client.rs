@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::fields::{Fields, bad};
+use super::fields::Fields;
 use super::wire::ok_reply;
 use super::{Api, CallContext, DeviceRequest, Outcome, Step, error_reply};
 use crate::error::Error;
@@ -39,22 +39,23 @@ impl Api {
         match f.get("Op").and_then(Value::as_str) {
             Some("sendmsg") => {
                 let to = f.string(&["To_Account"], 90003)?;
+                // The fields, their errors and their precedence as REST `sendmsg`'s; a client
+                // does not date its messages (MsgTimeStamp: the server's) and its send
+                // reaches its other devices (SyncOtherMachine 1).
+                let m = f.message()?;
                 let req = SendRequest {
                     // Owned: the send may wait for an app's before-send decision.
                     from: Some(account.to_owned().into()),
                     to: to.to_owned().into(),
-                    msg_random: f.u32("MsgRandom", 90005)?,
-                    msg_seq: f.opt_u32("MsgSeq", 90001)?,
+                    msg_random: m.random,
+                    msg_seq: m.seq,
                     msg_time: ctx.client_msg_time,
-                    body: f
-                        .msg_body()?
-                        .ok_or_else(|| bad(90007, "MsgBody", "is missing"))?,
-                    cloud_custom_data: f
-                        .opt_string(&["CloudCustomData"], 90001)?
-                        .map(str::to_owned),
+                    body: m.body,
+                    cloud_custom_data: m.custom,
                     sender_copy: SenderCopy::RoamingAndDevices,
-                    lifetime: f.opt_u64("MsgLifeTime", 90026)?,
+                    lifetime: m.lifetime,
                     from_device: Some(device.device.clone()),
+                    control: m.control,
                 };
                 let prepared = self.store.prepare_send(req)?;
                 self.decide(prepared, ctx)
@@ -103,7 +104,7 @@ mod tests {
     #[test]
     fn a_client_send_with_a_fixed_key_is_stored_once() {
         let clock = ManualClock::new(1_700_000_100);
-        let store = Store::in_memory(Config::default().with_clock(clock)).unwrap();
+        let store = Store::in_memory(Config::default().with_clock(clock.clone())).unwrap();
         store.import_accounts(&["a", "b"]).unwrap();
         let api = Api::new(store.clone(), ApiConfig::new(1_400_000_000, "k"));
         let device = DeviceRequest {
@@ -129,9 +130,16 @@ mod tests {
         assert_eq!(first["ErrorCode"], 0, "{first}");
         assert_eq!(first["MsgKey"], "77_5_1700000050");
         assert_eq!(again["MsgKey"], first["MsgKey"], "{again}");
-        // Without a fixed time the store's clock dates it; the frame's MsgTimeStamp is ignored.
-        let plain = answer(api.client_step(&device, &frame, &CallContext::default()));
-        assert_eq!(plain["MsgKey"], "77_5_1700000100", "{plain}");
+        // Without a fixed time the store's clock dates it (the frame's MsgTimeStamp is
+        // ignored): 50 s later, the same MsgSeq, MsgRandom and content are a retry — the
+        // first message's answer, as Tencent deduplicates for 120 s.
+        let retry = answer(api.client_step(&device, &frame, &CallContext::default()));
+        assert_eq!(retry["MsgKey"], first["MsgKey"], "{retry}");
+        let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        clock.advance(200);
+        let later = answer(api.client_step(&device, &frame, &CallContext::default()));
+        assert_eq!(later["MsgKey"], "77_5_1700000300", "{later}");
         let page = store.history(&HistoryQuery::new("a", "b", 10)).unwrap();
         assert_eq!(page.messages.len(), 2);
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::message::{MsgElement, SenderCopy};
+use crate::message::{MsgElement, SendControl, SenderCopy};
 
 /// The query string's parameters (percent-decoded).
 pub(super) fn parse_query(query: &str) -> HashMap<String, String> {
@@ -146,7 +146,31 @@ impl<'a> Fields<'a> {
             custom: self
                 .opt_string(&["CloudCustomData"], 90001)?
                 .map(str::to_owned),
+            control: self.send_control()?,
         })
+    }
+
+    /// SendMsgControl: an array of strings. `NoUnread` and `NoLastMsg` are honoured;
+    /// `WithMuteNotifications` (the recipient's mute setting, which imstore does not keep)
+    /// and names it does not know are accepted and change nothing, as a newer Tencent flag
+    /// must not make a send fail. Not an array of strings: 90001.
+    pub(super) fn send_control(&self) -> Result<SendControl, Error> {
+        let mut control = SendControl::default();
+        let Some(v) = self.get("SendMsgControl") else {
+            return Ok(control);
+        };
+        let items = v
+            .as_array()
+            .ok_or_else(|| bad(90001, "SendMsgControl", "must be an array of strings"))?;
+        for item in items {
+            match item.as_str() {
+                Some("NoUnread") => control.no_unread = true,
+                Some("NoLastMsg") => control.no_last_msg = true,
+                Some(_) => {}
+                None => return Err(bad(90001, "SendMsgControl", "items must be strings")),
+            }
+        }
+        Ok(control)
     }
 
     /// SyncOtherMachine: 90031 unless 1, 2, absent or 0 (taken as absent).
@@ -175,6 +199,7 @@ pub(super) struct MessageFields {
     pub sender_copy: SenderCopy,
     pub seq: Option<u32>,
     pub custom: Option<String>,
+    pub control: SendControl,
 }
 
 pub(super) fn user_list<'a>(

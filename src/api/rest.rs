@@ -111,6 +111,7 @@ impl Api {
             sender_copy: m.sender_copy,
             lifetime: m.lifetime,
             from_device: None,
+            control: m.control,
         };
         let prepared = self.store.prepare_send(req)?;
         let prepared = if forbid_after {
@@ -191,6 +192,7 @@ impl Api {
             cloud_custom_data: m.custom,
             sender_copy: m.sender_copy,
             lifetime: m.lifetime,
+            control: m.control,
         })?;
         let errors: Vec<Value> = r
             .errors

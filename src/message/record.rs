@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use parking_lot::RawMutex;
 use parking_lot::lock_api::RawMutex as _;
 
-use super::{Content, MessageView, RecallNotice, SenderCopy};
+use super::{Content, MessageView, RecallNotice, SendControl, SenderCopy};
 use crate::account::UserId;
 use crate::key::MsgKey;
 use crate::slab::Slab;
@@ -57,6 +57,9 @@ unsafe impl Sync for StoredMessage {}
 unsafe impl Send for StoredMessage {}
 
 const READ_ON_IMPORT: u8 = 1 << 2;
+/// SendMsgControl `NoUnread` and `NoLastMsg`.
+const NO_UNREAD: u8 = 1 << 3;
+const NO_LAST_MSG: u8 = 1 << 4;
 
 /// The message records of every store in the process.
 static RECORDS: Slab = Slab::new(
@@ -185,6 +188,27 @@ impl StoredMessage {
 
     pub fn read_on_import(&self) -> bool {
         self.flags & READ_ON_IMPORT != 0
+    }
+
+    /// The message as sent with SendMsgControl `control` (set before it is shared).
+    pub fn with_control(mut self, control: SendControl) -> Self {
+        self.flags |= if control.no_unread { NO_UNREAD } else { 0 }
+            | if control.no_last_msg { NO_LAST_MSG } else { 0 };
+        self
+    }
+
+    /// Its SendMsgControl.
+    pub fn control(&self) -> SendControl {
+        SendControl {
+            no_unread: self.flags & NO_UNREAD != 0,
+            no_last_msg: self.flags & NO_LAST_MSG != 0,
+        }
+    }
+
+    /// Whether it counts in its recipient's unread counts while unread: neither imported as
+    /// read nor sent with `NoUnread` (what a send adds and a recall or read mark takes back).
+    pub fn counts_unread(&self) -> bool {
+        self.flags & (READ_ON_IMPORT | NO_UNREAD) == 0
     }
 
     /// The state as it is now (a cheap copy: the content is shared or inline).

@@ -227,11 +227,12 @@ impl Store {
             true,
             || unreachable!("created on demand"),
             |fs, ts, c| {
-                // An import is the same message in either direction (Tencent's importmsg).
-                let existing = c.find(&s.from, s.key).or_else(|| {
-                    (s.kind != SendKind::Send)
-                        .then(|| c.find(&s.to, s.key))
-                        .flatten()
+                // An import is the same message in either direction (Tencent's importmsg). A
+                // send may repeat one sent moments before under another MsgTimeStamp (a
+                // client's retry, dated by the server anew each time).
+                let existing = c.find(&s.from, s.key).or_else(|| match s.kind {
+                    SendKind::Send => c.find_retry(&s.from, s.key, &s.content),
+                    _ => c.find(&s.to, s.key),
                 });
                 if let Some(existing) = existing {
                     return Ok(Applied::Sent {
@@ -247,15 +248,18 @@ impl Store {
                 }
                 let (ticket, mut outbox) = self.record_queueing(op, mode, s.origin.as_ref())?;
                 (fs.ticket, ts.ticket, c.ticket) = (ticket, ticket, ticket);
-                let msg = MsgArc::new(StoredMessage::new(
-                    s.from.clone(),
-                    s.to.clone(),
-                    s.key,
-                    c.take_arrival(),
-                    s.sender_copy,
-                    s.kind == SendKind::ImportHistory,
-                    s.content.with_origin_device(s.origin_device.as_deref()),
-                ));
+                let msg = MsgArc::new(
+                    StoredMessage::new(
+                        s.from.clone(),
+                        s.to.clone(),
+                        s.key,
+                        c.take_arrival(),
+                        s.sender_copy,
+                        s.kind == SendKind::ImportHistory,
+                        s.content.with_origin_device(s.origin_device.as_deref()),
+                    )
+                    .with_control(s.control),
+                );
                 c.insert(msg.clone());
                 c.trim(s.at.saturating_sub(retention));
                 if s.kind != SendKind::ImportHistory {
@@ -315,9 +319,11 @@ impl Store {
                 s.lifetime
             };
         ts.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
-        let side = c.side(&s.to);
-        c.unread[side] = c.unread[side].saturating_add(1);
-        ts.unread_total = ts.unread_total.saturating_add(1);
+        if !s.control.no_unread {
+            let side = c.side(&s.to);
+            c.unread[side] = c.unread[side].saturating_add(1);
+            ts.unread_total = ts.unread_total.saturating_add(1);
+        }
         if s.sender_copy == SenderCopy::RoamingAndDevices {
             fs.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
         }
@@ -469,7 +475,7 @@ impl Store {
             // The one instant every layer changes: they all share this record.
             msg.recall(by.clone(), at);
             let side = c.side(to);
-            if c.is_unread(&msg) && c.unread[side] > 0 {
+            if msg.counts_unread() && c.is_unread(&msg) && c.unread[side] > 0 {
                 c.unread[side] -= 1;
                 ts.unread_total = ts.unread_total.saturating_sub(1);
             }

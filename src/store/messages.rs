@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::hooks::{BeforeSend, OutgoingMessage};
 use crate::journal::Journal;
 use crate::key::MsgKey;
-use crate::message::{Content, MsgElement, RecallNotice, SendReceipt, SendRequest, SenderCopy};
+use crate::message::{
+    Content, MsgElement, RecallNotice, SendControl, SendReceipt, SendRequest, SenderCopy,
+};
 use crate::op::{ModifyOp, Op, SendKind, SendOp};
 use crate::store::{BatchReceipt, BatchSendRequest};
 
@@ -44,6 +46,7 @@ pub struct PreparedSend<'a> {
     cloud_custom_data: Option<String>,
     content: Content,
     sender_copy: SenderCopy,
+    control: SendControl,
     origin_device: Option<DeviceId>,
     origin: Option<Origin>,
     /// Whether its after-send callback is queued (REST `ForbidAfterSendMsgCallback` says no;
@@ -171,6 +174,7 @@ impl Store {
             cloud_custom_data: req.cloud_custom_data,
             content,
             sender_copy: req.sender_copy,
+            control: req.control,
             origin_device,
             origin: self.origin(),
             after_callback: true,
@@ -240,6 +244,7 @@ impl Store {
             kind: SendKind::Send,
             origin: p.origin.filter(|_| p.after_callback),
             retention: Some(self.inner.config.retention_secs),
+            control: p.control,
         });
         let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
             unreachable!("send applies as Sent")
@@ -290,6 +295,7 @@ impl Store {
                 kind: SendKind::Send,
                 origin: None,
                 retention: Some(self.inner.config.retention_secs),
+                control: req.control,
             });
             match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
@@ -331,6 +337,7 @@ impl Store {
             },
             origin: None,
             retention: Some(self.inner.config.retention_secs),
+            control: SendControl::default(),
         });
         let Applied::Sent { msg, .. } = self.run_found(&op, found)? else {
             unreachable!("an import applies as Sent")

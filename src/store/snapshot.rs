@@ -68,8 +68,11 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
         to: &m.to,
         key: key_tuple(m.key),
         arrival: m.arrival(),
-        // Bit 7: imported as history, counted read (format 2; format 1 never sets it).
-        sender_copy: codec::sender_copy_code(m.sender_copy()) | (u8::from(m.read_on_import()) << 7),
+        // Bit 7: imported as history, counted read (format 2; format 1 never sets it). Bits
+        // 6 and 5: SendMsgControl NoUnread and NoLastMsg (older versions never set them).
+        sender_copy: codec::sender_copy_code(m.sender_copy())
+            | (u8::from(m.read_on_import()) << 7)
+            | (m.control().bits() << 5),
         origin_device: match state {
             MsgState::Live(c) => c.origin_device(),
             MsgState::Recalled { .. } => None,
@@ -291,8 +294,10 @@ impl Store {
                 at: *at,
             },
         };
-        let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x7f)
+        let sender_copy = codec::sender_copy_from_code(img.sender_copy & 0x1f)
             .map_err(|e| Error::Internal(e.0))?;
+        let control =
+            crate::message::SendControl::from_bits((img.sender_copy >> 5) & 3).expect("two bits");
         if img.arrival >= ARRIVAL_LIMIT {
             return Err(Error::Internal(format!(
                 "the snapshot gives a message arrival number {}, past the limit {ARRIVAL_LIMIT}",
@@ -307,7 +312,8 @@ impl Store {
             sender_copy,
             img.sender_copy & 0x80 != 0,
             state,
-        ))
+        )
+        .with_control(control))
     }
 
     fn restore_conversation(&self, img: ConvImage<'_>) -> Result<(), Error> {
