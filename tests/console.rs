@@ -541,6 +541,52 @@ fn console_sends_shows_recalls_and_pages_history_in_a_real_browser() {
         page.until(&what, &shown(n, &other_key, other));
     }
 
+    // bob answers with the same MsgKey (the other direction: another message). Recalling
+    // alice's must not touch bob's, which both devices show under the same MsgKey.
+    let parts: Vec<u64> = key.split('_').map(|p| p.parse().unwrap()).collect();
+    let twin = server.post(
+        "openim/sendmsg",
+        json!({"SyncOtherMachine": 1, "From_Account": "bob", "To_Account": "alice",
+            "MsgSeq": parts[0], "MsgRandom": parts[1], "MsgTimeStamp": parts[2],
+            "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "same key, bob's"}}]}),
+    );
+    assert_eq!(twin["MsgKey"], json!(key), "{twin}");
+    let bobs = |n: u8| {
+        format!(
+            "document.querySelector(\"#dev{n}-messages li[data-msgkey='{key}'][data-from='bob']\")"
+        )
+    };
+    for n in [1, 2] {
+        page.until(
+            &format!("device {n} shows bob's message with the same key"),
+            &format!(
+                "{}?.querySelector('.text')?.textContent === \"same key, bob's\"",
+                bobs(n)
+            ),
+        );
+    }
+    // Recalling bob's (shown after alice's) tombstones bob's, not the first with its key.
+    let withdrawn = server.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "bob", "To_Account": "alice", "MsgKey": key}),
+    );
+    assert_eq!(withdrawn["ErrorCode"], 0, "{withdrawn}");
+    for n in [1, 2] {
+        page.until(
+            &format!("device {n} shows bob's message recalled"),
+            &format!("{}.classList.contains('recalled')", bobs(n)),
+        );
+        let alices = page.eval(&format!(
+            "t.item({n}, {})?.querySelector('.text')?.textContent",
+            js(&key)
+        ));
+        assert_eq!(
+            alices,
+            json!(text),
+            "alice's message under the same key, on device {n}"
+        );
+    }
+
     // Recall from bob's panel: the message leaves both devices' views.
     page.eval(&format!(
         "t.item(2, {}).querySelector('button').click()",
@@ -570,7 +616,8 @@ fn console_sends_shows_recalls_and_pages_history_in_a_real_browser() {
         .unwrap()
         .matches(&format!("recall {key}"))
         .count();
-    assert_eq!(recalls, 2, "one recall per device in the event log: {log}");
+    // One per device for bob's message and one per device for alice's (the same key).
+    assert_eq!(recalls, 4, "one recall per device in the event log: {log}");
 
     // History, bob's side with alice (filled in from the devices): MsgFlagBits 8, no body.
     let pair = page.eval("[t.value('hist-operator'), t.value('hist-peer')]");
