@@ -137,6 +137,23 @@ fn bad_frames_are_answered_with_90001_and_the_connection_stays() {
     assert_eq!(ws.expect()["Event"], "message");
 }
 
+/// A frame past the 64 KiB a client frame may hold ends the connection with a close frame
+/// that says why — 1009 and REST's 93000 — not a silent drop a client would retry for good.
+#[test]
+fn a_frame_too_large_is_answered_with_a_close_frame_saying_93000() {
+    let (_dir, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "");
+    let big = format!(
+        r#"{{"Op":"sendmsg","To_Account":"vinson","MsgRandom":1,"MsgBody":[{{"MsgType":"TIMTextElem","MsgContent":{{"Text":"{}"}}}}]}}"#,
+        "x".repeat(70 * 1024)
+    );
+    ws.send_raw(&big);
+    let close = ws.close_frame(common::server::WAIT);
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.starts_with("93000"), "{reason}");
+}
+
 #[test]
 fn a_burst_of_frames_is_slowed_but_every_one_is_answered_in_order() {
     let (_d, s) = setup();

@@ -173,6 +173,25 @@ struct Session {
     shutdown: watch::Receiver<bool>,
 }
 
+/// What a session does with a frame it could not read: `Some` of the close frame to send
+/// when it was larger than [`MAX_CLIENT_FRAME`] — 1009 (message too big), with the code REST
+/// answers a body too large with, so a client can tell it from a dropped connection and not
+/// send it again for good; the connection cannot read on (the rest of the frame is still on
+/// the wire). `None` for any other failure: the connection is gone.
+pub(super) fn unreadable(e: &axum::Error) -> Option<Message> {
+    // tungstenite's CapacityError::MessageTooLong, for a frame or a message past the limit.
+    e.to_string().contains("Message too long").then(|| {
+        Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1009,
+            reason: format!(
+                "93000: a client frame is at most {} KiB",
+                MAX_CLIENT_FRAME >> 10
+            )
+            .into(),
+        }))
+    })
+}
+
 /// Sends one text frame, giving up after `WRITE_TIMEOUT`.
 pub(super) async fn send(
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
@@ -199,7 +218,16 @@ impl Session {
                     break;
                 }
                 frame = rx.next() => {
-                    let Some(Ok(frame)) = frame else { break };
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => {
+                            if let Some(close) = unreadable(&e) {
+                                let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await;
+                            }
+                            break;
+                        }
+                        None => break,
+                    };
                     last_heard = Instant::now();
                     // Every frame counts against the budget, pings too: a ping flood is slowed like
                     // any other (tungstenite answers pings itself, one pending pong at most).

@@ -406,6 +406,25 @@ impl Ws {
             .unwrap();
     }
 
+    /// The close frame the server sends within `timeout` (its code and reason), skipping
+    /// other frames; `None` if none came.
+    pub fn close_frame(&mut self, timeout: Duration) -> Option<(u16, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.socket.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Whether the server closed the connection (reads until the close or `timeout`).
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -25,7 +25,7 @@ use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
     FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
-    send,
+    send, unreadable,
 };
 use crate::server::rest::json_response;
 
@@ -112,7 +112,16 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
                 break;
             }
             frame = rx.next() => {
-                let Some(Ok(frame)) = frame else { break };
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        if let Some(close) = unreadable(&e) {
+                            let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await;
+                        }
+                        break;
+                    }
+                    None => break,
+                };
                 last_heard = Instant::now();
                 // Every frame counts against the budget, pings too: a ping flood is slowed like
                 // any other (tungstenite answers pings itself, one pending pong at most).
