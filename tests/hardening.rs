@@ -333,6 +333,7 @@ fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns() {
     // Still full: still refused, with nothing applied.
     let again = s.post("openim/sendmsg", text("vinson", "dramon", refused, "retry"));
     assert_eq!(again["ErrorCode"], 91000);
+
     // Space comes back: the same request now succeeds, without a restart.
     assert_eq!(
         s.post("imstore/faults", json!({"NoSpace": false}))["ErrorCode"],
@@ -513,6 +514,51 @@ fn an_sse_stream_that_ends_gives_its_device_place_back() {
     assert_eq!(r["ErrorCode"], 0, "{r}");
     assert!(other.next(WAIT).is_some(), "the other device got nothing");
     drop(kept);
+}
+
+/// An event stream refused because every device place is taken is an event stream that says
+/// so (91000) and asks to be tried again (`retry:`): a browser's EventSource gives up for good
+/// on any answer that is not `text/event-stream`.
+#[test]
+fn an_sse_device_refused_at_capacity_is_asked_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        dir.path(),
+        Launch {
+            nofile: Some(256),
+            ..Launch::default()
+        },
+    );
+    // Ten accounts of thirty devices each (an account may have 32).
+    let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    let r = s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": users }),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let mut kept = Vec::new();
+    for i in 0..300 {
+        let request = format!(
+            "GET /v4/imstore/events?{}&device=d{i} HTTP/1.1\r\nHost: x\r\n\r\n",
+            s.query(&users[i / 30])
+        );
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut head = vec![0u8; 512];
+        let n = c.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "connect {i}: {head}");
+        assert!(head.contains("text/event-stream"), "connect {i}: {head}");
+        if head.contains("retry: ") {
+            assert!(head.contains("event: error"), "{head}");
+            assert!(head.contains("91000"), "{head}");
+            assert!(i > 50, "refused after only {i} devices: {head}");
+            return;
+        }
+        kept.push(c);
+    }
+    panic!("300 device streams under 256 descriptors, none refused");
 }
 
 /// Sends `head` and `body` on a fresh connection; returns the status code and the JSON body.

@@ -81,20 +81,50 @@ pub(super) fn envelope(status: StatusCode, e: &Error) -> Response {
         .into_response()
 }
 
+/// The HTTP status of a device connection refused before its upgrade or stream: 401 for a
+/// UserSig's failure, 503 for the server's own (91000: the journal cannot be written, say —
+/// a client retries that later, where it takes a 400 as final), 400 otherwise.
 pub(super) fn auth_status(e: &Error) -> StatusCode {
-    if (70001..=70020).contains(&e.code()) {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::BAD_REQUEST
+    match e.code() {
+        70001..=70020 => StatusCode::UNAUTHORIZED,
+        91000 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
 pub(super) fn at_capacity() -> Response {
-    envelope(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &Error::Internal("the server holds as many device connections as it can; retry".into()),
-    )
+    envelope(StatusCode::SERVICE_UNAVAILABLE, &no_device_place())
 }
+
+pub(super) fn no_device_place() -> Error {
+    Error::Internal("the server holds as many device connections as it can; retry".into())
+}
+
+/// How an event stream refuses a device. The server's own failure (91000: no device place
+/// left, the journal cannot be written) is an event stream that says so and asks to be tried
+/// again in a few seconds (`retry:`): a browser's `EventSource` gives up for good on any
+/// answer that is not `text/event-stream`, but reconnects after a stream that ends. Any
+/// other refusal (a bad UserSig, an unknown account) is the JSON envelope, which it should
+/// not retry.
+pub(super) fn sse_refusal(e: &Error) -> Response {
+    let reply = error_reply(e);
+    if reply.code != 91000 {
+        return json_response(reply);
+    }
+    let body = format!(
+        "retry: {SSE_RETRY_MS}\nevent: error\ndata: {}\n\n",
+        reply.json
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(body))
+        .expect("a valid response")
+}
+
+/// The reconnection delay an event stream refused for the server's own failure asks for.
+const SSE_RETRY_MS: u64 = 5_000;
 
 /// Connects the device, once its connection record is durable.
 async fn connect(app: &App, req: &DeviceRequest) -> Result<Subscription, Error> {
@@ -337,11 +367,11 @@ pub async fn events(
         req.after = Some(last);
     }
     let Some(place) = conn.device_place() else {
-        return at_capacity();
+        return sse_refusal(&no_device_place());
     };
     let sub = match connect(&app, &req).await {
         Ok(s) => s,
-        Err(e) => return json_response(error_reply(&e)),
+        Err(e) => return sse_refusal(&e),
     };
     tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
     // The device's place goes with the stream: given back when it ends.
@@ -416,4 +446,32 @@ pub async fn ack(
         Ok(()) => reply,
         Err(e) => error_reply(&e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal the client may retry (the server's own failure) is 503; a UserSig's 401;
+    /// the request's own 400.
+    #[test]
+    fn a_connect_refused_by_the_servers_own_failure_is_503() {
+        let status = |e: Error| auth_status(&e);
+        assert_eq!(
+            status(Error::Internal("the journal cannot be written".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(Error::AccountNotFound("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Error::InvalidField {
+                field: "usersig",
+                code: 70003,
+                why: "bad".into()
+            }),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }

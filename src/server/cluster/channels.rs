@@ -25,7 +25,7 @@ use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
     FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
-    send, unreadable,
+    no_device_place, send, sse_refusal, unreadable,
 };
 use crate::server::rest::json_response;
 
@@ -244,11 +244,11 @@ pub async fn events(
         }
     }
     let Some(place) = conn.device_place() else {
-        return at_capacity();
+        return sse_refusal(&no_device_place());
     };
     let feed = match feed::open(&node, req, after).await {
         Ok(f) => f,
-        Err(e) => return json_response(error_reply(&e)),
+        Err(e) => return sse_refusal(&e),
     };
     // The device's place goes with the stream: given back when it ends.
     let state = (
