@@ -486,6 +486,7 @@ pub(crate) fn decode_op(
             origin: None,
             retention: None,
             control: SendControl::default(),
+            retry_dedup: false,
         }),
         OpRecord::SendV2(rec) => send_op(rec, None, 0, &mut name)?,
         OpRecord::Recall {
@@ -637,6 +638,7 @@ fn send_op(
         origin: origin_from(r.origin)?,
         retention,
         control,
+        retry_dedup: false,
     }))
 }
 
@@ -915,6 +917,7 @@ mod tests {
                 }),
                 retention: Some(3600),
                 control: SendControl::default(),
+                retry_dedup: false,
             }),
             Op::Recall {
                 from: u("a"),
@@ -949,6 +952,7 @@ mod tests {
                 origin: None,
                 retention: None,
                 control: SendControl::default(),
+                retry_dedup: false,
             }),
             Op::Recall {
                 from: u("a"),
@@ -1022,6 +1026,7 @@ mod tests {
                     no_unread: true,
                     no_last_msg: true,
                 },
+                retry_dedup: false,
             }),
         ];
         // Each record's bytes, as journals and streams hold them: a change to the record types

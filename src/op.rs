@@ -110,6 +110,11 @@ pub(crate) struct SendOp {
     pub retention: Option<u64>,
     /// SendMsgControl (journaled only when not plain).
     pub control: crate::message::SendControl,
+    /// Whether a retry of an earlier send may answer for it (`Conversation::find_retry`):
+    /// `sendmsg` and a client's send, not a batch's or an import's. Live only, never
+    /// journaled: a send record is one that was not a retry when it was applied, so a replay
+    /// never looks (and replays journals written before the rule as they were written).
+    pub retry_dedup: bool,
 }
 
 /// How a message enters the store.

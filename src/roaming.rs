@@ -20,6 +20,10 @@ pub(crate) type Pos = (u32, u32, u64);
 /// ([`Conversation::find_retry`]): Tencent's deduplication window.
 pub const RETRY_WINDOW_SECS: u64 = 120;
 
+/// Up to how many messages of a retry's window [`Conversation::find_retry`] reads in a row;
+/// beyond, it looks up each second's (time, seq) instead.
+const RETRY_SCAN: usize = 64;
+
 /// Fixed bytes a history item costs on the wire besides its accounts and content: field names,
 /// numbers and punctuation of one `MsgList` entry.
 const ITEM_OVERHEAD_BYTES: usize = 200;
@@ -466,23 +470,34 @@ impl Conversation {
     /// retry whose MsgTimeStamp the server gave anew): from `from`, with the same MsgSeq and
     /// MsgRandom and the same content, dated at most [`RETRY_WINDOW_SECS`] before `key` —
     /// Tencent's deduplication (sender, MsgSeq, MsgRandom and the content's CRC, for 120 s).
-    /// A recalled one matches whatever its content was: a retry must not bring it back.
-    /// Reads the (time, seq) of the messages of that window, and a record only on a match.
+    /// A recalled or modified message no longer has the content it was sent with: a send like
+    /// it is a new message (storing a retry twice is a lesser harm than dropping a new one).
+    /// Reads a record only where MsgSeq matches: the (time, seq) beside each pointer sorts the
+    /// window's messages, so a window of many is searched second by second.
     pub fn find_retry(&self, from: &UserId, key: MsgKey, content: &Content) -> Option<&MsgArc> {
         let (time, seq) = (u64::from(key.time()), key.seq());
         let low = time.saturating_sub(RETRY_WINDOW_SECS);
+        let start = self.messages.partition_point(|h| h.time() < low);
         let end = self.messages.partition_point(|h| h.time() <= time);
-        self.messages
-            .range(0, end)
-            .rev()
-            .take_while(|h| h.time() >= low)
-            .filter(|h| h.ts as u32 == seq)
-            .map(|h| &h.msg)
-            .find(|m| {
-                m.from == *from
-                    && m.key.random() == key.random()
-                    && (m.is_recalled() || m.content().as_ref() == Some(content))
-            })
+        let same = |h: &&Held| {
+            h.ts as u32 == seq
+                && h.msg.from == *from
+                && h.msg.key.random() == key.random()
+                && h.msg.content().as_ref() == Some(content)
+        };
+        if end - start <= RETRY_SCAN {
+            return self.messages.range(start, end).find(same).map(|h| &h.msg);
+        }
+        (low..=time).find_map(|second| {
+            let ts = second << 32 | u64::from(seq);
+            let at = self.messages.partition_point(|h| h.ts < ts);
+            let len = self.messages.len();
+            self.messages
+                .range(at, len)
+                .take_while(|h| h.ts == ts)
+                .find(same)
+                .map(|h| &h.msg)
+        })
     }
 
     /// Whether another message can be taken in: arrival numbers are kept in 48 bits

@@ -62,9 +62,31 @@ pub use super::ClusterServerConfig;
 const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// How often a node says it is alive and rebalances.
 const ROUND: Duration = Duration::from_secs(1);
-/// Published by a node that reconnected to NATS or took a shard over: requests in flight
-/// may have lost their answers (a dead owner never answers), so pulls are sent again.
+/// Published by a node that reconnected to NATS (its node id) or took shard `n` over
+/// (`shard:<n>`): requests in flight may have lost their answers (a dead owner never
+/// answers), so pulls are sent again, and calls to that shard (to any, after a reconnect).
 const RESEND: &str = "imstore.resend";
+/// The last [`RESEND`] heard, and how many so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Resend {
+    pub heard: u64,
+    /// The shard taken over, or `None`: a node reconnected (every call may have lost its
+    /// answer).
+    pub shard: Option<u32>,
+}
+
+impl Resend {
+    fn heard(&mut self, shard: Option<u32>) {
+        self.heard += 1;
+        self.shard = shard;
+    }
+
+    /// Whether a call to shard `n` waiting for its answer should be sent again.
+    pub fn concerns(&self, n: u32) -> bool {
+        self.shard.is_none_or(|s| s == n)
+    }
+}
+
 /// A device session no node has pulled for this long is dropped by the owner.
 const SESSION_IDLE: Duration = Duration::from_secs(60);
 
@@ -81,9 +103,10 @@ pub(super) struct Node {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     sessions: AtomicU64,
-    /// Bumped when this node or another reconnects to NATS: answers to requests in flight
-    /// then may have been lost, and pulls are sent again rather than left to time out.
-    resend: watch::Sender<u64>,
+    /// Bumped when this node or another reconnects to NATS, or a node takes a shard over:
+    /// answers to requests in flight then may have been lost, and pulls (and calls to that
+    /// shard) are sent again rather than left to time out.
+    resend: watch::Sender<Resend>,
     /// The first administrator: the sender of a send without From_Account.
     pub(super) first_admin: String,
     /// How often each owned shard's expired history, inbox entries and idle devices are
@@ -142,13 +165,14 @@ impl Node {
                     .map_or(1, |d| d.as_nanos() as u64),
             ),
             first_admin,
-            resend: watch::channel(0).0,
+            resend: watch::channel(Resend::default()).0,
             purge_interval,
         }))
     }
 
-    /// A receiver that changes whenever a node reconnected to NATS (see `resend`).
-    pub(super) fn resends(&self) -> watch::Receiver<u64> {
+    /// A receiver that changes whenever a node reconnected to NATS or took a shard over (see
+    /// [`RESEND`]).
+    pub(super) fn resends(&self) -> watch::Receiver<Resend> {
         self.resend.subscribe()
     }
 
@@ -172,13 +196,19 @@ impl Node {
                     tracing::info!("reconnected to NATS; calls in flight are sent again");
                     let resend = self.client.publish(RESEND, self.cluster.node_id().to_owned().into());
                     let _ = tokio::time::timeout(rpc::PUBLISH_TIMEOUT, resend).await;
-                    self.resend.send_modify(|n| *n += 1);
+                    self.resend.send_modify(|r| r.heard(None));
                 }
                 heard = theirs.next() => {
-                    if heard.is_none() {
+                    let Some(heard) = heard else {
                         return;
-                    }
-                    self.resend.send_modify(|n| *n += 1);
+                    };
+                    // `shard:<n>`: a takeover of shard n; anything else (a node id, or what an
+                    // older version sends): a reconnection, which concerns every call.
+                    let shard = std::str::from_utf8(&heard.payload)
+                        .ok()
+                        .and_then(|p| p.strip_prefix("shard:"))
+                        .and_then(|n| n.parse::<u32>().ok());
+                    self.resend.send_modify(|r| r.heard(shard));
                 }
             }
         }
@@ -412,10 +442,9 @@ impl Node {
             self.runtime
                 .spawn(async move { w.dispatch(store, stopped, metrics).await });
         }
-        // Pulls waiting on the shard's previous owner (dead, or gone) are sent again now.
-        let resend = self
-            .client
-            .publish(RESEND, self.cluster.node_id().to_owned().into());
+        // Pulls and calls waiting on the shard's previous owner (dead, or gone) are sent
+        // again now.
+        let resend = self.client.publish(RESEND, format!("shard:{n}").into());
         let _ = (self.runtime).block_on(tokio::time::timeout(rpc::PUBLISH_TIMEOUT, resend));
         Ok(())
     }

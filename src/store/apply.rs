@@ -229,9 +229,13 @@ impl Store {
             |fs, ts, c| {
                 // An import is the same message in either direction (Tencent's importmsg). A
                 // send may repeat one sent moments before under another MsgTimeStamp (a
-                // client's retry, dated by the server anew each time).
+                // client's retry, dated by the server anew each time): looked for live only
+                // (`SendOp::retry_dedup`), since a record is a send that was not one.
                 let existing = c.find(&s.from, s.key).or_else(|| match s.kind {
-                    SendKind::Send => c.find_retry(&s.from, s.key, &s.content),
+                    SendKind::Send if s.retry_dedup && mode == Mode::Live => {
+                        c.find_retry(&s.from, s.key, &s.content)
+                    }
+                    SendKind::Send => None,
                     _ => c.find(&s.to, s.key),
                 });
                 if let Some(existing) = existing {
@@ -319,7 +323,7 @@ impl Store {
                 s.lifetime
             };
         ts.deliver(Entry::Message(msg.clone()), expires_at, s.at, online_only);
-        if !s.control.no_unread {
+        if msg.counts_unread() {
             let side = c.side(&s.to);
             c.unread[side] = c.unread[side].saturating_add(1);
             ts.unread_total = ts.unread_total.saturating_add(1);

@@ -245,6 +245,7 @@ impl Store {
             origin: p.origin.filter(|_| p.after_callback),
             retention: Some(self.inner.config.retention_secs),
             control: p.control,
+            retry_dedup: true,
         });
         let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
             unreachable!("send applies as Sent")
@@ -296,6 +297,7 @@ impl Store {
                 origin: None,
                 retention: Some(self.inner.config.retention_secs),
                 control: req.control,
+                retry_dedup: false,
             });
             match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
@@ -338,6 +340,7 @@ impl Store {
             origin: None,
             retention: Some(self.inner.config.retention_secs),
             control: SendControl::default(),
+            retry_dedup: false,
         });
         let Applied::Sent { msg, .. } = self.run_found(&op, found)? else {
             unreachable!("an import applies as Sent")

@@ -68,8 +68,9 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
         to: &m.to,
         key: key_tuple(m.key),
         arrival: m.arrival(),
-        // Bit 7: imported as history, counted read (format 2; format 1 never sets it). Bits
-        // 6 and 5: SendMsgControl NoUnread and NoLastMsg (older versions never set them).
+        // Bit 7: imported as history, counted read (format 2; format 1 never sets it). Bit 5:
+        // SendMsgControl NoUnread, bit 6: NoLastMsg (`SendControl::bits`; older versions
+        // never set them).
         sender_copy: codec::sender_copy_code(m.sender_copy())
             | (u8::from(m.read_on_import()) << 7)
             | (m.control().bits() << 5),

@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Node;
 use super::feed::{self, Feed, Token};
@@ -216,7 +216,13 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         peer: peer_account,
         msg_time,
     };
+    let recall = frame.get("Op").and_then(Value::as_str) == Some("recall");
     let reply = match node.call(n, &call, bytes, rpc::REST_TIMEOUT).await {
+        // The recall of an attempt that went unanswered landed: its answer was OK (as REST's,
+        // `front::forward`).
+        Ok((answer, _)) if answer.after_doubt && answer.code == 20023 && recall => {
+            ok_reply(Map::new())
+        }
         Ok((answer, bytes)) => Reply {
             json: String::from_utf8_lossy(&bytes).into_owned(),
             code: answer.code,

@@ -72,13 +72,7 @@ pub(in crate::server) async fn rest(
             let (a, b) = match route {
                 "openim/sendmsg" => {
                     fixed = fix_key(node, &mut map);
-                    let from = s(&map, &["From_Account"]);
-                    let from = if from.is_empty() {
-                        node.first_admin.clone()
-                    } else {
-                        from
-                    };
-                    (from, s(&map, &["To_Account"]))
+                    (sender(node, &map), s(&map, &["To_Account"]))
                 }
                 "openim/admin_getroammsg" => (
                     s(&map, &["Operator_Account", "From_Account"]),
@@ -118,6 +112,15 @@ pub(super) fn fix_key(node: &Node, map: &mut Map<String, Value>) -> bool {
         map.insert("MsgTimeStamp".into(), json!(node_time(node)));
     }
     fixed
+}
+
+/// A send's sender as the owner will read it: From_Account, or — absent or `""` — the
+/// first administrator.
+fn sender(node: &Node, map: &Map<String, Value>) -> String {
+    map.get("From_Account")
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
+        .map_or_else(|| node.first_admin.clone(), str::to_owned)
 }
 
 /// Whether a field is missing, as the API reads it (null counts as missing).
@@ -212,11 +215,7 @@ async fn batch(
         return error_reply(&Error::TooManyRecipients(to.len()));
     }
     fix_key(node, &mut map);
-    let from = map
-        .get("From_Account")
-        .and_then(Value::as_str)
-        .filter(|f| !f.is_empty())
-        .map_or_else(|| node.first_admin.clone(), str::to_owned);
+    let from = sender(node, &map);
     let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for t in &to {
         by_shard
