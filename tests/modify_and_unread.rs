@@ -234,6 +234,8 @@ fn send_msg_control_no_unread_and_no_last_msg() {
     store.import_accounts(&["a", "b"]).unwrap();
     let send = |random: u32, text: &str, no_unread: bool, no_last_msg: bool| {
         let mut req = text_req("a", "b", random, text);
+        // In history order (one second, MsgSeq after MsgSeq).
+        req.msg_seq = Some(random);
         req.control = imstore::SendControl {
             no_unread,
             no_last_msg,

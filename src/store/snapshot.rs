@@ -530,6 +530,12 @@ impl Store {
 
     fn restore_account(&self, img: AccountImage<'_>) -> Result<(), Error> {
         let cell = self.inner.accounts.cell(&UserId::new(img.user)?)?;
+        check_account(&img).map_err(|why| {
+            Error::Internal(format!(
+                "the snapshot's account {} is damaged: {why}",
+                img.user
+            ))
+        })?;
         let slots = self.restore_slots(&img.entries)?;
         let total = self.restore_unread(cell, &img.unread)?;
         {
@@ -546,6 +552,34 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What an account's first record must hold for its inbox to go on numbering as it did (a
+/// record whose checksum is right but whose content is not — written by a bug, or by hand —
+/// would otherwise give out a sequence number again): a next sequence number of at least 1,
+/// entries in order below it, device cursors not past the last entry. (Continuation
+/// records are checked as they extend the inbox, `Inbox::extend_restored`.)
+fn check_account(img: &AccountImage<'_>) -> Result<(), String> {
+    if img.next_seq == 0 {
+        return Err("next sequence number 0".into());
+    }
+    let mut last = 0;
+    for e in &img.entries {
+        if e.seq <= last || e.seq >= img.next_seq {
+            return Err(format!(
+                "inbox entry {} out of order (after {last}, next {})",
+                e.seq, img.next_seq
+            ));
+        }
+        last = e.seq;
+    }
+    if let Some((device, cursor, _)) = img.devices.iter().find(|d| d.1 >= img.next_seq) {
+        return Err(format!(
+            "device {device}'s cursor {cursor} is past the last entry {}",
+            img.next_seq - 1
+        ));
+    }
+    Ok(())
 }
 
 impl Capture {
@@ -1004,5 +1038,45 @@ mod tests {
         // A read mark at or past the next arrival marks messages to come as read.
         assert!(check_arrivals(8, [8, 0], 7).is_err());
         assert!(check_arrivals(8, [0, u64::MAX], 7).is_err());
+    }
+
+    /// An account record whose inbox would number an entry again, or whose device cursor
+    /// is past its last entry, is refused on restore.
+    #[test]
+    fn damaged_inbox_numbers_are_refused_on_restore() {
+        let entry = |seq: u64| codec::EntryImage {
+            seq,
+            expires_at: 1,
+            kind: 1,
+            modified_at: 0,
+            msg: codec::MsgRef::Roaming {
+                from: "a",
+                to: "b",
+                key: (1, 2, 3),
+            },
+        };
+        let account = |next_seq: u64, seqs: &[u64], cursor: u64| AccountImage {
+            user: "b",
+            next_seq,
+            entries: seqs.iter().map(|&s| entry(s)).collect(),
+            devices: vec![("phone", cursor, 0)],
+            unread: vec![],
+        };
+        assert_eq!(check_account(&account(8, &[3, 5, 7], 7)), Ok(()));
+        assert_eq!(check_account(&account(1, &[], 0)), Ok(()));
+        assert!(check_account(&account(0, &[], 0)).is_err());
+        assert!(
+            check_account(&account(2, &[5], 1)).is_err(),
+            "an entry past next"
+        );
+        assert!(
+            check_account(&account(8, &[5, 3], 5)).is_err(),
+            "out of order"
+        );
+        assert!(check_account(&account(8, &[5, 5], 5)).is_err(), "twice");
+        assert!(
+            check_account(&account(8, &[5], 8)).is_err(),
+            "a cursor past the end"
+        );
     }
 }

@@ -167,7 +167,13 @@ async fn forward(
         ip: ip.to_owned(),
         accounts,
     };
-    match node.call(n, &call, body, rpc::REST_TIMEOUT).await {
+    // A compaction snapshots every shard of its owner one at a time: it may take minutes.
+    let timeout = if path.ends_with("/compact") {
+        COMPACT_TIMEOUT
+    } else {
+        rpc::REST_TIMEOUT
+    };
+    match node.call(n, &call, body, timeout).await {
         // The recall of an attempt that went unanswered landed: its answer was OK.
         Ok((answer, _))
             if answer.after_doubt
@@ -401,6 +407,10 @@ async fn unread(
 }
 
 /// `imstore/compact`: every shard snapshots itself into the object store.
+/// How long `imstore/compact` waits for each shard's snapshot: a node takes its shards'
+/// snapshots one after another, each writing its whole shard.
+const COMPACT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 async fn compact(node: &Node, path: &str, query: &str, ip: &str) -> Reply {
     let calls = (0..node.shards())
         .map(|n| async move { forward(node, n, path, query, ip, Vec::new(), b"{}").await });
