@@ -477,17 +477,28 @@ impl Conversation {
     pub fn find_retry(&self, from: &UserId, key: MsgKey, content: &Content) -> Option<&MsgArc> {
         let (time, seq) = (u64::from(key.time()), key.seq());
         let low = time.saturating_sub(RETRY_WINDOW_SECS);
-        let start = self.messages.partition_point(|h| h.time() < low);
-        let end = self.messages.partition_point(|h| h.time() <= time);
-        let same = |h: &&Held| {
+        let same = |h: &Held| {
             h.ts as u32 == seq
                 && h.msg.from == *from
                 && h.msg.key.random() == key.random()
                 && h.msg.content().as_ref() == Some(content)
         };
-        if end - start <= RETRY_SCAN {
-            return self.messages.range(start, end).find(same).map(|h| &h.msg);
+        // Newest first: most windows hold a few messages at the end of the history.
+        for (read, h) in self.messages.iter().rev().enumerate() {
+            if read == RETRY_SCAN {
+                break;
+            }
+            match h.time() {
+                t if t > time => continue,
+                t if t < low => return None,
+                _ if same(h) => return Some(&h.msg),
+                _ => {}
+            }
         }
+        if self.messages.len() <= RETRY_SCAN {
+            return None;
+        }
+        // A long history in or after the window: each second's (time, seq) looked up.
         (low..=time).find_map(|second| {
             let ts = second << 32 | u64::from(seq);
             let at = self.messages.partition_point(|h| h.ts < ts);
@@ -495,7 +506,7 @@ impl Conversation {
             self.messages
                 .range(at, len)
                 .take_while(|h| h.ts == ts)
-                .find(same)
+                .find(|h| same(h))
                 .map(|h| &h.msg)
         })
     }
