@@ -20,6 +20,9 @@ pub(crate) type Pos = (u32, u32, u64);
 /// ([`Conversation::find_retry`]): Tencent's deduplication window.
 pub const RETRY_WINDOW_SECS: u64 = 120;
 
+/// How much later than a retry its first attempt may be dated (clocks of a cluster's nodes).
+pub const RETRY_SKEW_SECS: u64 = 5;
+
 /// Up to how many messages of a retry's window [`Conversation::find_retry`] reads in a row;
 /// beyond, it looks up each second's (time, seq) instead.
 const RETRY_SCAN: usize = 64;
@@ -468,15 +471,21 @@ impl Conversation {
 
     /// The message a send with MsgKey `key` and `content` repeats, sent again later (a
     /// retry whose MsgTimeStamp the server gave anew): from `from`, with the same MsgSeq and
-    /// MsgRandom and the same content, dated at most [`RETRY_WINDOW_SECS`] before `key` —
+    /// MsgRandom and the same content, dated at most [`RETRY_WINDOW_SECS`] before `key` (or
+    /// [`RETRY_SKEW_SECS`] after it) —
     /// Tencent's deduplication (sender, MsgSeq, MsgRandom and the content's CRC, for 120 s).
     /// A recalled or modified message no longer has the content it was sent with: a send like
     /// it is a new message (storing a retry twice is a lesser harm than dropping a new one).
     /// Reads a record only where MsgSeq matches: the (time, seq) beside each pointer sorts the
     /// window's messages, so a window of many is searched second by second.
     pub fn find_retry(&self, from: &UserId, key: MsgKey, content: &Content) -> Option<&MsgArc> {
-        let (time, seq) = (u64::from(key.time()), key.seq());
-        let low = time.saturating_sub(RETRY_WINDOW_SECS);
+        let (seq, low) = (
+            key.seq(),
+            u64::from(key.time()).saturating_sub(RETRY_WINDOW_SECS),
+        );
+        // A retry may also be dated a little before its first attempt: in a cluster each
+        // attempt is dated by the node that took it, whose clocks differ a little.
+        let time = u64::from(key.time()) + RETRY_SKEW_SECS;
         let same = |h: &Held| {
             h.ts as u32 == seq
                 && h.msg.from == *from
@@ -747,92 +756,4 @@ fn position(msg: &StoredMessage) -> Pos {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::{Content, MsgElement, SenderCopy};
-    use std::collections::VecDeque;
-
-    pub(super) fn held(seq: u32) -> Held {
-        let u = UserId::new("roaming-test-a").unwrap();
-        let v = UserId::new("roaming-test-b").unwrap();
-        let c = Content::new(&[MsgElement::text("x")], None).unwrap();
-        Held::new(MsgArc::new(StoredMessage::new(
-            u,
-            v,
-            MsgKey::new(seq, 1, 100),
-            u64::from(seq),
-            SenderCopy::Roaming,
-            false,
-            c,
-        )))
-    }
-
-    fn seqs<'a>(it: impl Iterator<Item = &'a Held>) -> Vec<u32> {
-        it.map(|h| h.ts as u32).collect()
-    }
-
-    #[test]
-    fn messages_are_32_bytes_in_every_form() {
-        assert_eq!(std::mem::size_of::<Messages>(), 32);
-    }
-
-    #[test]
-    fn messages_behave_as_a_deque_through_one_and_many() {
-        // A model (a plain deque of MsgSeqs) and random inserts, trims and range reads.
-        let mut model: VecDeque<u32> = VecDeque::new();
-        let mut m = Messages::Empty;
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for step in 0..4000u32 {
-            let r = next();
-            if r % 4 == 0 && !model.is_empty() {
-                let n = (next() as usize) % (model.len() + 1);
-                model.drain(..n);
-                m.drain_front(n);
-            } else {
-                let at = (next() as usize) % (model.len() + 1);
-                model.insert(at, step);
-                m.insert(at, held(step));
-            }
-            assert_eq!(m.len(), model.len());
-            assert_eq!(seqs(m.iter()), model.iter().copied().collect::<Vec<_>>());
-            assert_eq!(m.front().map(|h| h.ts as u32), model.front().copied());
-            assert_eq!(m.back().map(|h| h.ts as u32), model.back().copied());
-            let (a, b) = ((next() as usize) % 6, (next() as usize) % 6);
-            let want: Vec<u32> = model
-                .iter()
-                .copied()
-                .skip(a)
-                .take(b.saturating_sub(a))
-                .collect();
-            assert_eq!(seqs(m.range(a, b)), want, "range {a}..{b}");
-            let mut rev = want.clone();
-            rev.reverse();
-            assert_eq!(seqs(m.range(a, b).rev()), rev);
-            match model.len() {
-                0 => assert!(matches!(m, Messages::Empty)),
-                1 => assert!(matches!(m, Messages::One(_))),
-                _ => assert!(matches!(m, Messages::Many(_))),
-            }
-            if model.len() > 40 {
-                model.clear();
-                m.drain_front(usize::MAX);
-            }
-        }
-        // partition_point over a sorted run.
-        let mut m = Messages::Empty;
-        assert_eq!(m.partition_point(|_| true), 0);
-        for s in 0..5 {
-            m.insert(m.len(), held(s * 10));
-            for probe in 0..=50 {
-                let want = (0..=s).filter(|k| k * 10 < probe).count();
-                assert_eq!(m.partition_point(|h| (h.ts as u32) < probe), want);
-            }
-        }
-    }
-}
+mod tests;

@@ -226,6 +226,23 @@ fn sends_alike_that_were_both_stored_replay_as_both() {
     assert_eq!(observe(&store, &["a", "b"]), before);
 }
 
+/// A retry dated a little before its first attempt (in a cluster each attempt is dated by the
+/// node that took it, and their clocks differ) is still a retry; one dated much earlier is a
+/// new message.
+#[test]
+fn a_retry_dated_a_little_earlier_is_still_a_retry() {
+    let (store, _) = store_with(&["a", "b"]);
+    let send = |time: u32| {
+        let mut req = text_req("a", "b", 5, "skewed");
+        (req.msg_seq, req.msg_time) = (Some(7), Some(time));
+        store.send(req).unwrap().msg_key
+    };
+    let t = T0 as u32;
+    let first = send(t);
+    assert_eq!(send(t - 2), first, "2 s earlier: the same send");
+    assert_ne!(send(t - 60), first, "a minute earlier: another message");
+}
+
 /// A conversation with many messages in a retry's window (a burst, all in one second) is
 /// searched second by second: a retry among them is still found, others are not.
 #[test]

@@ -63,27 +63,41 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// How often a node says it is alive and rebalances.
 const ROUND: Duration = Duration::from_secs(1);
 /// Published by a node that reconnected to NATS (its node id) or took shard `n` over
-/// (`shard:<n>`): requests in flight may have lost their answers (a dead owner never
+/// ([`TAKEOVER`] and `n`): requests in flight may have lost their answers (a dead owner never
 /// answers), so pulls are sent again, and calls to that shard (to any, after a reconnect).
 const RESEND: &str = "imstore.resend";
-/// The last [`RESEND`] heard, and how many so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The start of a takeover's [`RESEND`] payload (a NUL no node id holds), then the shard.
+const TAKEOVER: &str = "\0shard:";
+
+/// The [`RESEND`]s heard: how many reconnections, and how many takeovers of each shard.
+/// Counts, not the last one heard: a watch keeps only its latest value, and two RESENDs
+/// heard in a row must not hide the first from a call waiting on its shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Resend {
-    pub heard: u64,
-    /// The shard taken over, or `None`: a node reconnected (every call may have lost its
-    /// answer).
-    pub shard: Option<u32>,
+    reconnections: u64,
+    takeovers: std::sync::Arc<Vec<u64>>,
 }
 
 impl Resend {
-    fn heard(&mut self, shard: Option<u32>) {
-        self.heard += 1;
-        self.shard = shard;
+    pub(super) fn heard(&mut self, shard: Option<u32>) {
+        match shard {
+            None => self.reconnections += 1,
+            Some(n) => {
+                let counts = std::sync::Arc::make_mut(&mut self.takeovers);
+                let n = n as usize;
+                if counts.len() <= n {
+                    counts.resize(n + 1, 0);
+                }
+                counts[n] += 1;
+            }
+        }
     }
 
-    /// Whether a call to shard `n` waiting for its answer should be sent again.
-    pub fn concerns(&self, n: u32) -> bool {
-        self.shard.is_none_or(|s| s == n)
+    /// What a call to shard `n` compares to learn whether it should be sent again: it
+    /// changes with every reconnection and every takeover of shard `n`.
+    pub fn mark(&self, n: u32) -> (u64, u64) {
+        let takeovers = self.takeovers.get(n as usize).copied().unwrap_or(0);
+        (self.reconnections, takeovers)
     }
 }
 
@@ -202,11 +216,11 @@ impl Node {
                     let Some(heard) = heard else {
                         return;
                     };
-                    // `shard:<n>`: a takeover of shard n; anything else (a node id, or what an
-                    // older version sends): a reconnection, which concerns every call.
+                    // A takeover of shard n; anything else (a node id, or what an older
+                    // version sends): a reconnection, which concerns every call.
                     let shard = std::str::from_utf8(&heard.payload)
                         .ok()
-                        .and_then(|p| p.strip_prefix("shard:"))
+                        .and_then(|p| p.strip_prefix(TAKEOVER))
                         .and_then(|n| n.parse::<u32>().ok());
                     self.resend.send_modify(|r| r.heard(shard));
                 }
@@ -444,7 +458,7 @@ impl Node {
         }
         // Pulls and calls waiting on the shard's previous owner (dead, or gone) are sent
         // again now.
-        let resend = self.client.publish(RESEND, format!("shard:{n}").into());
+        let resend = self.client.publish(RESEND, format!("{TAKEOVER}{n}").into());
         let _ = (self.runtime).block_on(tokio::time::timeout(rpc::PUBLISH_TIMEOUT, resend));
         Ok(())
     }

@@ -169,7 +169,7 @@ async fn forward(
     };
     // A compaction snapshots every shard of its owner one at a time: it may take minutes.
     let timeout = if path.ends_with("/compact") {
-        COMPACT_TIMEOUT
+        COMPACT_TIMEOUT_PER_SHARD * node.shards()
     } else {
         rpc::REST_TIMEOUT
     };
@@ -406,11 +406,11 @@ async fn unread(
     ok_reply(out)
 }
 
-/// `imstore/compact`: every shard snapshots itself into the object store.
-/// How long `imstore/compact` waits for each shard's snapshot: a node takes its shards'
-/// snapshots one after another, each writing its whole shard.
-const COMPACT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long `imstore/compact` waits for a shard's snapshot, for each shard there is: a node
+/// takes its shards' snapshots one after another, and every call starts waiting at once.
+const COMPACT_TIMEOUT_PER_SHARD: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// `imstore/compact`: every shard snapshots itself into the object store.
 async fn compact(node: &Node, path: &str, query: &str, ip: &str) -> Reply {
     let calls = (0..node.shards())
         .map(|n| async move { forward(node, n, path, query, ip, Vec::new(), b"{}").await });

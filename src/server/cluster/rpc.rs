@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 /// How long a call keeps trying to reach its shard's owner.
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
+/// How many times past [`RETRY_FOR`] a call still waiting is sent again on a takeover of its
+/// shard.
+const LATE_RESENDS: u32 = 3;
 /// How long one request waits for its answer at least.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than its answer's timeout a request may take as a whole: the time to hand
@@ -197,6 +200,7 @@ pub async fn call(
     let mut pause = Duration::from_millis(50);
     let mut doubt = false;
     let mut resends_open = true;
+    let mut late = 0;
     loop {
         let wait = timeout.max(REQUEST_TIMEOUT);
         let request = async_nats::Request::new()
@@ -207,14 +211,18 @@ pub async fn call(
         // call is bounded too.
         let sent =
             tokio::time::timeout(wait + QUEUE_SLACK, client.send_request(subject(n), request));
-        resends.borrow_and_update();
+        let seen = resends.borrow_and_update().mark(n);
         let resent = async {
             loop {
                 if !resends_open || resends.changed().await.is_err() {
                     // Nobody announces takeovers any more: wait out the attempt.
                     std::future::pending::<()>().await;
                 }
-                if resends.borrow_and_update().concerns(n) && Instant::now() < deadline {
+                // Past RETRY_FOR, a few more: a takeover late in a long call (a compaction)
+                // still deserves one attempt at the new owner; a flapping shard does not keep
+                // a call going for good.
+                let in_time = Instant::now() < deadline || late < LATE_RESENDS;
+                if resends.borrow_and_update().mark(n) != seen && in_time {
                     return;
                 }
             }
@@ -225,6 +233,9 @@ pub async fn call(
                 // Shard n changed owners while this attempt waited: send it again (it may have
                 // landed: in doubt).
                 doubt = true;
+                if Instant::now() >= deadline {
+                    late += 1;
+                }
                 tracing::debug!(shard = n, "a takeover: the call is sent again");
                 continue;
             }
@@ -369,22 +380,20 @@ mod tests {
             let owner = client.clone();
             let mut calls = owner.subscribe(subject(9)).await.unwrap();
             owner.flush().await.unwrap();
-            let (takeover, resends) = tokio::sync::watch::channel(Default::default());
+            let (takeover, resends) =
+                tokio::sync::watch::channel(crate::server::cluster::Resend::default());
             let answering = tokio::spawn(async move {
-                let first = calls.next().await.unwrap();
+                let _first = calls.next().await.unwrap();
                 // Another shard's takeover: this call's owner may just be slow; it waits.
-                takeover.send_replace(crate::server::cluster::Resend {
-                    heard: 1,
-                    shard: Some(3),
-                });
+                takeover.send_modify(|r| r.heard(Some(3)));
                 let quiet = tokio::time::timeout(Duration::from_millis(300), calls.next()).await;
                 assert!(quiet.is_err(), "sent again on another shard's takeover");
                 // The old owner holds the first attempt; a new owner of shard 9 announces
-                // itself.
-                drop(first);
-                takeover.send_replace(crate::server::cluster::Resend {
-                    heard: 2,
-                    shard: Some(9),
+                // itself, and another shard's owner right after (heard before the waiting
+                // call looks: it must still see shard 9's).
+                takeover.send_modify(|r| {
+                    r.heard(Some(9));
+                    r.heard(Some(3));
                 });
                 let again = calls.next().await.unwrap();
                 let answer = Answer::default();

@@ -1,0 +1,84 @@
+use crate::message::ARRIVAL_LIMIT;
+use crate::{Config, HistoryQuery, ManualClock, MsgElement, SendRequest, Store, UserId};
+
+/// Every change that moves a conversation's messages — its first, its buffer made and
+/// grown, a purge down to one and to none — leaves where they now are in its table slot
+/// (`Store::rehint`), for requests to start loading them with the conversation.
+#[test]
+fn the_conversations_slot_says_where_its_messages_are() {
+    let clock = ManualClock::new(1_700_000_000);
+    let store = Store::in_memory(Config::default().with_clock(clock.clone())).unwrap();
+    store.import_accounts(&["where-a", "where-b"]).unwrap();
+    let (a, b) = (
+        UserId::new("where-a").unwrap(),
+        UserId::new("where-b").unwrap(),
+    );
+    let hints = || {
+        let (key, conv) = store.conversation_keyed(&a, &b).unwrap();
+        let slot = store.inner.conversations.get_hinted(&key).unwrap().1;
+        (slot, conv.lock().hint())
+    };
+    let send = |seq: u32, time: u32| {
+        let mut req = SendRequest::new("where-a", "where-b", 1, vec![MsgElement::text("x")]);
+        (req.msg_seq, req.msg_time) = (Some(seq), Some(time));
+        store.send(req).unwrap();
+    };
+    let mut seen = Vec::new();
+    // One message (its record), then buffers of 2, 4 and 8 (each a new one).
+    for seq in 1..=5 {
+        send(seq, 1_700_000_000 - 100 + seq);
+        let (slot, now) = hints();
+        assert_ne!(now, 0);
+        assert_eq!(slot, now, "after message {seq}");
+        seen.push(now);
+    }
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        4,
+        "the record, then buffers of 2, 4 and 8: {seen:x?}"
+    );
+    // Purged down to the newest message, kept in place; then to none.
+    // Retention: the default 7 days.
+    clock.set(1_700_000_000 + 604_800 - 96 + 1);
+    store.purge_expired().unwrap();
+    let (slot, now) = hints();
+    assert!(now != 0 && !seen.contains(&now), "{now:x}");
+    assert_eq!(slot, now);
+    clock.advance(100);
+    store.purge_expired().unwrap();
+    assert_eq!(hints(), (0, 0));
+}
+
+#[test]
+fn a_conversation_out_of_arrival_numbers_refuses_sends_with_91000_and_loses_nothing() {
+    let clock = ManualClock::new(1_700_000_000);
+    let store = Store::in_memory(Config::default().with_clock(clock)).unwrap();
+    store.import_accounts(&["arrival-a", "arrival-b"]).unwrap();
+    let send = |seq: u32| {
+        let mut req = SendRequest::new("arrival-a", "arrival-b", 1, vec![MsgElement::text("x")]);
+        req.msg_seq = Some(seq);
+        store.send(req)
+    };
+    send(1).unwrap();
+    let (a, b) = (
+        UserId::new("arrival-a").unwrap(),
+        UserId::new("arrival-b").unwrap(),
+    );
+    store
+        .conversation(&a, &b)
+        .unwrap()
+        .lock()
+        .set_next_arrival(ARRIVAL_LIMIT - 1);
+    // The last number is taken, and kept whole in the record (history orders by it).
+    send(2).unwrap();
+    let err = send(3).unwrap_err();
+    assert_eq!(err.code(), 91000, "{err}");
+    let page = store
+        .history(&HistoryQuery::new("arrival-b", "arrival-a", 10))
+        .unwrap();
+    let seqs: Vec<u32> = page.messages.iter().map(|m| m.message.key.seq()).collect();
+    assert_eq!(seqs.len(), 2, "the refused send stored nothing");
+    assert!(seqs.contains(&1) && seqs.contains(&2));
+    assert_eq!(store.unread("arrival-b", "arrival-a").unwrap(), 2);
+}
