@@ -208,7 +208,7 @@ struct Session {
 /// answers a body too large with, so a client can tell it from a dropped connection and not
 /// send it again for good; the connection cannot read on (the rest of the frame is still on
 /// the wire). `None` for any other failure: the connection is gone.
-pub(super) fn unreadable(e: &axum::Error) -> Option<Message> {
+fn unreadable(e: &axum::Error) -> Option<Message> {
     // tungstenite's CapacityError::MessageTooLong, for a frame or a message past the limit.
     e.to_string().contains("Message too long").then(|| {
         Message::Close(Some(axum::extract::ws::CloseFrame {
@@ -220,6 +220,17 @@ pub(super) fn unreadable(e: &axum::Error) -> Option<Message> {
             .into(),
         }))
     })
+}
+
+/// A session's frame that could not be read: says why, if it can ([`unreadable`]). The
+/// session ends after it.
+pub(super) async fn frame_failed(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    e: &axum::Error,
+) {
+    if let Some(close) = unreadable(e) {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await;
+    }
 }
 
 /// Sends one text frame, giving up after `WRITE_TIMEOUT`.
@@ -251,9 +262,7 @@ impl Session {
                     let frame = match frame {
                         Some(Ok(frame)) => frame,
                         Some(Err(e)) => {
-                            if let Some(close) = unreadable(&e) {
-                                let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await;
-                            }
+                            frame_failed(&mut tx, &e).await;
                             break;
                         }
                         None => break,

@@ -25,7 +25,7 @@ use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
     FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
-    no_device_place, send, sse_refusal, unreadable,
+    frame_failed, no_device_place, send, sse_refusal,
 };
 use crate::server::rest::json_response;
 
@@ -115,9 +115,7 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(e)) => {
-                        if let Some(close) = unreadable(&e) {
-                            let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await;
-                        }
+                        frame_failed(&mut tx, &e).await;
                         break;
                     }
                     None => break,
