@@ -508,7 +508,7 @@ impl Conversation {
             return None;
         }
         // A long history in or after the window: each second's (time, seq) looked up.
-        (low..=time).find_map(|second| {
+        (low..=time.min(u64::from(u32::MAX))).find_map(|second| {
             let ts = second << 32 | u64::from(seq);
             let at = self.messages.partition_point(|h| h.ts < ts);
             let len = self.messages.len();

@@ -69,6 +69,21 @@ const RESEND: &str = "imstore.resend";
 /// The start of a takeover's [`RESEND`] payload (a NUL no node id holds), then the shard.
 const TAKEOVER: &str = "\0shard:";
 
+/// The shard a [`RESEND`]'s payload says was taken over; `None` for anything else — a node
+/// id, what an older version sends, a shard number past the cluster's (the counts are sized
+/// by it: a payload must not make a node allocate) — which is read as a reconnection, and
+/// concerns every call.
+fn takeover_shard(payload: &[u8], shards: u32) -> Option<u32> {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|p| p.strip_prefix(TAKEOVER))
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|&n| n < shards)
+}
+
+/// The most shards whose takeovers [`Resend`] counts one by one (8 bytes each).
+const COUNTED_SHARDS: u32 = 1 << 16;
+
 /// The [`RESEND`]s heard: how many reconnections, and how many takeovers of each shard.
 /// Counts, not the last one heard: a watch keeps only its latest value, and two RESENDs
 /// heard in a row must not hide the first from a call waiting on its shard.
@@ -79,8 +94,11 @@ pub(super) struct Resend {
 }
 
 impl Resend {
+    /// Counts a RESEND: of a reconnection, or of the takeover of `shard` (a shard of the
+    /// cluster, [`takeover_shard`]: the counts grow to it; one past [`COUNTED_SHARDS`]
+    /// counts as a reconnection, whoever calls).
     pub(super) fn heard(&mut self, shard: Option<u32>) {
-        match shard {
+        match shard.filter(|&n| n < COUNTED_SHARDS) {
             None => self.reconnections += 1,
             Some(n) => {
                 let counts = std::sync::Arc::make_mut(&mut self.takeovers);
@@ -216,12 +234,7 @@ impl Node {
                     let Some(heard) = heard else {
                         return;
                     };
-                    // A takeover of shard n; anything else (a node id, or what an older
-                    // version sends): a reconnection, which concerns every call.
-                    let shard = std::str::from_utf8(&heard.payload)
-                        .ok()
-                        .and_then(|p| p.strip_prefix(TAKEOVER))
-                        .and_then(|n| n.parse::<u32>().ok());
+                    let shard = takeover_shard(&heard.payload, self.shards());
                     self.resend.send_modify(|r| r.heard(shard));
                 }
             }

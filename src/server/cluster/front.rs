@@ -169,7 +169,7 @@ async fn forward(
     };
     // A compaction snapshots every shard of its owner one at a time: it may take minutes.
     let timeout = if path.ends_with("/compact") {
-        COMPACT_TIMEOUT_PER_SHARD * node.shards()
+        compact_timeout(node.shards())
     } else {
         rpc::REST_TIMEOUT
     };
@@ -406,9 +406,12 @@ async fn unread(
     ok_reply(out)
 }
 
-/// How long `imstore/compact` waits for a shard's snapshot, for each shard there is: a node
-/// takes its shards' snapshots one after another, and every call starts waiting at once.
-const COMPACT_TIMEOUT_PER_SHARD: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long `imstore/compact` waits for its shards' snapshots: 120 s for each shard there is
+/// (a node takes its shards' snapshots one after another, and every call starts waiting at
+/// once), and at least 10 minutes (one shard's snapshot may itself take minutes).
+fn compact_timeout(shards: u32) -> std::time::Duration {
+    (std::time::Duration::from_secs(120) * shards).max(std::time::Duration::from_secs(600))
+}
 
 /// `imstore/compact`: every shard snapshots itself into the object store.
 async fn compact(node: &Node, path: &str, query: &str, ip: &str) -> Reply {
@@ -486,6 +489,12 @@ mod tests {
             "ErrorInfo": "From_Account ghost does not exist"}));
         let replies = vec![(to(&["b"]), bad.clone()), (to(&["d"]), bad.clone())];
         assert_eq!(merge_batch(&replies, 2, Value::Null), bad);
+    }
+
+    #[test]
+    fn compaction_waits_minutes_for_a_few_shards_and_more_for_many() {
+        assert!(compact_timeout(1) >= std::time::Duration::from_secs(600));
+        assert!(compact_timeout(64) >= std::time::Duration::from_secs(64 * 120));
     }
 
     #[test]

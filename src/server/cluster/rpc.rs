@@ -20,9 +20,6 @@ use serde::{Deserialize, Serialize};
 
 /// How long a call keeps trying to reach its shard's owner.
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
-/// How many times past [`RETRY_FOR`] a call still waiting is sent again on a takeover of its
-/// shard.
-const LATE_RESENDS: u32 = 3;
 /// How long one request waits for its answer at least.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than its answer's timeout a request may take as a whole: the time to hand
@@ -200,7 +197,6 @@ pub async fn call(
     let mut pause = Duration::from_millis(50);
     let mut doubt = false;
     let mut resends_open = true;
-    let mut late = 0;
     loop {
         let wait = timeout.max(REQUEST_TIMEOUT);
         let request = async_nats::Request::new()
@@ -218,11 +214,9 @@ pub async fn call(
                     // Nobody announces takeovers any more: wait out the attempt.
                     std::future::pending::<()>().await;
                 }
-                // Past RETRY_FOR, a few more: a takeover late in a long call (a compaction)
-                // still deserves one attempt at the new owner; a flapping shard does not keep
-                // a call going for good.
-                let in_time = Instant::now() < deadline || late < LATE_RESENDS;
-                if resends.borrow_and_update().mark(n) != seen && in_time {
+                // Within RETRY_FOR only: past it, a call waits its attempt out, so that it is
+                // bounded by its answer's timeout plus a second, as it always was.
+                if resends.borrow_and_update().mark(n) != seen && Instant::now() < deadline {
                     return;
                 }
             }
@@ -233,9 +227,6 @@ pub async fn call(
                 // Shard n changed owners while this attempt waited: send it again (it may have
                 // landed: in doubt).
                 doubt = true;
-                if Instant::now() >= deadline {
-                    late += 1;
-                }
                 tracing::debug!(shard = n, "a takeover: the call is sent again");
                 continue;
             }
@@ -349,6 +340,25 @@ mod tests {
             }
         }
         server
+    }
+
+    /// A takeover's payload names a shard of the cluster; anything else — a node id, a
+    /// number past the cluster's shards (the counts are sized by it) — is a reconnection.
+    #[test]
+    fn only_a_shard_of_the_cluster_is_read_from_a_takeover() {
+        use crate::server::cluster::takeover_shard;
+        assert_eq!(takeover_shard(b"\0shard:9", 64), Some(9));
+        assert_eq!(takeover_shard(b"\0shard:64", 64), None);
+        assert_eq!(takeover_shard(b"\0shard:4000000000", 64), None);
+        assert_eq!(takeover_shard(b"node-a", 64), None);
+        assert_eq!(
+            takeover_shard(b"shard:9", 64),
+            None,
+            "a node id, not a takeover"
+        );
+        let mut r = crate::server::cluster::Resend::default();
+        r.heard(Some(u32::MAX));
+        assert_eq!(r.mark(7), (1, 0), "past the counted shards: a reconnection");
     }
 
     /// No takeover announced while a call waits.

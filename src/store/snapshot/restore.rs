@@ -369,10 +369,9 @@ impl Store {
             state.unread_total = total;
             state.inbox = Inbox::restore(img.next_seq, slots);
             for (id, cursor, last_seen) in &img.devices {
-                let cursor = (*cursor).min(img.next_seq - 1);
                 state
                     .devices
-                    .insert(DeviceId::from(*id), DeviceSlot::new(cursor, *last_seen));
+                    .insert(DeviceId::from(*id), DeviceSlot::new(*cursor, *last_seen));
             }
             self.inner.accounts.set_live(cell, true);
         }
@@ -383,9 +382,8 @@ impl Store {
 /// What an account's first record must hold for its inbox to go on numbering as it did (a
 /// record whose checksum is right but whose content is not — written by a bug, or by hand —
 /// would otherwise give out a sequence number again): a next sequence number of at least 1,
-/// entries in order below it. (A device cursor past the last entry is brought back to it, as
-/// `apply` keeps cursors; continuation records are checked as they extend the inbox,
-/// `Inbox::extend_restored`.)
+/// entries in order below it, device cursors not past the last entry. (Continuation
+/// records are checked as they extend the inbox, `Inbox::extend_restored`.)
 pub(super) fn check_account(img: &AccountImage<'_>) -> Result<(), String> {
     if img.next_seq == 0 {
         return Err("next sequence number 0".into());
@@ -399,6 +397,15 @@ pub(super) fn check_account(img: &AccountImage<'_>) -> Result<(), String> {
             ));
         }
         last = e.seq;
+    }
+    if let Some((device, cursor, _)) = img.devices.iter().find(|d| d.1 >= img.next_seq) {
+        // No correct store keeps one (`apply` clamps every cursor to the last entry): the
+        // record is damaged — a next sequence number gone back, most likely, which would
+        // give out numbers devices have confirmed.
+        return Err(format!(
+            "device {device}'s cursor {cursor} is past the last entry {}",
+            img.next_seq - 1
+        ));
     }
     Ok(())
 }
