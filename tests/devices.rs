@@ -590,11 +590,8 @@ fn events_handed_out_again_are_collected_anew_not_resent_as_they_were() {
 /// after a while, does, and both replay.
 #[test]
 fn a_repeated_ack_is_not_journaled() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = imstore::ManualClock::new(T0);
-    let config = imstore::Config::default().with_clock(clock.clone());
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
+    let (disk, store) = on_disk(&["a", "b"]);
+    let clock = &disk.clock;
     let sub = store.connect("b", "phone").unwrap();
     send_text(&store, "a", "b", 1, "one");
     send_text(&store, "a", "b", 2, "two");
@@ -609,7 +606,7 @@ fn a_repeated_ack_is_not_journaled() {
     sub.ack(2).unwrap();
     std::mem::forget(sub); // no disconnect record either
     drop(store);
-    let store = imstore::Store::open(dir.path(), config).unwrap();
+    let store = disk.reopen();
     // The admin's and the accounts' imports, the connect, two sends, three acks (9 when
     // written): not the 200 repeats.
     let replayed = store.recovery_report().records_replayed;

@@ -147,11 +147,7 @@ fn unread_counts_per_peer_and_read_marks() {
 /// history's IsPeerRead and a replay of the journal agree.
 #[test]
 fn a_read_mark_up_to_a_time_reads_what_was_sent_by_then() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = imstore::ManualClock::new(T0);
-    let config = imstore::Config::default().with_clock(clock.clone());
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
+    let (disk, store) = on_disk(&["a", "b"]);
     let t = T0 as u32;
     let send_at = |random: u32, time: u32, text: &str| {
         let mut req = text_req("a", "b", random, text);
@@ -195,7 +191,7 @@ fn a_read_mark_up_to_a_time_reads_what_was_sent_by_then() {
     );
     let before = observe(&store, &["a", "b"]);
     drop(store);
-    let store = imstore::Store::open(dir.path(), config).unwrap();
+    let store = disk.reopen();
     assert_eq!(observe(&store, &["a", "b"]), before, "replayed the same");
 }
 
@@ -227,11 +223,7 @@ fn purge_drops_expired_inbox_entries() {
 /// message; both stay so through a replay of the journal and a snapshot.
 #[test]
 fn send_msg_control_no_unread_and_no_last_msg() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = imstore::ManualClock::new(T0);
-    let config = imstore::Config::default().with_clock(clock.clone());
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
+    let (disk, store) = on_disk(&["a", "b"]);
     let send = |random: u32, text: &str, no_unread: bool, no_last_msg: bool| {
         let mut req = text_req("a", "b", random, text);
         // In history order (one second, MsgSeq after MsgSeq).
@@ -265,7 +257,7 @@ fn send_msg_control_no_unread_and_no_last_msg() {
     assert_eq!(last(&store), "<recalled>");
     let before = (observe(&store, &["a", "b"]), last(&store));
     drop(store);
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
+    let store = disk.reopen();
     assert_eq!(
         (observe(&store, &["a", "b"]), last(&store)),
         before,
@@ -273,7 +265,7 @@ fn send_msg_control_no_unread_and_no_last_msg() {
     );
     store.compact().unwrap();
     drop(store);
-    let store = imstore::Store::open(dir.path(), config).unwrap();
+    let store = disk.reopen();
     assert_eq!(
         (observe(&store, &["a", "b"]), last(&store)),
         before,

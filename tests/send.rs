@@ -140,11 +140,8 @@ fn repeated_send_is_idempotent() {
 /// to the same.
 #[test]
 fn a_send_retried_under_a_later_time_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = imstore::ManualClock::new(T0);
-    let config = imstore::Config::default().with_clock(clock.clone());
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
+    let (disk, store) = on_disk(&["a", "b"]);
+    let clock = &disk.clock;
     let send = |store: &imstore::Store, from: &str, to: &str, text: &str| {
         let mut req = text_req(from, to, 5, text);
         req.msg_seq = Some(9);
@@ -196,7 +193,7 @@ fn a_send_retried_under_a_later_time_is_stored_once() {
     assert_eq!(history(&store).len(), 6);
     let before = observe(&store, &["a", "b"]);
     drop(store);
-    let store = imstore::Store::open(dir.path(), config).unwrap();
+    let store = disk.reopen();
     assert_eq!(observe(&store, &["a", "b"]), before);
 }
 
@@ -206,11 +203,8 @@ fn a_send_retried_under_a_later_time_is_stored_once() {
 /// shift every later inbox number, and a recall of the second would fail the open.)
 #[test]
 fn sends_alike_that_were_both_stored_replay_as_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = imstore::ManualClock::new(T0);
-    let config = imstore::Config::default().with_clock(clock.clone());
-    let store = imstore::Store::open(dir.path(), config.clone()).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
+    let (disk, store) = on_disk(&["a", "b"]);
+    let clock = &disk.clock;
     let alike = || {
         let mut req = batch("a", vec!["b".into()]);
         (req.msg_seq, req.msg_random) = (Some(9), 5);
@@ -222,7 +216,7 @@ fn sends_alike_that_were_both_stored_replay_as_both() {
     store.recall(ADMIN, "a", "b", &second.to_string()).unwrap();
     let before = observe(&store, &["a", "b"]);
     drop(store);
-    let store = imstore::Store::open(dir.path(), config).unwrap();
+    let store = disk.reopen();
     assert_eq!(observe(&store, &["a", "b"]), before);
 }
 

@@ -35,6 +35,31 @@ pub fn store_with_config(
     (store, clock)
 }
 
+/// A store in a temporary directory on a manual clock standing at `T0`, with `users`
+/// imported: what a test of replay needs. [`OnDisk::reopen`] opens it again, replaying its
+/// journal under the same config.
+pub struct OnDisk {
+    pub dir: tempfile::TempDir,
+    pub clock: Arc<ManualClock>,
+    config: Config,
+}
+
+pub fn on_disk(users: &[&str]) -> (OnDisk, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let config = Config::default().with_clock(clock.clone());
+    let disk = OnDisk { dir, clock, config };
+    let store = disk.reopen();
+    store.import_accounts(users).unwrap();
+    (disk, store)
+}
+
+impl OnDisk {
+    pub fn reopen(&self) -> Store {
+        Store::open(self.dir.path(), self.config.clone()).unwrap()
+    }
+}
+
 pub fn text_req<'a>(from: &'a str, to: &'a str, random: u32, text: &str) -> SendRequest<'a> {
     SendRequest::new(from, to, random, vec![MsgElement::text(text)])
 }
