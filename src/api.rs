@@ -93,6 +93,11 @@ pub struct DeviceRequest {
     pub platform: &'static str,
     /// The `after` parameter: resume after this inbox sequence number.
     pub after: Option<u64>,
+    /// When the UserSig the device connected with expires (TLS.time + TLS.expire, Unix
+    /// seconds): its session ends then (70001), as Tencent's SDK is told `onUserSigExpired`
+    /// and logs in again. `None` for a request that carried no UserSig of its own (a client
+    /// frame a cluster node forwarded: the node's session holds the deadline).
+    pub sig_expires_at: Option<u64>,
 }
 
 /// How many `Peer_Account`s one `get_c2c_unread_msg_num` may ask about (Tencent's limit;
@@ -332,7 +337,7 @@ impl Api {
         self.finish_send(prepared, decision).map(Outcome::Answer)
     }
 
-    fn authenticate(&self, params: &HashMap<String, String>) -> Result<String, Error> {
+    fn authenticate(&self, params: &HashMap<String, String>) -> Result<usersig::Verified, Error> {
         let app = params.get("sdkappid").map(String::as_str).unwrap_or("");
         let app: u64 = app.parse().map_err(|_| Error::SigAppIdMismatch {
             expected: self.config.sdkappid,
@@ -349,7 +354,7 @@ impl Api {
             .get("usersig")
             .ok_or_else(|| Error::SigMalformed("the usersig parameter is missing".into()))?;
         let now = self.store.config().clock.now();
-        Ok(self.verified.verify(identifier, sig, now)?.identifier)
+        self.verified.verify(identifier, sig, now)
     }
 
     /// The checks every REST call passes before its body is read — UserSig (700xx), the API
@@ -364,7 +369,7 @@ impl Api {
     /// The caller (UserSig, 700xx; an administrator, 90009) and the route's index (60010).
     fn identify(&self, path: &str, query: &str) -> Result<(String, usize), Error> {
         let params = parse_query(query);
-        let caller = self.authenticate(&params)?;
+        let caller = self.authenticate(&params)?.identifier;
         let route = path
             .trim_start_matches('/')
             .strip_prefix("v4/")
@@ -445,7 +450,8 @@ impl Api {
     /// `after` (optional) a sequence number.
     pub fn authorize_device(&self, query: &str) -> Result<DeviceRequest, Error> {
         let params = parse_query(query);
-        let account = self.authenticate(&params)?;
+        let signed = self.authenticate(&params)?;
+        let account = signed.identifier;
         let device = params
             .get("device")
             .filter(|d| !d.is_empty())
@@ -478,6 +484,7 @@ impl Api {
             device: device.clone(),
             platform,
             after,
+            sig_expires_at: Some(signed.issued_at.saturating_add(signed.expire)),
         })
     }
 

@@ -1239,3 +1239,45 @@ fn a_device_of_a_deleted_account_is_disconnected() {
         a.stderr()
     );
 }
+
+/// A device's session on a cluster node ends when its UserSig expires, as on a single node:
+/// a close frame 1008 saying 70001, and an event stream's last event is the envelope.
+#[test]
+fn a_session_ends_with_70001_when_its_usersig_expires() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["carol", "dave"]}),
+    ));
+    let query = a.query_valid_for("carol", 4);
+    let mut ws = a.try_ws_with(&query, "phone", "").unwrap();
+    let sse = a.events_with(&query, "tablet", None);
+    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
+    let got = drain_past(
+        &mut ws,
+        |f| f["Event"] == "message",
+        Duration::from_millis(300),
+    );
+    assert!(got.iter().any(|f| f["Event"] == "message"), "{got:?}");
+    let (code, reason) = ws
+        .close_frame(common::server::WAIT)
+        .expect("a close frame at the expiry");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.starts_with("70001"), "{reason}");
+    let deadline = std::time::Instant::now() + common::server::WAIT;
+    let mut last = None;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match sse.recv_timeout(left) {
+            Ok(e) => last = Some(e),
+            Err(_) => break,
+        }
+    }
+    let (_, kind, data) = last.expect("events on the stream");
+    assert_eq!(
+        (kind.as_str(), &data["ErrorCode"]),
+        ("error", &json!(70001))
+    );
+}

@@ -154,6 +154,52 @@ fn a_frame_too_large_is_answered_with_a_close_frame_saying_93000() {
     assert!(reason.starts_with("93000"), "{reason}");
 }
 
+/// A session ends when the UserSig it connected with expires, as Tencent's server logs a
+/// client out (its SDK is told `onUserSigExpired`): a close frame 1008 saying 70001, after
+/// the events sent while it was valid; the same UserSig then cannot connect again (401). An
+/// event stream ends with an `error` event carrying the envelope.
+#[test]
+fn a_session_ends_with_70001_when_its_usersig_expires() {
+    let (_d, s) = setup();
+    let query = s.query_valid_for("dramon", 4);
+    let mut ws = s.try_ws_with(&query, "phone", "").unwrap();
+    let sse = s.events_with(&query, "tablet", None);
+    let key = send(&s, 1, "while valid");
+    assert_eq!(ws.expect()["Data"]["MsgKey"], key);
+    let (_, kind, _) = sse.recv_timeout(WAIT).unwrap();
+    assert_eq!(kind, "message");
+    let (code, reason) = ws.close_frame(WAIT).expect("a close frame at the expiry");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.starts_with("70001"), "{reason}");
+    let (_, kind, data) = sse
+        .recv_timeout(WAIT)
+        .expect("an error event at the expiry");
+    assert_eq!(
+        (kind.as_str(), &data["ErrorCode"]),
+        ("error", &json!(70001))
+    );
+    assert!(
+        sse.recv_timeout(WAIT).is_err(),
+        "the event stream ended after its error event"
+    );
+    let refused = s.try_ws_with(&query, "phone", "").err().unwrap();
+    assert!(
+        refused.contains("401") && refused.contains("70001"),
+        "{refused}"
+    );
+    // A UserSig still valid keeps its session: the account is not logged out.
+    let mut again = s.ws("dramon", "phone", "");
+    let later = send(&s, 2, "after");
+    let keys: Vec<Value> = (0..2)
+        .map(|_| again.expect()["Data"]["MsgKey"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [json!(key), json!(later)],
+        "the unconfirmed one again, then the new one"
+    );
+}
+
 #[test]
 fn a_burst_of_frames_is_slowed_but_every_one_is_answered_in_order() {
     let (_d, s) = setup();

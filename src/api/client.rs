@@ -112,6 +112,7 @@ mod tests {
             device: "phone".into(),
             platform: "iOS",
             after: None,
+            sig_expires_at: None,
         };
         let frame = json!({
             "Op": "sendmsg", "To_Account": "b", "MsgRandom": 5, "MsgSeq": 77,

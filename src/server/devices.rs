@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -28,6 +29,7 @@ use super::conn::ConnHandle;
 use super::rest::{json_response, read_body};
 use crate::Subscription;
 use crate::api::{DeviceRequest, Reply, error_reply, event_payload, ws_event_frame, ws_reply};
+use crate::clock::Clock;
 use crate::error::Error;
 
 /// A WebSocket client silent for this many ping intervals (`ServerConfig::ws_ping`, 30 s by
@@ -125,6 +127,47 @@ pub(super) fn sse_refusal(e: &Error) -> Response {
 
 /// The reconnection delay an event stream refused for the server's own failure asks for.
 const SSE_RETRY_MS: u64 = 5_000;
+
+/// Resolves when the UserSig a device connected with has expired (`expires_at`, by the
+/// store's clock), with the error its session ends on (70001): Tencent's server ends the
+/// session of a client whose UserSig expires while it is online (its SDK is told
+/// `onUserSigExpired` and logs in again with a new one), so a UserSig's lifetime bounds a
+/// connection's too. Never resolves for `None`. It wakes at least once a minute and reads the
+/// clock again, so a clock set forward is followed within a minute.
+pub(super) async fn sig_expiry(clock: Arc<dyn Clock>, expires_at: Option<u64>) -> Error {
+    let Some(expires_at) = expires_at else {
+        return std::future::pending().await;
+    };
+    loop {
+        let now = clock.now();
+        // Valid while now <= expires_at (`usersig::verify`).
+        if now > expires_at {
+            return Error::SigExpired {
+                expired_at: expires_at,
+            };
+        }
+        let wait = (expires_at - now).saturating_add(1).min(60);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
+/// The close frame of a session whose UserSig expired: 1008 (policy violation) with the
+/// error's code first, as every close frame that gives a reason (`93000: ...` for a frame too
+/// large), so that a client tells it from a dropped connection and gets a new UserSig before
+/// connecting again.
+pub(super) fn expired_close(e: &Error) -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: 1008,
+        reason: format!("{}: {e}", e.code()).into(),
+    }))
+}
+
+/// The last event of an event stream whose UserSig expired: `event: error` with the JSON
+/// envelope (70001). The stream ends after it; a browser's `EventSource` reconnects with the
+/// same URL, whose UserSig is now refused with the envelope, and stops.
+pub(super) fn expired_event(e: &Error) -> SseEvent {
+    SseEvent::default().event("error").data(error_reply(e).json)
+}
 
 /// Connects the device, once its connection record is durable.
 async fn connect(app: &App, req: &DeviceRequest) -> Result<Subscription, Error> {
@@ -252,10 +295,18 @@ impl Session {
         ping.reset();
         let mut last_heard = Instant::now();
         let mut budget = FrameBudget::new();
+        let clock = self.app.api.store().config().clock.clone();
+        let expiry = sig_expiry(clock, self.req.sig_expires_at);
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                    break;
+                }
+                e = &mut expiry => {
+                    tracing::debug!(account = %self.req.account, device = %self.req.device, "UserSig expired; session ended");
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(expired_close(&e))).await;
                     break;
                 }
                 frame = rx.next() => {
@@ -384,29 +435,36 @@ pub async fn events(
     };
     tracing::debug!(account = %req.account, device = %req.device, resume = ?req.after, "device connected (sse)");
     // The device's place goes with the stream: given back when it ends.
+    let clock = app.api.store().config().clock.clone();
+    let expiry = Box::pin(sig_expiry(clock, req.sig_expires_at));
     let state = (
-        sub,
+        Some((sub, expiry)),
         app.shutdown.clone(),
         (place, app.metrics.device("sse")),
     );
-    let batches = futures_util::stream::unfold(state, |(sub, mut shutdown, conn)| async move {
+    let batches = futures_util::stream::unfold(state, |(live, mut shutdown, conn)| async move {
+        let (sub, mut expiry) = live?;
         let events = tokio::select! {
             _ = shutdown.changed() => return None,
+            // The stream's last event, then its end.
+            e = &mut expiry => return Some((vec![expired_event(&e)], (None, shutdown, conn))),
             batch = sub.next_batch() => batch.ok()?,
         };
-        Some((events, (sub, shutdown, conn)))
-    });
-    let stream = batches
-        .flat_map(futures_util::stream::iter)
-        .map(|event: crate::Event| {
-            let (kind, data) = event_payload(&event);
-            Ok::<_, Infallible>(
+        let events = events
+            .iter()
+            .map(|event| {
+                let (kind, data) = event_payload(event);
                 SseEvent::default()
                     .id(event.seq.to_string())
                     .event(kind)
-                    .data(data),
-            )
-        });
+                    .data(data)
+            })
+            .collect();
+        Some((events, (Some((sub, expiry)), shutdown, conn)))
+    });
+    let stream = batches
+        .flat_map(futures_util::stream::iter)
+        .map(Ok::<_, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

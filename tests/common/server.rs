@@ -163,7 +163,12 @@ impl Server {
     }
 
     pub fn query(&self, identifier: &str) -> String {
-        let sig = usersig::generate(APP, KEY, identifier, 3600, now());
+        self.query_valid_for(identifier, 3600)
+    }
+
+    /// [`query`](Server::query) with a UserSig valid for `secs` seconds from now.
+    pub fn query_valid_for(&self, identifier: &str, secs: u64) -> String {
+        let sig = usersig::generate(APP, KEY, identifier, secs, now());
         format!("sdkappid={APP}&identifier={identifier}&usersig={sig}&random=7&contenttype=json")
     }
 
@@ -205,11 +210,17 @@ impl Server {
         device: &str,
         last_event_id: Option<&str>,
     ) -> mpsc::Receiver<(String, String, Value)> {
-        let url = format!(
-            "{}/v4/imstore/events?{}&device={device}",
-            self.base,
-            self.query(account)
-        );
+        self.events_with(&self.query(account), device, last_event_id)
+    }
+
+    /// [`events`](Server::events) with the query given (its UserSig, say).
+    pub fn events_with(
+        &self,
+        query: &str,
+        device: &str,
+        last_event_id: Option<&str>,
+    ) -> mpsc::Receiver<(String, String, Value)> {
+        let url = format!("{}/v4/imstore/events?{query}&device={device}", self.base);
         let mut req = ureq::get(&url);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
@@ -257,10 +268,14 @@ impl Server {
     }
 
     pub fn try_ws(&self, account: &str, device: &str, extra: &str) -> Result<Ws, String> {
+        self.try_ws_with(&self.query(account), device, extra)
+    }
+
+    /// [`try_ws`](Server::try_ws) with the query given (its UserSig, say).
+    pub fn try_ws_with(&self, query: &str, device: &str, extra: &str) -> Result<Ws, String> {
         let url = format!(
-            "ws://{}/v4/imstore/ws?{}&device={device}{extra}",
-            self.addr,
-            self.query(account)
+            "ws://{}/v4/imstore/ws?{query}&device={device}{extra}",
+            self.addr
         );
         match tungstenite::connect(url) {
             Ok((socket, _)) => Ok(Ws { socket }),

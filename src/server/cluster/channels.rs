@@ -25,7 +25,7 @@ use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
     FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
-    frame_failed, no_device_place, send, sse_refusal,
+    expired_close, expired_event, frame_failed, no_device_place, send, sig_expiry, sse_refusal,
 };
 use crate::server::rest::json_response;
 
@@ -105,10 +105,17 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
     ping.reset();
     let mut last_heard = Instant::now();
     let mut budget = FrameBudget::new();
+    let clock = app.api.store().config().clock.clone();
+    let expiry = sig_expiry(clock, feed.request().sig_expires_at);
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                break;
+            }
+            e = &mut expiry => {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(expired_close(&e))).await;
                 break;
             }
             frame = rx.next() => {
@@ -255,24 +262,30 @@ pub async fn events(
         Err(e) => return sse_refusal(&e),
     };
     // The device's place goes with the stream: given back when it ends.
+    let clock = app.api.store().config().clock.clone();
+    let expiry = Box::pin(sig_expiry(clock, feed.request().sig_expires_at));
     let state = (
-        feed,
+        Some((feed, expiry)),
         app.shutdown.clone(),
         (place, app.metrics.device("sse")),
     );
-    let batches =
-        futures_util::stream::unfold(state, |(mut feed, mut shutdown, conn)| async move {
-            let events = tokio::select! {
-                _ = shutdown.changed() => return None,
-                batch = feed.next() => batch?,
-            };
-            Some((events, (feed, shutdown, conn)))
-        });
+    let batches = futures_util::stream::unfold(state, |(live, mut shutdown, conn)| async move {
+        let (mut feed, mut expiry) = live?;
+        let events = tokio::select! {
+            _ = shutdown.changed() => return None,
+            // The stream's last event, then its end.
+            e = &mut expiry => return Some((vec![expired_event(&e)], (None, shutdown, conn))),
+            batch = feed.next() => batch?,
+        };
+        let events = events
+            .into_iter()
+            .map(|(token, e)| SseEvent::default().id(token).event(e.kind).data(e.data))
+            .collect();
+        Some((events, (Some((feed, expiry)), shutdown, conn)))
+    });
     let stream = batches
         .flat_map(futures_util::stream::iter)
-        .map(|(token, e)| {
-            Ok::<_, Infallible>(SseEvent::default().id(token).event(e.kind).data(e.data))
-        });
+        .map(Ok::<_, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

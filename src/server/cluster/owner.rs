@@ -400,6 +400,7 @@ pub(super) async fn handle(
                 device,
                 platform: platform_name(&platform),
                 after: None,
+                sig_expires_at: None,
             };
             let ip = ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let origin = webhook::device_origin(req.platform, ip);
