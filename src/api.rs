@@ -42,8 +42,9 @@ mod wire;
 pub use directory::Directory;
 use fields::{Fields, bad, parse_query};
 pub use wire::{
-    before_send_body, before_send_decision, callback_accepted, callback_body, callback_query,
-    callback_sign, error_reply, event_payload, ok_reply, ws_event_frame, ws_reply,
+    RESET_EVENT, before_send_body, before_send_decision, callback_accepted, callback_body,
+    callback_query, callback_sign, error_reply, event_payload, ok_reply, ws_event_frame, ws_reply,
+    ws_reset_frame,
 };
 
 /// How the API authenticates and limits callers.

@@ -15,7 +15,9 @@
 //!   the message bodies, a recall that makes a message skipped — is then on disk, so a crash
 //!   cannot take back anything a device was shown.
 //! - **R7.** The cursor is what the client confirmed (`ack`, a resume position), never what was
-//!   handed out. A session starts from the cursor (or from the client's resume position), so
+//!   handed out — and never more than was handed out: a session's ack is bounded by what it
+//!   sent, and a resume position past the inbox's end confirms nothing (the session starts
+//!   from the cursor and says so, [`Subscription::reset`]). A session starts from the cursor (or from the client's resume position), so
 //!   everything not confirmed is sent again after a disconnect, restart or crash. Entries carry
 //!   their sequence number; clients drop repeats.
 //! - No lost wake-up: the signal is a flag. A writer sets it after appending, under the account
@@ -302,6 +304,8 @@ pub struct Subscription {
     feed: Weak<dyn Feed>,
     signal: Arc<Signal>,
     buf: Mutex<Buffer>,
+    /// The session's start when the resume position asked for was past the inbox's end.
+    reset: Option<u64>,
 }
 
 struct Buffer {
@@ -320,11 +324,13 @@ impl Subscription {
         feed: Weak<dyn Feed>,
         signal: Arc<Signal>,
         start: u64,
+        reset: bool,
     ) -> Self {
         Subscription {
             id,
             feed,
             signal,
+            reset: reset.then_some(start),
             buf: Mutex::new(Buffer {
                 sent: start,
                 handed: start,
@@ -360,6 +366,18 @@ impl Subscription {
             .unwrap_or(0)
     }
 
+    /// `Some(start)` when the position the session was asked to resume after
+    /// ([`Store::connect_after`](crate::Store::connect_after)) was past the account's last
+    /// inbox entry — the store's data is older than the client's (a backup restored, a power
+    /// loss under `SyncPolicy::None`). Nothing was confirmed; the session starts after
+    /// `start`, the device's cursor, and the entries that follow may carry sequence numbers
+    /// the client has seen before, on other entries: a client told this (the server's
+    /// `reset` event) must take them as new — its position is `start` now — rather than drop
+    /// them as repeats.
+    pub fn reset(&self) -> Option<u64> {
+        self.reset
+    }
+
     /// The last sequence number handed out in this session.
     pub fn sent(&self) -> u64 {
         self.buf.lock().sent
@@ -380,11 +398,18 @@ impl Subscription {
 
     /// Confirms receipt of every entry up to `seq`: the device's cursor moves there, and a
     /// later session starts after it. Cumulative; a lower `seq` than before changes nothing.
+    /// No further than this session handed out: a `seq` past it (a client's mistake, or a
+    /// position from before a [`reset`](Subscription::reset)) confirms up to what was handed
+    /// out, never entries the device was not sent.
     pub fn ack(&self, seq: u64) -> Result<(), Error> {
         let feed = self
             .feed()
             .map_err(|_| Error::Internal("the store is closed".into()))?;
-        feed.ack(&self.id, seq)
+        let handed = {
+            let buf = self.buf.lock();
+            buf.handed.max(buf.sent)
+        };
+        feed.ack(&self.id, seq.min(handed))
     }
 
     /// The next event if one is ready now. It may wait for the commit that makes the event

@@ -104,11 +104,13 @@ pub(crate) enum Applied {
     },
     Recalled(RecallNotice),
     Purged(usize),
-    /// A device's live session began: its session number, signal, and where it starts.
+    /// A device's live session began: its session number, signal, and where it starts;
+    /// `reset` when the resume position it asked for was past the inbox's end.
     Connected {
         generation: u64,
         signal: Arc<device::Signal>,
         start: u64,
+        reset: bool,
     },
 }
 

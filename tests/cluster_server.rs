@@ -1281,3 +1281,53 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
         ("error", &json!(70001))
     );
 }
+
+/// A position token past the shards' inboxes (the cluster's data older than the client's: a
+/// restore) confirms nothing: the session starts with a `reset` frame for each such shard,
+/// its token holding the shard at the device's cursor, and the entries after it arrive —
+/// before, the token was taken as confirmed and they never did.
+#[test]
+fn a_token_past_the_shards_inboxes_is_reset_and_loses_nothing() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["carol", "dave"]}),
+    ));
+    let before = ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "before")))["MsgKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ahead: Vec<String> = (0..SHARDS).map(|n| format!("{n}-1000")).collect();
+    let ahead = format!("c{}", ahead.join("."));
+    let mut ws = a.ws("carol", "phone", &format!("&after={ahead}"));
+    let is_before = |f: &Value| f["Event"] == "message" && f["Data"]["MsgKey"] == before.as_str();
+    let frames = drain_past(&mut ws, is_before, Duration::from_millis(300));
+    let resets: Vec<&Value> = frames.iter().filter(|f| f["Event"] == "reset").collect();
+    assert_eq!(resets.len(), SHARDS as usize, "{frames:?}");
+    assert!(frames.iter().any(is_before), "{frames:?}");
+    assert!(
+        !frames
+            .iter()
+            .filter_map(|f| f["Seq"].as_str())
+            .any(|t| t.contains("-1000")),
+        "a token kept a position the shards do not have: {frames:?}"
+    );
+    // Confirmed as received (drain_past acks): a new connection gets only what is new.
+    drop(ws);
+    let mut ws = a.ws("carol", "phone", "");
+    let after = ok(&a.post("openim/sendmsg", text("dave", "carol", 2, "after")))["MsgKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let is_after = |f: &Value| f["Event"] == "message" && f["Data"]["MsgKey"] == after.as_str();
+    let frames = drain_past(&mut ws, is_after, Duration::from_millis(300));
+    let keys: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["Event"] == "message")
+        .filter_map(|f| f["Data"]["MsgKey"].as_str())
+        .collect();
+    assert_eq!(keys, [after.as_str()], "{frames:?}");
+}

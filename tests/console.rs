@@ -738,6 +738,30 @@ fn console_sends_shows_recalls_and_pages_history_in_a_real_browser() {
         "the page says alice's UserSig expired",
         "t.text('dev1-status').includes('UserSig expired') && !document.getElementById('dev1-connect').disabled",
     );
+
+    // alice's page believes it has seen far more than the server holds (as after the
+    // operator went back to a backup): the server resets its position, and a message sent
+    // now, under a number below the page's, is shown rather than dropped as a repeat.
+    page.eval(
+        "window.imstoreDevices[0].lastSeq = 1000; window.imstoreDevices[0].acked = 1000; true",
+    );
+    page.eval(&format!("t.fill('dev1-usersig', {})", js(&sig("alice"))));
+    page.eval("t.click('#dev1-connect')");
+    page.until("alice is logged in again", "t.live(1)");
+    page.until(
+        "the page logs the reset",
+        "t.text('events').includes('numbering again')",
+    );
+    let body = json!({"From_Account": "bob", "To_Account": "alice", "MsgRandom": 9,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "after the reset"}}]});
+    let reset_key = server.post("openim/sendmsg", body)["MsgKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    page.until(
+        "alice's page shows the message sent after the reset",
+        &shown(1, &reset_key, "after the reset"),
+    );
     println!(
         "console test: {} requests, all to {}; {:.1} s",
         page.requests.len(),

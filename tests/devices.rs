@@ -71,6 +71,25 @@ fn receiving_does_not_move_the_cursor_only_acks_do() {
     assert_eq!(store.device_cursor("b", "phone").unwrap(), 3);
 }
 
+/// A session's ack confirms no further than the session handed out: an entry appended after
+/// is still sent after a reconnect, whatever number the client confirmed.
+#[test]
+fn an_ack_past_what_the_session_handed_out_confirms_only_what_it_did() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    send_text(&store, "a", "b", 2, "two");
+    assert_eq!(drain(&sub).len(), 2);
+    send_text(&store, "a", "b", 3, "three"); // not handed out yet
+    sub.ack(3).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 2);
+    drop(sub);
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&sub)), vec!["msg:three"]);
+    sub.ack(3).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 3);
+}
+
 #[test]
 fn connect_after_resumes_from_a_client_supplied_sequence_number_and_confirms_it() {
     let (store, _) = store_with(&["a", "b"]);
@@ -83,6 +102,48 @@ fn connect_after_resumes_from_a_client_supplied_sequence_number_and_confirms_it(
         vec![3, 4]
     );
     assert_eq!(store.device_cursor("b", "sse").unwrap(), 2);
+}
+
+/// A resume position past the inbox's end — the store's data is older than the client's (a
+/// backup restored) — confirms nothing: the subscription starts from the device's cursor and
+/// says so (`reset`), so that the entries after it, numbered since under numbers the client
+/// may have seen, are not lost. Replayed alike. A position within the inbox is no reset.
+#[test]
+fn a_resume_position_past_the_inbox_confirms_nothing_and_resets() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    for i in 0..3 {
+        send_text(&store, "a", "b", i, &format!("m{i}"));
+    }
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(drain(&sub).len(), 3);
+    sub.ack(1).unwrap();
+    assert_eq!(sub.reset(), None);
+    drop(sub);
+
+    let sub = store.connect_after("b", "phone", 10).unwrap();
+    assert_eq!(sub.reset(), Some(1));
+    let seqs = |sub: &imstore::Subscription| drain(sub).iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&sub), [2, 3]);
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 1);
+    drop(sub);
+    // A device never seen here starts at the oldest.
+    let sub = store.connect_after("b", "tablet", 10).unwrap();
+    assert_eq!(sub.reset(), Some(0));
+    assert_eq!(seqs(&sub), [1, 2, 3]);
+    drop(sub);
+    store.close().unwrap();
+
+    let store = disk.reopen();
+    assert_eq!(
+        store.device_cursor("b", "phone").unwrap(),
+        1,
+        "replayed alike"
+    );
+    assert_eq!(store.device_cursor("b", "tablet").unwrap(), 0);
+    let sub = store.connect_after("b", "phone", 3).unwrap();
+    assert_eq!(sub.reset(), None);
+    assert!(seqs(&sub).is_empty());
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 3);
 }
 
 #[test]

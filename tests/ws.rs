@@ -200,6 +200,64 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
     );
 }
 
+/// A client whose position is past the server's inbox — the operator went back to an older
+/// backup — is told so: the session starts with a `reset` frame giving the position it starts
+/// from (SSE: `event: reset`, `id:` that position), and the entries numbered since the
+/// restore reach it. Before, the position was taken as confirmed, and a message sent after
+/// the restore, under a number the client had seen, never reached the device.
+#[test]
+fn a_client_ahead_of_a_restored_server_is_reset_and_loses_nothing() {
+    let (dir, s) = setup();
+    send(&s, 1, "one");
+    assert!(s.stop().success());
+    let backup = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("."))
+        .arg(backup.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // Two more; the phone receives all three and confirms them.
+    let s = start(dir.path(), &[]);
+    let mut ws = s.ws("dramon", "phone", "");
+    send(&s, 2, "two");
+    send(&s, 3, "three");
+    let seqs: Vec<u64> = (0..3)
+        .map(|_| ws.expect()["Seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    ws.send(json!({"Op": "ack", "Seq": 3}));
+    drop(ws);
+    assert!(s.stop().success());
+
+    // The operator goes back to the backup: the inbox holds one entry; a message sent now is
+    // numbered 2, a number the phone has seen.
+    let s = start(backup.path(), &[]);
+    let later = send(&s, 4, "after the restore");
+    let mut ws = s.ws("dramon", "phone", "&after=3");
+    let reset = ws.expect();
+    assert_eq!(reset, json!({"Event": "reset", "Seq": 0, "Data": {}}));
+    let got: Vec<(u64, Value)> = (0..2)
+        .map(|_| {
+            let f = ws.expect();
+            (f["Seq"].as_u64().unwrap(), f["Data"]["MsgKey"].clone())
+        })
+        .collect();
+    assert_eq!(got[1], (2, json!(later)), "{got:?}");
+    // Over SSE alike, from the browser's Last-Event-ID.
+    let sse = s.events("dramon", "tablet", Some("3"));
+    let (id, kind, _) = sse.recv_timeout(WAIT).unwrap();
+    assert_eq!((id.as_str(), kind.as_str()), ("0", "reset"));
+    let ids: Vec<String> = (0..2).map(|_| sse.recv_timeout(WAIT).unwrap().0).collect();
+    assert_eq!(ids, ["1", "2"]);
+    // A position the server has is no reset.
+    let mut again = s.ws("dramon", "laptop", "&after=2");
+    send(&s, 5, "new");
+    assert_eq!(again.expect()["Event"], "message");
+}
+
 #[test]
 fn a_burst_of_frames_is_slowed_but_every_one_is_answered_in_order() {
     let (_d, s) = setup();

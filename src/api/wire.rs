@@ -125,6 +125,20 @@ pub fn ws_event_frame(event: &Event) -> String {
     format!(r#"{{"Event":"{kind}","Seq":{},"Data":{data}}}"#, event.seq)
 }
 
+/// The frame a device's session starts with when the position it resumed after was past
+/// the server's inbox ([`Subscription::reset`](crate::Subscription::reset): the server's
+/// data is older than the client's — a backup restored, a power loss under `--sync none`):
+/// `{"Event":"reset","Seq":S,"Data":{}}`. `S` is the position the session starts from now;
+/// the client takes it as its own and takes what follows as new even where a sequence number
+/// is one it saw before (on another entry) — dropping such "repeats" would lose them. Over
+/// SSE: `event: reset`, `id: S`, `data: {}` (so a browser's `EventSource` resumes from `S`).
+pub fn ws_reset_frame(seq: &Value) -> String {
+    json!({"Event": RESET_EVENT, "Seq": seq, "Data": {}}).to_string()
+}
+
+/// The event name of [`ws_reset_frame`]'s frame, and of its SSE event.
+pub const RESET_EVENT: &str = "reset";
+
 /// A WebSocket reply frame: `{"Event":"reply","ReqId":R, ...the envelope and its fields}`.
 pub fn ws_reply(req_id: &Value, reply: &Reply) -> String {
     let mut out = Map::new();

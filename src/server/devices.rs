@@ -28,7 +28,9 @@ use super::App;
 use super::conn::ConnHandle;
 use super::rest::{json_response, read_body};
 use crate::Subscription;
-use crate::api::{DeviceRequest, Reply, error_reply, event_payload, ws_event_frame, ws_reply};
+use crate::api::{
+    DeviceRequest, Reply, error_reply, event_payload, ws_event_frame, ws_reply, ws_reset_frame,
+};
 use crate::clock::Clock;
 use crate::error::Error;
 
@@ -298,6 +300,11 @@ impl Session {
         let clock = self.app.api.store().config().clock.clone();
         let expiry = sig_expiry(clock, self.req.sig_expires_at);
         tokio::pin!(expiry);
+        if let Some(start) = self.sub.reset()
+            && send(&mut tx, ws_reset_frame(&start.into())).await.is_err()
+        {
+            return;
+        }
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => {
@@ -437,6 +444,8 @@ pub async fn events(
     // The device's place goes with the stream: given back when it ends.
     let clock = app.api.store().config().clock.clone();
     let expiry = Box::pin(sig_expiry(clock, req.sig_expires_at));
+    // A resume position past the server's inbox: the stream starts by saying where from.
+    let reset = sub.reset().map(reset_event);
     let state = (
         Some((sub, expiry)),
         app.shutdown.clone(),
@@ -462,12 +471,21 @@ pub async fn events(
             .collect();
         Some((events, (Some((sub, expiry)), shutdown, conn)))
     });
-    let stream = batches
-        .flat_map(futures_util::stream::iter)
+    let stream = futures_util::stream::iter(reset)
+        .chain(batches.flat_map(futures_util::stream::iter))
         .map(Ok::<_, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The SSE form of [`ws_reset_frame`]: `event: reset`, `id:` the position the stream starts
+/// from, which a browser's `EventSource` then resumes from.
+pub(super) fn reset_event(start: impl std::fmt::Display) -> SseEvent {
+    SseEvent::default()
+        .id(start.to_string())
+        .event(crate::api::RESET_EVENT)
+        .data("{}")
 }
 
 /// The largest body `POST /v4/imstore/ack` reads: `{"Seq":...}` with a cluster's position

@@ -618,7 +618,13 @@ impl Store {
             .devices
             .entry(device.clone())
             .or_insert_with(|| DeviceSlot::new(oldest, at));
-        let resume = resume.map(|r| r.min(last_seq));
+        // A resume position past the inbox's end names entries this store never numbered —
+        // its data is older than the client's (a restored backup; a power loss under
+        // `SyncPolicy::None`) — and confirms nothing: the entries numbered since may be ones
+        // the client never had. The session starts from the device's cursor instead, and
+        // the client is told so (`reset`), to number from there again.
+        let reset = resume.is_some_and(|r| r > last_seq);
+        let resume = resume.filter(|_| !reset);
         if let Some(r) = resume {
             slot.cursor = slot.cursor.max(r);
         }
@@ -651,6 +657,7 @@ impl Store {
             generation,
             signal,
             start: resume.unwrap_or(slot.cursor),
+            reset,
         })
     }
 }

@@ -30,6 +30,12 @@ impl Store {
     /// Like [`connect`](Store::connect), resuming after inbox sequence number `after`: the last
     /// entry the client has (SSE `Last-Event-ID`, WebSocket `after`). That confirms receipt up
     /// to `after` (the cursor moves there if it was behind).
+    ///
+    /// An `after` past the inbox's last entry names entries this store never numbered (its
+    /// data is older than the client's: a backup restored, a power loss under
+    /// `SyncPolicy::None`). It confirms nothing; the subscription starts from the device's
+    /// cursor instead, and [`Subscription::reset`] says so: the client must take what follows
+    /// as new, though its sequence numbers are ones it has seen (the server's `reset` event).
     pub fn connect_after(&self, account: &str, device: &str, after: u64) -> Result<Subscription> {
         self.connect_inner(account, device, Some(after))
     }
@@ -53,6 +59,7 @@ impl Store {
             generation,
             signal,
             start,
+            reset,
         } = self.run(&op)?
         else {
             unreachable!("a live connect starts a session")
@@ -63,7 +70,7 @@ impl Store {
             generation,
         };
         let feed: std::sync::Weak<dyn Feed> = self.inner.me.clone();
-        Ok(Subscription::new(id, feed, signal, start))
+        Ok(Subscription::new(id, feed, signal, start, reset))
     }
 
     /// Disconnects a subscription and waits until the device's cursor and last-seen time are

@@ -90,6 +90,9 @@ impl Token {
 /// What the shard tasks send the session: events of a shard, or the end of the session.
 pub enum Delivery {
     Events(u32, Vec<WireEvent>),
+    /// The shard's owner started the session after this position, not after the one asked
+    /// for, which was past the shard's inbox (`Subscription::reset`): the client is told.
+    Reset(u32, u64),
     /// The same device connected again (through any node): this session ends.
     Superseded,
     /// The account is gone (an owner refuses to connect it, 70107): this session ends, as
@@ -157,23 +160,39 @@ pub async fn open(
 ) -> Result<Feed, Error> {
     let shards = node.shards();
     let session = node.next_session();
-    let start = after.clone().unwrap_or_else(|| Token::new(shards));
-    let confirmed: Arc<Vec<AtomicU64>> =
-        Arc::new(start.0.iter().map(|s| AtomicU64::new(*s)).collect());
+    let mut start = after.clone().unwrap_or_else(|| Token::new(shards));
     let connects = (0..shards).map(|n| {
         let (node, req, resume) = (node, &req, after.as_ref().map(|t| t.0[n as usize]));
         async move { connect(node, n, req, session, resume.filter(|s| *s > 0), false).await }
     });
     // A shard where a newer session claimed the device already answers our first pull with
     // "superseded", and the feed ends then.
-    for result in futures_util::future::join_all(connects).await {
-        if let Err(e) = result {
-            // The shards that did connect hold a subscription nobody will pull.
-            close_everywhere(node.clone(), &req, session);
-            return Err(e);
+    let mut resets = Vec::new();
+    for (n, result) in futures_util::future::join_all(connects)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match result {
+            Ok(Connected { reset: Some(r), .. }) => {
+                start.0[n] = r;
+                resets.push(Delivery::Reset(n as u32, r));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The shards that did connect hold a subscription nobody will pull.
+                close_everywhere(node.clone(), &req, session);
+                return Err(e);
+            }
         }
     }
+    let confirmed: Arc<Vec<AtomicU64>> =
+        Arc::new(start.0.iter().map(|s| AtomicU64::new(*s)).collect());
     let (tx, rx) = mpsc::channel(shards as usize);
+    for reset in resets {
+        // At most one a shard: the channel holds them.
+        let _ = tx.try_send(reset);
+    }
     let (stop, stopped) = watch::channel(false);
     for n in 0..shards {
         tokio::spawn(pull(
@@ -198,8 +217,16 @@ pub async fn open(
     })
 }
 
-/// Connects the session in shard `n` (`again`: after the owner answered "no session");
-/// `Ok(true)` when another session of the device took its place there (it ends).
+/// What connecting a session in a shard did.
+struct Connected {
+    /// Another session of the device took its place there (this one ends).
+    superseded: bool,
+    /// The position the session starts after, when the one asked for was past the shard's
+    /// inbox (`Answer::reset`).
+    reset: Option<u64>,
+}
+
+/// Connects the session in shard `n` (`again`: after the owner answered "no session").
 async fn connect(
     node: &Node,
     n: u32,
@@ -207,7 +234,7 @@ async fn connect(
     session: u64,
     after: Option<u64>,
     again: bool,
-) -> Result<bool, Error> {
+) -> Result<Connected, Error> {
     let call = Call::Connect {
         account: req.account.clone(),
         device: req.device.clone(),
@@ -222,7 +249,10 @@ async fn connect(
     if answer.code != 0 {
         return Err(error_of(&answer, &bytes));
     }
-    Ok(answer.superseded)
+    Ok(Connected {
+        superseded: answer.superseded,
+        reset: answer.reset,
+    })
 }
 
 /// The error an owner answered, as the single node's [`Error`] (its code and text).
@@ -262,13 +292,22 @@ async fn pull(
             if !connected {
                 let resume = confirmed[n as usize].load(Ordering::Acquire);
                 let after = (resume > 0).then_some(resume);
-                if connect(&node, n, &req, session, after, true).await? {
+                let c = connect(&node, n, &req, session, after, true).await?;
+                if c.superseded {
                     return Ok(Answer {
                         superseded: true,
                         ..Answer::default()
                     });
                 }
                 connected = true;
+                if let Some(r) = c.reset {
+                    // The new owner's inbox ends before what the client confirmed: what it
+                    // numbers after `r` is new to the client.
+                    return Ok(Answer {
+                        reset: Some(r),
+                        ..Answer::default()
+                    });
+                }
             }
             let call = Call::Pull {
                 account: req.account.clone(),
@@ -291,6 +330,14 @@ async fn pull(
             Ok(a) if a.superseded => {
                 let _ = tx.send(Delivery::Superseded).await;
                 return;
+            }
+            Ok(Answer { reset: Some(r), .. }) => {
+                received = r;
+                confirmed[n as usize].store(r, Ordering::Release);
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    sent = tx.send(Delivery::Reset(n, r)) => if sent.is_err() { return },
+                }
             }
             Ok(a) if a.no_session => connected = false,
             Ok(a) if lasting(a.code) => {
@@ -341,6 +388,15 @@ impl Feed {
     pub async fn next(&mut self) -> Option<Vec<(String, WireEvent)>> {
         match self.rx.recv().await? {
             Delivery::Superseded | Delivery::AccountGone => None,
+            Delivery::Reset(n, r) => {
+                self.position.0[n as usize] = r;
+                let reset = WireEvent {
+                    seq: r,
+                    kind: crate::api::RESET_EVENT.into(),
+                    data: "{}".into(),
+                };
+                Some(vec![(self.position.encode(), reset)])
+            }
             Delivery::Events(n, events) => Some(
                 events
                     .into_iter()
@@ -353,11 +409,14 @@ impl Feed {
         }
     }
 
-    /// The client confirmed `token`: each shard's cursor moves to its position there.
+    /// The client confirmed `token`: each shard's cursor moves to its position there — no
+    /// further than this connection passed on in the shard (a token from before a `reset`,
+    /// or one the client made up, confirms nothing it was not given here).
     pub async fn confirm(&self, token: &str) -> Result<(), Error> {
         let token = Token::parse(token, self.node.shards())?;
         let mut moved = Vec::new();
         for (n, seq) in token.0.iter().enumerate() {
+            let seq = &(*seq).min(self.position.0[n]);
             if self.confirmed[n].fetch_max(*seq, Ordering::AcqRel) < *seq {
                 moved.push((n as u32, *seq));
             }

@@ -458,6 +458,7 @@ pub(super) async fn handle(
                     return failed(&e);
                 }
             };
+            let reset = sub.reset();
             let remote = Arc::new(Remote {
                 session,
                 sub,
@@ -476,7 +477,13 @@ pub(super) async fn handle(
             let old = devices.remotes.insert(key, remote);
             drop(devices);
             drop(old);
-            (Answer::default(), Vec::new())
+            (
+                Answer {
+                    reset,
+                    ..Answer::default()
+                },
+                Vec::new(),
+            )
         }
         Call::Pull {
             account,

@@ -126,6 +126,11 @@ pub struct Answer {
     pub superseded: bool,
     #[serde(default)]
     pub events: Vec<WireEvent>,
+    /// A connect's resume position was past the shard's inbox (its data is older than the
+    /// client's): nothing was confirmed, and the session starts after this position instead
+    /// (`Subscription::reset`).
+    #[serde(default)]
+    pub reset: Option<u64>,
     /// Why, when `code` is not 0 and there is no envelope.
     #[serde(default)]
     pub info: String,
