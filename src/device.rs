@@ -306,6 +306,9 @@ pub struct Subscription {
     buf: Mutex<Buffer>,
     /// The session's start when the resume position asked for was past the inbox's end.
     reset: Option<u64>,
+    /// Where the session started, and the inbox's last sequence number then.
+    start: u64,
+    end: u64,
 }
 
 struct Buffer {
@@ -323,7 +326,7 @@ impl Subscription {
         id: SubscriptionId,
         feed: Weak<dyn Feed>,
         signal: Arc<Signal>,
-        start: u64,
+        (start, end): (u64, u64),
         reset: bool,
     ) -> Self {
         Subscription {
@@ -331,6 +334,8 @@ impl Subscription {
             feed,
             signal,
             reset: reset.then_some(start),
+            start,
+            end,
             buf: Mutex::new(Buffer {
                 sent: start,
                 handed: start,
@@ -376,6 +381,12 @@ impl Subscription {
     /// them as repeats.
     pub fn reset(&self) -> Option<u64> {
         self.reset
+    }
+
+    /// Where the session started (the position it hands out entries after) and the account's
+    /// last inbox sequence number then.
+    pub(crate) fn started(&self) -> (u64, u64) {
+        (self.start, self.end)
     }
 
     /// The last sequence number handed out in this session.

@@ -105,12 +105,14 @@ pub(crate) enum Applied {
     Recalled(RecallNotice),
     Purged(usize),
     /// A device's live session began: its session number, signal, and where it starts;
-    /// `reset` when the resume position it asked for was past the inbox's end.
+    /// `reset` when the resume position it asked for was past the inbox's end, `end` the
+    /// inbox's last sequence number then.
     Connected {
         generation: u64,
         signal: Arc<device::Signal>,
         start: u64,
         reset: bool,
+        end: u64,
     },
 }
 

@@ -1252,7 +1252,8 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
         "im_open_login_svc/multiaccount_import",
         json!({"Accounts": ["carol", "dave"]}),
     ));
-    let query = a.query_valid_for("carol", 4);
+    // Long enough for a slow machine to connect in every shard and deliver one message first.
+    let query = a.query_valid_for("carol", 10);
     let mut ws = a.try_ws_with(&query, "phone", "").unwrap();
     let sse = a.events_with(&query, "tablet", None);
     ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));

@@ -728,9 +728,9 @@ fn console_sends_shows_recalls_and_pages_history_in_a_real_browser() {
         page.problems
     );
 
-    // alice logs in with a UserSig valid for 3 s: when it expires the server ends the session
+    // alice logs in with a UserSig valid for 8 s: when it expires the server ends the session
     // (1008, 70001), and the page says so and stays logged out rather than retrying for good.
-    let short = usersig::generate(APP, KEY, "alice", 3, server::now());
+    let short = usersig::generate(APP, KEY, "alice", 8, server::now());
     page.eval(&format!("t.fill('dev1-usersig', {})", js(&short)));
     page.eval("t.click('#dev1-connect')");
     page.until("alice is logged in again", "t.live(1)");

@@ -131,6 +131,9 @@ fn a_resume_position_past_the_inbox_confirms_nothing_and_resets() {
     assert_eq!(sub.reset(), Some(0));
     assert_eq!(seqs(&sub), [1, 2, 3]);
     drop(sub);
+    // An ack past the inbox's end (over REST, say) confirms nothing either.
+    store.ack("b", "phone", 10).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), 1);
     store.close().unwrap();
 
     let store = disk.reopen();

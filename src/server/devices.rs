@@ -164,6 +164,30 @@ pub(super) fn expired_close(e: &Error) -> Message {
     }))
 }
 
+/// Ends a session with `close`: sends it, then reads (at most 2 s, dropping what comes) until
+/// the client's close frame. A socket dropped right after its close frame, with client data
+/// still unread, may be reset, and the client would see 1006 rather than the reason.
+pub(super) async fn close_with(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    rx: &mut futures_util::stream::SplitStream<WebSocket>,
+    close: Message,
+) {
+    if !matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, tx.send(close)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let answered = async {
+        while let Some(Ok(frame)) = rx.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), answered).await;
+}
+
 /// The last event of an event stream whose UserSig expired: `event: error` with the JSON
 /// envelope (70001). The stream ends after it; a browser's `EventSource` reconnects with the
 /// same URL, whose UserSig is now refused with the envelope, and stops.
@@ -313,7 +337,7 @@ impl Session {
                 }
                 e = &mut expiry => {
                     tracing::debug!(account = %self.req.account, device = %self.req.device, "UserSig expired; session ended");
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(expired_close(&e))).await;
+                    close_with(&mut tx, &mut rx, expired_close(&e)).await;
                     break;
                 }
                 frame = rx.next() => {

@@ -84,13 +84,20 @@ impl Store {
                 // An ack that moves nothing (a repeat), from a device seen moments ago, is not
                 // journaled: a client re-acking in a loop would otherwise write a record each
                 // time and make every commit of its account wait for them.
-                let moves = (*cursor).min(last_seq) > slot.cursor;
+                // A cursor past the inbox's end names entries this store never numbered (a
+                // client ahead of a restored store, `apply_connect`): it confirms nothing —
+                // taking it as the inbox's end would confirm entries numbered since, which
+                // the device may not have.
+                let within = *cursor <= last_seq;
+                let moves = within && *cursor > slot.cursor;
                 let seen_lately = at.saturating_sub(slot.last_seen) < LAST_SEEN_GRAIN_SECS;
                 if mode == Mode::Live && !moves && seen_lately {
                     return Ok(Applied::Done);
                 }
                 state.ticket = self.record(op, mode)?;
-                slot.cursor = slot.cursor.max((*cursor).min(last_seq));
+                if within {
+                    slot.cursor = slot.cursor.max(*cursor);
+                }
                 if *at != 0 {
                     slot.last_seen = *at;
                 }
@@ -658,6 +665,7 @@ impl Store {
             signal,
             start: resume.unwrap_or(slot.cursor),
             reset,
+            end: last_seq,
         })
     }
 }

@@ -60,6 +60,7 @@ impl Store {
             signal,
             start,
             reset,
+            end,
         } = self.run(&op)?
         else {
             unreachable!("a live connect starts a session")
@@ -70,7 +71,7 @@ impl Store {
             generation,
         };
         let feed: std::sync::Weak<dyn Feed> = self.inner.me.clone();
-        Ok(Subscription::new(id, feed, signal, start, reset))
+        Ok(Subscription::new(id, feed, signal, (start, end), reset))
     }
 
     /// Disconnects a subscription and waits until the device's cursor and last-seen time are

@@ -24,8 +24,9 @@ use crate::error::Error;
 use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
-    FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status, envelope,
-    expired_close, expired_event, frame_failed, no_device_place, send, sig_expiry, sse_refusal,
+    FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status,
+    close_with, envelope, expired_close, expired_event, frame_failed, no_device_place, send,
+    sig_expiry, sse_refusal,
 };
 use crate::server::rest::json_response;
 
@@ -115,7 +116,7 @@ async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, so
                 break;
             }
             e = &mut expiry => {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(expired_close(&e))).await;
+                close_with(&mut tx, &mut rx, expired_close(&e)).await;
                 break;
             }
             frame = rx.next() => {

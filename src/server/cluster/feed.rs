@@ -163,7 +163,8 @@ pub async fn open(
     let mut start = after.clone().unwrap_or_else(|| Token::new(shards));
     let connects = (0..shards).map(|n| {
         let (node, req, resume) = (node, &req, after.as_ref().map(|t| t.0[n as usize]));
-        async move { connect(node, n, req, session, resume.filter(|s| *s > 0), false).await }
+        let resume = resume.filter(|s| *s > 0);
+        async move { connect(node, n, req, session, resume, (false, None)).await }
     });
     // A shard where a newer session claimed the device already answers our first pull with
     // "superseded", and the feed ends then.
@@ -226,14 +227,15 @@ struct Connected {
     reset: Option<u64>,
 }
 
-/// Connects the session in shard `n` (`again`: after the owner answered "no session").
+/// Connects the session in shard `n` (`again`: after the owner answered "no session", with
+/// `seen` what this connection passed on from the shard).
 async fn connect(
     node: &Node,
     n: u32,
     req: &DeviceRequest,
     session: u64,
     after: Option<u64>,
-    again: bool,
+    (again, seen): (bool, Option<u64>),
 ) -> Result<Connected, Error> {
     let call = Call::Connect {
         account: req.account.clone(),
@@ -241,6 +243,7 @@ async fn connect(
         session,
         after,
         again,
+        seen,
     };
     let (answer, bytes) = node
         .call(n, &call, &[], rpc::REST_TIMEOUT)
@@ -292,7 +295,7 @@ async fn pull(
             if !connected {
                 let resume = confirmed[n as usize].load(Ordering::Acquire);
                 let after = (resume > 0).then_some(resume);
-                let c = connect(&node, n, &req, session, after, true).await?;
+                let c = connect(&node, n, &req, session, after, (true, Some(received))).await?;
                 if c.superseded {
                     return Ok(Answer {
                         superseded: true,
@@ -301,8 +304,8 @@ async fn pull(
                 }
                 connected = true;
                 if let Some(r) = c.reset {
-                    // The new owner's inbox ends before what the client confirmed: what it
-                    // numbers after `r` is new to the client.
+                    // The new owner's inbox ends before what the client confirmed, or what it
+                    // was passed: what it numbers after `r` is new to the client.
                     return Ok(Answer {
                         reset: Some(r),
                         ..Answer::default()

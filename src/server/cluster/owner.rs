@@ -224,6 +224,16 @@ pub(super) async fn serve(
 /// `handle`).
 const STALE_ANSWER_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Where a node must start a device's stream from again, if anywhere: for a resume position
+/// past the inbox (`Subscription::reset`), or an inbox that ends before what the node passed on
+/// from it (`seen`: this owner's stream is older than the last owner's), the position the
+/// session starts after — what follows is new to the device, whatever its numbers.
+fn reset_of(sub: &crate::Subscription, seen: Option<u64>) -> Option<u64> {
+    let (start, end) = sub.started();
+    sub.reset()
+        .or_else(|| seen.filter(|s| *s > end).map(|_| start))
+}
+
 fn retry(why: &str) -> (Answer, Vec<u8>) {
     (
         Answer {
@@ -421,6 +431,7 @@ pub(super) async fn handle(
             session,
             after,
             again,
+            seen,
         } => {
             let key = (account, device);
             {
@@ -458,7 +469,7 @@ pub(super) async fn handle(
                     return failed(&e);
                 }
             };
-            let reset = sub.reset();
+            let reset = reset_of(&sub, seen);
             let remote = Arc::new(Remote {
                 session,
                 sub,
@@ -702,5 +713,29 @@ mod tests {
                 .unwrap();
             third.abort();
         });
+    }
+
+    /// A node connecting a device again after an owner change is told to start it again when
+    /// this owner's inbox ends before what the node passed on (or before the resume position);
+    /// not when it holds all of it.
+    #[test]
+    fn a_reconnect_to_an_older_inbox_is_a_reset() {
+        use crate::{Config, MsgElement, SendRequest, Store};
+        let store = Store::in_memory(Config::default()).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        for i in 0..3 {
+            let text = vec![MsgElement::text(format!("m{i}"))];
+            store.send(SendRequest::new("a", "b", i, text)).unwrap();
+        }
+        // Resumed after 2 of 3, having passed on all 3: nothing to reset.
+        let sub = store.connect_after("b", "phone", 2).unwrap();
+        assert_eq!(super::reset_of(&sub, Some(3)), None);
+        assert_eq!(super::reset_of(&sub, None), None);
+        // The node passed on 5 from a stream that now ends at 3: from where the session starts.
+        assert_eq!(super::reset_of(&sub, Some(5)), Some(2));
+        drop(sub);
+        // A resume position past the inbox: from the device's cursor.
+        let sub = store.connect_after("b", "phone", 9).unwrap();
+        assert_eq!(super::reset_of(&sub, Some(9)), Some(2));
     }
 }

@@ -75,6 +75,10 @@ pub enum Call {
         /// Absent (a node of an earlier version): a first connect.
         #[serde(default)]
         again: bool,
+        /// What the node has passed on from this shard (a connect again): an inbox that ends
+        /// before it is older than what the device was given, and the answer is a reset.
+        #[serde(default)]
+        seen: Option<u64>,
     },
     /// The session's next events after `after` (what the node has received from this shard),
     /// waiting up to `wait_ms` for some.
