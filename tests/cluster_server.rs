@@ -1209,18 +1209,32 @@ fn the_whole_nats_cluster_restarts_under_sends() {
     eprintln!("answers by code: {:?}", codes.lock().unwrap());
 }
 
+/// A cluster of one node owning every shard, with `accounts` imported: what a test of one
+/// node's behaviour needs (held together, dropped in this order after the node: NATS, the
+/// node's directory, then the guard that lets the next cluster test start).
+struct OneNode(
+    #[allow(dead_code)] Nats,
+    #[allow(dead_code)] tempfile::TempDir,
+    #[allow(dead_code)] common::nats::Serial,
+);
+
+fn one_node_with(accounts: &[&str]) -> (OneNode, Server) {
+    let serial = serial();
+    let nats = Nats::up();
+    let (a, dir) = node(&nats, "a");
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": accounts }),
+    ));
+    (OneNode(nats, dir, serial), a)
+}
+
 /// A device of an account deleted while it is connected is disconnected, as on a single
 /// node — not left open while its node asks every shard to connect it again, for good.
 #[test]
 fn a_device_of_a_deleted_account_is_disconnected() {
-    let _serial = serial();
-    let nats = Nats::up();
-    let (a, _da) = node(&nats, "a");
-    wait_balanced(&[&a]);
-    ok(&a.post(
-        "im_open_login_svc/multiaccount_import",
-        json!({"Accounts": ["carol", "dave"]}),
-    ));
+    let (_cluster, a) = one_node_with(&["carol", "dave"]);
     let mut ws = a.ws("carol", "phone", "");
     ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
     let got = drain_past(
@@ -1244,14 +1258,7 @@ fn a_device_of_a_deleted_account_is_disconnected() {
 /// a close frame 1008 saying 70001, and an event stream's last event is the envelope.
 #[test]
 fn a_session_ends_with_70001_when_its_usersig_expires() {
-    let _serial = serial();
-    let nats = Nats::up();
-    let (a, _da) = node(&nats, "a");
-    wait_balanced(&[&a]);
-    ok(&a.post(
-        "im_open_login_svc/multiaccount_import",
-        json!({"Accounts": ["carol", "dave"]}),
-    ));
+    let (_cluster, a) = one_node_with(&["carol", "dave"]);
     // Long enough for a slow machine to connect in every shard and deliver one message first.
     let query = a.query_valid_for("carol", 10);
     let mut ws = a.try_ws_with(&query, "phone", "").unwrap();
@@ -1289,14 +1296,7 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
 /// before, the token was taken as confirmed and they never did.
 #[test]
 fn a_token_past_the_shards_inboxes_is_reset_and_loses_nothing() {
-    let _serial = serial();
-    let nats = Nats::up();
-    let (a, _da) = node(&nats, "a");
-    wait_balanced(&[&a]);
-    ok(&a.post(
-        "im_open_login_svc/multiaccount_import",
-        json!({"Accounts": ["carol", "dave"]}),
-    ));
+    let (_cluster, a) = one_node_with(&["carol", "dave"]);
     let before = ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "before")))["MsgKey"]
         .as_str()
         .unwrap()
