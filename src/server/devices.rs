@@ -22,7 +22,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use super::App;
 use super::conn::ConnHandle;
@@ -36,23 +35,23 @@ use crate::error::Error;
 
 /// A WebSocket client silent for this many ping intervals (`ServerConfig::ws_ping`, 30 s by
 /// default) is dropped.
-pub(super) const SILENT_PINGS: u32 = 3;
+const SILENT_PINGS: u32 = 3;
 /// A client frame budget: more than this many frames a second are slowed, not dropped.
-pub(super) const FRAMES_PER_SEC: f64 = 100.0;
+const FRAMES_PER_SEC: f64 = 100.0;
 /// How long one frame may take to reach a client before the connection is dropped.
-pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest frame a client may send.
 pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
 
 /// The budget of client frames on one WebSocket: a token bucket full at `FRAMES_PER_SEC`.
 /// Frames over it are slowed, in order — never skipped or reordered.
-pub(super) struct FrameBudget {
+struct FrameBudget {
     tokens: f64,
     refilled: Instant,
 }
 
 impl FrameBudget {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         FrameBudget {
             tokens: FRAMES_PER_SEC,
             refilled: Instant::now(),
@@ -60,7 +59,7 @@ impl FrameBudget {
     }
 
     /// Waits until the next frame may be handled.
-    pub(super) async fn take(&mut self) {
+    async fn take(&mut self) {
         self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * FRAMES_PER_SEC)
             .min(FRAMES_PER_SEC);
         self.refilled = Instant::now();
@@ -157,7 +156,7 @@ pub(super) async fn sig_expiry(clock: Arc<dyn Clock>, expires_at: Option<u64>) -
 /// error's code first, as every close frame that gives a reason (`93000: ...` for a frame too
 /// large), so that a client tells it from a dropped connection and gets a new UserSig before
 /// connecting again.
-pub(super) fn expired_close(e: &Error) -> Message {
+fn expired_close(e: &Error) -> Message {
     Message::Close(Some(axum::extract::ws::CloseFrame {
         code: 1008,
         reason: format!("{}: {e}", e.code()).into(),
@@ -167,7 +166,7 @@ pub(super) fn expired_close(e: &Error) -> Message {
 /// Ends a session with `close`: sends it, then reads (at most 2 s, dropping what comes) until
 /// the client's close frame. A socket dropped right after its close frame, with client data
 /// still unread, may be reset, and the client would see 1006 rather than the reason.
-pub(super) async fn close_with(
+async fn close_with(
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     rx: &mut futures_util::stream::SplitStream<WebSocket>,
     close: Message,
@@ -242,7 +241,6 @@ pub async fn ws(
         Err(e) => return envelope(auth_status(&e), &e),
     };
     tracing::debug!(account = %req.account, device = %req.device, platform = req.platform, %peer, "device connected (ws)");
-    let shutdown = app.shutdown.clone();
     let counted = app.metrics.device("ws");
     upgrade
         .read_buffer_size(4 << 10)
@@ -250,14 +248,21 @@ pub async fn ws(
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
-            Session {
+            // A resume position past the inbox: the session starts by saying where from.
+            let first = sub.reset().map(|start| ws_reset_frame(&start.into()));
+            let mut session = Session {
                 app,
                 sub,
                 req,
                 peer,
-                shutdown,
-            }
-            .run(socket)
+            };
+            run_ws(
+                &session.app.clone(),
+                &session.req.clone(),
+                socket,
+                first,
+                &mut session,
+            )
             .await;
             drop(counted);
             drop(place);
@@ -269,7 +274,6 @@ struct Session {
     sub: Subscription,
     req: DeviceRequest,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
 }
 
 /// What a session does with a frame it could not read: `Some` of the close frame to send
@@ -293,7 +297,7 @@ fn unreadable(e: &axum::Error) -> Option<Message> {
 
 /// A session's frame that could not be read: says why, if it can ([`unreadable`]). The
 /// session ends after it.
-pub(super) async fn frame_failed(
+async fn frame_failed(
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     e: &axum::Error,
 ) {
@@ -303,7 +307,7 @@ pub(super) async fn frame_failed(
 }
 
 /// Sends one text frame, giving up after `WRITE_TIMEOUT`.
-pub(super) async fn send(
+async fn send(
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     text: String,
 ) -> Result<(), ()> {
@@ -313,86 +317,120 @@ pub(super) async fn send(
     }
 }
 
-impl Session {
-    async fn run(mut self, socket: WebSocket) {
-        let (mut tx, mut rx) = socket.split();
-        let ping_every = self.app.ws_ping;
-        let mut ping = tokio::time::interval(ping_every);
-        ping.reset();
-        let mut last_heard = Instant::now();
-        let mut budget = FrameBudget::new();
-        let clock = self.app.api.store().config().clock.clone();
-        let expiry = sig_expiry(clock, self.req.sig_expires_at);
-        tokio::pin!(expiry);
-        if let Some(start) = self.sub.reset()
-            && send(&mut tx, ws_reset_frame(&start.into())).await.is_err()
-        {
-            return;
-        }
-        loop {
-            tokio::select! {
-                _ = self.shutdown.changed() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+/// What a device's WebSocket session serves: the device's events, and its requests. One loop
+/// ([`run_ws`]) serves a single node's [`Subscription`] ([`Session`]) and a cluster node's
+/// merged feed (`cluster::channels`).
+pub(super) trait WsChannel {
+    /// The next events, as frames; `None` once the session has ended (the device connected
+    /// again, its account was deleted, the store closed).
+    async fn events(&mut self) -> Option<Vec<String>>;
+    /// Handles one client frame; returns the reply frame, if it needs one.
+    async fn request(&mut self, text: &str) -> Option<String>;
+}
+
+/// Runs a device's WebSocket session until it ends: events as they become durable, the
+/// client's frames (slowed past [`FRAMES_PER_SEC`], answered in order), a ping every
+/// `ServerConfig::ws_ping` (a client silent for [`SILENT_PINGS`] of them is dropped), the
+/// server's shutdown, and the expiry of the UserSig the device connected with. `first` is sent
+/// before anything else (a `reset`).
+pub(super) async fn run_ws(
+    app: &App,
+    req: &DeviceRequest,
+    socket: WebSocket,
+    first: Option<String>,
+    channel: &mut impl WsChannel,
+) {
+    let (mut tx, mut rx) = socket.split();
+    let mut shutdown = app.shutdown.clone();
+    let ping_every = app.ws_ping;
+    let mut ping = tokio::time::interval(ping_every);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    let mut budget = FrameBudget::new();
+    let clock = app.api.store().config().clock.clone();
+    let expiry = sig_expiry(clock, req.sig_expires_at);
+    tokio::pin!(expiry);
+    if let Some(first) = first
+        && send(&mut tx, first).await.is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                break;
+            }
+            e = &mut expiry => {
+                tracing::debug!(account = %req.account, device = %req.device, "UserSig expired; session ended");
+                close_with(&mut tx, &mut rx, expired_close(&e)).await;
+                break;
+            }
+            frame = rx.next() => {
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        frame_failed(&mut tx, &e).await;
+                        break;
+                    }
+                    None => break,
+                };
+                last_heard = Instant::now();
+                // Every frame counts against the budget, pings too: a ping flood is slowed like
+                // any other (tungstenite answers pings itself, one pending pong at most).
+                budget.take().await;
+                let text = match frame {
+                    Message::Text(t) => t,
+                    Message::Binary(_) => "binary frame".into(),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if let Some(reply) = channel.request(text.as_str()).await
+                    && send(&mut tx, reply).await.is_err()
+                {
                     break;
                 }
-                e = &mut expiry => {
-                    tracing::debug!(account = %self.req.account, device = %self.req.device, "UserSig expired; session ended");
-                    close_with(&mut tx, &mut rx, expired_close(&e)).await;
+            }
+            frames = channel.events() => {
+                let Some(frames) = frames else { break };
+                let mut failed = false;
+                for f in frames {
+                    if send(&mut tx, f).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
                     break;
                 }
-                frame = rx.next() => {
-                    let frame = match frame {
-                        Some(Ok(frame)) => frame,
-                        Some(Err(e)) => {
-                            frame_failed(&mut tx, &e).await;
-                            break;
-                        }
-                        None => break,
-                    };
-                    last_heard = Instant::now();
-                    // Every frame counts against the budget, pings too: a ping flood is slowed like
-                    // any other (tungstenite answers pings itself, one pending pong at most).
-                    budget.take().await;
-                    let text = match frame {
-                        Message::Text(t) => t,
-                        Message::Binary(_) => "binary frame".into(),
-                        Message::Close(_) => break,
-                        Message::Ping(_) | Message::Pong(_) => continue,
-                    };
-                    if let Some(reply) = self.client_frame(text.as_str()).await
-                        && send(&mut tx, reply).await.is_err()
-                    {
-                        break;
-                    }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ping_every * SILENT_PINGS {
+                    tracing::debug!(account = %req.account, device = %req.device, "silent for three pings; dropped");
+                    break;
                 }
-                batch = self.sub.next_batch() => {
-                    let Ok(events) = batch else { break };
-                    let mut failed = false;
-                    for e in &events {
-                        if send(&mut tx, ws_event_frame(e)).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed {
-                        break;
-                    }
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= ping_every * SILENT_PINGS {
-                        tracing::debug!(account = %self.req.account, device = %self.req.device, "silent for three pings; dropped");
-                        break;
-                    }
-                    let ping = tx.send(Message::Ping(Default::default()));
-                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
-                        break;
-                    }
+                let ping = tx.send(Message::Ping(Default::default()));
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
+                    break;
                 }
             }
         }
-        tracing::debug!(account = %self.req.account, device = %self.req.device, "device disconnected (ws)");
+    }
+    tracing::debug!(account = %req.account, device = %req.device, "device disconnected (ws)");
+}
+
+impl WsChannel for Session {
+    async fn events(&mut self) -> Option<Vec<String>> {
+        let events = self.sub.next_batch().await.ok()?;
+        Some(events.iter().map(ws_event_frame).collect())
     }
 
+    async fn request(&mut self, text: &str) -> Option<String> {
+        self.client_frame(text).await
+    }
+}
+
+impl Session {
     /// Handles one client frame; returns the reply frame, if it needs one. A request is
     /// answered once everything it did or read is durable (a send first waits for its
     /// before-send decision when webhooks are on).

@@ -7,13 +7,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::Node;
@@ -24,9 +23,8 @@ use crate::error::Error;
 use crate::server::App;
 use crate::server::conn::ConnHandle;
 use crate::server::devices::{
-    FrameBudget, MAX_CLIENT_FRAME, SILENT_PINGS, WRITE_TIMEOUT, at_capacity, auth_status,
-    close_with, envelope, expired_close, expired_event, frame_failed, no_device_place, send,
-    sig_expiry, sse_refusal,
+    MAX_CLIENT_FRAME, WsChannel, at_capacity, auth_status, envelope, expired_event,
+    no_device_place, run_ws, sig_expiry, sse_refusal,
 };
 use crate::server::rest::json_response;
 
@@ -92,84 +90,36 @@ pub async fn ws(
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {
-            session(app, node, feed, peer, socket).await;
+            let req = feed.request().clone();
+            let mut session = ClusterWs { node, feed, peer };
+            run_ws(&app, &req, socket, None, &mut session).await;
             drop(counted);
             drop(place);
         })
 }
 
-async fn session(app: App, node: Arc<Node>, mut feed: Feed, peer: SocketAddr, socket: WebSocket) {
-    let (mut tx, mut rx) = socket.split();
-    let mut shutdown = app.shutdown.clone();
-    let ping_every = app.ws_ping;
-    let mut ping = tokio::time::interval(ping_every);
-    ping.reset();
-    let mut last_heard = Instant::now();
-    let mut budget = FrameBudget::new();
-    let clock = app.api.store().config().clock.clone();
-    let expiry = sig_expiry(clock, feed.request().sig_expires_at);
-    tokio::pin!(expiry);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
-                break;
-            }
-            e = &mut expiry => {
-                close_with(&mut tx, &mut rx, expired_close(&e)).await;
-                break;
-            }
-            frame = rx.next() => {
-                let frame = match frame {
-                    Some(Ok(frame)) => frame,
-                    Some(Err(e)) => {
-                        frame_failed(&mut tx, &e).await;
-                        break;
-                    }
-                    None => break,
-                };
-                last_heard = Instant::now();
-                // Every frame counts against the budget, pings too: a ping flood is slowed like
-                // any other (tungstenite answers pings itself, one pending pong at most).
-                budget.take().await;
-                let text = match frame {
-                    Message::Text(t) => t,
-                    Message::Binary(_) => "binary frame".into(),
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if let Some(reply) = client_frame(&node, &feed, peer, text.as_str()).await
-                    && send(&mut tx, reply).await.is_err()
-                {
-                    break;
-                }
-            }
-            batch = feed.next() => {
-                let Some(events) = batch else { break };
-                let mut failed = false;
-                for (token, e) in &events {
-                    if send(&mut tx, feed::ws_frame(token, e)).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= ping_every * SILENT_PINGS {
-                    break;
-                }
-                let ping = tx.send(Message::Ping(Default::default()));
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
-                    break;
-                }
-            }
-        }
+/// A device's WebSocket session on a cluster node: its merged feed, and its requests, which go
+/// to their conversations' shards.
+struct ClusterWs {
+    node: Arc<Node>,
+    feed: Feed,
+    peer: SocketAddr,
+}
+
+impl WsChannel for ClusterWs {
+    async fn events(&mut self) -> Option<Vec<String>> {
+        let events = self.feed.next().await?;
+        Some(
+            events
+                .iter()
+                .map(|(token, e)| feed::ws_frame(token, e))
+                .collect(),
+        )
     }
-    let req = feed.request();
-    tracing::debug!(account = %req.account, device = %req.device, "device disconnected (ws, cluster)");
+
+    async fn request(&mut self, text: &str) -> Option<String> {
+        client_frame(&self.node, &self.feed, self.peer, text).await
+    }
 }
 
 /// One client frame: an ack confirms a token here; a request goes to its conversation's shard.
