@@ -252,6 +252,8 @@ pub(crate) struct Collected {
     pub events: Vec<Event>,
     /// The messages among the events, with their sequence numbers.
     pub messages: Vec<(u64, MsgArc)>,
+    /// The records of the Modified events, with their sequence numbers.
+    pub modified: Vec<(u64, MsgArc)>,
     pub upto: u64,
     pub ticket: u64,
 }
@@ -317,8 +319,10 @@ struct Buffer {
     /// The highest `sent` has been: entries up to it that are collected again after a
     /// [`rewind`](Subscription::rewind) are already in the client cache.
     handed: u64,
-    /// Events handed out by the blocking API one at a time.
-    ready: VecDeque<Event>,
+    /// Events handed out by the blocking API one at a time, with the record of each that
+    /// shows a body: one recalled while it waits here is not handed out (R1: a device that
+    /// has not received a message never will, once it is recalled; its notice follows).
+    ready: VecDeque<(Event, Option<MsgArc>)>,
 }
 
 impl Subscription {
@@ -402,7 +406,7 @@ impl Subscription {
     pub fn rewind(&self, after: u64) {
         let mut buf = self.buf.lock();
         // Events collected for the blocking API and not yet taken are collected again too.
-        let untaken = buf.ready.front().map_or(u64::MAX, |e| e.seq - 1);
+        let untaken = buf.ready.front().map_or(u64::MAX, |(e, _)| e.seq - 1);
         buf.sent = buf.sent.min(after).min(untaken);
         buf.ready.clear();
     }
@@ -427,10 +431,17 @@ impl Subscription {
     /// durable, never for a new event.
     pub fn try_recv(&self) -> Result<Option<Event>, Disconnected> {
         let mut buf = self.buf.lock();
-        if buf.ready.is_empty() {
-            self.fill(&mut buf)?;
+        loop {
+            if buf.ready.is_empty() {
+                self.fill(&mut buf)?;
+            }
+            match buf.ready.pop_front() {
+                None => return Ok(None),
+                // Recalled since it was collected: its notice follows instead.
+                Some((_, Some(m))) if m.is_recalled() => continue,
+                Some((e, _)) => return Ok(Some(e)),
+            }
         }
-        Ok(buf.ready.pop_front())
     }
 
     /// The next event, waiting as long as it takes.
@@ -476,9 +487,18 @@ impl Subscription {
             }
             feed.durable(c.ticket)?;
             buf.sent = c.upto;
+            // The records the events show bodies of, in the events' order (by sequence number).
+            let mut shown: Vec<(u64, MsgArc)> = c.messages.to_vec();
+            shown.extend(c.modified);
+            shown.sort_unstable_by_key(|(seq, _)| *seq);
+            let mut shown = shown.into_iter().peekable();
             feed.handed_out(&self.id, buf.fresh(c.messages));
             if !c.events.is_empty() {
-                buf.ready.extend(c.events);
+                buf.ready.extend(c.events.into_iter().map(|e| {
+                    while shown.next_if(|(seq, _)| *seq < e.seq).is_some() {}
+                    let record = shown.next_if(|(seq, _)| *seq == e.seq).map(|(_, m)| m);
+                    (e, record)
+                }));
                 return Ok(());
             }
         }
@@ -489,9 +509,12 @@ impl Subscription {
     pub async fn next_batch(&self) -> Result<Vec<Event>, Disconnected> {
         let feed = self.feed()?;
         loop {
-            let mut ready = std::mem::take(&mut self.buf.lock().ready);
+            let ready = std::mem::take(&mut self.buf.lock().ready);
             if !ready.is_empty() {
-                return Ok(ready.drain(..).collect());
+                let fresh = ready
+                    .into_iter()
+                    .filter(|(_, m)| !m.as_ref().is_some_and(|m| m.is_recalled()));
+                return Ok(fresh.map(|(e, _)| e).collect());
             }
             let sent = self.buf.lock().sent;
             let c = feed.collect(&self.id, sent, BATCH)?;

@@ -331,7 +331,8 @@ impl FileJournal {
                 (file, path, valid_len)
             }
             None => {
-                let (file, path) = create_segment(dir, end.next_lsn).map_err(io_err(dir))?;
+                let (file, path) =
+                    create_segment(dir, end.next_lsn, || Ok(())).map_err(io_err(dir))?;
                 (file, path, FILE_HEADER_LEN as u64)
             }
         };
@@ -563,12 +564,27 @@ impl FileJournal {
         st.write_at = end;
         st.allocated = end;
         sh.reached(&mut st, cut);
-        let created = MutexGuard::unlocked(&mut st, || create_segment(&self.dir, cut));
+        let head = FILE_HEADER_LEN as u64;
+        // A segment holding no record already starts at the cut (a rotation right after
+        // another, or after opening): it goes on as the new one. Creating "the cut's segment"
+        // would open this very file again — and a failure would then remove the live segment.
+        let created = if end == head {
+            Ok((old, st.segment_path.clone()))
+        } else {
+            // Fault injection can make it fail after its file is open.
+            let injected = || -> io::Result<()> {
+                #[cfg(feature = "fault-injection")]
+                if sh.faults.no_new_segment() {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Ok(())
+            };
+            MutexGuard::unlocked(&mut st, || create_segment(&self.dir, cut, injected))
+                .map(|(file, path)| (Arc::new(file), path))
+        };
         st.leader = false;
         let outcome = match created {
             Ok((file, path)) => {
-                let file = Arc::new(file);
-                let head = FILE_HEADER_LEN as u64;
                 st.reserved = head + st.pending.len() as u64;
                 st.allocated = sh.reserve_ahead(&file, head, st.reserved);
                 st.file = file;
@@ -708,19 +724,34 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Creates the segment whose first record is `lsn`. On failure (a full disk, say) the file is
-/// removed again, as far as that works: the journal goes on in the segment before, and a file
-/// left behind starts inside its records (which recovery recognises and removes).
-fn create_segment(dir: &Path, lsn: u64) -> io::Result<(File, PathBuf)> {
+/// Creates the segment whose first record is `lsn`, a file that must not exist yet. On
+/// failure (a full disk, say) the file is removed again, as far as that works: the journal
+/// goes on in the segment before, and a file left behind starts inside its records (which
+/// recovery recognises and removes — and a later rotation to the same `lsn`, here).
+fn create_segment(
+    dir: &Path,
+    lsn: u64,
+    injected: impl Fn() -> io::Result<()>,
+) -> io::Result<(File, PathBuf)> {
     let path = dir.join(segment_name(lsn));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    let made = file
-        .write_all(&file_header(SEGMENT_MAGIC, lsn))
+    let create = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    };
+    let mut file = match create() {
+        // Left behind by a failed rotation to the same cut (the segment before still holds
+        // the journal's records, so this file holds none): made again.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&path)?;
+            create()?
+        }
+        other => other?,
+    };
+    let made = injected()
+        .and_then(|()| file.write_all(&file_header(SEGMENT_MAGIC, lsn)))
         .and_then(|()| file.sync_all())
         .and_then(|()| sync_dir(dir));
     if let Err(e) = made {

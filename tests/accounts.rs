@@ -127,6 +127,24 @@ fn a_reimported_account_continues_its_sequence_numbers() {
     assert_eq!(store.inbox("b", 0).unwrap()[0].seq, 5);
 }
 
+/// A message sent before its recipient was deleted counts as read once the account is back:
+/// recalling it takes nothing from the count of a message sent since (before, the count went
+/// to 0 with the new message unread). Replayed alike.
+#[test]
+fn a_recall_of_a_message_from_before_a_delete_leaves_the_new_count_alone() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    let old = send_text(&store, "a", "b", 1, "before").msg_key.to_string();
+    store.delete_account("b").unwrap();
+    store.import_account("b").unwrap();
+    send_text(&store, "a", "b", 2, "after");
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
+    store.recall(ADMIN, "a", "b", &old).unwrap();
+    assert_eq!(store.unread("b", "a").unwrap(), 1);
+    store.close().unwrap();
+    let store = disk.reopen();
+    assert_eq!(store.unread("b", "a").unwrap(), 1, "replayed alike");
+}
+
 #[test]
 fn unread_counts_survive_delete_reimport_snapshot_and_replay() {
     // Unread counts live in conversations, listed per account: a delete must reach every

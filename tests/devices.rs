@@ -458,6 +458,9 @@ fn replay_purges_what_the_live_purge_did_under_another_config() {
         store.devices("b").unwrap().is_empty(),
         "the device comes back"
     );
+    // Read within this config's hour of retention ("kept" is past it now, so a reader would
+    // not be shown it): the entry the live purge kept is still there.
+    clock.set(T0 + 1800);
     assert_eq!(
         texts(&store.inbox("b", 0).unwrap()),
         vec!["msg:kept"],
@@ -676,4 +679,42 @@ fn a_repeated_ack_is_not_journaled() {
     let replayed = store.recovery_report().records_replayed;
     assert!(replayed < 20, "{replayed} records");
     assert_eq!(store.device_cursor("b", "phone").unwrap(), 2);
+}
+
+/// A message whose MsgTimeStamp falls past retention is gone from history and a recall of it
+/// answers 20022 — and a device that had not received it is not handed it either (before, it
+/// was, until the next purge).
+#[test]
+fn a_message_past_retention_is_not_handed_to_a_device() {
+    let clock = imstore::ManualClock::new(T0);
+    let store = imstore::Store::in_memory(with_retention(&clock, 100)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let mut req = text_req("a", "b", 1, "backdated");
+    req.msg_time = Some((T0 - 90) as u32);
+    let key = store.send(req).unwrap().msg_key.to_string();
+    send_text(&store, "a", "b", 2, "recent");
+    clock.advance(20);
+    assert_eq!(
+        store.recall(ADMIN, "a", "b", &key).unwrap_err().code(),
+        20022
+    );
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&sub)), vec!["msg:recent"]);
+}
+
+/// The blocking API collects a batch and hands it out one event at a time: a message recalled
+/// after it was collected, before the application took it, is not handed out — its recall
+/// notice comes instead (R1: a device that has not received a message never will).
+#[test]
+fn a_message_recalled_while_waiting_to_be_taken_is_not_handed_out() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    send_text(&store, "a", "b", 1, "one");
+    let two = send_text(&store, "a", "b", 2, "two").msg_key.to_string();
+    let first = sub.try_recv().unwrap().expect("the first message");
+    assert_eq!(texts(&[first]), vec!["msg:one"]);
+    store.recall(ADMIN, "a", "b", &two).unwrap();
+    let rest = texts(&drain(&sub));
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert!(rest[0].starts_with("recall"), "{rest:?}");
 }

@@ -503,3 +503,31 @@ fn a_segment_left_by_a_failed_switch_is_passed_over_and_removed() {
         );
     }
 }
+
+/// A compaction with nothing written since the last one goes on in the segment that already
+/// starts at its cut. Before, it made "the cut's segment" by opening that very file again,
+/// truncating it, and a failure there (a full disk, an I/O error) removed the live segment:
+/// every record acknowledged after it was gone at the next open.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_compaction_with_nothing_new_keeps_the_live_segment_when_a_new_one_cannot_start() {
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    populate(&store, &clock);
+    store.compact().unwrap();
+    let faults = store.faults().unwrap();
+    faults.set_no_new_segment(true);
+    // Nothing new: no segment to start, so nothing to fail.
+    store.compact().expect("a compaction with nothing new");
+    send_text(&store, "vinson", "third", 100, "after the compactions");
+    // With records, the new segment cannot start: the compaction fails, the journal goes on.
+    assert!(store.compact().is_err());
+    send_text(&store, "third", "vinson", 101, "after the failure");
+    faults.set_no_new_segment(false);
+    let before = observe(&store, &USERS);
+    drop(store);
+    let store = Store::open(dir.path(), config(&clock)).expect("reopen");
+    assert_eq!(observe(&store, &USERS), before);
+    store.compact().expect("compaction works again");
+}

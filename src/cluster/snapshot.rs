@@ -110,6 +110,27 @@ impl Cluster {
         let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
         let mut owners = super::journal::Owners::after(prev.as_ref().map_or(0, |(_, e, _)| *e));
         if from >= cut {
+            // Nothing since the newest snapshot. Its purge may have failed (the call said
+            // so): it is run again — it changes nothing if it was done — so that an OK means
+            // the stream holds nothing below the snapshot.
+            let js = self.inner.js.clone();
+            self.block(async move {
+                let purge = async {
+                    js.get_stream_no_info(stream_name(n))
+                        .await
+                        .map_err(nats)?
+                        .purge()
+                        .sequence(from)
+                        .await
+                        .map_err(|e| nats(format!("purging {} below {from}: {e}", stream_name(n))))
+                };
+                tokio::time::timeout(within, purge).await.map_err(|_| {
+                    nats(format!(
+                        "purging {}: no answer within {within:?}",
+                        stream_name(n)
+                    ))
+                })?
+            })?;
             return Ok(from);
         }
         let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
@@ -235,8 +256,16 @@ impl Cluster {
             tokio::time::timeout(within, purge)
                 .await
                 .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
+            // The snapshot it replaces holds the bodies of messages recalled since: a delete
+            // that fails is said (the object is named, for an operator to remove).
             if let Some(old) = previous {
-                let _ = tokio::time::timeout(within, snaps.delete(&old)).await;
+                match tokio::time::timeout(within, snaps.delete(&old)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(nats(format!("deleting the replaced snapshot {old}: {e}")));
+                    }
+                    Err(_) => return Err(late(&format!("deleting the replaced snapshot {old}"))),
+                }
             }
             Ok(cut)
         })

@@ -19,6 +19,7 @@ pub struct Faults {
     /// snapshot.
     pub hold_checkpoint: Gate,
     no_space: AtomicBool,
+    no_new_segment: AtomicBool,
 }
 
 impl Faults {
@@ -29,6 +30,16 @@ impl Faults {
 
     pub(crate) fn no_space(&self) -> bool {
         self.no_space.load(Ordering::SeqCst)
+    }
+
+    /// Makes starting a new journal segment fail once its file is open, before its header is
+    /// written (`true`), as a full disk or an I/O error would; or succeed again.
+    pub fn set_no_new_segment(&self, on: bool) {
+        self.no_new_segment.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn no_new_segment(&self) -> bool {
+        self.no_new_segment.load(Ordering::SeqCst)
     }
 }
 

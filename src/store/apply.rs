@@ -190,10 +190,14 @@ impl Store {
             slot.end_session();
         }
         let next = state.inbox.next_seq();
-        // Its unread counts go; the conversations stay (the peers' history keeps them).
+        // Its unread counts go, and with them what made them: its read marks move to the end,
+        // so that a message from before counts as read if the account is imported again (a
+        // recall of one must not take a later message's unread count). The peers' history
+        // shows them read (IsPeerRead). The conversations stay (the peers' history keeps them).
         self.each_conversation(user, &state, |c| {
             let side = c.side(user);
             c.unread[side] = 0;
+            c.mark_read(user);
             // Recorded before this conversation's lock was taken: an operation on it in
             // between (a purge, a read mark) may hold a later ticket, which must stay.
             c.ticket = c.ticket.max(ticket);

@@ -95,16 +95,19 @@ impl Store {
     }
 
     /// What a device whose cursor is `after` would receive now, without moving any cursor:
-    /// the account's retained inbox entries after `after`, recalled messages left out.
+    /// the account's retained inbox entries after `after`, recalled messages and messages
+    /// past retention left out.
     pub fn inbox(&self, account: &str, after: u64) -> Result<Vec<Event>> {
         let cell = self.cell_as(account, Role::Plain)?;
         let now = self.now();
+        let cutoff = self.retention_cutoff();
         let (events, ticket) = {
             let state = cell.state.lock();
             let events: Vec<_> = state
                 .inbox
                 .after(after)
                 .filter(|s| s.expires_at() > now && !s.online_only())
+                .filter(|s| !past_retention(&s.entry(), cutoff))
                 .filter_map(|s| device::event(s.seq(), &s.entry()))
                 .collect();
             (events, state.ticket)
@@ -174,6 +177,7 @@ impl Store {
     ) -> Result<Collected, Disconnected> {
         let cell = self.cell(&sub.account).ok_or(Disconnected)?;
         let now = self.now();
+        let cutoff = self.retention_cutoff();
         let state = cell.state.lock();
         let live = state
             .devices
@@ -184,6 +188,7 @@ impl Store {
         let mut c = Collected {
             events: Vec::new(),
             messages: Vec::new(),
+            modified: Vec::new(),
             upto: after,
             ticket: state.ticket,
         };
@@ -206,9 +211,17 @@ impl Store {
                 continue;
             }
             let entry = slot.entry();
+            // A message past retention by its MsgTimeStamp is gone from history and a recall
+            // of it answers 20022: not handed to a device either (the purge drops the entry
+            // later). Its recall notice still is.
+            if past_retention(&entry, cutoff) {
+                continue;
+            }
             if let Some(event) = device::event(slot.seq(), &entry) {
-                if let Entry::Message(m) = entry {
-                    c.messages.push((slot.seq(), m));
+                match entry {
+                    Entry::Message(m) => c.messages.push((slot.seq(), m)),
+                    Entry::Modified(m, _) => c.modified.push((slot.seq(), m)),
+                    Entry::Recalled(_) => {}
                 }
                 c.events.push(event);
             }
@@ -330,6 +343,12 @@ impl Feed for Inner {
         self.durable(ticket).ok()?;
         Some(cursor)
     }
+}
+
+/// Whether `entry` shows a message whose MsgTimeStamp is before `cutoff` (past retention):
+/// gone from history, not handed to a device (its recall notice still is).
+fn past_retention(entry: &Entry, cutoff: u64) -> bool {
+    matches!(entry, Entry::Message(m) | Entry::Modified(m, _) if u64::from(m.key.time()) < cutoff)
 }
 
 #[cfg(test)]
