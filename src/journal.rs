@@ -562,6 +562,9 @@ impl FileJournal {
             return Err(Error::Internal(why));
         }
         st.write_at = end;
+        // Appends while the new segment is made (the lock is let go) reserve their space on
+        // the finished one, past its last record: right if the switch fails and the journal
+        // goes on there; otherwise a few MiB of zeros in a file the snapshot deletes.
         st.allocated = end;
         sh.reached(&mut st, cut);
         let head = FILE_HEADER_LEN as u64;
