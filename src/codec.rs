@@ -197,6 +197,11 @@ enum OpRecord<'a> {
     // Added with SendMsgControl: a send with its control bits (`SendControl::bits`) besides
     // the retention. A plain send is still `SendV3`.
     SendV4(SendRec<'a>, Option<u64>, u8),
+    // Added when a delete began to mark the account's conversations read (`Op::DeleteAccount`
+    // `read_all`). A `DeleteAccount` record replays as it ran: marks left where they were.
+    DeleteAccountReadAll {
+        user: &'a str,
+    },
 }
 
 /// A send as journaled (`SendV2`; `SendV3` adds the retention it trimmed to). A struct's
@@ -303,7 +308,14 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
     };
     let rec = match op {
         Op::ImportAccount { user } => OpRecord::ImportAccount { user },
-        Op::DeleteAccount { user } => OpRecord::DeleteAccount { user },
+        Op::DeleteAccount {
+            user,
+            read_all: false,
+        } => OpRecord::DeleteAccount { user },
+        Op::DeleteAccount {
+            user,
+            read_all: true,
+        } => OpRecord::DeleteAccountReadAll { user },
         Op::Send(s) => {
             let rec = SendRec {
                 from: &s.from,
@@ -464,7 +476,14 @@ pub(crate) fn decode_op(
     }
     Ok(match rec {
         OpRecord::ImportAccount { user } => Op::ImportAccount { user: name(user)? },
-        OpRecord::DeleteAccount { user } => Op::DeleteAccount { user: name(user)? },
+        OpRecord::DeleteAccount { user } => Op::DeleteAccount {
+            user: name(user)?,
+            read_all: false,
+        },
+        OpRecord::DeleteAccountReadAll { user } => Op::DeleteAccount {
+            user: name(user)?,
+            read_all: true,
+        },
         OpRecord::Send {
             from,
             to,

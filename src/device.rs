@@ -511,10 +511,14 @@ impl Subscription {
         loop {
             let ready = std::mem::take(&mut self.buf.lock().ready);
             if !ready.is_empty() {
-                let fresh = ready
+                let fresh: Vec<Event> = ready
                     .into_iter()
-                    .filter(|(_, m)| !m.as_ref().is_some_and(|m| m.is_recalled()));
-                return Ok(fresh.map(|(e, _)| e).collect());
+                    .filter(|(_, m)| !m.as_ref().is_some_and(|m| m.is_recalled()))
+                    .map(|(e, _)| e)
+                    .collect();
+                if !fresh.is_empty() {
+                    return Ok(fresh);
+                }
             }
             let sent = self.buf.lock().sent;
             let c = feed.collect(&self.id, sent, BATCH)?;

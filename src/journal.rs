@@ -571,7 +571,7 @@ impl FileJournal {
         // A segment holding no record already starts at the cut (a rotation right after
         // another, or after opening): it goes on as the new one. Creating "the cut's segment"
         // would open this very file again — and a failure would then remove the live segment.
-        let created = if end == head {
+        let created = if end == head && st.segment_path == self.dir.join(segment_name(cut)) {
             Ok((old, st.segment_path.clone()))
         } else {
             // Fault injection can make it fail after its file is open.

@@ -16,6 +16,10 @@ pub(crate) enum Op {
     },
     DeleteAccount {
         user: UserId,
+        /// Its read marks move to the end of each conversation, so that what it was sent
+        /// counts as read if the account comes back. Every delete since 2026-11-28; false for
+        /// the records of earlier versions, which replay as they ran.
+        read_all: bool,
     },
     Send(SendOp),
     Recall {

@@ -615,7 +615,11 @@ impl Store {
     pub fn delete_account(&self, user: &str) -> Result<()> {
         check_user_id(user).map_err(|_| Error::AccountNotFound(user.to_owned()))?;
         let user = self.cell_as(user, Role::Plain)?.id.clone();
-        self.run(&Op::DeleteAccount { user }).map(|_| ())
+        self.run(&Op::DeleteAccount {
+            user,
+            read_all: true,
+        })
+        .map(|_| ())
     }
 
     /// Drops roaming messages past retention and inbox entries past their lifetime, and

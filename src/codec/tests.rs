@@ -51,6 +51,15 @@ fn operations_round_trip() {
     let u = |s: &str| UserId::new(s).unwrap();
     let ops = vec![
         Op::ImportAccount { user: u("a") },
+        // A delete as journaled since its conversations are marked read, and one from before.
+        Op::DeleteAccount {
+            user: u("a"),
+            read_all: true,
+        },
+        Op::DeleteAccount {
+            user: u("a"),
+            read_all: false,
+        },
         Op::Send(SendOp {
             from: u("a"),
             to: u("b"),
@@ -183,6 +192,8 @@ fn operations_round_trip() {
     // that changes them breaks every journal written before.
     let bytes = [
         "000161",
+        "180161",
+        "010161",
         "1301610162010203365b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a226869227d7d5d01026364013c010570686f6e65630501030831302e302e302e37fb100e",
         "14016101620102030561646d696e640100093132372e302e302e31fc80510100",
         "150161016201020301375b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a226e6577227d7d5d0102636464fb201c",

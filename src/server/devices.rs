@@ -264,6 +264,7 @@ pub async fn ws(
                 &mut session,
             )
             .await;
+            drop(session);
             drop(counted);
             drop(place);
         })

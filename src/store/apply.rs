@@ -31,7 +31,7 @@ impl Store {
     pub(crate) fn apply_found(&self, op: &Op, mode: Mode, found: Found) -> Result<Applied> {
         match op {
             Op::ImportAccount { user } => self.apply_import(op, user, mode),
-            Op::DeleteAccount { user } => self.apply_delete(op, user, mode),
+            Op::DeleteAccount { user, read_all } => self.apply_delete(op, user, *read_all, mode),
             Op::Send(send) => self.apply_send(op, send, mode, found),
             Op::Recall {
                 from,
@@ -178,7 +178,7 @@ impl Store {
         Ok(Applied::Done)
     }
 
-    fn apply_delete(&self, op: &Op, user: &UserId, mode: Mode) -> Result<Applied> {
+    fn apply_delete(&self, op: &Op, user: &UserId, read_all: bool, mode: Mode) -> Result<Applied> {
         let missing = || Error::AccountNotFound(user.to_string());
         let cell = self.inner.accounts.get(user).ok_or_else(missing)?;
         let mut state = cell.state.lock();
@@ -190,14 +190,17 @@ impl Store {
             slot.end_session();
         }
         let next = state.inbox.next_seq();
-        // Its unread counts go, and with them what made them: its read marks move to the end,
-        // so that a message from before counts as read if the account is imported again (a
-        // recall of one must not take a later message's unread count). The peers' history
+        // Its unread counts go, and with them what made them: its read marks move to the end
+        // (`read_all`: every delete since this was added; a record from before replays as it
+        // ran), so that a message from before counts as read if the account is imported again
+        // (a recall of one must not take a later message's unread count). The peers' history
         // shows them read (IsPeerRead). The conversations stay (the peers' history keeps them).
         self.each_conversation(user, &state, |c| {
             let side = c.side(user);
             c.unread[side] = 0;
-            c.mark_read(user);
+            if read_all {
+                c.mark_read(user);
+            }
             // Recorded before this conversation's lock was taken: an operation on it in
             // between (a purge, a read mark) may hold a later ticket, which must stay.
             c.ticket = c.ticket.max(ticket);

@@ -93,6 +93,7 @@ pub async fn ws(
             let req = feed.request().clone();
             let mut session = ClusterWs { node, feed, peer };
             run_ws(&app, &req, socket, None, &mut session).await;
+            drop(session);
             drop(counted);
             drop(place);
         })
