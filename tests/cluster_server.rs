@@ -1230,19 +1230,20 @@ fn one_node_with(accounts: &[&str]) -> (OneNode, Server) {
     (OneNode(nats, dir, serial), a)
 }
 
+/// dave sends carol "hello"; `ws`, carol's device, receives it (and confirms it).
+fn hello_reaches(a: &Server, ws: &mut Ws) {
+    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
+    let got = drain_past(ws, |f| f["Event"] == "message", Duration::from_millis(300));
+    assert!(got.iter().any(|f| f["Event"] == "message"), "{got:?}");
+}
+
 /// A device of an account deleted while it is connected is disconnected, as on a single
 /// node — not left open while its node asks every shard to connect it again, for good.
 #[test]
 fn a_device_of_a_deleted_account_is_disconnected() {
     let (_cluster, a) = one_node_with(&["carol", "dave"]);
     let mut ws = a.ws("carol", "phone", "");
-    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
-    let got = drain_past(
-        &mut ws,
-        |f| f["Event"] == "message",
-        Duration::from_millis(300),
-    );
-    assert!(got.iter().any(|f| f["Event"] == "message"), "{got:?}");
+    hello_reaches(&a, &mut ws);
     ok(&a.post(
         "im_open_login_svc/account_delete",
         json!({"DeleteItem": [{"UserID": "carol"}]}),
@@ -1263,13 +1264,7 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
     let query = a.query_valid_for("carol", 10);
     let mut ws = a.try_ws_with(&query, "phone", "").unwrap();
     let sse = a.events_with(&query, "tablet", None);
-    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "hello")));
-    let got = drain_past(
-        &mut ws,
-        |f| f["Event"] == "message",
-        Duration::from_millis(300),
-    );
-    assert!(got.iter().any(|f| f["Event"] == "message"), "{got:?}");
+    hello_reaches(&a, &mut ws);
     let (code, reason) = ws
         .close_frame(common::server::WAIT)
         .expect("a close frame at the expiry");
