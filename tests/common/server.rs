@@ -371,30 +371,31 @@ impl Ws {
         }
     }
 
-    /// The next JSON frame, if one arrives within `timeout`.
-    pub fn next(&mut self, timeout: Duration) -> Option<Value> {
+    /// Reads frames for at most `timeout` until `pick` takes one; `None` at the deadline, or
+    /// once the connection fails or closes.
+    fn read_within<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(tungstenite::Message) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             self.stream()
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .unwrap();
-            match self.socket.read() {
-                Ok(tungstenite::Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).unwrap());
-                }
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(_) => return None,
+            if let Some(t) = pick(self.socket.read().ok()?) {
+                return Some(t);
             }
         }
+    }
+
+    /// The next JSON frame, if one arrives within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<Value> {
+        self.read_within(timeout, |m| match m {
+            tungstenite::Message::Text(t) => Some(serde_json::from_str(&t).unwrap()),
+            _ => None,
+        })
     }
 
     /// The next frame, which must arrive within `WAIT`.
@@ -424,20 +425,13 @@ impl Ws {
     /// The close frame the server sends within `timeout` (its code and reason), skipping
     /// other frames; `None` if none came.
     pub fn close_frame(&mut self, timeout: Duration) -> Option<(u16, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream()
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            match self.socket.read() {
-                Ok(tungstenite::Message::Close(frame)) => {
-                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                }
-                Ok(_) => continue,
-                Err(_) => return None,
+        self.read_within(timeout, |m| match m {
+            tungstenite::Message::Close(frame) => {
+                Some(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
             }
-        }
+            _ => None,
+        })
+        .flatten()
     }
 
     /// Whether the server closed the connection (reads until the close or `timeout`).
