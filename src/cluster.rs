@@ -66,8 +66,10 @@ pub struct ClusterConfig {
     /// Request timeout towards JetStream (default 2 s).
     pub request_timeout: Duration,
     /// An owner snapshots its shard into the object store `imstore_snapshots` after this many
-    /// records (default 100,000; 0: only when asked, [`Shard::snapshot`]), and purges the
-    /// stream below the snapshot: a new owner replays only what follows it.
+    /// records (default 100,000; 0: only when asked, [`Shard::snapshot`], or for an erasure),
+    /// and purges the stream below the snapshot: a new owner replays only what follows it.
+    /// Also `store.erase_within_secs` after the first record since the last snapshot that
+    /// erased a body (a recall, say), so that the stream and the objects lose it too.
     pub snapshot_every: u64,
     /// The configuration of each shard's store.
     pub store: Config,
@@ -769,7 +771,7 @@ impl Cluster {
         let snapshots = Arc::new(parking_lot::Mutex::new(
             store.recovery_report().snapshot_lsn.unwrap_or(0),
         ));
-        if cfg.snapshot_every > 0 {
+        if cfg.snapshot_every > 0 || cfg.store.erase_within_secs > 0 {
             Snapshotter::start(self, n, held.epoch, shared.clone(), snapshots.clone());
         }
         renewer.attach(shared.clone());

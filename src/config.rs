@@ -7,6 +7,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::hooks::{Hooks, NoHooks};
 use crate::journal::SyncPolicy;
 
+/// `Config::erase_within_secs` by default: ten minutes.
+pub const ERASE_WITHIN_SECS: u64 = 600;
+
 /// How a [`Store`](crate::Store) is set up. `Config::default()` gives Tencent's defaults.
 ///
 /// ```
@@ -43,6 +46,14 @@ pub struct Config {
     /// Journal bytes after which a durable store takes a snapshot and drops the journal it
     /// replaces (default 64 MiB), bounding recovery time.
     pub snapshot_after_bytes: u64,
+    /// How soon, in seconds, a body a durable store erased — recalled, replaced by a
+    /// modification, past retention or its lifetime — leaves the disk too (default 600): a
+    /// snapshot is taken at most this long after the first such operation since the last
+    /// snapshot, and the journal it replaces deleted (SPEC §4.3: a recalled body "cannot be
+    /// restored"). Costs at most one snapshot of the whole store per interval, only while
+    /// something is erased. 0: only `snapshot_after_bytes` and `Store::compact` take
+    /// snapshots, and an erased body stays in the journal until then.
+    pub erase_within_secs: u64,
     /// Open a damaged data directory anyway, truncating the journal at the first damaged
     /// record (what was dropped is in `Store::recovery_report`). Default: refuse to open.
     pub repair: bool,
@@ -83,6 +94,7 @@ impl Default for Config {
             hooks: Arc::new(NoHooks),
             sync: SyncPolicy::Group,
             snapshot_after_bytes: 64 << 20,
+            erase_within_secs: ERASE_WITHIN_SECS,
             repair: false,
             max_devices_per_account: 32,
             device_idle_secs: 30 * 86_400,
@@ -123,6 +135,13 @@ impl Config {
     /// Sets how much journal triggers a snapshot.
     pub fn with_snapshot_after_bytes(mut self, bytes: u64) -> Self {
         self.snapshot_after_bytes = bytes;
+        self
+    }
+
+    /// Sets how soon an erased body leaves the disk, in seconds (0: only at the size
+    /// threshold and `compact`).
+    pub fn with_erase_within_secs(mut self, secs: u64) -> Self {
+        self.erase_within_secs = secs;
         self
     }
 
@@ -194,6 +213,7 @@ impl fmt::Debug for Config {
             .field("admins", &self.admins)
             .field("sync", &self.sync)
             .field("snapshot_after_bytes", &self.snapshot_after_bytes)
+            .field("erase_within_secs", &self.erase_within_secs)
             .field("repair", &self.repair)
             .field("max_devices_per_account", &self.max_devices_per_account)
             .field("device_idle_secs", &self.device_idle_secs)

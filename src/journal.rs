@@ -29,13 +29,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::Error;
 
 mod commit;
+pub(crate) mod erasure;
 #[cfg(feature = "fault-injection")]
 mod faults;
 pub(crate) mod format;
@@ -245,6 +246,9 @@ struct State {
     bytes_since_snapshot: u64,
     snapshot_threshold: u64,
     checkpoint_due: bool,
+    /// Whether, and when, a snapshot is due because a record since the last one erased a
+    /// body (`erasure.rs`).
+    erasure: erasure::Erasure,
     failed: Option<String>,
     /// Async waiters: (target, waker), woken once `done_lsn` reaches the target.
     wakers: Vec<(u64, Waker)>,
@@ -357,6 +361,7 @@ impl FileJournal {
                 bytes_since_snapshot: 0,
                 snapshot_threshold: u64::MAX,
                 checkpoint_due: false,
+                erasure: erasure::Erasure::default(),
                 failed: None,
                 wakers: Vec::new(),
                 wanted: 0,
@@ -402,8 +407,9 @@ impl FileJournal {
 
     /// Appends one operation record and returns its ticket: the position `commit_to` must
     /// reach for it to be durable. Called with the operation's store locks held. Fails, with
-    /// nothing appended, when the journal failed earlier or the disk is full.
-    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<u64, Error> {
+    /// nothing appended, when the journal failed earlier or the disk is full. `erases`: the
+    /// operation erases a body, which a snapshot must then take off the disk (`erasure.rs`).
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>), erases: bool) -> Result<u64, Error> {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             push_frame(scratch, kind::OP, encode);
@@ -431,8 +437,44 @@ impl FileJournal {
             st.reserved = need;
             st.next_lsn += 1;
             st.bytes_since_snapshot += scratch.len() as u64;
-            Ok(st.next_lsn)
+            let ticket = st.next_lsn;
+            if erases && st.erasure.note(ticket) {
+                sh.due.notify_all();
+            }
+            Ok(ticket)
         })
+    }
+
+    /// The record `ticket`, already appended, turned out to erase a body (a send that
+    /// trimmed its conversation to retention).
+    pub fn note_erased(&self, ticket: u64) {
+        let mut st = self.shared.state.lock();
+        if st.erasure.note(ticket) {
+            self.shared.due.notify_all();
+        }
+    }
+
+    /// How long after a record that erases a body a snapshot must take it off the disk
+    /// (`None`: only the size threshold and `compact` write snapshots).
+    pub fn set_erase_within(&self, within: Option<Duration>) {
+        self.shared.state.lock().erasure.set_within(within);
+        self.shared.due.notify_all();
+    }
+
+    /// A snapshot begun at `started` covers every record below `cut`: the erasures it
+    /// covers are done.
+    pub fn erasures_covered(&self, cut: u64, started: Instant) {
+        self.shared.state.lock().erasure.covered(cut, started);
+    }
+
+    /// A checkpoint failed: one due for an erasure is tried again later, not at once.
+    pub fn erasure_retry_later(&self) {
+        self.shared.state.lock().erasure.retry_later();
+    }
+
+    /// When a snapshot is due for an erasure, if one is (for tests and metrics).
+    pub fn erasure_due(&self) -> Option<Instant> {
+        self.shared.state.lock().erasure.due()
     }
 
     /// The ticket of everything appended so far.
@@ -492,9 +534,10 @@ impl FileJournal {
         self.shared.state.lock().snapshot_threshold = bytes;
     }
 
-    /// Blocks until a checkpoint is due (`true`) or the journal shuts down (`false`). A
-    /// checkpoint already due when the journal shuts down is still run: a clean close leaves
-    /// the journal bounded.
+    /// Blocks until a checkpoint is due (`true`) or the journal shuts down (`false`): enough
+    /// journal has accumulated, or an erasure's deadline has come (`erasure.rs`; it stays due
+    /// until a snapshot covers it). A checkpoint already due for the journal's size when the
+    /// journal shuts down is still run: a clean close leaves the journal bounded.
     pub fn wait_checkpoint_due(&self) -> bool {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
@@ -503,10 +546,21 @@ impl FileJournal {
                 st.checkpoint_due = false;
                 return true;
             }
+            // Not at shutdown: the next open finds the erasing records in the journal and
+            // makes their snapshot due again.
             if st.shutdown {
                 return false;
             }
-            sh.due.wait(&mut st);
+            let erase = st.erasure.due();
+            if erase.is_some_and(|at| at <= Instant::now()) {
+                return true;
+            }
+            match erase {
+                Some(at) => {
+                    sh.due.wait_until(&mut st, at);
+                }
+                None => sh.due.wait(&mut st),
+            }
         }
     }
 

@@ -167,7 +167,7 @@ pub mod usersig;
 pub use account::{MAX_USER_ID_LEN, UserId};
 pub use callback::{CallbackEvent, Origin, OutboxEntry, Platform};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::Config;
+pub use config::{Config, ERASE_WITHIN_SECS};
 pub use device::{DeviceId, Disconnected, Event, EventKind, MAX_DEVICE_ID_LEN, Subscription};
 pub use error::{Error, Result};
 pub use hooks::{BeforeSend, Hooks, NoHooks, OutgoingMessage};

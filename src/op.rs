@@ -121,6 +121,21 @@ pub(crate) struct SendOp {
     pub retry_dedup: bool,
 }
 
+impl Op {
+    /// Whether the operation, once recorded, erases a body that the journal still holds
+    /// (`journal/erasure.rs`): a recall, a modification (the old body), a purge. A send that
+    /// trims its conversation is noted when it does (`Store::note_erased`).
+    pub(crate) fn erases(&self) -> bool {
+        matches!(
+            self,
+            Op::Recall { .. }
+                | Op::Modify(_)
+                | Op::PurgeConversation { .. }
+                | Op::PurgeInbox { .. }
+        )
+    }
+}
+
 /// How a message enters the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SendKind {

@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub webhooks: Option<WebhookConfig>,
     /// How long a client may recall its own message (`Config::client_recall_window_secs`).
     pub client_recall_window_secs: u64,
+    /// How soon an erased body (recalled, modified, expired) leaves the disk
+    /// (`Config::erase_within_secs`; 0: only at the size threshold and `imstore/compact`).
+    pub erase_within_secs: u64,
     /// At shutdown, how long `/healthz` answers 503 while calls are still served (at most
     /// 2 s).
     pub drain: Duration,
@@ -127,6 +130,7 @@ impl ServerConfig {
             unread_timeout: conn::UNREAD_TIMEOUT,
             webhooks: None,
             client_recall_window_secs: 120,
+            erase_within_secs: crate::config::ERASE_WITHIN_SECS,
             drain: Duration::from_millis(500),
             cluster: None,
         }
@@ -373,6 +377,7 @@ pub async fn run_until(
         .with_sync(config.sync)
         .with_journal_prealloc_bytes(config.journal_prealloc)
         .with_client_recall_window_secs(config.client_recall_window_secs)
+        .with_erase_within_secs(config.erase_within_secs)
         .with_journal_observer(Arc::new(metrics::JournalMetrics(metrics.clone())));
     // Listen first: while the store recovers, every request is answered 503 ("starting").
     let (listener, addr, register, starting) = Starting::listen(config.listen).await?;

@@ -34,9 +34,10 @@
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -267,6 +268,9 @@ pub(crate) struct Inner {
     retired: Mutex<crate::hash::HashMap<UserId, u64>>,
     /// Writes snapshots in the background when enough journal has accumulated.
     checkpointer: Mutex<Option<JoinHandle<()>>>,
+    /// Replay met a record that erased a body: the journal holds it, so a snapshot is due
+    /// (`journal/erasure.rs`) once the store is open.
+    erased_in_replay: AtomicBool,
 }
 
 static NO_RECOVERY: RecoveryReport = RecoveryReport {
@@ -314,6 +318,7 @@ impl Store {
             |rec| store.recover(rec),
         )?;
         journal.set_snapshot_threshold(cfg.snapshot_after_bytes);
+        store.erasures_at_open(&journal);
         let journal = Arc::new(journal);
         let _ = store.inner.journal.set(journal.clone());
         let _ = store.inner.recovery.set(report);
@@ -330,8 +335,10 @@ impl Store {
                 }
                 while journal.wait_checkpoint_due() {
                     // A failure (a full disk, say) leaves the journal as it was; the next
-                    // threshold crossing tries again.
-                    let _ = snapshot::checkpoint(&journal, &config);
+                    // threshold crossing tries again, and an erasure's snapshot a little later.
+                    if snapshot::checkpoint(&journal, &config).is_err() {
+                        journal.erasure_retry_later();
+                    }
                 }
             })
             .map_err(|e| OpenError::Io {
@@ -364,8 +371,20 @@ impl Store {
             retired: Mutex::new(Default::default()),
             outbox: Mutex::new(outbox),
             checkpointer: Mutex::new(None),
+            erased_in_replay: AtomicBool::new(false),
         });
         Ok(Store { inner })
+    }
+
+    /// Tells a journal just opened how soon an erasure must reach the disk
+    /// (`Config::erase_within_secs`), and that one must if replay met a record that erased a
+    /// body: the journal still holds it.
+    fn erasures_at_open(&self, journal: &Journal) {
+        let within = self.inner.config.erase_within_secs;
+        journal.set_erase_within((within > 0).then(|| Duration::from_secs(within)));
+        if self.inner.erased_in_replay.load(Ordering::Relaxed) {
+            journal.note_erased(journal.appended());
+        }
     }
 
     fn journal(&self) -> Option<&Journal> {
@@ -375,6 +394,13 @@ impl Store {
     /// What recovery found when the store was opened (empty for an in-memory store).
     pub fn recovery_report(&self) -> &RecoveryReport {
         self.inner.recovery.get().unwrap_or(&NO_RECOVERY)
+    }
+
+    /// When a snapshot is due to take bodies erased since the last one (recalled, modified,
+    /// past retention) off the disk (`Config::erase_within_secs`); `None` when nothing erased
+    /// is left on disk, or for an in-memory store.
+    pub fn erasure_due(&self) -> Option<std::time::Instant> {
+        self.journal().and_then(Journal::erasure_due)
     }
 
     /// The data directory, for a durable store.

@@ -680,6 +680,50 @@ fn a_new_owner_starts_from_the_snapshot() {
     assert_eq!(observe(shard_a.store(), &USERS), before);
 }
 
+/// SPEC §4.3 on a cluster: a recall makes the shard's owner snapshot within
+/// `erase_within_secs` on its own (here with no size-driven snapshots at all), which purges
+/// the stream below it and deletes the snapshot it replaces: the body leaves JetStream too.
+/// The next owner starts from that snapshot.
+#[test]
+fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
+    let _one = serial();
+    let nats = Nats::up();
+    let a = nats.node_with("A", |mut cfg| {
+        cfg.snapshot_every = 0;
+        cfg.store = cfg.store.with_erase_within_secs(1);
+        cfg
+    });
+    for u in USERS {
+        a.import_account(u).unwrap();
+    }
+    let n = a.shard_of("vinson", "dramon");
+    let shard = a.open_shard(n).unwrap();
+    shard.ensure_accounts(&USERS).unwrap();
+    let store = shard.store();
+    let k = send_text(store, "vinson", "dramon", 1, "RECALLED-IN-CLUSTER").msg_key;
+    send_text(store, "dramon", "vinson", 2, "kept");
+    // Sends alone: nothing due, no snapshot taken.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(shard.last_snapshot(), 0);
+    assert_eq!(store.erasure_due(), None);
+    store
+        .recall(ADMIN, "vinson", "dramon", &k.to_string())
+        .unwrap();
+    assert!(store.erasure_due().is_some());
+    wait_until("a snapshot for the recall", Duration::from_secs(30), || {
+        shard.last_snapshot() > 0 && store.erasure_due().is_none()
+    });
+    let cut = shard.last_snapshot();
+    let before = observe(store, &USERS);
+    shard.close().unwrap();
+    let shard = a.open_shard(n).unwrap();
+    let report = shard.store().recovery_report().clone();
+    assert_eq!(report.snapshot_lsn, Some(cut));
+    assert_eq!(report.records_replayed, 0, "{report:?}");
+    assert_eq!(observe(shard.store(), &USERS), before);
+    shard.close().unwrap();
+}
+
 /// Settings the cluster cannot honour are refused before anything connects: retries of an
 /// append that outlast the streams' duplicate window (120 s) could store it twice.
 #[test]

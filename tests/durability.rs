@@ -186,6 +186,158 @@ fn after_compaction_no_file_holds_a_recalled_or_expired_body() {
     assert_eq!(body_text(&page.messages[0].message), "KEPT-BODY-0b9e");
 }
 
+/// Polls `f` every 50 ms for at most `within`; panics with `what` if it never holds.
+fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{what} within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn snapshots_in(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snapshot-") && !name.ends_with(".tmp")
+        })
+        .count()
+}
+
+/// SPEC §4.3: a recalled body is erased "from what is persisted" — without anyone calling
+/// `compact`, within `Config::erase_within_secs`. The old body of a modification too; an
+/// ordinary message stays, and the store reopens to the same state.
+#[test]
+fn a_recalled_body_leaves_the_disk_on_its_own_within_the_erasure_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).with_erase_within_secs(1);
+    let store = Store::open(dir.path(), cfg.clone()).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    let mut req = text_req("vinson", "dramon", 1, "RECALLED-BODY-5e0c");
+    req.cloud_custom_data = Some("RECALLED-CUSTOM-a771".into());
+    let recalled = store.send(req).unwrap().msg_key.to_string();
+    let modified = send_text(&store, "vinson", "dramon", 2, "OLD-BODY-9d2f").msg_key;
+    send_text(&store, "dramon", "vinson", 3, "KEPT-BODY-61b8");
+    // Sends alone erase nothing: no snapshot is due.
+    assert_eq!(store.erasure_due(), None);
+    store.recall(ADMIN, "vinson", "dramon", &recalled).unwrap();
+    assert!(
+        store.erasure_due().is_some(),
+        "a recall makes a snapshot due"
+    );
+    store
+        .modify(
+            "vinson",
+            "dramon",
+            &modified.to_string(),
+            Some(vec![MsgElement::text("NEW-BODY-3c44")]),
+            None,
+        )
+        .unwrap();
+    let before = observe(&store, &USERS[..3]);
+    eventually(
+        "the erased bodies off the disk",
+        std::time::Duration::from_secs(30),
+        || {
+            [
+                "RECALLED-BODY-5e0c",
+                "RECALLED-CUSTOM-a771",
+                "OLD-BODY-9d2f",
+            ]
+            .iter()
+            .all(|secret| files_contain(dir.path(), secret.as_bytes()).is_empty())
+                && store.erasure_due().is_none()
+        },
+    );
+    assert!(!files_contain(dir.path(), b"KEPT-BODY-61b8").is_empty());
+    assert!(!files_contain(dir.path(), b"NEW-BODY-3c44").is_empty());
+    assert_eq!(snapshots_in(dir.path()), 1);
+    drop(store);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    assert_eq!(observe(&store, &USERS[..3]), before);
+    assert!(store.recovery_report().snapshot_lsn.is_some());
+    // Nothing erased since: no snapshot is due after the reopen either.
+    assert_eq!(store.erasure_due(), None);
+}
+
+/// A journal that still holds an erased body when the store opens (it was closed, or
+/// killed, before its snapshot) gets one within the bound after the open.
+#[test]
+fn an_erased_body_found_by_replay_leaves_the_disk_after_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(0)).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    let k = send_text(&store, "vinson", "dramon", 1, "REPLAYED-BODY-0f5a").msg_key;
+    store
+        .recall(ADMIN, "vinson", "dramon", &k.to_string())
+        .unwrap();
+    assert_eq!(store.erasure_due(), None, "0 turns the bound off");
+    drop(store);
+    assert!(!files_contain(dir.path(), b"REPLAYED-BODY-0f5a").is_empty());
+    let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(1)).unwrap();
+    assert!(store.erasure_due().is_some(), "replay met the recall");
+    eventually(
+        "the replayed recall's body off the disk",
+        std::time::Duration::from_secs(30),
+        || files_contain(dir.path(), b"REPLAYED-BODY-0f5a").is_empty(),
+    );
+    let page = store
+        .history(&HistoryQuery::new("dramon", "vinson", 10))
+        .unwrap();
+    assert!(page.messages[0].message.is_recalled());
+}
+
+/// Retention erases too: a send that trims its conversation past retention, and the purge.
+/// Neither the bound nor an idle store writes a snapshot when nothing was erased.
+#[test]
+fn trims_and_purges_past_retention_make_a_snapshot_due_and_idle_stores_write_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock)
+        .with_retention_secs(3600)
+        .with_erase_within_secs(3600);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    store
+        .import_accounts(&["vinson", "dramon", "third"])
+        .unwrap();
+    send_text(&store, "vinson", "third", 1, "PURGED-BODY-1a6d");
+    assert_eq!(store.erasure_due(), None);
+    clock.advance(3700);
+    // The purge erases the message past retention: due.
+    let purged = store.purge_expired().unwrap();
+    assert_eq!(purged.messages, 1, "{purged:?}");
+    let due = store.erasure_due().expect("the purge erased a body");
+    assert!(due <= std::time::Instant::now() + std::time::Duration::from_secs(3600));
+    store.compact().unwrap();
+    assert_eq!(store.erasure_due(), None, "the snapshot covered the purge");
+    assert!(files_contain(dir.path(), b"PURGED-BODY-1a6d").is_empty());
+    // A send that trims its conversation as it is stored erases the message it trims.
+    send_text(&store, "vinson", "dramon", 2, "TRIMMED-BODY-8e21");
+    assert_eq!(store.erasure_due(), None);
+    clock.advance(3700);
+    send_text(&store, "vinson", "dramon", 3, "later");
+    assert!(store.erasure_due().is_some(), "the trim erased a body");
+    store.compact().unwrap();
+    assert_eq!(store.erasure_due(), None);
+    assert!(files_contain(dir.path(), b"TRIMMED-BODY-8e21").is_empty());
+    drop(store);
+    // An idle store with a short bound and nothing erased takes no snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(1)).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    send_text(&store, "vinson", "dramon", 1, "hello");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(store.erasure_due(), None);
+    assert_eq!(snapshots_in(dir.path()), 0);
+}
+
 #[test]
 fn a_second_open_of_a_locked_directory_fails() {
     let dir = tempfile::tempdir().unwrap();

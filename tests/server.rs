@@ -154,3 +154,49 @@ fn the_server_end_to_end() {
     assert_eq!(s.post("imstore/compact", json!({}))["ErrorCode"], 0);
     assert!(s.stop().success());
 }
+
+/// `--erase-within-secs`: a body recalled over REST leaves the data directory on its own, with
+/// no `imstore/compact` (SPEC §4.3, "cannot be restored"); the history still shows the recall.
+#[test]
+fn a_recalled_body_leaves_the_data_directory_within_erase_within_secs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &["--erase-within-secs", "1"]);
+    s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["vinson", "dramon"]}),
+    );
+    let sent = s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgRandom": 7, "MsgSeq": 1,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "SECRET-OVER-HTTP-27e1"}}]}),
+    );
+    assert_eq!(sent["ErrorCode"], 0, "{sent}");
+    let on_disk = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .any(|p| {
+                std::fs::read(&p)
+                    .unwrap_or_default()
+                    .windows(21)
+                    .any(|w| w == b"SECRET-OVER-HTTP-27e1")
+            })
+    };
+    assert!(on_disk(), "the journal holds the body before the recall");
+    let withdraw = s.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "vinson", "To_Account": "dramon", "MsgKey": sent["MsgKey"]}),
+    );
+    assert_eq!(withdraw["ErrorCode"], 0, "{withdraw}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while on_disk() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the recalled body is still on disk after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(history(&s)["MsgList"][0]["MsgFlagBits"], 8);
+    assert!(s.stop().success());
+}

@@ -75,6 +75,11 @@ struct Args {
     /// How long after sending a client may recall its own message, in seconds (20016 after).
     #[arg(long, default_value_t = 120)]
     client_recall_window_secs: u64,
+    /// How soon a recalled, modified or expired body leaves the disk too, in seconds: a
+    /// snapshot is taken at most this long after the first such operation since the last one
+    /// (0: only after 64 MiB of journal or imstore/compact).
+    #[arg(long, default_value_t = imstore::ERASE_WITHIN_SECS)]
+    erase_within_secs: u64,
     /// At SIGTERM, how long /healthz answers 503 while calls are still served, so a load
     /// balancer stops sending new clients first (milliseconds, at most 2000).
     #[arg(long, default_value_t = 500)]
@@ -144,6 +149,7 @@ fn main() -> std::process::ExitCode {
             fail_closed: args.callback_fail_closed,
         }),
         client_recall_window_secs: args.client_recall_window_secs,
+        erase_within_secs: args.erase_within_secs,
         drain: std::time::Duration::from_millis(args.drain_ms.min(2000)),
         cluster: args
             .cluster

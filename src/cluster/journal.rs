@@ -93,6 +93,9 @@ struct State {
     shutdown: bool,
     /// The publisher task has ended: nothing queued will be published any more.
     stopped: bool,
+    /// Whether, and when, a snapshot is due because a record since the last one erased a
+    /// body (`journal/erasure.rs`); tickets are journal positions, as `done` is.
+    erasure: crate::journal::erasure::Erasure,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ impl Shared {
                 wakers: Vec::new(),
                 shutdown: false,
                 stopped: false,
+                erasure: Default::default(),
             }),
             flushed: Condvar::new(),
             work: tokio::sync::Notify::new(),
@@ -136,6 +140,31 @@ impl Shared {
     /// The stream sequence of the last acknowledged record.
     pub(crate) fn done_seq(&self) -> u64 {
         self.state.lock().done_seq
+    }
+
+    /// The position and stream sequence of the last acknowledged record, read together.
+    pub(crate) fn done(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.done, st.done_seq)
+    }
+
+    /// Whether a snapshot is due now for an erasure (`journal/erasure.rs`).
+    pub(crate) fn erasure_due_now(&self) -> bool {
+        self.state
+            .lock()
+            .erasure
+            .due()
+            .is_some_and(|at| at <= Instant::now())
+    }
+
+    /// A snapshot begun at `started` covers every record up to position `upto`.
+    pub(crate) fn erasures_covered(&self, upto: u64, started: Instant) {
+        self.state.lock().erasure.covered(upto, started);
+    }
+
+    /// A snapshot failed: one due for an erasure is tried again later, not at once.
+    pub(crate) fn erasure_retry_later(&self) {
+        self.state.lock().erasure.retry_later();
     }
 
     fn wake_all(&self, st: &mut State) {
@@ -203,7 +232,7 @@ impl StreamJournal {
 
     /// Queues one operation record; returns its ticket, its stream sequence-to-be. No I/O:
     /// called with the operation's store locks held.
-    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<u64, Error> {
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>), erases: bool) -> Result<u64, Error> {
         let mut frame = Vec::with_capacity(256);
         push_frame(&mut frame, kind::OP, encode);
         let sh = &*self.shared;
@@ -217,6 +246,9 @@ impl StreamJournal {
         st.pending.push_back(Bytes::from(frame));
         st.next += 1;
         let ticket = st.next;
+        if erases {
+            st.erasure.note(ticket);
+        }
         drop(st);
         sh.work.notify_one();
         Ok(ticket)
@@ -224,6 +256,20 @@ impl StreamJournal {
 
     pub fn appended(&self) -> u64 {
         self.shared.state.lock().next
+    }
+
+    /// The record `ticket` turned out to erase a body (the shard's snapshotter, checking once
+    /// a second, takes it when due).
+    pub fn note_erased(&self, ticket: u64) {
+        self.shared.state.lock().erasure.note(ticket);
+    }
+
+    pub fn set_erase_within(&self, within: Option<Duration>) {
+        self.shared.state.lock().erasure.set_within(within);
+    }
+
+    pub fn erasure_due(&self) -> Option<Instant> {
+        self.shared.state.lock().erasure.due()
     }
 
     pub fn is_done(&self, target: u64) -> bool {

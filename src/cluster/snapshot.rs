@@ -95,7 +95,8 @@ impl Cluster {
         // One snapshot at a time per node: each holds a whole shard's state in memory while
         // it is built.
         let _one = self.inner.snapshotting.lock();
-        let cut = shared.done_seq();
+        let started = std::time::Instant::now();
+        let (upto, cut) = shared.done();
         let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
         let within = self.inner.config.publish_retry;
         let prev = self
@@ -115,6 +116,7 @@ impl Cluster {
             // something new. Purging again here would need the lease look of the path below:
             // the newest name may be a stale owner's, about to be withdrawn; and with no
             // snapshot yet, a purge below 0 would empty the stream.)
+            shared.erasures_covered(upto, started);
             return Ok(from);
         }
         let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
@@ -185,7 +187,7 @@ impl Cluster {
                 if previous.as_deref() != Some(name.as_str()) {
                     let _ = tokio::time::timeout(within, snaps.delete(&name)).await;
                 }
-                return Ok(cut);
+                return Ok((cut, false));
             };
             // Still this node's lease? (See the doc above: after the naming, before the purge.)
             let lease = tokio::time::timeout(within, super::lease::read(&leases, n)).await;
@@ -251,7 +253,15 @@ impl Cluster {
                     Err(_) => return Err(late(&format!("deleting the replaced snapshot {old}"))),
                 }
             }
-            Ok(cut)
+            Ok((cut, true))
+        })
+        .map(|(cut, replaced)| {
+            // Named, the stream below it purged and the snapshot it replaces deleted: the
+            // bodies erased up to the cut are gone from JetStream's stream and objects.
+            if replaced {
+                shared.erasures_covered(upto, started);
+            }
+            cut
         })
     }
 }
@@ -275,15 +285,18 @@ impl Snapshotter {
             .spawn(move || {
                 while shared.failed().is_none() {
                     std::thread::sleep(Duration::from_secs(1));
-                    if shared.done_seq() < *last.lock() + every {
+                    let grown = every > 0 && shared.done_seq() >= *last.lock() + every;
+                    if !grown && !shared.erasure_due_now() {
                         continue;
                     }
                     let Some(inner) = weak.upgrade() else { return };
                     let cluster = Cluster { inner };
                     let mut last = last.lock();
-                    // A failure (NATS unreachable, say) is tried again at the next check.
-                    if let Ok(cut) = cluster.snapshot_shard(n, epoch, &shared) {
-                        *last = cut;
+                    // A failure (NATS unreachable, say) is tried again at the next check, or
+                    // for an erasure a little later.
+                    match cluster.snapshot_shard(n, epoch, &shared) {
+                        Ok(cut) => *last = cut,
+                        Err(_) => shared.erasure_retry_later(),
                     }
                 }
             });

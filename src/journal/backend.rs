@@ -60,11 +60,29 @@ impl Journal {
     }
 
     #[inline]
-    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<u64, Error> {
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>), erases: bool) -> Result<u64, Error> {
         match self {
-            Journal::File(j) => j.append(encode),
+            Journal::File(j) => j.append(encode, erases),
             #[cfg(feature = "cluster")]
-            Journal::Stream(j) => j.append(encode),
+            Journal::Stream(j) => j.append(encode, erases),
+        }
+    }
+
+    /// See [`FileJournal::note_erased`].
+    pub fn note_erased(&self, ticket: u64) {
+        match self {
+            Journal::File(j) => j.note_erased(ticket),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(j) => j.note_erased(ticket),
+        }
+    }
+
+    /// See [`FileJournal::set_erase_within`].
+    pub fn set_erase_within(&self, within: Option<std::time::Duration>) {
+        match self {
+            Journal::File(j) => j.set_erase_within(within),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(j) => j.set_erase_within(within),
         }
     }
 
@@ -125,6 +143,33 @@ impl Journal {
             Journal::File(j) => j.wait_checkpoint_due(),
             #[cfg(feature = "cluster")]
             Journal::Stream(_) => false,
+        }
+    }
+
+    /// A file journal's snapshot, begun at `started`, covers every record below `cut` (a
+    /// shard's snapshots report to their stream journal themselves).
+    pub fn erasures_covered(&self, cut: u64, started: std::time::Instant) {
+        match self {
+            Journal::File(j) => j.erasures_covered(cut, started),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(_) => {}
+        }
+    }
+
+    pub fn erasure_retry_later(&self) {
+        match self {
+            Journal::File(j) => j.erasure_retry_later(),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(_) => {}
+        }
+    }
+
+    /// When a snapshot is due for an erasure, if one is.
+    pub fn erasure_due(&self) -> Option<std::time::Instant> {
+        match self {
+            Journal::File(j) => j.erasure_due(),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(j) => j.erasure_due(),
         }
     }
 

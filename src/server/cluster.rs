@@ -566,6 +566,7 @@ pub(super) async fn run_until(
     let store_config = crate::Config::default()
         .with_admins(config.admins.clone())
         .with_client_recall_window_secs(config.client_recall_window_secs)
+        .with_erase_within_secs(config.erase_within_secs)
         .with_journal_observer(Arc::new(m::JournalMetrics(metrics.clone())));
     let api_config = ApiConfig {
         sdkappid: config.sdkappid,

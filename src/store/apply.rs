@@ -279,7 +279,9 @@ impl Store {
                     .with_control(s.control),
                 );
                 c.insert(msg.clone());
-                c.trim(s.at.saturating_sub(retention));
+                if c.trim(s.at.saturating_sub(retention)) > 0 {
+                    self.note_erased(ticket, mode);
+                }
                 if s.kind != SendKind::ImportHistory {
                     self.deliver_sent(fs, ts, c, s, &msg);
                 }

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{Applied, Found, Mode, Store};
 use crate::codec;
@@ -101,8 +102,26 @@ impl Store {
     /// which the operation stores on everything it changes (0: nothing to wait for).
     pub(super) fn record(&self, op: &Op, mode: Mode) -> Result<u64> {
         match (self.journal(), mode) {
-            (Some(journal), Mode::Live) => journal.append(|buf| codec::encode_op(op, buf)),
-            _ => Ok(0),
+            (Some(journal), Mode::Live) => {
+                journal.append(|buf| codec::encode_op(op, buf), op.erases())
+            }
+            (_, Mode::Replay) => {
+                if op.erases() {
+                    self.inner.erased_in_replay.store(true, Ordering::Relaxed);
+                }
+                Ok(0)
+            }
+            (None, Mode::Live) => Ok(0),
+        }
+    }
+
+    /// The operation recorded as `ticket` turned out to erase a body (a send that trimmed its
+    /// conversation to retention): a snapshot must take it off the disk.
+    pub(super) fn note_erased(&self, ticket: u64, mode: Mode) {
+        match (self.journal(), mode) {
+            (Some(journal), Mode::Live) => journal.note_erased(ticket),
+            (_, Mode::Replay) => self.inner.erased_in_replay.store(true, Ordering::Relaxed),
+            (None, Mode::Live) => {}
         }
     }
 

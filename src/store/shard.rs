@@ -18,6 +18,7 @@ impl Store {
     ) -> Result<Store, OpenError> {
         let store = Store::empty(config).map_err(OpenError::Config)?;
         let (journal, report) = open(&mut |rec| store.recover(rec))?;
+        store.erasures_at_open(&journal);
         let _ = store.inner.journal.set(Arc::new(journal));
         let _ = store.inner.recovery.set(report);
         store.import_admins().map_err(OpenError::Config)?;

@@ -93,6 +93,7 @@ fn msg_image<'a>(m: &'a StoredMessage, state: &'a MsgState) -> MsgImage<'a> {
 /// snapshot's path and its cut. One at a time (the journal's checkpoint lock).
 pub(super) fn checkpoint(journal: &Journal, config: &Config) -> Result<(PathBuf, u64), Error> {
     let _one = journal.checkpoint_lock();
+    let started = std::time::Instant::now();
     let cut = journal.rotate()?;
     #[cfg(feature = "fault-injection")]
     journal.faults().hold_checkpoint.pass();
@@ -103,6 +104,9 @@ pub(super) fn checkpoint(journal: &Journal, config: &Config) -> Result<(PathBuf,
     let capture = scratch.capture();
     let (path, size) = journal.write_snapshot(cut, |w| capture.write(w))?;
     journal.set_snapshot_threshold(config.snapshot_after_bytes.max(size));
+    // Written, and the segments and snapshot it replaces deleted: the bodies erased below the
+    // cut are off the disk (a ticket is the LSN after its record, so `cut` covers them).
+    journal.erasures_covered(cut, started);
     Ok((path, cut))
 }
 

@@ -1,0 +1,129 @@
+//! When erased bodies must leave the disk: SPEC §4.3 wants a recalled body "erased from what
+//! is persisted". A journal is append-only, so a recall's record cannot take the body out of
+//! the send's record before it; a snapshot (built by replay, which keeps no recalled body)
+//! followed by the deletion of what it replaces does. [`Erasure`] remembers that some record
+//! since the last snapshot erased something — a recall, a modification (the old body), a
+//! purge past retention or lifetime, a send that trimmed its conversation — and when a
+//! snapshot must be written for it: `Config::erase_within_secs` after the first of them.
+//! Owned by the journal's state (file or stream) and read by its snapshot thread.
+//!
+//! The rule that keeps it right: a snapshot clears only what its cut covers. A record whose
+//! ticket is at or below the cut is in the snapshot's input; one past it keeps the erasure
+//! pending, due `within` after the snapshot began (every such record was appended after
+//! that, so the bound holds for it).
+
+use std::time::{Duration, Instant};
+
+/// After a snapshot for an erasure fails (a full disk, NATS unreachable), the next try
+/// comes this much later (or the bound, if shorter).
+const RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub(crate) struct Erasure {
+    /// `None`: no snapshot is ever due for an erasure (only the size threshold and
+    /// `compact` write them).
+    within: Option<Duration>,
+    /// When a snapshot is due, and the ticket of the last erasing record since the last one.
+    pending: Option<(Instant, u64)>,
+}
+
+impl Erasure {
+    pub fn set_within(&mut self, within: Option<Duration>) {
+        self.within = within;
+        if within.is_none() {
+            self.pending = None;
+        }
+    }
+
+    /// The record `ticket` erased something. Returns whether a snapshot just became pending
+    /// (the snapshot thread, waiting without a deadline, must be woken to take it).
+    pub fn note(&mut self, ticket: u64) -> bool {
+        let Some(within) = self.within else {
+            return false;
+        };
+        match &mut self.pending {
+            Some((_, last)) => {
+                *last = (*last).max(ticket);
+                false
+            }
+            None => {
+                self.pending = Some((Instant::now() + within, ticket));
+                true
+            }
+        }
+    }
+
+    /// When a snapshot is due for an erasure, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.map(|(due, _)| due)
+    }
+
+    /// A snapshot that began at `started` covers every record up to ticket `cut`.
+    pub fn covered(&mut self, cut: u64, started: Instant) {
+        if let (Some((due, last)), Some(within)) = (&mut self.pending, self.within) {
+            if *last <= cut {
+                self.pending = None;
+            } else {
+                *due = (*due).max(started + within);
+            }
+        }
+    }
+
+    /// A snapshot taken for an erasure failed: try again later, not at once.
+    pub fn retry_later(&mut self) {
+        if let (Some((due, _)), Some(within)) = (&mut self.pending, self.within) {
+            *due = (*due).max(Instant::now() + within.min(RETRY));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_clears_only_what_its_cut_covers() {
+        let mut e = Erasure::default();
+        assert!(!e.note(5), "off: nothing is ever pending");
+        assert_eq!(e.due(), None);
+        e.set_within(Some(Duration::from_secs(60)));
+        let before = Instant::now();
+        assert!(e.note(5));
+        assert!(!e.note(9), "already pending: the deadline stays");
+        let due = e.due().unwrap();
+        assert!(due >= before + Duration::from_secs(60));
+        assert!(due <= Instant::now() + Duration::from_secs(60));
+        // A cut below the last erasing record: still pending, due a bound after the start.
+        let started = Instant::now() + Duration::from_secs(10);
+        e.covered(8, started);
+        assert_eq!(e.due(), Some(started + Duration::from_secs(60)));
+        e.covered(9, Instant::now());
+        assert_eq!(e.due(), None);
+        // A failed snapshot: the next try waits (at most the retry interval here).
+        e.note(12);
+        let was = e.due().unwrap();
+        e.retry_later();
+        assert!(e.due().unwrap() >= was);
+        e.set_within(None);
+        assert_eq!(e.due(), None);
+    }
+
+    #[test]
+    fn a_failed_try_waits_at_most_the_retry_interval_past_now() {
+        let mut e = Erasure::default();
+        e.set_within(Some(Duration::from_secs(3600)));
+        e.note(1);
+        // Due an hour from now; a failure does not bring it closer.
+        let was = e.due().unwrap();
+        e.retry_later();
+        assert_eq!(e.due(), Some(was));
+        let mut short = Erasure::default();
+        short.set_within(Some(Duration::from_millis(1)));
+        short.note(1);
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        short.retry_later();
+        let due = short.due().unwrap();
+        assert!(due >= now && due <= Instant::now() + Duration::from_millis(1));
+    }
+}
