@@ -308,8 +308,11 @@ pub struct Subscription {
     buf: Mutex<Buffer>,
     /// The session's start when the resume position asked for was past the inbox's end.
     reset: Option<u64>,
-    /// Where the session started, and the inbox's last sequence number then.
+    /// Where the session started, and the inbox's last sequence number then (read by a
+    /// cluster owner's reconnect, `started`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     start: u64,
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     end: u64,
 }
 
@@ -389,6 +392,7 @@ impl Subscription {
 
     /// Where the session started (the position it hands out entries after) and the account's
     /// last inbox sequence number then.
+    #[cfg(feature = "cluster")]
     pub(crate) fn started(&self) -> (u64, u64) {
         (self.start, self.end)
     }
