@@ -189,6 +189,9 @@ pub(crate) struct FileJournal {
     committer: Option<JoinHandle<()>>,
     /// Held while a checkpoint rotates and writes a snapshot: one at a time.
     checkpointing: Mutex<()>,
+    /// At open, the directory held files the newest snapshot replaces (a crash came between
+    /// its writing and their deletion): they may hold erased bodies (`erasure.rs`).
+    replaced_at_open: bool,
     /// Held (locked) for the journal's lifetime.
     _lock: File,
 }
@@ -313,9 +316,21 @@ impl FileJournal {
             &mut report,
             &mut recover,
         )?;
+        // Older snapshots, and segments wholly below the newest snapshot's cut: left by a
+        // crash before the checkpoint deleted them. The next checkpoint deletes them; they
+        // may hold bodies erased since, so one is due (`Store::erasures_at_open`). (Deleting
+        // them here would first need the newest snapshot made durable, which a checkpoint
+        // does anyway.)
+        // A snapshot's cut is where a segment starts (checkpoints rotate first), so a segment
+        // that starts below it lies wholly below it: the checkpoint's own rule for deleting.
+        let after = list(dir)?;
+        let replaced_at_open = report.snapshot_lsn.is_some_and(|cut| {
+            after.snapshots.iter().any(|(lsn, _)| *lsn < cut)
+                || after.segments.iter().any(|(lsn, _)| *lsn < cut)
+        });
         // Files recovery removed (a leftover or unwritten segment, those after a repair) stay
         // removed after a power loss.
-        if list(dir)?.segments.len() != listing.segments.len() {
+        if after.segments.len() != listing.segments.len() {
             sync_dir(dir).map_err(io_err(dir))?;
         }
 
@@ -391,6 +406,7 @@ impl FileJournal {
             shared,
             committer: Some(committer),
             checkpointing: Mutex::new(()),
+            replaced_at_open,
             _lock: lock,
         };
         Ok((journal, report))
@@ -470,6 +486,11 @@ impl FileJournal {
     /// A checkpoint failed: one due for an erasure is tried again later, not at once.
     pub fn erasure_retry_later(&self) {
         self.shared.state.lock().erasure.retry_later();
+    }
+
+    /// Whether the directory held files the newest snapshot replaces when it was opened.
+    pub fn replaced_at_open(&self) -> bool {
+        self.replaced_at_open
     }
 
     /// When a snapshot is due for an erasure, if one is (for tests and metrics).

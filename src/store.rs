@@ -378,11 +378,12 @@ impl Store {
 
     /// Tells a journal just opened how soon an erasure must reach the disk
     /// (`Config::erase_within_secs`), and that one must if replay met a record that erased a
-    /// body: the journal still holds it.
+    /// body (the journal still holds it) or the directory still holds files its newest
+    /// snapshot replaces (a crash before their deletion: they may hold such bodies).
     fn erasures_at_open(&self, journal: &Journal) {
         let within = self.inner.config.erase_within_secs;
         journal.set_erase_within((within > 0).then(|| Duration::from_secs(within)));
-        if self.inner.erased_in_replay.load(Ordering::Relaxed) {
+        if self.inner.erased_in_replay.load(Ordering::Relaxed) || journal.replaced_at_open() {
             journal.note_erased(journal.appended());
         }
     }

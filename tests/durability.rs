@@ -294,6 +294,41 @@ fn an_erased_body_found_by_replay_leaves_the_disk_after_the_open() {
     assert!(page.messages[0].message.is_recalled());
 }
 
+/// A crash after a snapshot was written but before the files it replaces were deleted leaves
+/// them behind, holding bodies erased before the snapshot: the next open makes a snapshot due,
+/// which deletes them.
+#[test]
+fn files_a_crash_left_behind_a_snapshot_are_deleted_within_the_bound_after_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(0)).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    let k = send_text(&store, "vinson", "dramon", 1, "LEFT-BEHIND-BODY-c3d0").msg_key;
+    store
+        .recall(ADMIN, "vinson", "dramon", &k.to_string())
+        .unwrap();
+    store.flush().unwrap();
+    let held = files_contain(dir.path(), b"LEFT-BEHIND-BODY-c3d0");
+    assert_eq!(held.len(), 1, "{held:?}");
+    let saved = fs::read(&held[0]).unwrap();
+    store.compact().unwrap();
+    assert!(files_contain(dir.path(), b"LEFT-BEHIND-BODY-c3d0").is_empty());
+    drop(store);
+    // As if the crash came before the deletion.
+    fs::write(&held[0], saved).unwrap();
+    let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(1)).unwrap();
+    assert_eq!(store.recovery_report().records_replayed, 0);
+    assert!(
+        store.erasure_due().is_some(),
+        "the replaced segment holds an erased body"
+    );
+    eventually(
+        "the replaced segment deleted",
+        std::time::Duration::from_secs(30),
+        || files_contain(dir.path(), b"LEFT-BEHIND-BODY-c3d0").is_empty(),
+    );
+}
+
 /// Retention erases too: a send that trims its conversation past retention, and the purge.
 /// Neither the bound nor an idle store writes a snapshot when nothing was erased.
 #[test]

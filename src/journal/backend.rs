@@ -164,6 +164,16 @@ impl Journal {
         }
     }
 
+    /// Whether a file journal's directory held files its newest snapshot replaces when it
+    /// was opened (a crash before a checkpoint deleted them).
+    pub fn replaced_at_open(&self) -> bool {
+        match self {
+            Journal::File(j) => j.replaced_at_open(),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(_) => false,
+        }
+    }
+
     /// When a snapshot is due for an erasure, if one is.
     pub fn erasure_due(&self) -> Option<std::time::Instant> {
         match self {
