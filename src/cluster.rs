@@ -648,6 +648,7 @@ impl Cluster {
 
         // Replay, then the marker, then what came before it.
         let mut shared = None;
+        let mut replaced = false;
         let store = Store::open_with_journal(cfg.store.clone(), |recover| {
             let mut report = RecoveryReport::default();
             // The newest snapshot, then the stream after its cut.
@@ -686,7 +687,7 @@ impl Cluster {
             let stream_last = |applied: u64| {
                 let js = self.inner.js.clone();
                 let retry = cfg.publish_retry;
-                let last = self
+                let (first, last) = self
                     .block(async move {
                         with_retry(retry, || async {
                             stream_last(&js, n).await.map_err(ClusterError::Nats)
@@ -700,7 +701,7 @@ impl Cluster {
                         stream_name(n)
                     )));
                 }
-                Ok(last)
+                Ok((first, last))
             };
             #[cfg(feature = "fault-injection")]
             {
@@ -709,7 +710,11 @@ impl Cluster {
                     f();
                 }
             }
-            let last = stream_last(applied)?;
+            let (first, last) = stream_last(applied)?;
+            // Records below the snapshot's cut still in the stream: its owner stopped between
+            // naming it and purging (or the purge failed). They may hold bodies erased before
+            // the cut, which replay never sees: a snapshot is due (`journal/erasure.rs`).
+            replaced = first > 0 && first < applied;
             if last > applied {
                 applied = self.replay(n, applied, last, recover, &mut report, &mut owners)?;
             }
@@ -747,7 +752,11 @@ impl Cluster {
                 .handle
                 .spawn(journal::publisher(sh.clone(), target.clone()));
             Ok((
-                Journal::Stream(StreamJournal::new(sh, format!("nats:{}", stream_name(n)))),
+                Journal::Stream(StreamJournal::new(
+                    sh,
+                    format!("nats:{}", stream_name(n)),
+                    replaced,
+                )),
                 report,
             ))
         })

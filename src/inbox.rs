@@ -403,17 +403,25 @@ impl Inbox {
 
     /// Drops every expired entry, wherever it sits, and every message (or modification) whose
     /// MsgTimeStamp is before `retention_cutoff`: a message past retention leaves the inbox
-    /// with the history. Returns how many entries went. The survivors are repacked.
-    pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> usize {
+    /// with the history. Returns how many entries went, and whether any was past retention:
+    /// such an entry may hold the last reference to its body (the history let it go), which
+    /// then leaves the store — an erasure (`journal/erasure.rs`). An entry that only expired
+    /// refers to a message its history still holds. The survivors are repacked.
+    pub fn purge(&mut self, now: u64, retention_cutoff: u64) -> (usize, bool) {
         let before = self.len();
+        let mut erased = false;
         let kept: Vec<Slot> = self
             .iter()
-            .filter(|s| s.expires_at() > now && !past_retention(s, retention_cutoff))
+            .filter(|s| {
+                let past = past_retention(s, retention_cutoff);
+                erased |= past;
+                s.expires_at() > now && !past
+            })
             .map(SlotRef::to_owned)
             .collect();
         let next_seq = self.next_seq;
         *self = Inbox::restore(next_seq, kept);
-        before - self.len()
+        (before - self.len(), erased)
     }
 
     /// The sequence number just before the oldest retained entry: where a new device starts.
@@ -501,9 +509,9 @@ mod tests {
         let kinds: Vec<_> = back.after(0).map(|s| (s.seq(), s.entry())).collect();
         assert!(matches!(kinds[2], (n, Entry::Modified(_, 78)) if n == SEQ_FAR + 2));
         assert_eq!(back.trim(99), 0, "the first entry has not expired");
-        assert_eq!(back.purge(99, 0), 1);
+        assert_eq!(back.purge(99, 0), (1, false));
         assert_eq!(back.modified, vec![(SEQ_FAR, 77), (SEQ_FAR + 2, 78)]);
-        assert_eq!(back.purge(100, 0), 1);
+        assert_eq!(back.purge(100, 0), (1, false));
         assert_eq!(back.modified, vec![(SEQ_FAR, 77)]);
     }
 
@@ -546,7 +554,7 @@ mod tests {
         // Trim stops at the first entry that has not expired: nothing goes at 60.
         assert_eq!(inbox.trim(60), 0);
         assert!(inbox.has_expired(60, 0));
-        assert_eq!(inbox.purge(60, 0), (n / 5) as usize);
+        assert_eq!(inbox.purge(60, 0), ((n / 5) as usize, false));
         let kept: Vec<u64> = (1..=n).filter(|i| i % 5 != 0).collect();
         assert_eq!(inbox.after(0).map(|s| s.seq()).collect::<Vec<_>>(), kept);
         assert_eq!(
@@ -589,7 +597,7 @@ mod tests {
         assert_eq!(inbox.append(Entry::Message(msg()), 20, 0, false), 2);
         assert_eq!(inbox.append(Entry::Message(msg()), 15, 11, false), 3);
         assert_eq!(inbox.before_oldest(), 1, "the first entry expired at 10");
-        assert_eq!(inbox.purge(16, 0), 1, "the third, expired at 15");
+        assert_eq!(inbox.purge(16, 0), (1, false), "the third, expired at 15");
         assert_eq!(inbox.append(Entry::Message(msg()), 30, 21, false), 4);
         let left: Vec<u64> = inbox.after(0).map(|s| s.seq()).collect();
         assert_eq!(left, vec![4]);

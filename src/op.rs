@@ -123,15 +123,15 @@ pub(crate) struct SendOp {
 
 impl Op {
     /// Whether the operation, once recorded, erases a body that the journal still holds
-    /// (`journal/erasure.rs`): a recall, a modification (the old body), a purge. A send that
-    /// trims its conversation is noted when it does (`Store::note_erased`).
+    /// (`journal/erasure.rs`): a recall, a modification (the old body), a purge of history
+    /// past retention. A send that trims its conversation, and an inbox purge that drops an
+    /// entry past retention, are noted when they do (`Store::note_erased`); an inbox purge of
+    /// entries that only expired erases nothing (their history holds the messages), and the
+    /// server purges every minute.
     pub(crate) fn erases(&self) -> bool {
         matches!(
             self,
-            Op::Recall { .. }
-                | Op::Modify(_)
-                | Op::PurgeConversation { .. }
-                | Op::PurgeInbox { .. }
+            Op::Recall { .. } | Op::Modify(_) | Op::PurgeConversation { .. }
         )
     }
 }

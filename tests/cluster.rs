@@ -690,7 +690,7 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     let nats = Nats::up();
     let a = nats.node_with("A", |mut cfg| {
         cfg.snapshot_every = 0;
-        cfg.store = cfg.store.with_erase_within_secs(1);
+        cfg.store = cfg.store.with_erase_within_secs(2);
         cfg
     });
     for u in USERS {
@@ -715,6 +715,31 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     });
     let cut = shard.last_snapshot();
     let before = observe(store, &USERS);
+    // The stream holds nothing below the cut, and no record it holds carries the body.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    let js = async_nats::jetstream::new(a.client());
+    let (first, held) = rt.block_on(async {
+        let mut stream = js.get_stream(stream_name(n)).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut held = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                held.push(m.payload);
+            }
+        }
+        (state.first_sequence, held)
+    });
+    assert_eq!(first, cut, "the stream is purged below the snapshot");
+    let secret: &[u8] = b"RECALLED-IN-CLUSTER";
+    assert!(
+        held.iter()
+            .all(|p| !p.windows(secret.len()).any(|w| w == secret)),
+        "a record left in the stream carries the recalled body"
+    );
     shard.close().unwrap();
     let shard = a.open_shard(n).unwrap();
     let report = shard.store().recovery_report().clone();

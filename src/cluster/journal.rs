@@ -60,6 +60,8 @@ pub(crate) const KIND_OWNER: u8 = 0x40;
 pub(crate) struct StreamJournal {
     shared: Arc<Shared>,
     name: PathBuf,
+    /// At open, the stream held records below the snapshot's cut (`Cluster::open_shard`).
+    replaced_at_open: bool,
     checkpointing: Mutex<()>,
     #[cfg(feature = "fault-injection")]
     faults: Faults,
@@ -96,6 +98,9 @@ struct State {
     /// Whether, and when, a snapshot is due because a record since the last one erased a
     /// body (`journal/erasure.rs`); tickets are journal positions, as `done` is.
     erasure: crate::journal::erasure::Erasure,
+    /// The cut (stream sequence) of the last snapshot this owner took whole: named, the stream
+    /// purged below it, the snapshot it replaced deleted. 0: none yet.
+    complete: u64,
 }
 
 impl Shared {
@@ -112,6 +117,7 @@ impl Shared {
                 shutdown: false,
                 stopped: false,
                 erasure: Default::default(),
+                complete: 0,
             }),
             flushed: Condvar::new(),
             work: tokio::sync::Notify::new(),
@@ -157,9 +163,26 @@ impl Shared {
             .is_some_and(|at| at <= Instant::now())
     }
 
-    /// A snapshot begun at `started` covers every record up to position `upto`.
-    pub(crate) fn erasures_covered(&self, upto: u64, started: Instant) {
-        self.state.lock().erasure.covered(upto, started);
+    /// A snapshot at `cut`, begun at `started`, was taken whole (named, the stream purged
+    /// below it, the one it replaced deleted): it covers every record up to position `upto`.
+    pub(crate) fn snapshot_complete(&self, cut: u64, upto: u64, started: Instant) {
+        let mut st = self.state.lock();
+        st.erasure.covered(upto, started);
+        st.complete = st.complete.max(cut);
+    }
+
+    /// Nothing was appended since the newest snapshot, at `cut`: the erasures up to position
+    /// `upto` are covered if this owner took that snapshot whole. Otherwise (its purge or the
+    /// deletion of the one it replaced failed, or another owner took it and may have failed
+    /// the same way) they stay due, and the next snapshot with something new — this owner's
+    /// marker, at the latest, is new to an earlier owner's — purges below its own cut.
+    pub(crate) fn nothing_new_since(&self, cut: u64, upto: u64, started: Instant) {
+        let mut st = self.state.lock();
+        if cut == 0 || cut == st.complete {
+            st.erasure.covered(upto, started);
+        } else {
+            st.erasure.retry_later();
+        }
     }
 
     /// A snapshot failed: one due for an erasure is tried again later, not at once.
@@ -210,10 +233,11 @@ fn lost(shard: u32, why: &str) -> Error {
 }
 
 impl StreamJournal {
-    pub(crate) fn new(shared: Arc<Shared>, name: String) -> StreamJournal {
+    pub(crate) fn new(shared: Arc<Shared>, name: String, replaced_at_open: bool) -> StreamJournal {
         StreamJournal {
             shared,
             name: PathBuf::from(name),
+            replaced_at_open,
             checkpointing: Mutex::new(()),
             #[cfg(feature = "fault-injection")]
             faults: Faults::default(),
@@ -270,6 +294,10 @@ impl StreamJournal {
 
     pub fn erasure_due(&self) -> Option<Instant> {
         self.shared.state.lock().erasure.due()
+    }
+
+    pub fn replaced_at_open(&self) -> bool {
+        self.replaced_at_open
     }
 
     pub fn is_done(&self, target: u64) -> bool {

@@ -303,16 +303,13 @@ pub(super) async fn shard_stream(
     Ok(())
 }
 
-pub(super) async fn stream_last(js: &jetstream::Context, n: u32) -> Result<u64, String> {
+pub(super) async fn stream_last(js: &jetstream::Context, n: u32) -> Result<(u64, u64), String> {
     let mut s = js
         .get_stream(stream_name(n))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(s.info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence)
+    let state = &s.info().await.map_err(|e| e.to_string())?.state;
+    Ok((state.first_sequence, state.last_sequence))
 }
 
 /// Sends the messages of shard `n`'s stream after `from` up to `to` down `tx`, in order, with

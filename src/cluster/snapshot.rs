@@ -34,6 +34,20 @@ fn snapshot_key(n: u32) -> String {
     format!("snap.{n}")
 }
 
+/// Shard `n`'s newest snapshot as [`snapshot_key`] names it: its cut, epoch and object name,
+/// a look that reads no object.
+async fn newest_snapshot_name(
+    meta: &kv::Store,
+    n: u32,
+) -> Result<Option<(u64, u64, String)>, String> {
+    let named = meta
+        .get(snapshot_key(n))
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|v| String::from_utf8(v.to_vec()).ok());
+    Ok(named.and_then(|name| parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name))))
+}
+
 /// The newest snapshot of shard `n`: its cut, epoch and bytes, found through
 /// [`snapshot_key`].
 pub(super) async fn latest_snapshot(
@@ -41,14 +55,7 @@ pub(super) async fn latest_snapshot(
     meta: &kv::Store,
     n: u32,
 ) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
-    let named = meta
-        .get(snapshot_key(n))
-        .await
-        .map_err(|e| e.to_string())?
-        .and_then(|v| String::from_utf8(v.to_vec()).ok());
-    let newest =
-        named.and_then(|name| parse_snapshot_name(n, &name).map(|(cut, epoch)| (cut, epoch, name)));
-    let Some((cut, epoch, name)) = newest else {
+    let Some((cut, epoch, name)) = newest_snapshot_name(meta, n).await? else {
         return Ok(None);
     };
     let mut object = store.get(&name).await.map_err(|e| e.to_string())?;
@@ -99,6 +106,24 @@ impl Cluster {
         let (upto, cut) = shared.done();
         let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
         let within = self.inner.config.publish_retry;
+        // Nothing since the newest snapshot (see below): known from its name alone, without
+        // reading the object (a snapshot due for an erasure may ask again every 30 s).
+        let m = meta.clone();
+        let newest = self
+            .block(async move {
+                tokio::time::timeout(within, newest_snapshot_name(&m, n))
+                    .await
+                    .map_err(|_| {
+                        format!("naming shard {n}'s newest snapshot: no answer within {within:?}")
+                    })?
+            })
+            .map_err(ClusterError::Nats)?;
+        if let Some((from, _, _)) = newest
+            && from >= cut
+        {
+            shared.nothing_new_since(from, upto, started);
+            return Ok(from);
+        }
         let prev = self
             .block(async move {
                 tokio::time::timeout(within, latest_snapshot(&snaps, &meta, n))
@@ -116,7 +141,7 @@ impl Cluster {
             // something new. Purging again here would need the lease look of the path below:
             // the newest name may be a stale owner's, about to be withdrawn; and with no
             // snapshot yet, a purge below 0 would empty the stream.)
-            shared.erasures_covered(upto, started);
+            shared.nothing_new_since(from, upto, started);
             return Ok(from);
         }
         let bytes = Store::build_snapshot(&self.inner.config.store, cut, |recover| {
@@ -259,7 +284,7 @@ impl Cluster {
             // Named, the stream below it purged and the snapshot it replaces deleted: the
             // bodies erased up to the cut are gone from JetStream's stream and objects.
             if replaced {
-                shared.erasures_covered(upto, started);
+                shared.snapshot_complete(cut, upto, started);
             }
             cut
         })

@@ -164,13 +164,13 @@ impl Journal {
         }
     }
 
-    /// Whether a file journal's directory held files its newest snapshot replaces when it
-    /// was opened (a crash before a checkpoint deleted them).
+    /// Whether the journal held what its newest snapshot replaces when it was opened (a crash
+    /// before a checkpoint deleted those files, or before a shard's snapshot purged its stream).
     pub fn replaced_at_open(&self) -> bool {
         match self {
             Journal::File(j) => j.replaced_at_open(),
             #[cfg(feature = "cluster")]
-            Journal::Stream(_) => false,
+            Journal::Stream(j) => j.replaced_at_open(),
         }
     }
 

@@ -9,8 +9,11 @@
 //!
 //! The rule that keeps it right: a snapshot clears only what its cut covers. A record whose
 //! ticket is at or below the cut is in the snapshot's input; one past it keeps the erasure
-//! pending, due `within` after the snapshot began (every such record was appended after
-//! that, so the bound holds for it).
+//! pending, due `within` after the snapshot began. In the file journal every such record was
+//! appended after that (a checkpoint's rotation takes everything appended), so the bound holds
+//! for it; a shard's snapshot covers what JetStream had acknowledged when it began, so a
+//! record appended just before and acknowledged after may wait up to that acknowledgement's
+//! delay longer (seconds during a stream leader election).
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,8 @@ pub(crate) struct Erasure {
 
 impl Erasure {
     pub fn set_within(&mut self, within: Option<Duration>) {
-        self.within = within;
+        // At most a century: `Instant + within` must not overflow.
+        self.within = within.map(|w| w.min(Duration::from_secs(100 * 365 * 86_400)));
         if within.is_none() {
             self.pending = None;
         }

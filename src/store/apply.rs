@@ -148,9 +148,11 @@ impl Store {
                 state.ticket = self.record(op, mode)?;
                 // The live purge's retention, not this process's (see `ForgetDevices`).
                 let retention = retention.unwrap_or(self.inner.config.retention_secs);
-                Ok(Applied::Purged(
-                    state.inbox.purge(*at, at.saturating_sub(retention)),
-                ))
+                let (purged, erased) = state.inbox.purge(*at, at.saturating_sub(retention));
+                if erased {
+                    self.note_erased(state.ticket, mode);
+                }
+                Ok(Applied::Purged(purged))
             }
         }
     }
