@@ -62,13 +62,18 @@ impl Erasure {
         self.pending.map(|(due, _)| due)
     }
 
-    /// A snapshot that began at `started` covers every record up to ticket `cut`.
+    /// A snapshot that began at `started` covers every record up to ticket `cut`. What it
+    /// does not cover waits at least as long as it took: snapshots for erasures take at most
+    /// half of the snapshot thread's time, however short the bound or large the store.
     pub fn covered(&mut self, cut: u64, started: Instant) {
         if let (Some((due, last)), Some(within)) = (&mut self.pending, self.within) {
             if *last <= cut {
                 self.pending = None;
             } else {
-                *due = (*due).max(started + within);
+                let now = Instant::now();
+                *due = (*due)
+                    .max(started + within)
+                    .max(now + now.saturating_duration_since(started));
             }
         }
     }
@@ -110,6 +115,19 @@ mod tests {
         assert!(e.due().unwrap() >= was);
         e.set_within(None);
         assert_eq!(e.due(), None);
+    }
+
+    #[test]
+    fn a_snapshot_longer_than_the_bound_is_followed_by_as_long_a_pause() {
+        let mut e = Erasure::default();
+        e.set_within(Some(Duration::from_secs(1)));
+        e.note(10);
+        let Some(started) = Instant::now().checked_sub(Duration::from_secs(5)) else {
+            return; // a clock this close to its origin cannot go back five seconds
+        };
+        e.covered(5, started);
+        let due = e.due().unwrap();
+        assert!(due >= Instant::now() + Duration::from_secs(4), "{due:?}");
     }
 
     #[test]
