@@ -47,7 +47,7 @@ pub struct Config {
     /// replaces (default 64 MiB), bounding recovery time.
     pub snapshot_after_bytes: u64,
     /// How soon, in seconds, a body a durable store erased — recalled, replaced by a
-    /// modification, past retention or its lifetime — leaves the disk too (default 600): a
+    /// modification, past retention — leaves the disk too (default 600): a
     /// snapshot is taken at most this long after the first such operation since the last
     /// snapshot, and the journal it replaces deleted (SPEC §4.3: a recalled body "cannot be
     /// restored"). Costs at most one snapshot of the whole store per interval, only while

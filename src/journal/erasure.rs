@@ -3,7 +3,7 @@
 //! the send's record before it; a snapshot (built by replay, which keeps no recalled body)
 //! followed by the deletion of what it replaces does. [`Erasure`] remembers that some record
 //! since the last snapshot erased something — a recall, a modification (the old body), a
-//! purge past retention or lifetime, a send that trimmed its conversation — and when a
+//! purge past retention, a send that trimmed its conversation — and when a
 //! snapshot must be written for it: `Config::erase_within_secs` after the first of them.
 //! Owned by the journal's state (file or stream) and read by its snapshot thread.
 //!
