@@ -67,7 +67,16 @@ fn history(store: &Store, a: &str, b: &str) -> Vec<(MsgKey, bool)> {
 /// Node `id`, with the test's accounts imported, owning the shard of vinson and dramon: the
 /// node, the shard's number and the shard.
 fn owner_of_the_pair(nats: &Nats, id: &str) -> (Cluster, u32, imstore::cluster::Shard) {
-    let node = nats.node(id);
+    owner_of_the_pair_with(nats, id, |c| c)
+}
+
+/// [`owner_of_the_pair`] on a node configured by `tweak`.
+fn owner_of_the_pair_with(
+    nats: &Nats,
+    id: &str,
+    tweak: impl FnOnce(ClusterConfig) -> ClusterConfig,
+) -> (Cluster, u32, imstore::cluster::Shard) {
+    let node = nats.node_with(id, tweak);
     for u in USERS {
         node.import_account(u).unwrap();
     }
@@ -77,15 +86,24 @@ fn owner_of_the_pair(nats: &Nats, id: &str) -> (Cluster, u32, imstore::cluster::
     (node, n, shard)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Shard `n`'s stream as it is: its first sequence, and each record it holds from there on,
+/// with its Msg-Id.
+fn stream_records(
+    rt: &tokio::runtime::Runtime,
+    js: &async_nats::jetstream::Context,
+    n: u32,
+) -> (u64, Vec<(String, bytes::Bytes)>) {
+    rt.block_on(async {
+        let mut stream = js.get_stream(stream_name(n)).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap();
+            out.push((id.as_str().to_owned(), m.payload));
+        }
+        (state.first_sequence, out)
+    })
 }
 
 #[test]
@@ -317,17 +335,8 @@ fn nothing_of_an_owner_after_a_gap_in_its_records_is_replayed() {
     let _in = rt.enter();
     let js = async_nats::jetstream::new(a.client());
     // A's stream: its marker, then its operations, the last three the sends.
-    let records = rt.block_on(async {
-        let stream = js.get_stream(stream_name(n)).await.unwrap();
-        let last = stream.cached_info().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            let m = stream.get_raw_message(seq).await.unwrap();
-            let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap();
-            out.push((id.as_str().to_owned(), m.payload));
-        }
-        out
-    });
+    let (first, records) = stream_records(&rt, &js, n);
+    assert_eq!(first, 1);
     assert!(records[0].0.ends_with(".owner"), "{:?}", records[0].0);
     let ops = &records[1..];
     assert!(ops.len() >= 3);
@@ -688,17 +697,11 @@ fn a_new_owner_starts_from_the_snapshot() {
 fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     let _one = serial();
     let nats = Nats::up();
-    let a = nats.node_with("A", |mut cfg| {
+    let (a, n, shard) = owner_of_the_pair_with(&nats, "A", |mut cfg| {
         cfg.snapshot_every = 0;
         cfg.store = cfg.store.with_erase_within_secs(2);
         cfg
     });
-    for u in USERS {
-        a.import_account(u).unwrap();
-    }
-    let n = a.shard_of("vinson", "dramon");
-    let shard = a.open_shard(n).unwrap();
-    shard.ensure_accounts(&USERS).unwrap();
     let store = shard.store();
     let k = send_text(store, "vinson", "dramon", 1, "RECALLED-IN-CLUSTER").msg_key;
     send_text(store, "dramon", "vinson", 2, "kept");
@@ -722,22 +725,12 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
         .unwrap();
     let _in = rt.enter();
     let js = async_nats::jetstream::new(a.client());
-    let (first, held) = rt.block_on(async {
-        let mut stream = js.get_stream(stream_name(n)).await.unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        let mut held = Vec::new();
-        for seq in state.first_sequence..=state.last_sequence {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                held.push(m.payload);
-            }
-        }
-        (state.first_sequence, held)
-    });
+    let (first, held) = stream_records(&rt, &js, n);
     assert_eq!(first, cut, "the stream is purged below the snapshot");
     let secret: &[u8] = b"RECALLED-IN-CLUSTER";
     assert!(
         held.iter()
-            .all(|p| !p.windows(secret.len()).any(|w| w == secret)),
+            .all(|(_, p)| !p.windows(secret.len()).any(|w| w == secret)),
         "a record left in the stream carries the recalled body"
     );
     shard.close().unwrap();

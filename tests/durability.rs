@@ -188,18 +188,6 @@ fn after_compaction_no_file_holds_a_recalled_or_expired_body() {
     assert_eq!(body_text(&page.messages[0].message), "KEPT-BODY-0b9e");
 }
 
-/// Polls `f` every 50 ms for at most `within`; panics with `what` if it never holds.
-fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + within;
-    while !f() {
-        assert!(
-            std::time::Instant::now() < until,
-            "{what} within {within:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 fn snapshots_in(dir: &Path) -> usize {
     fs::read_dir(dir)
         .unwrap()
@@ -244,7 +232,7 @@ fn a_recalled_body_leaves_the_disk_on_its_own_within_the_erasure_bound() {
         )
         .unwrap();
     let before = observe(&store, &USERS[..3]);
-    eventually(
+    wait_until(
         "the erased bodies off the disk",
         std::time::Duration::from_secs(30),
         || {
@@ -286,7 +274,7 @@ fn an_erased_body_found_by_replay_leaves_the_disk_after_the_open() {
     assert!(!files_contain(dir.path(), b"REPLAYED-BODY-0f5a").is_empty());
     let store = Store::open(dir.path(), config(&clock).with_erase_within_secs(2)).unwrap();
     assert!(store.erasure_due().is_some(), "replay met the recall");
-    eventually(
+    wait_until(
         "the replayed recall's body off the disk",
         std::time::Duration::from_secs(30),
         || files_contain(dir.path(), b"REPLAYED-BODY-0f5a").is_empty(),
@@ -325,7 +313,7 @@ fn files_a_crash_left_behind_a_snapshot_are_deleted_within_the_bound_after_the_o
         store.erasure_due().is_some(),
         "the replaced segment holds an erased body"
     );
-    eventually(
+    wait_until(
         "the replaced segment deleted",
         std::time::Duration::from_secs(30),
         || files_contain(dir.path(), b"LEFT-BEHIND-BODY-c3d0").is_empty(),

@@ -15,6 +15,18 @@ use imstore::{
     Subscription,
 };
 
+/// Polls `f` every 20 ms until it holds; panics naming `what` once `within` has passed.
+pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub const T0: u64 = 1_700_000_000;
 pub const ADMIN: &str = "administrator";
 
