@@ -483,9 +483,10 @@ impl FileJournal {
         self.shared.state.lock().erasure.covered(cut, started);
     }
 
-    /// A checkpoint failed: one due for an erasure is tried again later, not at once.
-    pub fn erasure_retry_later(&self) {
-        self.shared.state.lock().erasure.retry_later();
+    /// A checkpoint begun at `started` failed: one due for an erasure is tried again later,
+    /// not at once.
+    pub fn erasure_retry_later(&self, started: Instant) {
+        self.shared.state.lock().erasure.retry_later(started);
     }
 
     /// Whether the directory held files the newest snapshot replaces when it was opened.

@@ -336,8 +336,9 @@ impl Store {
                 while journal.wait_checkpoint_due() {
                     // A failure (a full disk, say) leaves the journal as it was; the next
                     // threshold crossing tries again, and an erasure's snapshot a little later.
+                    let started = std::time::Instant::now();
                     if snapshot::checkpoint(&journal, &config).is_err() {
-                        journal.erasure_retry_later();
+                        journal.erasure_retry_later(started);
                     }
                 }
             })

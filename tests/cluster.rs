@@ -705,6 +705,7 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     let store = shard.store();
     let k = send_text(store, "vinson", "dramon", 1, "RECALLED-IN-CLUSTER").msg_key;
     send_text(store, "dramon", "vinson", 2, "kept");
+    let later = send_text(store, "vinson", "dramon", 3, "LATER-RECALLED-BODY").msg_key;
     // Sends alone: nothing due, no snapshot taken.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(shard.last_snapshot(), 0);
@@ -739,6 +740,51 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     assert_eq!(report.snapshot_lsn, Some(cut));
     assert_eq!(report.records_replayed, 0, "{report:?}");
     assert_eq!(observe(shard.store(), &USERS), before);
+
+    // A second recall, by the next owner, of a message the first snapshot holds live: the
+    // snapshot it makes deletes the one it replaces.
+    let store = shard.store();
+    let named = || {
+        rt.block_on(async {
+            let meta = js.get_key_value("imstore_meta").await.unwrap();
+            let v = meta.get(format!("snap.{n}")).await.unwrap().unwrap();
+            String::from_utf8(v.to_vec()).unwrap()
+        })
+    };
+    // The object's bytes, if it exists.
+    let object = |name: &str| {
+        rt.block_on(async {
+            let snaps = js.get_object_store("imstore_snapshots").await.unwrap();
+            let mut o = snaps.get(name).await.ok()?;
+            let mut bytes = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut o, &mut bytes)
+                .await
+                .unwrap();
+            Some(bytes)
+        })
+    };
+    let holds = |bytes: &[u8], secret: &[u8]| bytes.windows(secret.len()).any(|w| w == secret);
+    let secret: &[u8] = b"LATER-RECALLED-BODY";
+    let first_object = named();
+    assert!(holds(&object(&first_object).unwrap(), secret));
+    store
+        .recall(ADMIN, "vinson", "dramon", &later.to_string())
+        .unwrap();
+    wait_until(
+        "a snapshot for the second recall",
+        Duration::from_secs(30),
+        || shard.last_snapshot() > cut && store.erasure_due().is_none(),
+    );
+    let second_object = named();
+    assert_ne!(second_object, first_object);
+    assert!(!holds(&object(&second_object).unwrap(), secret));
+    assert!(
+        object(&first_object).is_none(),
+        "the replaced snapshot, which held the body, is deleted"
+    );
+    let (first, held) = stream_records(&rt, &js, n);
+    assert_eq!(first, shard.last_snapshot());
+    assert!(held.iter().all(|(_, p)| !holds(p, secret)));
     shard.close().unwrap();
 }
 

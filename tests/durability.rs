@@ -320,6 +320,48 @@ fn files_a_crash_left_behind_a_snapshot_are_deleted_within_the_bound_after_the_o
     );
 }
 
+/// A message trimmed from its history past retention can still be held by an inbox entry,
+/// and a snapshot then keeps its body; the inbox purge that drops that entry erases it, and
+/// makes a snapshot due of its own.
+#[test]
+fn an_inbox_purge_past_retention_takes_the_last_copy_of_a_body_off_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock)
+        .with_retention_secs(3600)
+        .with_erase_within_secs(2);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    store.import_accounts(&["vinson", "dramon"]).unwrap();
+    send_text(&store, "vinson", "dramon", 1, "INBOX-HELD-BODY-77aa");
+    clock.advance(3700);
+    // This send trims the first from the history; dramon's inbox still holds it.
+    send_text(&store, "vinson", "dramon", 2, "later");
+    wait_until(
+        "the trim's snapshot",
+        std::time::Duration::from_secs(30),
+        || store.erasure_due().is_none() && snapshots_in(dir.path()) == 1,
+    );
+    assert!(
+        !files_contain(dir.path(), b"INBOX-HELD-BODY-77aa").is_empty(),
+        "the snapshot keeps the body the inbox holds"
+    );
+    let purged = store.purge_expired().unwrap();
+    assert_eq!(
+        (purged.messages, purged.inbox_entries),
+        (0, 1),
+        "{purged:?}"
+    );
+    assert!(
+        store.erasure_due().is_some(),
+        "the inbox purge erased the last copy"
+    );
+    wait_until(
+        "the inbox-held body off the disk",
+        std::time::Duration::from_secs(30),
+        || files_contain(dir.path(), b"INBOX-HELD-BODY-77aa").is_empty(),
+    );
+}
+
 /// Retention erases too: a send that trims its conversation past retention, and the purge.
 /// Neither the bound nor an idle store writes a snapshot when nothing was erased.
 #[test]

@@ -101,6 +101,9 @@ struct State {
     /// The cut (stream sequence) of the last snapshot this owner took whole: named, the stream
     /// purged below it, the snapshot it replaced deleted. 0: none yet.
     complete: u64,
+    /// This owner's snapshot named at this cut whose purge, or deletion of the snapshots it
+    /// replaced (named here), failed: the next try finishes them.
+    unfinished: Option<(u64, Vec<String>)>,
 }
 
 impl Shared {
@@ -118,6 +121,7 @@ impl Shared {
                 stopped: false,
                 erasure: Default::default(),
                 complete: 0,
+                unfinished: None,
             }),
             flushed: Condvar::new(),
             work: tokio::sync::Notify::new(),
@@ -171,6 +175,15 @@ impl Shared {
         st.complete = st.complete.max(cut);
     }
 
+    /// This owner's snapshot whose last steps failed, if any (see `State::unfinished`).
+    pub(crate) fn unfinished(&self) -> Option<(u64, Vec<String>)> {
+        self.state.lock().unfinished.clone()
+    }
+
+    pub(crate) fn set_unfinished(&self, left: Option<(u64, Vec<String>)>) {
+        self.state.lock().unfinished = left;
+    }
+
     /// Nothing was appended since the newest snapshot, at `cut`: the erasures up to position
     /// `upto` are covered if this owner took that snapshot whole. Otherwise (its purge or the
     /// deletion of the one it replaced failed, or another owner took it and may have failed
@@ -181,13 +194,14 @@ impl Shared {
         if cut == 0 || cut == st.complete {
             st.erasure.covered(upto, started);
         } else {
-            st.erasure.retry_later();
+            st.erasure.retry_later(started);
         }
     }
 
-    /// A snapshot failed: one due for an erasure is tried again later, not at once.
-    pub(crate) fn erasure_retry_later(&self) {
-        self.state.lock().erasure.retry_later();
+    /// A snapshot begun at `started` failed: one due for an erasure is tried again later, not
+    /// at once.
+    pub(crate) fn erasure_retry_later(&self, started: Instant) {
+        self.state.lock().erasure.retry_later(started);
     }
 
     fn wake_all(&self, st: &mut State) {

@@ -121,7 +121,13 @@ impl Cluster {
         if let Some((from, _, _)) = newest
             && from >= cut
         {
-            shared.nothing_new_since(from, upto, started);
+            if let Some(left) = shared.unfinished().filter(|(c, _)| *c == from) {
+                self.finish_snapshot(n, epoch, left)?;
+                shared.set_unfinished(None);
+                shared.snapshot_complete(from, upto, started);
+            } else {
+                shared.nothing_new_since(from, upto, started);
+            }
             return Ok(from);
         }
         let prev = self
@@ -164,7 +170,12 @@ impl Cluster {
             self.inner.leases.clone(),
         );
         let node = self.inner.config.node_id.clone();
-        self.block(async move {
+        // What an earlier snapshot of this owner left undeleted is deleted with what this one
+        // replaces; and it stays to do unless this one gets that far.
+        let earlier = shared.unfinished();
+        let unfinished = Arc::new(parking_lot::Mutex::new(earlier.clone()));
+        let left = unfinished.clone();
+        let outcome = self.block(async move {
             let name = snapshot_object(n, cut, owners.epoch);
             let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
             tokio::time::timeout(within, snaps.put(name.as_str(), &mut bytes.as_slice()))
@@ -215,18 +226,7 @@ impl Cluster {
                 return Ok((cut, false));
             };
             // Still this node's lease? (See the doc above: after the naming, before the purge.)
-            let lease = tokio::time::timeout(within, super::lease::read(&leases, n)).await;
-            let moved = match lease {
-                Ok(Ok(Some((v, _)))) if v.node == node && v.epoch == epoch => None,
-                Ok(Ok(Some((v, _)))) => Some(format!(
-                    "its lease is node {}'s at epoch {} (epoch {epoch} here)",
-                    v.node, v.epoch
-                )),
-                Ok(Ok(None)) => Some("its lease is nobody's".to_owned()),
-                Ok(Err(e)) => Some(format!("its lease could not be read: {e}")),
-                Err(_) => Some(format!("its lease was not read within {within:?}")),
-            };
-            if let Some(why) = moved {
+            if let Some(why) = lease_moved(&leases, n, &node, epoch, within).await {
                 // Name the previous snapshot again (the stream it needs is whole), so that
                 // neither it nor ours is left behind unnamed; ours goes. Should a newer one be
                 // named meanwhile, the naming stays as it is.
@@ -255,32 +255,17 @@ impl Cluster {
                     "shard {n} is not owned here: {why}; {outcome}, the stream is not purged"
                 )));
             }
-            let purge = async {
-                js.get_stream_no_info(stream_name(n))
-                    .await
-                    .map_err(nats)?
-                    .purge()
-                    .sequence(cut)
-                    .await
-                    .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))
-            };
-            tokio::time::timeout(within, purge)
-                .await
-                .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
-            // The snapshot it replaces holds the bodies of messages recalled since: a delete
-            // that fails is said (the object is named, for an operator to remove).
-            if let Some(old) = previous {
-                match tokio::time::timeout(within, snaps.delete(&old)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(nats(format!("deleting the replaced snapshot {old}: {e}")));
-                    }
-                    Err(_) => return Err(late(&format!("deleting the replaced snapshot {old}"))),
-                }
-            }
+            // Named, and still the owner's: should the purge or the delete fail, the next try
+            // finishes them (`Shared::unfinished`), even with nothing new to snapshot.
+            let mut doomed: Vec<String> = earlier.map(|(_, d)| d).unwrap_or_default();
+            doomed.extend(previous.clone());
+            *left.lock() = Some((cut, doomed.clone()));
+            purge_and_delete(&js, &snaps, n, cut, &doomed, within).await?;
+            *left.lock() = None;
             Ok((cut, true))
-        })
-        .map(|(cut, replaced)| {
+        });
+        shared.set_unfinished(unfinished.lock().take());
+        outcome.map(|(cut, replaced)| {
             // Named, the stream below it purged and the snapshot it replaces deleted: the
             // bodies erased up to the cut are gone from JetStream's stream and objects.
             if replaced {
@@ -289,6 +274,91 @@ impl Cluster {
             cut
         })
     }
+
+    /// The last steps of this owner's snapshot at `cut` that failed (`Shared::unfinished`):
+    /// the lease look, the purge below it, the deletion of the snapshot it replaced. Both are
+    /// idempotent, so a try that fails again is simply tried later.
+    fn finish_snapshot(
+        &self,
+        n: u32,
+        epoch: u64,
+        (cut, doomed): (u64, Vec<String>),
+    ) -> Result<(), ClusterError> {
+        let (snaps, js, leases) = (
+            self.inner.snapshots.clone(),
+            self.inner.js.clone(),
+            self.inner.leases.clone(),
+        );
+        let node = self.inner.config.node_id.clone();
+        let within = self.inner.config.publish_retry;
+        self.block(async move {
+            if let Some(why) = lease_moved(&leases, n, &node, epoch, within).await {
+                return Err(nats(format!(
+                    "shard {n} is not owned here: {why}; the stream is not purged"
+                )));
+            }
+            purge_and_delete(&js, &snaps, n, cut, &doomed, within).await
+        })
+    }
+}
+
+/// Whether shard `n`'s lease is still `node`'s at `epoch`: `None` if so, else why not.
+async fn lease_moved(
+    leases: &kv::Store,
+    n: u32,
+    node: &str,
+    epoch: u64,
+    within: Duration,
+) -> Option<String> {
+    match tokio::time::timeout(within, super::lease::read(leases, n)).await {
+        Ok(Ok(Some((v, _)))) if v.node == node && v.epoch == epoch => None,
+        Ok(Ok(Some((v, _)))) => Some(format!(
+            "its lease is node {}'s at epoch {} (epoch {epoch} here)",
+            v.node, v.epoch
+        )),
+        Ok(Ok(None)) => Some("its lease is nobody's".to_owned()),
+        Ok(Err(e)) => Some(format!("its lease could not be read: {e}")),
+        Err(_) => Some(format!("its lease was not read within {within:?}")),
+    }
+}
+
+/// Purges shard `n`'s stream below `cut` and deletes `doomed`, the snapshots the one at `cut`
+/// replaces, which hold the bodies of messages recalled since: the last steps of a snapshot.
+/// Both may run again (an object already gone counts as deleted).
+async fn purge_and_delete(
+    js: &async_nats::jetstream::Context,
+    snaps: &object_store::ObjectStore,
+    n: u32,
+    cut: u64,
+    doomed: &[String],
+    within: Duration,
+) -> Result<(), ClusterError> {
+    let late = |what: &str| nats(format!("{what}: no answer within {within:?}"));
+    let purge = async {
+        js.get_stream_no_info(stream_name(n))
+            .await
+            .map_err(nats)?
+            .purge()
+            .sequence(cut)
+            .await
+            .map_err(|e| nats(format!("purging {} below {cut}: {e}", stream_name(n))))
+    };
+    tokio::time::timeout(within, purge)
+        .await
+        .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
+    // A delete that fails is said (the object is named, for an operator to remove, and the
+    // next try deletes it again).
+    for old in doomed {
+        match tokio::time::timeout(within, snaps.delete(old)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+            Ok(Err(e)) => {
+                return Err(nats(format!("deleting the replaced snapshot {old}: {e}")));
+            }
+            Err(_) => return Err(late(&format!("deleting the replaced snapshot {old}"))),
+        }
+    }
+    Ok(())
 }
 
 /// Takes a shard's snapshots in the background, every `snapshot_every` records: a thread per
@@ -319,9 +389,10 @@ impl Snapshotter {
                     let mut last = last.lock();
                     // A failure (NATS unreachable, say) is tried again at the next check, or
                     // for an erasure a little later.
+                    let started = std::time::Instant::now();
                     match cluster.snapshot_shard(n, epoch, &shared) {
                         Ok(cut) => *last = cut,
-                        Err(_) => shared.erasure_retry_later(),
+                        Err(_) => shared.erasure_retry_later(started),
                     }
                 }
             });

@@ -156,9 +156,9 @@ impl Journal {
         }
     }
 
-    pub fn erasure_retry_later(&self) {
+    pub fn erasure_retry_later(&self, started: std::time::Instant) {
         match self {
-            Journal::File(j) => j.erasure_retry_later(),
+            Journal::File(j) => j.erasure_retry_later(started),
             #[cfg(feature = "cluster")]
             Journal::Stream(_) => {}
         }

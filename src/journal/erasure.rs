@@ -28,6 +28,10 @@ pub(crate) struct Erasure {
     within: Option<Duration>,
     /// When a snapshot is due, and the ticket of the last erasing record since the last one.
     pending: Option<(Instant, u64)>,
+    /// No snapshot is due for an erasure before this: the last one (or the last try) ended
+    /// here plus as long as it took, so that these snapshots take at most half of the
+    /// snapshot thread's time, however short the bound or large the store.
+    not_before: Option<Instant>,
 }
 
 impl Erasure {
@@ -51,7 +55,8 @@ impl Erasure {
                 false
             }
             None => {
-                self.pending = Some((Instant::now() + within, ticket));
+                let due = (Instant::now() + within).max(self.not_before.unwrap_or(Instant::now()));
+                self.pending = Some((due, ticket));
                 true
             }
         }
@@ -62,26 +67,36 @@ impl Erasure {
         self.pending.map(|(due, _)| due)
     }
 
-    /// A snapshot that began at `started` covers every record up to ticket `cut`. What it
-    /// does not cover waits at least as long as it took: snapshots for erasures take at most
-    /// half of the snapshot thread's time, however short the bound or large the store.
+    /// Remembers that a snapshot (or a try) begun at `started` just ended: the next one for an
+    /// erasure waits at least as long as it took.
+    fn ended(&mut self, started: Instant) -> Instant {
+        let now = Instant::now();
+        let not_before = now + now.saturating_duration_since(started);
+        self.not_before = Some(not_before);
+        not_before
+    }
+
+    /// A snapshot that began at `started` covers every record up to ticket `cut`; what it does
+    /// not cover is due a bound after it began, and not before [`not_before`](Self::not_before).
     pub fn covered(&mut self, cut: u64, started: Instant) {
+        let not_before = self.ended(started);
         if let (Some((due, last)), Some(within)) = (&mut self.pending, self.within) {
             if *last <= cut {
                 self.pending = None;
             } else {
-                let now = Instant::now();
-                *due = (*due)
-                    .max(started + within)
-                    .max(now + now.saturating_duration_since(started));
+                *due = (*due).max(started + within).max(not_before);
             }
         }
     }
 
-    /// A snapshot taken for an erasure failed: try again later, not at once.
-    pub fn retry_later(&mut self) {
+    /// A snapshot begun at `started` failed: one due for an erasure is tried again later, not
+    /// at once.
+    pub fn retry_later(&mut self, started: Instant) {
+        let not_before = self.ended(started);
         if let (Some((due, _)), Some(within)) = (&mut self.pending, self.within) {
-            *due = (*due).max(Instant::now() + within.min(RETRY));
+            *due = (*due)
+                .max(Instant::now() + within.min(RETRY))
+                .max(not_before);
         }
     }
 }
@@ -111,7 +126,7 @@ mod tests {
         // A failed snapshot: the next try waits (at most the retry interval here).
         e.note(12);
         let was = e.due().unwrap();
-        e.retry_later();
+        e.retry_later(Instant::now());
         assert!(e.due().unwrap() >= was);
         e.set_within(None);
         assert_eq!(e.due(), None);
@@ -128,6 +143,17 @@ mod tests {
         e.covered(5, started);
         let due = e.due().unwrap();
         assert!(due >= Instant::now() + Duration::from_secs(4), "{due:?}");
+        // Covered whole: the next erasure waits as long too, though the bound is a second.
+        e.covered(10, started);
+        assert_eq!(e.due(), None);
+        e.note(11);
+        assert!(e.due().unwrap() >= Instant::now() + Duration::from_secs(4));
+        // And after a failed try that took as long.
+        let mut f = Erasure::default();
+        f.set_within(Some(Duration::from_secs(1)));
+        f.note(1);
+        f.retry_later(started);
+        assert!(f.due().unwrap() >= Instant::now() + Duration::from_secs(4));
     }
 
     #[test]
@@ -137,14 +163,14 @@ mod tests {
         e.note(1);
         // Due an hour from now; a failure does not bring it closer.
         let was = e.due().unwrap();
-        e.retry_later();
+        e.retry_later(Instant::now());
         assert_eq!(e.due(), Some(was));
         let mut short = Erasure::default();
         short.set_within(Some(Duration::from_millis(1)));
         short.note(1);
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
-        short.retry_later();
+        short.retry_later(now);
         let due = short.due().unwrap();
         assert!(due >= now && due <= Instant::now() + Duration::from_millis(1));
     }
