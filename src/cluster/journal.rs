@@ -185,10 +185,11 @@ impl Shared {
     }
 
     /// Nothing was appended since the newest snapshot, at `cut`: the erasures up to position
-    /// `upto` are covered if this owner took that snapshot whole. Otherwise (its purge or the
-    /// deletion of the one it replaced failed, or another owner took it and may have failed
-    /// the same way) they stay due, and the next snapshot with something new — this owner's
-    /// marker, at the latest, is new to an earlier owner's — purges below its own cut.
+    /// `upto` are covered if this owner took that snapshot whole. Otherwise they stay due:
+    /// this owner's own snapshot whose last steps failed is finished by `finish_snapshot`
+    /// before this is asked; another owner's (which may have failed the same way) is followed
+    /// by this owner's next snapshot with something new — its marker, at the latest, is new
+    /// to it — which purges below its own cut.
     pub(crate) fn nothing_new_since(&self, cut: u64, upto: u64, started: Instant) {
         let mut st = self.state.lock();
         if cut == 0 || cut == st.complete {

@@ -88,21 +88,44 @@ impl Cluster {
     /// may be replaying from the previous snapshot's cut right now: the stream is left whole,
     /// the previous snapshot is named the newest again and ours deleted (a new owner that read
     /// ours fails its open and tries again), and the call fails as not owned here.
+    ///
+    /// Should the purge or the deletion fail after the look, the owner keeps what is left to
+    /// do (`Shared::unfinished`): its next try finishes it, even with nothing new to snapshot,
+    /// and its next snapshot deletes those objects with its own predecessor. A failure leaves
+    /// an erasure due (`journal/erasure.rs`) to be tried again later.
     pub(super) fn snapshot_shard(
         &self,
         n: u32,
         epoch: u64,
         shared: &journal::Shared,
     ) -> Result<u64, ClusterError> {
-        let not_owner =
-            |why: String| ClusterError::Nats(format!("shard {n} is not owned here: {why}"));
         if let Some(why) = shared.failed() {
-            return Err(not_owner(why));
+            return Err(ClusterError::Nats(format!(
+                "shard {n} is not owned here: {why}"
+            )));
         }
         // One snapshot at a time per node: each holds a whole shard's state in memory while
         // it is built.
         let _one = self.inner.snapshotting.lock();
+        // Timed from here, not while other shards' snapshots held the lock: an erasure's
+        // next try waits as long as this one took.
         let started = std::time::Instant::now();
+        let taken = self.snapshot_shard_locked(n, epoch, shared, started);
+        if taken.is_err() {
+            shared.erasure_retry_later(started);
+        }
+        taken
+    }
+
+    fn snapshot_shard_locked(
+        &self,
+        n: u32,
+        epoch: u64,
+        shared: &journal::Shared,
+        started: std::time::Instant,
+    ) -> Result<u64, ClusterError> {
+        let not_owner =
+            |why: String| ClusterError::Nats(format!("shard {n} is not owned here: {why}"));
         let (upto, cut) = shared.done();
         let (snaps, meta) = (self.inner.snapshots.clone(), self.inner.meta.clone());
         let within = self.inner.config.publish_retry;
@@ -142,11 +165,7 @@ impl Cluster {
         let from = prev.as_ref().map_or(0, |(c, _, _)| *c);
         let mut owners = super::journal::Owners::after(prev.as_ref().map_or(0, |(_, e, _)| *e));
         if from >= cut {
-            // Nothing since the newest snapshot. (Should its purge have failed — that call
-            // answered the error — the stream below it is purged by the next snapshot with
-            // something new. Purging again here would need the lease look of the path below:
-            // the newest name may be a stale owner's, about to be withdrawn; and with no
-            // snapshot yet, a purge below 0 would empty the stream.)
+            // Named meanwhile (the look above saw an older name): as there.
             shared.nothing_new_since(from, upto, started);
             return Ok(from);
         }
@@ -185,6 +204,10 @@ impl Cluster {
             // Name it the newest — unless a newer one is named already (a stale owner's late
             // snapshot never replaces a newer owner's): compare and set.
             let named = async {
+                // What the name was when ours was last written: should that write have taken
+                // effect with its answer lost, the next look finds ours named, and this is
+                // what it replaced.
+                let mut replaced = None;
                 loop {
                     let entry = meta.entry(snapshot_key(n)).await.map_err(nats)?;
                     let current = entry
@@ -195,9 +218,15 @@ impl Cluster {
                     if let Some(((c, _), named)) = &current
                         && *c >= cut
                     {
-                        return Ok::<_, ClusterError>((None, Some(named.clone())));
+                        if *named == name
+                            && let (Some(e), Some(previous)) = (&entry, replaced)
+                        {
+                            return Ok::<_, ClusterError>((Some(e.revision), previous));
+                        }
+                        return Ok((None, Some(named.clone())));
                     }
                     let previous = current.map(|(_, name)| name);
+                    replaced = Some(previous.clone());
                     let written = match &entry {
                         Some(e) => meta
                             .update(snapshot_key(n), name.clone().into(), e.revision)
@@ -270,14 +299,17 @@ impl Cluster {
             // bodies erased up to the cut are gone from JetStream's stream and objects.
             if replaced {
                 shared.snapshot_complete(cut, upto, started);
+            } else {
+                // A newer one is named: erasures wait for the next with something new.
+                shared.erasure_retry_later(started);
             }
             cut
         })
     }
 
     /// The last steps of this owner's snapshot at `cut` that failed (`Shared::unfinished`):
-    /// the lease look, the purge below it, the deletion of the snapshot it replaced. Both are
-    /// idempotent, so a try that fails again is simply tried later.
+    /// the lease look, the purge below it, the deletion of the snapshots it replaced. The
+    /// purge and the deletions may run again, so a try that fails again is tried later.
     fn finish_snapshot(
         &self,
         n: u32,
@@ -346,19 +378,19 @@ async fn purge_and_delete(
     tokio::time::timeout(within, purge)
         .await
         .map_err(|_| late(&format!("purging {}", stream_name(n))))??;
-    // A delete that fails is said (the object is named, for an operator to remove, and the
-    // next try deletes it again).
+    // Each is tried; a delete that fails is said (the object is named, for an operator to
+    // remove, and the next try deletes it again).
+    let mut failed = None;
     for old in doomed {
-        match tokio::time::timeout(within, snaps.delete(old)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
-            Ok(Err(e)) => {
-                return Err(nats(format!("deleting the replaced snapshot {old}: {e}")));
-            }
-            Err(_) => return Err(late(&format!("deleting the replaced snapshot {old}"))),
-        }
+        let error = match tokio::time::timeout(within, snaps.delete(old)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) if e.kind() == object_store::DeleteErrorKind::NotFound => continue,
+            Ok(Err(e)) => nats(format!("deleting the replaced snapshot {old}: {e}")),
+            Err(_) => late(&format!("deleting the replaced snapshot {old}")),
+        };
+        failed.get_or_insert(error);
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Takes a shard's snapshots in the background, every `snapshot_every` records: a thread per
@@ -389,10 +421,8 @@ impl Snapshotter {
                     let mut last = last.lock();
                     // A failure (NATS unreachable, say) is tried again at the next check, or
                     // for an erasure a little later.
-                    let started = std::time::Instant::now();
-                    match cluster.snapshot_shard(n, epoch, &shared) {
-                        Ok(cut) => *last = cut,
-                        Err(_) => shared.erasure_retry_later(started),
+                    if let Ok(cut) = cluster.snapshot_shard(n, epoch, &shared) {
+                        *last = cut;
                     }
                 }
             });

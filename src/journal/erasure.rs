@@ -18,7 +18,8 @@
 use std::time::{Duration, Instant};
 
 /// After a snapshot for an erasure fails (a full disk, NATS unreachable), the next try
-/// comes this much later (or the bound, if shorter).
+/// comes this much later (or the bound, if shorter) — or as long after as the failed try
+/// took, if longer.
 const RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
