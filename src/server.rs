@@ -154,6 +154,15 @@ struct App {
 }
 
 impl App {
+    /// The stores this server holds: the one store, or a cluster node's owned shards'.
+    fn stores(&self) -> Vec<Store> {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = &self.node {
+            return node.stores();
+        }
+        vec![self.api.store().clone()]
+    }
+
     /// How calls are served: a send's before-send decision comes from the webhook when there
     /// is one.
     fn call_context(&self) -> crate::api::CallContext {

@@ -22,16 +22,18 @@ fn node(nats: &Nats, id: &str) -> (Server, tempfile::TempDir) {
     node_with(nats, id, &[])
 }
 
-/// The shards `s` says it owns (its `/metrics`).
-fn shards_owned(s: &Server) -> u32 {
-    let Ok(mut resp) = ureq::get(format!("{}/metrics", s.base)).call() else {
-        return 0;
-    };
+/// The value of the unlabelled metric `name` in `s`'s `/metrics`, if it answers.
+fn metric_of(s: &Server, name: &str) -> Option<f64> {
+    let mut resp = ureq::get(format!("{}/metrics", s.base)).call().ok()?;
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("imstore_shards_owned "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u32)
+}
+
+/// The shards `s` says it owns (its `/metrics`).
+fn shards_owned(s: &Server) -> u32 {
+    metric_of(s, "imstore_shards_owned").map_or(0, |v| v as u32)
 }
 
 /// Waits (at most 30 s) until the nodes own every shard between them, each at least one.
@@ -1326,4 +1328,22 @@ fn a_token_past_the_shards_inboxes_is_reset_and_loses_nothing() {
         .filter_map(|f| f["Data"]["MsgKey"].as_str())
         .collect();
     assert_eq!(keys, [after.as_str()], "{frames:?}");
+}
+
+/// A node's `/metrics` counts the owned shards holding an erased body on disk: a recall makes
+/// its shard's one pending, `imstore/compact` (every shard snapshotted) none.
+#[test]
+fn metrics_show_a_shards_erasure_pending_until_its_snapshot() {
+    let (_cluster, a) = one_node_with(&["carol", "dave"]);
+    let sent = a.post("openim/sendmsg", text("dave", "carol", 1, "hello"));
+    ok(&sent);
+    assert_eq!(metric_of(&a, "imstore_erasures_pending"), Some(0.0));
+    ok(&a.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "dave", "To_Account": "carol", "MsgKey": sent["MsgKey"]}),
+    ));
+    assert_eq!(metric_of(&a, "imstore_erasures_pending"), Some(1.0));
+    assert_eq!(metric_of(&a, "imstore_erasure_overdue_seconds"), Some(0.0));
+    ok(&a.post("imstore/compact", json!({})));
+    assert_eq!(metric_of(&a, "imstore_erasures_pending"), Some(0.0));
 }

@@ -368,3 +368,37 @@ fn metrics_count_calls_by_code_devices_the_journal_and_the_outbox() {
     );
     drop(s);
 }
+
+/// `imstore_erasures_pending` and `imstore_erasure_overdue_seconds`: a recall leaves its body
+/// on disk until a snapshot (within `--erase-within-secs`, 600 s here) — one pending, none
+/// overdue; `imstore/compact` takes it off — none pending.
+#[test]
+fn metrics_show_an_erasure_pending_until_a_snapshot_takes_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]);
+    let scrape = || samples(&get(&format!("{}/metrics", s.base)).1);
+    s.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob"]}),
+    );
+    let sent = s.post(
+        "openim/sendmsg",
+        json!({"From_Account": "alice", "To_Account": "bob", "MsgRandom": 1,
+               "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}),
+    );
+    let m = scrape();
+    assert_eq!(metric(&m, "imstore_erasures_pending"), 0.0);
+    assert_eq!(metric(&m, "imstore_erasure_overdue_seconds"), 0.0);
+    let r = s.post(
+        "openim/admin_msgwithdraw",
+        json!({"From_Account": "alice", "To_Account": "bob", "MsgKey": sent["MsgKey"]}),
+    );
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    let m = scrape();
+    assert_eq!(metric(&m, "imstore_erasures_pending"), 1.0);
+    assert_eq!(metric(&m, "imstore_erasure_overdue_seconds"), 0.0);
+    let r = s.post("imstore/compact", json!({}));
+    assert_eq!(r["ErrorCode"], 0, "{r}");
+    assert_eq!(metric(&scrape(), "imstore_erasures_pending"), 0.0);
+    assert!(s.stop().success());
+}

@@ -283,6 +283,12 @@ impl Node {
         self.sessions.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The stores of the shards owned now.
+    pub(super) fn stores(&self) -> Vec<crate::Store> {
+        let owned = self.owned.lock();
+        owned.values().map(|o| o.store.clone()).collect()
+    }
+
     /// Shards owned now, sorted.
     pub(super) fn owned_shards(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.owned.lock().keys().copied().collect();

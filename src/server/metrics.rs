@@ -21,6 +21,8 @@
 //! | `imstore_recovery_records_replayed` | gauge | |
 //! | `imstore_webhook_outbox_depth` | gauge | |
 //! | `imstore_webhook_outbox_dropped_total` | counter | |
+//! | `imstore_erasures_pending` | gauge | |
+//! | `imstore_erasure_overdue_seconds` | gauge | |
 //! | `imstore_webhook_deliveries_total` | counter | `result` (`ok`, `failed`) |
 //! | `imstore_shards_owned` | gauge (1 on a single node: the whole store; a cluster node: its shards) | |
 //! | `process_*` | the Prometheus client's process metrics (CPU, RSS, descriptors, threads) | |
@@ -73,6 +75,8 @@ pub struct Metrics {
     recovery_records: IntGauge,
     outbox_depth: IntGauge,
     outbox_dropped: IntCounter,
+    erasures_pending: IntGauge,
+    erasure_overdue: Gauge,
     deliveries: IntCounterVec,
     shards_owned: IntGauge,
     stopping: AtomicBool,
@@ -181,6 +185,20 @@ impl Metrics {
                 "imstore_webhook_outbox_depth",
                 "After-callbacks durable in the outbox and not yet delivered",
             ),
+            erasures_pending: int_gauge(
+                "imstore_erasures_pending",
+                "Stores (1 on a single node; a cluster node's owned shards) holding on disk a \
+                 body erased since their last snapshot, which one is due to take off",
+            ),
+            erasure_overdue: registered(
+                r,
+                Gauge::new(
+                    "imstore_erasure_overdue_seconds",
+                    "How far past its deadline (--erase-within-secs) the most overdue erasure \
+                     snapshot is; 0 when none is",
+                )
+                .expect("valid"),
+            ),
             outbox_dropped: registered(
                 r,
                 IntCounter::new(
@@ -286,6 +304,14 @@ impl Metrics {
     /// The text format, with what is read at scrape time brought up to date.
     fn render(&self, app: &App) -> String {
         let _one_at_a_time = self.scrape.lock();
+        let now = std::time::Instant::now();
+        let dues = app.stores().into_iter().filter_map(|s| s.erasure_due());
+        let (pending, overdue) = dues.fold((0i64, 0f64), |(n, worst), due| {
+            let late = now.saturating_duration_since(due).as_secs_f64();
+            (n + 1, worst.max(late))
+        });
+        self.erasures_pending.set(pending);
+        self.erasure_overdue.set(overdue);
         let (depth, dropped) = app.api.store().outbox_len();
         self.outbox_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
