@@ -86,6 +86,20 @@ fn owner_of_the_pair_with(
     (node, n, shard)
 }
 
+/// A runtime to block on, and JetStream through `node`'s client, for reading what the cluster
+/// wrote.
+fn jetstream_of(node: &Cluster) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let js = {
+        let _in = rt.enter();
+        async_nats::jetstream::new(node.client())
+    };
+    (rt, js)
+}
+
 /// Shard `n`'s stream as it is: its first sequence, and each record it holds from there on,
 /// with its Msg-Id.
 fn stream_records(
@@ -328,12 +342,7 @@ fn nothing_of_an_owner_after_a_gap_in_its_records_is_replayed() {
         .collect();
     shard_a.close().unwrap();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _in = rt.enter();
-    let js = async_nats::jetstream::new(a.client());
+    let (rt, js) = jetstream_of(&a);
     // A's stream: its marker, then its operations, the last three the sends.
     let (first, records) = stream_records(&rt, &js, n);
     assert_eq!(first, 1);
@@ -720,12 +729,7 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     let cut = shard.last_snapshot();
     let before = observe(store, &USERS);
     // The stream holds nothing below the cut, and no record it holds carries the body.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _in = rt.enter();
-    let js = async_nats::jetstream::new(a.client());
+    let (rt, js) = jetstream_of(&a);
     let (first, held) = stream_records(&rt, &js, n);
     assert_eq!(first, cut, "the stream is purged below the snapshot");
     let secret: &[u8] = b"RECALLED-IN-CLUSTER";
