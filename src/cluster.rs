@@ -216,6 +216,10 @@ struct ClusterInner {
     /// and replaying the stream after it (where a stale owner's snapshot can fall).
     #[cfg(feature = "fault-injection")]
     before_replay: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Fault injection: the next snapshot that gets as far as its purge fails there, after
+    /// its naming and lease look (as a purge that times out does).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fail_snapshot_purge: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for ClusterInner {
@@ -390,6 +394,8 @@ impl Cluster {
                 before_import: parking_lot::Mutex::new(None),
                 #[cfg(feature = "fault-injection")]
                 before_replay: parking_lot::Mutex::new(None),
+                #[cfg(feature = "fault-injection")]
+                fail_snapshot_purge: Default::default(),
             }),
         })
     }
@@ -538,6 +544,22 @@ impl Cluster {
     #[cfg(feature = "fault-injection")]
     pub fn before_next_replay(&self, f: impl FnOnce() + Send + 'static) {
         *self.inner.before_replay.lock() = Some(Box::new(f));
+    }
+
+    /// Fault injection: the next snapshot on this node that gets as far as its purge fails
+    /// there, after it was named the newest (the owner's next try must finish it).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_snapshot_purge(&self) {
+        self.inner
+            .fail_snapshot_purge
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// Fault injection: whether a failure set by
+    /// [`fail_next_snapshot_purge`](Cluster::fail_next_snapshot_purge) is still to happen.
+    #[cfg(feature = "fault-injection")]
+    pub fn snapshot_purge_failure_pending(&self) -> bool {
+        self.inner.fail_snapshot_purge.load(Ordering::Relaxed)
     }
 
     /// The NATS server leading shard `n`'s stream (its Raft leader), if there is one now.

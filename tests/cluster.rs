@@ -792,6 +792,47 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     shard.close().unwrap();
 }
 
+/// A snapshot for an erasure whose purge fails after its naming is finished by the owner's
+/// next try, though nothing new was written since: the stream is purged and the body gone
+/// within the bound's retries, not left until the next write.
+#[test]
+fn a_snapshot_whose_purge_failed_is_finished_on_a_quiet_shard() {
+    let _one = serial();
+    let nats = Nats::up();
+    let (a, n, shard) = owner_of_the_pair_with(&nats, "A", |mut cfg| {
+        cfg.snapshot_every = 0;
+        cfg.store = cfg.store.with_erase_within_secs(1);
+        cfg
+    });
+    let store = shard.store();
+    let k = send_text(store, "vinson", "dramon", 1, "PURGE-FAILED-BODY").msg_key;
+    a.fail_next_snapshot_purge();
+    store
+        .recall(ADMIN, "vinson", "dramon", &k.to_string())
+        .unwrap();
+    let (rt, js) = jetstream_of(&a);
+    let secret: &[u8] = b"PURGE-FAILED-BODY";
+    wait_until(
+        "the purge finished on a quiet shard",
+        Duration::from_secs(60),
+        || {
+            if store.erasure_due().is_some() {
+                return false;
+            }
+            let (first, held) = stream_records(&rt, &js, n);
+            first > 1
+                && held
+                    .iter()
+                    .all(|(_, p)| !p.windows(secret.len()).any(|w| w == secret))
+        },
+    );
+    assert!(
+        !a.snapshot_purge_failure_pending(),
+        "the injected failure happened"
+    );
+    shard.close().unwrap();
+}
+
 /// Settings the cluster cannot honour are refused before anything connects: retries of an
 /// append that outlast the streams' duplicate window (120 s) could store it twice.
 #[test]

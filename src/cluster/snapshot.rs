@@ -189,6 +189,8 @@ impl Cluster {
             self.inner.leases.clone(),
         );
         let node = self.inner.config.node_id.clone();
+        #[cfg(feature = "fault-injection")]
+        let inner = self.inner.clone();
         // What an earlier snapshot of this owner left undeleted is deleted with what this one
         // replaces; and it stays to do unless this one gets that far.
         let earlier = shared.unfinished();
@@ -289,6 +291,13 @@ impl Cluster {
             let mut doomed: Vec<String> = earlier.map(|(_, d)| d).unwrap_or_default();
             doomed.extend(previous.clone());
             *left.lock() = Some((cut, doomed.clone()));
+            #[cfg(feature = "fault-injection")]
+            if inner
+                .fail_snapshot_purge
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(nats(format!("purging {} (injected)", stream_name(n))));
+            }
             purge_and_delete(&js, &snaps, n, cut, &doomed, within).await?;
             *left.lock() = None;
             Ok((cut, true))
