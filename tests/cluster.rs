@@ -86,6 +86,20 @@ fn owner_of_the_pair_with(
     (node, n, shard)
 }
 
+/// Node `id` owning the pair's shard, snapshotting only for erasures, `secs` after one.
+fn erasing_owner(nats: &Nats, secs: u64) -> (Cluster, u32, imstore::cluster::Shard) {
+    owner_of_the_pair_with(nats, "A", |mut cfg| {
+        cfg.snapshot_every = 0;
+        cfg.store = cfg.store.with_erase_within_secs(secs);
+        cfg
+    })
+}
+
+/// Whether `bytes` hold `secret` anywhere.
+fn holds(bytes: &[u8], secret: &[u8]) -> bool {
+    bytes.windows(secret.len()).any(|w| w == secret)
+}
+
 /// A runtime to block on, and JetStream through `node`'s client, for reading what the cluster
 /// wrote.
 fn jetstream_of(node: &Cluster) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
@@ -706,17 +720,12 @@ fn a_new_owner_starts_from_the_snapshot() {
 fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     let _one = serial();
     let nats = Nats::up();
-    let (a, n, shard) = owner_of_the_pair_with(&nats, "A", |mut cfg| {
-        cfg.snapshot_every = 0;
-        cfg.store = cfg.store.with_erase_within_secs(2);
-        cfg
-    });
+    let (a, n, shard) = erasing_owner(&nats, 2);
     let store = shard.store();
     let k = send_text(store, "vinson", "dramon", 1, "RECALLED-IN-CLUSTER").msg_key;
     send_text(store, "dramon", "vinson", 2, "kept");
     let later = send_text(store, "vinson", "dramon", 3, "LATER-RECALLED-BODY").msg_key;
-    // Sends alone: nothing due, no snapshot taken.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Sends alone erase nothing: no snapshot is due (the snapshot thread has no deadline).
     assert_eq!(shard.last_snapshot(), 0);
     assert_eq!(store.erasure_due(), None);
     store
@@ -734,8 +743,7 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
     assert_eq!(first, cut, "the stream is purged below the snapshot");
     let secret: &[u8] = b"RECALLED-IN-CLUSTER";
     assert!(
-        held.iter()
-            .all(|(_, p)| !p.windows(secret.len()).any(|w| w == secret)),
+        held.iter().all(|(_, p)| !holds(p, secret)),
         "a record left in the stream carries the recalled body"
     );
     shard.close().unwrap();
@@ -767,7 +775,6 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
             Some(bytes)
         })
     };
-    let holds = |bytes: &[u8], secret: &[u8]| bytes.windows(secret.len()).any(|w| w == secret);
     let secret: &[u8] = b"LATER-RECALLED-BODY";
     let first_object = named();
     assert!(holds(&object(&first_object).unwrap(), secret));
@@ -799,11 +806,7 @@ fn a_recall_snapshots_its_shard_within_the_erasure_bound() {
 fn a_snapshot_whose_purge_failed_is_finished_on_a_quiet_shard() {
     let _one = serial();
     let nats = Nats::up();
-    let (a, n, shard) = owner_of_the_pair_with(&nats, "A", |mut cfg| {
-        cfg.snapshot_every = 0;
-        cfg.store = cfg.store.with_erase_within_secs(1);
-        cfg
-    });
+    let (a, n, shard) = erasing_owner(&nats, 1);
     let store = shard.store();
     let k = send_text(store, "vinson", "dramon", 1, "PURGE-FAILED-BODY").msg_key;
     a.fail_next_snapshot_purge();
@@ -820,10 +823,7 @@ fn a_snapshot_whose_purge_failed_is_finished_on_a_quiet_shard() {
                 return false;
             }
             let (first, held) = stream_records(&rt, &js, n);
-            first > 1
-                && held
-                    .iter()
-                    .all(|(_, p)| !p.windows(secret.len()).any(|w| w == secret))
+            first > 1 && held.iter().all(|(_, p)| !holds(p, secret))
         },
     );
     assert!(
