@@ -17,6 +17,10 @@
 //! - After a write or fsync error (an I/O error, not a full disk) the journal is failed: every
 //!   later append answers 91000, because memory may now be ahead of the disk and only a reopen
 //!   can tell what survived.
+//! - A segment is written in batches, one writer at a time (`State::leader`), and a batch is
+//!   written only once the fsync of the one before it has returned; each starts with a marker
+//!   frame (`kind::BATCH`). Recovery relies on that order to cut a torn last batch, and
+//!   to refuse damage that has a later batch behind it (`recovery.rs`).
 //! - A snapshot is written to a temporary file, fsynced, renamed, and the directory fsynced;
 //!   only then are the segments and snapshots it replaces deleted.
 
@@ -53,8 +57,8 @@ pub(crate) use backend::{read_snapshot, snapshot_bytes};
 #[cfg(feature = "fault-injection")]
 pub use faults::{Faults, Gate};
 use format::{
-    FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, file_header, list, segment_name,
-    snapshot_name,
+    FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, batch_marker, file_header, list,
+    segment_name, snapshot_name,
 };
 pub(crate) use format::{FRAME_HEADER_LEN, kind, push_frame, sync_dir};
 use recovery::ReadMode;
@@ -434,7 +438,13 @@ impl FileJournal {
             if let Some(why) = &st.failed {
                 return Err(failed_error(why));
             }
-            let need = st.reserved + scratch.len() as u64;
+            // The first record of a batch comes after the batch's marker (`kind::BATCH`).
+            let marker = if st.pending.is_empty() {
+                batch_marker()
+            } else {
+                &[]
+            };
+            let need = st.reserved + (marker.len() + scratch.len()) as u64;
             if need > st.allocated {
                 let from = st.allocated;
                 let len = need - from + sh.prealloc;
@@ -447,6 +457,7 @@ impl FileJournal {
                 })?;
                 st.allocated = from + len;
             }
+            st.pending.extend_from_slice(marker);
             st.pending.extend_from_slice(scratch);
             let end = st.pending.len();
             st.ends.push(end);

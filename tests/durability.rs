@@ -764,3 +764,200 @@ fn a_compaction_with_nothing_new_keeps_the_live_segment_when_a_new_one_cannot_st
     assert_eq!(observe(&store, &USERS), before);
     store.compact().expect("compaction works again");
 }
+
+/// The journal's only segment in `dir`, and its bytes.
+fn only_segment(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let path = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a journal segment");
+    let bytes = fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// The batch marker (FORMAT.md: kind 10, empty payload), as the first batch of a fresh segment
+/// starts with it right after the 24-byte file header; and where each marker starts.
+fn batch_markers(bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let marker = bytes[24..36].to_vec();
+    assert_eq!(marker[4], 10, "a segment starts with a batch marker");
+    assert_eq!(&marker[0..4], &[0, 0, 0, 0], "an empty payload");
+    let at = (0..bytes.len() - 11)
+        .filter(|&i| bytes[i..i + 12] == marker[..])
+        .collect();
+    (marker, at)
+}
+
+/// Where each of the `n` frames after `at` starts (a frame: 12-byte header, its length first).
+fn frames_from(bytes: &[u8], mut at: usize, n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let start = at;
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += 12 + len;
+            start
+        })
+        .collect()
+}
+
+fn texts_between(store: &Store, a: &str, b: &str) -> Vec<String> {
+    let page = store.history(&HistoryQuery::new(a, b, 100)).unwrap();
+    let mut texts: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| body_text(&m.message))
+        .collect();
+    texts.sort();
+    texts
+}
+
+/// A power loss while the last batch was being written: the disk kept some of its later
+/// records and lost an earlier one (disks persist a write's blocks in any order). None of that
+/// batch was acknowledged — its fsync never returned — so the open cuts the journal at the
+/// damage, as it cuts a torn tail, and serves what was acknowledged, instead of refusing to
+/// start until an operator runs `repair`.
+#[test]
+fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    for i in 0..3u32 {
+        send_text(&store, "a", "b", i, &format!("acked-{i}"));
+    }
+    // Five sends in one batch: appended, then written and fsynced together.
+    let (_, ticket) = store.deferring(|| {
+        for i in 0..5u32 {
+            store
+                .send(text_req("a", "b", 100 + i, &format!("batch-{i}")))
+                .unwrap();
+        }
+    });
+    store.commit(ticket).unwrap();
+    store.close().unwrap();
+
+    let (path, mut bytes) = only_segment(dir.path());
+    let (_, markers) = batch_markers(&bytes);
+    let last = *markers.last().unwrap();
+    let records = frames_from(&bytes, last + 12, 5);
+    assert_eq!(
+        records[4]
+            + 12
+            + u32::from_le_bytes(bytes[records[4]..records[4] + 4].try_into().unwrap()) as usize,
+        bytes.len(),
+        "the batch of five ends the segment"
+    );
+    // The second record of the batch lost; the three after it kept.
+    bytes[records[1] + 14] ^= 0x5a;
+    fs::write(&path, &bytes).unwrap();
+
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    let report = store.recovery_report();
+    let (_, at, len) = report.truncated_tail.clone().expect("cut as a torn tail");
+    assert_eq!(at as usize, records[1]);
+    assert_eq!((at + len) as usize, bytes.len());
+    assert!(report.repaired.is_none());
+    assert_eq!(
+        texts_between(&store, "a", "b"),
+        ["acked-0", "acked-1", "acked-2", "batch-0"],
+        "what was before the damage, nothing after it"
+    );
+    // The journal goes on after the cut, and a reopen reads it whole.
+    send_text(&store, "b", "a", 9, "after");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    assert!(store.recovery_report().truncated_tail.is_none());
+    assert_eq!(
+        texts_between(&store, "b", "a"),
+        ["acked-0", "acked-1", "acked-2", "after", "batch-0"]
+    );
+}
+
+/// Damage in a batch that another batch follows is in records that were acknowledged (a batch
+/// is written only once the one before it is fsynced): refused, naming where, as before.
+#[test]
+fn damage_in_a_batch_another_batch_follows_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let (_, ticket) = store.deferring(|| {
+        for i in 0..3u32 {
+            store
+                .send(text_req("a", "b", i, &format!("first-{i}")))
+                .unwrap();
+        }
+    });
+    store.commit(ticket).unwrap();
+    send_text(&store, "a", "b", 10, "later");
+    store.close().unwrap();
+
+    let (path, mut bytes) = only_segment(dir.path());
+    let (_, markers) = batch_markers(&bytes);
+    let three = markers[markers.len() - 2];
+    let records = frames_from(&bytes, three + 12, 3);
+    bytes[records[1] + 14] ^= 0x5a;
+    fs::write(&path, &bytes).unwrap();
+    match Store::open(dir.path(), config(&clock)) {
+        Err(OpenError::Corrupt { offset, .. }) => assert_eq!(offset as usize, records[1]),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("acknowledged records behind the damage were dropped"),
+    }
+}
+
+/// Every frame of a segment's written part, in order: (offset, kind); it ends at the first
+/// zero header (space reserved ahead and never written) or the end of the file.
+fn walk_frames(bytes: &[u8]) -> Vec<(usize, u8)> {
+    let mut at = 24;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() && bytes[at..at + 12] != [0; 12] {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        frames.push((at, bytes[at + 4]));
+        at += 12 + len;
+    }
+    frames
+}
+
+/// Under `every`, a writer that commits only its own records leaves the later ones pending:
+/// they become the next batch, with a marker of their own, and every record keeps its place.
+#[test]
+fn every_batch_under_the_every_policy_starts_with_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(dir.path(), config(&clock).with_sync(SyncPolicy::Every)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let ops = |bytes: &[u8]| walk_frames(bytes).iter().filter(|f| f.1 == 1).count();
+    let before = ops(&only_segment(dir.path()).1);
+    let first = store.send_deferred(text_req("a", "b", 1, "one")).unwrap();
+    let second = store.send_deferred(text_req("a", "b", 2, "two")).unwrap();
+    let third = store.send_deferred(text_req("b", "a", 3, "three")).unwrap();
+    // The first alone (`every` writes up to what it waits for), then the rest — unless the
+    // committer thread wrote all three meanwhile (it does within a second).
+    first.wait().unwrap();
+    let alone = ops(&only_segment(dir.path()).1) == before + 1;
+    third.wait().unwrap();
+    second.wait().unwrap();
+    store.close().unwrap();
+
+    let (_, bytes) = only_segment(dir.path());
+    let frames = walk_frames(&bytes);
+    assert_eq!(
+        frames.first().map(|f| f.1),
+        Some(10),
+        "the first batch's marker"
+    );
+    assert!(frames.iter().all(|f| f.1 == 1 || f.1 == 10), "{frames:?}");
+    assert_eq!(ops(&bytes), before + 3);
+    if alone {
+        // The two left pending were written as a batch of their own, marker first.
+        let n = frames.len();
+        assert_eq!(
+            frames[n - 3..].iter().map(|f| f.1).collect::<Vec<_>>(),
+            [10, 1, 1],
+            "{frames:?}"
+        );
+    }
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    assert!(store.recovery_report().truncated_tail.is_none());
+    assert_eq!(texts_between(&store, "a", "b"), ["one", "three", "two"]);
+}

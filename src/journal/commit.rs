@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use parking_lot::MutexGuard;
 
+use super::format::batch_marker;
 use super::{Shared, State, SyncPolicy, failed_error};
 use crate::error::Error;
 
@@ -56,8 +57,18 @@ impl Shared {
             st.pending.drain(..bytes).collect()
         };
         st.ends.drain(..count);
+        // What stays pending is the next batch: it starts with a marker of its own
+        // (`kind::BATCH`), which moves its records and takes its place in the segment.
+        let marker = if st.pending.is_empty() {
+            0
+        } else {
+            let m = batch_marker();
+            st.pending.splice(0..0, m.iter().copied());
+            st.reserved += m.len() as u64;
+            m.len()
+        };
         for e in &mut st.ends {
-            *e -= bytes;
+            *e = *e - bytes + marker;
         }
         let upto = st.taken_lsn + count as u64;
         st.taken_lsn = upto;

@@ -33,6 +33,21 @@ pub(crate) mod kind {
     pub const SNAP_CONVERSATION_MORE: u8 = 8;
     /// More inbox entries and unread counts of the account the records before it began.
     pub const SNAP_ACCOUNT_MORE: u8 = 9;
+    /// In a journal segment: the start of a batch — the bytes one write puts on disk before
+    /// its fsync (`commit.rs`). Empty payload, no LSN. Recovery uses it to tell a batch torn
+    /// by a power loss, which nobody was told of, from damage with acknowledged records
+    /// behind it (`recovery.rs`, `docs/FORMAT.md`).
+    pub const BATCH: u8 = 10;
+}
+
+/// The frame that starts every batch a journal segment is written in ([`kind::BATCH`]).
+pub(crate) fn batch_marker() -> &'static [u8] {
+    static MARKER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| {
+        let mut m = Vec::with_capacity(FRAME_HEADER_LEN);
+        push_frame(&mut m, kind::BATCH, |_| {});
+        m
+    })
 }
 
 // ----- framing -----
@@ -124,6 +139,14 @@ pub(super) fn scan(bytes: &[u8], start: usize) -> (Vec<Frame<'_>>, Option<(usize
 pub(super) fn valid_frame_after(bytes: &[u8], offset: usize) -> bool {
     (offset + 1..bytes.len().saturating_sub(FRAME_HEADER_LEN - 1))
         .any(|at| read_frame(bytes, at).is_ok())
+}
+
+/// Whether a valid batch marker ([`kind::BATCH`]) starts anywhere after `offset`: then the
+/// batch holding the damage at `offset` was followed by another, which is written only once the
+/// one before it was fsynced — so the damage is in records that were acknowledged.
+pub(super) fn batch_after(bytes: &[u8], offset: usize) -> bool {
+    (offset + 1..bytes.len().saturating_sub(FRAME_HEADER_LEN - 1))
+        .any(|at| read_frame(bytes, at).is_ok_and(|(f, _)| f.kind == kind::BATCH))
 }
 
 pub(super) fn file_header(magic: &[u8; 8], lsn: u64) -> [u8; FILE_HEADER_LEN] {

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::format::{
-    Bad, FILE_HEADER_LEN, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC, kind, parse_file_header, scan,
-    valid_frame_after, zero_tail,
+    Bad, FILE_HEADER_LEN, Frame, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC, batch_after, kind,
+    parse_file_header, scan, valid_frame_after, zero_tail,
 };
 use super::{OpenError, Recovered, RecoveryReport, io_err};
 
@@ -147,7 +147,7 @@ pub(super) fn read(
                 // Disk space reserved ahead of the writes and never written: the clean end.
             } else if let ReadMode::Upto(_) = mode {
                 return Err(corrupt(offset, "damaged record below a checkpoint's cut"));
-            } else if last && !valid_frame_after(&bytes, offset) {
+            } else if last && torn_tail(&bytes, &frames, offset) {
                 report.truncated_tail =
                     Some((path.clone(), offset as u64, (bytes.len() - offset) as u64));
             } else if let ReadMode::Open { repair: true } = mode {
@@ -170,19 +170,26 @@ pub(super) fn read(
             }
             valid_len = offset;
         }
-        for (n, f) in frames.iter().enumerate() {
-            let lsn = seg_lsn + n as u64;
+        // Batch markers take no LSN.
+        let mut ops = 0u64;
+        for f in &frames {
+            match f.kind {
+                kind::BATCH => continue,
+                kind::OP => {}
+                _ => {
+                    return Err(corrupt(
+                        f.offset,
+                        "unexpected record kind in a journal segment",
+                    ));
+                }
+            }
+            let lsn = seg_lsn + ops;
+            ops += 1;
             if lsn < start_lsn {
                 continue;
             }
             if lsn >= upto {
                 break;
-            }
-            if f.kind != kind::OP {
-                return Err(corrupt(
-                    f.offset,
-                    "unexpected record kind in a journal segment",
-                ));
             }
             recover(Recovered::Op(f.payload)).map_err(|reason| OpenError::Replay {
                 path: path.clone(),
@@ -191,7 +198,8 @@ pub(super) fn read(
             })?;
             report.records_replayed += 1;
         }
-        next_lsn = next_lsn.max(seg_lsn + frames.len() as u64);
+        let ops = frames.iter().filter(|f| f.kind != kind::BATCH).count() as u64;
+        next_lsn = next_lsn.max(seg_lsn + ops);
         current = Some((path.clone(), valid_len as u64));
         if stop_here {
             for (_, later) in &segments[i + 1..] {
@@ -210,4 +218,18 @@ pub(super) fn read(
         });
     }
     Ok(ReadEnd { next_lsn, current })
+}
+
+/// Whether the damage at `offset` in the last segment, after the valid `frames`, is a torn
+/// tail — bytes of the last write, whose fsync never returned, so nobody was told of their
+/// records — rather than damage with acknowledged records behind it:
+/// - no valid frame starts after it (the write was cut short); or
+/// - the segment's batches are marked (`kind::BATCH`: a marker before the damage), and no
+///   marker starts after it. A batch is written only once the one before it is fsynced, so
+///   what follows the damage belongs to the damaged batch: the last, never acknowledged,
+///   which a power loss wrote in part and out of order (a disk may persist a write's later
+///   blocks and not its earlier ones).
+fn torn_tail(bytes: &[u8], frames: &[Frame<'_>], offset: usize) -> bool {
+    !valid_frame_after(bytes, offset)
+        || (frames.iter().any(|f| f.kind == kind::BATCH) && !batch_after(bytes, offset))
 }
