@@ -19,7 +19,8 @@
 //!   can tell what survived.
 //! - A segment is written in batches, one writer at a time (`State::leader`), and a batch is
 //!   written only once the fsync of the one before it has returned; each starts with a marker
-//!   frame (`kind::BATCH`). Recovery relies on that order to cut a torn last batch, and
+//!   frame (`kind::BATCH`, with the batch's length), and a clean close ends the segment with
+//!   one. Recovery relies on that order to cut a torn last batch, and
 //!   to refuse damage that has a later batch behind it (`recovery.rs`).
 //! - A snapshot is written to a temporary file, fsynced, renamed, and the directory fsynced;
 //!   only then are the segments and snapshots it replaces deleted.
@@ -57,8 +58,8 @@ pub(crate) use backend::{read_snapshot, snapshot_bytes};
 #[cfg(feature = "fault-injection")]
 pub use faults::{Faults, Gate};
 use format::{
-    FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, batch_marker, file_header, list,
-    segment_name, snapshot_name,
+    BATCH_MARKER_LEN, FILE_HEADER_LEN, LOCK_FILE, SEGMENT_MAGIC, SNAPSHOT_MAGIC, batch_marker,
+    file_header, list, segment_name, snapshot_name, unsealed_marker,
 };
 pub(crate) use format::{FRAME_HEADER_LEN, kind, push_frame, sync_dir};
 use recovery::ReadMode;
@@ -251,6 +252,9 @@ struct State {
     allocated: u64,
     /// Journal bytes appended since the last snapshot's cut.
     bytes_since_snapshot: u64,
+    /// A batch was written to the current segment since it was opened or started: a clean
+    /// close ends it with a marker (`Drop for FileJournal`).
+    batch_written: bool,
     snapshot_threshold: u64,
     checkpoint_due: bool,
     /// Whether, and when, a snapshot is due because a record since the last one erased a
@@ -378,6 +382,7 @@ impl FileJournal {
                 reserved: len,
                 allocated: len,
                 bytes_since_snapshot: 0,
+                batch_written: false,
                 snapshot_threshold: u64::MAX,
                 checkpoint_due: false,
                 erasure: erasure::Erasure::default(),
@@ -439,15 +444,18 @@ impl FileJournal {
                 return Err(failed_error(why));
             }
             // The first record of a batch comes after the batch's marker (`kind::BATCH`).
-            let marker = if st.pending.is_empty() {
-                batch_marker()
+            let marker: &[u8] = if st.pending.is_empty() {
+                unsealed_marker()
             } else {
                 &[]
             };
             let need = st.reserved + (marker.len() + scratch.len()) as u64;
-            if need > st.allocated {
+            // Room, too, for a marker before each pending record: under `every` a write may
+            // leave records pending, which then start a batch of their own (`write_out`).
+            let room = need + (BATCH_MARKER_LEN * (st.ends.len() + 1)) as u64;
+            if room > st.allocated {
                 let from = st.allocated;
-                let len = need - from + sh.prealloc;
+                let len = room - from + sh.prealloc;
                 sh.reserve(&st.file, from, len).map_err(|e| {
                     Error::Internal(format!(
                         "no disk space for the journal in {} ({e}); the operation was not \
@@ -463,7 +471,7 @@ impl FileJournal {
             st.ends.push(end);
             st.reserved = need;
             st.next_lsn += 1;
-            st.bytes_since_snapshot += scratch.len() as u64;
+            st.bytes_since_snapshot += (marker.len() + scratch.len()) as u64;
             let ticket = st.next_lsn;
             if erases && st.erasure.note(ticket) {
                 sh.due.notify_all();
@@ -628,7 +636,8 @@ impl FileJournal {
         }
         st.leader = true;
         let spare = std::mem::take(&mut st.spare);
-        let batch = std::mem::replace(&mut st.pending, spare);
+        let mut batch = std::mem::replace(&mut st.pending, spare);
+        format::seal_batch(&mut batch);
         st.ends.clear();
         let cut = st.next_lsn;
         st.taken_lsn = cut;
@@ -649,6 +658,7 @@ impl FileJournal {
             return Err(Error::Internal(why));
         }
         st.write_at = end;
+        st.batch_written |= !batch.is_empty();
         // Appends while the new segment is made (the lock is let go) reserve their space on
         // the finished one, past its last record: right if the switch fails and the journal
         // goes on there; otherwise a few MiB of zeros in a file the snapshot deletes.
@@ -680,6 +690,7 @@ impl FileJournal {
                 st.file = file;
                 st.segment_path = path;
                 st.write_at = head;
+                st.batch_written = false;
                 st.bytes_since_snapshot = st.pending.len() as u64;
                 Ok(cut)
             }
@@ -782,16 +793,25 @@ impl Drop for FileJournal {
         if let Some(t) = self.committer.take() {
             let _ = t.join();
         }
-        // A clean close gives back the space reserved ahead: the segment ends at its last
-        // record. (After a crash the zeros stay; recovery reads them as the end.)
+        // A clean close ends the segment with the marker of an empty batch: it says that
+        // the batch before it was fsynced (acknowledged), so recovery never takes damage in
+        // it for a torn write. And it gives back the space reserved ahead: the segment ends
+        // there. (After a crash the zeros stay; recovery reads them as the end.) Best effort:
+        // a marker that does not reach the disk whole is a torn tail of nothing.
         let st = self.shared.state.lock();
-        if st.failed.is_none()
-            && st.pending.is_empty()
-            && st.allocated > st.write_at
-            && st.allocated != u64::MAX
-        {
-            let _ = st.file.set_len(st.write_at);
-            let _ = st.file.sync_all();
+        if st.failed.is_none() && st.pending.is_empty() {
+            let mut end = st.write_at;
+            let marked = st.batch_written && st.file.write_all_at(&batch_marker(0), end).is_ok();
+            if marked {
+                end += BATCH_MARKER_LEN as u64;
+            }
+            let trimmed = st.allocated > end && st.allocated != u64::MAX;
+            if trimmed {
+                let _ = st.file.set_len(end);
+            }
+            if marked || trimmed {
+                let _ = st.file.sync_all();
+            }
         }
     }
 }

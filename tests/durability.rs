@@ -544,18 +544,21 @@ fn single_bit_flips_are_detected_never_silently_applied() {
                 }
                 Err(e) => panic!("flip at {offset}: unexpected {e}"),
                 Ok((store, _d)) => {
-                    // Only damage to the very last record looks like a torn write: it is cut off
-                    // and said so, and what remains is a prefix.
+                    // The store was closed cleanly, so the segment ends with a close's batch
+                    // marker (16 bytes), which says the records before it were acknowledged:
+                    // only damage to that marker looks like a torn write. It is cut off and
+                    // said so, and no record is lost.
+                    assert!(
+                        offset >= bytes.len() - 16,
+                        "flip at {offset} was not refused"
+                    );
                     let report = store.recovery_report();
                     let (_, cut_at, _) = report
                         .truncated_tail
                         .clone()
                         .unwrap_or_else(|| panic!("flip at {offset} went unnoticed"));
-                    assert!(cut_at as usize <= offset);
-                    let r = report.records_replayed as usize;
-                    let got = observe(&store, &users);
-                    assert_eq!(&got, &states[r.max(1)]);
-                    assert_ne!(&got, full);
+                    assert_eq!(cut_at as usize, bytes.len() - 16);
+                    assert_eq!(&observe(&store, &users), full);
                 }
             }
         }
@@ -776,28 +779,59 @@ fn only_segment(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-/// The batch marker (FORMAT.md: kind 10, empty payload), as the first batch of a fresh segment
-/// starts with it right after the 24-byte file header; and where each marker starts.
-fn batch_markers(bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
-    let marker = bytes[24..36].to_vec();
-    assert_eq!(marker[4], 10, "a segment starts with a batch marker");
-    assert_eq!(&marker[0..4], &[0, 0, 0, 0], "an empty payload");
-    let at = (0..bytes.len() - 11)
-        .filter(|&i| bytes[i..i + 12] == marker[..])
-        .collect();
-    (marker, at)
+/// A frame of a segment (FORMAT.md): where it starts, its kind, its payload's length.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    offset: usize,
+    kind: u8,
+    len: usize,
 }
 
-/// Where each of the `n` frames after `at` starts (a frame: 12-byte header, its length first).
-fn frames_from(bytes: &[u8], mut at: usize, n: usize) -> Vec<usize> {
-    (0..n)
-        .map(|_| {
-            let start = at;
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            at += 12 + len;
-            start
-        })
-        .collect()
+const OP: u8 = 1;
+const BATCH: u8 = 10;
+
+/// Every frame of a segment's written part, in order; it ends at the first zero header (space
+/// reserved ahead and never written) or at the end of the file.
+fn walk_frames(bytes: &[u8]) -> Vec<At> {
+    let mut at = 24;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() && bytes[at..at + 12] != [0; 12] {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(At {
+            offset: at,
+            kind: bytes[at + 4],
+            len,
+        });
+        at += 12 + len;
+    }
+    frames
+}
+
+/// The batches of a segment: each a marker and the operation records after it, checked
+/// against the length the marker declares.
+fn batches(bytes: &[u8]) -> Vec<(At, Vec<At>)> {
+    let mut out: Vec<(At, Vec<At>)> = Vec::new();
+    for f in walk_frames(bytes) {
+        match f.kind {
+            BATCH => out.push((f, Vec::new())),
+            OP => out
+                .last_mut()
+                .expect("a batch starts with its marker")
+                .1
+                .push(f),
+            other => panic!("kind {other} in a segment"),
+        }
+    }
+    for (m, records) in &out {
+        let declared = u32::from_le_bytes(bytes[m.offset + 12..m.offset + 16].try_into().unwrap());
+        let len: usize = records.iter().map(|r| 12 + r.len).sum();
+        assert_eq!(
+            declared as usize, len,
+            "the marker at {} declares its batch",
+            m.offset
+        );
+    }
+    out
 }
 
 fn texts_between(store: &Store, a: &str, b: &str) -> Vec<String> {
@@ -811,21 +845,15 @@ fn texts_between(store: &Store, a: &str, b: &str) -> Vec<String> {
     texts
 }
 
-/// A power loss while the last batch was being written: the disk kept some of its later
-/// records and lost an earlier one (disks persist a write's blocks in any order). None of that
-/// batch was acknowledged — its fsync never returned — so the open cuts the journal at the
-/// damage, as it cuts a torn tail, and serves what was acknowledged, instead of refusing to
-/// start until an operator runs `repair`.
-#[test]
-fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = Store::open(dir.path(), config(&clock)).unwrap();
+/// A store in `dir` with three sends acknowledged one at a time, then five sent together
+/// and acknowledged by one commit — one batch, unless the committer thread's once-a-second
+/// write split them (then `None`: the caller tries again). The store is left open.
+fn five_in_a_batch(dir: &Path, clock: &std::sync::Arc<ManualClock>) -> Option<Store> {
+    let store = Store::open(dir, config(clock)).unwrap();
     store.import_accounts(&["a", "b"]).unwrap();
     for i in 0..3u32 {
         send_text(&store, "a", "b", i, &format!("acked-{i}"));
     }
-    // Five sends in one batch: appended, then written and fsynced together.
     let (_, ticket) = store.deferring(|| {
         for i in 0..5u32 {
             store
@@ -834,28 +862,44 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
         }
     });
     store.commit(ticket).unwrap();
-    store.close().unwrap();
+    let (_, bytes) = only_segment(dir);
+    (batches(&bytes).last().unwrap().1.len() == 5).then_some(store)
+}
 
-    let (path, mut bytes) = only_segment(dir.path());
-    let (_, markers) = batch_markers(&bytes);
-    let last = *markers.last().unwrap();
-    let records = frames_from(&bytes, last + 12, 5);
-    assert_eq!(
-        records[4]
-            + 12
-            + u32::from_le_bytes(bytes[records[4]..records[4] + 4].try_into().unwrap()) as usize,
-        bytes.len(),
-        "the batch of five ends the segment"
-    );
+/// A power loss while the last batch was being written: the disk kept some of its later
+/// records and lost an earlier one (disks persist a write's blocks in any order). Its fsync
+/// never returned, so none of it was acknowledged: the open cuts the journal at the damage,
+/// as it cuts a torn tail, and serves what was acknowledged, instead of refusing to start until
+/// an operator runs `repair`. (Here the batch's commit did return; the power loss is played
+/// by copying the segment while the store is open — a crash — and damaging the copy as such a
+/// write would have been.)
+#[test]
+fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
+    let clock = ManualClock::new(T0);
+    let live = tempfile::tempdir().unwrap();
+    let mut tries = 0;
+    let store = loop {
+        tries += 1;
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(store) = five_in_a_batch(dir.path(), &clock) {
+            break (store, dir);
+        }
+        assert!(tries < 5, "the five sends never made one batch");
+    };
+    let (_, mut bytes) = only_segment(store.1.path());
+    drop(store);
+    let records = batches(&bytes).last().unwrap().1.clone();
+    let end = records[4].offset + 12 + records[4].len;
     // The second record of the batch lost; the three after it kept.
-    bytes[records[1] + 14] ^= 0x5a;
+    bytes[records[1].offset + 14] ^= 0x5a;
+    let path = live.path().join("journal-00000000000000000000.log");
     fs::write(&path, &bytes).unwrap();
 
-    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    let store = Store::open(live.path(), config(&clock)).unwrap();
     let report = store.recovery_report();
     let (_, at, len) = report.truncated_tail.clone().expect("cut as a torn tail");
-    assert_eq!(at as usize, records[1]);
-    assert_eq!((at + len) as usize, bytes.len());
+    assert_eq!(at as usize, records[1].offset);
+    assert!((at + len) as usize >= end);
     assert!(report.repaired.is_none());
     assert_eq!(
         texts_between(&store, "a", "b"),
@@ -865,7 +909,7 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
     // The journal goes on after the cut, and a reopen reads it whole.
     send_text(&store, "b", "a", 9, "after");
     store.close().unwrap();
-    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    let store = Store::open(live.path(), config(&clock)).unwrap();
     assert!(store.recovery_report().truncated_tail.is_none());
     assert_eq!(
         texts_between(&store, "b", "a"),
@@ -873,91 +917,97 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
     );
 }
 
-/// Damage in a batch that another batch follows is in records that were acknowledged (a batch
-/// is written only once the one before it is fsynced): refused, naming where, as before.
+/// Damage that is not in a torn last batch is refused, naming where, as before:
+/// - in a batch another batch follows (a batch is written only once the one before it is
+///   fsynced, so it was acknowledged);
+/// - in the last batch of a cleanly closed store (the close ends the segment with a marker);
+/// - from inside an earlier batch up to and over the last batch's marker, so that no whole
+///   marker follows the damage (a garbled block holding the tails of small batches): the
+///   batch the damage starts in says where it ends, and a record starts after that.
 #[test]
-fn damage_in_a_batch_another_batch_follows_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+fn damage_outside_a_torn_last_batch_is_refused() {
     let clock = ManualClock::new(T0);
-    let store = Store::open(dir.path(), config(&clock)).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
-    let (_, ticket) = store.deferring(|| {
-        for i in 0..3u32 {
-            store
-                .send(text_req("a", "b", i, &format!("first-{i}")))
-                .unwrap();
+    let refused = |bytes: &[u8], at: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("journal-00000000000000000000.log"), bytes).unwrap();
+        match Store::open(dir.path(), config(&clock)) {
+            Err(OpenError::Corrupt { offset, .. }) => assert_eq!(offset as usize, at),
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("acknowledged records behind the damage at {at} were dropped"),
         }
-    });
-    store.commit(ticket).unwrap();
-    send_text(&store, "a", "b", 10, "later");
-    store.close().unwrap();
+    };
+    let store = loop {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(store) = five_in_a_batch(dir.path(), &clock) {
+            break (store, dir);
+        }
+    };
+    send_text(&store.0, "a", "b", 10, "later");
+    let (_, crashed) = only_segment(store.1.path());
+    store.0.close().unwrap();
+    let (_, closed) = only_segment(store.1.path());
 
-    let (path, mut bytes) = only_segment(dir.path());
-    let (_, markers) = batch_markers(&bytes);
-    let three = markers[markers.len() - 2];
-    let records = frames_from(&bytes, three + 12, 3);
-    bytes[records[1] + 14] ^= 0x5a;
-    fs::write(&path, &bytes).unwrap();
-    match Store::open(dir.path(), config(&clock)) {
-        Err(OpenError::Corrupt { offset, .. }) => assert_eq!(offset as usize, records[1]),
-        Err(e) => panic!("unexpected {e}"),
-        Ok(_) => panic!("acknowledged records behind the damage were dropped"),
-    }
-}
+    // A batch follows.
+    let b = batches(&crashed);
+    let five = &b[b.len() - 2].1;
+    let mut bytes = crashed.clone();
+    bytes[five[1].offset + 14] ^= 0x5a;
+    refused(&bytes, five[1].offset);
 
-/// Every frame of a segment's written part, in order: (offset, kind); it ends at the first
-/// zero header (space reserved ahead and never written) or the end of the file.
-fn walk_frames(bytes: &[u8]) -> Vec<(usize, u8)> {
-    let mut at = 24;
-    let mut frames = Vec::new();
-    while at + 12 <= bytes.len() && bytes[at..at + 12] != [0; 12] {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        frames.push((at, bytes[at + 4]));
-        at += 12 + len;
+    // The last batch of a clean close.
+    let b = batches(&closed);
+    let (marker, records) = &b[b.len() - 2];
+    assert!(
+        b.last().unwrap().1.is_empty(),
+        "a clean close's marker ends the segment"
+    );
+    assert_eq!(records.len(), 1, "the last send's batch: {marker:?}");
+    let mut bytes = closed.clone();
+    bytes[records[0].offset + 14] ^= 0x5a;
+    refused(&bytes, records[0].offset);
+
+    // From inside the batch of five over the last batch's marker, its record kept.
+    let b = batches(&crashed);
+    let (five, last) = (&b[b.len() - 2].1, &b[b.len() - 1].0);
+    let mut bytes = crashed.clone();
+    for byte in &mut bytes[five[3].offset + 14..last.offset + 16] {
+        *byte ^= 0x5a;
     }
-    frames
+    refused(&bytes, five[3].offset);
 }
 
 /// Under `every`, a writer that commits only its own records leaves the later ones pending:
 /// they become the next batch, with a marker of their own, and every record keeps its place.
 #[test]
 fn every_batch_under_the_every_policy_starts_with_a_marker() {
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = Store::open(dir.path(), config(&clock).with_sync(SyncPolicy::Every)).unwrap();
-    store.import_accounts(&["a", "b"]).unwrap();
-    let ops = |bytes: &[u8]| walk_frames(bytes).iter().filter(|f| f.1 == 1).count();
-    let before = ops(&only_segment(dir.path()).1);
-    let first = store.send_deferred(text_req("a", "b", 1, "one")).unwrap();
-    let second = store.send_deferred(text_req("a", "b", 2, "two")).unwrap();
-    let third = store.send_deferred(text_req("b", "a", 3, "three")).unwrap();
-    // The first alone (`every` writes up to what it waits for), then the rest — unless the
-    // committer thread wrote all three meanwhile (it does within a second).
-    first.wait().unwrap();
-    let alone = ops(&only_segment(dir.path()).1) == before + 1;
-    third.wait().unwrap();
-    second.wait().unwrap();
-    store.close().unwrap();
-
-    let (_, bytes) = only_segment(dir.path());
-    let frames = walk_frames(&bytes);
-    assert_eq!(
-        frames.first().map(|f| f.1),
-        Some(10),
-        "the first batch's marker"
-    );
-    assert!(frames.iter().all(|f| f.1 == 1 || f.1 == 10), "{frames:?}");
-    assert_eq!(ops(&bytes), before + 3);
-    if alone {
-        // The two left pending were written as a batch of their own, marker first.
-        let n = frames.len();
-        assert_eq!(
-            frames[n - 3..].iter().map(|f| f.1).collect::<Vec<_>>(),
-            [10, 1, 1],
-            "{frames:?}"
-        );
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(&clock).with_sync(SyncPolicy::Every)).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        let before = batches(&only_segment(dir.path()).1).len();
+        let first = store.send_deferred(text_req("a", "b", 1, "one")).unwrap();
+        let second = store.send_deferred(text_req("a", "b", 2, "two")).unwrap();
+        let third = store.send_deferred(text_req("b", "a", 3, "three")).unwrap();
+        // The first alone (`every` writes up to what it waits for), then the other two —
+        // unless the committer thread wrote all three meanwhile (it does once a second).
+        first.wait().unwrap();
+        let alone = batches(&only_segment(dir.path()).1).len() == before + 1;
+        third.wait().unwrap();
+        second.wait().unwrap();
+        store.close().unwrap();
+        if !alone {
+            continue;
+        }
+        let (_, bytes) = only_segment(dir.path());
+        let b = batches(&bytes);
+        // The first send's batch, the other two's, the close's.
+        let sizes: Vec<usize> = b[before..].iter().map(|(_, r)| r.len()).collect();
+        assert_eq!(sizes, [1, 2, 0]);
+        let store = Store::open(dir.path(), config(&clock)).unwrap();
+        assert!(store.recovery_report().truncated_tail.is_none());
+        assert_eq!(texts_between(&store, "a", "b"), ["one", "three", "two"]);
+        return;
     }
-    let store = Store::open(dir.path(), config(&clock)).unwrap();
-    assert!(store.recovery_report().truncated_tail.is_none());
-    assert_eq!(texts_between(&store, "a", "b"), ["one", "three", "two"]);
+    panic!("the first send was never written alone");
 }

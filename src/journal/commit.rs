@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parking_lot::MutexGuard;
 
-use super::format::batch_marker;
+use super::format::{seal_batch, unsealed_marker};
 use super::{Shared, State, SyncPolicy, failed_error};
 use crate::error::Error;
 
@@ -50,21 +50,24 @@ impl Shared {
             SyncPolicy::Group | SyncPolicy::None => st.ends.len(),
         };
         let bytes = st.ends[count - 1];
-        let batch = if count == st.ends.len() {
+        let mut batch = if count == st.ends.len() {
             let spare = std::mem::take(&mut st.spare);
             std::mem::replace(&mut st.pending, spare)
         } else {
             st.pending.drain(..bytes).collect()
         };
+        seal_batch(&mut batch);
         st.ends.drain(..count);
         // What stays pending is the next batch: it starts with a marker of its own
-        // (`kind::BATCH`), which moves its records and takes its place in the segment.
+        // (`kind::BATCH`), which moves its records and takes its place in the segment (the
+        // space was reserved with them: `append`).
         let marker = if st.pending.is_empty() {
             0
         } else {
-            let m = batch_marker();
+            let m = unsealed_marker();
             st.pending.splice(0..0, m.iter().copied());
             st.reserved += m.len() as u64;
+            st.bytes_since_snapshot += m.len() as u64;
             m.len()
         };
         for e in &mut st.ends {
@@ -110,6 +113,7 @@ impl Shared {
                     st.allocated = st.allocated.max(a);
                 }
                 st.write_at = end;
+                st.batch_written = true;
                 self.reached(st, upto);
                 Ok(())
             }

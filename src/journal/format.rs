@@ -34,20 +34,45 @@ pub(crate) mod kind {
     /// More inbox entries and unread counts of the account the records before it began.
     pub const SNAP_ACCOUNT_MORE: u8 = 9;
     /// In a journal segment: the start of a batch — the bytes one write puts on disk before
-    /// its fsync (`commit.rs`). Empty payload, no LSN. Recovery uses it to tell a batch torn
-    /// by a power loss, which nobody was told of, from damage with acknowledged records
-    /// behind it (`recovery.rs`, `docs/FORMAT.md`).
+    /// its fsync (`commit.rs`). Its payload: the batch's length after it, a `u32`. No LSN.
+    /// Recovery uses it to tell a batch torn by a power loss, which nobody was told of, from
+    /// damage with acknowledged records behind it (`recovery.rs`, `docs/FORMAT.md`).
     pub const BATCH: u8 = 10;
 }
 
-/// The frame that starts every batch a journal segment is written in ([`kind::BATCH`]).
-pub(crate) fn batch_marker() -> &'static [u8] {
-    static MARKER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    MARKER.get_or_init(|| {
-        let mut m = Vec::with_capacity(FRAME_HEADER_LEN);
-        push_frame(&mut m, kind::BATCH, |_| {});
-        m
-    })
+/// A batch marker's length: a frame header and a `u32`.
+pub(crate) const BATCH_MARKER_LEN: usize = FRAME_HEADER_LEN + 4;
+
+/// The marker ([`kind::BATCH`]) of a batch whose records take `len` bytes after it.
+pub(crate) fn batch_marker(len: u32) -> [u8; BATCH_MARKER_LEN] {
+    let mut m = Vec::with_capacity(BATCH_MARKER_LEN);
+    push_frame(&mut m, kind::BATCH, |b| {
+        b.extend_from_slice(&len.to_le_bytes())
+    });
+    m.try_into().expect("a marker's length")
+}
+
+/// The marker a batch starts with while it is appended to, until [`seal_batch`] writes its
+/// length: a valid marker of an empty batch, so that one written unsealed would only make
+/// recovery refuse damage after it, never read past records.
+pub(crate) fn unsealed_marker() -> &'static [u8; BATCH_MARKER_LEN] {
+    static MARKER: std::sync::OnceLock<[u8; BATCH_MARKER_LEN]> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| batch_marker(0))
+}
+
+/// Writes into `batch` — a marker, then records — its marker's length, just before it is
+/// written. (A batch over 4 GiB keeps a length too short: recovery then refuses damage in
+/// it rather than cut it.)
+pub(crate) fn seal_batch(batch: &mut [u8]) {
+    if batch.len() >= BATCH_MARKER_LEN {
+        let len = u32::try_from(batch.len() - BATCH_MARKER_LEN).unwrap_or(0);
+        batch[..BATCH_MARKER_LEN].copy_from_slice(&batch_marker(len));
+    }
+}
+
+/// The length a batch marker's payload declares (`None`: not a marker's payload).
+pub(super) fn batch_len(payload: &[u8]) -> Option<usize> {
+    Some(u32::from_le_bytes(*payload.first_chunk::<4>()?) as usize)
 }
 
 // ----- framing -----

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::format::{
-    Bad, FILE_HEADER_LEN, Frame, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC, batch_after, kind,
-    parse_file_header, scan, valid_frame_after, zero_tail,
+    BATCH_MARKER_LEN, Bad, FILE_HEADER_LEN, Frame, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC,
+    batch_after, batch_len, kind, parse_file_header, scan, valid_frame_after, zero_tail,
 };
 use super::{OpenError, Recovered, RecoveryReport, io_err};
 
@@ -224,12 +224,31 @@ pub(super) fn read(
 /// tail — bytes of the last write, whose fsync never returned, so nobody was told of their
 /// records — rather than damage with acknowledged records behind it:
 /// - no valid frame starts after it (the write was cut short); or
-/// - the segment's batches are marked (`kind::BATCH`: a marker before the damage), and no
-///   marker starts after it. A batch is written only once the one before it is fsynced, so
-///   what follows the damage belongs to the damaged batch: the last, never acknowledged,
-///   which a power loss wrote in part and out of order (a disk may persist a write's later
-///   blocks and not its earlier ones).
+/// - it lies inside the batch the last whole marker before it opens (`kind::BATCH`, which
+///   says how long its batch is), and nothing valid starts after that batch's end, and no
+///   marker starts anywhere after the damage; or it starts right where that batch ends (the
+///   next batch's marker is damaged) and no marker starts after it. A batch is written only once the one before
+///   it was fsynced, and a clean close ends the segment with a marker, so that batch is the
+///   last, never acknowledged, which a power loss wrote in part and out of order (a disk may
+///   persist a write's later blocks and not its earlier ones).
 fn torn_tail(bytes: &[u8], frames: &[Frame<'_>], offset: usize) -> bool {
-    !valid_frame_after(bytes, offset)
-        || (frames.iter().any(|f| f.kind == kind::BATCH) && !batch_after(bytes, offset))
+    if !valid_frame_after(bytes, offset) {
+        return true;
+    }
+    let Some(marker) = frames.iter().rfind(|f| f.kind == kind::BATCH) else {
+        return false; // no marked batch before the damage: written by an older version
+    };
+    let Some(len) = batch_len(marker.payload) else {
+        return false;
+    };
+    let end = marker.offset + BATCH_MARKER_LEN + len;
+    match offset.cmp(&end) {
+        // Inside that batch: nothing may follow it.
+        std::cmp::Ordering::Less => {
+            !valid_frame_after(bytes, end - 1) && !batch_after(bytes, offset)
+        }
+        // Where it ends: the next batch, whose own marker is damaged, must be the last.
+        std::cmp::Ordering::Equal => !batch_after(bytes, offset),
+        std::cmp::Ordering::Greater => false,
+    }
 }
