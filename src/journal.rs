@@ -252,8 +252,9 @@ struct State {
     allocated: u64,
     /// Journal bytes appended since the last snapshot's cut.
     bytes_since_snapshot: u64,
-    /// A batch was written to the current segment since it was opened or started: a clean
-    /// close ends it with a marker (`Drop for FileJournal`).
+    /// The current segment's last batch is not followed by a marker: a clean close ends it
+    /// with one (`Drop for FileJournal`). Set by every write, and at open unless the segment
+    /// ends with a close's marker (or holds no record).
     batch_written: bool,
     snapshot_threshold: u64,
     checkpoint_due: bool,
@@ -342,25 +343,35 @@ impl FileJournal {
             sync_dir(dir).map_err(io_err(dir))?;
         }
 
-        let (file, segment_path, len) = match end.current {
-            Some((path, valid_len)) => {
+        let (file, segment_path, len, unmarked) = match end.current {
+            Some(recovery::Current {
+                path,
+                valid_len,
+                reseal,
+                unmarked,
+            }) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path))?;
+                // A batch the cut fell inside says how much of it is left.
+                if let Some((at, left)) = reseal {
+                    file.write_all_at(&batch_marker(left), at)
+                        .map_err(io_err(&path))?;
+                }
                 // Cut a torn tail, and the reserved space after the last record: it is
                 // reserved again below.
-                if file.metadata().map_err(io_err(&path))?.len() != valid_len {
+                if reseal.is_some() || file.metadata().map_err(io_err(&path))?.len() != valid_len {
                     file.set_len(valid_len).map_err(io_err(&path))?;
                     file.sync_all().map_err(io_err(&path))?;
                 }
-                (file, path, valid_len)
+                (file, path, valid_len, unmarked)
             }
             None => {
                 let (file, path) =
                     create_segment(dir, end.next_lsn, || Ok(())).map_err(io_err(dir))?;
-                (file, path, FILE_HEADER_LEN as u64)
+                (file, path, FILE_HEADER_LEN as u64, false)
             }
         };
         let shared = Arc::new(Shared {
@@ -382,7 +393,7 @@ impl FileJournal {
                 reserved: len,
                 allocated: len,
                 bytes_since_snapshot: 0,
-                batch_written: false,
+                batch_written: unmarked,
                 snapshot_threshold: u64::MAX,
                 checkpoint_due: false,
                 erasure: erasure::Erasure::default(),

@@ -906,10 +906,51 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
         ["acked-0", "acked-1", "acked-2", "batch-0"],
         "what was before the damage, nothing after it"
     );
+    // The cut fell inside the batch: its marker now says how much of it is left, so the
+    // next batch, written where the cut was, can itself be torn and cut. (Played again: a
+    // crash image of the store just opened, five sends in one batch, and that batch's
+    // marker lost with its records kept.)
+    let (_, cut) = only_segment(live.path());
+    drop(store);
+    let torn_again = (0..5)
+        .find_map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("journal-00000000000000000000.log"), &cut).unwrap();
+            let store = Store::open(dir.path(), config(&clock)).unwrap();
+            let (_, ticket) = store.deferring(|| {
+                for i in 0..5u32 {
+                    store
+                        .send(text_req("b", "a", 200 + i, &format!("again-{i}")))
+                        .unwrap();
+                }
+            });
+            store.commit(ticket).unwrap();
+            let (_, bytes) = only_segment(dir.path());
+            drop(store);
+            let b = batches(&bytes);
+            (b.last().unwrap().1.len() == 5).then(|| (b.last().unwrap().0, bytes))
+        })
+        .expect("the five sends never made one batch");
+    let (marker, mut bytes) = torn_again;
+    assert_eq!(
+        marker.offset, at as usize,
+        "the next batch starts at the cut"
+    );
+    bytes[marker.offset + 14] ^= 0x5a;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("journal-00000000000000000000.log"), &bytes).unwrap();
+    let store = Store::open(dir.path(), config(&clock)).expect("a torn last batch, cut");
+    let (_, again, _) = store.recovery_report().truncated_tail.clone().unwrap();
+    assert_eq!(again as usize, marker.offset);
+    assert_eq!(
+        texts_between(&store, "b", "a"),
+        ["acked-0", "acked-1", "acked-2", "batch-0"]
+    );
+
     // The journal goes on after the cut, and a reopen reads it whole.
     send_text(&store, "b", "a", 9, "after");
     store.close().unwrap();
-    let store = Store::open(live.path(), config(&clock)).unwrap();
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
     assert!(store.recovery_report().truncated_tail.is_none());
     assert_eq!(
         texts_between(&store, "b", "a"),
@@ -936,12 +977,12 @@ fn damage_outside_a_torn_last_batch_is_refused() {
             Ok(_) => panic!("acknowledged records behind the damage at {at} were dropped"),
         }
     };
-    let store = loop {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(store) = five_in_a_batch(dir.path(), &clock) {
-            break (store, dir);
-        }
-    };
+    let store = (0..5)
+        .find_map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            five_in_a_batch(dir.path(), &clock).map(|store| (store, dir))
+        })
+        .expect("the five sends never made one batch");
     send_text(&store.0, "a", "b", 10, "later");
     let (_, crashed) = only_segment(store.1.path());
     store.0.close().unwrap();
@@ -966,6 +1007,23 @@ fn damage_outside_a_torn_last_batch_is_refused() {
     bytes[records[0].offset + 14] ^= 0x5a;
     refused(&bytes, records[0].offset);
 
+    // The last batch of a store opened after a crash and closed without a write: the close
+    // marks it too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal-00000000000000000000.log");
+    fs::write(&path, &crashed).unwrap();
+    Store::open(dir.path(), config(&clock))
+        .unwrap()
+        .close()
+        .unwrap();
+    let reclosed = fs::read(&path).unwrap();
+    let b = batches(&reclosed);
+    assert!(b.last().unwrap().1.is_empty(), "the close's marker");
+    let record = b[b.len() - 2].1[0];
+    let mut bytes = reclosed.clone();
+    bytes[record.offset + 14] ^= 0x5a;
+    refused(&bytes, record.offset);
+
     // From inside the batch of five over the last batch's marker, its record kept.
     let b = batches(&crashed);
     let (five, last) = (&b[b.len() - 2].1, &b[b.len() - 1].0);
@@ -985,14 +1043,22 @@ fn every_batch_under_the_every_policy_starts_with_a_marker() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(&clock).with_sync(SyncPolicy::Every)).unwrap();
         store.import_accounts(&["a", "b"]).unwrap();
-        let before = batches(&only_segment(dir.path()).1).len();
+        let ops = |bytes: &[u8]| walk_frames(bytes).iter().filter(|f| f.kind == OP).count();
+        let before = ops(&only_segment(dir.path()).1);
+        let markers = |bytes: &[u8]| {
+            walk_frames(bytes)
+                .iter()
+                .filter(|f| f.kind == BATCH)
+                .count()
+        };
+        let batches_before = markers(&only_segment(dir.path()).1);
         let first = store.send_deferred(text_req("a", "b", 1, "one")).unwrap();
         let second = store.send_deferred(text_req("a", "b", 2, "two")).unwrap();
         let third = store.send_deferred(text_req("b", "a", 3, "three")).unwrap();
         // The first alone (`every` writes up to what it waits for), then the other two —
         // unless the committer thread wrote all three meanwhile (it does once a second).
         first.wait().unwrap();
-        let alone = batches(&only_segment(dir.path()).1).len() == before + 1;
+        let alone = ops(&only_segment(dir.path()).1) == before + 1;
         third.wait().unwrap();
         second.wait().unwrap();
         store.close().unwrap();
@@ -1002,7 +1068,7 @@ fn every_batch_under_the_every_policy_starts_with_a_marker() {
         let (_, bytes) = only_segment(dir.path());
         let b = batches(&bytes);
         // The first send's batch, the other two's, the close's.
-        let sizes: Vec<usize> = b[before..].iter().map(|(_, r)| r.len()).collect();
+        let sizes: Vec<usize> = b[batches_before..].iter().map(|(_, r)| r.len()).collect();
         assert_eq!(sizes, [1, 2, 0]);
         let store = Store::open(dir.path(), config(&clock)).unwrap();
         assert!(store.recovery_report().truncated_tail.is_none());

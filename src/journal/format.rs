@@ -61,8 +61,7 @@ pub(crate) fn unsealed_marker() -> &'static [u8; BATCH_MARKER_LEN] {
 }
 
 /// Writes into `batch` — a marker, then records — its marker's length, just before it is
-/// written. (A batch over 4 GiB keeps a length too short: recovery then refuses damage in
-/// it rather than cut it.)
+/// written. (A batch over 4 GiB, which the journal never writes, would keep a length of 0.)
 pub(crate) fn seal_batch(batch: &mut [u8]) {
     if batch.len() >= BATCH_MARKER_LEN {
         let len = u32::try_from(batch.len() - BATCH_MARKER_LEN).unwrap_or(0);

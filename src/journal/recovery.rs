@@ -25,8 +25,23 @@ pub(super) enum ReadMode {
 pub(super) struct ReadEnd {
     /// The LSN the next record gets.
     pub next_lsn: u64,
-    /// The last segment and how many of its bytes are valid, if there is one.
-    pub current: Option<(PathBuf, u64)>,
+    /// The last segment, if there is one.
+    pub current: Option<Current>,
+}
+
+/// The last segment as reading left it.
+pub(super) struct Current {
+    pub path: PathBuf,
+    /// How many of its bytes are valid.
+    pub valid_len: u64,
+    /// A batch marker to write again before going on — (its offset, the length of its batch
+    /// that is left) — when the cut fell inside that batch: left as it was, it would claim
+    /// bytes the next batch is written over, and a torn tail of that next batch would be
+    /// refused for them.
+    pub reseal: Option<(u64, u32)>,
+    /// The segment holds records, and no marker ends it (a clean close writes one): the batch
+    /// before the end was not known to be acknowledged, so the next clean close marks it.
+    pub unmarked: bool,
 }
 
 /// Feeds `recover` the newest snapshot's records, then every journal record after it.
@@ -200,7 +215,26 @@ pub(super) fn read(
         }
         let ops = frames.iter().filter(|f| f.kind != kind::BATCH).count() as u64;
         next_lsn = next_lsn.max(seg_lsn + ops);
-        current = Some((path.clone(), valid_len as u64));
+        let marker = frames.iter().rfind(|f| f.kind == kind::BATCH);
+        let reseal = marker.and_then(|m| {
+            let start = m.offset + BATCH_MARKER_LEN;
+            let end = start + batch_len(m.payload)?;
+            (end > valid_len).then(|| {
+                (
+                    m.offset as u64,
+                    u32::try_from(valid_len - start).unwrap_or(0),
+                )
+            })
+        });
+        let unmarked = frames.last().is_some_and(|f| {
+            f.kind != kind::BATCH || batch_len(f.payload) != Some(0) || reseal.is_some()
+        });
+        current = Some(Current {
+            path: path.clone(),
+            valid_len: valid_len as u64,
+            reseal,
+            unmarked,
+        });
         if stop_here {
             for (_, later) in &segments[i + 1..] {
                 fs::remove_file(later).map_err(io_err(later))?;
@@ -212,7 +246,7 @@ pub(super) fn read(
         && next_lsn < cut
     {
         return Err(OpenError::Corrupt {
-            path: current.map_or_else(PathBuf::new, |(p, _)| p),
+            path: current.map_or_else(PathBuf::new, |c| c.path),
             offset: 0,
             reason: format!("the journal ends at record {next_lsn}, before the cut {cut}"),
         });
