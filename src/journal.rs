@@ -364,8 +364,11 @@ impl FileJournal {
                 // reserved again below.
                 if reseal.is_some() || file.metadata().map_err(io_err(&path))?.len() != valid_len {
                     file.set_len(valid_len).map_err(io_err(&path))?;
-                    file.sync_all().map_err(io_err(&path))?;
                 }
+                // Always: after a process crash the last records read may still be only in
+                // the page cache (written, their fsync not yet returned). They are replayed
+                // and about to be shown, so they must be durable first (R6).
+                file.sync_all().map_err(io_err(&path))?;
                 (file, path, valid_len, unmarked)
             }
             None => {
