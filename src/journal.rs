@@ -255,7 +255,7 @@ struct State {
     /// The current segment's last batch is not followed by a marker: a clean close ends it
     /// with one (`Drop for FileJournal`). Set by every write, and at open unless the segment
     /// ends with a close's marker (or holds no record).
-    batch_written: bool,
+    unmarked_end: bool,
     snapshot_threshold: u64,
     checkpoint_due: bool,
     /// Whether, and when, a snapshot is due because a record since the last one erased a
@@ -396,7 +396,7 @@ impl FileJournal {
                 reserved: len,
                 allocated: len,
                 bytes_since_snapshot: 0,
-                batch_written: unmarked,
+                unmarked_end: unmarked,
                 snapshot_threshold: u64::MAX,
                 checkpoint_due: false,
                 erasure: erasure::Erasure::default(),
@@ -672,7 +672,7 @@ impl FileJournal {
             return Err(Error::Internal(why));
         }
         st.write_at = end;
-        st.batch_written |= !batch.is_empty();
+        st.unmarked_end |= !batch.is_empty();
         // Appends while the new segment is made (the lock is let go) reserve their space on
         // the finished one, past its last record: right if the switch fails and the journal
         // goes on there; otherwise a few MiB of zeros in a file the snapshot deletes.
@@ -704,7 +704,7 @@ impl FileJournal {
                 st.file = file;
                 st.segment_path = path;
                 st.write_at = head;
-                st.batch_written = false;
+                st.unmarked_end = false;
                 st.bytes_since_snapshot = st.pending.len() as u64;
                 Ok(cut)
             }
@@ -815,7 +815,7 @@ impl Drop for FileJournal {
         let st = self.shared.state.lock();
         if st.failed.is_none() && st.pending.is_empty() {
             let mut end = st.write_at;
-            let marked = st.batch_written && st.file.write_all_at(&batch_marker(0), end).is_ok();
+            let marked = st.unmarked_end && st.file.write_all_at(&batch_marker(0), end).is_ok();
             if marked {
                 end += BATCH_MARKER_LEN as u64;
             }

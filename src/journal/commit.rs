@@ -113,7 +113,7 @@ impl Shared {
                     st.allocated = st.allocated.max(a);
                 }
                 st.write_at = end;
-                st.batch_written = true;
+                st.unmarked_end = true;
                 self.reached(st, upto);
                 Ok(())
             }

@@ -226,9 +226,9 @@ pub(super) fn read(
                 )
             })
         });
-        let unmarked = frames.last().is_some_and(|f| {
-            f.kind != kind::BATCH || batch_len(f.payload) != Some(0) || reseal.is_some()
-        });
+        let unmarked = frames
+            .last()
+            .is_some_and(|f| f.kind != kind::BATCH || batch_len(f.payload) != Some(0));
         current = Some(Current {
             path: path.clone(),
             valid_len: valid_len as u64,
