@@ -487,12 +487,7 @@ fn journal_with_history() -> (tempfile::TempDir, Vec<u8>, Vec<String>) {
         states.push(observe(&store, &users));
     }
     store.close().unwrap();
-    let segment = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .unwrap();
-    let bytes = fs::read(&segment).unwrap();
+    let (_, bytes) = only_segment(dir.path());
     (dir, bytes, states)
 }
 
@@ -876,26 +871,19 @@ fn five_in_a_batch(dir: &Path, clock: &std::sync::Arc<ManualClock>) -> Option<St
 #[test]
 fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
     let clock = ManualClock::new(T0);
-    let live = tempfile::tempdir().unwrap();
-    let mut tries = 0;
-    let store = loop {
-        tries += 1;
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(store) = five_in_a_batch(dir.path(), &clock) {
-            break (store, dir);
-        }
-        assert!(tries < 5, "the five sends never made one batch");
-    };
+    let store = (0..5)
+        .find_map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            five_in_a_batch(dir.path(), &clock).map(|store| (store, dir))
+        })
+        .expect("the five sends never made one batch");
     let (_, mut bytes) = only_segment(store.1.path());
     drop(store);
     let records = batches(&bytes).last().unwrap().1.clone();
     let end = records[4].offset + 12 + records[4].len;
     // The second record of the batch lost; the three after it kept.
     bytes[records[1].offset + 14] ^= 0x5a;
-    let path = live.path().join("journal-00000000000000000000.log");
-    fs::write(&path, &bytes).unwrap();
-
-    let store = Store::open(live.path(), config(&clock)).unwrap();
+    let (store, live) = reopen_with(&bytes, T0).unwrap();
     let report = store.recovery_report();
     let (_, at, len) = report.truncated_tail.clone().expect("cut as a torn tail");
     assert_eq!(at as usize, records[1].offset);
@@ -914,9 +902,7 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
     drop(store);
     let torn_again = (0..5)
         .find_map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            fs::write(dir.path().join("journal-00000000000000000000.log"), &cut).unwrap();
-            let store = Store::open(dir.path(), config(&clock)).unwrap();
+            let (store, dir) = reopen_with(&cut, T0).unwrap();
             let (_, ticket) = store.deferring(|| {
                 for i in 0..5u32 {
                     store
@@ -937,9 +923,7 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
         "the next batch starts at the cut"
     );
     bytes[marker.offset + 14] ^= 0x5a;
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("journal-00000000000000000000.log"), &bytes).unwrap();
-    let store = Store::open(dir.path(), config(&clock)).expect("a torn last batch, cut");
+    let (store, dir) = reopen_with(&bytes, T0).expect("a torn last batch, cut");
     let (_, again, _) = store.recovery_report().truncated_tail.clone().unwrap();
     assert_eq!(again as usize, marker.offset);
     assert_eq!(
@@ -968,14 +952,10 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
 #[test]
 fn damage_outside_a_torn_last_batch_is_refused() {
     let clock = ManualClock::new(T0);
-    let refused = |bytes: &[u8], at: usize| {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("journal-00000000000000000000.log"), bytes).unwrap();
-        match Store::open(dir.path(), config(&clock)) {
-            Err(OpenError::Corrupt { offset, .. }) => assert_eq!(offset as usize, at),
-            Err(e) => panic!("unexpected {e}"),
-            Ok(_) => panic!("acknowledged records behind the damage at {at} were dropped"),
-        }
+    let refused = |bytes: &[u8], at: usize| match reopen_with(bytes, T0) {
+        Err(OpenError::Corrupt { offset, .. }) => assert_eq!(offset as usize, at),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("acknowledged records behind the damage at {at} were dropped"),
     };
     let store = (0..5)
         .find_map(|_| {
@@ -1009,14 +989,9 @@ fn damage_outside_a_torn_last_batch_is_refused() {
 
     // The last batch of a store opened after a crash and closed without a write: the close
     // marks it too.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal-00000000000000000000.log");
-    fs::write(&path, &crashed).unwrap();
-    Store::open(dir.path(), config(&clock))
-        .unwrap()
-        .close()
-        .unwrap();
-    let reclosed = fs::read(&path).unwrap();
+    let (store, dir) = reopen_with(&crashed, T0).unwrap();
+    store.close().unwrap();
+    let (_, reclosed) = only_segment(dir.path());
     let b = batches(&reclosed);
     assert!(b.last().unwrap().1.is_empty(), "the close's marker");
     let record = b[b.len() - 2].1[0];
