@@ -270,7 +270,7 @@ pub(crate) fn read_snapshot(
     recover: &mut dyn FnMut(Recovered<'_>) -> Result<(), String>,
 ) -> Result<u64, String> {
     use super::format::{FILE_HEADER_LEN, SNAPSHOT_MAGIC, kind, parse_file_header, scan};
-    let cut = parse_file_header(bytes, SNAPSHOT_MAGIC)?;
+    let (cut, _) = parse_file_header(bytes, SNAPSHOT_MAGIC)?;
     let (frames, bad) = scan(bytes, FILE_HEADER_LEN);
     if let Some((offset, _)) = bad {
         return Err(format!("damaged snapshot record at byte {offset}"));

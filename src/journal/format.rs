@@ -10,7 +10,13 @@ use crate::codec::{MAX_PAYLOAD, PAYLOAD_VERSION};
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"IMSTJRNL";
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"IMSTSNAP";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// A snapshot's format version.
+pub(crate) const SNAPSHOT_VERSION: u32 = 1;
+/// A segment's format version: 2 says every batch in it starts with a marker
+/// ([`kind::BATCH`]), from the first one after the header on, so that recovery can cut a first
+/// batch torn from its start; 1 (written before markers, and still appended to after an
+/// upgrade) says nothing about the batches before the first marker.
+pub(crate) const SEGMENT_VERSION: u32 = 2;
 pub(crate) const FILE_HEADER_LEN: usize = 24;
 pub(crate) const FRAME_HEADER_LEN: usize = 12;
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -173,17 +179,25 @@ pub(super) fn batch_after(bytes: &[u8], offset: usize) -> bool {
         .any(|at| read_frame(bytes, at).is_ok_and(|(f, _)| f.kind == kind::BATCH))
 }
 
+/// The header of a new file of `magic`'s kind, at its kind's current version.
 pub(super) fn file_header(magic: &[u8; 8], lsn: u64) -> [u8; FILE_HEADER_LEN] {
+    let version = if magic == SEGMENT_MAGIC {
+        SEGMENT_VERSION
+    } else {
+        SNAPSHOT_VERSION
+    };
     let mut h = [0u8; FILE_HEADER_LEN];
     h[0..8].copy_from_slice(magic);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..20].copy_from_slice(&lsn.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..20]);
     h[20..24].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-pub(super) fn parse_file_header(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, &'static str> {
+/// A file's header checked against `magic`: its LSN and its format version, one this version
+/// reads (a segment: 1 or 2; a snapshot: 1).
+pub(super) fn parse_file_header(bytes: &[u8], magic: &[u8; 8]) -> Result<(u64, u32), &'static str> {
     let Some(h) = bytes.first_chunk::<FILE_HEADER_LEN>() else {
         return Err("shorter than its header");
     };
@@ -193,10 +207,16 @@ pub(super) fn parse_file_header(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, &'
     if &h[0..8] != magic {
         return Err("not an imstore file of this kind (bad magic)");
     }
-    if u32::from_le_bytes(h[8..12].try_into().unwrap()) != FORMAT_VERSION {
+    let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
+    let newest = if magic == SEGMENT_MAGIC {
+        SEGMENT_VERSION
+    } else {
+        SNAPSHOT_VERSION
+    };
+    if !(1..=newest).contains(&version) {
         return Err("written by an unknown format version");
     }
-    Ok(u64::from_le_bytes(h[12..20].try_into().unwrap()))
+    Ok((u64::from_le_bytes(h[12..20].try_into().unwrap()), version))
 }
 
 pub(super) fn segment_name(lsn: u64) -> String {
@@ -254,6 +274,40 @@ pub(super) fn zero_tail(bytes: &[u8], offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_carry_their_kinds_version_and_unknown_versions_are_refused() {
+        let with_version = |magic: &[u8; 8], version: u32| {
+            let mut h = file_header(magic, 7);
+            h[8..12].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32c::crc32c(&h[0..20]);
+            h[20..24].copy_from_slice(&crc.to_le_bytes());
+            h
+        };
+        let seg = file_header(SEGMENT_MAGIC, 7);
+        assert_eq!(
+            parse_file_header(&seg, SEGMENT_MAGIC),
+            Ok((7, SEGMENT_VERSION))
+        );
+        assert_eq!(SEGMENT_VERSION, 2);
+        let snap = file_header(SNAPSHOT_MAGIC, 9);
+        assert_eq!(parse_file_header(&snap, SNAPSHOT_MAGIC), Ok((9, 1)));
+        // Segments written before markers are read.
+        let old = with_version(SEGMENT_MAGIC, 1);
+        assert_eq!(parse_file_header(&old, SEGMENT_MAGIC), Ok((7, 1)));
+        for (magic, version) in [
+            (SEGMENT_MAGIC, 0),
+            (SEGMENT_MAGIC, 3),
+            (SNAPSHOT_MAGIC, 0),
+            (SNAPSHOT_MAGIC, 2),
+        ] {
+            assert_eq!(
+                parse_file_header(&with_version(magic, version), magic),
+                Err("written by an unknown format version")
+            );
+        }
+        assert!(parse_file_header(&seg, SNAPSHOT_MAGIC).is_err());
+    }
 
     #[test]
     fn frames_round_trip_and_flips_are_caught() {

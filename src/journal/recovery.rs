@@ -6,8 +6,9 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::format::{
-    BATCH_MARKER_LEN, Bad, FILE_HEADER_LEN, Frame, Listing, SEGMENT_MAGIC, SNAPSHOT_MAGIC,
-    batch_after, batch_len, kind, parse_file_header, scan, valid_frame_after, zero_tail,
+    BATCH_MARKER_LEN, Bad, FILE_HEADER_LEN, Frame, Listing, SEGMENT_MAGIC, SEGMENT_VERSION,
+    SNAPSHOT_MAGIC, batch_after, batch_len, kind, parse_file_header, scan, valid_frame_after,
+    zero_tail,
 };
 use super::{OpenError, Recovered, RecoveryReport, io_err};
 
@@ -64,7 +65,8 @@ pub(super) fn read(
             offset: offset as u64,
             reason: reason.to_owned(),
         };
-        let header_lsn = parse_file_header(&bytes, SNAPSHOT_MAGIC).map_err(|r| corrupt(0, r))?;
+        let (header_lsn, _) =
+            parse_file_header(&bytes, SNAPSHOT_MAGIC).map_err(|r| corrupt(0, r))?;
         if header_lsn != *lsn {
             return Err(corrupt(0, "header LSN differs from the file name"));
         }
@@ -124,8 +126,8 @@ pub(super) fn read(
                 && (bytes.len() <= FILE_HEADER_LEN || zero_tail(&bytes, FILE_HEADER_LEN))
         };
         let unwritten = bytes.len() < FILE_HEADER_LEN || zero_tail(&bytes, 0);
-        let header_lsn = match parse_file_header(&bytes, SEGMENT_MAGIC) {
-            Ok(l) => l,
+        let (header_lsn, version) = match parse_file_header(&bytes, SEGMENT_MAGIC) {
+            Ok(h) => h,
             Err(_) if unwritten && leftover(false) => {
                 if let ReadMode::Open { .. } = mode {
                     fs::remove_file(path).map_err(io_err(path))?;
@@ -162,7 +164,7 @@ pub(super) fn read(
                 // Disk space reserved ahead of the writes and never written: the clean end.
             } else if let ReadMode::Upto(_) = mode {
                 return Err(corrupt(offset, "damaged record below a checkpoint's cut"));
-            } else if last && torn_tail(&bytes, &frames, offset) {
+            } else if last && torn_tail(&bytes, &frames, offset, version >= SEGMENT_VERSION) {
                 report.truncated_tail =
                     Some((path.clone(), offset as u64, (bytes.len() - offset) as u64));
             } else if let ReadMode::Open { repair: true } = mode {
@@ -265,12 +267,21 @@ pub(super) fn read(
 ///   it was fsynced, and a clean close ends the segment with a marker, so that batch is the
 ///   last, never acknowledged, which a power loss wrote in part and out of order (a disk may
 ///   persist a write's later blocks and not its earlier ones).
-fn torn_tail(bytes: &[u8], frames: &[Frame<'_>], offset: usize) -> bool {
+///
+/// In a segment `marked` from its start (format version 2, whose header was fsynced before
+/// any batch), the damage may also be the first batch's marker itself, right after the
+/// header: as where a batch ends, then no marker may start after it.
+fn torn_tail(bytes: &[u8], frames: &[Frame<'_>], offset: usize, marked: bool) -> bool {
     if !valid_frame_after(bytes, offset) {
         return true;
     }
+    if marked && frames.is_empty() {
+        return !batch_after(bytes, offset);
+    }
     let Some(marker) = frames.iter().rfind(|f| f.kind == kind::BATCH) else {
-        return false; // no marked batch before the damage: written by an older version
+        // No marked batch before the damage: written by an older version (the start of a
+        // version 1 segment), or, in a marked segment, not as this version writes.
+        return false;
     };
     let Some(len) = batch_len(marker.payload) else {
         return false;
