@@ -1091,10 +1091,12 @@ fn a_segments_first_batch_torn_from_its_start_is_cut_at_the_open() {
                 send_text(&store, "a", "b", i, &format!("acked-{i}"));
             }
             store.compact().unwrap();
+            // Long enough that the batch runs past the segment's first 512-byte sector.
+            let long = "x".repeat(200);
             let (_, ticket) = store.deferring(|| {
                 for i in 0..5u32 {
                     store
-                        .send(text_req("a", "b", 100 + i, &format!("batch-{i}")))
+                        .send(text_req("a", "b", 100 + i, &format!("batch-{i}-{long}")))
                         .unwrap();
                 }
             });
@@ -1117,7 +1119,12 @@ fn a_segments_first_batch_torn_from_its_start_is_cut_at_the_open() {
     );
     assert_eq!(&bytes[8..12], &2u32.to_le_bytes(), "a version 2 segment");
     let first = 24;
-    assert_eq!(batches(&bytes)[0].0.offset, first);
+    let (marker, records) = batches(&bytes)[0].clone();
+    assert_eq!(marker.offset, first);
+    assert!(
+        records[4].offset > 512,
+        "the batch runs past the first sector"
+    );
     let torn = |image: &tempfile::TempDir, version: u32| {
         let (path, mut bytes) = newest_segment(image.path());
         bytes[first + 14] ^= 0x5a;
@@ -1141,18 +1148,28 @@ fn a_segments_first_batch_torn_from_its_start_is_cut_at_the_open() {
     torn(&old, 1);
     refused(&old);
 
-    // The last batch, in a version 2 segment: cut.
+    // The last batch, in a version 2 segment: cut. Also as a power loss leaves it when the
+    // disk kept the batch's later sectors and not its first: header, then zeros to 512.
+    let cut = |image: &tempfile::TempDir| {
+        let len = newest_segment(image.path()).1.len();
+        let store = Store::open(image.path(), config(&clock)).expect("a torn first batch, cut");
+        let report = store.recovery_report();
+        let (_, at, cut) = report.truncated_tail.clone().expect("cut as a torn tail");
+        assert_eq!((at as usize, (at + cut) as usize), (first, len));
+        assert!(report.repaired.is_none());
+        assert_eq!(
+            texts_between(&store, "a", "b"),
+            ["acked-0", "acked-1", "acked-2"]
+        );
+        store
+    };
+    let sector = crash_image(crashed.path());
+    let (path, mut bytes) = newest_segment(sector.path());
+    bytes[first..512].fill(0);
+    fs::write(path, bytes).unwrap();
+    drop(cut(&sector));
     torn(&crashed, 2);
-    let store = Store::open(crashed.path(), config(&clock)).expect("a torn first batch, cut");
-    let report = store.recovery_report();
-    let (_, at, len) = report.truncated_tail.clone().expect("cut as a torn tail");
-    assert_eq!(at as usize, first);
-    assert!(len as usize >= 5 * 12);
-    assert!(report.repaired.is_none());
-    assert_eq!(
-        texts_between(&store, "a", "b"),
-        ["acked-0", "acked-1", "acked-2"]
-    );
+    let store = cut(&crashed);
     // The journal goes on at the cut, and a reopen reads it whole.
     send_text(&store, "b", "a", 10, "after");
     store.close().unwrap();

@@ -14,8 +14,8 @@ pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"IMSTSNAP";
 pub(crate) const SNAPSHOT_VERSION: u32 = 1;
 /// A segment's format version: 2 says every batch in it starts with a marker
 /// ([`kind::BATCH`]), from the first one after the header on, so that recovery can cut a first
-/// batch torn from its start; 1 (written before markers, and still appended to after an
-/// upgrade) says nothing about the batches before the first marker.
+/// batch torn from its start; 1 (written by earlier versions, with or without markers, and
+/// still appended to after an upgrade) says nothing about the batches before the first marker.
 pub(crate) const SEGMENT_VERSION: u32 = 2;
 pub(crate) const FILE_HEADER_LEN: usize = 24;
 pub(crate) const FRAME_HEADER_LEN: usize = 12;
