@@ -1180,3 +1180,72 @@ fn a_segments_first_batch_torn_from_its_start_is_cut_at_the_open() {
         ["acked-0", "acked-1", "acked-2", "after"]
     );
 }
+
+/// Races that once left records replay could not apply, or applied otherwise than live: a
+/// purge of idle devices and expired inbox entries that chose an account a delete then took;
+/// a read mark whose peer a delete took meanwhile; a read mark made while the peer's first
+/// message made their conversation. Each round sets them up, then starts them together; the
+/// store reopened from its journal must open and be the store that was live.
+#[test]
+fn deletes_purges_and_read_marks_racing_reopen_to_the_same_state() {
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    const ROUNDS: usize = 150;
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config(&clock)
+            .with_sync(SyncPolicy::None)
+            .with_retention_secs(3_600)
+            .with_device_idle_secs(60)
+    };
+    let store = Store::open(dir.path(), cfg()).unwrap();
+    store.import_accounts(&["p0", "p1"]).unwrap();
+    let gone: Vec<String> = (0..ROUNDS).map(|i| format!("gone{i}")).collect();
+    let read: Vec<String> = (0..ROUNDS).map(|i| format!("read{i}")).collect();
+    // The five racing threads and this one, which sets each round up.
+    let (go, done) = (Barrier::new(6), Barrier::new(6));
+    let stop = AtomicBool::new(false);
+    let rounds = |op: &(dyn Fn(usize) + Sync)| {
+        for i in 0..ROUNDS {
+            go.wait();
+            if !stop.load(Ordering::Relaxed) {
+                op(i);
+            }
+            done.wait();
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| rounds(&|i| drop(store.delete_account(&gone[i]))));
+        s.spawn(|| rounds(&|_| drop(store.purge_expired())));
+        s.spawn(|| rounds(&|i| drop(store.mark_read("p0", &gone[i]))));
+        s.spawn(|| rounds(&|i| drop(store.mark_read(&read[i], "p1"))));
+        s.spawn(|| rounds(&|i| drop(store.send(text_req("p1", &read[i], 1, "first")))));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..ROUNDS {
+            if Instant::now() > deadline {
+                stop.store(true, Ordering::Relaxed);
+            } else {
+                // An account with an idle device and an expired inbox entry, in a
+                // conversation with p0; one that p1 has not yet written to.
+                store.import_accounts(&[&gone[i], &read[i]]).unwrap();
+                let phone = store.connect(&gone[i], "phone").unwrap();
+                store.disconnect(phone).unwrap();
+                send_text(&store, "p0", &gone[i], 1, "expires");
+                clock.advance(3_601);
+            }
+            go.wait();
+            done.wait();
+        }
+    });
+    let users: Vec<&str> = ["p0", "p1"]
+        .into_iter()
+        .chain(gone.iter().map(String::as_str))
+        .chain(read.iter().map(String::as_str))
+        .collect();
+    let live = observe(&store, &users);
+    drop(store);
+    let store = Store::open(dir.path(), cfg()).expect("the journal replays");
+    assert_eq!(observe(&store, &users), live);
+}

@@ -83,7 +83,7 @@ impl Accounts {
     }
 
     /// The cell of `id`, live or not.
-    fn any(&self, id: &UserId) -> Option<&AccountCell> {
+    pub fn any(&self, id: &UserId) -> Option<&AccountCell> {
         self.cells.get(self.number(id)?)
     }
 

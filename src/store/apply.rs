@@ -109,8 +109,9 @@ impl Store {
                 at,
                 idle,
             } => {
-                let cell = self.cell_as(account, Role::Plain)?;
-                let mut state = cell.state.lock();
+                let Some(mut state) = self.purged_account(account, mode)? else {
+                    return Ok(Applied::Purged(0));
+                };
                 state.ticket = self.record(op, mode)?;
                 // The live purge's setting, not this process's: replay forgets what it forgot.
                 let idle = idle.unwrap_or(self.inner.config.device_idle_secs);
@@ -143,8 +144,9 @@ impl Store {
                 at,
                 retention,
             } => {
-                let cell = self.cell_as(account, Role::Plain)?;
-                let mut state = cell.state.lock();
+                let Some(mut state) = self.purged_account(account, mode)? else {
+                    return Ok(Applied::Purged(0));
+                };
                 state.ticket = self.record(op, mode)?;
                 // The live purge's retention, not this process's (see `ForgetDevices`).
                 let retention = retention.unwrap_or(self.inner.config.retention_secs);
@@ -154,6 +156,31 @@ impl Store {
                 }
                 Ok(Applied::Purged(purged))
             }
+        }
+    }
+
+    /// The state, locked, of the account a purge (`PurgeInbox`, `ForgetDevices`) works on.
+    /// The purge chose a live account, then waits for its lock, which a delete may hold:
+    /// under the lock it must find the account still live, or record nothing — a record after
+    /// the delete's would make replay, where the delete comes first, refuse the journal. On
+    /// replay, such a record (journaled by versions before this check) is passed over
+    /// (`None`): live it changed nothing, a deleted account's state being empty.
+    fn purged_account(
+        &self,
+        account: &UserId,
+        mode: Mode,
+    ) -> Result<Option<MutexGuard<'_, AccountState>>> {
+        let cell = match mode {
+            Mode::Live => self.cell_as(account, Role::Plain)?,
+            Mode::Replay => {
+                (self.inner.accounts.any(account)).ok_or_else(|| Role::Plain.missing(account))?
+            }
+        };
+        let state = cell.state.lock();
+        match (state.alive, mode) {
+            (true, _) => Ok(Some(state)),
+            (false, Mode::Live) => Err(Role::Plain.missing(account)),
+            (false, Mode::Replay) => Ok(None),
         }
     }
 
@@ -565,12 +592,24 @@ impl Store {
         mode: Mode,
     ) -> Result<Applied> {
         let (_, rc) = self.numbered_as(reader, Role::Acting)?;
-        let (_, pc) = self.numbered_as(peer, Role::Other)?;
-        let conv = self.conversation_of(rc, pc);
+        // Live, the peer must exist when the mark is asked for. It is not locked, so a delete
+        // of it may be recorded before this mark: on replay the peer is then found deleted,
+        // and the mark applies as it did live (the conversation stays; a delete changes only
+        // the deleted account's side of it).
+        let pc = match mode {
+            Mode::Live => self.numbered_as(peer, Role::Other)?.1,
+            Mode::Replay => {
+                (self.inner.accounts.any(peer)).ok_or_else(|| Role::Other.missing(peer))?
+            }
+        };
         let mut state = rc.state.lock();
         if !state.alive {
             return Err(Role::Acting.missing(reader));
         }
+        // Looked up under the reader's lock: a send that makes the conversation holds it
+        // (`conversation_or_new`), so the conversation exists here if and only if its making
+        // was recorded before this mark — as replay finds it.
+        let conv = self.conversation_of(rc, pc);
         let mut c = conv.as_ref().map(|c| c.lock());
         let (ticket, mut outbox) = self.record_queueing(op, mode, origin)?;
         state.ticket = ticket;

@@ -82,3 +82,72 @@ fn a_conversation_out_of_arrival_numbers_refuses_sends_with_91000_and_loses_noth
     assert!(seqs.contains(&1) && seqs.contains(&2));
     assert_eq!(store.unread("arrival-b", "arrival-a").unwrap(), 2);
 }
+
+/// A purge (of an inbox, of idle devices) chooses a live account, then waits for its lock,
+/// which a delete may hold; a read mark does not lock its peer, whom a delete may take
+/// meanwhile. Their records then follow the delete's. Such a journal — versions before the
+/// purges checked under the lock wrote them — must replay: the purges changed nothing live (a
+/// deleted account's state is empty), and the read mark applied to the conversation, which
+/// stays. Before, the open failed ("account not found") and so did every checkpoint.
+#[test]
+fn purges_and_a_read_mark_recorded_after_a_delete_replay() {
+    use crate::op::Op;
+    use crate::store::Mode;
+    let clock = ManualClock::new(1_700_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config::default().with_clock(clock.clone());
+    let store = Store::open(dir.path(), config()).unwrap();
+    store.import_accounts(&["gone-a", "gone-b"]).unwrap();
+    let phone = store.connect("gone-a", "phone").unwrap();
+    store.disconnect(phone).unwrap();
+    for seq in 1..=2 {
+        let mut req = SendRequest::new("gone-a", "gone-b", seq, vec![MsgElement::text("x")]);
+        req.msg_seq = Some(seq);
+        store.send(req).unwrap();
+    }
+    assert_eq!(store.unread("gone-b", "gone-a").unwrap(), 2);
+    store.delete_account("gone-a").unwrap();
+    let (a, b) = (
+        UserId::new("gone-a").unwrap(),
+        UserId::new("gone-b").unwrap(),
+    );
+    // Live, each would now be refused; recorded as the races recorded them.
+    let at = 1_700_000_000 + 10 * 86_400;
+    let ops = [
+        Op::PurgeInbox {
+            account: a.clone(),
+            at,
+            retention: Some(86_400),
+        },
+        Op::ForgetDevices {
+            account: a.clone(),
+            devices: vec!["phone".into()],
+            at,
+            idle: Some(60),
+        },
+        Op::SetRead {
+            reader: b.clone(),
+            peer: a.clone(),
+            at: 1_700_000_000,
+            origin: None,
+            until: None,
+        },
+    ];
+    for op in &ops {
+        assert!(store.apply(op, Mode::Live).is_err() || matches!(op, Op::SetRead { .. }));
+    }
+    let mut ticket = 0;
+    for op in &ops {
+        ticket = store.record(op, Mode::Live).unwrap();
+    }
+    store.durable(ticket).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).expect("the journal replays");
+    assert!(!store.account_exists("gone-a").unwrap());
+    assert_eq!(
+        store.unread("gone-b", "gone-a").unwrap(),
+        0,
+        "the read mark"
+    );
+    store.compact().expect("a checkpoint replays it too");
+}
