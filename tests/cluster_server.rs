@@ -1347,3 +1347,53 @@ fn metrics_show_a_shards_erasure_pending_until_its_snapshot() {
     ok(&a.post("imstore/compact", json!({})));
     assert_eq!(metric_of(&a, "imstore_erasures_pending"), Some(0.0));
 }
+
+/// A shard's batch of events larger than one NATS message (1 MiB by default) reaches a
+/// device on a node that does not own the shard, in several pulls: thirty messages sent before
+/// it connected, of 11,000 quotes each, ~44 KB apiece once escaped twice in an owner's answer.
+/// Before, NATS refused the owner's answer, and the device asked for the same batch again and
+/// again, never getting it. (A device on each of two nodes: the shard's owner answers one of
+/// them over NATS.)
+#[test]
+fn a_batch_larger_than_one_nats_message_reaches_the_device() {
+    let _serial = serial();
+    let nats = Nats::up();
+    let (a, _da) = node(&nats, "a");
+    let (b, _db) = node(&nats, "b");
+    wait_balanced(&[&a, &b]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": ["carol", "dave"] }),
+    ));
+    let ccd = "\"".repeat(11_000);
+    let mut keys = BTreeSet::new();
+    for i in 0..30 {
+        let mut msg = text("dave", "carol", 100 + i, &format!("big {i}"));
+        msg["CloudCustomData"] = json!(ccd);
+        let sent = ok(&a.post("openim/sendmsg", msg)).clone();
+        keys.insert(sent["MsgKey"].as_str().unwrap().to_owned());
+    }
+    let last = keys.iter().next_back().unwrap().clone();
+    for (node, device) in [(&a, "tablet"), (&b, "laptop")] {
+        // A device new to the shard: its first pull collects the whole inbox.
+        let mut ws = node.ws("carol", device, "");
+        let mut got = BTreeSet::new();
+        let deadline = Instant::now() + common::server::WAIT;
+        while got.len() < keys.len() && Instant::now() < deadline {
+            let frames = drain_past(
+                &mut ws,
+                |f| f["Event"] == "message" && f["Data"]["MsgKey"] == last.as_str(),
+                Duration::from_millis(300),
+            );
+            for f in frames.iter().filter(|f| f["Event"] == "message") {
+                let key = f["Data"]["MsgKey"].as_str().unwrap().to_owned();
+                assert!(
+                    f["Data"]["CloudCustomData"] == ccd.as_str(),
+                    "{key}: its data"
+                );
+                got.insert(key);
+            }
+        }
+        assert_eq!(got, keys, "{device}\n{}\n----\n{}", a.stderr(), b.stderr());
+    }
+}

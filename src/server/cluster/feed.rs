@@ -21,7 +21,8 @@
 //! numbers: the new owner replayed the same stream). An owner that is briefly unreachable
 //! is asked again (`rpc.rs`); a pull whose answer may have been lost because some node
 //! reconnected to NATS is sent again at once. Memory per session is one pending batch per
-//! shard.
+//! shard, each at most 64 events and (as an owner answers it) ~64 KiB, or one event, however
+//! large (`owner.rs`, `PULL_ANSWER_BYTES`): a larger batch is handed out over several pulls.
 //!
 //! **Connecting again.** The same device connecting again — through this node or another —
 //! ends the session before it, whose connection may still be open (its client went away

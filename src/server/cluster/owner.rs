@@ -287,6 +287,30 @@ fn platform_name(p: &str) -> &'static str {
         .unwrap_or("Unknown")
 }
 
+/// How many bytes of events one pull's answer carries at most (at least one event, whatever
+/// its size): well under what one NATS message may carry (1 MiB by default). A batch of 64
+/// events can be several MiB — a 12 KB message of control characters is ~80 KB once its
+/// JSON is escaped again in the answer's header — and an answer NATS refuses would never
+/// arrive: the device would stay stuck on that shard, asking again for the same batch. It
+/// also bounds what a node holds per session and shard.
+const PULL_ANSWER_BYTES: usize = 64 << 10;
+
+/// The first of `events`, as sent, that fit in [`PULL_ANSWER_BYTES`] (at least one).
+fn within_one_answer(events: &[Event]) -> Vec<WireEvent> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for e in events {
+        let w = wire(e);
+        let size = serde_json::to_vec(&w).map_or(usize::MAX, |v| v.len());
+        if !out.is_empty() && bytes.saturating_add(size) > PULL_ANSWER_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(w);
+    }
+    out
+}
+
 fn wire(e: &Event) -> WireEvent {
     let (kind, data) = crate::api::event_payload(e);
     WireEvent {
@@ -560,13 +584,19 @@ pub(super) async fn handle(
                     Err(_) => {}
                 },
             }
+            let taken = events.len();
+            let events = within_one_answer(&events);
             if let Some(last) = events.last() {
+                if events.len() < taken {
+                    // What did not fit is handed out by the next pull, collected again.
+                    remote.sub.rewind(last.seq);
+                }
                 *handed = last.seq;
             }
             *remote.last_pull.lock() = Instant::now();
             (
                 Answer {
-                    events: events.iter().map(wire).collect(),
+                    events,
                     ..Answer::default()
                 },
                 Vec::new(),
