@@ -48,7 +48,10 @@ pub struct OutgoingMessage<'a> {
 
 /// The store's callbacks. Every method has a default that allows and observes nothing.
 pub trait Hooks: Send + Sync + 'static {
-    /// Called before a single send is stored.
+    /// Called before a single send is stored. It is shown a message that is not stored yet,
+    /// between accounts of which one may have been imported moments before, its import not yet
+    /// durable (the call does not wait for it, to keep sends from waiting on the journal). A
+    /// refusal or a drop it decides is answered only once that import is durable.
     fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
         BeforeSend::Allow
     }

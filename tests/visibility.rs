@@ -672,3 +672,60 @@ fn an_import_and_an_ack_in_flight_are_not_shown() {
         }
     });
 }
+
+/// Refusals that rest on an account's import or delete answer only once it is durable, as
+/// other refusals do: a batch send naming a recipient whose delete is in flight missing
+/// (70107), and a send to an account whose import is in flight refused by the before-send hook
+/// (20006). Before, both answered at once: a crash could then undo the delete or the import
+/// the answer rested on.
+#[test]
+fn refusals_resting_on_an_account_change_wait_for_it_to_be_durable() {
+    struct Refuse;
+    impl Hooks for Refuse {
+        fn before_send(&self, _: &imstore::OutgoingMessage<'_>) -> imstore::BeforeSend {
+            imstore::BeforeSend::Block
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default().with_hooks(Arc::new(Refuse))).unwrap();
+    store.import_accounts(&["a", "x"]).unwrap();
+    let g = &store.faults().unwrap().hold_fsync;
+    g.close();
+    std::thread::scope(|s| {
+        let _release = OpenOnDrop(g);
+        let deleted = s.spawn(|| store.delete_account("x"));
+        assert!(g.wait_for_held(1, HELD));
+        let (receipt, ticket) = store.deferring(|| {
+            store.batch_send(imstore::BatchSendRequest {
+                from: Some("a".into()),
+                to: vec!["x".into()],
+                msg_random: 1,
+                msg_seq: None,
+                msg_time: None,
+                body: vec![imstore::MsgElement::text("bulk")],
+                cloud_custom_data: None,
+                sender_copy: imstore::SenderCopy::Roaming,
+                lifetime: None,
+                control: Default::default(),
+            })
+        });
+        let errors = receipt.unwrap().errors;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].1.code(), 70107);
+        assert!(
+            !store.is_durable(&ticket),
+            "x named missing before its delete is durable"
+        );
+
+        let (imported, _) = store.deferring(|| store.import_account("y"));
+        imported.unwrap();
+        let (refused, ticket) = store.deferring(|| store.send(text_req("a", "y", 1, "hi")));
+        assert_eq!(refused.unwrap_err().code(), 20006);
+        assert!(
+            !store.is_durable(&ticket),
+            "refused before y's import is durable"
+        );
+        g.open();
+        deleted.join().unwrap().unwrap();
+    });
+}

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
 use crate::account::UserId;
@@ -191,15 +192,20 @@ impl Store {
         decision: BeforeSend,
     ) -> Result<Deferred<'_, SendReceipt>> {
         let mut content = p.content;
+        // A refusal or a drop answers only once the accounts it found are durable (R6): a
+        // crash must not undo an import after the caller was told 20006 rather than 90003.
+        let found = || self.durable(self.inner.membership.load(Ordering::Acquire));
         match decision {
             BeforeSend::Allow => {}
             BeforeSend::Block => {
+                found()?;
                 return Err(Error::BlockedByHook {
                     code: 20006,
                     info: None,
                 });
             }
             BeforeSend::BlockWithCode { code, info } => {
+                found()?;
                 return Err(if (120_001..=130_000).contains(&code) {
                     Error::BlockedByHook { code, info }
                 } else {
@@ -209,11 +215,14 @@ impl Store {
                     }
                 });
             }
-            BeforeSend::Unavailable => return Err(Error::CallbackUnavailable),
+            BeforeSend::Unavailable => {
+                found()?;
+                return Err(Error::CallbackUnavailable);
+            }
             BeforeSend::Drop => {
                 return Ok(Deferred {
                     store: self,
-                    ticket: 0,
+                    ticket: self.inner.membership.load(Ordering::Acquire),
                     value: SendReceipt {
                         msg_time: p.key.time(),
                         msg_key: p.key,
@@ -281,7 +290,8 @@ impl Store {
         let mut errors = Vec::new();
         for to in &req.to {
             let Some(cell) = self.cell(to) else {
-                errors.push((to.clone(), Error::AccountNotFound(to.clone())));
+                // Once the delete (or the absence of an import) it rests on is durable (R6).
+                errors.push((to.clone(), self.absent(Role::Plain, to)));
                 continue;
             };
             let op = Op::Send(SendOp {
