@@ -1249,3 +1249,51 @@ fn deletes_purges_and_read_marks_racing_reopen_to_the_same_state() {
     let store = Store::open(dir.path(), cfg()).expect("the journal replays");
     assert_eq!(observe(&store, &users), live);
 }
+
+/// A full disk while a checkpoint switches segments. The records appended meanwhile were
+/// accepted with room reserved in the old segment: the switch must neither give that room back
+/// nor move them into a new segment that has none for them. It fails instead, and they are
+/// written where their room is. Before, their write failed (the fault injection fails a write
+/// past the reserved space, as a full disk does), and the journal with it: every later
+/// operation answered 91000 until a restart.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_full_disk_during_a_switch_of_segments_fails_the_switch_not_the_journal() {
+    use std::time::Duration;
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    send_text(&store, "a", "b", 1, "before");
+    let faults = store.faults().unwrap();
+    faults.hold_write.close();
+    std::thread::scope(|s| {
+        let compact = s.spawn(|| store.compact());
+        assert!(
+            faults.hold_write.wait_for_held(1, Duration::from_secs(10)),
+            "the switch writes the old segment's last batch"
+        );
+        let during: Vec<_> = (0..5u32)
+            .map(|i| {
+                store
+                    .send_deferred(text_req("a", "b", 10 + i, &format!("during-{i}")))
+                    .unwrap()
+            })
+            .collect();
+        faults.set_no_space(true);
+        faults.hold_write.open();
+        let switched = compact.join().unwrap();
+        assert!(switched.is_err(), "no room in a new segment: {switched:?}");
+        for d in during {
+            d.wait().expect("accepted with room reserved: written");
+        }
+    });
+    faults.set_no_space(false);
+    send_text(&store, "a", "b", 20, "after");
+    store.compact().expect("the switch works again");
+    drop(store);
+    let store = Store::open(dir.path(), config(&clock)).unwrap();
+    let mut want = vec!["after", "before"];
+    want.extend(["during-0", "during-1", "during-2", "during-3", "during-4"]);
+    assert_eq!(texts_between(&store, "a", "b"), want);
+}

@@ -180,3 +180,16 @@ fn hooks_that_do_not_observe_sends_still_decide_them_and_are_not_called_after() 
     assert_eq!(*hooks.before.lock().unwrap(), 2);
     assert_eq!(*hooks.after.lock().unwrap(), 0);
 }
+
+/// A message to its own sender is refused (90003) before the before-send decision is asked
+/// for, whatever the decision would have been. Before, the hook saw it, and its decision
+/// chose the answer: 90003 on allow, 20006 on block, and OK on drop, with nothing stored.
+#[test]
+fn a_message_to_oneself_is_refused_before_the_hook_is_asked() {
+    for decision in [BeforeSend::Allow, BeforeSend::Block, BeforeSend::Drop] {
+        let (store, hooks) = with_hook(decision.clone());
+        let err = store.send(text_req("a", "a", 1, "me")).unwrap_err();
+        assert_eq!(err.code(), 90003, "{decision:?}: {err}");
+        assert_eq!(*hooks.calls.lock().unwrap(), 0, "{decision:?}");
+    }
+}

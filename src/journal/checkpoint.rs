@@ -47,12 +47,15 @@ impl FileJournal {
         st.taken_lsn = cut;
         let (old, at) = (st.file.clone(), st.write_at);
         let end = at + batch.len() as u64;
-        // The old segment: its last records, without the space reserved after them.
+        // The old segment's last records. The space reserved after them stays: appends made
+        // while the lock is let go (here, and while the new segment is made) count on it — for
+        // their place in this segment if the switch fails, and as room the disk has already
+        // given until the new segment has theirs. The snapshot deletes this segment, zeros and
+        // all (recovery reads zeros as a segment's end).
         let finished = MutexGuard::unlocked(&mut st, || {
             #[cfg(feature = "fault-injection")]
             sh.faults.hold_write.pass();
             old.write_all_at(&batch, at)?;
-            old.set_len(end)?;
             old.sync_all()
         });
         if let Err(e) = finished {
@@ -63,16 +66,18 @@ impl FileJournal {
         }
         st.write_at = end;
         st.unmarked_end |= !batch.is_empty();
-        // Appends while the new segment is made (the lock is let go) reserve their space on
-        // the finished one, past its last record: right if the switch fails and the journal
-        // goes on there; otherwise a few MiB of zeros in a file the snapshot deletes.
-        st.allocated = end;
+        // What is pending now comes after the cut, which the snapshot about to be made covers:
+        // the count toward the next checkpoint starts here. (Counted on from before, `reached`
+        // would mark the next checkpoint due at once, and each would be followed by another;
+        // a switch that keeps failing would be retried without pause.)
+        st.bytes_since_snapshot = st.pending.len() as u64;
         sh.reached(&mut st, cut);
         let head = FILE_HEADER_LEN as u64;
         // A segment holding no record already starts at the cut (a rotation right after
         // another, or after opening): it goes on as the new one. Creating "the cut's segment"
         // would open this very file again — and a failure would then remove the live segment.
-        let created = if end == head && st.segment_path == self.dir.join(segment_name(cut)) {
+        let reused = end == head && st.segment_path == self.dir.join(segment_name(cut));
+        let created = if reused {
             Ok((old, st.segment_path.clone()))
         } else {
             // Fault injection can make it fail after its file is open.
@@ -86,11 +91,31 @@ impl FileJournal {
             MutexGuard::unlocked(&mut st, || create_segment(&self.dir, cut, injected))
                 .map(|(file, path)| (Arc::new(file), path))
         };
+        // The records appended meanwhile need their room in the new segment before it takes
+        // them: without it, a full disk would fail their write, and the journal with it —
+        // though each was accepted with room reserved. Then the switch fails instead, and the
+        // journal goes on in the old segment, where their room is.
+        let created = created.and_then(|(file, path)| {
+            let reserved = head + st.pending.len() as u64;
+            let allocated = if reused {
+                st.allocated
+            } else {
+                sh.reserve_ahead(&file, head, reserved)
+            };
+            if allocated >= reserved {
+                return Ok((file, path, allocated));
+            }
+            drop(file);
+            if fs::remove_file(&path).is_ok() {
+                let _ = sync_dir(&self.dir);
+            }
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        });
         st.leader = false;
         let outcome = match created {
-            Ok((file, path)) => {
+            Ok((file, path, allocated)) => {
                 st.reserved = head + st.pending.len() as u64;
-                st.allocated = sh.reserve_ahead(&file, head, st.reserved);
+                st.allocated = allocated;
                 st.file = file;
                 st.segment_path = path;
                 st.write_at = head;
@@ -247,4 +272,46 @@ pub(super) fn create_segment(
         return Err(e);
     }
     Ok((file, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::SyncPolicy;
+
+    /// A checkpoint's switch of segments starts the count toward the next one: the journal
+    /// before the cut is the snapshot's. Before, the switch saw the count from before it still
+    /// over the threshold and marked the next checkpoint due at once — every checkpoint was
+    /// followed by another, rewriting the whole snapshot.
+    #[test]
+    fn a_switch_of_segments_does_not_make_the_next_checkpoint_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) =
+            FileJournal::open(dir.path(), SyncPolicy::Group, false, 1 << 16, None, |_| {
+                Ok(())
+            })
+            .unwrap();
+        journal.set_snapshot_threshold(256);
+        let mut ticket = 0;
+        for _ in 0..20 {
+            ticket = journal
+                .append(|b| b.extend_from_slice(&[7; 20]), false)
+                .unwrap();
+        }
+        journal.commit_to(ticket).unwrap();
+        assert!(journal.wait_checkpoint_due(), "over the threshold: due");
+        journal.rotate().unwrap();
+        assert!(
+            !journal.shared.state.lock().checkpoint_due,
+            "due again right after the switch"
+        );
+        // Once as much again is written, it is due again.
+        for _ in 0..20 {
+            ticket = journal
+                .append(|b| b.extend_from_slice(&[7; 20]), false)
+                .unwrap();
+        }
+        journal.commit_to(ticket).unwrap();
+        assert!(journal.shared.state.lock().checkpoint_due);
+    }
 }

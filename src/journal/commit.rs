@@ -79,6 +79,8 @@ impl Shared {
         let end = at + batch.len() as u64;
         // Keep reserved space ahead of the writes, off the appenders' path.
         let extend = (st.allocated < st.reserved + self.prealloc / 2).then_some(st.allocated);
+        #[cfg(feature = "fault-injection")]
+        let allocated = st.allocated;
         let fsync = self.policy != SyncPolicy::None;
         let result = MutexGuard::unlocked(st, || {
             let extended = extend.and_then(|from| {
@@ -87,6 +89,11 @@ impl Shared {
             });
             #[cfg(feature = "fault-injection")]
             self.faults.hold_write.pass();
+            // A full disk fails a write past the space reserved.
+            #[cfg(feature = "fault-injection")]
+            if self.faults.no_space() && end > extended.unwrap_or(allocated) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             file.write_all_at(&batch, at)?;
             #[cfg(feature = "fault-injection")]
             self.faults.hold_fsync.pass();

@@ -23,7 +23,8 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Makes every reservation of disk space fail with `ENOSPC` (`true`) or succeed again.
+    /// Makes every reservation of disk space fail with `ENOSPC` (`true`), and every write of
+    /// a batch past the space reserved, as on a full disk; or succeed again.
     pub fn set_no_space(&self, on: bool) {
         self.no_space.store(on, Ordering::SeqCst);
     }

@@ -248,10 +248,7 @@ impl Store {
 
     fn apply_send(&self, op: &Op, s: &SendOp, mode: Mode, found: Found) -> Result<Applied> {
         if s.from == s.to {
-            return Err(Error::ToAccountNotFound(format!(
-                "{} (To_Account must differ from From_Account)",
-                s.to
-            )));
+            return Err(self_send(&s.to));
         }
         let retention = s.retention.unwrap_or(self.inner.config.retention_secs);
         // Live only (a replayed send was accepted live), and not for history imports (which
@@ -781,6 +778,11 @@ pub(super) fn check_within_retention(key: MsgKey, now: u64, retention: u64) -> R
         });
     }
     Ok(())
+}
+
+/// The refusal of a message to its own sender.
+pub(super) fn self_send(to: &UserId) -> Error {
+    Error::ToAccountNotFound(format!("{to} (To_Account must differ from From_Account)"))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::apply::self_send;
 use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
 use crate::account::UserId;
 use crate::callback::Origin;
@@ -155,6 +156,11 @@ impl Store {
                 (nf, from, nt, to.id.clone(), conv)
             }
         };
+        // Refused before the app is asked about it, as `apply_send` would refuse it after: the
+        // same answer whatever the before-send decision (a drop would otherwise answer OK).
+        if from == to {
+            return Err(self_send(&to));
+        }
         let lifetime = check_lifetime(req.lifetime)?;
         let origin_device = req
             .from_device
