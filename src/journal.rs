@@ -76,7 +76,10 @@ pub enum SyncPolicy {
     Group,
     /// Operations are written to the operating system before they are acknowledged (or seen)
     /// but never fsynced: they survive the process being killed, not the machine losing power
-    /// (the last few seconds of acknowledged operations can then be lost).
+    /// (the last few seconds of acknowledged operations can then be lost; and since the
+    /// operating system writes its pages back in any order, a later batch can reach the disk
+    /// without an earlier one, which the open then refuses as damage until it is opened with
+    /// `Config::repair`).
     None,
 }
 
@@ -562,6 +565,12 @@ impl FileJournal {
         if let Some(why) = &st.failed {
             return Poll::Ready(Err(failed_error(why)));
         }
+        // The committer has stopped (the store is closing, `shutdown`): nobody would wake this
+        // waiter. Written here, as `commit_to` would — on an async worker, but only while the
+        // store closes.
+        if st.shutdown {
+            return Poll::Ready(sh.commit_locked(&mut st, target));
+        }
         if !st
             .wakers
             .iter()
@@ -579,9 +588,13 @@ impl FileJournal {
         let mut st = self.shared.state.lock();
         let target = st.next_lsn;
         self.shared.commit_locked(&mut st, target)?;
-        st.file
-            .sync_all()
-            .map_err(|e| Error::Internal(format!("{}: {e}", st.segment_path.display())))
+        // A failed fsync fails the journal, as the committer's does: the kernel may have
+        // dropped the pages it could not write, and only a reopen can tell what is on disk.
+        st.file.sync_all().map_err(|e| {
+            let why = format!("{}: {e}", st.segment_path.display());
+            self.shared.fail(&mut st, why.clone());
+            Error::Internal(why)
+        })
     }
 
     /// Sets how much journal makes a checkpoint due.

@@ -275,3 +275,44 @@ impl Store {
         self.journal().is_none_or(|j| j.is_done(ticket.lsn))
     }
 }
+
+#[cfg(all(test, feature = "server"))]
+mod tests {
+    use crate::{Config, MsgElement, SendRequest, Store};
+
+    /// After the store closed in place (the server's shutdown, other handles still open), an
+    /// async wait for durability is written on the waiter's side: the committer thread that
+    /// would have woken it has stopped. Before, it waited for good (the server gave up after
+    /// 30 s and took the store for stalled).
+    #[test]
+    fn an_async_commit_after_a_close_in_place_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        store.close_in_place().unwrap();
+        let (sent, ticket) = store.deferring(|| {
+            store.send(SendRequest::new(
+                "a",
+                "b",
+                1,
+                vec![MsgElement::text("late")],
+            ))
+        });
+        sent.unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let done = rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                store.commit_async(ticket),
+            )
+            .await
+        });
+        assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+        drop(store);
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        assert_eq!(store.unread("b", "a").unwrap(), 1);
+    }
+}
