@@ -9,8 +9,10 @@ use crate::key::{MsgKey, ParseMsgKeyError};
 ///
 /// Which account code applies follows one rule across operations: the acting side of a request
 /// (`From_Account`, `Operator_Account`, `Report_Account`) answers **90008** when it names no
-/// account, the other side (`To_Account`, `Peer_Account`) answers **90003**; the account APIs
-/// and batch send's per-recipient list use **70107**.
+/// account, the other side (`To_Account`, `Peer_Account`) answers **90003** — but a send's or an
+/// import's recipient **90012**, as Tencent's `sendmsg` and `importmsg` do (90003 is theirs for
+/// a To_Account missing or not a string); the account APIs and batch send's per-recipient list
+/// use **70107**.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,6 +28,8 @@ pub enum Error {
     FromAccountNotFound(String),
     /// 90003: `To_Account` (or the peer) is missing or names no account.
     ToAccountNotFound(String),
+    /// 90012: a send's or an import's `To_Account` names no account.
+    RecipientNotFound(String),
     /// 90002: MsgBody is empty or an element is malformed.
     InvalidMsgBody(String),
     /// 93000: the encoded MsgBody and CloudCustomData exceed the 12 KB limit.
@@ -96,6 +100,7 @@ impl Error {
             Error::AccountNotFound(_) => 70107,
             Error::FromAccountNotFound(_) => 90008,
             Error::ToAccountNotFound(_) => 90003,
+            Error::RecipientNotFound(_) => 90012,
             Error::InvalidMsgBody(_) => 90002,
             Error::BodyTooLarge { .. } => 93000,
             Error::InvalidLifeTime(_) => 90026,
@@ -136,6 +141,9 @@ impl fmt::Display for Error {
             }
             Error::ToAccountNotFound(u) => {
                 write!(f, "To_Account {u:?} is missing or does not exist")
+            }
+            Error::RecipientNotFound(u) => {
+                write!(f, "To_Account {u:?} does not exist; import it first")
             }
             Error::InvalidMsgBody(why) => write!(f, "invalid MsgBody: {why}"),
             Error::BodyTooLarge { len, max } => {

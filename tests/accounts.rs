@@ -76,7 +76,7 @@ fn operations_on_a_deleted_account_fail_with_the_accounts_code() {
     assert!(!store.account_exists("b").unwrap());
     assert_eq!(
         store.send(text_req("a", "b", 1, "hi")).unwrap_err().code(),
-        90003
+        90012
     );
     assert_eq!(
         store.send(text_req("b", "a", 1, "hi")).unwrap_err().code(),

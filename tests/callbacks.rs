@@ -353,7 +353,7 @@ fn import_errors_carry_their_codes() {
             .import(import("a", "x", 1, &clock, true))
             .unwrap_err()
             .code(),
-        90003
+        90012
     );
     let mut empty = import("a", "b", 1, &clock, true);
     empty.body.clear();

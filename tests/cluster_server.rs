@@ -155,7 +155,7 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     // An unknown account is refused wherever the call lands, with the single node's code.
     assert_eq!(
         b.post("openim/sendmsg", text("alice", "zed", 1, "x"))["ErrorCode"],
-        90003
+        90012
     );
 
     // Devices on C: bob's phone (recipient) and alice's laptop (sender).
@@ -367,7 +367,7 @@ fn any_node_answers_and_devices_on_a_third_get_exactly_one_recall() {
     assert_eq!(ok(&deleted)["ResultItem"][0]["ResultCode"], 0, "{deleted}");
     for s in [&a, &b, &c] {
         let r = s.post("openim/sendmsg", text("alice", "carol", 3, "gone?"));
-        assert_eq!(r["ErrorCode"], 90003, "{r}");
+        assert_eq!(r["ErrorCode"], 90012, "{r}");
     }
     let again = c.post(
         "im_open_login_svc/account_delete",

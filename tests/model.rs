@@ -330,7 +330,7 @@ impl Harness {
             return Err(90008);
         }
         if !self.model.imported[to] {
-            return Err(if batch { 70107 } else { 90003 });
+            return Err(if batch { 70107 } else { 90012 });
         }
         if from == to {
             return Err(90003);

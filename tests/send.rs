@@ -43,7 +43,7 @@ fn absent_from_account_sends_as_the_administrator() {
 }
 
 #[test]
-fn unknown_from_answers_90008_and_unknown_to_answers_90003() {
+fn unknown_from_answers_90008_and_unknown_to_answers_90012() {
     let (store, _) = store_with(&["a"]);
     assert_eq!(
         store
@@ -57,7 +57,8 @@ fn unknown_from_answers_90008_and_unknown_to_answers_90003() {
             .send(text_req("a", "ghost", 1, "x"))
             .unwrap_err()
             .code(),
-        90003
+        // Tencent's sendmsg: 90012, To_Account not registered (90003: missing or not a string).
+        90012
     );
 }
 

@@ -538,7 +538,7 @@ fn clients_recall_their_own_messages_within_the_window_read_and_page() {
     assert_eq!(flags.iter().filter(|f| **f == 8).count(), 1);
     // Errors carry sendmsg's codes.
     vinson.send(json!({"Op": "sendmsg", "ReqId": 7, "To_Account": "nobody", "MsgRandom": 1, "MsgBody": text("x")}));
-    assert_eq!(vinson.expect()["ErrorCode"], 90003);
+    assert_eq!(vinson.expect()["ErrorCode"], 90012);
     vinson.send(json!({"Op": "sendmsg", "ReqId": 8, "To_Account": "dramon", "MsgBody": text("x")}));
     assert_eq!(vinson.expect()["ErrorCode"], 90005);
 }

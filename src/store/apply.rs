@@ -325,6 +325,7 @@ impl Store {
                 })
             },
         )
+        .map_err(unknown_recipient)
     }
 
     /// Journals `op` ([`record`](Store::record)); for an operation that queues an
@@ -778,6 +779,16 @@ pub(super) fn check_within_retention(key: MsgKey, now: u64, retention: u64) -> R
         });
     }
     Ok(())
+}
+
+/// A send's To_Account that names no account: 90012, Tencent's code for sendmsg and
+/// importmsg, where the peer of other requests answers 90003 (90003 stays for a missing or
+/// malformed field, and for a message to its own sender).
+pub(super) fn unknown_recipient(e: Error) -> Error {
+    match e {
+        Error::ToAccountNotFound(u) => Error::RecipientNotFound(u),
+        e => e,
+    }
 }
 
 /// The refusal of a message to its own sender.

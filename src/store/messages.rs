@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::apply::self_send;
+use super::apply::{self_send, unknown_recipient};
 use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
 use crate::account::UserId;
 use crate::callback::Origin;
@@ -144,12 +144,15 @@ impl Store {
     pub fn prepare_send<'a>(&self, req: SendRequest<'a>) -> Result<PreparedSend<'a>> {
         let (nf, from, nt, to, conv) = match req.from.as_deref() {
             Some(from) => {
-                let ((nf, f), (nt, t), conv) = self.pair(from, &req.to)?;
+                let ((nf, f), (nt, t), conv) =
+                    self.pair(from, &req.to).map_err(unknown_recipient)?;
                 (Some(nf), f.id.clone(), nt, t.id.clone(), conv)
             }
             None => {
                 let (nf, from) = self.sender_numbered(None)?;
-                let (nt, to) = self.numbered_as(&*req.to, Role::Other)?;
+                let (nt, to) = self
+                    .numbered_as(&*req.to, Role::Other)
+                    .map_err(unknown_recipient)?;
                 let conv = nf
                     .and_then(|n| self.inner.accounts.cell_numbered(n))
                     .and_then(|fc| self.prefetch_conversation(&self.conv_key_of(fc, to), true));
@@ -317,7 +320,7 @@ impl Store {
             });
             match self.run(&op) {
                 // Deleted between the lookup and the send: as unknown as never imported.
-                Err(Error::ToAccountNotFound(_)) if cell.id != from => {
+                Err(Error::RecipientNotFound(_)) => {
                     errors.push((to.clone(), Error::AccountNotFound(to.clone())))
                 }
                 Err(e) => errors.push((to.clone(), e)),
@@ -336,7 +339,9 @@ impl Store {
     /// MsgKey in either direction of the conversation is never stored twice. No hooks, no
     /// callbacks.
     pub fn import(&self, req: ImportRequest) -> Result<SendReceipt> {
-        let (from, to, found) = self.parties(&req.from, &req.to)?;
+        let (from, to, found) = self
+            .parties(&req.from, &req.to)
+            .map_err(unknown_recipient)?;
         let content = Content::new(&req.body, req.cloud_custom_data.as_deref())?;
         let key = MsgKey::new(req.msg_seq, req.msg_random, req.msg_time);
         let op = Op::Send(SendOp {
