@@ -339,10 +339,17 @@ impl Api {
     }
 
     fn authenticate(&self, params: &HashMap<String, String>) -> Result<usersig::Verified, Error> {
-        let app = params.get("sdkappid").map(String::as_str).unwrap_or("");
-        let app: u64 = app.parse().map_err(|_| Error::SigAppIdMismatch {
-            expected: self.config.sdkappid,
-            found: 0,
+        // Tencent's public codes: 60012 SDKAppID missing, 60006 invalid (another app's is
+        // 70014, below and in the UserSig's check).
+        let app = params.get("sdkappid").ok_or_else(|| Error::InvalidField {
+            field: "sdkappid",
+            code: 60012,
+            why: "the sdkappid parameter is missing".into(),
+        })?;
+        let app: u64 = app.parse().map_err(|_| Error::InvalidField {
+            field: "sdkappid",
+            code: 60006,
+            why: format!("{app:?} is not an SDKAppID"),
         })?;
         if app != self.config.sdkappid {
             return Err(Error::SigAppIdMismatch {

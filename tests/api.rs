@@ -274,6 +274,20 @@ fn a_usersig_of_another_identifier_answers_70013() {
     );
 }
 
+/// A missing SDKAppID answers 60012, one that is not a number 60006 (Tencent's public codes);
+/// before, both answered 70014.
+#[test]
+fn a_missing_or_malformed_sdkappid_answers_60012_or_60006() {
+    let h = harness();
+    let sig = usersig::generate(APP, KEY, ADMIN, 86400, h.clock.now());
+    let code = |query: String| h.api.handle(SEND, &query, b"{}").code;
+    assert_eq!(code(format!("identifier={ADMIN}&usersig={sig}")), 60012);
+    assert_eq!(
+        code(format!("sdkappid=app&identifier={ADMIN}&usersig={sig}")),
+        60006
+    );
+}
+
 #[test]
 fn another_sdkappid_answers_70014() {
     let h = harness();
