@@ -365,10 +365,18 @@ impl Cluster {
                 .timeout(cfg.request_timeout)
                 .max_ack_inflight(4 * journal::WINDOW)
                 .backpressure_on_inflight(true)
+                .build(client.clone());
+            // The buckets (leases, accounts, meta, snapshots) on a context of their own,
+            // without the shards' backpressure: a lease's renewal must not queue for a permit
+            // behind the publishes of shards whose streams are electing a leader (their
+            // permits are held until their acknowledgements time out, tens of seconds), or a
+            // busy node would lose the leases of its healthy shards.
+            let buckets_js = jetstream::context::ContextBuilder::new()
+                .timeout(cfg.request_timeout)
                 .build(client);
             // A cluster still electing leaders (a node just restarted, say) answers with
             // timeouts for a few seconds: try again for as long as an append would.
-            let buckets = with_retry(cfg.publish_retry, || setup(&js, &cfg)).await?;
+            let buckets = with_retry(cfg.publish_retry, || setup(&buckets_js, &cfg)).await?;
             Ok::<_, ClusterError>((js, buckets))
         })?;
         Ok(Cluster {

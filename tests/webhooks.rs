@@ -808,3 +808,53 @@ fn before_send_calls_in_flight_are_bounded() {
     // 32 before-sends, and the one outbox's after-send.
     assert!(most <= 32 + 1, "{most} calls to the app at once");
 }
+
+/// An app that answers a callback with a redirect: it is not followed — an HTTP client sends a
+/// POST's redirect on as a GET without the body, and the app's answer to that would
+/// acknowledge a callback it never saw. The call counts as failed and is tried again.
+#[test]
+fn a_redirect_is_a_failed_call_not_followed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let receiver = Receiver::start();
+    let redirect = std::sync::Arc::new(AtomicBool::new(true));
+    let redirecting = redirect.clone();
+    receiver.answer_with(move |call: &Call| {
+        if call.command() == "C2C.CallbackAfterSendMsg" && redirecting.load(Ordering::SeqCst) {
+            Answer {
+                status: 302,
+                body: String::new(),
+                delay: Duration::ZERO,
+            }
+        } else {
+            ok()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &[]);
+    let sent = rest_send(&s, 1, "redirected", json!({}));
+    assert_eq!(sent["ErrorCode"], 0, "{sent}");
+    let key = sent["MsgKey"].as_str().unwrap().to_owned();
+    // Tried again after the redirect: two attempts, and no request without a body.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = receiver.log.lock().unwrap().clone();
+        assert!(
+            log.iter().all(|c| !c.body.is_null()),
+            "a redirect was followed: {log:?}"
+        );
+        let attempts = log
+            .iter()
+            .filter(|c| c.command() == "C2C.CallbackAfterSendMsg")
+            .count();
+        if attempts >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no second attempt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redirect.store(false, Ordering::SeqCst);
+    let accepted = receiver
+        .next_of("C2C.CallbackAfterSendMsg", Duration::from_secs(60))
+        .expect("accepted once the app answers");
+    assert_eq!(accepted.body["MsgKey"], key.as_str());
+}

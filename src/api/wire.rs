@@ -241,8 +241,11 @@ pub fn before_send_decision(answer: &[u8]) -> Result<BeforeSend, String> {
         .ok_or("the answer has no numeric ErrorCode")?;
     Ok(match code {
         0 => {
+            // An empty MsgBody replaces nothing, as a missing one (an app's answer model that
+            // always writes its fields): no message has an empty body.
             let body = match v.get("MsgBody") {
                 None | Some(Value::Null) => None,
+                Some(Value::Array(items)) if items.is_empty() => None,
                 Some(b) => Some(
                     serde_json::from_value::<Vec<MsgElement>>(b.clone())
                         .map_err(|e| format!("the answer's MsgBody is not a MsgBody: {e}"))?,

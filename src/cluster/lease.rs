@@ -215,6 +215,16 @@ async fn write(
                 // Still ours — written by an attempt whose answer was lost, or by a renewal
                 // racing this write — or someone else's?
                 match read(kv, shard).await {
+                    // Released (by this holder's close or failed open): a renewal still under
+                    // way does not take it back. A new owner, this node too, takes a new epoch.
+                    Ok(Some((cur, _)))
+                        if cur.node == node
+                            && cur.epoch == held.epoch
+                            && cur.expires_ms == 0
+                            && expires_ms != 0 =>
+                    {
+                        return Err(RenewError::Lost("the lease was released".into()));
+                    }
                     Ok(Some((cur, rev))) if cur.node == node && cur.epoch == held.epoch => {
                         held.revision = rev;
                         held.expires_ms = cur.expires_ms;

@@ -459,7 +459,8 @@ impl Session {
             return Some(ws_reply(&req_id, &error_reply(&e)));
         }
         let ctx = self.app.call_context();
-        let origin = super::webhook::device_origin(self.req.platform, self.peer.ip());
+        let origin =
+            super::webhook::device_origin(self.req.platform, self.peer.ip().to_canonical());
         let (step, ticket) = store.deferring(|| {
             self.app
                 .with_origin(origin, || self.app.api.client_step(&self.req, &frame, &ctx))

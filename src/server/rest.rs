@@ -94,7 +94,13 @@ pub async fn rest(
         }
     };
     let reply = app
-        .answer(path.clone(), query.unwrap_or_default(), bytes, peer.ip())
+        // An IPv4 client of a dual-stack listener in dotted form (ClientIP), not `::ffff:a.b.c.d`.
+        .answer(
+            path.clone(),
+            query.unwrap_or_default(),
+            bytes,
+            peer.ip().to_canonical(),
+        )
         .await;
     app.metrics.call(&path, reply.code, started.elapsed());
     if reply.code == 91000 {

@@ -86,7 +86,11 @@ impl Webhooks {
         // Each call's bound: an after-callback's (the before-send's own, shorter one wraps
         // its call). An app that takes longer than before-send's timeout to answer an
         // after-callback still has it acknowledged, rather than sent again for ever.
+        // Redirects are not followed: reqwest would send a POST's redirect on as a GET without
+        // its body, and the app's answer to that — `{"ErrorCode":0}`, say — would acknowledge
+        // a callback, or decide a send, it never saw. A redirect is a failed call.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout.max(AFTER_CALL_TIMEOUT))
             .pool_max_idle_per_host(IDLE_CALLBACK_CONNECTIONS)
             .build()?;
@@ -202,7 +206,21 @@ impl Webhooks {
                 tracing::warn!(error = %e, "outbox not durable");
                 return;
             }
-            let (command, body) = callback_body(&entry);
+            let (mut command, mut body) = callback_body(&entry);
+            // Read again after the wait: a recall (or a modification) made meanwhile — perhaps
+            // answered OK in the same fsync — must not see the body it took go out now. What
+            // changed is sent once that change is durable too; unchanged, it goes at once.
+            let (again, ticket) = store.deferring(|| store.outbox_after(after, 1));
+            if let Some(newer) = again.ok().and_then(|mut e| e.pop()) {
+                let (c, b) = callback_body(&newer);
+                if newer.id == entry.id && b != body {
+                    if let Err(e) = store.commit_async(ticket).await {
+                        tracing::warn!(error = %e, "outbox not durable");
+                        return;
+                    }
+                    (command, body) = (c, b);
+                }
+            }
             let id = entry.id;
             let outcome = tokio::select! {
                 _ = stop.changed() => return,

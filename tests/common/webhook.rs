@@ -105,8 +105,14 @@ fn serve(
         let answer = (policy.lock().unwrap())(&call);
         std::thread::sleep(answer.delay);
         let reason = if answer.status == 200 { "OK" } else { "Error" };
+        // A redirect's answer says where to: another path of this receiver.
+        let location = if (300..400).contains(&answer.status) {
+            "Location: /redirected\r\n"
+        } else {
+            ""
+        };
         let reply = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} {reason}\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
             answer.status,
             answer.body.len(),
             answer.body
