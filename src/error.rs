@@ -26,7 +26,9 @@ pub enum Error {
     AccountNotFound(String),
     /// 90008: `From_Account` (or the acting account) is missing or names no account.
     FromAccountNotFound(String),
-    /// 90003: `To_Account` (or the peer) is missing or names no account.
+    /// 90003: `To_Account` (or the peer) is missing or names no account — a send's or an
+    /// import's recipient that names no account is [`Error::RecipientNotFound`] — or names the
+    /// sender itself.
     ToAccountNotFound(String),
     /// 90012: a send's or an import's `To_Account` names no account.
     RecipientNotFound(String),

@@ -641,7 +641,14 @@ impl FileJournal {
     /// `commit_to` still writes on the caller's thread.
     pub fn shutdown(&self) {
         let sh = &*self.shared;
-        sh.state.lock().shutdown = true;
+        let mut st = sh.state.lock();
+        st.shutdown = true;
+        // Async waiters the committer would have woken poll again, and write for themselves
+        // (`poll_durable`): it may stop before it gets to them.
+        for (_, w) in st.wakers.drain(..) {
+            w.wake();
+        }
+        drop(st);
         sh.work.notify_all();
         sh.due.notify_all();
     }

@@ -70,7 +70,8 @@
 //!   numbers the deleted one used (sequence numbers are never reused; a client resuming with an
 //!   old number misses nothing new).
 //! - A missing acting account (From/Operator/Report) answers 90008, a missing peer (To/Peer)
-//!   90003, the account APIs and batch-send ErrorList 70107.
+//!   90003 — a send's or an import's recipient 90012, as Tencent's sendmsg and importmsg —, the
+//!   account APIs and batch-send ErrorList 70107.
 //! - Messages with MsgLifeTime 0 reach only devices that are connected and caught up when they
 //!   are sent. A message past retention leaves the inboxes when they are purged.
 //! - Unread counts are not lowered when roaming retention drops a message.

@@ -675,9 +675,9 @@ fn an_import_and_an_ack_in_flight_are_not_shown() {
 
 /// Refusals that rest on an account's import or delete answer only once it is durable, as
 /// other refusals do: a batch send naming a recipient whose delete is in flight missing
-/// (70107), and a send to an account whose import is in flight refused by the before-send hook
-/// (20006). Before, both answered at once: a crash could then undo the delete or the import
-/// the answer rested on.
+/// (70107), a send to an account whose import is in flight refused by the before-send hook
+/// (20006), and that account's message to itself (90003). Before, each answered at once: a
+/// crash could then undo the delete or the import the answer rested on.
 #[test]
 fn refusals_resting_on_an_account_change_wait_for_it_to_be_durable() {
     struct Refuse;
@@ -724,6 +724,12 @@ fn refusals_resting_on_an_account_change_wait_for_it_to_be_durable() {
         assert!(
             !store.is_durable(&ticket),
             "refused before y's import is durable"
+        );
+        let (own, ticket) = store.deferring(|| store.send(text_req("y", "y", 2, "me")));
+        assert_eq!(own.unwrap_err().code(), 90003);
+        assert!(
+            !store.is_durable(&ticket),
+            "a message to oneself refused before y's import is durable"
         );
         g.open();
         deleted.join().unwrap().unwrap();

@@ -95,22 +95,25 @@ impl FileJournal {
         // them: without it, a full disk would fail their write, and the journal with it —
         // though each was accepted with room reserved. Then the switch fails instead, and the
         // journal goes on in the old segment, where their room is.
-        let created = created.and_then(|(file, path)| {
-            let reserved = head + st.pending.len() as u64;
-            let allocated = if reused {
-                st.allocated
-            } else {
-                sh.reserve_ahead(&file, head, reserved)
-            };
-            if allocated >= reserved {
-                return Ok((file, path, allocated));
+        let created = match created {
+            Ok((file, path)) => {
+                let reserved = head + st.pending.len() as u64;
+                let allocated = if reused {
+                    st.allocated
+                } else {
+                    sh.reserve_ahead(&file, head, reserved)
+                };
+                if allocated >= reserved {
+                    Ok((file, path, allocated))
+                } else {
+                    // Removed with the lock let go (appends go on, on the old segment).
+                    drop(file);
+                    MutexGuard::unlocked(&mut st, || remove_segment(&self.dir, &path));
+                    Err(io::Error::from_raw_os_error(libc::ENOSPC))
+                }
             }
-            drop(file);
-            if fs::remove_file(&path).is_ok() {
-                let _ = sync_dir(&self.dir);
-            }
-            Err(io::Error::from_raw_os_error(libc::ENOSPC))
-        });
+            Err(e) => Err(e),
+        };
         st.leader = false;
         let outcome = match created {
             Ok((file, path, allocated)) => {
@@ -266,12 +269,18 @@ pub(super) fn create_segment(
         .and_then(|()| sync_dir(dir));
     if let Err(e) = made {
         drop(file);
-        if fs::remove_file(&path).is_ok() {
-            let _ = sync_dir(dir);
-        }
+        remove_segment(dir, &path);
         return Err(e);
     }
     Ok((file, path))
+}
+
+/// Removes a segment a switch made and could not use, as far as that works: one left behind
+/// starts inside the records of the segment before, which recovery recognises and removes.
+fn remove_segment(dir: &Path, path: &Path) {
+    if fs::remove_file(path).is_ok() {
+        let _ = sync_dir(dir);
+    }
 }
 
 #[cfg(test)]

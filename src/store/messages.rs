@@ -139,7 +139,8 @@ impl Store {
         self.finish_send(prepared, decision)
     }
 
-    /// The first half of a send: validates the request (90008, 90003, 90026, 90002, 93000)
+    /// The first half of a send: validates the request (90008, 90012 for a To_Account that
+    /// names no account, 90003 for a message to its own sender, 90026, 90002, 93000)
     /// and fixes its MsgKey. Nothing is stored yet.
     pub fn prepare_send<'a>(&self, req: SendRequest<'a>) -> Result<PreparedSend<'a>> {
         let (nf, from, nt, to, conv) = match req.from.as_deref() {
@@ -162,6 +163,8 @@ impl Store {
         // Refused before the app is asked about it, as `apply_send` would refuse it after: the
         // same answer whatever the before-send decision (a drop would otherwise answer OK).
         if from == to {
+            // Once the accounts it found are durable, as every refusal (R6).
+            self.durable(self.inner.membership.load(Ordering::Acquire))?;
             return Err(self_send(&to));
         }
         let lifetime = check_lifetime(req.lifetime)?;

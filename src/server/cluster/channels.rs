@@ -169,7 +169,7 @@ async fn client_frame(node: &Node, feed: &Feed, peer: SocketAddr, text: &str) ->
         account: req.account.clone(),
         device: req.device.clone(),
         platform: req.platform.to_owned(),
-        ip: peer.ip().to_string(),
+        ip: peer.ip().to_canonical().to_string(),
         peer: peer_account,
         msg_time,
     };
