@@ -6,7 +6,7 @@
 //! the first two NUL bytes into path, query and body.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use imstore::api::{Api, ApiConfig};
 use imstore::{Config, ManualClock, Store, usersig};
