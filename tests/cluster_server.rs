@@ -57,6 +57,14 @@ fn wait_balanced(nodes: &[&Server]) {
     }
 }
 
+/// Nodes a and b of the cluster on `nats`, once they share the shards.
+fn two_nodes(nats: &Nats) -> ((Server, tempfile::TempDir), (Server, tempfile::TempDir)) {
+    let (a, da) = node(nats, "a");
+    let (b, db) = node(nats, "b");
+    wait_balanced(&[&a, &b]);
+    ((a, da), (b, db))
+}
+
 fn text(from: &str, to: &str, random: u32, body: &str) -> Value {
     json!({
         "From_Account": from, "To_Account": to, "MsgRandom": random,
@@ -1082,9 +1090,7 @@ fn post_url_within(url: &str, body: &Value, timeout: Duration) -> Option<Value> 
 fn the_whole_nats_cluster_restarts_under_sends() {
     let _serial = serial();
     let nats = Nats::up();
-    let (a, _da) = node(&nats, "a");
-    let (b, _db) = node(&nats, "b");
-    wait_balanced(&[&a, &b]);
+    let ((a, _da), (b, _db)) = two_nodes(&nats);
     let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
     ok(&a.post(
         "im_open_login_svc/multiaccount_import",
@@ -1358,9 +1364,7 @@ fn metrics_show_a_shards_erasure_pending_until_its_snapshot() {
 fn a_batch_larger_than_one_nats_message_reaches_the_device() {
     let _serial = serial();
     let nats = Nats::up();
-    let (a, _da) = node(&nats, "a");
-    let (b, _db) = node(&nats, "b");
-    wait_balanced(&[&a, &b]);
+    let ((a, _da), (b, _db)) = two_nodes(&nats);
     ok(&a.post(
         "im_open_login_svc/multiaccount_import",
         json!({ "Accounts": ["carol", "dave"] }),

@@ -840,6 +840,24 @@ fn texts_between(store: &Store, a: &str, b: &str) -> Vec<String> {
     texts
 }
 
+/// Five sends (MsgRandom `random` on, texts by `text`) acknowledged by one commit: one batch,
+/// unless the committer thread's once-a-second write splits them (callers check).
+fn five_in_one_commit(
+    store: &Store,
+    (from, to): (&str, &str),
+    random: u32,
+    text: impl Fn(u32) -> String,
+) {
+    let (_, ticket) = store.deferring(|| {
+        for i in 0..5u32 {
+            store
+                .send(text_req(from, to, random + i, &text(i)))
+                .unwrap();
+        }
+    });
+    store.commit(ticket).unwrap();
+}
+
 /// A store in `dir` with three sends acknowledged one at a time, then five sent together
 /// and acknowledged by one commit — one batch, unless the committer thread's once-a-second
 /// write split them (then `None`: the caller tries again). The store is left open.
@@ -849,14 +867,7 @@ fn five_in_a_batch(dir: &Path, clock: &std::sync::Arc<ManualClock>) -> Option<St
     for i in 0..3u32 {
         send_text(&store, "a", "b", i, &format!("acked-{i}"));
     }
-    let (_, ticket) = store.deferring(|| {
-        for i in 0..5u32 {
-            store
-                .send(text_req("a", "b", 100 + i, &format!("batch-{i}")))
-                .unwrap();
-        }
-    });
-    store.commit(ticket).unwrap();
+    five_in_one_commit(&store, ("a", "b"), 100, |i| format!("batch-{i}"));
     let (_, bytes) = only_segment(dir);
     (batches(&bytes).last().unwrap().1.len() == 5).then_some(store)
 }
@@ -903,14 +914,7 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
     let torn_again = (0..5)
         .find_map(|_| {
             let (store, dir) = reopen_with(&cut, T0).unwrap();
-            let (_, ticket) = store.deferring(|| {
-                for i in 0..5u32 {
-                    store
-                        .send(text_req("b", "a", 200 + i, &format!("again-{i}")))
-                        .unwrap();
-                }
-            });
-            store.commit(ticket).unwrap();
+            five_in_one_commit(&store, ("b", "a"), 200, |i| format!("again-{i}"));
             let (_, bytes) = only_segment(dir.path());
             drop(store);
             let b = batches(&bytes);
@@ -1093,14 +1097,7 @@ fn a_segments_first_batch_torn_from_its_start_is_cut_at_the_open() {
             store.compact().unwrap();
             // Long enough that the batch runs past the segment's first 512-byte sector.
             let long = "x".repeat(200);
-            let (_, ticket) = store.deferring(|| {
-                for i in 0..5u32 {
-                    store
-                        .send(text_req("a", "b", 100 + i, &format!("batch-{i}-{long}")))
-                        .unwrap();
-                }
-            });
-            store.commit(ticket).unwrap();
+            five_in_one_commit(&store, ("a", "b"), 100, |i| format!("batch-{i}-{long}"));
             let (_, bytes) = newest_segment(dir.path());
             let b = batches(&bytes);
             // One batch of five, unless the committer's once-a-second write split them.
