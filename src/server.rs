@@ -317,13 +317,7 @@ fn hold_while_exists(path: &Path) {
 /// A UserSig for `identifier`, valid 180 days, made with the app's key: the configured one, or
 /// the one saved in the data directory (generated there if there is none yet).
 pub fn usersig_for(config: &ServerConfig, identifier: &str) -> std::io::Result<String> {
-    let key = match &config.secret_key {
-        Some(k) => k.clone(),
-        None => {
-            std::fs::create_dir_all(&config.data_dir)?;
-            secret_key(&config.data_dir)?.0
-        }
-    };
+    let (key, _) = app_key(config.secret_key.as_deref(), &config.data_dir)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -336,8 +330,40 @@ pub fn usersig_for(config: &ServerConfig, identifier: &str) -> std::io::Result<S
     ))
 }
 
+/// The app's secret key: the configured one, or the one saved in `dir/secret_key` (generated
+/// there when there is none yet). Returns the key and whether it was just generated.
+///
+/// An empty key is refused wherever it comes from: HMAC takes a key of any length, and with
+/// an empty one anybody can make an administrator's UserSig. (A `--secret-key "$UNSET"` or an
+/// empty file in the data directory would otherwise start a server open to all.)
+pub(crate) fn app_key(configured: Option<&str>, dir: &Path) -> std::io::Result<(String, bool)> {
+    let (key, generated) = match configured {
+        Some(k) => (k.to_owned(), false),
+        None => {
+            std::fs::create_dir_all(dir)?;
+            secret_key(dir)?
+        }
+    };
+    if key.trim().is_empty() {
+        let whence = match configured {
+            Some(_) => "the secret key given (--secret-key or IMSTORE_SECRET_KEY)".to_owned(),
+            None => format!(
+                "{} (delete it to have a new key generated; UserSigs made with the old one stop working)",
+                dir.join("secret_key").display()
+            ),
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the app's secret key is empty: {whence}"),
+        ));
+    }
+    Ok((key, generated))
+}
+
 /// Loads the secret key from `dir/secret_key`, or creates one (mode 0600). Returns the key and
-/// whether it was just generated.
+/// whether it was just generated. A new key is written to a temporary file, flushed and then
+/// renamed into place, so that a crash or a full disk never leaves an empty or partial key
+/// behind (an empty one is refused by [`app_key`]).
 fn secret_key(dir: &Path) -> std::io::Result<(String, bool)> {
     let path = dir.join("secret_key");
     match std::fs::read_to_string(&path) {
@@ -350,14 +376,33 @@ fn secret_key(dir: &Path) -> std::io::Result<(String, bool)> {
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(key.as_bytes())?;
-    f.sync_all()?;
-    Ok((key, true))
+    let tmp = dir.join("secret_key.tmp");
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+        // A link, not a rename: it fails when another start made the key meanwhile, and then
+        // that key is the one.
+        let linked = std::fs::hard_link(&tmp, &path);
+        std::fs::remove_file(&tmp)?;
+        linked?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok((key, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((std::fs::read_to_string(&path)?.trim().to_owned(), false))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM, then flushes the journal. Prints
@@ -415,10 +460,8 @@ pub async fn run_until(
     metrics.opened(started.elapsed(), report.records_replayed);
     tracing::info!(dir = %config.data_dir.display(), snapshot = ?report.snapshot_lsn, replayed = report.records_replayed,
         truncated = ?report.truncated_tail, millis = started.elapsed().as_millis() as u64, "store opened");
-    let (key, generated) = match &config.secret_key {
-        Some(k) => (k.clone(), false),
-        None => secret_key(&config.data_dir)?,
-    };
+    // Read (or made) with the data directory's lock held: one key per directory.
+    let (key, generated) = app_key(config.secret_key.as_deref(), &config.data_dir)?;
     let api = Arc::new(Api::new(
         store.clone(),
         ApiConfig {
@@ -789,5 +832,45 @@ mod tests {
             .unwrap();
         assert_eq!(page.messages.len(), 1);
         assert_eq!(page.messages[0].message.key, sent.msg_key);
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    /// An empty key signs for anybody: refused from the flag and from the data directory
+    /// (what a crash while writing a first key could leave, before keys were written whole).
+    #[test]
+    fn an_empty_secret_key_is_refused_wherever_it_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        for empty in ["", "  \n"] {
+            let e = app_key(Some(empty), dir.path()).unwrap_err();
+            assert!(e.to_string().contains("secret key is empty"), "{e}");
+            std::fs::write(dir.path().join("secret_key"), empty).unwrap();
+            let e = app_key(None, dir.path()).unwrap_err();
+            assert!(e.to_string().contains("secret_key"), "{e}");
+        }
+    }
+
+    /// A first start generates a key, kept whole in the data directory with no temporary file
+    /// left; every later start reads the same key.
+    #[test]
+    fn a_generated_key_is_saved_whole_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, generated) = app_key(None, dir.path()).unwrap();
+        assert!(generated);
+        assert_eq!(key.len(), 64);
+        assert!(!dir.path().join("secret_key.tmp").exists());
+        let (again, generated) = app_key(None, dir.path()).unwrap();
+        assert_eq!((again.as_str(), generated), (key.as_str(), false));
+        // A configured key wins over the file.
+        assert_eq!(app_key(Some("k1"), dir.path()).unwrap().0, "k1");
+        // A temporary file left by a crash is written over.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("secret_key.tmp"), "half").unwrap();
+        let (fresh, generated) = app_key(None, other.path()).unwrap();
+        assert!(generated && fresh.len() == 64);
+        assert!(!other.path().join("secret_key.tmp").exists());
     }
 }

@@ -185,6 +185,11 @@ pub fn verify(
             signed: sig_identifier.to_owned(),
         });
     }
+    // An empty key signs nothing: anybody could compute its signatures (a server refuses to
+    // start with one; a library caller may not have checked).
+    if key.is_empty() {
+        return Err(Error::SigBadSignature);
+    }
     mac(
         key,
         &content_to_sign(sig_identifier, sig_app, time, expire, userbuf),
@@ -419,6 +424,19 @@ mod tests {
         }
         assert_eq!(cache.len(), 0);
         assert!(cache.verify("vinson", &sig, T0 + 1).is_ok());
+    }
+
+    /// With an empty key, anybody could compute a UserSig's signature: none verifies, with or
+    /// without the cache.
+    #[test]
+    fn an_empty_key_verifies_nothing() {
+        let sig = generate(APP, "", "administrator", 86400, T0);
+        let e = verify(APP, "", "administrator", &sig, T0 + 1).unwrap_err();
+        assert_eq!(e.code(), 70009, "{e}");
+        let cache = VerifyCache::new(APP, "", 4096);
+        let e = cache.verify("administrator", &sig, T0 + 1).unwrap_err();
+        assert_eq!(e.code(), 70009, "{e}");
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]

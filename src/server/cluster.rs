@@ -562,6 +562,8 @@ pub(super) async fn run_until(
     let key = config.secret_key.clone().ok_or(
         "a cluster node needs the app's secret key (--secret-key or IMSTORE_SECRET_KEY): every node must verify the same UserSigs",
     )?;
+    // Refused when empty (`--secret-key "$UNSET"`): anybody could sign for the administrator.
+    let (key, _) = super::app_key(Some(&key), &config.data_dir)?;
     let metrics = m::Metrics::new();
     metrics.set_shards_owned(0);
     let (listener, addr, register, starting) = super::Starting::listen(config.listen).await?;
