@@ -1029,6 +1029,24 @@ fn compact_answers_91000_on_an_in_memory_store_and_ok_on_a_durable_one() {
 
 // ----- events -----
 
+/// A query string is form-encoded as Python's `urlencode`, Go's `url.Values` and Java's
+/// `URLEncoder` write it: `+` is a space, in the identifier as in the device's name.
+#[test]
+fn a_plus_in_the_query_string_is_a_space() {
+    let h = harness();
+    h.import(&["john doe"]);
+    let sig = usersig::generate(APP, KEY, "john doe", 86400, h.clock.now());
+    let query = format!("sdkappid={APP}&identifier=john+doe&usersig={sig}&device=my+phone");
+    let req = h.api.authorize_device(&query).unwrap();
+    assert_eq!(
+        (req.account.as_str(), req.device.as_str()),
+        ("john doe", "my phone")
+    );
+    // `%2B` stays a plus, and is another identifier than the UserSig's.
+    let plus = format!("sdkappid={APP}&identifier=john%2Bdoe&usersig={sig}&device=d");
+    assert_eq!(h.api.authorize_device(&plus).unwrap_err().code(), 70013);
+}
+
 #[test]
 fn a_device_may_only_read_its_own_accounts_events() {
     let h = harness();

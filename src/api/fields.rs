@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::error::Error;
 use crate::message::{MsgElement, SendControl, SenderCopy};
 
-/// The query string's parameters (percent-decoded).
+/// The query string's parameters (form-decoded: `%XX` escapes, and `+` for a space).
 pub(super) fn parse_query(query: &str) -> HashMap<String, String> {
     query
         .split('&')
@@ -34,6 +34,13 @@ fn percent_decode(s: &str) -> String {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
+            }
+            // Form encoding (`application/x-www-form-urlencoded`, what Python's `urlencode`,
+            // Go's `url.Values` and Java's `URLEncoder` send): `+` is a space. A Tencent UserSig
+            // never holds a `+` (its alphabet has `*` in its place).
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
             }
             (c, _, _) => {
                 out.push(c);

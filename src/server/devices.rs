@@ -85,11 +85,13 @@ pub(super) fn envelope(status: StatusCode, e: &Error) -> Response {
 }
 
 /// The HTTP status of a device connection refused before its upgrade or stream: 401 for a
-/// UserSig's failure, 503 for the server's own (91000: the journal cannot be written, say —
+/// UserSig's or the app id's failure, 503 for the server's own (91000: the journal cannot be written, say —
 /// a client retries that later, where it takes a 400 as final), 400 otherwise.
 pub(super) fn auth_status(e: &Error) -> StatusCode {
     match e.code() {
-        70001..=70020 => StatusCode::UNAUTHORIZED,
+        // The app id is what a UserSig is checked against: a missing (60012) or malformed
+        // (60006) one fails the authentication too.
+        70001..=70020 | 60006 | 60012 => StatusCode::UNAUTHORIZED,
         91000 => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -622,5 +624,14 @@ mod tests {
             }),
             StatusCode::UNAUTHORIZED
         );
+        // The app id's own failures (missing, malformed) fail the authentication too.
+        for code in [60012, 60006] {
+            let e = Error::InvalidField {
+                field: "sdkappid",
+                code,
+                why: "bad".into(),
+            };
+            assert_eq!(status(e), StatusCode::UNAUTHORIZED);
+        }
     }
 }
