@@ -32,7 +32,8 @@ pub struct Config {
     pub notice_lifetime_secs: u64,
     /// How many messages each device cache holds (default 1000).
     pub cache_capacity: usize,
-    /// Largest history response, in bytes of message content and framing (default 13 KB).
+    /// Largest history response (`admin_getroammsg`'s whole answer, counted at its widest),
+    /// in bytes (default 13 KB); a page holds at least one message, whatever its size.
     pub history_max_bytes: usize,
     /// App administrators: they may recall, and a send without From_Account comes from the
     /// first one. They are imported when the store opens. Default: `administrator`.

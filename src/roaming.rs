@@ -27,9 +27,16 @@ pub const RETRY_SKEW_SECS: u64 = 5;
 /// beyond, it looks up each second's (time, seq) instead.
 const RETRY_SCAN: usize = 64;
 
-/// Fixed bytes a history item costs on the wire besides its accounts and content: field names,
-/// numbers and punctuation of one `MsgList` entry.
-const ITEM_OVERHEAD_BYTES: usize = 200;
+/// Fixed bytes a history item costs on the wire besides its accounts and content, at most:
+/// field names, numbers and punctuation of one `MsgList` entry (`api::wire::WireMessage`),
+/// with ten-digit MsgSeq, MsgRandom, MsgTimeStamp and MsgFlagBits, a CloudCustomData, and the
+/// comma between entries — 221 bytes.
+const ITEM_OVERHEAD_BYTES: usize = 224;
+
+/// Bytes of an `admin_getroammsg` answer besides its `MsgList` entries, at most: the envelope,
+/// Complete, MsgCnt, LastMsgTime and LastMsgKey, with ten-digit numbers — 169 bytes. Taken off
+/// the page's byte cap, so that the whole answer stays within it.
+const ANSWER_OVERHEAD_BYTES: usize = 176;
 
 /// How many of a page's newest records `Conversation::page` starts loading before it reads
 /// them (the page's MaxCnt and one more, up to this).
@@ -671,6 +678,7 @@ impl Conversation {
         for h in self.messages.range(end.saturating_sub(newest), end) {
             MsgArc::prefetch(&h.msg);
         }
+        let max_bytes = max_bytes.saturating_sub(ANSWER_OVERHEAD_BYTES);
         let mut candidates = self.newest_first_below(end, side, cutoff).peekable();
         let mut picked: Vec<&MsgArc> = Vec::new();
         let mut bytes = 0;

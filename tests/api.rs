@@ -1152,3 +1152,47 @@ fn the_usersig_cache_is_sized_by_the_api_config() {
     }
     assert_eq!(ApiConfig::new(APP, KEY).usersig_cache, 4096);
 }
+
+/// An `admin_getroammsg` answer stays within the byte cap (13 KB) as a whole, envelope and
+/// all, when every number in it is ten digits long and every message carries
+/// CloudCustomData. Before, fields were counted short and the envelope not at all: ~14 KB.
+#[test]
+fn a_history_answer_stays_within_its_byte_cap() {
+    let h = harness();
+    h.import(&["u1", "u2"]);
+    let n = 120u32;
+    for i in 0..n {
+        let v = h.call(
+            SEND,
+            json!({"From_Account": "u1", "To_Account": "u2",
+            "MsgSeq": 4_294_967_295u32 - i, "MsgRandom": 4_294_967_295u32 - i,
+            "MsgTimeStamp": 1_584_668_000u32 + i, "MsgBody": text(&"x".repeat(30)),
+            "CloudCustomData": "c"}),
+        );
+        assert_eq!(v["ErrorCode"], 0, "{v}");
+    }
+    let query = h.query_as(ADMIN);
+    let mut seen = 0;
+    let mut last: Option<(Value, Value)> = None;
+    for _ in 0..n {
+        let mut body = json!({"Operator_Account": "u2", "Peer_Account": "u1", "MaxCnt": 1000,
+            "MinTime": 0, "MaxTime": 4_294_967_295u32});
+        if let Some((time, key)) = &last {
+            body["MaxTime"] = time.clone();
+            body["LastMsgKey"] = key.clone();
+        }
+        let reply = h.api.handle(ROAM, &query, body.to_string().as_bytes());
+        assert!(
+            reply.json.len() <= 13 * 1024,
+            "{} bytes in an answer",
+            reply.json.len()
+        );
+        let page: Value = serde_json::from_str(&reply.json).unwrap();
+        seen += page["MsgCnt"].as_u64().unwrap();
+        if page["Complete"] == 1 {
+            break;
+        }
+        last = Some((page["LastMsgTime"].clone(), page["LastMsgKey"].clone()));
+    }
+    assert_eq!(seen, u64::from(n), "every message on some page");
+}
