@@ -200,6 +200,15 @@ pub(crate) struct Live {
     pub cache: DeviceCache,
 }
 
+/// A session ends however its `Live` goes — ended, superseded, its account deleted, or the
+/// whole store dropped: its subscriber, blocked in `recv` or awaiting `next_batch`, is woken
+/// and sees `Disconnected`.
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.signal.close();
+    }
+}
+
 impl DeviceSlot {
     pub fn new(cursor: u64, last_seen: u64) -> Self {
         DeviceSlot {
@@ -216,9 +225,7 @@ impl DeviceSlot {
 
     /// Ends the live session, if any: its subscriber sees `Disconnected`.
     pub fn end_session(&mut self) {
-        if let Some(live) = self.live.take() {
-            live.signal.close();
-        }
+        self.live = None; // `Live`'s drop closes its signal
     }
 }
 
@@ -399,7 +406,7 @@ impl Subscription {
 
     /// The last sequence number handed out in this session.
     pub fn sent(&self) -> u64 {
-        self.buf.lock().sent
+        self.buf.lock().given().1
     }
 
     /// Hands out again what comes after `after` (at most what was handed out): for a
@@ -424,10 +431,7 @@ impl Subscription {
         let feed = self
             .feed()
             .map_err(|_| Error::Internal("the store is closed".into()))?;
-        let handed = {
-            let buf = self.buf.lock();
-            buf.handed.max(buf.sent)
-        };
+        let handed = self.buf.lock().given().0;
         feed.ack(&self.id, seq.min(handed))
     }
 
@@ -441,8 +445,13 @@ impl Subscription {
             }
             match buf.ready.pop_front() {
                 None => return Ok(None),
-                // Recalled since it was collected: its notice follows instead.
-                Some((_, Some(m))) if m.is_recalled() => continue,
+                // Recalled since it was collected: collected again from before it, which
+                // leaves it out and waits for the recall's commit; its notice follows.
+                Some((e, Some(m))) if m.is_recalled() => {
+                    buf.sent = e.seq - 1;
+                    buf.ready.clear();
+                    continue;
+                }
                 Some((e, _)) => return Ok(Some(e)),
             }
         }
@@ -490,6 +499,10 @@ impl Subscription {
                 return Ok(());
             }
             feed.durable(c.ticket)?;
+            // Recalled while the batch waited for the disk: collected again (`next_batch`).
+            if recalled_since(&c) {
+                continue;
+            }
             buf.sent = c.upto;
             // The records the events show bodies of, in the events' order (by sequence number).
             let mut shown: Vec<(u64, MsgArc)> = c.messages.to_vec();
@@ -510,27 +523,28 @@ impl Subscription {
 
     /// The next events, at most 64, once at least one is durable: for async tasks. Nothing is
     /// lost if the future is dropped before it completes (the events are handed out again).
+    ///
+    /// The store is not kept alive while this waits: dropping the last `Store` handle ends the
+    /// wait with `Disconnected`, as it ends a blocking [`recv`](Subscription::recv).
     pub async fn next_batch(&self) -> Result<Vec<Event>, Disconnected> {
-        let feed = self.feed()?;
         loop {
-            let ready = std::mem::take(&mut self.buf.lock().ready);
-            if !ready.is_empty() {
-                let fresh: Vec<Event> = ready
-                    .into_iter()
-                    .filter(|(_, m)| !m.as_ref().is_some_and(|m| m.is_recalled()))
-                    .map(|(e, _)| e)
-                    .collect();
-                if !fresh.is_empty() {
-                    return Ok(fresh);
-                }
+            let fresh = self.buf.lock().take_ready();
+            if !fresh.is_empty() {
+                return Ok(fresh);
             }
             let sent = self.buf.lock().sent;
-            let c = feed.collect(&self.id, sent, BATCH)?;
+            let c = self.feed()?.collect(&self.id, sent, BATCH)?;
             if c.upto == sent {
                 SignalWait(&self.signal).await;
                 continue;
             }
-            DurableWait(&*feed, c.ticket).await?;
+            DurableWait(&self.feed, c.ticket).await?;
+            // Recalled while the batch waited for the disk: collected again, which leaves it
+            // out and waits for the recall's own commit (its notice follows). A device that has
+            // not received a message never will once its recall is acknowledged.
+            if recalled_since(&c) {
+                continue;
+            }
             let fresh = {
                 let mut buf = self.buf.lock();
                 if buf.sent != sent {
@@ -539,7 +553,7 @@ impl Subscription {
                 buf.sent = c.upto;
                 buf.fresh(c.messages)
             };
-            feed.handed_out(&self.id, fresh);
+            self.feed()?.handed_out(&self.id, fresh);
             if !c.events.is_empty() {
                 return Ok(c.events);
             }
@@ -547,7 +561,39 @@ impl Subscription {
     }
 }
 
+/// Whether a message among the collected events was recalled after the collection.
+fn recalled_since(c: &Collected) -> bool {
+    (c.messages.iter().chain(&c.modified)).any(|(_, m)| m.is_recalled())
+}
+
 impl Buffer {
+    /// The events the blocking API collected and nobody took yet, up to the first whose
+    /// message was recalled since: from there the session collects again (the collection
+    /// leaves the message out and waits for the recall's commit, so that a recall a crash
+    /// takes back cannot have hidden a message from the device for good).
+    /// How far the application was given events: (at most, counting what a session handed
+    /// out before a rewind; in this stretch of the session). Events the blocking API collected
+    /// and nobody took yet are not given: an `ack` of `sent()` must not confirm them.
+    fn given(&self) -> (u64, u64) {
+        let untaken = self.ready.front().map_or(u64::MAX, |(e, _)| e.seq - 1);
+        (
+            self.handed.max(self.sent).min(untaken),
+            self.sent.min(untaken),
+        )
+    }
+
+    fn take_ready(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (e, m) in std::mem::take(&mut self.ready) {
+            if m.is_some_and(|m| m.is_recalled()) {
+                self.sent = e.seq - 1;
+                break;
+            }
+            out.push(e);
+        }
+        out
+    }
+
     /// Of `messages` just collected (up to `sent`), those not handed out before in this
     /// session; `handed` moves up to `sent`.
     fn fresh(&mut self, messages: Vec<(u64, MsgArc)>) -> Vec<MsgArc> {
@@ -592,11 +638,16 @@ impl Future for SignalWait<'_> {
     }
 }
 
-struct DurableWait<'a>(&'a dyn Feed, u64);
+/// Waits for a journal position, holding the store only while it polls (a dropped store
+/// wakes it through its journal's shutdown, and it ends `Disconnected`).
+struct DurableWait<'a>(&'a Weak<dyn Feed>, u64);
 
 impl Future for DurableWait<'_> {
     type Output = Result<(), Disconnected>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.poll_durable(self.1, cx)
+        match self.0.upgrade() {
+            Some(feed) => feed.poll_durable(self.1, cx),
+            None => Poll::Ready(Err(Disconnected)),
+        }
     }
 }

@@ -651,8 +651,11 @@ impl Store {
     }
 
     /// Drops roaming messages past retention and inbox entries past their lifetime, and
-    /// forgets devices not connected for `Config::device_idle_secs`. Journals only what it
-    /// removes: on an idle store with nothing expired it writes nothing.
+    /// forgets devices not connected for `Config::device_idle_secs`. Journals what it removes,
+    /// and that a device connected for half that time or more is still there (a record per
+    /// such device per half period; without it, a crash would leave the device's last sight
+    /// at its connect, and the next purge would forget it before it is back): on an idle store
+    /// with nothing expired and no long session it writes nothing.
     pub fn purge_expired(&self) -> Result<PurgeReport> {
         let now = self.now();
         let cutoff = now.saturating_sub(self.inner.config.retention_secs);
@@ -674,7 +677,7 @@ impl Store {
         }
         let cells = self.inner.accounts.cells();
         for cell in cells {
-            let (expired, idle_devices) = {
+            let (expired, idle_devices, long_connected) = {
                 let state = cell.state.lock();
                 let devices: Vec<DeviceId> = state
                     .devices
@@ -682,9 +685,37 @@ impl Store {
                     .filter(|(_, s)| !s.is_connected() && s.last_seen.saturating_add(idle) <= now)
                     .map(|(d, _)| d.clone())
                     .collect();
-                (state.inbox.has_expired(now, cutoff), devices)
+                // Connected since long ago and quiet (no ack moved its cursor): its last sight
+                // is its connect's. Seen now, journaled — else after a crash, before it is back,
+                // it would look idle since then, and be forgotten.
+                let long_connected: Vec<(DeviceId, u64)> = state
+                    .devices
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.is_connected() && s.last_seen.saturating_add(idle / 2) <= now
+                    })
+                    .map(|(d, s)| (d.clone(), s.cursor))
+                    .collect();
+                (
+                    state.inbox.has_expired(now, cutoff),
+                    devices,
+                    long_connected,
+                )
             };
             let account = cell.id.clone();
+            for (device, cursor) in long_connected {
+                let seen = self.run(&Op::Cursor {
+                    account: account.clone(),
+                    device,
+                    cursor,
+                    at: now,
+                });
+                match seen {
+                    // Deleted, or the device forgotten meanwhile: nothing to note.
+                    Ok(_) | Err(Error::AccountNotFound(_) | Error::InvalidRequest(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             if expired {
                 match self.run(&Op::PurgeInbox {
                     account: account.clone(),

@@ -718,3 +718,98 @@ fn a_message_recalled_while_waiting_to_be_taken_is_not_handed_out() {
     assert_eq!(rest.len(), 1, "{rest:?}");
     assert!(rest[0].starts_with("recall"), "{rest:?}");
 }
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Dropping the last store handle ends every session: a thread blocked in `recv` returns
+/// `Disconnected`, and a pending `next_batch` does not keep the store alive (its directory
+/// can be opened again) and then ends `Disconnected`. Before, `recv` waited for good and the
+/// pending future held the whole store open.
+#[test]
+fn dropping_the_store_ends_its_subscriptions() {
+    let (store, _) = store_with(&["a", "b"]);
+    let sub = store.connect("b", "phone").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(sub.recv().map(|e| e.seq));
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(store);
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    assert!(matches!(got, Ok(Err(_))), "recv ended with {got:?}");
+    waiter.join().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = imstore::Store::open(dir.path(), imstore::Config::default()).unwrap();
+    store.import_accounts(&["a", "b"]).unwrap();
+    let sub = store.connect("b", "phone").unwrap();
+    let waker = Waker::from(Arc::new(NoWake));
+    let mut fut = std::pin::pin!(sub.next_batch());
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    drop(store);
+    let again = imstore::Store::open(dir.path(), imstore::Config::default());
+    assert!(
+        again.is_ok(),
+        "the directory is still held: {:?}",
+        again.err()
+    );
+    let polled = fut.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(matches!(polled, Poll::Ready(Err(_))), "{polled:?}");
+}
+
+/// The blocking API collects events ahead of the application: `sent()` and `ack` count only
+/// what the application took. Acking `sent()` after taking one event of three confirms that
+/// one; the next session gets the other two. Before, the two collected but not taken were
+/// confirmed too, and lost.
+#[test]
+fn an_ack_of_sent_confirms_only_the_events_taken() {
+    let (store, _) = store_with(&["a", "b"]);
+    for i in 1..=3 {
+        send_text(&store, "a", "b", i, &format!("m{i}"));
+    }
+    let sub = store.connect("b", "phone").unwrap();
+    let first = sub.try_recv().unwrap().expect("an event");
+    assert_eq!(sub.sent(), first.seq);
+    sub.ack(sub.sent()).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), first.seq);
+    // A position past what was taken (a client's mistake) confirms no more either.
+    sub.ack(first.seq + 2).unwrap();
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), first.seq);
+    store.disconnect(sub).unwrap();
+    let sub = store.connect("b", "phone").unwrap();
+    assert_eq!(texts(&drain(&sub)), vec!["msg:m2", "msg:m3"]);
+}
+
+/// A device connected for longer than `device_idle_secs` without a cursor move is not
+/// forgotten after a crash: the purge notes, while it is connected, that it is still there.
+/// Before, its last sight stayed its connect's; after a crash (no disconnect recorded) the
+/// first purge forgot it, and it started again from the oldest retained entry.
+#[test]
+fn a_long_quiet_session_is_not_forgotten_after_a_crash() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    send_text(&store, "a", "b", 1, "one");
+    let phone = store.connect("b", "phone").unwrap();
+    let first = phone.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    phone.ack(first.seq).unwrap();
+    let idle = store.config().device_idle_secs;
+    // Quiet for a whole idle period, the purge running now and then.
+    for _ in 0..4 {
+        disk.clock.advance(idle / 4 + 1);
+        assert_eq!(store.purge_expired().unwrap().devices, 0);
+    }
+    // A crash: the session is not ended by a disconnect.
+    drop(store);
+    drop(phone);
+    let store = disk.reopen();
+    assert_eq!(store.purge_expired().unwrap().devices, 0, "forgotten");
+    assert_eq!(store.device_cursor("b", "phone").unwrap(), first.seq);
+    let phone = store.connect("b", "phone").unwrap();
+    assert!(drain(&phone).is_empty(), "nothing is sent again");
+}

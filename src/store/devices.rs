@@ -140,11 +140,12 @@ impl Store {
         let cell = self.cell_as(account, Role::Plain)?;
         let (value, ticket) = {
             let state = cell.state.lock();
-            let slot = state.devices.get(device).ok_or_else(|| no_device(device))?;
-            (read(slot), state.ticket)
+            (state.devices.get(device).map(read), state.ticket)
         };
+        // "No such device" rests on what forgot it (a purge, a delete): shown once durable
+        // too (R6), or a crash could bring back a device a caller was told is gone.
         self.durable(ticket)?;
-        Ok(value)
+        value.ok_or_else(|| no_device(device))
     }
 
     /// The devices `account` has, with whether each is connected now.
@@ -311,15 +312,15 @@ impl Feed for Inner {
             .map(|_| ())
     }
 
+    /// Records when the device was last seen (idle devices are forgotten; best effort), then
+    /// ends the session. In that order: ended first, there was a moment in which a purge found
+    /// the device disconnected with the last sight of its connect, and a device connected
+    /// longer than `device_idle_secs` was forgotten on its way out.
     fn release(&self, sub: &SubscriptionId) {
         let Some(store) = self.store() else { return };
         let mut cursor = None;
-        store.with_live(sub, |slot| {
-            slot.end_session();
-            cursor = Some(slot.cursor);
-        });
+        store.with_live(sub, |slot| cursor = Some(slot.cursor));
         if let Some(cursor) = cursor {
-            // Records when the device was last seen (idle devices are forgotten); best effort.
             let _ = store.apply(
                 &Op::Cursor {
                     account: sub.account.clone(),
@@ -329,6 +330,7 @@ impl Feed for Inner {
                 },
                 Mode::Live,
             );
+            store.with_live(sub, device::DeviceSlot::end_session);
         }
     }
 
