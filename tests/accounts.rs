@@ -276,3 +276,27 @@ fn every_account_lists_each_of_its_conversations_once_through_snapshots_and_dele
     send(&store, "s3", "hub");
     assert_eq!(listed(&store, "hub"), vec![("s3".to_string(), 1)]);
 }
+
+/// A deleted account's messages stay unread on its peer's side (its conversation stays): the
+/// peer can still mark them read, and the count comes down. A deleted account with no
+/// conversation with the reader, or a name never imported, is still refused.
+#[test]
+fn unread_messages_from_a_deleted_account_can_be_marked_read() {
+    let (disk, store) = on_disk(&["a", "b", "c"]);
+    send_text(&store, "b", "a", 1, "one");
+    send_text(&store, "b", "a", 2, "two");
+    store.delete_account("b").unwrap();
+    store.delete_account("c").unwrap();
+    assert_eq!(store.unread("a", "b").unwrap(), 2);
+    store.mark_read_until("a", "b", (T0 - 1) as u32).unwrap();
+    assert_eq!(store.unread("a", "b").unwrap(), 2, "nothing sent by then");
+    store.mark_read("a", "b").unwrap();
+    assert_eq!(store.unread("a", "b").unwrap(), 0);
+    assert_eq!(store.unread_all("a").unwrap(), vec![]);
+    assert!(store.mark_read("a", "c").is_err(), "no conversation with c");
+    assert!(store.mark_read("a", "nobody").is_err());
+    drop(store);
+    let store = disk.reopen();
+    assert_eq!(store.unread("a", "b").unwrap(), 0, "replayed");
+    assert_eq!(store.unread_all("a").unwrap(), vec![]);
+}

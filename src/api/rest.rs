@@ -354,8 +354,12 @@ impl Api {
                 let mut list = Vec::new();
                 let mut errors = Vec::new();
                 for p in peers {
-                    if self.store.account_exists(p)? {
-                        list.push(json!({"Peer_Account": p, "C2CUnreadMsgNum": self.store.unread(account, p)?}));
+                    // A deleted peer whose messages are still unread is counted in the total
+                    // (its conversation stays on this side): listed too, so that the list adds
+                    // up; 70107 otherwise.
+                    let unread = self.store.unread(account, p)?;
+                    if unread > 0 || self.store.account_exists(p)? {
+                        list.push(json!({"Peer_Account": p, "C2CUnreadMsgNum": unread}));
                     } else {
                         errors.push(json!({"Peer_Account": p, "ErrorCode": 70107}));
                     }

@@ -594,11 +594,17 @@ impl Store {
         // of it may be recorded before this mark: on replay the peer is then found deleted,
         // and the mark applies as it did live (the conversation stays; a delete changes only
         // the deleted account's side of it).
-        let pc = match mode {
-            Mode::Live => self.numbered_as(peer, Role::Other)?.1,
-            Mode::Replay => {
-                (self.inner.accounts.any(peer)).ok_or_else(|| Role::Other.missing(peer))?
-            }
+        // A peer deleted before the mark was asked for is read only for the conversation it
+        // left behind (the reader's unread count with it stays, and must be clearable).
+        let (pc, peer_gone) = match mode {
+            Mode::Live => match self.numbered_as(peer, Role::Other) {
+                Ok((_, pc)) => (pc, false),
+                Err(e) => (self.inner.accounts.any(peer).ok_or(e)?, true),
+            },
+            Mode::Replay => (
+                (self.inner.accounts.any(peer)).ok_or_else(|| Role::Other.missing(peer))?,
+                false,
+            ),
         };
         let mut state = rc.state.lock();
         if !state.alive {
@@ -608,6 +614,9 @@ impl Store {
         // (`conversation_or_new`), so the conversation exists here if and only if its making
         // was recorded before this mark — as replay finds it.
         let conv = self.conversation_of(rc, pc);
+        if peer_gone && conv.is_none() {
+            return Err(Role::Other.missing(peer));
+        }
         let mut c = conv.as_ref().map(|c| c.lock());
         let (ticket, mut outbox) = self.record_queueing(op, mode, origin)?;
         state.ticket = ticket;

@@ -40,7 +40,7 @@ impl Store {
             );
             (page, c.ticket)
         };
-        self.durable(ticket)?;
+        self.durable(ticket.max(self.membership()))?;
         Ok(page)
     }
 
@@ -57,7 +57,7 @@ impl Store {
                 c.ticket,
             )
         };
-        self.durable(ticket)?;
+        self.durable(ticket.max(self.membership()))?;
         Ok(last)
     }
 
@@ -66,11 +66,17 @@ impl Store {
     /// answer was "no such account"). A conversation's own ticket covers the imports before
     /// it; this covers the reads that find none.
     fn found_nothing(&self) -> Result<()> {
-        self.durable(
-            self.inner
-                .membership
-                .load(std::sync::atomic::Ordering::Acquire),
-        )
+        self.durable(self.membership())
+    }
+
+    /// The ticket of the last import or delete of any account. A page rests on both
+    /// accounts existing, and a conversation's own ticket covers only the imports before it:
+    /// an account deleted and imported again since (not yet durable) could be deleted again
+    /// by a crash, after a reader was shown the conversation with it (R6).
+    fn membership(&self) -> u64 {
+        self.inner
+            .membership
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) fn retention_cutoff(&self) -> u64 {
@@ -91,9 +97,17 @@ impl Store {
         self.set_read(reader, peer, Some(time))
     }
 
+    /// A deleted peer is accepted when it left a conversation behind: the reader's unread
+    /// count with it stays (a delete changes only the deleted account's side) and must be
+    /// clearable (`apply_set_read` refuses one with no conversation).
     fn set_read(&self, reader: &str, peer: &str, until: Option<u32>) -> Result<()> {
         let reader = self.cell_as(reader, Role::Acting)?.id.clone();
-        let peer = self.cell_as(peer, Role::Other)?.id.clone();
+        let peer = match self.cell_as(peer, Role::Other) {
+            Ok(cell) => cell.id.clone(),
+            Err(e) => UserId::find(peer)
+                .filter(|p| self.inner.accounts.any(p).is_some())
+                .ok_or(e)?,
+        };
         self.run(&Op::SetRead {
             reader,
             peer,

@@ -133,8 +133,9 @@ fn purges_and_a_read_mark_recorded_after_a_delete_replay() {
             until: None,
         },
     ];
-    // Live, the purges are refused now (the account is gone), as is a read mark naming it.
-    for op in &ops {
+    // Live, the purges are refused now (the account is gone). A read mark naming it is
+    // accepted (their conversation stays, and b's unread count with it must be clearable).
+    for op in &ops[..2] {
         assert!(store.apply(op, Mode::Live).is_err(), "{op:?}");
     }
     let mut ticket = 0;
@@ -151,4 +152,59 @@ fn purges_and_a_read_mark_recorded_after_a_delete_replay() {
         "the read mark"
     );
     store.compact().expect("a checkpoint replays it too");
+}
+
+/// A read mark that raced its peer's delete is recorded after it; when the two never wrote
+/// to each other, a snapshot taken between the two records holds the peer only as deleted.
+/// The mark must replay on that snapshot as it does from the start of the journal: before,
+/// the snapshot kept no cell for a deleted account, the replay refused the mark ("account
+/// not found"), and every later checkpoint and open failed.
+#[test]
+fn a_read_mark_after_its_peers_delete_replays_on_a_snapshot() {
+    use crate::op::Op;
+    use crate::store::Mode;
+    let clock = ManualClock::new(1_700_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config::default().with_clock(clock.clone());
+    let store = Store::open(dir.path(), config()).unwrap();
+    store.import_accounts(&["lone-r", "lone-p"]).unwrap();
+    store.delete_account("lone-p").unwrap();
+    store.compact().unwrap();
+    let op = Op::SetRead {
+        reader: UserId::new("lone-r").unwrap(),
+        peer: UserId::new("lone-p").unwrap(),
+        at: 1_700_000_000,
+        origin: None,
+        until: None,
+    };
+    // Live it is refused now (no conversation is left to read); recorded as the race did.
+    assert!(store.apply(&op, Mode::Live).is_err());
+    let ticket = store.record(&op, Mode::Live).unwrap();
+    store.durable(ticket).unwrap();
+    store.compact().expect("a checkpoint replays the mark");
+    send_between(&store, "lone-r");
+    drop(store);
+    let store = Store::open(dir.path(), config()).expect("the store opens");
+    assert!(!store.account_exists("lone-p").unwrap());
+    assert!(store.account_exists("lone-r").unwrap());
+    // And with the mark in the journal after a snapshot that holds the peer only as deleted.
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    let ticket = store.record(&op, Mode::Live).unwrap();
+    store.durable(ticket).unwrap();
+    drop(store);
+    Store::open(dir.path(), config()).expect("the store opens again");
+}
+
+/// Something after the mark, so that the next open replays past it.
+fn send_between(store: &Store, account: &str) {
+    store.import_account("lone-x").unwrap();
+    store
+        .send(SendRequest::new(
+            account,
+            "lone-x",
+            1,
+            vec![MsgElement::text("after")],
+        ))
+        .unwrap();
 }

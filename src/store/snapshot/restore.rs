@@ -79,7 +79,12 @@ impl Store {
                 let img: RetiredImage<'_> = codec::decode(payload).map_err(|e| e.0)?;
                 let mut retired = self.inner.retired.lock();
                 for (user, next) in img.accounts {
-                    retired.insert(UserId::new(user).map_err(|e| e.to_string())?, next);
+                    let user = UserId::new(user).map_err(|e| e.to_string())?;
+                    // A deleted account keeps its (dormant) cell, as a replay from the start
+                    // leaves it: a record after the cut may name it — a read mark that raced
+                    // its peer's delete — and replays only as it applied live.
+                    self.inner.accounts.cell(&user).map_err(|e| e.to_string())?;
+                    retired.insert(user, next);
                 }
                 Ok(())
             }
