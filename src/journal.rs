@@ -131,7 +131,7 @@ impl fmt::Display for OpenError {
                 reason,
             } => write!(
                 f,
-                "{} is corrupt at byte {offset}: {reason}; open with Config::repair to truncate it there",
+                "{} is corrupt at byte {offset}: {reason}; open with Config::repair (imstore-server --repair) to cut it there, losing what follows",
                 path.display()
             ),
             OpenError::Replay {

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// Run as a node of a cluster on NATS JetStream instead of on `data_dir` (needs the cargo
     /// feature `cluster`).
     pub cluster: Option<ClusterServerConfig>,
+    /// Open a journal damaged before its end by cutting it at the damage
+    /// (`Config::with_repair`; `imstore-server --repair`).
+    pub repair: bool,
 }
 
 /// How a server joins a cluster (`--cluster`, `--node-id`, `--shards`; SPEC §9).
@@ -132,6 +135,7 @@ impl ServerConfig {
             client_recall_window_secs: 120,
             erase_within_secs: crate::config::ERASE_WITHIN_SECS,
             drain: Duration::from_millis(500),
+            repair: false,
             cluster: None,
         }
     }
@@ -316,7 +320,25 @@ fn hold_while_exists(path: &Path) {
 
 /// A UserSig for `identifier`, valid 180 days, made with the app's key: the configured one, or
 /// the one saved in the data directory (generated there if there is none yet).
+///
+/// Only reads a key, never makes one: a key made here (in the wrong directory, or beside a
+/// server started with `--secret-key`) would sign UserSigs no server accepts.
 pub fn usersig_for(config: &ServerConfig, identifier: &str) -> std::io::Result<String> {
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::NotFound, why);
+    if config.secret_key.is_none() {
+        if config.cluster.is_some() {
+            return Err(refuse(
+                "a cluster's key is the one its nodes are given: pass --secret-key (or IMSTORE_SECRET_KEY)".into(),
+            ));
+        }
+        let path = config.data_dir.join("secret_key");
+        if !path.exists() {
+            return Err(refuse(format!(
+                "no secret key at {}: pass --secret-key (or IMSTORE_SECRET_KEY), or --data-dir of a server started once",
+                path.display()
+            )));
+        }
+    }
     let (key, _) = app_key(config.secret_key.as_deref(), &config.data_dir)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -376,12 +398,21 @@ fn secret_key(dir: &Path) -> std::io::Result<(String, bool)> {
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join("secret_key.tmp");
+    // A file of this attempt's own: two starts at once (a server and `--usersig`, say) must
+    // not write into each other's.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "secret_key.tmp.{}.{nanos}.{attempt}",
+        std::process::id()
+    ));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(key.as_bytes())?;
@@ -432,7 +463,16 @@ pub async fn run_until(
         .with_journal_prealloc_bytes(config.journal_prealloc)
         .with_client_recall_window_secs(config.client_recall_window_secs)
         .with_erase_within_secs(config.erase_within_secs)
+        .with_repair(config.repair)
         .with_journal_observer(Arc::new(metrics::JournalMetrics(metrics.clone())));
+    // Checked before anything starts: a bad callback URL is the operator's to fix.
+    let webhooks = match &config.webhooks {
+        Some(w) => Some(Arc::new(webhook::Webhooks::new(
+            w.clone(),
+            config.sdkappid,
+        )?)),
+        None => None,
+    };
     // Listen first: while the store recovers, every request is answered 503 ("starting").
     let (listener, addr, register, starting) = Starting::listen(config.listen).await?;
     let dir = config.data_dir.clone();
@@ -460,6 +500,10 @@ pub async fn run_until(
     metrics.opened(started.elapsed(), report.records_replayed);
     tracing::info!(dir = %config.data_dir.display(), snapshot = ?report.snapshot_lsn, replayed = report.records_replayed,
         truncated = ?report.truncated_tail, millis = started.elapsed().as_millis() as u64, "store opened");
+    if let Some(what) = &report.repaired {
+        tracing::warn!(repaired = %what, "the journal was damaged: --repair cut it at the damage");
+        println!("repaired: {what}");
+    }
     // Read (or made) with the data directory's lock held: one key per directory.
     let (key, generated) = app_key(config.secret_key.as_deref(), &config.data_dir)?;
     let api = Arc::new(Api::new(
@@ -506,13 +550,6 @@ pub async fn run_until(
         config.purge_interval,
         stop_rx.clone(),
     ));
-    let webhooks = match &config.webhooks {
-        Some(w) => Some(Arc::new(webhook::Webhooks::new(
-            w.clone(),
-            config.sdkappid,
-        )?)),
-        None => None,
-    };
     let dispatcher = webhooks.clone().map(|w| {
         let (store, stop, metrics) = (store.clone(), stop_rx.clone(), metrics.clone());
         tokio::spawn(async move { w.dispatch(store, stop, metrics).await })
@@ -861,16 +898,80 @@ mod key_tests {
         let (key, generated) = app_key(None, dir.path()).unwrap();
         assert!(generated);
         assert_eq!(key.len(), 64);
-        assert!(!dir.path().join("secret_key.tmp").exists());
+        assert_eq!(
+            files(dir.path()),
+            vec!["secret_key"],
+            "no temporary file left"
+        );
         let (again, generated) = app_key(None, dir.path()).unwrap();
         assert_eq!((again.as_str(), generated), (key.as_str(), false));
         // A configured key wins over the file.
         assert_eq!(app_key(Some("k1"), dir.path()).unwrap().0, "k1");
-        // A temporary file left by a crash is written over.
-        let other = tempfile::tempdir().unwrap();
-        std::fs::write(other.path().join("secret_key.tmp"), "half").unwrap();
-        let (fresh, generated) = app_key(None, other.path()).unwrap();
-        assert!(generated && fresh.len() == 64);
-        assert!(!other.path().join("secret_key.tmp").exists());
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Starts at once on a fresh directory (threads here, as processes would): all end with
+    /// the one key the file holds, none fails. Before, they shared one temporary file, and
+    /// one could write its key into the file another had just linked into place.
+    #[test]
+    fn starts_at_once_agree_on_one_key() {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..6)
+                    .map(|_| s.spawn(|| app_key(None, dir.path()).unwrap().0))
+                    .collect();
+                starts.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let saved = std::fs::read_to_string(dir.path().join("secret_key")).unwrap();
+            assert!(keys.iter().all(|k| *k == saved), "{keys:?} vs {saved}");
+            assert_eq!(files(dir.path()), vec!["secret_key"]);
+        }
+    }
+
+    /// `--usersig` reads the key; it never makes one (a key made in the wrong directory, or
+    /// beside a server given --secret-key, signs UserSigs no server accepts).
+    #[test]
+    fn a_usersig_is_made_only_with_a_key_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let e = usersig_for(&config, "administrator").unwrap_err();
+        assert!(e.to_string().contains("no secret key"), "{e}");
+        assert!(files(dir.path()).is_empty(), "a key was made");
+        let (key, _) = app_key(None, dir.path()).unwrap();
+        let sig = usersig_for(&config, "administrator").unwrap();
+        assert!(usersig::verify(config.sdkappid, &key, "administrator", &sig, now()).is_ok());
+        let given = ServerConfig {
+            secret_key: Some("given".into()),
+            ..config.clone()
+        };
+        let sig = usersig_for(&given, "administrator").unwrap();
+        assert!(usersig::verify(config.sdkappid, "given", "administrator", &sig, now()).is_ok());
+        let node = ServerConfig {
+            data_dir: tempfile::tempdir().unwrap().path().to_owned(),
+            cluster: Some(ClusterServerConfig {
+                urls: "nats://127.0.0.1:4222".into(),
+                node_id: "a".into(),
+                shards: 4,
+                replicas: 1,
+            }),
+            ..config
+        };
+        assert!(usersig_for(&node, "administrator").is_err());
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 }

@@ -1401,3 +1401,27 @@ fn a_batch_larger_than_one_nats_message_reaches_the_device() {
         assert_eq!(got, keys, "{device}\n{}\n----\n{}", a.stderr(), b.stderr());
     }
 }
+
+/// A node's `/metrics` counts the after-callbacks waiting in its shards' outboxes. Before, it
+/// read its front store's, which never holds any: always 0.
+#[test]
+fn metrics_count_the_callbacks_waiting_in_the_shards_outboxes() {
+    let _serial = serial();
+    let nats = Nats::up();
+    // A callback URL where nothing listens: after-callbacks stay in the outboxes, failing.
+    let closed = common::webhook::HeldPort::new();
+    let url = format!("http://{}/callback", closed.addr);
+    let (a, _da) = node_with(&nats, "a", &["--callback-url", &url]);
+    wait_balanced(&[&a]);
+    ok(&a.post(
+        "im_open_login_svc/multiaccount_import",
+        json!({ "Accounts": ["carol", "dave", "erin"] }),
+    ));
+    ok(&a.post("openim/sendmsg", text("dave", "carol", 1, "one")));
+    ok(&a.post("openim/sendmsg", text("erin", "carol", 2, "two")));
+    assert_eq!(metric_of(&a, "imstore_webhook_outbox_depth"), Some(2.0));
+    assert_eq!(
+        metric_of(&a, "imstore_webhook_outbox_dropped_total"),
+        Some(0.0)
+    );
+}

@@ -284,6 +284,12 @@ fn metrics_count_calls_by_code_devices_the_journal_and_the_outbox() {
     let code = refused["ErrorCode"].as_u64().unwrap();
     assert_ne!(code, 0, "{refused}");
 
+    // Paths that are no API: 60010, counted under api="other".
+    for path in ["/v4/openim", "/v4/a/b/c", "/nothing"] {
+        let (_, body) = get(&format!("{}{path}", s.base));
+        assert!(body.contains("60010"), "{path}: {body}");
+    }
+
     let scrape = || samples(&get(&format!("{}/metrics", s.base)).1);
     // The outbox dispatcher fails against the closed port at least once.
     assert!(
@@ -328,6 +334,10 @@ fn metrics_count_calls_by_code_devices_the_journal_and_the_outbox() {
     assert_eq!(
         metric(&m, r#"imstore_devices_connected{transport="sse"}"#),
         1.0
+    );
+    assert_eq!(
+        metric(&m, r#"imstore_api_calls_total{api="other",code="60010"}"#),
+        3.0
     );
     assert!(metric(&m, "imstore_connections_open") >= 2.0);
     assert!(metric(&m, "imstore_journal_bytes_total") > 0.0);
@@ -401,4 +411,128 @@ fn metrics_show_an_erasure_pending_until_a_snapshot_takes_it_off() {
     assert_eq!(r["ErrorCode"], 0, "{r}");
     assert_eq!(metric(&scrape(), "imstore_erasures_pending"), 0.0);
     assert!(s.stop().success());
+}
+
+/// Runs the server binary with `args` until it exits (at most `WAIT`): its status, stdout and
+/// stderr. For starts that must be refused.
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imstore-server"))
+        .args(args)
+        .env("IMSTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not exit: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    (
+        status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Mistakes an operator can make are refused at start, with a message that says what to fix,
+/// before anything listens: a cluster node without --node-id (a default from the process id
+/// is the same for every node in containers), a callback URL that is not one (every call
+/// would fail, and fail-open before-send would let every message through unchecked), an
+/// empty secret key.
+#[test]
+fn a_start_with_a_mistaken_setting_is_refused_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let base = ["--listen", "127.0.0.1:0", "--data-dir", d];
+    let cases: [(&[&str], &str); 4] = [
+        (&["--cluster", "nats://127.0.0.1:1"], "--node-id"),
+        (
+            &["--secret-key", KEY, "--callback-url", "cb.example.com/im"],
+            "--callback-url",
+        ),
+        (
+            &[
+                "--secret-key",
+                KEY,
+                "--callback-url",
+                "ftp://cb.example.com/im",
+            ],
+            "http",
+        ),
+        (&["--secret-key", ""], "secret key is empty"),
+    ];
+    for (extra, says) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (status, stdout, stderr) = run_to_exit(&args);
+        assert!(!status.success(), "{extra:?} started");
+        assert!(!stdout.contains("listening on"), "{extra:?}: {stdout}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}
+
+/// A journal damaged before its end (not a torn tail) stops the start and says where; with
+/// `--repair` the server cuts it at the damage, says what it removed, and serves what was
+/// before it.
+#[test]
+fn a_damaged_journal_stops_the_start_and_repair_cuts_it_there() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = imstore::Store::open(dir.path(), imstore::Config::default()).unwrap();
+        store.import_accounts(&["a", "b"]).unwrap();
+        for i in 0..5 {
+            let body = vec![imstore::MsgElement::text(format!("m{i}"))];
+            store
+                .send(imstore::SendRequest::new("a", "b", i, body))
+                .unwrap();
+        }
+    }
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a journal segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The third send's text, in the middle of the journal: a damaged record, batches after it.
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"m2")
+        .expect("the third message in the journal");
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        d,
+        "--secret-key",
+        KEY,
+    ];
+    let (status, _, stderr) = run_to_exit(&args);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("corrupt") && stderr.contains("--repair"),
+        "{stderr}"
+    );
+    let s = start(dir.path(), &["--repair"]);
+    let page = s.post(
+        "openim/admin_getroammsg",
+        json!({"Operator_Account": "b", "Peer_Account": "a", "MaxCnt": 100,
+               "MinTime": 0, "MaxTime": 4294967295u32}),
+    );
+    assert_eq!(page["ErrorCode"], 0, "{page}");
+    assert_eq!(page["MsgCnt"], 2, "the two sends before the damage: {page}");
+    assert!(
+        s.stderr().contains("--repair cut it"),
+        "the cut is not reported"
+    );
 }

@@ -96,9 +96,12 @@ struct Args {
     journal_prealloc: u64,
     /// Run as a node of a cluster on NATS JetStream (needs the `cluster` feature): the NATS
     /// servers, comma-separated. Every node needs the same --secret-key; --data-dir is unused.
-    #[arg(long, value_name = "nats://H:P[,nats://H:P...]")]
+    #[arg(long, value_name = "nats://H:P[,nats://H:P...]", requires = "node_id")]
     cluster: Option<String>,
-    /// This node's name in the cluster (letters, digits, '-', '_'; unique).
+    /// This node's name in the cluster (letters, digits, '-', '_'; unique, and the same
+    /// across restarts: a restarted node takes back what it held). Required with --cluster: a
+    /// default made from the process id would be the same on every node in containers (PID
+    /// 1) and another after every restart.
     #[arg(long, value_name = "NAME", requires = "cluster")]
     node_id: Option<String>,
     /// Shards of the cluster, fixed when it is created.
@@ -107,6 +110,11 @@ struct Args {
     /// Replicas of each shard's stream and of the buckets (at most the number of NATS nodes).
     #[arg(long, default_value_t = 3, requires = "cluster")]
     replicas: usize,
+    /// Open the data directory even if its journal is damaged before its end: the journal is
+    /// cut at the first damaged record (everything after it is lost) and the cut reported.
+    /// Without it, such a journal stops the start with the place of the damage.
+    #[arg(long)]
+    repair: bool,
     /// Print a UserSig for IDENTIFIER (valid 180 days, made with the app's secret key) and exit,
     /// without starting the server.
     #[arg(long, value_name = "IDENTIFIER")]
@@ -150,14 +158,13 @@ fn main() -> std::process::ExitCode {
         }),
         client_recall_window_secs: args.client_recall_window_secs,
         erase_within_secs: args.erase_within_secs,
+        repair: args.repair,
         drain: std::time::Duration::from_millis(args.drain_ms.min(2000)),
         cluster: args
             .cluster
             .map(|urls| imstore::server::ClusterServerConfig {
                 urls,
-                node_id: args
-                    .node_id
-                    .unwrap_or_else(|| format!("node-{}", std::process::id())),
+                node_id: args.node_id.expect("clap: --cluster requires --node-id"),
                 shards: args.shards,
                 replicas: args.replicas,
             }),

@@ -564,13 +564,13 @@ pub(super) async fn run_until(
     )?;
     // Refused when empty (`--secret-key "$UNSET"`): anybody could sign for the administrator.
     let (key, _) = super::app_key(Some(&key), &config.data_dir)?;
-    let metrics = m::Metrics::new();
-    metrics.set_shards_owned(0);
-    let (listener, addr, register, starting) = super::Starting::listen(config.listen).await?;
     let webhooks = match &config.webhooks {
         Some(w) => Some(Arc::new(Webhooks::new(w.clone(), config.sdkappid)?)),
         None => None,
     };
+    let metrics = m::Metrics::new();
+    metrics.set_shards_owned(0);
+    let (listener, addr, register, starting) = super::Starting::listen(config.listen).await?;
     let store_config = crate::Config::default()
         .with_admins(config.admins.clone())
         .with_client_recall_window_secs(config.client_recall_window_secs)

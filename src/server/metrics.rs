@@ -81,8 +81,9 @@ pub struct Metrics {
     shards_owned: IntGauge,
     stopping: AtomicBool,
     /// Held while a scrape brings the counters read from elsewhere up to date, so that two
-    /// concurrent scrapes do not both add the same difference.
-    scrape: parking_lot::Mutex<()>,
+    /// concurrent scrapes do not both add the same difference. It holds, for each store served
+    /// (a cluster node's shards come and go), the outbox drops already counted.
+    scrape: parking_lot::Mutex<std::collections::HashMap<usize, u64>>,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -223,7 +224,7 @@ impl Metrics {
                 "Shards this node owns (a single node owns its whole store: 1)",
             ),
             stopping: AtomicBool::new(false),
-            scrape: parking_lot::Mutex::new(()),
+            scrape: parking_lot::Mutex::new(Default::default()),
             registry: registry.clone(),
         };
         metrics.shards_owned.set(1);
@@ -303,20 +304,31 @@ impl Metrics {
 
     /// The text format, with what is read at scrape time brought up to date.
     fn render(&self, app: &App) -> String {
-        let _one_at_a_time = self.scrape.lock();
+        let mut counted = self.scrape.lock();
         let now = std::time::Instant::now();
-        let dues = app.stores().into_iter().filter_map(|s| s.erasure_due());
+        let stores = app.stores();
+        let dues = stores.iter().filter_map(|s| s.erasure_due());
         let (pending, overdue) = dues.fold((0i64, 0f64), |(n, worst), due| {
             let late = now.saturating_duration_since(due).as_secs_f64();
             (n + 1, worst.max(late))
         });
         self.erasures_pending.set(pending);
         self.erasure_overdue.set(overdue);
-        let (depth, dropped) = app.api.store().outbox_len();
+        // Every store's outbox: a cluster node's are its shards' (its front store queues
+        // nothing). Drops are counted per store since it was first seen here; a shard that
+        // left is forgotten, and one that comes back is a new store.
+        let mut depth = 0usize;
+        let mut seen = std::collections::HashMap::with_capacity(stores.len());
+        for store in &stores {
+            let (queued, dropped) = store.outbox_len();
+            depth += queued;
+            let before = counted.get(&store.id()).copied().unwrap_or(0);
+            self.outbox_dropped.inc_by(dropped.saturating_sub(before));
+            seen.insert(store.id(), dropped.max(before));
+        }
+        *counted = seen;
         self.outbox_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
-        self.outbox_dropped
-            .inc_by(dropped.saturating_sub(self.outbox_dropped.get()));
         self.connections
             .set(i64::try_from(app.register.open()).unwrap_or(i64::MAX));
         TextEncoder::new()

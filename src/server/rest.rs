@@ -178,7 +178,10 @@ impl App {
     }
 }
 
-/// Anything else: 60010 in the envelope.
-pub async fn unknown(uri: axum::http::Uri) -> Response {
-    json_response(error_reply(&Error::UnknownApi(uri.path().to_owned())))
+/// Anything else: 60010 in the envelope, counted as a call to no API (`api="other"`).
+pub async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    let started = Instant::now();
+    let reply = error_reply(&Error::UnknownApi(uri.path().to_owned()));
+    app.metrics.call(uri.path(), reply.code, started.elapsed());
+    json_response(reply)
 }

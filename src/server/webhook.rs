@@ -82,7 +82,21 @@ fn unix_now() -> u64 {
 }
 
 impl Webhooks {
-    pub fn new(config: WebhookConfig, sdkappid: u64) -> Result<Self, reqwest::Error> {
+    /// Refuses a URL that is not an absolute `http`/`https` one with a host: every call would
+    /// fail, and with fail-open before-send every message would go out unchecked.
+    pub fn new(
+        config: WebhookConfig,
+        sdkappid: u64,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| format!("--callback-url {:?}: {e}", config.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "--callback-url {:?}: must be an http:// or https:// URL with a host",
+                config.url
+            )
+            .into());
+        }
         // Each call's bound: an after-callback's (the before-send's own, shorter one wraps
         // its call). An app that takes longer than before-send's timeout to answer an
         // after-callback still has it acknowledged, rather than sent again for ever.
