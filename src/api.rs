@@ -331,6 +331,13 @@ impl Api {
     /// A send prepared by a REST call or a client: decided here by the store's hooks, or left
     /// to the caller when the decision comes from elsewhere.
     fn decide(&self, prepared: PreparedSend<'static>, ctx: &CallContext) -> Result<Outcome, Error> {
+        // A repeat of a stored message (a retry whose answer was lost) is answered with it:
+        // the app's before-send webhook is not called about it a second time.
+        if ctx.before_send_elsewhere && self.store.stored_already(&prepared) {
+            return self
+                .finish_send(prepared, BeforeSend::Allow)
+                .map(Outcome::Answer);
+        }
         if ctx.before_send_elsewhere {
             return Ok(Outcome::BeforeSend(PendingSend { prepared }));
         }

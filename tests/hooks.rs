@@ -193,3 +193,58 @@ fn a_message_to_oneself_is_refused_before_the_hook_is_asked() {
         assert_eq!(*hooks.calls.lock().unwrap(), 0, "{decision:?}");
     }
 }
+
+/// A send that repeats a stored message — the same (From, To, MsgKey), or a retry dated anew
+/// — is answered with that message whatever the before-send decision says now (SPEC §2: it
+/// stores nothing and returns the existing message). Before, a hook that refused the repeat
+/// (a rate limiter, an app that had since gone down) answered "refused" about a message the
+/// recipient already had.
+#[test]
+fn a_repeat_of_a_stored_message_is_answered_with_it_whatever_the_decision() {
+    struct FirstOnly(Mutex<u32>);
+    impl Hooks for FirstOnly {
+        fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
+            let mut n = self.0.lock().unwrap();
+            *n += 1;
+            match *n {
+                1 | 2 => BeforeSend::Allow,
+                3 => BeforeSend::Block,
+                4 => BeforeSend::Unavailable,
+                _ => BeforeSend::Drop,
+            }
+        }
+    }
+    let (store, clock) = store_with_config(&["a", "b"], |c| {
+        c.with_hooks(Arc::new(FirstOnly(Mutex::new(0))))
+    });
+    let mut keyed = text_req("a", "b", 7, "keyed");
+    keyed.msg_seq = Some(70);
+    keyed.msg_time = Some(T0 as u32);
+    let first = store.send(keyed.clone()).unwrap();
+    let mut dated = text_req("a", "b", 8, "dated by the server");
+    dated.msg_seq = Some(80);
+    let second = store.send(dated.clone()).unwrap();
+    clock.advance(5);
+    for (repeat, of) in [
+        (keyed.clone(), &first),
+        (dated.clone(), &second),
+        (keyed, &first),
+    ] {
+        let got = store.send(repeat).unwrap();
+        assert_eq!(got.msg_key, of.msg_key);
+    }
+    let page = store.history(&HistoryQuery::new("b", "a", 10)).unwrap();
+    assert_eq!(page.messages.len(), 2, "nothing stored twice");
+    // A new message is still refused as decided.
+    let mut new = text_req("a", "b", 9, "new");
+    new.msg_seq = Some(90);
+    assert!(store.send(new).is_ok(), "dropped silently, answered OK");
+    assert_eq!(
+        store
+            .history(&HistoryQuery::new("b", "a", 10))
+            .unwrap()
+            .messages
+            .len(),
+        2
+    );
+}

@@ -858,3 +858,51 @@ fn a_redirect_is_a_failed_call_not_followed() {
         .expect("accepted once the app answers");
     assert_eq!(accepted.body["MsgKey"], key.as_str());
 }
+
+/// A client retrying a send whose answer it lost — the same MsgSeq, MsgRandom and body, with
+/// or without the same MsgTimeStamp — is answered with the stored message, and the app's
+/// before-send webhook is not called about it again. Before, the retry asked again, and an
+/// app that refused it now (or a failing webhook, fail-closed) answered "refused" about a
+/// message the recipient already had.
+#[test]
+fn a_retried_send_is_answered_with_the_stored_message_without_asking_again() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with_callbacks(dir.path(), &receiver, &["--callback-fail-closed"]);
+    let first = rest_send(&s, 41, "delivered", json!({}));
+    assert_eq!(first["ErrorCode"], 0, "{first}");
+    let stamped = rest_send(&s, 42, "stamped", json!({"MsgTimeStamp": first["MsgTime"]}));
+    assert_eq!(stamped["ErrorCode"], 0, "{stamped}");
+    let mut before = 0;
+    while let Some(c) = receiver.next(QUICK) {
+        before += usize::from(c.command() == "C2C.CallbackBeforeSendMsg");
+    }
+    assert_eq!(before, 2);
+    // The app refuses everything from now on: a new message is refused ...
+    receiver.answer_with(|c: &Call| {
+        if c.command() == "C2C.CallbackBeforeSendMsg" {
+            Answer::ok(json!({"ActionStatus": "OK", "ErrorCode": 1, "ErrorInfo": ""}))
+        } else {
+            ok()
+        }
+    });
+    assert_eq!(rest_send(&s, 43, "new", json!({}))["ErrorCode"], 20006);
+    // ... and the retries are answered with what is stored, without a call.
+    let retry = rest_send(&s, 41, "delivered", json!({}));
+    assert_eq!(retry["ErrorCode"], 0, "{retry}");
+    assert_eq!(retry["MsgKey"], first["MsgKey"]);
+    let again = rest_send(
+        &s,
+        42,
+        "stamped",
+        json!({"MsgTimeStamp": stamped["MsgTime"]}),
+    );
+    assert_eq!(again["ErrorCode"], 0, "{again}");
+    assert_eq!(again["MsgKey"], stamped["MsgKey"]);
+    let mut before = 0;
+    while let Some(c) = receiver.next(QUICK) {
+        before += usize::from(c.command() == "C2C.CallbackBeforeSendMsg");
+    }
+    assert_eq!(before, 1, "only the new message's");
+    assert_eq!(history_texts(&s).len(), 2);
+}
