@@ -302,6 +302,19 @@ impl Content {
                 Ok(Content::build(&t.text, cloud_custom_data, None, TEXT_ONLY))
             }
             _ => {
+                // serde_json writes a NaN or an infinity as `null`, which the body then could not
+                // be read back with: refused here, as JSON input cannot carry one either.
+                let finite = body.iter().all(|e| match e {
+                    MsgElement::TIMLocationElem(l) => {
+                        l.latitude.is_finite() && l.longitude.is_finite()
+                    }
+                    _ => true,
+                });
+                if !finite {
+                    return Err(Error::InvalidMsgBody(
+                        "a TIMLocationElem's Latitude and Longitude must be finite numbers".into(),
+                    ));
+                }
                 let body_json = serde_json::to_string(body)
                     .map_err(|e| Error::InvalidMsgBody(e.to_string()))?;
                 check_size(body_json.len() + cloud_custom_data.map_or(0, str::len))?;
@@ -702,6 +715,32 @@ pub struct RecallNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A location that is not a finite number is refused (90002): serde_json would write it as
+    /// `null`, and the body could then not be read back (a panic in every reader of it).
+    #[test]
+    fn a_location_that_is_not_a_finite_number_is_refused() {
+        let at = |latitude, longitude| {
+            Content::new(
+                &[MsgElement::TIMLocationElem(LocationElem {
+                    desc: String::new(),
+                    latitude,
+                    longitude,
+                })],
+                None,
+            )
+        };
+        for (lat, lon) in [
+            (f64::NAN, 0.0),
+            (0.0, f64::INFINITY),
+            (f64::NEG_INFINITY, 1.0),
+        ] {
+            let e = at(lat, lon).unwrap_err();
+            assert_eq!(e.code(), 90002, "{e}");
+        }
+        let ok = at(39.9, 116.4).unwrap();
+        assert!(ok.body().len() == 1);
+    }
 
     #[test]
     fn json_string_len_is_what_serde_json_writes() {
