@@ -333,10 +333,14 @@ impl Api {
     fn decide(&self, prepared: PreparedSend<'static>, ctx: &CallContext) -> Result<Outcome, Error> {
         // A repeat of a stored message (a retry whose answer was lost) is answered with it:
         // the app's before-send webhook is not called about it a second time.
-        if ctx.before_send_elsewhere && self.store.stored_already(&prepared) {
-            return self
-                .finish_send(prepared, BeforeSend::Allow)
-                .map(Outcome::Answer);
+        if ctx.before_send_elsewhere
+            && let Some(stored) = self.store.repeat_of_stored(&prepared)
+        {
+            let r = stored.wait()?;
+            return Ok(Outcome::Answer(rest::answer([
+                ("MsgTime", r.msg_time.into()),
+                ("MsgKey", r.msg_key.to_string().into()),
+            ])));
         }
         if ctx.before_send_elsewhere {
             return Ok(Outcome::BeforeSend(PendingSend { prepared }));

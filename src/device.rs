@@ -567,10 +567,6 @@ fn recalled_since(c: &Collected) -> bool {
 }
 
 impl Buffer {
-    /// The events the blocking API collected and nobody took yet, up to the first whose
-    /// message was recalled since: from there the session collects again (the collection
-    /// leaves the message out and waits for the recall's commit, so that a recall a crash
-    /// takes back cannot have hidden a message from the device for good).
     /// How far the application was given events: (at most, counting what a session handed
     /// out before a rewind; in this stretch of the session). Events the blocking API collected
     /// and nobody took yet are not given: an `ack` of `sent()` must not confirm them.
@@ -582,6 +578,10 @@ impl Buffer {
         )
     }
 
+    /// The events the blocking API collected and nobody took yet, up to the first whose
+    /// message was recalled since: from there the session collects again (the collection
+    /// leaves the message out and waits for the recall's commit, so that a recall a crash
+    /// takes back cannot have hidden a message from the device for good).
     fn take_ready(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         for (e, m) in std::mem::take(&mut self.ready) {

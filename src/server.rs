@@ -159,6 +159,15 @@ struct App {
 
 impl App {
     /// The stores this server holds: the one store, or a cluster node's owned shards'.
+    /// Whether this server is a cluster node (its stores are the shards it owns now).
+    fn is_cluster_node(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.node.is_some() {
+            return true;
+        }
+        false
+    }
+
     fn stores(&self) -> Vec<Store> {
         #[cfg(feature = "cluster")]
         if let Some(node) = &self.node {
@@ -465,7 +474,11 @@ pub async fn run_until(
         .with_erase_within_secs(config.erase_within_secs)
         .with_repair(config.repair)
         .with_journal_observer(Arc::new(metrics::JournalMetrics(metrics.clone())));
-    // Checked before anything starts: a bad callback URL is the operator's to fix.
+    // Checked before anything starts: an empty key given, a bad callback URL, are the
+    // operator's to fix. (A key file in the data directory is read under its lock, below.)
+    if let Some(k) = &config.secret_key {
+        app_key(Some(k), &config.data_dir)?;
+    }
     let webhooks = match &config.webhooks {
         Some(w) => Some(Arc::new(webhook::Webhooks::new(
             w.clone(),

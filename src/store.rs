@@ -676,6 +676,7 @@ impl Store {
             }
         }
         let cells = self.inner.accounts.cells();
+        let mut seen_ticket = 0;
         for cell in cells {
             let (expired, idle_devices, long_connected) = {
                 let state = cell.state.lock();
@@ -704,12 +705,18 @@ impl Store {
             };
             let account = cell.id.clone();
             for (device, cursor) in long_connected {
-                let seen = self.run(&Op::Cursor {
-                    account: account.clone(),
-                    device,
-                    cursor,
-                    at: now,
-                });
+                // Not waited for one by one (a commit each, for every such device): once, at
+                // the end of the pass. A sight lost to a crash costs nothing until the next.
+                let (seen, ticket) = self.run_deferred(
+                    &Op::Cursor {
+                        account: account.clone(),
+                        device,
+                        cursor,
+                        at: now,
+                    },
+                    None,
+                );
+                seen_ticket = seen_ticket.max(ticket);
                 match seen {
                     // Deleted, or the device forgotten meanwhile: nothing to note.
                     Ok(_) | Err(Error::AccountNotFound(_) | Error::InvalidRequest(_)) => {}
@@ -740,6 +747,7 @@ impl Store {
                 }
             }
         }
+        self.durable(seen_ticket)?;
         Ok(report)
     }
 }

@@ -474,7 +474,7 @@ fn a_start_with_a_mistaken_setting_is_refused_before_it_listens() {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let (status, stdout, stderr) = run_to_exit(&args);
         assert!(!status.success(), "{extra:?} started");
-        assert!(!stdout.contains("listening on"), "{extra:?}: {stdout}");
+        assert!(!stdout.contains("starting on"), "{extra:?}: {stdout}");
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }
@@ -489,7 +489,9 @@ fn a_damaged_journal_stops_the_start_and_repair_cuts_it_there() {
         let store = imstore::Store::open(dir.path(), imstore::Config::default()).unwrap();
         store.import_accounts(&["a", "b"]).unwrap();
         for i in 0..5 {
-            let body = vec![imstore::MsgElement::text(format!("m{i}"))];
+            let body = vec![imstore::MsgElement::text(format!(
+                "message number {i} of five"
+            ))];
             store
                 .send(imstore::SendRequest::new("a", "b", i, body))
                 .unwrap();
@@ -502,9 +504,10 @@ fn a_damaged_journal_stops_the_start_and_repair_cuts_it_there() {
         .expect("a journal segment");
     let mut bytes = std::fs::read(&segment).unwrap();
     // The third send's text, in the middle of the journal: a damaged record, batches after it.
+    let third = b"message number 2 of five";
     let at = bytes
-        .windows(2)
-        .position(|w| w == b"m2")
+        .windows(third.len())
+        .position(|w| w == third)
         .expect("the third message in the journal");
     bytes[at] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();

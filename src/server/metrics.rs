@@ -315,14 +315,17 @@ impl Metrics {
         self.erasures_pending.set(pending);
         self.erasure_overdue.set(overdue);
         // Every store's outbox: a cluster node's are its shards' (its front store queues
-        // nothing). Drops are counted per store since it was first seen here; a shard that
-        // left is forgotten, and one that comes back is a new store.
+        // nothing). Drops are counted per store: a single node's since it opened; a shard's
+        // from when this node first saw it (what it replayed was counted by the node that
+        // owned it then). A shard that left is forgotten, and one that comes back is new.
+        let shards = app.is_cluster_node();
         let mut depth = 0usize;
         let mut seen = std::collections::HashMap::with_capacity(stores.len());
         for store in &stores {
             let (queued, dropped) = store.outbox_len();
             depth += queued;
-            let before = counted.get(&store.id()).copied().unwrap_or(0);
+            let first_sight = if shards { dropped } else { 0 };
+            let before = counted.get(&store.id()).copied().unwrap_or(first_sight);
             self.outbox_dropped.inc_by(dropped.saturating_sub(before));
             seen.insert(store.id(), dropped.max(before));
         }

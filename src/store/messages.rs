@@ -195,16 +195,32 @@ impl Store {
         })
     }
 
-    /// Whether `p` repeats a message already stored — the same (From, To, MsgKey), or a
-    /// client's retry as a send finds it (the same sender, MsgSeq, MsgRandom and content
-    /// within 120 s). Such a send is answered with the stored message's receipt whatever a
-    /// before-send decision would say (SPEC §2: it stores nothing and returns the existing
-    /// message), so the decision need not be asked again: a server skips its before-send
-    /// webhook for it.
-    pub fn stored_already(&self, p: &PreparedSend<'_>) -> bool {
-        self.conversation(&p.from, &p.to).is_some_and(|conv| {
+    /// The answer to `p` when it repeats a message already stored — the same (From, To,
+    /// MsgKey), or a client's retry as a send finds it (the same sender, MsgSeq, MsgRandom and
+    /// content within 120 s): that message's receipt, acknowledged once everything appended
+    /// so far is durable, as a send that finds it answers. Such a send stores nothing and
+    /// returns the existing message whatever a before-send decision would say (SPEC §2), so
+    /// the decision need not be asked again: a server skips its before-send webhook for it.
+    /// The answer is made here, not by applying the send again: a recall or modify of the
+    /// message in between would make the retry look new, and it would be stored without the
+    /// decision it skipped.
+    pub fn repeat_of_stored(&self, p: &PreparedSend<'_>) -> Option<Deferred<'_, SendReceipt>> {
+        let conv = self.conversation(&p.from, &p.to)?;
+        let key = {
             let c = conv.lock();
-            c.find(&p.from, p.key).is_some() || c.find_retry(&p.from, p.key, &p.content).is_some()
+            let found = c.find(&p.from, p.key);
+            found
+                .or_else(|| c.find_retry(&p.from, p.key, &p.content))?
+                .key
+        };
+        Some(Deferred {
+            store: self,
+            ticket: self.journal().map_or(0, Journal::appended),
+            value: SendReceipt {
+                msg_time: key.time(),
+                msg_key: key,
+            },
+            sent: None,
         })
     }
 
@@ -212,19 +228,18 @@ impl Store {
     /// replacement, refuse it (20006, or the app's code in 120001..=130000), drop it silently,
     /// or refuse it because the decision could not be had (80003). A send that repeats a
     /// stored message is answered with that message's receipt whatever the decision
-    /// ([`stored_already`](Store::stored_already)): a client retrying a send whose answer it
+    /// ([`repeat_of_stored`](Store::repeat_of_stored)): a client retrying a send whose answer it
     /// lost is not told "refused" about a message its peer has.
     pub fn finish_send(
         &self,
         p: PreparedSend<'_>,
         decision: BeforeSend,
     ) -> Result<Deferred<'_, SendReceipt>> {
-        let refused = !matches!(decision, BeforeSend::Allow | BeforeSend::Replace { .. });
-        let decision = if refused && self.stored_already(&p) {
-            BeforeSend::Allow
-        } else {
-            decision
-        };
+        if !matches!(decision, BeforeSend::Allow | BeforeSend::Replace { .. })
+            && let Some(stored) = self.repeat_of_stored(&p)
+        {
+            return Ok(stored);
+        }
         let mut content = p.content;
         // A refusal or a drop answers only once the accounts it found are durable (R6): a
         // crash must not undo an import after the caller was told 20006 rather than 90003.
