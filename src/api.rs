@@ -343,6 +343,9 @@ impl Api {
             ])));
         }
         if ctx.before_send_elsewhere {
+            // The app's webhook learns that both accounts exist: once their imports are
+            // durable (R6; the server waits for this call's ticket before it calls out).
+            self.store.accounts_durable()?;
             return Ok(Outcome::BeforeSend(PendingSend { prepared }));
         }
         let decision = self.store.config().hooks.before_send(&prepared.outgoing());

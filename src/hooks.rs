@@ -51,7 +51,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// Called before a single send is stored. It is shown a message that is not stored yet,
     /// between accounts of which one may have been imported moments before, its import not yet
     /// durable (the call does not wait for it, to keep sends from waiting on the journal). A
-    /// refusal or a drop it decides is answered only once that import is durable.
+    /// refusal or a drop it decides is answered only once that import is durable. (The
+    /// server's before-send webhook, an observer outside the process, is called only once
+    /// the imports are durable.)
     fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
         BeforeSend::Allow
     }

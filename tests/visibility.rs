@@ -313,6 +313,8 @@ fn visibility_crash_child() {
     };
     let one = send_text(&store, "vinson", "dramon", 1, "seen one");
     report(&mut out);
+    // The device confirms the first entry; the next send's commit makes that durable too.
+    phone.ack(1).unwrap();
     let two = send_text(&store, "vinson", "dramon", 2, "seen two");
     report(&mut out);
     store
@@ -420,6 +422,25 @@ fn crash_in_the_window(gate: &str) {
         .map(|m| body_text(&m.message))
         .collect();
     assert!(texts.contains(&"<recalled>".to_string()), "{texts:?}");
+    // R7 across the crash: the cursor stands where the device confirmed, and the device is
+    // sent again everything after it that it saw and was not taken back.
+    assert_eq!(store.device_cursor("dramon", "phone").unwrap(), 1);
+    let again = store.connect("dramon", "phone").unwrap();
+    let resent: Vec<u64> = drain(&again).iter().map(|e| e.seq).collect();
+    assert!(resent.iter().all(|s| *s > 1), "{resent:?}");
+    for (seq, what) in seen.iter().filter(|(s, _)| *s > 1) {
+        // A message recalled since (its notice is sent instead) is not sent again.
+        let recalled = what
+            .strip_prefix("message ")
+            .is_some_and(|key| replay.iter().any(|(_, w)| *w == format!("recall {key}")));
+        if !recalled {
+            assert!(
+                resent.contains(seq),
+                "#{seq} {what} not sent again: {resent:?}"
+            );
+        }
+    }
+    store.disconnect(again).unwrap();
     // Sequence numbers are never given again: the next entry is above every one seen.
     let max_seen = seen.iter().map(|(s, _)| *s).max().unwrap();
     let phone = store.connect_after("dramon", "phone", max_seen).unwrap();
@@ -837,5 +858,43 @@ fn a_device_forgotten_in_flight_is_not_reported_gone() {
     assert!(
         !store.is_durable(&ticket),
         "the device is reported gone before its purge is durable"
+    );
+}
+
+/// The server's before-send webhook is an observer outside the process: a send to an account
+/// whose import is still in flight is put to it only once the import is durable (the step's
+/// ticket covers the import; the server waits for it before calling out).
+#[test]
+fn a_send_is_put_to_the_webhook_only_once_its_accounts_are_durable() {
+    use imstore::api::{Api, ApiConfig, CallContext, Step};
+    const APP: u64 = 1_400_000_000;
+    const KEY: &str = "visibility-key";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    store.import_accounts(&["a"]).unwrap();
+    let api = Api::new(store.clone(), ApiConfig::new(APP, KEY));
+    let g = &store.faults().unwrap().hold_fsync;
+    g.close();
+    let _release = OpenOnDrop(g);
+    let (imported, _) = store.deferring(|| store.import_account("b"));
+    imported.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = imstore::usersig::generate(APP, KEY, ADMIN, 86400, now);
+    let query = format!("sdkappid={APP}&identifier={ADMIN}&usersig={sig}&random=1");
+    let body = r#"{"From_Account":"a","To_Account":"b","MsgRandom":1,
+        "MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
+    let ctx = CallContext {
+        before_send_elsewhere: true,
+        ..CallContext::default()
+    };
+    let (step, ticket) =
+        store.deferring(|| api.step("/v4/openim/sendmsg", &query, body.as_bytes(), &ctx));
+    assert!(matches!(step, Step::BeforeSend(_)), "{step:?}");
+    assert!(
+        !store.is_durable(&ticket),
+        "put to the webhook before b's import is durable"
     );
 }

@@ -69,6 +69,14 @@ impl Store {
         self.durable(self.membership())
     }
 
+    /// Waits until every account import and delete so far is durable (inside
+    /// [`Store::deferring`], leaves that to the caller's ticket): before a decision is asked
+    /// outside the process (the server's before-send webhook) about a message between accounts
+    /// one of which may have been imported moments before (R6).
+    pub(crate) fn accounts_durable(&self) -> Result<()> {
+        self.durable(self.membership())
+    }
+
     /// The ticket of the last import or delete of any account. A page rests on both
     /// accounts existing, and a conversation's own ticket covers only the imports before it:
     /// an account deleted and imported again since (not yet durable) could be deleted again
