@@ -423,6 +423,29 @@ fn multiaccount_import_lists_fail_accounts_and_refuses_over_100() {
     );
 }
 
+/// Tencent's newer request form, `AccountList` of objects with profile fields (ignored), is
+/// taken as the older `Accounts` is.
+#[test]
+fn multiaccount_import_takes_the_newer_account_list_form() {
+    let h = harness();
+    let v = h.call(
+        "v4/im_open_login_svc/multiaccount_import",
+        json!({"AccountList": [
+            {"UserID": "UserID_001", "Nick": "Nick_001", "FaceUrl": "http://www.qq.com"},
+            {"UserID": "UserID_002"}
+        ]}),
+    );
+    assert_eq!(v["ErrorCode"], 0, "{v}");
+    assert_eq!(v["FailAccounts"], json!([]));
+    for u in ["UserID_001", "UserID_002"] {
+        assert!(h.store.account_exists(u).unwrap(), "{u}");
+    }
+    assert_eq!(
+        h.code("v4/im_open_login_svc/multiaccount_import", json!({})),
+        70402
+    );
+}
+
 #[test]
 fn account_check_reports_imported_or_not() {
     let h = harness();

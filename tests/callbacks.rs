@@ -562,7 +562,18 @@ fn before_send_answers_map_to_decisions() {
             cloud_custom_data: Some("x".into())
         })
     );
+    // Empty replacements replace nothing (an answer model that always writes its fields).
+    assert_eq!(
+        d(json!({"ErrorCode": 0, "MsgBody": [], "CloudCustomData": ""})),
+        Ok(BeforeSend::Allow)
+    );
+    // A negative code is a refusal, not a failed call (which fail-open would let through).
+    assert_eq!(
+        d(json!({"ActionStatus": "FAIL", "ErrorCode": -1, "ErrorInfo": "risk service error"})),
+        Ok(BeforeSend::Block)
+    );
     assert!(before_send_decision(b"not json").is_err());
     assert!(d(json!({"ActionStatus": "OK"})).is_err());
+    assert!(d(json!({"ErrorCode": "1"})).is_err(), "not an integer");
     assert!(d(json!({"ErrorCode": 0, "MsgBody": "not a body"})).is_err());
 }

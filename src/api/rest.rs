@@ -49,7 +49,14 @@ impl Api {
         _: &str,
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
-        let users = user_list(f.array("Accounts", 70402)?, 70402, "Accounts")?;
+        // Tencent's newer form lists `AccountList: [{"UserID": ..., "Nick": ..., "FaceUrl":
+        // ...}]` (profile fields, which imstore does not keep, are ignored); the older one
+        // `Accounts: [...]`. Either is taken, `Accounts` when both are given.
+        let field = match (f.get("Accounts"), f.get("AccountList")) {
+            (None, Some(_)) => "AccountList",
+            _ => "Accounts",
+        };
+        let users = user_list(f.array(field, 70402)?, 70402, field)?;
         let failed = self.store.import_accounts(&users)?;
         Ok(answer([("FailAccounts", json!(failed))]))
     }

@@ -41,11 +41,12 @@ impl Ring {
     /// An empty ring with room for `n` messages (at least 2; a power of two).
     pub fn with_capacity(n: usize) -> Ring {
         let cap = n.max(2).next_power_of_two();
+        let cap32 = u32::try_from(cap).expect("a conversation's buffer fits in u32");
         Ring {
             ptr: Self::alloc(cap),
             head: 0,
             len: 0,
-            cap: u32::try_from(cap).expect("a conversation's buffer fits in u32"),
+            cap: cap32,
         }
     }
 
@@ -160,6 +161,9 @@ impl Ring {
     /// Moves the messages to a buffer twice the size, in order from its start.
     fn grow(&mut self) {
         let cap = self.cap as usize * 2;
+        // Checked before anything changes hands: a panic after the swap would leave the ring
+        // freeing its new buffer with the old one's size.
+        let cap32 = u32::try_from(cap).expect("a conversation's buffer fits in u32");
         let new = Self::alloc(cap);
         let (a, b) = self.as_slices();
         let (na, nb) = (a.len(), b.len());
@@ -172,7 +176,7 @@ impl Ring {
         }
         self.ptr = new;
         self.head = 0;
-        self.cap = u32::try_from(cap).expect("a conversation's buffer fits in u32");
+        self.cap = cap32;
     }
 
     pub fn pop_front(&mut self) -> Option<Held> {
