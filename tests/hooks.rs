@@ -248,3 +248,53 @@ fn a_repeat_of_a_stored_message_is_answered_with_it_whatever_the_decision() {
         2
     );
 }
+
+/// A send whose body the before-send decision replaced (moderation writing `***`) is still
+/// found when the client retries it as sent — dated anew by the server, within 120 s — and
+/// answered with the stored message, whatever the decision says about the retry. Before,
+/// the retry search compared the retry's content with the replaced one and never matched:
+/// the retry was put to the decision again and refused (20006 about a delivered message),
+/// or stored twice under another MsgKey.
+#[test]
+fn a_retry_of_a_send_whose_body_was_replaced_is_answered_with_it() {
+    struct Moderate(Mutex<u32>);
+    impl Hooks for Moderate {
+        fn before_send(&self, _msg: &OutgoingMessage<'_>) -> BeforeSend {
+            let mut n = self.0.lock().unwrap();
+            *n += 1;
+            match *n {
+                1 => BeforeSend::Replace {
+                    body: Some(vec![MsgElement::text("***")]),
+                    cloud_custom_data: None,
+                },
+                2 => BeforeSend::Block,
+                _ => BeforeSend::Replace {
+                    body: Some(vec![MsgElement::text("*** again")]),
+                    cloud_custom_data: Some("audit 2".into()),
+                },
+            }
+        }
+    }
+    let (store, clock) = store_with_config(&["a", "b"], |c| {
+        c.with_hooks(Arc::new(Moderate(Mutex::new(0))))
+    });
+    let mut req = text_req("a", "b", 9, "bad word");
+    req.msg_seq = Some(7);
+    let first = store.send(req.clone()).unwrap();
+    for _ in 0..2 {
+        clock.advance(3);
+        let retry = store.send(req.clone()).unwrap();
+        assert_eq!(retry.msg_key, first.msg_key);
+    }
+    let page = store.history(&HistoryQuery::new("b", "a", 10)).unwrap();
+    let texts: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| body_text(&m.message))
+        .collect();
+    assert_eq!(texts, vec!["***"], "stored once, as replaced");
+    // Past the retry window the same request is a new message (decided again).
+    clock.advance(130);
+    let later = store.send(req).unwrap();
+    assert_ne!(later.msg_key, first.msg_key);
+}

@@ -206,12 +206,14 @@ impl Store {
     /// decision it skipped.
     pub fn repeat_of_stored(&self, p: &PreparedSend<'_>) -> Option<Deferred<'_, SendReceipt>> {
         let conv = self.conversation(&p.from, &p.to)?;
+        // A send whose body the decision replaced is found by what was sent.
+        let replaced = self.inner.replaced_sends.lock().find(p);
         let key = {
             let c = conv.lock();
             let found = c.find(&p.from, p.key);
-            found
-                .or_else(|| c.find_retry(&p.from, p.key, &p.content))?
-                .key
+            let found = found.or_else(|| c.find_retry(&p.from, p.key, &p.content));
+            let found = found.or_else(|| c.find(&p.from, replaced?));
+            found?.key
         };
         Some(Deferred {
             store: self,
@@ -235,11 +237,14 @@ impl Store {
         p: PreparedSend<'_>,
         decision: BeforeSend,
     ) -> Result<Deferred<'_, SendReceipt>> {
-        if !matches!(decision, BeforeSend::Allow | BeforeSend::Replace { .. })
+        // Not on the common path (an allow): a replacement or a refusal looks first.
+        if !matches!(decision, BeforeSend::Allow)
             && let Some(stored) = self.repeat_of_stored(&p)
         {
             return Ok(stored);
         }
+        let sent_as = matches!(decision, BeforeSend::Replace { .. })
+            .then(|| (p.from.clone(), p.to.clone(), p.key, p.content.clone()));
         let mut content = p.content;
         // A refusal or a drop answers only once the accounts it found are durable (R6): a
         // crash must not undo an import after the caller was told 20006 rather than 90003.
@@ -308,6 +313,10 @@ impl Store {
         let Applied::Sent { msg, duplicate } = self.deferred(&op, p.found)? else {
             unreachable!("send applies as Sent")
         };
+        if let Some(sent_as) = sent_as.filter(|_| !duplicate) {
+            let now = self.now();
+            self.inner.replaced_sends.lock().note(sent_as, msg.key, now);
+        }
         Ok(Deferred {
             store: self,
             ticket: self.journal().map_or(0, Journal::appended),
@@ -584,3 +593,65 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// Sends stored with a body the before-send decision replaced (an app's moderation writing
+/// `***`), by what was sent: sender, recipient, MsgSeq, MsgRandom and a fingerprint of the
+/// content as sent. A client's retry of one carries the content as sent, which the stored
+/// message no longer has, so the retry search of the conversation cannot find it; it is found
+/// here, within the retry window. Live only (as that search is), and bounded: entries older
+/// than the window go when it fills, and past [`REPLACED_SENDS_MAX`] none is added.
+#[derive(Default)]
+pub(crate) struct ReplacedSends {
+    sends: crate::hash::HashMap<SentAs, (MsgKey, u64)>,
+    fingerprint: crate::hash::RandomState,
+}
+
+/// A replaced send as it was sent: sender, recipient, MsgSeq, MsgRandom, content fingerprint.
+type SentAs = (UserId, UserId, u32, u32, u64);
+
+/// Most replaced sends remembered at once (~100 bytes each).
+const REPLACED_SENDS_MAX: usize = 65_536;
+
+impl ReplacedSends {
+    fn fingerprint(&self, content: &Content) -> u64 {
+        use std::hash::BuildHasher;
+        self.fingerprint
+            .hash_one((content.body_json().as_ref(), content.cloud_custom_data()))
+    }
+
+    fn note(&mut self, sent_as: (UserId, UserId, MsgKey, Content), stored: MsgKey, now: u64) {
+        if self.sends.len() >= REPLACED_SENDS_MAX {
+            let window = crate::roaming::RETRY_WINDOW_SECS + crate::roaming::RETRY_SKEW_SECS;
+            self.sends
+                .retain(|_, (_, at)| at.saturating_add(window) >= now);
+            if self.sends.len() >= REPLACED_SENDS_MAX {
+                return;
+            }
+        }
+        let (from, to, key, original) = sent_as;
+        let fp = self.fingerprint(&original);
+        self.sends
+            .insert((from, to, key.seq(), key.random(), fp), (stored, now));
+    }
+
+    /// The key of the replaced send `p` repeats, if it was stored within the retry window
+    /// of `p`'s MsgTimeStamp (as the conversation's retry search dates it).
+    fn find(&self, p: &PreparedSend<'_>) -> Option<MsgKey> {
+        if self.sends.is_empty() {
+            return None;
+        }
+        let fp = self.fingerprint(&p.content);
+        let key = (
+            p.from.clone(),
+            p.to.clone(),
+            p.key.seq(),
+            p.key.random(),
+            fp,
+        );
+        let (stored, _) = self.sends.get(&key)?;
+        let (t, s) = (u64::from(p.key.time()), u64::from(stored.time()));
+        let within =
+            s + crate::roaming::RETRY_WINDOW_SECS >= t && s <= t + crate::roaming::RETRY_SKEW_SECS;
+        within.then_some(*stored)
+    }
+}
