@@ -268,7 +268,7 @@ pub(crate) struct Inner {
     retired: Mutex<crate::hash::HashMap<UserId, u64>>,
     /// Sends stored with a body the before-send decision replaced, by what was sent: a retry
     /// of one is found here (`Store::repeat_of_stored`). Live only, like the retry search.
-    replaced_sends: Mutex<messages::ReplacedSends>,
+    replaced_sends: messages::ReplacedSends,
     /// Writes snapshots in the background when enough journal has accumulated.
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     /// Replay met a record that erased a body: the journal holds it, so a snapshot is due
@@ -373,7 +373,7 @@ impl Store {
             membership: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             retired: Mutex::new(Default::default()),
-            replaced_sends: Mutex::new(Default::default()),
+            replaced_sends: Default::default(),
             outbox: Mutex::new(outbox),
             checkpointer: Mutex::new(None),
             erased_in_replay: AtomicBool::new(false),

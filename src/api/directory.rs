@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::fields::{Fields, account_items, user_list};
+use super::fields::{Fields, account_items, import_list, user_list};
 use super::rest::answer;
 use super::wire::ok_reply;
 use super::{Api, Reply, error_reply};
@@ -41,7 +41,7 @@ impl Api {
                     Ok(Map::new())
                 }
                 "im_open_login_svc/multiaccount_import" => {
-                    let users = user_list(f.array("Accounts", 70402)?, 70402, "Accounts")?;
+                    let users = import_list(&f)?;
                     if users.len() > crate::store::MAX_IMPORT_BATCH {
                         return Err(Error::TooManyAccounts { count: users.len() });
                     }

@@ -209,6 +209,17 @@ pub(super) struct MessageFields {
     pub control: SendControl,
 }
 
+/// `multiaccount_import`'s accounts: `Accounts: [...]`, or Tencent's newer `AccountList: [{"UserID":
+/// ..., "Nick": ..., "FaceUrl": ...}]` (profile fields, which imstore does not keep, are
+/// ignored); `Accounts` when both are given. 70402 when neither is a list of accounts.
+pub(super) fn import_list<'a>(f: &Fields<'a>) -> Result<Vec<&'a str>, Error> {
+    let field = match (f.get("Accounts"), f.get("AccountList")) {
+        (None, Some(_)) => "AccountList",
+        _ => "Accounts",
+    };
+    user_list(f.array(field, 70402)?, 70402, field)
+}
+
 pub(super) fn user_list<'a>(
     items: &'a [Value],
     code: u32,

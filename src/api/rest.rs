@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::fields::{Fields, account_items, bad, user_list};
+use super::fields::{Fields, account_items, bad, import_list, user_list};
 use super::wire::WireMessage;
 use super::{Api, CallContext, MAX_UNREAD_PEERS, Outcome};
 use crate::error::Error;
@@ -49,14 +49,7 @@ impl Api {
         _: &str,
         f: &Fields<'_>,
     ) -> Result<Map<String, Value>, Error> {
-        // Tencent's newer form lists `AccountList: [{"UserID": ..., "Nick": ..., "FaceUrl":
-        // ...}]` (profile fields, which imstore does not keep, are ignored); the older one
-        // `Accounts: [...]`. Either is taken, `Accounts` when both are given.
-        let field = match (f.get("Accounts"), f.get("AccountList")) {
-            (None, Some(_)) => "AccountList",
-            _ => "Accounts",
-        };
-        let users = user_list(f.array(field, 70402)?, 70402, field)?;
+        let users = import_list(f)?;
         let failed = self.store.import_accounts(&users)?;
         Ok(answer([("FailAccounts", json!(failed))]))
     }

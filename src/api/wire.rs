@@ -231,18 +231,19 @@ pub fn before_send_body(m: &OutgoingMessage<'_>) -> String {
 /// The app's answer to `C2C.CallbackBeforeSendMsg` as a decision: `ErrorCode` 0 allows (with
 /// `MsgBody` / `CloudCustomData` replacing the original when given), 1 refuses (20006), 2 drops
 /// silently, 120001..=130000 refuses with that code and `ErrorInfo`; any other integer code —
-/// a negative one too, as a backend's "-1: service error" — refuses with 20006. `Err` when the
-/// answer is not a JSON object with an integer ErrorCode: the call failed.
+/// a negative one too, as a backend's "-1: service error", and any other number (a fraction,
+/// one past i64) — refuses with 20006. `Err` when the answer is not a JSON object with a
+/// numeric ErrorCode: the call failed.
 /// An empty `MsgBody` (`[]`) and an empty `CloudCustomData` (`""`) replace nothing, as missing
 /// ones: an app's answer model that always writes its fields (Go's `string` without
 /// `omitempty`) would otherwise wipe every sender's CloudCustomData.
 pub fn before_send_decision(answer: &[u8]) -> Result<BeforeSend, String> {
     let v: Value =
         serde_json::from_slice(answer).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    let code = v
-        .get("ErrorCode")
-        .and_then(Value::as_i64)
-        .ok_or("the answer has no integer ErrorCode")?;
+    let code = match v.get("ErrorCode") {
+        Some(c) if c.is_number() => c.as_i64().unwrap_or(-1),
+        _ => return Err("the answer has no numeric ErrorCode".into()),
+    };
     Ok(match code {
         0 => {
             // An empty MsgBody replaces nothing, as a missing one (an app's answer model that

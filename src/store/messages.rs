@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::apply::{self_send, unknown_recipient};
 use super::{Applied, Deferred, Found, MAX_BATCH_RECIPIENTS, Role, Store, check_lifetime};
@@ -207,7 +207,7 @@ impl Store {
     pub fn repeat_of_stored(&self, p: &PreparedSend<'_>) -> Option<Deferred<'_, SendReceipt>> {
         let conv = self.conversation(&p.from, &p.to)?;
         // A send whose body the decision replaced is found by what was sent.
-        let replaced = self.inner.replaced_sends.lock().find(p);
+        let replaced = self.inner.replaced_sends.find(p, self.now());
         let key = {
             let c = conv.lock();
             let found = c.find(&p.from, p.key);
@@ -237,8 +237,10 @@ impl Store {
         p: PreparedSend<'_>,
         decision: BeforeSend,
     ) -> Result<Deferred<'_, SendReceipt>> {
-        // Not on the common path (an allow): a replacement or a refusal looks first.
-        if !matches!(decision, BeforeSend::Allow)
+        // Not on the common path (an allow while no replaced send is remembered): a
+        // replacement or a refusal looks first, and an allow when a retry of a replaced send
+        // could be it (the retry search in `apply` compares content, which was replaced).
+        if (!matches!(decision, BeforeSend::Allow) || self.inner.replaced_sends.any())
             && let Some(stored) = self.repeat_of_stored(&p)
         {
             return Ok(stored);
@@ -315,7 +317,7 @@ impl Store {
         };
         if let Some(sent_as) = sent_as.filter(|_| !duplicate) {
             let now = self.now();
-            self.inner.replaced_sends.lock().note(sent_as, msg.key, now);
+            self.inner.replaced_sends.note(sent_as, msg.key, now);
         }
         Ok(Deferred {
             store: self,
@@ -598,46 +600,80 @@ mod tests;
 /// `***`), by what was sent: sender, recipient, MsgSeq, MsgRandom and a fingerprint of the
 /// content as sent. A client's retry of one carries the content as sent, which the stored
 /// message no longer has, so the retry search of the conversation cannot find it; it is found
-/// here, within the retry window. Live only (as that search is), and bounded: entries older
-/// than the window go when it fills, and past [`REPLACED_SENDS_MAX`] none is added.
+/// here, within the retry window. Live only (as that search is), and bounded: entries leave
+/// once past the window, oldest first, and past [`REPLACED_SENDS_MAX`] none is added. While
+/// it holds none — the common case — a send reads one atomic here and takes no lock.
 #[derive(Default)]
 pub(crate) struct ReplacedSends {
-    sends: crate::hash::HashMap<SentAs, (MsgKey, u64)>,
+    /// How many entries there are (read without the lock).
+    count: AtomicUsize,
     fingerprint: crate::hash::RandomState,
+    held: parking_lot::Mutex<Replaced>,
+}
+
+#[derive(Default)]
+struct Replaced {
+    sends: crate::hash::HashMap<SentAs, (MsgKey, u64)>,
+    /// The entries by when they were noted, oldest first.
+    order: std::collections::VecDeque<(u64, SentAs)>,
 }
 
 /// A replaced send as it was sent: sender, recipient, MsgSeq, MsgRandom, content fingerprint.
 type SentAs = (UserId, UserId, u32, u32, u64);
 
-/// Most replaced sends remembered at once (~100 bytes each).
+/// Most replaced sends remembered at once (~150 bytes each).
 const REPLACED_SENDS_MAX: usize = 65_536;
 
 impl ReplacedSends {
+    /// Whether any is remembered now.
+    fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
     fn fingerprint(&self, content: &Content) -> u64 {
         use std::hash::BuildHasher;
         self.fingerprint
             .hash_one((content.body_json().as_ref(), content.cloud_custom_data()))
     }
 
-    fn note(&mut self, sent_as: (UserId, UserId, MsgKey, Content), stored: MsgKey, now: u64) {
-        if self.sends.len() >= REPLACED_SENDS_MAX {
-            let window = crate::roaming::RETRY_WINDOW_SECS + crate::roaming::RETRY_SKEW_SECS;
-            self.sends
-                .retain(|_, (_, at)| at.saturating_add(window) >= now);
-            if self.sends.len() >= REPLACED_SENDS_MAX {
-                return;
+    /// Drops the entries noted longer ago than a retry can come.
+    fn expire(&self, held: &mut Replaced, now: u64) {
+        let window = crate::roaming::RETRY_WINDOW_SECS + crate::roaming::RETRY_SKEW_SECS;
+        while let Some((at, _)) = held.order.front() {
+            if at.saturating_add(window) >= now {
+                break;
+            }
+            let (at, key) = held.order.pop_front().expect("looked at");
+            if held.sends.get(&key).is_some_and(|(_, noted)| *noted == at) {
+                held.sends.remove(&key);
             }
         }
+        self.count.store(held.sends.len(), Ordering::Release);
+    }
+
+    fn note(&self, sent_as: (UserId, UserId, MsgKey, Content), stored: MsgKey, now: u64) {
         let (from, to, key, original) = sent_as;
-        let fp = self.fingerprint(&original);
-        self.sends
-            .insert((from, to, key.seq(), key.random(), fp), (stored, now));
+        let key = (
+            from,
+            to,
+            key.seq(),
+            key.random(),
+            self.fingerprint(&original),
+        );
+        let mut held = self.held.lock();
+        self.expire(&mut held, now);
+        if held.sends.len() >= REPLACED_SENDS_MAX {
+            return;
+        }
+        held.sends.insert(key.clone(), (stored, now));
+        held.order.push_back((now, key));
+        self.count.store(held.sends.len(), Ordering::Release);
     }
 
     /// The key of the replaced send `p` repeats, if it was stored within the retry window
     /// of `p`'s MsgTimeStamp (as the conversation's retry search dates it).
-    fn find(&self, p: &PreparedSend<'_>) -> Option<MsgKey> {
-        if self.sends.is_empty() {
+    fn find(&self, p: &PreparedSend<'_>, now: u64) -> Option<MsgKey> {
+        if !self.any() {
             return None;
         }
         let fp = self.fingerprint(&p.content);
@@ -648,7 +684,9 @@ impl ReplacedSends {
             p.key.random(),
             fp,
         );
-        let (stored, _) = self.sends.get(&key)?;
+        let mut held = self.held.lock();
+        self.expire(&mut held, now);
+        let (stored, _) = held.sends.get(&key)?;
         let (t, s) = (u64::from(p.key.time()), u64::from(stored.time()));
         let within =
             s + crate::roaming::RETRY_WINDOW_SECS >= t && s <= t + crate::roaming::RETRY_SKEW_SECS;
