@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::fields::{Fields, account_items, import_list, user_list};
+use super::fields::{Fields, account_items, import_list};
 use super::rest::answer;
 use super::wire::ok_reply;
 use super::{Api, Reply, error_reply};
