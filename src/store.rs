@@ -638,7 +638,7 @@ impl Store {
     /// Whether `user` exists (`account_check`).
     pub fn account_exists(&self, user: &str) -> Result<bool> {
         let exists = UserId::find(user).is_some_and(|id| self.inner.accounts.contains(&id));
-        self.durable(self.inner.membership.load(Ordering::Acquire))?;
+        self.accounts_durable()?;
         Ok(exists)
     }
 

@@ -25,10 +25,10 @@ impl Store {
             last_msg_key: None,
         };
         if n_op == n_peer {
-            return self.found_nothing().map(|()| empty);
+            return self.accounts_durable().map(|()| empty);
         }
         let Some(conv) = self.conversation_hinted(op, peer, conv) else {
-            return self.found_nothing().map(|()| empty);
+            return self.accounts_durable().map(|()| empty);
         };
         let (page, ticket) = {
             let c = conv.lock();
@@ -48,7 +48,7 @@ impl Store {
     pub fn last_message(&self, account: &str, peer: &str) -> Result<Option<HistoryItem>> {
         let ((_, a), (_, p), conv) = self.pair(account, peer)?;
         let Some(conv) = self.conversation_hinted(a, p, conv) else {
-            return self.found_nothing().map(|()| None);
+            return self.accounts_durable().map(|()| None);
         };
         let (last, ticket) = {
             let c = conv.lock();
@@ -61,18 +61,12 @@ impl Store {
         Ok(last)
     }
 
-    /// Before a read answers that two live accounts have no conversation: every import so
-    /// far is durable (R6; an import not yet durable could be undone by a crash, and the
-    /// answer was "no such account"). A conversation's own ticket covers the imports before
-    /// it; this covers the reads that find none.
-    fn found_nothing(&self) -> Result<()> {
-        self.durable(self.membership())
-    }
-
     /// Waits until every account import and delete so far is durable (inside
-    /// [`Store::deferring`], leaves that to the caller's ticket): before a decision is asked
-    /// outside the process (the server's before-send webhook) about a message between accounts
-    /// one of which may have been imported moments before (R6).
+    /// [`Store::deferring`], leaves that to the caller's ticket). For any answer that rests on
+    /// which accounts exist (R6: an import or delete not yet durable could be undone by a
+    /// crash): a read that finds two live accounts with no conversation (a conversation's own
+    /// ticket covers only the imports before it), a refusal resting on an account found, and a
+    /// before-send decision asked outside the process (the server's webhook).
     pub(crate) fn accounts_durable(&self) -> Result<()> {
         self.durable(self.membership())
     }

@@ -164,7 +164,7 @@ impl Store {
         // same answer whatever the before-send decision (a drop would otherwise answer OK).
         if from == to {
             // Once the accounts it found are durable, as every refusal (R6).
-            self.durable(self.inner.membership.load(Ordering::Acquire))?;
+            self.accounts_durable()?;
             return Err(self_send(&to));
         }
         let lifetime = check_lifetime(req.lifetime)?;
@@ -250,7 +250,7 @@ impl Store {
         let mut content = p.content;
         // A refusal or a drop answers only once the accounts it found are durable (R6): a
         // crash must not undo an import after the caller was told 20006 rather than 90003.
-        let found = || self.durable(self.inner.membership.load(Ordering::Acquire));
+        let found = || self.accounts_durable();
         match decision {
             BeforeSend::Allow => {}
             BeforeSend::Block => {
