@@ -9,6 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + 'static {
     /// Seconds since the Unix epoch.
     fn now(&self) -> u64;
+
+    /// Microseconds since the Unix epoch: what a reopened store numbers its inboxes above
+    /// (`Op::SeqFloor`), so that two opens a moment apart number apart. By default
+    /// [`now`](Clock::now) in microseconds.
+    fn now_micros(&self) -> u64 {
+        self.now().saturating_mul(1_000_000)
+    }
 }
 
 /// The operating system's wall clock.
@@ -20,6 +27,12 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+
+    fn now_micros(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 }
 

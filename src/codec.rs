@@ -202,6 +202,10 @@ enum OpRecord<'a> {
     DeleteAccountReadAll {
         user: &'a str,
     },
+    // Added when reopened stores began to number above their past (`Op::SeqFloor`).
+    SeqFloor {
+        floor: u64,
+    },
 }
 
 /// A send as journaled (`SendV2`; `SendV3` adds the retention it trimmed to). A struct's
@@ -458,6 +462,7 @@ pub(crate) fn encode_op(op: &Op, out: &mut Vec<u8>) {
             },
             None => OpRecord::PurgeInbox { account, at: *at },
         },
+        Op::SeqFloor { floor } => OpRecord::SeqFloor { floor: *floor },
     };
     bincode::encode_into_std_write(rec, out, cfg()).expect("writing to a Vec cannot fail");
 }
@@ -633,6 +638,7 @@ pub(crate) fn decode_op(
         OpRecord::SendV4(rec, retention, control) => send_op(rec, retention, control, &mut name)?,
         OpRecord::RecallV3(rec, notice) => recall_op(rec, Some(notice), &mut name)?,
         OpRecord::ModifyV2(rec, notice) => modify_op(rec, Some(notice), &mut name)?,
+        OpRecord::SeqFloor { floor } => Op::SeqFloor { floor },
     })
 }
 

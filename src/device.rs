@@ -387,8 +387,10 @@ impl Subscription {
 
     /// `Some(start)` when the position the session was asked to resume after
     /// ([`Store::connect_after`](crate::Store::connect_after)) was past the account's last
-    /// inbox entry — the store's data is older than the client's (a backup restored, a power
-    /// loss under `SyncPolicy::None`). Nothing was confirmed; the session starts after
+    /// inbox entry — the store's data is older than the client's and its clock was set back
+    /// behind its sequence floor (`Op::SeqFloor`, which otherwise numbers a restored backup
+    /// above all its lost records gave), or the client names numbers it was never sent, or the
+    /// store lives in memory. Nothing was confirmed; the session starts after
     /// `start`, the device's cursor, and the entries that follow may carry sequence numbers
     /// the client has seen before, on other entries: a client told this (the server's
     /// `reset` event) must take them as new — its position is `start` now — rather than drop

@@ -1,6 +1,6 @@
 //! The offline inbox: per account, an ordered log of what its devices must receive — messages
-//! and Recalled/Modified notices — numbered by a contiguous sequence and bounded by each entry's
-//! lifetime.
+//! and Recalled/Modified notices — numbered by an increasing sequence (contiguous but for the
+//! jumps a sequence floor makes, `Op::SeqFloor`) and bounded by each entry's lifetime.
 
 use std::collections::VecDeque;
 
@@ -161,7 +161,8 @@ impl Slot {
 /// connected when it arrived to read it.
 pub(crate) const ONLINE_GRACE_SECS: u64 = 60;
 
-/// Entries per block. A block is 256 bytes; an inbox wastes at most one block's unused tail.
+/// Entries per block. A block is 256 bytes; an inbox wastes at most one block's unused tail,
+/// and that of each block a gap in its numbers ended (a sequence floor's jump at a restart).
 const BLOCK: usize = 16;
 
 /// Entries whose sequence numbers are `base` plus what each holds (below 2^29 — a gap that
@@ -245,10 +246,15 @@ impl Inbox {
         if self.tail.slots.is_empty() {
             self.tail.base = seq;
         } else if self.tail.slots.len() == BLOCK || seq - self.tail.base >= DELTA_LIMIT {
-            let next = Block {
-                base: seq,
-                slots: Slots::block(),
+            // A block begun for a gap (a sequence floor's jump, a purge's) starts small, as an
+            // account's first does: an inbox that gets an entry or two between restarts would
+            // otherwise hold a whole block for each.
+            let slots = if self.tail.slots.len() == BLOCK {
+                Slots::block()
+            } else {
+                Slots::new()
             };
+            let next = Block { base: seq, slots };
             self.full.push_back(std::mem::replace(&mut self.tail, next));
         }
         let low = (seq - self.tail.base) as u32
@@ -360,6 +366,12 @@ impl Inbox {
             next_seq: next_seq.max(1),
             front_expiry: u64::MAX,
         }
+    }
+
+    /// Numbers the next entry at `floor` or above (`Op::SeqFloor`): the numbers in between
+    /// are never given. An empty inbox's new devices start there.
+    pub fn raise_next_seq(&mut self, floor: u64) {
+        self.next_seq = self.next_seq.max(floor);
     }
 
     /// The sequence number the next entry gets.
@@ -533,6 +545,29 @@ mod tests {
             far[2..]
         );
         assert_eq!(inbox.full.len(), 2);
+    }
+
+    /// A sequence floor (`raise_next_seq`, at each restart) ends the tail block: the block it
+    /// begins starts as small as an account's first, so an inbox that gets an entry between
+    /// restarts holds a small block for each, not a whole one. Numbers go on above the floor.
+    #[test]
+    fn a_block_begun_after_a_floor_starts_small() {
+        let mut inbox = Inbox::default();
+        let mut seqs = Vec::new();
+        for restart in 1..=4u64 {
+            inbox.raise_next_seq(restart * DELTA_LIMIT * 2);
+            seqs.push(inbox.append(Entry::Message(msg()), 1000, 0, false));
+        }
+        assert_eq!(seqs, [2, 4, 6, 8].map(|k| k * DELTA_LIMIT));
+        assert_eq!(inbox.after(4 * DELTA_LIMIT).count(), 2);
+        let capacities: Vec<usize> = inbox.blocks().map(|b| b.slots.capacity()).collect();
+        assert!(capacities.iter().all(|&c| c < BLOCK), "{capacities:?}");
+        // A block that fills goes on whole, as before.
+        for _ in 0..BLOCK {
+            inbox.append(Entry::Message(msg()), 1000, 0, false);
+        }
+        assert_eq!(inbox.full.back().unwrap().slots.capacity(), BLOCK);
+        assert_eq!(inbox.tail.slots.capacity(), BLOCK);
     }
 
     #[test]

@@ -597,6 +597,14 @@ impl FileJournal {
         })
     }
 
+    /// Makes a checkpoint due now, whatever the journal's size: the store's replay has grown
+    /// costly in a way the size does not show (`Store::raise_seq_floor`).
+    pub fn checkpoint_soon(&self) {
+        let mut st = self.shared.state.lock();
+        st.checkpoint_due = true;
+        self.shared.due.notify_all();
+    }
+
     /// Sets how much journal makes a checkpoint due.
     pub fn set_snapshot_threshold(&self, bytes: u64) {
         self.shared.state.lock().snapshot_threshold = bytes;

@@ -69,6 +69,13 @@
 //!   others stays in their view. Imported again, the account's inbox continues the sequence
 //!   numbers the deleted one used (sequence numbers are never reused; a client resuming with an
 //!   old number misses nothing new).
+//! - Inbox sequence numbers increase but are not contiguous: each time a durable store is
+//!   opened on a directory that holds anything, it journals a sequence floor — its clock in
+//!   microseconds — and numbers every inbox's next entry there or above. A restored backup,
+//!   or a journal a power loss under `SyncPolicy::None` cut short, thus never gives again a
+//!   number its lost records gave (R6), and a client resuming after a number the restored
+//!   store never reached receives everything new. The floor stays below 2^52, so numbers
+//!   are exact in JavaScript.
 //! - A missing acting account (From/Operator/Report) answers 90008, a missing peer (To/Peer)
 //!   90003 — a send's or an import's recipient 90012, as Tencent's sendmsg and importmsg —, the
 //!   account APIs and batch-send ErrorList 70107.

@@ -90,6 +90,14 @@ pub(crate) enum Op {
         /// in a record written before it was kept).
         retention: Option<u64>,
     },
+    /// A durable store was opened again (`Store::open`, `Store::raise_seq_floor`): every inbox
+    /// numbers its next entry at `floor` or above, as does an account imported later. `floor`
+    /// is the clock at the open in microseconds, so a directory's later opens number above
+    /// its earlier ones — a restored backup, or a journal a power loss under
+    /// `SyncPolicy::None` cut short, never gives a number again that its lost future gave.
+    SeqFloor {
+        floor: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

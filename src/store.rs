@@ -266,6 +266,11 @@ pub(crate) struct Inner {
     /// Deleted accounts' next inbox sequence numbers: re-imported, an account continues from
     /// there (sequence numbers are never reused). Changed only by import and delete.
     retired: Mutex<crate::hash::HashMap<UserId, u64>>,
+    /// The highest `Op::SeqFloor` applied (0: none): an account imported now numbers its
+    /// inbox from here or above. Changed only by `apply_seq_floor` and a snapshot's restore.
+    seq_floor: AtomicU64,
+    /// How many `Op::SeqFloor` records recovery replayed (after the snapshot it began at).
+    floors_replayed: std::sync::atomic::AtomicU32,
     /// Sends stored with a body the before-send decision replaced, by what was sent: a retry
     /// of one is found here (`Store::repeat_of_stored`). Live only, like the retry search.
     replaced_sends: messages::ReplacedSends,
@@ -275,6 +280,15 @@ pub(crate) struct Inner {
     /// (`journal/erasure.rs`) once the store is open.
     erased_in_replay: AtomicBool,
 }
+
+/// The highest sequence floor (`Store::raise_seq_floor`): 2^52, so that sequence numbers stay
+/// exact in a JavaScript client (integers up to 2^53), with 2^52 numbers to go above it. The
+/// clock in microseconds reaches it in 2112; opens after that raise no floor.
+pub(crate) const SEQ_FLOOR_MAX: u64 = 1 << 52;
+
+/// Sequence floors a replay may meet before the open makes a snapshot due
+/// (`Store::raise_seq_floor`): each walks every account.
+const FLOORS_BEFORE_CHECKPOINT: u32 = 8;
 
 static NO_RECOVERY: RecoveryReport = RecoveryReport {
     snapshot_lsn: None,
@@ -303,7 +317,9 @@ impl Store {
 
     /// Opens (or creates) a durable store in `dir`: recovers the newest snapshot and the
     /// journal after it, then journals every mutation before acknowledging it or showing it to
-    /// anyone. Only one `Store` may have a directory open at a time.
+    /// anyone. Only one `Store` may have a directory open at a time. A store that has numbered
+    /// any inbox entry numbers the next ones above its clock in microseconds
+    /// (`Clock::now_micros`; see `raise_seq_floor`), so its sequence numbers jump at each open.
     ///
     /// A durable store runs two threads: one that commits for callers who wait asynchronously
     /// ([`commit_async`](Store::commit_async), [`Subscription::next_batch`](crate::Subscription::next_batch)) and one that
@@ -325,6 +341,7 @@ impl Store {
         let journal = Arc::new(journal);
         let _ = store.inner.journal.set(journal.clone());
         let _ = store.inner.recovery.set(report);
+        store.raise_seq_floor().map_err(OpenError::Config)?;
         store.import_admins().map_err(OpenError::Config)?;
         let config = store.inner.config.clone();
         let checkpointer = std::thread::Builder::new()
@@ -353,6 +370,37 @@ impl Store {
         Ok(store)
     }
 
+    /// Called by `open` once recovery is done, before anyone is served: if recovery found
+    /// anything (a snapshot or a journal record), journals an `Op::SeqFloor` at the clock's
+    /// now in microseconds (`Clock::now_micros`), so that every entry numbered from now on is
+    /// numbered above what any earlier open could have given. What recovery found is what
+    /// was durable; a backup restored, or a power loss under `SyncPolicy::None`, may have lost
+    /// later records whose numbers devices saw (R6: sequence numbers are never reused). A
+    /// later open has a later clock, so its floor is above everything an earlier one numbered
+    /// — unless one inbox got a million entries a second of the time between them — and
+    /// nothing here needs to know what was lost. A clock behind the floor already set leaves
+    /// it (no record). A directory that held nothing (a new store) writes none: its numbers
+    /// start at 1.
+    ///
+    /// Each floor replayed walks every account (`apply_seq_floor`): when recovery replayed
+    /// `FLOORS_BEFORE_CHECKPOINT` of them, a snapshot is made due, which folds them into one.
+    fn raise_seq_floor(&self) -> Result<()> {
+        let report = self.recovery_report();
+        let found = report.snapshot_lsn.is_some() || report.records_replayed > 0;
+        let floor = self.inner.config.clock.now_micros().min(SEQ_FLOOR_MAX);
+        let set = self.inner.seq_floor.load(Ordering::Relaxed);
+        if found && floor > set {
+            self.run(&Op::SeqFloor { floor })?;
+        }
+        let replayed = self.inner.floors_replayed.load(Ordering::Relaxed);
+        if replayed >= FLOORS_BEFORE_CHECKPOINT
+            && let Some(journal) = self.journal()
+        {
+            journal.checkpoint_soon();
+        }
+        Ok(())
+    }
+
     fn empty(config: Config) -> Result<Store> {
         let admins = config
             .admins
@@ -373,6 +421,8 @@ impl Store {
             membership: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             retired: Mutex::new(Default::default()),
+            seq_floor: AtomicU64::new(0),
+            floors_replayed: Default::default(),
             replaced_sends: Default::default(),
             outbox: Mutex::new(outbox),
             checkpointer: Mutex::new(None),

@@ -124,7 +124,9 @@ fn a_reimported_account_continues_its_sequence_numbers() {
     let store = open();
     store.import_account("b").unwrap();
     send_text(&store, "a", "b", 10, "newer");
-    assert_eq!(store.inbox("b", 0).unwrap()[0].seq, 5);
+    // Above every number it had (the reopen raised the numbering above its past, too).
+    let seq = store.inbox("b", 0).unwrap()[0].seq;
+    assert!(seq > 4, "{seq}");
 }
 
 /// A message sent before its recipient was deleted counts as read once the account is back:

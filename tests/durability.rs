@@ -918,12 +918,16 @@ fn a_last_batch_torn_out_of_order_by_a_power_loss_is_cut_at_the_open() {
             let (_, bytes) = only_segment(dir.path());
             drop(store);
             let b = batches(&bytes);
-            (b.last().unwrap().1.len() == 5).then(|| (b.last().unwrap().0, bytes))
+            let n = b.len();
+            (b[n - 1].1.len() == 5).then(|| (b[n - 2].clone(), b[n - 1].0, bytes))
         })
         .expect("the five sends never made one batch");
-    let (marker, mut bytes) = torn_again;
+    let (first, marker, mut bytes) = torn_again;
+    // The first batch after the cut is the open's sequence floor (`Op::SeqFloor`: the store
+    // had numbered entries), alone; the five sends come next.
     assert_eq!(
-        marker.offset, at as usize,
+        (first.0.offset, first.1.len()),
+        (at as usize, 1),
         "the next batch starts at the cut"
     );
     bytes[marker.offset + 14] ^= 0x5a;
@@ -1293,4 +1297,166 @@ fn a_full_disk_during_a_switch_of_segments_fails_the_switch_not_the_journal() {
     let mut want = vec!["after", "before"];
     want.extend(["during-0", "during-1", "during-2", "during-3", "during-4"]);
     assert_eq!(texts_between(&store, "a", "b"), want);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from.join("."))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+}
+
+/// Sequence numbers are never reused (R6), even where the journal lost records a device saw:
+/// a backup restored, or a power loss under `none`. Each open of a store that numbered
+/// anything raises every inbox's numbering to the clock in microseconds (`Op::SeqFloor`), so
+/// a later open numbers above everything an earlier one gave. Before, the restored store
+/// numbered its next entry 2, a number the phone had seen and confirmed: resuming after 3,
+/// the phone never got the message, and a client dropping repeats by number would drop it.
+#[test]
+fn a_restored_backup_numbers_above_every_number_given_after_it() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    send_text(&store, "a", "b", 1, "one");
+    store.close().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(disk.dir.path(), backup.path());
+
+    // The live store goes on: the phone receives two more and confirms all three.
+    disk.clock.advance(60);
+    let store = disk.reopen();
+    let phone = store.connect("b", "phone").unwrap();
+    send_text(&store, "a", "b", 2, "two");
+    send_text(&store, "a", "b", 3, "three");
+    let seen: Vec<u64> = drain(&phone).iter().map(|e| e.seq).collect();
+    assert_eq!(seen[0], 1, "{seen:?}");
+    assert_eq!(
+        seen[1..],
+        [(T0 + 60) * 1_000_000, (T0 + 60) * 1_000_000 + 1]
+    );
+    let last = seen[2];
+    store.disconnect(phone).unwrap();
+    store.close().unwrap();
+
+    // Back to the backup, later: what is sent now is numbered above all the phone saw.
+    disk.clock.advance(60);
+    let config = Config::default().with_clock(disk.clock.clone());
+    let restored = Store::open(backup.path(), config.clone()).unwrap();
+    send_text(&restored, "a", "b", 4, "after the restore");
+    let phone = restored.connect_after("b", "phone", last).unwrap();
+    let got = drain(&phone);
+    assert_eq!(texts(&got), ["msg:after the restore"]);
+    assert_eq!(got[0].seq, (T0 + 120) * 1_000_000);
+    assert_eq!(phone.reset(), None, "not ahead: nothing to start over");
+    drop(phone);
+    // An account imported now, and one deleted and imported again, number above it too.
+    restored.import_accounts(&["c", "d"]).unwrap();
+    send_text(&restored, "a", "c", 5, "to c");
+    assert_eq!(
+        restored.inbox("c", 0).unwrap()[0].seq,
+        (T0 + 120) * 1_000_000
+    );
+    restored.close().unwrap();
+    // A clock set back leaves the floor where it was: nothing goes below it.
+    disk.clock.set(T0);
+    let restored = Store::open(backup.path(), config).unwrap();
+    restored.delete_account("d").unwrap();
+    restored.import_account("d").unwrap();
+    send_text(&restored, "a", "d", 6, "to d");
+    assert_eq!(
+        restored.inbox("d", 0).unwrap()[0].seq,
+        (T0 + 120) * 1_000_000
+    );
+    send_text(&restored, "a", "b", 7, "to b again");
+    let b = restored.inbox("b", 0).unwrap();
+    assert_eq!(b.last().unwrap().seq, (T0 + 120) * 1_000_000 + 1);
+}
+
+/// The floor is in the snapshot: an account imported after a snapshot's cut numbers from it
+/// on replay as it did live. (Without it, the replay numbered that account's entries from 1.)
+/// A new directory numbers from 1; every open after the first raises a floor.
+#[test]
+fn the_sequence_floor_survives_a_snapshot_and_a_new_store_numbers_from_one() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    send_text(&store, "a", "b", 1, "one");
+    assert_eq!(store.inbox("b", 0).unwrap()[0].seq, 1, "a new store");
+    store.close().unwrap();
+
+    disk.clock.advance(20);
+    let store = disk.reopen();
+    store.compact().unwrap();
+    store.import_account("c").unwrap();
+    send_text(&store, "a", "c", 2, "to c");
+    send_text(&store, "a", "b", 3, "to b");
+    let floor = (T0 + 20) * 1_000_000;
+    assert_eq!(store.inbox("c", 0).unwrap()[0].seq, floor);
+    assert_eq!(store.inbox("b", 1).unwrap()[0].seq, floor);
+    store.close().unwrap();
+    // The same clock: the floor stands (no new record); the replay numbers as the store did.
+    let store = disk.reopen();
+    assert_eq!(store.inbox("c", 0).unwrap()[0].seq, floor);
+    assert_eq!(store.inbox("b", 1).unwrap()[0].seq, floor);
+}
+
+/// A backup of a store that had numbered nothing yet — accounts and history imported before
+/// going live (`importmsg` as history reaches no inbox) — restored after the store went live:
+/// the restored store numbers above what the live one gave too. (A floor raised only by
+/// stores that had numbered something left this one numbering from 1 again, and the phone,
+/// resuming after 3, missed three messages.)
+#[test]
+fn a_backup_taken_before_anything_was_numbered_numbers_above_the_live_store() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    store.close().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(disk.dir.path(), backup.path());
+
+    disk.clock.advance(60);
+    let store = disk.reopen();
+    let phone = store.connect("b", "phone").unwrap();
+    for i in 0..3 {
+        send_text(&store, "a", "b", i, &format!("live {i}"));
+    }
+    let seen = drain(&phone);
+    let last = seen.last().unwrap().seq;
+    phone.ack(last).unwrap();
+    store.disconnect(phone).unwrap();
+    store.close().unwrap();
+
+    disk.clock.advance(60);
+    let config = Config::default().with_clock(disk.clock.clone());
+    let restored = Store::open(backup.path(), config).unwrap();
+    for i in 10..14 {
+        send_text(&restored, "a", "b", i, &format!("restored {i}"));
+    }
+    let phone = restored.connect_after("b", "phone", last).unwrap();
+    let got = drain(&phone);
+    assert_eq!(got.len(), 4, "{:?}", texts(&got));
+    assert!(got.iter().all(|e| e.seq > last));
+}
+
+/// Every open replays the floors journaled since the last snapshot, each a walk over every
+/// account: once a replay met `FLOORS_BEFORE_CHECKPOINT` (8) of them, the open makes a
+/// snapshot due, which folds them into one record.
+#[test]
+fn many_restarts_without_writes_make_a_snapshot_due() {
+    let (disk, store) = on_disk(&["a", "b"]);
+    send_text(&store, "a", "b", 1, "one");
+    store.close().unwrap();
+    let before = snapshots_in(disk.dir.path());
+    for _ in 0..9 {
+        disk.clock.advance(1);
+        disk.reopen().close().unwrap();
+    }
+    wait_until(
+        "a snapshot after the ninth open",
+        std::time::Duration::from_secs(20),
+        || snapshots_in(disk.dir.path()) > before,
+    );
+    // The snapshot holds the floor: an account imported now numbers above it.
+    disk.clock.advance(1);
+    let store = disk.reopen();
+    store.import_account("c").unwrap();
+    send_text(&store, "a", "c", 2, "to c");
+    assert_eq!(store.inbox("c", 0).unwrap()[0].seq, (T0 + 10) * 1_000_000);
 }

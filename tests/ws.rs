@@ -202,13 +202,14 @@ fn a_session_ends_with_70001_when_its_usersig_expires() {
     );
 }
 
-/// A client whose position is past the server's inbox — the operator went back to an older
-/// backup — is told so: the session starts with a `reset` frame giving the position it starts
-/// from (SSE: `event: reset`, `id:` that position), and the entries numbered since the
-/// restore reach it. Before, the position was taken as confirmed, and a message sent after
-/// the restore, under a number the client had seen, never reached the device.
+/// The operator goes back to an older backup. The server numbers what it is sent after the
+/// restore above every number it gave before — each open raises a floor from the clock
+/// (`Op::SeqFloor`) — so a client resuming from a position the restored server never reached
+/// takes nothing new for a repeat: the message sent after the restore reaches it, over the
+/// WebSocket and over SSE. Before, the restored server numbered that message 2, a number the
+/// phone had seen and confirmed, and it never reached the phone.
 #[test]
-fn a_client_ahead_of_a_restored_server_is_reset_and_loses_nothing() {
+fn after_a_restore_new_entries_are_numbered_above_all_a_client_saw() {
     let (dir, s) = setup();
     send(&s, 1, "one");
     assert!(s.stop().success());
@@ -229,35 +230,49 @@ fn a_client_ahead_of_a_restored_server_is_reset_and_loses_nothing() {
     let seqs: Vec<u64> = (0..3)
         .map(|_| ws.expect()["Seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2, 3]);
-    ws.send(json!({"Op": "ack", "Seq": 3}));
+    assert_eq!(seqs[0], 1, "a new store numbers from 1");
+    assert!(seqs[1] > 1_000_000 && seqs[2] == seqs[1] + 1, "{seqs:?}");
+    let seen = seqs[2];
+    ws.send(json!({"Op": "ack", "Seq": seen}));
     drop(ws);
     assert!(s.stop().success());
 
-    // The operator goes back to the backup: the inbox holds one entry; a message sent now is
-    // numbered 2, a number the phone has seen.
+    // Back to the backup: its inbox holds one entry; the message sent now is numbered above
+    // everything the phone saw, and reaches it.
     let s = start(backup.path(), &[]);
     let later = send(&s, 4, "after the restore");
-    let mut ws = s.ws("dramon", "phone", "&after=3");
-    let reset = ws.expect();
-    assert_eq!(reset, json!({"Event": "reset", "Seq": 0, "Data": {}}));
-    let got: Vec<(u64, Value)> = (0..2)
-        .map(|_| {
-            let f = ws.expect();
-            (f["Seq"].as_u64().unwrap(), f["Data"]["MsgKey"].clone())
-        })
-        .collect();
-    assert_eq!(got[1], (2, json!(later)), "{got:?}");
+    let mut ws = s.ws("dramon", "phone", &format!("&after={seen}"));
+    let f = ws.expect();
+    assert_eq!(f["Event"], "message", "{f}");
+    assert_eq!(f["Data"]["MsgKey"], json!(later));
+    let numbered = f["Seq"].as_u64().unwrap();
+    assert!(numbered > seen, "{numbered} after {seen}");
+    assert!(numbered < 1 << 53, "exact in JavaScript");
     // Over SSE alike, from the browser's Last-Event-ID.
-    let sse = s.events("dramon", "tablet", Some("3"));
+    let sse = s.events("dramon", "tablet", Some(&seen.to_string()));
+    let (id, kind, _) = sse.recv_timeout(WAIT).unwrap();
+    assert_eq!((id, kind.as_str()), (numbered.to_string(), "message"));
+    // A position past everything this store numbered (a clock set back before a restore, a
+    // client making numbers up) confirms nothing: the session starts over from the device's
+    // cursor — a new device's is before the oldest entry — and says so first.
+    let ahead = (numbered + 1_000_000).to_string();
+    let mut desk = s.ws("dramon", "desk", &format!("&after={ahead}"));
+    assert_eq!(
+        desk.expect(),
+        json!({"Event": "reset", "Seq": 0, "Data": {}})
+    );
+    assert_eq!(desk.expect()["Seq"], 1);
+    let sse = s.events("dramon", "watch", Some(&ahead));
     let (id, kind, _) = sse.recv_timeout(WAIT).unwrap();
     assert_eq!((id.as_str(), kind.as_str()), ("0", "reset"));
-    let ids: Vec<String> = (0..2).map(|_| sse.recv_timeout(WAIT).unwrap().0).collect();
-    assert_eq!(ids, ["1", "2"]);
-    // A position the server has is no reset.
-    let mut again = s.ws("dramon", "laptop", "&after=2");
+    // And the next open numbers above this one's.
+    assert!(s.stop().success());
+    let s = start(backup.path(), &[]);
+    let mut ws = s.ws("dramon", "laptop", &format!("&after={numbered}"));
     send(&s, 5, "new");
-    assert_eq!(again.expect()["Event"], "message");
+    let f = ws.expect();
+    assert_eq!(f["Event"], "message");
+    assert!(f["Seq"].as_u64().unwrap() > numbered, "{f}");
 }
 
 #[test]

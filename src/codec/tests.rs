@@ -187,6 +187,9 @@ fn operations_round_trip() {
             },
             retry_dedup: false,
         }),
+        Op::SeqFloor {
+            floor: 1_700_000_000_000_000,
+        },
     ];
     // Each record's bytes, as journals and streams hold them: a change to the record types
     // that changes them breaks every journal written before.
@@ -208,6 +211,7 @@ fn operations_round_trip() {
         "09016269",
         "16016201616a00fc00f15365",
         "1701610162070809395b7b224d736754797065223a2254494d54657874456c656d222c224d7367436f6e74656e74223a7b2254657874223a227175696574227d7d5d00003c006b000001fb100e03",
+        "19fd00401e18240a0600",
     ];
     assert_eq!(ops.len(), bytes.len());
     for (op, want) in ops.into_iter().zip(bytes) {

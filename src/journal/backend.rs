@@ -130,6 +130,15 @@ impl Journal {
         }
     }
 
+    /// See [`FileJournal::checkpoint_soon`]; a stream's shard owner makes its own snapshots.
+    pub fn checkpoint_soon(&self) {
+        match self {
+            Journal::File(j) => j.checkpoint_soon(),
+            #[cfg(feature = "cluster")]
+            Journal::Stream(_) => {}
+        }
+    }
+
     pub fn set_snapshot_threshold(&self, bytes: u64) {
         match self {
             Journal::File(j) => j.set_snapshot_threshold(bytes),

@@ -44,6 +44,8 @@ pub(crate) mod kind {
     /// Recovery uses it to tell a batch torn by a power loss, which nobody was told of, from
     /// damage with acknowledged records behind it (`recovery.rs`, `docs/FORMAT.md`).
     pub const BATCH: u8 = 10;
+    /// The store's sequence floor (`Op::SeqFloor`), when one was ever set: a `u64`.
+    pub const SNAP_SEQ_FLOOR: u8 = 11;
 }
 
 /// A batch marker's length: a frame header and a `u32`.

@@ -139,6 +139,7 @@ impl Store {
                 self.rehint(&key, &c, before);
                 Ok(Applied::Purged(purged))
             }
+            Op::SeqFloor { floor } => self.apply_seq_floor(op, *floor, mode),
             Op::PurgeInbox {
                 account,
                 at,
@@ -197,13 +198,36 @@ impl Store {
         state.reset();
         state.alive = true;
         state.ticket = ticket;
-        if let Some(next) = self.inner.retired.lock().remove(user) {
-            state.inbox = Inbox::starting_at(next);
+        // A deleted namesake's numbers go on (none is given twice), above the sequence floor.
+        let next = self.inner.retired.lock().remove(user).unwrap_or(1);
+        let floor = self.inner.seq_floor.load(Ordering::Relaxed);
+        if next.max(floor) > 1 {
+            state.inbox = Inbox::starting_at(next.max(floor));
         }
         // The membership ticket before the live flag: a reader that finds the account (or
         // does not, after a delete) then waits for at least this ticket (R6).
         self.inner.membership.fetch_max(ticket, Ordering::AcqRel);
         self.inner.accounts.set_live(cell, true);
+        Ok(Applied::Done)
+    }
+
+    /// `Op::SeqFloor`: every live account's inbox goes on at `floor` or above, as will an
+    /// account imported later, deleted before or not (`seq_floor`, `apply_import`). Only
+    /// `Store::raise_seq_floor` makes one, at open before anyone is served, and replay
+    /// applies it in journal order: no other operation runs meanwhile, so an entry numbered
+    /// after this record is numbered above the floor, live and on replay alike. Each account's
+    /// lock is taken alone.
+    fn apply_seq_floor(&self, op: &Op, floor: u64, mode: Mode) -> Result<Applied> {
+        let ticket = self.record(op, mode)?;
+        if mode == Mode::Replay {
+            self.inner.floors_replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.seq_floor.fetch_max(floor, Ordering::Relaxed);
+        for cell in self.inner.accounts.cells() {
+            let mut state = cell.state.lock();
+            state.inbox.raise_next_seq(floor);
+            state.ticket = state.ticket.max(ticket);
+        }
         Ok(Applied::Done)
     }
 

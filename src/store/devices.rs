@@ -32,8 +32,9 @@ impl Store {
     /// to `after` (the cursor moves there if it was behind).
     ///
     /// An `after` past the inbox's last entry names entries this store never numbered (its
-    /// data is older than the client's: a backup restored, a power loss under
-    /// `SyncPolicy::None`). It confirms nothing; the subscription starts from the device's
+    /// data is older than the client's and its clock behind its sequence floor, say; a durable
+    /// store's floor otherwise numbers a restored backup above all its lost records gave).
+    /// It confirms nothing; the subscription starts from the device's
     /// cursor instead, and [`Subscription::reset`] says so: the client must take what follows
     /// as new, though its sequence numbers are ones it has seen (the server's `reset` event).
     pub fn connect_after(&self, account: &str, device: &str, after: u64) -> Result<Subscription> {

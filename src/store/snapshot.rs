@@ -35,6 +35,8 @@ pub(super) struct Capture {
     accounts: Vec<AccountCapture>,
     retired: Vec<(UserId, u64)>,
     outbox: OutboxCapture,
+    /// `Inner::seq_floor` (0: none).
+    seq_floor: u64,
 }
 
 struct OutboxCapture {
@@ -195,6 +197,10 @@ impl Store {
             accounts,
             retired,
             outbox,
+            seq_floor: self
+                .inner
+                .seq_floor
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -322,6 +328,11 @@ impl Capture {
                 };
                 codec::encode(&img, b)
             })?;
+        }
+        if self.seq_floor > 0 {
+            push_frame(&mut buf, kind::SNAP_SEQ_FLOOR, |b| {
+                codec::encode(&self.seq_floor, b)
+            });
         }
         let end = SnapshotEnd {
             accounts: self.accounts.len() as u64,

@@ -89,6 +89,14 @@ impl Store {
                 Ok(())
             }
             Recovered::Snapshot {
+                kind: kind::SNAP_SEQ_FLOOR,
+                payload,
+            } => {
+                let floor: u64 = codec::decode(payload).map_err(|e| e.0)?;
+                (self.inner.seq_floor).fetch_max(floor, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Recovered::Snapshot {
                 kind: kind::SNAP_END,
                 payload,
             } => {
