@@ -575,5 +575,20 @@ fn before_send_answers_map_to_decisions() {
     assert!(before_send_decision(b"not json").is_err());
     assert!(d(json!({"ActionStatus": "OK"})).is_err());
     assert!(d(json!({"ErrorCode": "1"})).is_err(), "not an integer");
-    assert!(d(json!({"ErrorCode": 0, "MsgBody": "not a body"})).is_err());
+    // A replacement that cannot be stored refuses: the app answered, and fail-open would
+    // deliver the very body it asked to replace.
+    assert_eq!(
+        d(json!({"ErrorCode": 0, "MsgBody": "not a body"})),
+        Ok(BeforeSend::Block)
+    );
+    assert_eq!(
+        d(
+            json!({"ErrorCode": 0, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": 1}}]})
+        ),
+        Ok(BeforeSend::Block)
+    );
+    assert_eq!(
+        d(json!({"ErrorCode": 0, "CloudCustomData": {}})),
+        Ok(BeforeSend::Block)
+    );
 }

@@ -453,7 +453,7 @@ fn a_start_with_a_mistaken_setting_is_refused_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let base = ["--listen", "127.0.0.1:0", "--data-dir", d];
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--cluster", "nats://127.0.0.1:1"], "--node-id"),
         (
             &["--secret-key", KEY, "--callback-url", "cb.example.com/im"],
@@ -469,6 +469,15 @@ fn a_start_with_a_mistaken_setting_is_refused_before_it_listens() {
             "http",
         ),
         (&["--secret-key", ""], "secret key is empty"),
+        (
+            &[
+                "--secret-key",
+                KEY,
+                "--callback-url",
+                "https://cb.example.com/im#x",
+            ],
+            "#fragment",
+        ),
     ];
     for (extra, says) in cases {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

@@ -236,7 +236,10 @@ pub fn before_send_body(m: &OutgoingMessage<'_>) -> String {
 /// numeric ErrorCode: the call failed.
 /// An empty `MsgBody` (`[]`) and an empty `CloudCustomData` (`""`) replace nothing, as missing
 /// ones: an app's answer model that always writes its fields (Go's `string` without
-/// `omitempty`) would otherwise wipe every sender's CloudCustomData.
+/// `omitempty`) would otherwise wipe every sender's CloudCustomData. A replacement that is no
+/// MsgBody (or a `CloudCustomData` that is no string) refuses with 20006: the app answered, so
+/// the call did not fail, and the original — which the app asked to replace — must not go
+/// out, as fail-open would let it.
 pub fn before_send_decision(answer: &[u8]) -> Result<BeforeSend, String> {
     let v: Value =
         serde_json::from_slice(answer).map_err(|e| format!("the answer is not JSON: {e}"))?;
@@ -251,16 +254,16 @@ pub fn before_send_decision(answer: &[u8]) -> Result<BeforeSend, String> {
             let body = match v.get("MsgBody") {
                 None | Some(Value::Null) => None,
                 Some(Value::Array(items)) if items.is_empty() => None,
-                Some(b) => Some(
-                    serde_json::from_value::<Vec<MsgElement>>(b.clone())
-                        .map_err(|e| format!("the answer's MsgBody is not a MsgBody: {e}"))?,
-                ),
+                Some(b) => match serde_json::from_value::<Vec<MsgElement>>(b.clone()) {
+                    Ok(body) => Some(body),
+                    Err(_) => return Ok(BeforeSend::Block),
+                },
             };
             let cloud_custom_data = match v.get("CloudCustomData") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.is_empty() => None,
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => return Err("the answer's CloudCustomData is not a string".into()),
+                Some(_) => return Ok(BeforeSend::Block),
             };
             if body.is_none() && cloud_custom_data.is_none() {
                 BeforeSend::Allow

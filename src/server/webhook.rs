@@ -82,8 +82,9 @@ fn unix_now() -> u64 {
 }
 
 impl Webhooks {
-    /// Refuses a URL that is not an absolute `http`/`https` one with a host: every call would
-    /// fail, and with fail-open before-send every message would go out unchecked.
+    /// Refuses a URL that is not an absolute `http`/`https` one with a host, or that has a
+    /// fragment: every call would fail (or reach the app without its query), and with
+    /// fail-open before-send every message would go out unchecked.
     pub fn new(
         config: WebhookConfig,
         sdkappid: u64,
@@ -93,6 +94,16 @@ impl Webhooks {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "--callback-url {:?}: must be an http:// or https:// URL with a host",
+                config.url
+            )
+            .into());
+        }
+        // Each call appends Tencent's query (SdkAppid, CallbackCommand, Sign, ...) to the URL:
+        // after a fragment it would never be sent.
+        if url.fragment().is_some() {
+            return Err(format!(
+                "--callback-url {:?}: must not have a #fragment (the callback's query would \
+                 follow it and never be sent)",
                 config.url
             )
             .into());
