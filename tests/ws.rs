@@ -291,14 +291,37 @@ fn a_burst_of_frames_is_slowed_but_every_one_is_answered_in_order() {
     eprintln!("{n} frames answered in {:?}", started.elapsed());
 }
 
+/// A client that closes is answered with the server's Close frame: its close is clean
+/// (before, the server dropped the connection, and a browser saw 1006).
+#[test]
+fn a_close_from_the_client_is_answered() {
+    let (_d, s) = setup();
+    let mut ws = s.ws("dramon", "phone", "");
+    send(&s, 1, "one");
+    assert_eq!(ws.expect()["Seq"], 1);
+    assert!(ws.close_is_answered(WAIT));
+}
+
 #[test]
 fn a_second_connection_of_the_same_device_ends_the_first() {
     let (_d, s) = setup();
     let mut first = s.ws("dramon", "phone", "");
     let mut second = s.ws("dramon", "phone", "");
-    assert!(first.closed_within(WAIT), "the older session was closed");
+    // With a reason, so that the client does not connect again and replace the newer one.
+    let close = first
+        .close_frame(WAIT)
+        .expect("the older session was closed with a frame");
+    assert_eq!(close.0, 4001, "{close:?}");
     send(&s, 1, "to the newer one");
     assert_eq!(second.expect()["Seq"], 1);
+    // Over SSE, the older stream's last event says so (an EventSource would reconnect by
+    // itself when the stream ends).
+    let older = s.events("dramon", "tablet", None);
+    assert_eq!(older.recv_timeout(WAIT).unwrap().1, "message");
+    let newer = s.events("dramon", "tablet", None);
+    assert_eq!(newer.recv_timeout(WAIT).unwrap().1, "message");
+    let (_, kind, data) = older.recv_timeout(WAIT).unwrap();
+    assert_eq!(kind, "replaced", "{data}");
 }
 
 #[test]

@@ -123,7 +123,10 @@ impl Register {
         })
     }
 
-    /// A register sized to this process's descriptor limit.
+    /// A register sized to this process's descriptor limit — its soft limit, first raised to
+    /// the hard one (as Go's runtime does at start): a server started from a shell or by
+    /// systemd gets a soft limit of 1024 under a hard one of hundreds of thousands, and would
+    /// otherwise refuse its 869th device for want of descriptors it may have for the asking.
     pub fn for_this_process() -> Arc<Register> {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
@@ -131,11 +134,28 @@ impl Register {
         };
         // SAFETY: getrlimit writes into the struct we pass.
         let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                // SAFETY: setrlimit reads the struct we pass. Raising the soft limit up to the
+                // hard one needs no privilege; on failure the soft limit stands.
+                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
             usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
         } else {
             1024
         };
-        Register::new(soft.saturating_sub(RESERVED_FDS))
+        let register = Register::new(soft.saturating_sub(RESERVED_FDS));
+        tracing::info!(
+            descriptors = soft,
+            devices = register.device_limit(),
+            "connection limits"
+        );
+        register
     }
 
     /// Connections open now.

@@ -329,6 +329,40 @@ pub(super) trait WsChannel {
     async fn events(&mut self) -> Option<Vec<String>>;
     /// Handles one client frame; returns the reply frame, if it needs one.
     async fn request(&mut self, text: &str) -> Option<String>;
+    /// After `events` ended: whether a newer session of the same device took over.
+    fn superseded(&self) -> bool {
+        false
+    }
+}
+
+/// The close code of a session a newer connection of the same device replaced (private use
+/// range): a client tells it from a dropped connection and does not connect again by itself
+/// — two clients sharing a device name would otherwise replace each other for good, each
+/// round journaling a connect and sending everything unconfirmed again. (Tencent's SDK is
+/// told `onKickedOffline` and does not log in again either.)
+pub(super) const REPLACED_CLOSE_CODE: u16 = 4001;
+
+/// Whether the device of a session that just ended is connected again: a newer session
+/// replaced it (rather than the account's delete or the store's close ending it).
+fn replaced(store: &crate::Store, req: &DeviceRequest) -> bool {
+    let devices = store.devices(&req.account);
+    devices.is_ok_and(|d| d.iter().any(|(n, on)| *n == req.device && *on))
+}
+
+/// An event stream's last event when a newer connection of its device replaced it: a
+/// browser's `EventSource` reconnects by itself when a stream ends, so a client closes it on
+/// this event rather than replace the newer one in turn (the WebSocket's close code 4001).
+fn replaced_event() -> SseEvent {
+    SseEvent::default()
+        .event("replaced")
+        .data(r#"{"Reason":"the device connected again elsewhere"}"#)
+}
+
+fn replaced_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: REPLACED_CLOSE_CODE,
+        reason: "the device connected again elsewhere".into(),
+    }))
 }
 
 /// Runs a device's WebSocket session until it ends: events as they become durable, the
@@ -345,10 +379,27 @@ pub(super) async fn run_ws(
 ) {
     let (mut tx, mut rx) = socket.split();
     let mut shutdown = app.shutdown.clone();
-    let ping_every = app.ws_ping;
+    // A zero interval (a `ServerConfig` built by hand) would make `interval` panic.
+    let ping_every = app.ws_ping.max(Duration::from_millis(100));
     let mut ping = tokio::time::interval(ping_every);
     ping.reset();
     let mut last_heard = Instant::now();
+    // Silence is counted from the last frame heard, to the moment — not to the next ping's
+    // tick, which would let a client that answered a ping and died stay a fourth interval.
+    // A handler that kept the session from listening for a ping interval or more (writing a
+    // long batch to a slow reader, a request waiting for the app's webhook) ends as if a
+    // frame was heard: the client's frames wait unread in the socket meanwhile. (A dead
+    // client's writes time out instead: `WRITE_TIMEOUT`, `TCP_USER_TIMEOUT`.)
+    let silent = tokio::time::sleep(ping_every * SILENT_PINGS);
+    tokio::pin!(silent);
+    let heard = |last_heard: &mut Instant,
+                 since: Instant,
+                 silent: &mut std::pin::Pin<&mut tokio::time::Sleep>| {
+        *last_heard = (*last_heard).max(since);
+        silent
+            .as_mut()
+            .reset((*last_heard + ping_every * SILENT_PINGS).into());
+    };
     let mut budget = FrameBudget::new();
     let clock = app.api.store().config().clock.clone();
     let expiry = sig_expiry(clock, req.sig_expires_at);
@@ -378,24 +429,40 @@ pub(super) async fn run_ws(
                     }
                     None => break,
                 };
-                last_heard = Instant::now();
+                let now = Instant::now();
+                heard(&mut last_heard, now, &mut silent);
                 // Every frame counts against the budget, pings too: a ping flood is slowed like
                 // any other (tungstenite answers pings itself, one pending pong at most).
                 budget.take().await;
                 let text = match frame {
                     Message::Text(t) => t,
                     Message::Binary(_) => "binary frame".into(),
-                    Message::Close(_) => break,
+                    Message::Close(_) => {
+                        // Completes the client's closing handshake: tungstenite queued the
+                        // reply, which only a write or a close puts on the wire.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+                        break;
+                    }
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                if let Some(reply) = channel.request(text.as_str()).await
+                let answered = channel.request(text.as_str()).await;
+                if let Some(reply) = answered
                     && send(&mut tx, reply).await.is_err()
                 {
                     break;
                 }
+                if now.elapsed() >= ping_every {
+                    heard(&mut last_heard, Instant::now(), &mut silent);
+                }
             }
             frames = channel.events() => {
-                let Some(frames) = frames else { break };
+                let Some(frames) = frames else {
+                    if channel.superseded() {
+                        close_with(&mut tx, &mut rx, replaced_close()).await;
+                    }
+                    break;
+                };
+                let started = Instant::now();
                 let mut failed = false;
                 for f in frames {
                     if send(&mut tx, f).await.is_err() {
@@ -406,12 +473,15 @@ pub(super) async fn run_ws(
                 if failed {
                     break;
                 }
+                if started.elapsed() >= ping_every {
+                    heard(&mut last_heard, Instant::now(), &mut silent);
+                }
+            }
+            _ = &mut silent => {
+                tracing::debug!(account = %req.account, device = %req.device, "silent for three pings; dropped");
+                break;
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= ping_every * SILENT_PINGS {
-                    tracing::debug!(account = %req.account, device = %req.device, "silent for three pings; dropped");
-                    break;
-                }
                 let ping = tx.send(Message::Ping(Default::default()));
                 if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
                     break;
@@ -430,6 +500,10 @@ impl WsChannel for Session {
 
     async fn request(&mut self, text: &str) -> Option<String> {
         self.client_frame(text).await
+    }
+
+    fn superseded(&self) -> bool {
+        replaced(self.app.api.store(), &self.req)
     }
 }
 
@@ -512,10 +586,11 @@ pub async fn events(
     let expiry = Box::pin(sig_expiry(clock, req.sig_expires_at));
     // A resume position past the server's inbox: the stream starts by saying where from.
     let reset = sub.reset().map(reset_event);
+    let store = app.api.store().clone();
     let state = (
         Some((sub, expiry)),
         app.shutdown.clone(),
-        (place, app.metrics.device("sse")),
+        (place, app.metrics.device("sse"), store, req),
     );
     let batches = futures_util::stream::unfold(state, |(live, mut shutdown, conn)| async move {
         let (sub, mut expiry) = live?;
@@ -523,7 +598,13 @@ pub async fn events(
             _ = shutdown.changed() => return None,
             // The stream's last event, then its end.
             e = &mut expiry => return Some((vec![expired_event(&e)], (None, shutdown, conn))),
-            batch = sub.next_batch() => batch.ok()?,
+            batch = sub.next_batch() => match batch {
+                Ok(events) => events,
+                Err(_) => {
+                    let last = replaced(&conn.2, &conn.3).then(replaced_event)?;
+                    return Some((vec![last], (None, shutdown, conn)));
+                }
+            },
         };
         let events = events
             .iter()

@@ -434,6 +434,21 @@ impl Ws {
         .flatten()
     }
 
+    /// Closes from this side; whether the server answered with its Close frame (a clean
+    /// close) within `timeout`, rather than dropping the connection.
+    pub fn close_is_answered(&mut self, timeout: Duration) -> bool {
+        self.socket.close(None).unwrap();
+        self.stream().set_read_timeout(Some(timeout)).unwrap();
+        loop {
+            match self.socket.read() {
+                Ok(tungstenite::Message::Close(_)) => return true,
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Whether the server closed the connection (reads until the close or `timeout`).
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
