@@ -330,7 +330,7 @@ pub(super) trait WsChannel {
     /// Handles one client frame; returns the reply frame, if it needs one.
     async fn request(&mut self, text: &str) -> Option<String>;
     /// After `events` ended: whether a newer session of the same device took over.
-    fn superseded(&self) -> bool {
+    async fn superseded(&self) -> bool {
         false
     }
 }
@@ -343,10 +343,12 @@ pub(super) trait WsChannel {
 pub(super) const REPLACED_CLOSE_CODE: u16 = 4001;
 
 /// Whether the device of a session that just ended is connected again: a newer session
-/// replaced it (rather than the account's delete or the store's close ending it).
-fn replaced(store: &crate::Store, req: &DeviceRequest) -> bool {
-    let devices = store.devices(&req.account);
+/// replaced it (rather than the account's delete or the store's close ending it). Said once
+/// that connect is durable (R6), waited for without blocking the runtime.
+async fn replaced(store: &crate::Store, req: &DeviceRequest) -> bool {
+    let (devices, ticket) = store.deferring(|| store.devices(&req.account));
     devices.is_ok_and(|d| d.iter().any(|(n, on)| *n == req.device && *on))
+        && store.commit_async(ticket).await.is_ok()
 }
 
 /// An event stream's last event when a newer connection of its device replaced it: a
@@ -445,8 +447,7 @@ pub(super) async fn run_ws(
                     }
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                let answered = channel.request(text.as_str()).await;
-                if let Some(reply) = answered
+                if let Some(reply) = channel.request(text.as_str()).await
                     && send(&mut tx, reply).await.is_err()
                 {
                     break;
@@ -457,7 +458,7 @@ pub(super) async fn run_ws(
             }
             frames = channel.events() => {
                 let Some(frames) = frames else {
-                    if channel.superseded() {
+                    if channel.superseded().await {
                         close_with(&mut tx, &mut rx, replaced_close()).await;
                     }
                     break;
@@ -502,8 +503,8 @@ impl WsChannel for Session {
         self.client_frame(text).await
     }
 
-    fn superseded(&self) -> bool {
-        replaced(self.app.api.store(), &self.req)
+    async fn superseded(&self) -> bool {
+        replaced(self.app.api.store(), &self.req).await
     }
 }
 
@@ -601,7 +602,7 @@ pub async fn events(
             batch = sub.next_batch() => match batch {
                 Ok(events) => events,
                 Err(_) => {
-                    let last = replaced(&conn.2, &conn.3).then(replaced_event)?;
+                    let last = replaced(&conn.2, &conn.3).await.then(replaced_event)?;
                     return Some((vec![last], (None, shutdown, conn)));
                 }
             },
