@@ -5,12 +5,16 @@
 mod common;
 
 use std::collections::HashMap;
+#[cfg(feature = "fault-injection")]
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+#[cfg(feature = "fault-injection")]
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::server::{APP, KEY, WAIT, start};
+#[cfg(feature = "fault-injection")]
+use common::server::APP;
+use common::server::{KEY, WAIT, start};
 use serde_json::json;
 
 /// GET `url`: (status, body).
