@@ -1299,14 +1299,17 @@ fn a_full_disk_during_a_switch_of_segments_fails_the_switch_not_the_journal() {
     assert_eq!(texts_between(&store, "a", "b"), want);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// A copy of the (closed) store's directory: a backup to restore later.
+fn backup_of(dir: &Path) -> tempfile::TempDir {
+    let backup = tempfile::tempdir().unwrap();
     let copied = std::process::Command::new("cp")
         .arg("-a")
-        .arg(from.join("."))
-        .arg(to)
+        .arg(dir.join("."))
+        .arg(backup.path())
         .status()
         .unwrap();
     assert!(copied.success());
+    backup
 }
 
 /// Sequence numbers are never reused (R6), even where the journal lost records a device saw:
@@ -1320,8 +1323,7 @@ fn a_restored_backup_numbers_above_every_number_given_after_it() {
     let (disk, store) = on_disk(&["a", "b"]);
     send_text(&store, "a", "b", 1, "one");
     store.close().unwrap();
-    let backup = tempfile::tempdir().unwrap();
-    copy_dir(disk.dir.path(), backup.path());
+    let backup = backup_of(disk.dir.path());
 
     // The live store goes on: the phone receives two more and confirms all three.
     disk.clock.advance(60);
@@ -1336,6 +1338,7 @@ fn a_restored_backup_numbers_above_every_number_given_after_it() {
         [(T0 + 60) * 1_000_000, (T0 + 60) * 1_000_000 + 1]
     );
     let last = seen[2];
+    phone.ack(last).unwrap();
     store.disconnect(phone).unwrap();
     store.close().unwrap();
 
@@ -1408,8 +1411,7 @@ fn the_sequence_floor_survives_a_snapshot_and_a_new_store_numbers_from_one() {
 fn a_backup_taken_before_anything_was_numbered_numbers_above_the_live_store() {
     let (disk, store) = on_disk(&["a", "b"]);
     store.close().unwrap();
-    let backup = tempfile::tempdir().unwrap();
-    copy_dir(disk.dir.path(), backup.path());
+    let backup = backup_of(disk.dir.path());
 
     disk.clock.advance(60);
     let store = disk.reopen();
